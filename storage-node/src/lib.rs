@@ -1,1 +1,105 @@
-//! placeholder
+//! The storage node: one disk's shards, kept durable and checked, served over gRPC.
+//!
+//! Architecture Invariant: a shard is immutable and never visible half-written. It is
+//! streamed into a temporary file, checked against the digest the writer declared, fsync'd,
+//! linked into place (which fails if the id exists) and the directory fsync'd; only then is
+//! the write acknowledged. Every read verifies each block it returns against its blake3.
+//!
+//! Architecture Invariant: the node knows nothing of objects, buckets or other nodes. It is
+//! called; it calls nobody (except to register itself with metadata at start-up, which the
+//! binary does).
+
+mod disk;
+mod error;
+mod format;
+mod memory;
+mod service;
+pub mod testing;
+
+use std::future::Future;
+
+use bytes::Bytes;
+use lauscha_core::ShardId;
+use lauscha_core::checksum::BlockHash;
+
+pub use disk::DiskShardStore;
+pub use error::ShardError;
+pub use memory::MemShardStore;
+pub use service::ShardServer;
+
+/// Largest shard a node accepts, in bytes. Stripes use 1 MiB shards by default; this bound
+/// only keeps a broken or hostile writer from filling the disk through one request.
+pub const MAX_SHARD_BYTES: u64 = 64 << 20;
+
+/// A shard's header as a reader sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardHeader {
+    /// Length of the shard.
+    pub shard_len_bytes: u64,
+    /// blake3 of every block, in order.
+    pub block_hashes: Vec<BlockHash>,
+}
+
+/// Usage numbers of a store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreUsage {
+    /// Shards held.
+    pub n_shards: u64,
+    /// Bytes of shard data held (headers not counted).
+    pub used_bytes: u64,
+}
+
+/// Where shards live. One test suite ([`testing::check_shard_store`]) runs against every
+/// implementation.
+pub trait ShardStore: Send + Sync + 'static {
+    /// The writer a [`ShardStore::create`] returns.
+    type Writer: ShardWriter;
+    /// The reader a [`ShardStore::open`] returns.
+    type Reader: BlockReader;
+
+    /// Starts writing a shard of `len_bytes` whose content must hash to `digest`.
+    /// Fails with `AlreadyExists` if the id is taken: shards are never overwritten.
+    fn create(
+        &self,
+        id: ShardId,
+        len_bytes: u64,
+        digest: lauscha_core::ShardDigest,
+    ) -> impl Future<Output = Result<Self::Writer, ShardError>> + Send;
+
+    /// Opens the blocks covering `[offset, offset + len_bytes)` of a shard for reading;
+    /// `len_bytes == 0` with `offset == 0` means the whole shard.
+    fn open(
+        &self,
+        id: ShardId,
+        offset: u64,
+        len_bytes: u64,
+    ) -> impl Future<Output = Result<Self::Reader, ShardError>> + Send;
+
+    /// Deletes a shard; returns whether it existed.
+    fn delete(&self, id: ShardId) -> impl Future<Output = Result<bool, ShardError>> + Send;
+
+    /// How much the store holds.
+    fn usage(&self) -> StoreUsage;
+}
+
+/// Receives a shard's bytes. Dropping a writer without [`ShardWriter::commit`] abandons the
+/// shard: nothing becomes visible.
+pub trait ShardWriter: Send + 'static {
+    /// Appends bytes.
+    fn write(&mut self, bytes: Bytes) -> impl Future<Output = Result<(), ShardError>> + Send;
+
+    /// Checks length and digest, makes the shard durable and visible.
+    fn commit(self) -> impl Future<Output = Result<(), ShardError>> + Send;
+}
+
+/// Yields verified blocks of a shard.
+pub trait BlockReader: Send + 'static {
+    /// The shard's header.
+    fn header(&self) -> &ShardHeader;
+
+    /// Index of the first block [`BlockReader::next_block`] returns.
+    fn first_block_idx(&self) -> u64;
+
+    /// The next block, verified; `None` past the last block of the requested range.
+    fn next_block(&mut self) -> impl Future<Output = Option<Result<Bytes, ShardError>>> + Send;
+}

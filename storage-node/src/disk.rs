@@ -1,0 +1,529 @@
+//! Shards as files on a local disk.
+//!
+//! ```text
+//! <root>/node.json            which node id owns this directory (refuses a swapped disk)
+//! <root>/tmp/                 shards being written; emptied at start-up
+//! <root>/shards/<ab>/<id>     committed shards, <ab> = first byte of the stripe id in hex
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use lauscha_core::checksum::{BlockHash, SHARD_BLOCK_BYTES, block_len_bytes, covering_blocks};
+use lauscha_core::{NodeId, ShardDigest, ShardHasher, ShardId};
+use tracing::{debug, info, warn};
+
+use crate::format::{self, BLOCK_TABLE_OFFSET};
+use crate::{
+    BlockReader, MAX_SHARD_BYTES, ShardError, ShardHeader, ShardStore, ShardWriter, StoreUsage,
+};
+
+const NODE_FILE: &str = "node.json";
+
+/// A [`ShardStore`] on a local directory.
+#[derive(Clone, Debug)]
+pub struct DiskShardStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    root: PathBuf,
+    node_id: NodeId,
+    n_shards: AtomicU64,
+    used_bytes: AtomicU64,
+}
+
+impl DiskShardStore {
+    /// Opens (or initialises) the store at `root` for `node_id`: checks that the directory
+    /// belongs to this node, removes temporary files of interrupted writes, and counts what
+    /// it holds.
+    pub async fn open(root: impl Into<PathBuf>, node_id: NodeId) -> Result<Self, ShardError> {
+        let root = root.into();
+        let inner = tokio::task::spawn_blocking(move || open_blocking(root, node_id))
+            .await
+            .map_err(|e| ShardError::Io(std::io::Error::other(e)))??;
+        Ok(DiskShardStore {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The directory this store lives in.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// Path of a committed shard's file (for tests and tools that damage shards on purpose).
+    pub fn shard_path(&self, id: ShardId) -> PathBuf {
+        shard_path(&self.inner.root, id)
+    }
+}
+
+fn shard_dir(root: &Path, id: ShardId) -> PathBuf {
+    let prefix = &id.stripe_id.to_string()[..2];
+    root.join("shards").join(prefix)
+}
+
+fn shard_path(root: &Path, id: ShardId) -> PathBuf {
+    shard_dir(root, id).join(id.to_string())
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn open_blocking(root: PathBuf, node_id: NodeId) -> Result<Inner, ShardError> {
+    fs::create_dir_all(root.join("tmp"))?;
+    fs::create_dir_all(root.join("shards"))?;
+    let node_file = root.join(NODE_FILE);
+    match fs::read(&node_file) {
+        Ok(bytes) => {
+            let found = serde_json_node_id(&bytes).ok_or_else(|| {
+                ShardError::InvalidRequest(format!(
+                    "{} is not a node file; move it away if the disk is new",
+                    node_file.display()
+                ))
+            })?;
+            if found != node_id.0 {
+                return Err(ShardError::WrongNode {
+                    dir: root.display().to_string(),
+                    found,
+                    expected: node_id.0,
+                });
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let tmp = root.join("node.json.tmp");
+            let mut file = File::create(&tmp)?;
+            file.write_all(format!("{{\"node_id\": {}, \"format\": 1}}\n", node_id.0).as_bytes())?;
+            file.sync_all()?;
+            fs::rename(&tmp, &node_file)?;
+            fsync_dir(&root)?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    for byte in 0..=255u8 {
+        fs::create_dir_all(root.join("shards").join(format!("{byte:02x}")))?;
+    }
+    fsync_dir(&root.join("shards"))?;
+
+    let mut n_removed = 0;
+    for entry in fs::read_dir(root.join("tmp"))? {
+        fs::remove_file(entry?.path())?;
+        n_removed += 1;
+    }
+    if n_removed > 0 {
+        info!(node_id = %node_id, n_removed, "removed temporary files of interrupted writes");
+    }
+
+    let (mut n_shards, mut used_bytes) = (0u64, 0u64);
+    for dir in fs::read_dir(root.join("shards"))? {
+        for entry in fs::read_dir(dir?.path())? {
+            let entry = entry?;
+            n_shards += 1;
+            used_bytes += entry.metadata()?.len();
+        }
+    }
+    info!(node_id = %node_id, n_shards, used_bytes, root = %root.display(), "shard store open");
+    Ok(Inner {
+        root,
+        node_id,
+        n_shards: AtomicU64::new(n_shards),
+        used_bytes: AtomicU64::new(used_bytes),
+    })
+}
+
+/// Reads `"node_id": N` from the node file without a JSON dependency: the file is ours and
+/// has one field that matters.
+fn serde_json_node_id(bytes: &[u8]) -> Option<u32> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let after = text.split("\"node_id\"").nth(1)?;
+    let digits: String = after
+        .trim_start_matches([' ', ':'])
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ShardError> + Send + 'static,
+) -> Result<T, ShardError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ShardError::Io(std::io::Error::other(e)))?
+}
+
+impl ShardStore for DiskShardStore {
+    type Writer = DiskShardWriter;
+    type Reader = DiskBlockReader;
+
+    async fn create(
+        &self,
+        id: ShardId,
+        len_bytes: u64,
+        digest: ShardDigest,
+    ) -> Result<DiskShardWriter, ShardError> {
+        if len_bytes > MAX_SHARD_BYTES {
+            return Err(ShardError::InvalidRequest(format!(
+                "shard of {len_bytes} bytes exceeds the {MAX_SHARD_BYTES}-byte limit"
+            )));
+        }
+        let inner = self.inner.clone();
+        blocking(move || {
+            let final_path = shard_path(&inner.root, id);
+            if final_path.exists() {
+                return Err(ShardError::AlreadyExists(id));
+            }
+            let tmp_path = inner
+                .root
+                .join("tmp")
+                .join(format!("{id}.{:016x}", rand::random::<u64>()));
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp_path)?;
+            let header_len = format::header_len_bytes(len_bytes);
+            file.set_len(header_len)?;
+            Ok(DiskShardWriter {
+                inner,
+                id,
+                declared_len_bytes: len_bytes,
+                declared_digest: digest,
+                state: Some(WriteState {
+                    file,
+                    hasher: ShardHasher::new(),
+                    offset: header_len,
+                }),
+                tmp_path: Some(tmp_path),
+            })
+        })
+        .await
+    }
+
+    async fn open(
+        &self,
+        id: ShardId,
+        offset: u64,
+        len_bytes: u64,
+    ) -> Result<DiskBlockReader, ShardError> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let path = shard_path(&inner.root, id);
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(ShardError::NotFound(id));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let mut fixed = [0u8; BLOCK_TABLE_OFFSET as usize];
+            read_exact_at_or_corrupt(&file, id, &mut fixed, 0, "header")?;
+            let (shard_len_bytes, digest) = format::decode_fixed_header(id, &fixed)?;
+            let table_len = format::header_len_bytes(shard_len_bytes) - BLOCK_TABLE_OFFSET;
+            let mut table = vec![0u8; table_len as usize];
+            read_exact_at_or_corrupt(&file, id, &mut table, BLOCK_TABLE_OFFSET, "block table")?;
+            let block_hashes = format::decode_block_hashes(id, shard_len_bytes, &digest, &table)?;
+            let blocks = if offset == 0 && len_bytes == 0 {
+                0..lauscha_core::checksum::n_blocks(shard_len_bytes)
+            } else {
+                if offset
+                    .checked_add(len_bytes)
+                    .is_none_or(|end| end > shard_len_bytes)
+                {
+                    return Err(ShardError::InvalidRequest(format!(
+                        "range {offset}+{len_bytes} outside shard {id} of {shard_len_bytes} bytes"
+                    )));
+                }
+                covering_blocks(offset, len_bytes)
+            };
+            Ok(DiskBlockReader {
+                id,
+                file: Arc::new(file),
+                data_offset: format::header_len_bytes(shard_len_bytes),
+                header: ShardHeader {
+                    shard_len_bytes,
+                    block_hashes,
+                },
+                next_block_idx: blocks.start,
+                first_block_idx: blocks.start,
+                end_block_idx: blocks.end,
+                failed: false,
+            })
+        })
+        .await
+    }
+
+    async fn delete(&self, id: ShardId) -> Result<bool, ShardError> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let path = shard_path(&inner.root, id);
+            let len = match fs::metadata(&path) {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(e.into()),
+            };
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+            fsync_dir(&shard_dir(&inner.root, id))?;
+            inner.n_shards.fetch_sub(1, Ordering::Relaxed);
+            inner.used_bytes.fetch_sub(len, Ordering::Relaxed);
+            debug!(node_id = %inner.node_id, shard_id = %id, "shard deleted");
+            Ok(true)
+        })
+        .await
+    }
+
+    fn usage(&self) -> StoreUsage {
+        StoreUsage {
+            n_shards: self.inner.n_shards.load(Ordering::Relaxed),
+            used_bytes: self.inner.used_bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn read_exact_at_or_corrupt(
+    file: &File,
+    id: ShardId,
+    buf: &mut [u8],
+    offset: u64,
+    what: &str,
+) -> Result<(), ShardError> {
+    match file.read_exact_at(buf, offset) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ShardError::Corrupt {
+            id,
+            what: format!("{what} truncated"),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+struct WriteState {
+    file: File,
+    hasher: ShardHasher,
+    offset: u64,
+}
+
+/// Writes one shard into a temporary file; see [`ShardWriter`].
+pub struct DiskShardWriter {
+    inner: Arc<Inner>,
+    id: ShardId,
+    declared_len_bytes: u64,
+    declared_digest: ShardDigest,
+    /// Moved into blocking tasks and back; `None` only while one runs or after a failure.
+    state: Option<WriteState>,
+    /// Removed on drop unless the shard was committed.
+    tmp_path: Option<PathBuf>,
+}
+
+impl Drop for DiskShardWriter {
+    fn drop(&mut self) {
+        if let Some(path) = self.tmp_path.take()
+            && let Err(e) = fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(shard_id = %self.id, error = %e, "failed to remove abandoned temporary shard");
+        }
+    }
+}
+
+impl ShardWriter for DiskShardWriter {
+    async fn write(&mut self, bytes: Bytes) -> Result<(), ShardError> {
+        let mut state = self
+            .state
+            .take()
+            .ok_or_else(|| ShardError::InvalidRequest("write after a failed write".into()))?;
+        let written = state.hasher.len_bytes();
+        if written + bytes.len() as u64 > self.declared_len_bytes {
+            return Err(ShardError::Rejected {
+                id: self.id,
+                reason: format!("more than the declared {} bytes", self.declared_len_bytes),
+            });
+        }
+        let state = blocking(move || {
+            state.file.write_all_at(&bytes, state.offset)?;
+            state.offset += bytes.len() as u64;
+            state.hasher.update(&bytes);
+            Ok(state)
+        })
+        .await?;
+        self.state = Some(state);
+        Ok(())
+    }
+
+    async fn commit(mut self) -> Result<(), ShardError> {
+        let state = self
+            .state
+            .take()
+            .ok_or_else(|| ShardError::InvalidRequest("commit after a failed write".into()))?;
+        let tmp_path = self.tmp_path.clone().expect("set until commit succeeds");
+        let (id, inner) = (self.id, self.inner.clone());
+        let (declared_len, declared_digest) = (self.declared_len_bytes, self.declared_digest);
+        blocking(move || {
+            let written = state.hasher.len_bytes();
+            if written != declared_len {
+                return Err(ShardError::Rejected {
+                    id,
+                    reason: format!("got {written} bytes, {declared_len} declared"),
+                });
+            }
+            let (digest, block_hashes): (ShardDigest, Vec<BlockHash>) = state.hasher.finalize();
+            if digest != declared_digest {
+                return Err(ShardError::Rejected {
+                    id,
+                    reason: "data does not match the declared digest".into(),
+                });
+            }
+            state.file.write_all_at(
+                &format::encode_header(declared_len, &digest, &block_hashes),
+                0,
+            )?;
+            state.file.sync_all()?;
+            let final_path = shard_path(&inner.root, id);
+            // A hard link never replaces an existing file: two writers of one id cannot
+            // both win, and the loser learns it.
+            match fs::hard_link(&tmp_path, &final_path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return Err(ShardError::AlreadyExists(id));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            fsync_dir(&shard_dir(&inner.root, id))?;
+            fs::remove_file(&tmp_path)?;
+            inner.n_shards.fetch_add(1, Ordering::Relaxed);
+            inner.used_bytes.fetch_add(
+                format::header_len_bytes(declared_len) + declared_len,
+                Ordering::Relaxed,
+            );
+            Ok(())
+        })
+        .await?;
+        self.tmp_path = None;
+        debug!(node_id = %self.inner.node_id, shard_id = %self.id, n_bytes = self.declared_len_bytes, "shard written");
+        Ok(())
+    }
+}
+
+/// Reads verified blocks from a shard file; see [`BlockReader`].
+pub struct DiskBlockReader {
+    id: ShardId,
+    file: Arc<File>,
+    data_offset: u64,
+    header: ShardHeader,
+    first_block_idx: u64,
+    next_block_idx: u64,
+    end_block_idx: u64,
+    failed: bool,
+}
+
+impl BlockReader for DiskBlockReader {
+    fn header(&self) -> &ShardHeader {
+        &self.header
+    }
+
+    fn first_block_idx(&self) -> u64 {
+        self.first_block_idx
+    }
+
+    async fn next_block(&mut self) -> Option<Result<Bytes, ShardError>> {
+        if self.failed || self.next_block_idx >= self.end_block_idx {
+            return None;
+        }
+        let block_idx = self.next_block_idx;
+        self.next_block_idx += 1;
+        let len = block_len_bytes(self.header.shard_len_bytes, block_idx);
+        let expected = self.header.block_hashes[block_idx as usize];
+        let (file, id) = (self.file.clone(), self.id);
+        let offset = self.data_offset + block_idx * SHARD_BLOCK_BYTES;
+        let result = blocking(move || {
+            let mut buf = vec![0u8; len as usize];
+            read_exact_at_or_corrupt(&file, id, &mut buf, offset, "data")?;
+            if !lauscha_core::checksum::verify_block(&buf, &expected) {
+                return Err(ShardError::Corrupt {
+                    id,
+                    what: format!("block {block_idx}"),
+                });
+            }
+            Ok(Bytes::from(buf))
+        })
+        .await;
+        if result.is_err() {
+            self.failed = true;
+        }
+        Some(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::check_shard_store;
+
+    #[tokio::test]
+    async fn disk_store_passes_the_shard_store_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskShardStore::open(dir.path(), NodeId(1)).await.unwrap();
+        check_shard_store(&store).await;
+    }
+
+    #[tokio::test]
+    async fn a_flipped_bit_on_disk_is_found_on_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskShardStore::open(dir.path(), NodeId(1)).await.unwrap();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 31) as u8).collect();
+        let id = crate::testing::must_put(&store, 42, &data).await;
+        let path = store.shard_path(id);
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x10;
+        fs::write(&path, &bytes).unwrap();
+        // The first block is fine, the last one is not.
+        let mut reader = store.open(id, 0, 10).await.unwrap();
+        assert!(reader.next_block().await.unwrap().is_ok());
+        let mut reader = store.open(id, 0, 0).await.unwrap();
+        let mut saw_corrupt = false;
+        while let Some(block) = reader.next_block().await {
+            if matches!(block, Err(ShardError::Corrupt { .. })) {
+                saw_corrupt = true;
+            }
+        }
+        assert!(saw_corrupt);
+    }
+
+    #[tokio::test]
+    async fn another_nodes_directory_is_refused_and_temp_files_are_cleaned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskShardStore::open(dir.path(), NodeId(1)).await.unwrap();
+        let writer = store
+            .create(
+                ShardId {
+                    stripe_id: lauscha_core::StripeId(5),
+                    shard_idx: 0,
+                },
+                10,
+                ShardDigest::of(&[0; 10]),
+            )
+            .await
+            .unwrap();
+        // Simulate a crash: the temporary file stays behind.
+        std::mem::forget(writer);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 1);
+        drop(store);
+        assert!(matches!(
+            DiskShardStore::open(dir.path(), NodeId(2)).await,
+            Err(ShardError::WrongNode { found: 1, .. })
+        ));
+        let _store = DiskShardStore::open(dir.path(), NodeId(1)).await.unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,247 @@
+//! Shards in memory: for tests of the layers above, and to keep the [`ShardStore`] contract
+//! honest (the same suite runs against this and the disk store).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use lauscha_core::checksum::{BlockHash, SHARD_BLOCK_BYTES, block_len_bytes, covering_blocks};
+use lauscha_core::{ShardDigest, ShardHasher, ShardId};
+
+use crate::{
+    BlockReader, MAX_SHARD_BYTES, ShardError, ShardHeader, ShardStore, ShardWriter, StoreUsage,
+};
+
+#[derive(Debug)]
+struct StoredShard {
+    data: Vec<u8>,
+    block_hashes: Vec<BlockHash>,
+}
+
+type Shards = Arc<Mutex<HashMap<ShardId, Arc<StoredShard>>>>;
+
+/// A [`ShardStore`] in memory.
+#[derive(Clone, Debug, Default)]
+pub struct MemShardStore {
+    shards: Shards,
+}
+
+impl MemShardStore {
+    /// An empty store.
+    pub fn new() -> MemShardStore {
+        MemShardStore::default()
+    }
+
+    /// Flips a bit of a stored shard, as bit rot would.
+    pub fn corrupt(&self, id: ShardId, byte_offset: usize) {
+        let mut shards = self.shards.lock().expect("lock");
+        let shard = shards.get_mut(&id).expect("shard exists");
+        let mut data = shard.data.clone();
+        data[byte_offset] ^= 1;
+        *shard = Arc::new(StoredShard {
+            data,
+            block_hashes: shard.block_hashes.clone(),
+        });
+    }
+}
+
+impl ShardStore for MemShardStore {
+    type Writer = MemShardWriter;
+    type Reader = MemBlockReader;
+
+    async fn create(
+        &self,
+        id: ShardId,
+        len_bytes: u64,
+        digest: ShardDigest,
+    ) -> Result<MemShardWriter, ShardError> {
+        if len_bytes > MAX_SHARD_BYTES {
+            return Err(ShardError::InvalidRequest(format!(
+                "shard of {len_bytes} bytes exceeds the {MAX_SHARD_BYTES}-byte limit"
+            )));
+        }
+        if self.shards.lock().expect("lock").contains_key(&id) {
+            return Err(ShardError::AlreadyExists(id));
+        }
+        Ok(MemShardWriter {
+            shards: self.shards.clone(),
+            id,
+            declared_len_bytes: len_bytes,
+            declared_digest: digest,
+            data: Vec::new(),
+        })
+    }
+
+    async fn open(
+        &self,
+        id: ShardId,
+        offset: u64,
+        len_bytes: u64,
+    ) -> Result<MemBlockReader, ShardError> {
+        let shard = self
+            .shards
+            .lock()
+            .expect("lock")
+            .get(&id)
+            .cloned()
+            .ok_or(ShardError::NotFound(id))?;
+        let shard_len_bytes = shard.data.len() as u64;
+        let blocks = if offset == 0 && len_bytes == 0 {
+            0..lauscha_core::checksum::n_blocks(shard_len_bytes)
+        } else {
+            if offset
+                .checked_add(len_bytes)
+                .is_none_or(|end| end > shard_len_bytes)
+            {
+                return Err(ShardError::InvalidRequest(format!(
+                    "range {offset}+{len_bytes} outside shard {id} of {shard_len_bytes} bytes"
+                )));
+            }
+            covering_blocks(offset, len_bytes)
+        };
+        Ok(MemBlockReader {
+            id,
+            header: ShardHeader {
+                shard_len_bytes,
+                block_hashes: shard.block_hashes.clone(),
+            },
+            shard,
+            first_block_idx: blocks.start,
+            next_block_idx: blocks.start,
+            end_block_idx: blocks.end,
+        })
+    }
+
+    async fn delete(&self, id: ShardId) -> Result<bool, ShardError> {
+        Ok(self.shards.lock().expect("lock").remove(&id).is_some())
+    }
+
+    fn usage(&self) -> StoreUsage {
+        let shards = self.shards.lock().expect("lock");
+        StoreUsage {
+            n_shards: shards.len() as u64,
+            used_bytes: shards.values().map(|s| s.data.len() as u64).sum(),
+        }
+    }
+}
+
+/// See [`ShardWriter`].
+pub struct MemShardWriter {
+    shards: Shards,
+    id: ShardId,
+    declared_len_bytes: u64,
+    declared_digest: ShardDigest,
+    data: Vec<u8>,
+}
+
+impl ShardWriter for MemShardWriter {
+    async fn write(&mut self, bytes: Bytes) -> Result<(), ShardError> {
+        if self.data.len() as u64 + bytes.len() as u64 > self.declared_len_bytes {
+            return Err(ShardError::Rejected {
+                id: self.id,
+                reason: format!("more than the declared {} bytes", self.declared_len_bytes),
+            });
+        }
+        self.data.extend_from_slice(&bytes);
+        Ok(())
+    }
+
+    async fn commit(self) -> Result<(), ShardError> {
+        if self.data.len() as u64 != self.declared_len_bytes {
+            return Err(ShardError::Rejected {
+                id: self.id,
+                reason: format!(
+                    "got {} bytes, {} declared",
+                    self.data.len(),
+                    self.declared_len_bytes
+                ),
+            });
+        }
+        let mut hasher = ShardHasher::new();
+        hasher.update(&self.data);
+        let (digest, block_hashes) = hasher.finalize();
+        if digest != self.declared_digest {
+            return Err(ShardError::Rejected {
+                id: self.id,
+                reason: "data does not match the declared digest".into(),
+            });
+        }
+        let mut shards = self.shards.lock().expect("lock");
+        if shards.contains_key(&self.id) {
+            return Err(ShardError::AlreadyExists(self.id));
+        }
+        shards.insert(
+            self.id,
+            Arc::new(StoredShard {
+                data: self.data,
+                block_hashes,
+            }),
+        );
+        Ok(())
+    }
+}
+
+/// See [`BlockReader`].
+pub struct MemBlockReader {
+    id: ShardId,
+    header: ShardHeader,
+    shard: Arc<StoredShard>,
+    first_block_idx: u64,
+    next_block_idx: u64,
+    end_block_idx: u64,
+}
+
+impl BlockReader for MemBlockReader {
+    fn header(&self) -> &ShardHeader {
+        &self.header
+    }
+
+    fn first_block_idx(&self) -> u64 {
+        self.first_block_idx
+    }
+
+    async fn next_block(&mut self) -> Option<Result<Bytes, ShardError>> {
+        if self.next_block_idx >= self.end_block_idx {
+            return None;
+        }
+        let block_idx = self.next_block_idx;
+        self.next_block_idx += 1;
+        let start = (block_idx * SHARD_BLOCK_BYTES) as usize;
+        let len = block_len_bytes(self.header.shard_len_bytes, block_idx) as usize;
+        let block = &self.shard.data[start..start + len];
+        if !lauscha_core::checksum::verify_block(
+            block,
+            &self.header.block_hashes[block_idx as usize],
+        ) {
+            self.next_block_idx = self.end_block_idx;
+            return Some(Err(ShardError::Corrupt {
+                id: self.id,
+                what: format!("block {block_idx}"),
+            }));
+        }
+        Some(Ok(Bytes::copy_from_slice(block)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{check_shard_store, must_put};
+
+    #[tokio::test]
+    async fn memory_store_passes_the_shard_store_suite() {
+        check_shard_store(&MemShardStore::new()).await;
+    }
+
+    #[tokio::test]
+    async fn corruption_is_found() {
+        let store = MemShardStore::new();
+        let id = must_put(&store, 1, &[5u8; 1000]).await;
+        store.corrupt(id, 999);
+        let mut reader = store.open(id, 0, 0).await.unwrap();
+        assert!(matches!(
+            reader.next_block().await,
+            Some(Err(ShardError::Corrupt { .. }))
+        ));
+    }
+}

@@ -1,0 +1,150 @@
+//! The gRPC face of a [`ShardStore`].
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use lauscha_core::{NodeId, ShardDigest};
+use lauscha_proto::storage::shard_service_server::ShardService;
+use lauscha_proto::storage::{
+    self as pb, DeleteShardReply, DeleteShardRequest, GetShardReply, GetShardRequest,
+    NodeStatusReply, NodeStatusRequest, PutShardReply, PutShardRequest, get_shard_reply,
+    put_shard_request,
+};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::warn;
+
+use crate::{BlockReader, ShardStore, ShardWriter};
+
+/// Blocks read ahead of the client per GetShard stream.
+const READ_AHEAD_BLOCKS: usize = 4;
+
+/// Serves a [`ShardStore`] as `lauscha.storage.v1.ShardService`.
+#[derive(Clone, Debug)]
+pub struct ShardServer<S> {
+    node_id: NodeId,
+    capacity_bytes: u64,
+    store: S,
+}
+
+impl<S: ShardStore + Clone> ShardServer<S> {
+    /// A server for `store`, reporting `capacity_bytes` in its status.
+    pub fn new(node_id: NodeId, capacity_bytes: u64, store: S) -> ShardServer<S> {
+        ShardServer {
+            node_id,
+            capacity_bytes,
+            store,
+        }
+    }
+
+    /// The tonic service, with message limits raised to fit a block plus framing.
+    pub fn into_service(self) -> pb::shard_service_server::ShardServiceServer<Self> {
+        pb::shard_service_server::ShardServiceServer::new(self)
+            .max_decoding_message_size(8 << 20)
+            .max_encoding_message_size(8 << 20)
+    }
+}
+
+type GetShardStream = Pin<Box<dyn Stream<Item = Result<GetShardReply, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<S: ShardStore + Clone> ShardService for ShardServer<S> {
+    async fn put_shard(
+        &self,
+        request: Request<Streaming<PutShardRequest>>,
+    ) -> Result<Response<PutShardReply>, Status> {
+        let mut stream = request.into_inner();
+        let header = match stream.message().await? {
+            Some(PutShardRequest {
+                part: Some(put_shard_request::Part::Header(header)),
+            }) => header,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "PutShard must start with a header",
+                ));
+            }
+        };
+        let id = lauscha_proto::shard_id_from(header.id)?;
+        let digest = ShardDigest::from_slice(&header.digest)
+            .ok_or_else(|| Status::invalid_argument("digest must be 32 bytes"))?;
+        let mut writer = self.store.create(id, header.len_bytes, digest).await?;
+        // An error from the client's stream (it went away) drops the writer: nothing lands.
+        while let Some(message) = stream.message().await? {
+            match message.part {
+                Some(put_shard_request::Part::Data(bytes)) => writer.write(bytes).await?,
+                _ => return Err(Status::invalid_argument("PutShard sent a second header")),
+            }
+        }
+        writer.commit().await?;
+        Ok(Response::new(PutShardReply {}))
+    }
+
+    type GetShardStream = GetShardStream;
+
+    async fn get_shard(
+        &self,
+        request: Request<GetShardRequest>,
+    ) -> Result<Response<Self::GetShardStream>, Status> {
+        let request = request.into_inner();
+        let id = lauscha_proto::shard_id_from(request.id)?;
+        let mut reader = self
+            .store
+            .open(id, request.offset, request.len_bytes)
+            .await?;
+        let header = GetShardReply {
+            part: Some(get_shard_reply::Part::Header(pb::GetShardHeader {
+                shard_len_bytes: reader.header().shard_len_bytes,
+                block_hashes: reader.header().block_hashes.concat().into(),
+                first_block_idx: reader.first_block_idx(),
+            })),
+        };
+        // Reading runs ahead of the network by a few blocks, no further: a slow client
+        // holds at most READ_AHEAD_BLOCKS blocks of memory.
+        let (tx, rx) = mpsc::channel::<Result<GetShardReply, Status>>(READ_AHEAD_BLOCKS);
+        let node_id = self.node_id;
+        tokio::spawn(async move {
+            if tx.send(Ok(header)).await.is_err() {
+                return;
+            }
+            while let Some(block) = reader.next_block().await {
+                let reply = match block {
+                    Ok(bytes) => Ok(GetShardReply {
+                        part: Some(get_shard_reply::Part::Block(bytes)),
+                    }),
+                    Err(e) => {
+                        warn!(node_id = %node_id, shard_id = %id, error = %e, "shard read failed");
+                        Err(Status::from(e))
+                    }
+                };
+                let failed = reply.is_err();
+                if tx.send(reply).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        Ok(Response::new(Box::pin(stream.boxed())))
+    }
+
+    async fn delete_shard(
+        &self,
+        request: Request<DeleteShardRequest>,
+    ) -> Result<Response<DeleteShardReply>, Status> {
+        let id = lauscha_proto::shard_id_from(request.into_inner().id)?;
+        let existed = self.store.delete(id).await?;
+        Ok(Response::new(DeleteShardReply { existed }))
+    }
+
+    async fn node_status(
+        &self,
+        _request: Request<NodeStatusRequest>,
+    ) -> Result<Response<NodeStatusReply>, Status> {
+        let usage = self.store.usage();
+        Ok(Response::new(NodeStatusReply {
+            node_id: self.node_id.0,
+            n_shards: usage.n_shards,
+            used_bytes: usage.used_bytes,
+            capacity_bytes: self.capacity_bytes,
+        }))
+    }
+}
