@@ -122,6 +122,9 @@ impl ChecksumAlgorithm {
 }
 
 /// One committed version of an object.
+///
+/// Field order is part of the metadata format: listings decode the first four fields alone
+/// (postcard is positional), so they stay first and in this order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectVersion {
     /// Unique per write; lets a later writer tell versions apart.

@@ -581,6 +581,8 @@ impl From<ListObjectsQuery> for meta::ListObjectsRequest {
             delimiter: q.delimiter,
             start_after: q.start_after,
             max_keys: q.max_keys,
+            // Set by the caller: the query itself does not know who asks.
+            tenant: String::new(),
         }
     }
 }

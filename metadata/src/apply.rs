@@ -1,0 +1,516 @@
+//! The state machine's transition function: pure, deterministic, no RocksDB in sight.
+//!
+//! `apply` reads the current state through [`KvRead`] and returns the response and the
+//! mutations; the caller writes them atomically together with the applied log id. The same
+//! log applied to the same state gives the same mutations on every voter.
+
+use lauscha_core::model::{ObjectData, Stripe};
+use lauscha_core::{AccessKey, Bucket, ClusterMap, ObjectVersion, Tenant};
+use serde::{Deserialize, Serialize};
+
+use crate::command::{MetaCommand, MetaError, MetaResponse};
+use crate::keys;
+use crate::kv::{KvError, KvRead, Mutation};
+use crate::value;
+
+/// Stripes no committed version references any more, waiting for garbage collection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GarbageRecord {
+    /// Where the record came from (bucket/key), for logs.
+    pub origin: String,
+    /// The stripes and where their shards are.
+    pub stripes: Vec<Stripe>,
+}
+
+/// Applies `cmd`, the entry at `log_index`, to the state readable through `kv`.
+pub fn apply(
+    kv: &impl KvRead,
+    cmd: &MetaCommand,
+    log_index: u64,
+) -> Result<(MetaResponse, Vec<Mutation>), KvError> {
+    let mut out = Vec::new();
+    let response = match apply_inner(kv, cmd, log_index, &mut out)? {
+        Ok(response) => response,
+        Err(refusal) => {
+            // A refused command changes nothing, whatever it had staged.
+            out.clear();
+            MetaResponse::Refused(refusal)
+        }
+    };
+    Ok((response, out))
+}
+
+/// Reads and decodes a value; a value that does not decode is a storage failure.
+pub fn read<T: serde::de::DeserializeOwned>(
+    kv: &impl KvRead,
+    key: &[u8],
+) -> Result<Option<T>, KvError> {
+    match kv.get(key)? {
+        None => Ok(None),
+        Some(bytes) => value::decode(&bytes)
+            .map(Some)
+            .map_err(|e| KvError(format!("key {}: {e}", hex_key(key)))),
+    }
+}
+
+fn hex_key(key: &[u8]) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn put<T: Serialize>(out: &mut Vec<Mutation>, key: Vec<u8>, v: &T) {
+    out.push(Mutation::Put(key, value::encode(v)));
+}
+
+/// The bucket, if it exists and `tenant` owns it. Another tenant's bucket is reported as
+/// missing: a tenant learns nothing about others' buckets through object operations.
+fn owned_bucket(
+    kv: &impl KvRead,
+    name: &lauscha_core::BucketName,
+    tenant: &lauscha_core::TenantId,
+) -> Result<Result<Bucket, MetaError>, KvError> {
+    Ok(match read::<Bucket>(kv, &keys::bucket(name))? {
+        Some(bucket) if bucket.tenant == *tenant => Ok(bucket),
+        _ => Err(MetaError::NoSuchBucket(name.to_string())),
+    })
+}
+
+fn garbage_of(version: &ObjectVersion) -> Option<Vec<Stripe>> {
+    match &version.data {
+        ObjectData::Inline(_) => None,
+        ObjectData::Striped { stripes, .. } if stripes.is_empty() => None,
+        ObjectData::Striped { stripes, .. } => Some(stripes.clone()),
+    }
+}
+
+fn apply_inner(
+    kv: &impl KvRead,
+    cmd: &MetaCommand,
+    log_index: u64,
+    out: &mut Vec<Mutation>,
+) -> Result<Result<MetaResponse, MetaError>, KvError> {
+    Ok(Ok(match cmd {
+        MetaCommand::CreateTenant { id, now_ms } => {
+            let key = keys::tenant(id);
+            if kv.get(&key)?.is_some() {
+                return Ok(Err(MetaError::TenantAlreadyExists(id.to_string())));
+            }
+            let tenant = Tenant {
+                id: id.clone(),
+                created_ms: *now_ms,
+            };
+            put(out, key, &tenant);
+            MetaResponse::Tenant(tenant)
+        }
+        MetaCommand::CreateAccessKey { key, now_ms } => {
+            if kv.get(&keys::tenant(&key.tenant))?.is_none() {
+                return Ok(Err(MetaError::NoSuchTenant(key.tenant.to_string())));
+            }
+            let db_key = keys::access_key(&key.id);
+            if kv.get(&db_key)?.is_some() {
+                return Ok(Err(MetaError::AccessKeyAlreadyExists(key.id.to_string())));
+            }
+            let key = AccessKey {
+                created_ms: *now_ms,
+                ..key.clone()
+            };
+            put(out, db_key, &key);
+            MetaResponse::AccessKey(key)
+        }
+        MetaCommand::CreateBucket {
+            name,
+            tenant,
+            policy,
+            now_ms,
+        } => {
+            if kv.get(&keys::tenant(tenant))?.is_none() {
+                return Ok(Err(MetaError::NoSuchTenant(tenant.to_string())));
+            }
+            if let Some(existing) = read::<Bucket>(kv, &keys::bucket(name))? {
+                return Ok(Err(if existing.tenant == *tenant {
+                    MetaError::BucketAlreadyOwnedByYou(name.to_string())
+                } else {
+                    MetaError::BucketAlreadyExists(name.to_string())
+                }));
+            }
+            let bucket = Bucket {
+                name: name.clone(),
+                tenant: tenant.clone(),
+                created_ms: *now_ms,
+                policy: *policy,
+            };
+            put(out, keys::bucket(name), &bucket);
+            out.push(Mutation::Put(keys::tenant_bucket(tenant, name), Vec::new()));
+            MetaResponse::Bucket(bucket)
+        }
+        MetaCommand::DeleteBucket { name, tenant } => {
+            if let Err(e) = owned_bucket(kv, name, tenant)? {
+                return Ok(Err(e));
+            }
+            let prefix = keys::bucket_objects_prefix(name);
+            let end = keys::prefix_end(&prefix).expect("prefix ends in NUL");
+            let mut has_objects = false;
+            kv.scan(&prefix, &end, &mut |_, _| {
+                has_objects = true;
+                false
+            })?;
+            if has_objects {
+                return Ok(Err(MetaError::BucketNotEmpty(name.to_string())));
+            }
+            out.push(Mutation::Delete(keys::bucket(name)));
+            out.push(Mutation::Delete(keys::tenant_bucket(tenant, name)));
+            MetaResponse::BucketDeleted
+        }
+        MetaCommand::PutObject {
+            bucket,
+            tenant,
+            key,
+            version,
+            now_ms,
+        } => {
+            if let Err(e) = owned_bucket(kv, bucket, tenant)? {
+                return Ok(Err(e));
+            }
+            if let Err(e) = lauscha_core::names::validate_object_key(key) {
+                return Ok(Err(MetaError::InvalidArgument(e.to_string())));
+            }
+            let object_key = keys::object(bucket, key);
+            if let Some(old) = read::<ObjectVersion>(kv, &object_key)?
+                && let Some(stripes) = garbage_of(&old)
+            {
+                put(
+                    out,
+                    keys::garbage(*now_ms, log_index),
+                    &GarbageRecord {
+                        origin: format!("{bucket}/{key}"),
+                        stripes,
+                    },
+                );
+            }
+            let version_id = format!("{log_index:020}");
+            let version = ObjectVersion {
+                version_id: version_id.clone(),
+                last_modified_ms: *now_ms,
+                ..(**version).clone()
+            };
+            put(out, object_key, &version);
+            MetaResponse::ObjectPut {
+                version_id,
+                last_modified_ms: *now_ms,
+            }
+        }
+        MetaCommand::DeleteObject {
+            bucket,
+            tenant,
+            key,
+            now_ms,
+        } => {
+            if let Err(e) = owned_bucket(kv, bucket, tenant)? {
+                return Ok(Err(e));
+            }
+            let object_key = keys::object(bucket, key);
+            match read::<ObjectVersion>(kv, &object_key)? {
+                None => MetaResponse::ObjectDeleted { existed: false },
+                Some(old) => {
+                    if let Some(stripes) = garbage_of(&old) {
+                        put(
+                            out,
+                            keys::garbage(*now_ms, log_index),
+                            &GarbageRecord {
+                                origin: format!("{bucket}/{key}"),
+                                stripes,
+                            },
+                        );
+                    }
+                    out.push(Mutation::Delete(object_key));
+                    MetaResponse::ObjectDeleted { existed: true }
+                }
+            }
+        }
+        MetaCommand::UpsertNode { node } => {
+            let mut map: ClusterMap = read(kv, &keys::cluster_map())?.unwrap_or_default();
+            if map.upsert(node.clone()) {
+                put(out, keys::cluster_map(), &map);
+            }
+            MetaResponse::NodeUpserted { epoch: map.epoch }
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::MemKv;
+    use crate::query;
+    use lauscha_core::{
+        AccessKeyId, BucketName, NodeId, PlacementPolicy, ShardDigest, ShardLocation, StripeId,
+        TenantId,
+    };
+
+    /// A state machine in memory, applying commands at increasing log indexes.
+    struct Sm {
+        kv: MemKv,
+        next_index: u64,
+    }
+
+    impl Sm {
+        fn new() -> Sm {
+            Sm {
+                kv: MemKv::default(),
+                next_index: 1,
+            }
+        }
+
+        fn run(&mut self, cmd: MetaCommand) -> MetaResponse {
+            let (response, mutations) = apply(&self.kv, &cmd, self.next_index).unwrap();
+            if matches!(response, MetaResponse::Refused(_)) {
+                assert!(mutations.is_empty(), "a refusal must not change state");
+            }
+            self.kv.write(mutations);
+            self.next_index += 1;
+            response
+        }
+    }
+
+    fn tenant(s: &str) -> TenantId {
+        TenantId::parse(s).unwrap()
+    }
+
+    fn bucket(s: &str) -> BucketName {
+        BucketName::parse(s).unwrap()
+    }
+
+    fn striped(n_bytes: u64, stripe: u128) -> ObjectVersion {
+        ObjectVersion {
+            version_id: String::new(),
+            size_bytes: n_bytes,
+            etag: "e".into(),
+            last_modified_ms: 0,
+            content_type: None,
+            user_metadata: Default::default(),
+            checksums: Default::default(),
+            data: ObjectData::Striped {
+                n_data_shards: 1,
+                n_parity_shards: 0,
+                stripes: vec![Stripe {
+                    id: StripeId(stripe),
+                    len_bytes: n_bytes,
+                    shards: vec![ShardLocation {
+                        node: NodeId(1),
+                        digest: ShardDigest([0; 32]),
+                    }],
+                }],
+            },
+        }
+    }
+
+    fn setup() -> Sm {
+        let mut sm = Sm::new();
+        for t in ["jena", "gera"] {
+            sm.run(MetaCommand::CreateTenant {
+                id: tenant(t),
+                now_ms: 1,
+            });
+        }
+        let r = sm.run(MetaCommand::CreateBucket {
+            name: bucket("files"),
+            tenant: tenant("jena"),
+            policy: PlacementPolicy::DEFAULT,
+            now_ms: 2,
+        });
+        assert!(matches!(r, MetaResponse::Bucket(_)));
+        sm
+    }
+
+    fn put(sm: &mut Sm, t: &str, b: &str, key: &str, version: ObjectVersion) -> MetaResponse {
+        sm.run(MetaCommand::PutObject {
+            bucket: bucket(b),
+            tenant: tenant(t),
+            key: key.into(),
+            version: Box::new(version),
+            now_ms: 10,
+        })
+    }
+
+    #[test]
+    fn bucket_names_are_global_and_ownership_is_reported() {
+        let mut sm = setup();
+        let again = |sm: &mut Sm, t: &str| {
+            sm.run(MetaCommand::CreateBucket {
+                name: bucket("files"),
+                tenant: tenant(t),
+                policy: PlacementPolicy::DEFAULT,
+                now_ms: 3,
+            })
+        };
+        assert_eq!(
+            again(&mut sm, "jena"),
+            MetaResponse::Refused(MetaError::BucketAlreadyOwnedByYou("files".into()))
+        );
+        assert_eq!(
+            again(&mut sm, "gera"),
+            MetaResponse::Refused(MetaError::BucketAlreadyExists("files".into()))
+        );
+        let names: Vec<String> = query::list_buckets(&sm.kv, &tenant("jena"))
+            .unwrap()
+            .into_iter()
+            .map(|b| b.name.to_string())
+            .collect();
+        assert_eq!(names, ["files"]);
+        assert!(
+            query::list_buckets(&sm.kv, &tenant("gera"))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn another_tenant_cannot_write_read_or_delete() {
+        let mut sm = setup();
+        assert_eq!(
+            put(&mut sm, "gera", "files", "k", striped(1, 1)),
+            MetaResponse::Refused(MetaError::NoSuchBucket("files".into()))
+        );
+        assert_eq!(
+            sm.run(MetaCommand::DeleteBucket {
+                name: bucket("files"),
+                tenant: tenant("gera")
+            }),
+            MetaResponse::Refused(MetaError::NoSuchBucket("files".into()))
+        );
+        assert!(
+            query::get_bucket(&sm.kv, &bucket("files"))
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn overwrite_and_delete_queue_the_old_stripes_as_garbage() {
+        let mut sm = setup();
+        let r = put(&mut sm, "jena", "files", "k", striped(5, 1));
+        let MetaResponse::ObjectPut { version_id, .. } = r else {
+            panic!("{r:?}")
+        };
+        put(&mut sm, "jena", "files", "k", striped(6, 2));
+        let current = query::get_object(&sm.kv, &bucket("files"), "k")
+            .unwrap()
+            .unwrap();
+        assert_eq!(current.size_bytes, 6);
+        assert_ne!(current.version_id, version_id);
+        assert_eq!(
+            sm.run(MetaCommand::DeleteObject {
+                bucket: bucket("files"),
+                tenant: tenant("jena"),
+                key: "k".into(),
+                now_ms: 20
+            }),
+            MetaResponse::ObjectDeleted { existed: true }
+        );
+        let garbage = query::garbage(&sm.kv, 100).unwrap();
+        let stripes: Vec<u128> = garbage
+            .iter()
+            .flat_map(|g| g.stripes.iter().map(|s| s.id.0))
+            .collect();
+        assert_eq!(stripes, [1, 2]);
+        assert_eq!(
+            sm.run(MetaCommand::DeleteObject {
+                bucket: bucket("files"),
+                tenant: tenant("jena"),
+                key: "k".into(),
+                now_ms: 21
+            }),
+            MetaResponse::ObjectDeleted { existed: false }
+        );
+    }
+
+    #[test]
+    fn only_empty_buckets_are_deleted() {
+        let mut sm = setup();
+        put(&mut sm, "jena", "files", "k", striped(5, 1));
+        let delete = |sm: &mut Sm| {
+            sm.run(MetaCommand::DeleteBucket {
+                name: bucket("files"),
+                tenant: tenant("jena"),
+            })
+        };
+        assert_eq!(
+            delete(&mut sm),
+            MetaResponse::Refused(MetaError::BucketNotEmpty("files".into()))
+        );
+        sm.run(MetaCommand::DeleteObject {
+            bucket: bucket("files"),
+            tenant: tenant("jena"),
+            key: "k".into(),
+            now_ms: 20,
+        });
+        assert_eq!(delete(&mut sm), MetaResponse::BucketDeleted);
+        assert!(
+            query::get_bucket(&sm.kv, &bucket("files"))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            query::list_buckets(&sm.kv, &tenant("jena"))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn keys_need_an_existing_tenant_and_a_free_id() {
+        let mut sm = setup();
+        let key = |t: &str| AccessKey {
+            id: AccessKeyId("AK1".into()),
+            secret: "secretsecret".into(),
+            tenant: tenant(t),
+            is_admin: false,
+            created_ms: 0,
+        };
+        assert_eq!(
+            sm.run(MetaCommand::CreateAccessKey {
+                key: key("nowhere"),
+                now_ms: 5
+            }),
+            MetaResponse::Refused(MetaError::NoSuchTenant("nowhere".into()))
+        );
+        assert!(matches!(
+            sm.run(MetaCommand::CreateAccessKey {
+                key: key("jena"),
+                now_ms: 5
+            }),
+            MetaResponse::AccessKey(AccessKey { created_ms: 5, .. })
+        ));
+        assert_eq!(
+            sm.run(MetaCommand::CreateAccessKey {
+                key: key("gera"),
+                now_ms: 6
+            }),
+            MetaResponse::Refused(MetaError::AccessKeyAlreadyExists("AK1".into()))
+        );
+        let stored = query::get_access_key(&sm.kv, &AccessKeyId("AK1".into()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.tenant, tenant("jena"));
+    }
+
+    #[test]
+    fn applying_the_same_log_twice_gives_the_same_state() {
+        let log = |sm: &mut Sm| {
+            let mut sm2 = setup();
+            for i in 0..50u128 {
+                put(
+                    &mut sm2,
+                    "jena",
+                    "files",
+                    &format!("k{}", i % 7),
+                    striped(i as u64 + 1, i),
+                );
+            }
+            *sm = sm2;
+        };
+        let (mut a, mut b) = (Sm::new(), Sm::new());
+        log(&mut a);
+        log(&mut b);
+        assert_eq!(a.kv, b.kv);
+    }
+}

@@ -1,0 +1,212 @@
+//! What goes through Raft: commands in the log and the responses `apply` gives.
+//!
+//! Commands carry everything `apply` needs, including the time (stamped by the voter that
+//! proposes them), so that applying the same log gives the same state on every voter.
+
+use std::fmt;
+
+use lauscha_core::{
+    AccessKey, Bucket, BucketName, NodeInfo, ObjectVersion, PlacementPolicy, Tenant, TenantId,
+};
+use serde::{Deserialize, Serialize};
+
+/// A state change. New variants go at the end: the log stores the variant index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaCommand {
+    /// Create a tenant.
+    CreateTenant {
+        /// Its id.
+        id: TenantId,
+        /// Proposal time, Unix ms.
+        now_ms: u64,
+    },
+    /// Create an access key (its `created_ms` is set from `now_ms`).
+    CreateAccessKey {
+        /// The key.
+        key: AccessKey,
+        /// Proposal time, Unix ms.
+        now_ms: u64,
+    },
+    /// Create a bucket.
+    CreateBucket {
+        /// Its name.
+        name: BucketName,
+        /// The owning tenant.
+        tenant: TenantId,
+        /// Its placement policy.
+        policy: PlacementPolicy,
+        /// Proposal time, Unix ms.
+        now_ms: u64,
+    },
+    /// Delete an empty bucket.
+    DeleteBucket {
+        /// Its name.
+        name: BucketName,
+        /// The tenant asking; must own it.
+        tenant: TenantId,
+    },
+    /// Make a version current. Its shards are already durable.
+    PutObject {
+        /// The bucket.
+        bucket: BucketName,
+        /// The tenant writing; must own the bucket.
+        tenant: TenantId,
+        /// The object key.
+        key: String,
+        /// The version; `version_id` and `last_modified_ms` are assigned by `apply`.
+        version: Box<ObjectVersion>,
+        /// Proposal time, Unix ms.
+        now_ms: u64,
+    },
+    /// Remove an object.
+    DeleteObject {
+        /// The bucket.
+        bucket: BucketName,
+        /// The tenant deleting; must own the bucket.
+        tenant: TenantId,
+        /// The object key.
+        key: String,
+        /// Proposal time, Unix ms.
+        now_ms: u64,
+    },
+    /// Add or update a storage node in the cluster map.
+    UpsertNode {
+        /// The node.
+        node: NodeInfo,
+    },
+}
+
+impl fmt::Display for MetaCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MetaCommand::CreateTenant { id, .. } => write!(f, "create-tenant {id}"),
+            MetaCommand::CreateAccessKey { key, .. } => write!(f, "create-key {}", key.id),
+            MetaCommand::CreateBucket { name, .. } => write!(f, "create-bucket {name}"),
+            MetaCommand::DeleteBucket { name, .. } => write!(f, "delete-bucket {name}"),
+            MetaCommand::PutObject { bucket, key, .. } => write!(f, "put {bucket}/{key}"),
+            MetaCommand::DeleteObject { bucket, key, .. } => write!(f, "delete {bucket}/{key}"),
+            MetaCommand::UpsertNode { node } => write!(f, "upsert-node {}", node.id),
+        }
+    }
+}
+
+/// What `apply` answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaResponse {
+    /// Blank and membership entries.
+    #[default]
+    Done,
+    /// The tenant created.
+    Tenant(Tenant),
+    /// The key created.
+    AccessKey(AccessKey),
+    /// The bucket created.
+    Bucket(Bucket),
+    /// The bucket deleted.
+    BucketDeleted,
+    /// The version committed.
+    ObjectPut {
+        /// Its id.
+        version_id: String,
+        /// Its time, Unix ms.
+        last_modified_ms: u64,
+    },
+    /// The object removed (or it was absent).
+    ObjectDeleted {
+        /// Whether it existed.
+        existed: bool,
+    },
+    /// The cluster map's new epoch.
+    NodeUpserted {
+        /// The epoch after the change.
+        epoch: u64,
+    },
+    /// The command was refused; the state is unchanged.
+    Refused(MetaError),
+}
+
+/// Errors of the metadata service, as its clients see them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum MetaError {
+    /// No such bucket.
+    #[error("bucket {0} does not exist")]
+    NoSuchBucket(String),
+    /// No such object.
+    #[error("object {key} does not exist in bucket {bucket}")]
+    NoSuchKey {
+        /// The bucket.
+        bucket: String,
+        /// The key.
+        key: String,
+    },
+    /// Another tenant owns the name.
+    #[error("bucket name {0} is taken")]
+    BucketAlreadyExists(String),
+    /// The caller owns it already.
+    #[error("bucket {0} exists and is yours")]
+    BucketAlreadyOwnedByYou(String),
+    /// The bucket holds objects.
+    #[error("bucket {0} is not empty")]
+    BucketNotEmpty(String),
+    /// No such tenant.
+    #[error("tenant {0} does not exist")]
+    NoSuchTenant(String),
+    /// The tenant exists.
+    #[error("tenant {0} exists already")]
+    TenantAlreadyExists(String),
+    /// No such access key.
+    #[error("access key {0} does not exist")]
+    NoSuchAccessKey(String),
+    /// The access key id is taken.
+    #[error("access key {0} exists already")]
+    AccessKeyAlreadyExists(String),
+    /// A malformed request.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// This voter cannot serve the request; `leader` is where to go, if known.
+    #[error("not the metadata leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader's advertised address.
+        leader: Option<String>,
+    },
+    /// No quorum, shutting down, or a timeout.
+    #[error("metadata unavailable: {0}")]
+    Unavailable(String),
+    /// Storage failure or a bug.
+    #[error("metadata internal error: {0}")]
+    Internal(String),
+}
+
+impl MetaError {
+    /// The stable kind carried across gRPC.
+    pub fn kind(&self) -> lauscha_proto::MetaErrorKind {
+        use lauscha_proto::MetaErrorKind as K;
+        match self {
+            MetaError::NoSuchBucket(_) => K::NoSuchBucket,
+            MetaError::NoSuchKey { .. } => K::NoSuchKey,
+            MetaError::BucketAlreadyExists(_) => K::BucketAlreadyExists,
+            MetaError::BucketAlreadyOwnedByYou(_) => K::BucketAlreadyOwnedByYou,
+            MetaError::BucketNotEmpty(_) => K::BucketNotEmpty,
+            MetaError::NoSuchTenant(_) => K::NoSuchTenant,
+            MetaError::TenantAlreadyExists(_) => K::TenantAlreadyExists,
+            MetaError::NoSuchAccessKey(_) => K::NoSuchAccessKey,
+            MetaError::AccessKeyAlreadyExists(_) => K::AccessKeyAlreadyExists,
+            MetaError::InvalidArgument(_) => K::InvalidArgument,
+            MetaError::NotLeader { .. } => K::NotLeader,
+            MetaError::Unavailable(_) => K::Unavailable,
+            MetaError::Internal(_) => K::Internal,
+        }
+    }
+}
+
+impl From<MetaError> for tonic::Status {
+    fn from(e: MetaError) -> tonic::Status {
+        e.kind().status(e.to_string())
+    }
+}
+
+impl From<lauscha_proto::ProtoError> for MetaError {
+    fn from(e: lauscha_proto::ProtoError) -> Self {
+        MetaError::InvalidArgument(e.to_string())
+    }
+}

@@ -1,0 +1,161 @@
+//! Key layout of the state machine.
+//!
+//! ```text
+//! [partition: u16 BE][table: u8][table-specific bytes]
+//! ```
+//! Every key starts with a partition id (0 today) so that the keyspace can later be split
+//! into several Raft groups by key range without rewriting any key. Within a partition
+//! keys are ordered so that the reads we need are range scans; in particular objects sort
+//! by (bucket, key) in UTF-8 byte order, the order S3 lists them in, and a listing with a
+//! prefix is one seek plus a scan.
+
+use lauscha_core::{AccessKeyId, BucketName, TenantId};
+
+/// The partition all keys live in until the keyspace is split.
+pub const PARTITION: u16 = 0;
+
+/// Tables, one byte each. Never renumber: the numbers are on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Table {
+    /// Tenant id -> Tenant.
+    Tenant = 1,
+    /// Access key id -> AccessKey.
+    AccessKey = 2,
+    /// Bucket name -> Bucket.
+    Bucket = 3,
+    /// (tenant, bucket name) -> empty: the buckets of a tenant, for ListBuckets.
+    TenantBucket = 4,
+    /// (bucket, object key) -> ObjectVersion (the current version).
+    Object = 5,
+    /// The cluster map, one key.
+    ClusterMap = 6,
+    /// (time ms, log index) -> stripes that no version references any more.
+    Garbage = 7,
+}
+
+/// Separates a bucket name from what follows. Bucket names and object keys never contain
+/// NUL, so the separator keeps (bucket, key) order equal to byte order.
+const SEP: u8 = 0;
+
+fn table_prefix(table: Table) -> Vec<u8> {
+    let mut key = Vec::with_capacity(64);
+    key.extend_from_slice(&PARTITION.to_be_bytes());
+    key.push(table as u8);
+    key
+}
+
+/// All keys of one table: `[start, end)`.
+pub fn table_range(table: Table) -> (Vec<u8>, Vec<u8>) {
+    let start = table_prefix(table);
+    let mut end = start.clone();
+    *end.last_mut().expect("non-empty") += 1;
+    (start, end)
+}
+
+/// Key of a tenant.
+pub fn tenant(id: &TenantId) -> Vec<u8> {
+    let mut key = table_prefix(Table::Tenant);
+    key.extend_from_slice(id.0.as_bytes());
+    key
+}
+
+/// Key of an access key.
+pub fn access_key(id: &AccessKeyId) -> Vec<u8> {
+    let mut key = table_prefix(Table::AccessKey);
+    key.extend_from_slice(id.0.as_bytes());
+    key
+}
+
+/// Key of a bucket.
+pub fn bucket(name: &BucketName) -> Vec<u8> {
+    let mut key = table_prefix(Table::Bucket);
+    key.extend_from_slice(name.as_str().as_bytes());
+    key
+}
+
+/// Index key: a bucket of a tenant.
+pub fn tenant_bucket(tenant: &TenantId, name: &BucketName) -> Vec<u8> {
+    let mut key = tenant_buckets_prefix(tenant);
+    key.extend_from_slice(name.as_str().as_bytes());
+    key
+}
+
+/// Prefix of all index keys of a tenant's buckets.
+pub fn tenant_buckets_prefix(tenant: &TenantId) -> Vec<u8> {
+    let mut key = table_prefix(Table::TenantBucket);
+    key.extend_from_slice(tenant.0.as_bytes());
+    key.push(SEP);
+    key
+}
+
+/// Prefix of all objects of a bucket.
+pub fn bucket_objects_prefix(bucket: &BucketName) -> Vec<u8> {
+    let mut key = table_prefix(Table::Object);
+    key.extend_from_slice(bucket.as_str().as_bytes());
+    key.push(SEP);
+    key
+}
+
+/// Key of an object.
+pub fn object(bucket: &BucketName, object_key: &str) -> Vec<u8> {
+    let mut key = bucket_objects_prefix(bucket);
+    key.extend_from_slice(object_key.as_bytes());
+    key
+}
+
+/// The cluster map's key.
+pub fn cluster_map() -> Vec<u8> {
+    table_prefix(Table::ClusterMap)
+}
+
+/// Key of a garbage record.
+pub fn garbage(time_ms: u64, log_index: u64) -> Vec<u8> {
+    let mut key = table_prefix(Table::Garbage);
+    key.extend_from_slice(&time_ms.to_be_bytes());
+    key.extend_from_slice(&log_index.to_be_bytes());
+    key
+}
+
+/// The smallest key greater than every key that starts with `prefix`, or `None` if no
+/// such key exists (all bytes 0xFF).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_sort_by_bucket_then_key_bytes() {
+        let a = BucketName::parse("aaa").unwrap();
+        let ab = BucketName::parse("aaab").unwrap();
+        // "aaa" + any key sorts before bucket "aaab", thanks to the NUL separator.
+        assert!(object(&a, "zzzz") < object(&ab, ""));
+        assert!(object(&a, "a/b") < object(&a, "a0"));
+        assert!(object(&a, "a") < object(&a, "a\u{1}"));
+        assert!(object(&a, "Z") < object(&a, "a"));
+    }
+
+    #[test]
+    fn keys_start_with_the_partition() {
+        let key = bucket(&BucketName::parse("abc").unwrap());
+        assert_eq!(&key[..2], &PARTITION.to_be_bytes());
+        assert_eq!(key[2], Table::Bucket as u8);
+    }
+
+    #[test]
+    fn prefix_end_is_the_next_prefix() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+    }
+}

@@ -1,0 +1,374 @@
+//! Reads of the state machine: pure functions over [`KvRead`].
+
+use lauscha_core::model::{ListObjectsQuery, ObjectListing, ObjectSummary};
+use lauscha_core::{
+    AccessKey, AccessKeyId, Bucket, BucketName, ClusterMap, ObjectVersion, TenantId,
+};
+use serde::Deserialize;
+
+use crate::apply::{GarbageRecord, read};
+use crate::keys::{self, Table};
+use crate::kv::{KvError, KvRead};
+use crate::value;
+
+/// An access key by id.
+pub fn get_access_key(kv: &impl KvRead, id: &AccessKeyId) -> Result<Option<AccessKey>, KvError> {
+    read(kv, &keys::access_key(id))
+}
+
+/// A bucket by name.
+pub fn get_bucket(kv: &impl KvRead, name: &BucketName) -> Result<Option<Bucket>, KvError> {
+    read(kv, &keys::bucket(name))
+}
+
+/// Whether a tenant exists.
+pub fn tenant_exists(kv: &impl KvRead, id: &TenantId) -> Result<bool, KvError> {
+    Ok(kv.get(&keys::tenant(id))?.is_some())
+}
+
+/// The buckets of a tenant, by name.
+pub fn list_buckets(kv: &impl KvRead, tenant: &TenantId) -> Result<Vec<Bucket>, KvError> {
+    let prefix = keys::tenant_buckets_prefix(tenant);
+    let end = keys::prefix_end(&prefix).expect("prefix ends in NUL");
+    let mut names = Vec::new();
+    let mut bad_key = None;
+    kv.scan(&prefix, &end, &mut |k, _| {
+        match std::str::from_utf8(&k[prefix.len()..])
+            .ok()
+            .and_then(|s| BucketName::parse(s).ok())
+        {
+            Some(name) => names.push(name),
+            None => bad_key = Some(k.to_vec()),
+        }
+        bad_key.is_none()
+    })?;
+    if let Some(k) = bad_key {
+        return Err(KvError(format!("bad bucket index key {k:?}")));
+    }
+    let mut buckets = Vec::with_capacity(names.len());
+    for name in names {
+        let bucket = get_bucket(kv, &name)?
+            .ok_or_else(|| KvError(format!("bucket index names missing bucket {name}")))?;
+        buckets.push(bucket);
+    }
+    Ok(buckets)
+}
+
+/// The current version of an object.
+pub fn get_object(
+    kv: &impl KvRead,
+    bucket: &BucketName,
+    key: &str,
+) -> Result<Option<ObjectVersion>, KvError> {
+    read(kv, &keys::object(bucket, key))
+}
+
+/// The cluster map (empty before any node registered).
+pub fn cluster_map(kv: &impl KvRead) -> Result<ClusterMap, KvError> {
+    Ok(read(kv, &keys::cluster_map())?.unwrap_or_default())
+}
+
+/// The oldest `limit` garbage records.
+pub fn garbage(kv: &impl KvRead, limit: usize) -> Result<Vec<GarbageRecord>, KvError> {
+    let (start, end) = keys::table_range(Table::Garbage);
+    let mut records = Vec::new();
+    let mut error = None;
+    kv.scan(&start, &end, &mut |_, v| {
+        match value::decode(v) {
+            Ok(r) => records.push(r),
+            Err(e) => error = Some(KvError(e.to_string())),
+        }
+        error.is_none() && records.len() < limit
+    })?;
+    match error {
+        Some(e) => Err(e),
+        None => Ok(records),
+    }
+}
+
+/// The leading fields of an encoded [`ObjectVersion`]: postcard is positional, so a
+/// listing decodes these without touching the stripe list behind them.
+#[derive(Deserialize)]
+struct VersionHead {
+    _version_id: String,
+    size_bytes: u64,
+    etag: String,
+    last_modified_ms: u64,
+}
+
+fn summary(key: &str, bytes: &[u8]) -> Result<ObjectSummary, KvError> {
+    let head: VersionHead =
+        value::decode_prefix(bytes).map_err(|e| KvError(format!("object {key}: {e}")))?;
+    Ok(ObjectSummary {
+        key: key.to_string(),
+        size_bytes: head.size_bytes,
+        etag: head.etag,
+        last_modified_ms: head.last_modified_ms,
+    })
+}
+
+/// One page of a listing, with S3's semantics: keys in UTF-8 byte order, starting strictly
+/// after `start_after`; with a delimiter, keys that contain it after the prefix are rolled
+/// up into common prefixes, each counted once against `max_keys`. A common prefix at or
+/// before `start_after` is not repeated, so a page that ended on a common prefix continues
+/// behind all of its keys.
+pub fn list_objects(kv: &impl KvRead, q: &ListObjectsQuery) -> Result<ObjectListing, KvError> {
+    let mut listing = ObjectListing::default();
+    let max_keys = q.max_keys as usize;
+    if max_keys == 0 {
+        return Ok(listing);
+    }
+    let base = keys::bucket_objects_prefix(&q.bucket);
+    let mut scan_prefix = base.clone();
+    scan_prefix.extend_from_slice(q.prefix.as_bytes());
+    let end = keys::prefix_end(&scan_prefix).expect("bucket prefix contains a NUL byte");
+    let mut start = scan_prefix.clone();
+    if let Some(after) = &q.start_after {
+        // The successor of `after`: no key contains NUL, so after + NUL is the next key.
+        let mut successor = base.clone();
+        successor.extend_from_slice(after.as_bytes());
+        successor.push(0);
+        start = start.max(successor);
+    }
+    let delimiter = q.delimiter.as_deref().filter(|d| !d.is_empty());
+    let mut n_emitted = 0usize;
+    let mut last_emitted: Option<String> = None;
+    let mut error: Option<KvError> = None;
+    loop {
+        let mut seek_to: Option<Vec<u8>> = None;
+        kv.scan(&start, &end, &mut |k, v| {
+            let Ok(key) = std::str::from_utf8(&k[base.len()..]) else {
+                error = Some(KvError(format!("object key is not UTF-8: {k:?}")));
+                return false;
+            };
+            let rolled_up = delimiter.and_then(|d| {
+                key[q.prefix.len()..]
+                    .find(d)
+                    .map(|pos| &key[..q.prefix.len() + pos + d.len()])
+            });
+            if let Some(common_prefix) = rolled_up {
+                // Every key under this prefix is covered by it: continue behind them all.
+                // 0xFF never occurs in UTF-8, so prefix + 0xFF is past every such key.
+                let mut past = base.clone();
+                past.extend_from_slice(common_prefix.as_bytes());
+                past.push(0xFF);
+                seek_to = Some(past);
+                if q.start_after
+                    .as_deref()
+                    .is_some_and(|after| common_prefix <= after)
+                {
+                    return false;
+                }
+                if n_emitted == max_keys {
+                    listing.is_truncated = true;
+                    seek_to = None;
+                    return false;
+                }
+                listing.common_prefixes.push(common_prefix.to_string());
+                last_emitted = Some(common_prefix.to_string());
+                n_emitted += 1;
+                return false;
+            }
+            if n_emitted == max_keys {
+                listing.is_truncated = true;
+                return false;
+            }
+            match summary(key, v) {
+                Ok(s) => listing.objects.push(s),
+                Err(e) => {
+                    error = Some(e);
+                    return false;
+                }
+            }
+            last_emitted = Some(key.to_string());
+            n_emitted += 1;
+            true
+        })?;
+        if let Some(e) = error {
+            return Err(e);
+        }
+        match seek_to {
+            Some(next) if next < end => start = next,
+            _ => break,
+        }
+    }
+    if listing.is_truncated {
+        listing.next_marker = last_emitted;
+    }
+    Ok(listing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::MemKv;
+    use lauscha_core::model::ObjectData;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    fn version(size: u64) -> ObjectVersion {
+        ObjectVersion {
+            version_id: "v".into(),
+            size_bytes: size,
+            etag: format!("etag{size}"),
+            last_modified_ms: 7,
+            content_type: None,
+            user_metadata: Default::default(),
+            checksums: Default::default(),
+            data: ObjectData::Inline(vec![0; size as usize]),
+        }
+    }
+
+    fn kv_with(bucket: &BucketName, keys_: &[&str]) -> MemKv {
+        let mut kv = MemKv::default();
+        for (i, k) in keys_.iter().enumerate() {
+            kv.map
+                .insert(keys::object(bucket, k), value::encode(&version(i as u64)));
+        }
+        // A neighbouring bucket whose keys must never leak into listings.
+        let other = BucketName::parse(&format!("{}x", bucket.as_str())).unwrap();
+        kv.map
+            .insert(keys::object(&other, "a/leak"), value::encode(&version(0)));
+        kv
+    }
+
+    fn query(
+        bucket: &BucketName,
+        prefix: &str,
+        delimiter: Option<&str>,
+        after: Option<&str>,
+        max: u32,
+    ) -> ListObjectsQuery {
+        ListObjectsQuery {
+            bucket: bucket.clone(),
+            prefix: prefix.into(),
+            delimiter: delimiter.map(Into::into),
+            start_after: after.map(Into::into),
+            max_keys: max,
+        }
+    }
+
+    /// The reference: S3 listing semantics written the slow, obvious way.
+    fn reference(all: &BTreeSet<String>, q: &ListObjectsQuery) -> (Vec<String>, Vec<String>, bool) {
+        let mut entries: Vec<(String, bool)> = Vec::new(); // (name, is_prefix)
+        for k in all.iter().filter(|k| k.starts_with(&q.prefix)) {
+            let rolled = q.delimiter.as_deref().and_then(|d| {
+                k[q.prefix.len()..]
+                    .find(d)
+                    .map(|p| k[..q.prefix.len() + p + d.len()].to_string())
+            });
+            let entry = match rolled {
+                Some(cp) => (cp, true),
+                None => (k.clone(), false),
+            };
+            if entries.last() != Some(&entry) && !entries.contains(&entry) {
+                entries.push(entry);
+            }
+        }
+        let after = q.start_after.clone().unwrap_or_default();
+        let entries: Vec<(String, bool)> = entries
+            .into_iter()
+            .filter(|(name, _)| q.start_after.is_none() || *name > after)
+            .collect();
+        let page: Vec<&(String, bool)> = entries.iter().take(q.max_keys as usize).collect();
+        let truncated = entries.len() > q.max_keys as usize && q.max_keys > 0;
+        (
+            page.iter().filter(|e| !e.1).map(|e| e.0.clone()).collect(),
+            page.iter().filter(|e| e.1).map(|e| e.0.clone()).collect(),
+            truncated,
+        )
+    }
+
+    #[test]
+    fn prefix_delimiter_and_pages() {
+        let b = BucketName::parse("bkt").unwrap();
+        let kv = kv_with(&b, &["a/1", "a/2", "a/b/3", "b/1", "c", "d/"]);
+        let l = list_objects(&kv, &query(&b, "", Some("/"), None, 1000)).unwrap();
+        assert_eq!(l.common_prefixes, ["a/", "b/", "d/"]);
+        assert_eq!(
+            l.objects.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(),
+            ["c"]
+        );
+        assert!(!l.is_truncated);
+
+        let l = list_objects(&kv, &query(&b, "a/", Some("/"), None, 1000)).unwrap();
+        assert_eq!(
+            l.objects.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(),
+            ["a/1", "a/2"]
+        );
+        assert_eq!(l.common_prefixes, ["a/b/"]);
+
+        // Page through with max 1: a/ then b/ then c then d/.
+        let mut after = None;
+        let mut seen = Vec::new();
+        loop {
+            let l = list_objects(&kv, &query(&b, "", Some("/"), after.as_deref(), 1)).unwrap();
+            seen.extend(l.common_prefixes.clone());
+            seen.extend(l.objects.iter().map(|o| o.key.clone()));
+            if !l.is_truncated {
+                break;
+            }
+            after = l.next_marker;
+        }
+        assert_eq!(seen, ["a/", "b/", "c", "d/"]);
+        assert_eq!(
+            list_objects(&kv, &query(&b, "", None, None, 0)).unwrap(),
+            ObjectListing::default()
+        );
+    }
+
+    #[test]
+    fn sizes_and_etags_come_from_the_version_head() {
+        let b = BucketName::parse("bkt").unwrap();
+        let kv = kv_with(&b, &["x", "y"]);
+        let l = list_objects(&kv, &query(&b, "", None, None, 10)).unwrap();
+        assert_eq!(l.objects[1].size_bytes, 1);
+        assert_eq!(l.objects[1].etag, "etag1");
+        assert_eq!(l.objects[1].last_modified_ms, 7);
+    }
+
+    proptest! {
+        #[test]
+        fn listing_matches_the_reference(
+            keys_ in prop::collection::btree_set("[ab/]{1,5}", 0..30),
+            prefix in "[ab/]{0,2}",
+            use_delimiter in any::<bool>(),
+            after in prop::option::of("[ab/]{0,4}"),
+            max in 0u32..6,
+        ) {
+            let b = BucketName::parse("bkt").unwrap();
+            let refs: Vec<&str> = keys_.iter().map(String::as_str).collect();
+            let kv = kv_with(&b, &refs);
+            let q = query(&b, &prefix, use_delimiter.then_some("/"), after.as_deref(), max);
+            let got = list_objects(&kv, &q).unwrap();
+            let (objects, prefixes, truncated) = reference(&keys_, &q);
+            prop_assert_eq!(got.objects.iter().map(|o| o.key.clone()).collect::<Vec<_>>(), objects);
+            prop_assert_eq!(got.common_prefixes, prefixes);
+            prop_assert_eq!(got.is_truncated, truncated);
+        }
+
+        #[test]
+        fn paging_visits_every_entry_once(
+            keys_ in prop::collection::btree_set("[ab/]{1,6}", 0..40),
+            use_delimiter in any::<bool>(),
+            max in 1u32..5,
+        ) {
+            let b = BucketName::parse("bkt").unwrap();
+            let refs: Vec<&str> = keys_.iter().map(String::as_str).collect();
+            let kv = kv_with(&b, &refs);
+            let delimiter = use_delimiter.then_some("/");
+            let full = list_objects(&kv, &query(&b, "", delimiter, None, 10_000)).unwrap();
+            let mut after: Option<String> = None;
+            let (mut objects, mut prefixes) = (Vec::new(), Vec::new());
+            for _ in 0..100 {
+                let l = list_objects(&kv, &query(&b, "", delimiter, after.as_deref(), max)).unwrap();
+                objects.extend(l.objects.into_iter().map(|o| o.key));
+                prefixes.extend(l.common_prefixes);
+                if !l.is_truncated { break; }
+                after = l.next_marker;
+            }
+            prop_assert_eq!(objects, full.objects.into_iter().map(|o| o.key).collect::<Vec<_>>());
+            prop_assert_eq!(prefixes, full.common_prefixes);
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! The metadata gRPC service. Each handler converts its `pb` request into core types on its
+//! first lines, runs a write or a linearizable read, and converts back.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lauscha_core::model::ListObjectsQuery;
+use lauscha_core::{AccessKey, AccessKeyId, NodeInfo, PlacementPolicy, TenantId};
+use lauscha_proto::meta::meta_service_server::{MetaService, MetaServiceServer};
+use lauscha_proto::meta::{self as pb};
+use lauscha_proto::{ProtoError, bucket_name};
+use tonic::{Request, Response, Status};
+
+use crate::command::{MetaCommand, MetaError, MetaResponse};
+use crate::node::MetaNode;
+use crate::query;
+
+/// Serves `lauscha.meta.v1.MetaService` from a voter.
+#[derive(Clone)]
+pub struct MetaServer {
+    node: MetaNode,
+}
+
+impl MetaServer {
+    /// A server for `node`.
+    pub fn new(node: MetaNode) -> MetaServer {
+        MetaServer { node }
+    }
+
+    /// The tonic service; messages are large enough for the stripe map of a 5 GiB object.
+    pub fn into_service(self) -> MetaServiceServer<MetaServer> {
+        MetaServiceServer::new(self)
+            .max_decoding_message_size(crate::network::MAX_RAFT_MESSAGE_BYTES)
+            .max_encoding_message_size(crate::network::MAX_RAFT_MESSAGE_BYTES)
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn tenant(s: &str) -> Result<TenantId, MetaError> {
+    TenantId::parse(s).map_err(|e| MetaError::InvalidArgument(e.to_string()))
+}
+
+fn unexpected(response: MetaResponse) -> Status {
+    MetaError::Internal(format!("unexpected response {response:?}")).into()
+}
+
+#[tonic::async_trait]
+impl MetaService for MetaServer {
+    async fn get_access_key(
+        &self,
+        request: Request<pb::GetAccessKeyRequest>,
+    ) -> Result<Response<pb::AccessKey>, Status> {
+        let id = AccessKeyId(request.into_inner().id);
+        let key_id = id.clone();
+        let key = self
+            .node
+            .read(move |kv| query::get_access_key(kv, &key_id))
+            .await?
+            .ok_or_else(|| MetaError::NoSuchAccessKey(id.to_string()))?;
+        Ok(Response::new(key.into()))
+    }
+
+    async fn create_tenant(
+        &self,
+        request: Request<pb::CreateTenantRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let id = tenant(&request.into_inner().id)?;
+        match self
+            .node
+            .write(MetaCommand::CreateTenant {
+                id,
+                now_ms: now_ms(),
+            })
+            .await?
+        {
+            MetaResponse::Tenant(t) => Ok(Response::new(t.into())),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn create_access_key(
+        &self,
+        request: Request<pb::CreateAccessKeyRequest>,
+    ) -> Result<Response<pb::AccessKey>, Status> {
+        let key: AccessKey = request
+            .into_inner()
+            .key
+            .ok_or_else(|| MetaError::InvalidArgument("key missing".into()))?
+            .try_into()
+            .map_err(MetaError::from)?;
+        match self
+            .node
+            .write(MetaCommand::CreateAccessKey {
+                key,
+                now_ms: now_ms(),
+            })
+            .await?
+        {
+            MetaResponse::AccessKey(k) => Ok(Response::new(k.into())),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn create_bucket(
+        &self,
+        request: Request<pb::CreateBucketRequest>,
+    ) -> Result<Response<pb::Bucket>, Status> {
+        let request = request.into_inner();
+        let name = bucket_name(&request.name).map_err(MetaError::from)?;
+        let tenant = tenant(&request.tenant)?;
+        let policy: PlacementPolicy = request
+            .policy
+            .ok_or_else(|| MetaError::InvalidArgument("policy missing".into()))?
+            .try_into()
+            .map_err(MetaError::from)?;
+        match self
+            .node
+            .write(MetaCommand::CreateBucket {
+                name,
+                tenant,
+                policy,
+                now_ms: now_ms(),
+            })
+            .await?
+        {
+            MetaResponse::Bucket(b) => Ok(Response::new(b.into())),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn get_bucket(
+        &self,
+        request: Request<pb::GetBucketRequest>,
+    ) -> Result<Response<pb::Bucket>, Status> {
+        let name = bucket_name(&request.into_inner().name).map_err(MetaError::from)?;
+        let lookup = name.clone();
+        let bucket = self
+            .node
+            .read(move |kv| query::get_bucket(kv, &lookup))
+            .await?
+            .ok_or_else(|| MetaError::NoSuchBucket(name.to_string()))?;
+        Ok(Response::new(bucket.into()))
+    }
+
+    async fn delete_bucket(
+        &self,
+        request: Request<pb::DeleteBucketRequest>,
+    ) -> Result<Response<pb::DeleteBucketReply>, Status> {
+        let request = request.into_inner();
+        let name = bucket_name(&request.name).map_err(MetaError::from)?;
+        let tenant = tenant(&request.tenant)?;
+        match self
+            .node
+            .write(MetaCommand::DeleteBucket { name, tenant })
+            .await?
+        {
+            MetaResponse::BucketDeleted => Ok(Response::new(pb::DeleteBucketReply {})),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn list_buckets(
+        &self,
+        request: Request<pb::ListBucketsRequest>,
+    ) -> Result<Response<pb::ListBucketsReply>, Status> {
+        let tenant = tenant(&request.into_inner().tenant)?;
+        let buckets = self
+            .node
+            .read(move |kv| query::list_buckets(kv, &tenant))
+            .await?;
+        Ok(Response::new(pb::ListBucketsReply {
+            buckets: buckets.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn put_object(
+        &self,
+        request: Request<pb::PutObjectRequest>,
+    ) -> Result<Response<pb::PutObjectReply>, Status> {
+        let request = request.into_inner();
+        let bucket = bucket_name(&request.bucket).map_err(MetaError::from)?;
+        let tenant = tenant(&request.tenant)?;
+        let version = request
+            .version
+            .ok_or_else(|| MetaError::InvalidArgument("version missing".into()))?
+            .try_into()
+            .map_err(|e: ProtoError| MetaError::from(e))?;
+        match self
+            .node
+            .write(MetaCommand::PutObject {
+                bucket,
+                tenant,
+                key: request.key,
+                version: Box::new(version),
+                now_ms: now_ms(),
+            })
+            .await?
+        {
+            MetaResponse::ObjectPut {
+                version_id,
+                last_modified_ms,
+            } => Ok(Response::new(pb::PutObjectReply {
+                version_id,
+                last_modified_ms,
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn get_object(
+        &self,
+        request: Request<pb::GetObjectRequest>,
+    ) -> Result<Response<pb::ObjectVersion>, Status> {
+        let request = request.into_inner();
+        let bucket = bucket_name(&request.bucket).map_err(MetaError::from)?;
+        let tenant = tenant(&request.tenant)?;
+        let key = request.key;
+        let (b, k) = (bucket.clone(), key.clone());
+        let found = self
+            .node
+            .read(move |kv| {
+                let Some(owner) = query::get_bucket(kv, &b)? else {
+                    return Ok(Err(MetaError::NoSuchBucket(b.to_string())));
+                };
+                if owner.tenant != tenant {
+                    return Ok(Err(MetaError::NoSuchBucket(b.to_string())));
+                }
+                Ok(query::get_object(kv, &b, &k)?.ok_or(MetaError::NoSuchKey {
+                    bucket: b.to_string(),
+                    key: k,
+                }))
+            })
+            .await??;
+        Ok(Response::new(found.into()))
+    }
+
+    async fn delete_object(
+        &self,
+        request: Request<pb::DeleteObjectRequest>,
+    ) -> Result<Response<pb::DeleteObjectReply>, Status> {
+        let request = request.into_inner();
+        let bucket = bucket_name(&request.bucket).map_err(MetaError::from)?;
+        let tenant = tenant(&request.tenant)?;
+        match self
+            .node
+            .write(MetaCommand::DeleteObject {
+                bucket,
+                tenant,
+                key: request.key,
+                now_ms: now_ms(),
+            })
+            .await?
+        {
+            MetaResponse::ObjectDeleted { existed } => {
+                Ok(Response::new(pb::DeleteObjectReply { existed }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn list_objects(
+        &self,
+        request: Request<pb::ListObjectsRequest>,
+    ) -> Result<Response<pb::ListObjectsReply>, Status> {
+        let request = request.into_inner();
+        let tenant = tenant(&request.tenant)?;
+        let q: ListObjectsQuery = request.try_into().map_err(MetaError::from)?;
+        let listing = self
+            .node
+            .read(move |kv| {
+                match query::get_bucket(kv, &q.bucket)? {
+                    Some(b) if b.tenant == tenant => {}
+                    _ => return Ok(Err(MetaError::NoSuchBucket(q.bucket.to_string()))),
+                }
+                query::list_objects(kv, &q).map(Ok)
+            })
+            .await??;
+        Ok(Response::new(listing.into()))
+    }
+
+    async fn register_node(
+        &self,
+        request: Request<pb::NodeInfo>,
+    ) -> Result<Response<pb::ClusterMap>, Status> {
+        let node: NodeInfo = request.into_inner().try_into().map_err(MetaError::from)?;
+        self.node.write(MetaCommand::UpsertNode { node }).await?;
+        let map = self.node.read(|kv| query::cluster_map(kv)).await?;
+        Ok(Response::new(map.into()))
+    }
+
+    async fn get_cluster_map(
+        &self,
+        _request: Request<pb::GetClusterMapRequest>,
+    ) -> Result<Response<pb::ClusterMap>, Status> {
+        let map = self.node.read(|kv| query::cluster_map(kv)).await?;
+        Ok(Response::new(map.into()))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        let s = self.node.status();
+        Ok(Response::new(pb::StatusReply {
+            node_id: s.node_id,
+            leader_id: s.leader_id,
+            term: s.term,
+            last_applied_index: s.last_applied_index,
+            state: s.state,
+            voters: s.voters,
+        }))
+    }
+}
