@@ -1,1 +1,77 @@
-//! placeholder
+//! The gateway: the S3 API, the erasure-coded data path, and the admin API.
+//!
+//! Architecture Invariant: the gateway holds no state of its own beyond caches. It reaches
+//! metadata and storage nodes only through their gRPC clients (`meta_client`, `nodes`), so
+//! every role can run as its own process.
+//!
+//! Architecture Invariant: a PUT is acknowledged only after every shard of every stripe is
+//! durable on its node and the version is committed through Raft; shards of a PUT that
+//! fails before its commit are deleted (or left to GC when the commit's outcome is unknown).
+//!
+//! Architecture Invariant: no byte reaches a client unverified. Every block read from a
+//! node is checked against the block hashes, which are checked against the shard digest in
+//! metadata; a stripe that cannot be verified is rebuilt from parity or the read fails.
+
+mod admin;
+mod auth;
+mod error;
+mod gateway;
+mod http;
+mod meta_client;
+mod nodes;
+mod read;
+mod s3;
+mod write;
+
+use std::future::Future;
+use std::sync::Arc;
+
+pub use error::GatewayError;
+use lauscha_core::config::GatewayConfig;
+pub use meta_client::MetaClient;
+use s3s::service::S3ServiceBuilder;
+use tokio::net::TcpListener;
+
+/// A gateway: cheap to clone, shared by its servers.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<gateway::Inner>,
+}
+
+impl Gateway {
+    /// Validates `config` and prepares clients (they connect lazily).
+    pub fn new(config: GatewayConfig) -> Result<Gateway, GatewayError> {
+        Ok(Gateway {
+            inner: Arc::new(gateway::Inner::new(config)?),
+        })
+    }
+
+    /// The metadata client this gateway uses.
+    pub fn meta(&self) -> &MetaClient {
+        &self.inner.meta
+    }
+
+    /// Serves S3 on `listener` until `shutdown` resolves.
+    pub async fn serve_s3(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let mut builder = S3ServiceBuilder::new(s3::S3Gateway {
+            inner: self.inner.clone(),
+        });
+        builder.set_auth(auth::MetaAuth {
+            inner: self.inner.clone(),
+        });
+        http::serve_s3(self.inner.clone(), builder.build(), listener, shutdown).await
+    }
+
+    /// Serves the admin API on `listener` until `shutdown` resolves.
+    pub async fn serve_admin(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        http::serve_admin(self.inner.clone(), listener, shutdown).await
+    }
+}

@@ -3,6 +3,7 @@
 //! Architecture Invariant: this crate does no I/O. No tokio, tonic, rocksdb or `std::fs`;
 //! time and randomness come in as arguments. Everything here is testable without a cluster.
 
+pub mod admin_auth;
 pub mod checksum;
 pub mod cluster;
 pub mod codec;

@@ -61,16 +61,16 @@ fn put<T: Serialize>(out: &mut Vec<Mutation>, key: Vec<u8>, v: &T) {
     out.push(Mutation::Put(key, value::encode(v)));
 }
 
-/// The bucket, if it exists and `tenant` owns it. Another tenant's bucket is reported as
-/// missing: a tenant learns nothing about others' buckets through object operations.
-fn owned_bucket(
+/// The bucket, if it exists and `tenant` owns it.
+pub fn owned_bucket(
     kv: &impl KvRead,
     name: &lauscha_core::BucketName,
     tenant: &lauscha_core::TenantId,
 ) -> Result<Result<Bucket, MetaError>, KvError> {
     Ok(match read::<Bucket>(kv, &keys::bucket(name))? {
         Some(bucket) if bucket.tenant == *tenant => Ok(bucket),
-        _ => Err(MetaError::NoSuchBucket(name.to_string())),
+        Some(_) => Err(MetaError::AccessDenied(name.to_string())),
+        None => Err(MetaError::NoSuchBucket(name.to_string())),
     })
 }
 
@@ -228,7 +228,13 @@ fn apply_inner(
         }
         MetaCommand::UpsertNode { node } => {
             let mut map: ClusterMap = read(kv, &keys::cluster_map())?.unwrap_or_default();
-            if map.upsert(node.clone()) {
+            let mut node = node.clone();
+            // A node registering again (a restart, a new address) keeps the lifecycle
+            // state operators gave it: a draining node stays draining.
+            if let Some(existing) = map.node(node.id) {
+                node.state = existing.state;
+            }
+            if map.upsert(node) {
                 put(out, keys::cluster_map(), &map);
             }
             MetaResponse::NodeUpserted { epoch: map.epoch }
@@ -368,14 +374,14 @@ mod tests {
         let mut sm = setup();
         assert_eq!(
             put(&mut sm, "gera", "files", "k", striped(1, 1)),
-            MetaResponse::Refused(MetaError::NoSuchBucket("files".into()))
+            MetaResponse::Refused(MetaError::AccessDenied("files".into()))
         );
         assert_eq!(
             sm.run(MetaCommand::DeleteBucket {
                 name: bucket("files"),
                 tenant: tenant("gera")
             }),
-            MetaResponse::Refused(MetaError::NoSuchBucket("files".into()))
+            MetaResponse::Refused(MetaError::AccessDenied("files".into()))
         );
         assert!(
             query::get_bucket(&sm.kv, &bucket("files"))
@@ -491,6 +497,33 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(stored.tenant, tenant("jena"));
+    }
+
+    #[test]
+    fn registering_again_keeps_the_node_state() {
+        let mut sm = Sm::new();
+        let node = |addr: &str, state| lauscha_core::NodeInfo {
+            id: NodeId(3),
+            site: "a".into(),
+            host: "h".into(),
+            addr: addr.into(),
+            capacity_bytes: 1,
+            state,
+        };
+        let mut map = ClusterMap::default();
+        map.upsert(node("x:1", lauscha_core::NodeState::Draining));
+        sm.kv.write(vec![Mutation::Put(
+            keys::cluster_map(),
+            value::encode(&map),
+        )]);
+        let r = sm.run(MetaCommand::UpsertNode {
+            node: node("x:2", lauscha_core::NodeState::Up),
+        });
+        assert_eq!(r, MetaResponse::NodeUpserted { epoch: 2 });
+        let map = query::cluster_map(&sm.kv).unwrap();
+        let stored = map.node(NodeId(3)).unwrap();
+        assert_eq!(stored.addr, "x:2");
+        assert_eq!(stored.state, lauscha_core::NodeState::Draining);
     }
 
     #[test]

@@ -148,6 +148,9 @@ pub enum MetaError {
     /// The bucket holds objects.
     #[error("bucket {0} is not empty")]
     BucketNotEmpty(String),
+    /// The bucket belongs to another tenant.
+    #[error("access to bucket {0} denied")]
+    AccessDenied(String),
     /// No such tenant.
     #[error("tenant {0} does not exist")]
     NoSuchTenant(String),
@@ -187,6 +190,7 @@ impl MetaError {
             MetaError::BucketAlreadyExists(_) => K::BucketAlreadyExists,
             MetaError::BucketAlreadyOwnedByYou(_) => K::BucketAlreadyOwnedByYou,
             MetaError::BucketNotEmpty(_) => K::BucketNotEmpty,
+            MetaError::AccessDenied(_) => K::AccessDenied,
             MetaError::NoSuchTenant(_) => K::NoSuchTenant,
             MetaError::TenantAlreadyExists(_) => K::TenantAlreadyExists,
             MetaError::NoSuchAccessKey(_) => K::NoSuchAccessKey,

@@ -162,6 +162,60 @@ impl MetaNode {
             .map_err(|e| MetaError::Internal(e.to_string()))
     }
 
+    /// Makes sure the root tenant and the given administrator key exist (at bootstrap, from
+    /// config or the environment). A key id that exists with another secret is an error:
+    /// the operator changed the secret, and silently keeping the old one would lock them out.
+    pub async fn ensure_root_credentials(
+        &self,
+        access_key: &str,
+        secret_key: &str,
+        now_ms: u64,
+    ) -> Result<(), MetaError> {
+        let tenant = lauscha_core::config::root_tenant();
+        match self
+            .write(MetaCommand::CreateTenant {
+                id: tenant.clone(),
+                now_ms,
+            })
+            .await
+        {
+            Ok(_) | Err(MetaError::TenantAlreadyExists(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let key = lauscha_core::AccessKey {
+            id: lauscha_core::AccessKeyId(access_key.to_string()),
+            secret: secret_key.to_string(),
+            tenant,
+            is_admin: true,
+            created_ms: now_ms,
+        };
+        match self
+            .write(MetaCommand::CreateAccessKey {
+                key: key.clone(),
+                now_ms,
+            })
+            .await
+        {
+            Ok(_) => {
+                info!(access_key, "root credentials created");
+                Ok(())
+            }
+            Err(MetaError::AccessKeyAlreadyExists(_)) => {
+                let id = key.id.clone();
+                let existing = self
+                    .read(move |kv| crate::query::get_access_key(kv, &id))
+                    .await?;
+                match existing {
+                    Some(existing) if existing.secret == key.secret && existing.is_admin => Ok(()),
+                    _ => Err(MetaError::InvalidArgument(format!(
+                        "access key {access_key} exists with another secret or without admin rights"
+                    ))),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Raft state for operators.
     pub fn status(&self) -> MetaStatus {
         let m = self.raft.metrics().borrow_watched().clone();

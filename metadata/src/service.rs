@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::command::{MetaCommand, MetaError, MetaResponse};
 use crate::node::MetaNode;
-use crate::query;
+use crate::{apply, query};
 
 /// Serves `lauscha.meta.v1.MetaService` from a voter.
 #[derive(Clone)]
@@ -223,11 +223,8 @@ impl MetaService for MetaServer {
         let found = self
             .node
             .read(move |kv| {
-                let Some(owner) = query::get_bucket(kv, &b)? else {
-                    return Ok(Err(MetaError::NoSuchBucket(b.to_string())));
-                };
-                if owner.tenant != tenant {
-                    return Ok(Err(MetaError::NoSuchBucket(b.to_string())));
+                if let Err(e) = apply::owned_bucket(kv, &b, &tenant)? {
+                    return Ok(Err(e));
                 }
                 Ok(query::get_object(kv, &b, &k)?.ok_or(MetaError::NoSuchKey {
                     bucket: b.to_string(),
@@ -272,9 +269,8 @@ impl MetaService for MetaServer {
         let listing = self
             .node
             .read(move |kv| {
-                match query::get_bucket(kv, &q.bucket)? {
-                    Some(b) if b.tenant == tenant => {}
-                    _ => return Ok(Err(MetaError::NoSuchBucket(q.bucket.to_string()))),
+                if let Err(e) = apply::owned_bucket(kv, &q.bucket, &tenant)? {
+                    return Ok(Err(e));
                 }
                 query::list_objects(kv, &q).map(Ok)
             })

@@ -102,6 +102,8 @@ pub enum MetaErrorKind {
     BucketAlreadyOwnedByYou,
     /// The bucket still holds objects.
     BucketNotEmpty,
+    /// The bucket belongs to another tenant.
+    AccessDenied,
     /// The tenant does not exist.
     NoSuchTenant,
     /// The tenant exists already.
@@ -122,12 +124,13 @@ pub enum MetaErrorKind {
 
 impl MetaErrorKind {
     /// Every kind, for round-trip tests.
-    pub const ALL: [MetaErrorKind; 13] = [
+    pub const ALL: [MetaErrorKind; 14] = [
         MetaErrorKind::NoSuchBucket,
         MetaErrorKind::NoSuchKey,
         MetaErrorKind::BucketAlreadyExists,
         MetaErrorKind::BucketAlreadyOwnedByYou,
         MetaErrorKind::BucketNotEmpty,
+        MetaErrorKind::AccessDenied,
         MetaErrorKind::NoSuchTenant,
         MetaErrorKind::TenantAlreadyExists,
         MetaErrorKind::NoSuchAccessKey,
@@ -146,6 +149,7 @@ impl MetaErrorKind {
             MetaErrorKind::BucketAlreadyExists => "BucketAlreadyExists",
             MetaErrorKind::BucketAlreadyOwnedByYou => "BucketAlreadyOwnedByYou",
             MetaErrorKind::BucketNotEmpty => "BucketNotEmpty",
+            MetaErrorKind::AccessDenied => "AccessDenied",
             MetaErrorKind::NoSuchTenant => "NoSuchTenant",
             MetaErrorKind::TenantAlreadyExists => "TenantAlreadyExists",
             MetaErrorKind::NoSuchAccessKey => "NoSuchAccessKey",
@@ -169,6 +173,7 @@ impl MetaErrorKind {
             | MetaErrorKind::TenantAlreadyExists
             | MetaErrorKind::AccessKeyAlreadyExists => tonic::Code::AlreadyExists,
             MetaErrorKind::BucketNotEmpty => tonic::Code::FailedPrecondition,
+            MetaErrorKind::AccessDenied => tonic::Code::PermissionDenied,
             MetaErrorKind::InvalidArgument => tonic::Code::InvalidArgument,
             MetaErrorKind::NotLeader | MetaErrorKind::Unavailable => tonic::Code::Unavailable,
             MetaErrorKind::Internal => tonic::Code::Internal,

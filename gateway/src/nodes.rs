@@ -1,0 +1,377 @@
+//! The gateway's view of the storage nodes: the cluster map (cached), one gRPC channel per
+//! node, which nodes failed recently, and verified shard I/O.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use lauscha_core::checksum::{
+    BlockHash, SHARD_BLOCK_BYTES, covering_blocks, n_blocks, verify_block,
+};
+use lauscha_core::{ClusterMap, NodeId, ShardDigest, ShardId};
+use lauscha_proto::storage::shard_service_client::ShardServiceClient;
+use lauscha_proto::storage::{self as pb, get_shard_reply, put_shard_request};
+use tonic::transport::{Channel, Endpoint};
+use tracing::{debug, warn};
+
+use crate::GatewayError;
+use crate::meta_client::MetaClient;
+
+/// How long a cached cluster map is used before it is fetched again.
+const MAP_MAX_AGE: Duration = Duration::from_secs(2);
+/// How long a node that failed a call is treated as suspect.
+const SUSPECT_FOR: Duration = Duration::from_secs(3);
+/// Bytes per PutShard message.
+const PUT_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Why one shard operation failed. Not an S3 error: the data path decides what it means
+/// (reconstruct, retry elsewhere, fail the request).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ShardIoError {
+    /// The node could not be reached or timed out.
+    #[error("node {0} unreachable: {1}")]
+    Unreachable(NodeId, String),
+    /// The node does not have the shard.
+    #[error("shard {0} missing on node {1}")]
+    NotFound(ShardId, NodeId),
+    /// The shard's bytes failed verification (on the node or here).
+    #[error("shard {0} on node {1} is corrupt: {2}")]
+    Corrupt(ShardId, NodeId, String),
+    /// The node is not in the cluster map.
+    #[error("node {0} is not in the cluster map")]
+    UnknownNode(NodeId),
+    /// Anything else the node answered.
+    #[error("node {0}: {1}")]
+    Failed(NodeId, String),
+}
+
+impl ShardIoError {
+    fn from_status(status: tonic::Status, id: ShardId, node: NodeId) -> ShardIoError {
+        match status.code() {
+            tonic::Code::NotFound => ShardIoError::NotFound(id, node),
+            tonic::Code::DataLoss => ShardIoError::Corrupt(id, node, status.message().into()),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                ShardIoError::Unreachable(node, status.message().into())
+            }
+            _ => ShardIoError::Failed(node, format!("{}: {}", status.code(), status.message())),
+        }
+    }
+
+    /// Whether the error says the node itself is in trouble (as opposed to one shard).
+    pub fn is_node_failure(&self) -> bool {
+        matches!(self, ShardIoError::Unreachable(..))
+    }
+}
+
+/// What a node reports about itself.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeUsage {
+    /// Shards held.
+    pub n_shards: u64,
+    /// Bytes used.
+    pub used_bytes: u64,
+}
+
+struct CachedMap {
+    map: Arc<ClusterMap>,
+    fetched_at: Instant,
+}
+
+/// Shared by all requests of a gateway.
+pub struct NodePool {
+    meta: MetaClient,
+    map: RwLock<Option<CachedMap>>,
+    /// Serialises map refreshes so a burst of requests fetches it once.
+    refresh: tokio::sync::Mutex<()>,
+    channels: Mutex<HashMap<NodeId, (String, ShardServiceClient<Channel>)>>,
+    suspects: Mutex<HashMap<NodeId, Instant>>,
+    rpc_timeout: Duration,
+}
+
+impl NodePool {
+    /// A pool that learns the cluster map from `meta`.
+    pub fn new(meta: MetaClient, rpc_timeout: Duration) -> NodePool {
+        NodePool {
+            meta,
+            map: RwLock::new(None),
+            refresh: tokio::sync::Mutex::new(()),
+            channels: Mutex::new(HashMap::new()),
+            suspects: Mutex::new(HashMap::new()),
+            rpc_timeout,
+        }
+    }
+
+    /// The cluster map, at most [`MAP_MAX_AGE`] old.
+    pub async fn cluster_map(&self) -> Result<Arc<ClusterMap>, GatewayError> {
+        if let Some(cached) = self.fresh_map() {
+            return Ok(cached);
+        }
+        let _guard = self.refresh.lock().await;
+        if let Some(cached) = self.fresh_map() {
+            return Ok(cached);
+        }
+        let map = Arc::new(self.meta.cluster_map().await?);
+        *self.map.write().expect("map lock") = Some(CachedMap {
+            map: map.clone(),
+            fetched_at: Instant::now(),
+        });
+        Ok(map)
+    }
+
+    fn fresh_map(&self) -> Option<Arc<ClusterMap>> {
+        let guard = self.map.read().expect("map lock");
+        guard
+            .as_ref()
+            .filter(|c| c.fetched_at.elapsed() < MAP_MAX_AGE)
+            .map(|c| c.map.clone())
+    }
+
+    fn client(
+        &self,
+        node: NodeId,
+        map: &ClusterMap,
+    ) -> Result<ShardServiceClient<Channel>, ShardIoError> {
+        let addr = &map.node(node).ok_or(ShardIoError::UnknownNode(node))?.addr;
+        let mut channels = self.channels.lock().expect("channels lock");
+        if let Some((known_addr, client)) = channels.get(&node)
+            && known_addr == addr
+        {
+            return Ok(client.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| ShardIoError::Failed(node, format!("bad address {addr:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .initial_stream_window_size(Some(4 << 20))
+            .initial_connection_window_size(Some(16 << 20));
+        let client = ShardServiceClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(8 << 20)
+            .max_encoding_message_size(8 << 20);
+        channels.insert(node, (addr.clone(), client.clone()));
+        Ok(client)
+    }
+
+    /// Records that `node` failed a call.
+    fn mark_suspect(&self, node: NodeId) {
+        self.suspects
+            .lock()
+            .expect("suspects lock")
+            .insert(node, Instant::now());
+    }
+
+    fn note(&self, node: NodeId, error: &ShardIoError) {
+        if error.is_node_failure() {
+            self.mark_suspect(node);
+        }
+    }
+
+    /// Whether `node` failed a call in the last few seconds.
+    pub fn is_suspect(&self, node: NodeId) -> bool {
+        let mut suspects = self.suspects.lock().expect("suspects lock");
+        match suspects.get(&node) {
+            Some(at) if at.elapsed() < SUSPECT_FOR => true,
+            Some(_) => {
+                suspects.remove(&node);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Streams a shard to `node`; returns once the node has it durably.
+    pub async fn put_shard(
+        &self,
+        map: &ClusterMap,
+        node: NodeId,
+        id: ShardId,
+        data: Bytes,
+        digest: ShardDigest,
+    ) -> Result<(), ShardIoError> {
+        let mut client = self.client(node, map)?;
+        let header = pb::PutShardRequest {
+            part: Some(put_shard_request::Part::Header(pb::PutShardHeader {
+                id: Some(id.into()),
+                len_bytes: data.len() as u64,
+                digest: digest.0.to_vec().into(),
+            })),
+        };
+        let n_chunks = data.len().div_ceil(PUT_CHUNK_BYTES);
+        let chunks = (0..n_chunks).map(move |i| pb::PutShardRequest {
+            part: Some(put_shard_request::Part::Data(data.slice(
+                i * PUT_CHUNK_BYTES..((i + 1) * PUT_CHUNK_BYTES).min(data.len()),
+            ))),
+        });
+        let stream = futures::stream::iter(std::iter::once(header).chain(chunks));
+        let result = match tokio::time::timeout(self.rpc_timeout, client.put_shard(stream)).await {
+            Err(_) => Err(ShardIoError::Unreachable(node, "put timed out".into())),
+            Ok(Err(status)) => Err(ShardIoError::from_status(status, id, node)),
+            Ok(Ok(_)) => Ok(()),
+        };
+        if let Err(e) = &result {
+            self.note(node, e);
+        }
+        result
+    }
+
+    /// Reads `[offset, offset + len_bytes)` of a shard, verifying the block hashes against
+    /// `digest` and every block against its hash. `len_bytes == 0` reads the whole shard
+    /// (which must then be `shard_len_bytes` long).
+    pub async fn read_shard(
+        &self,
+        map: &ClusterMap,
+        node: NodeId,
+        id: ShardId,
+        digest: &ShardDigest,
+        shard_len_bytes: u64,
+        offset: u64,
+        len_bytes: u64,
+    ) -> Result<Bytes, ShardIoError> {
+        let result = tokio::time::timeout(
+            self.rpc_timeout,
+            self.read_shard_inner(map, node, id, digest, shard_len_bytes, offset, len_bytes),
+        )
+        .await
+        .unwrap_or_else(|_| Err(ShardIoError::Unreachable(node, "read timed out".into())));
+        if let Err(e) = &result {
+            self.note(node, e);
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)] // one shard read: each argument is a distinct fact
+    async fn read_shard_inner(
+        &self,
+        map: &ClusterMap,
+        node: NodeId,
+        id: ShardId,
+        digest: &ShardDigest,
+        shard_len_bytes: u64,
+        offset: u64,
+        len_bytes: u64,
+    ) -> Result<Bytes, ShardIoError> {
+        let whole = len_bytes == 0;
+        let (offset, len_bytes) = if whole {
+            (0, shard_len_bytes)
+        } else {
+            (offset, len_bytes)
+        };
+        if len_bytes == 0 {
+            return Ok(Bytes::new());
+        }
+        let corrupt = |what: &str| ShardIoError::Corrupt(id, node, what.to_string());
+        let mut client = self.client(node, map)?;
+        let request = pb::GetShardRequest {
+            id: Some(id.into()),
+            offset: if whole { 0 } else { offset },
+            len_bytes: if whole { 0 } else { len_bytes },
+        };
+        let mut stream = client
+            .get_shard(request)
+            .await
+            .map_err(|s| ShardIoError::from_status(s, id, node))?
+            .into_inner();
+        let header = match stream.next().await {
+            Some(Ok(pb::GetShardReply {
+                part: Some(get_shard_reply::Part::Header(h)),
+            })) => h,
+            Some(Err(s)) => return Err(ShardIoError::from_status(s, id, node)),
+            _ => return Err(ShardIoError::Failed(node, "GetShard sent no header".into())),
+        };
+        if header.shard_len_bytes != shard_len_bytes {
+            return Err(corrupt("length differs from the stripe map"));
+        }
+        if header.block_hashes.len() as u64 != 32 * n_blocks(shard_len_bytes) {
+            return Err(corrupt("block table has the wrong size"));
+        }
+        let hashes: Vec<BlockHash> = header
+            .block_hashes
+            .chunks_exact(32)
+            .map(|c| c.try_into().expect("32 bytes"))
+            .collect();
+        lauscha_core::checksum::verify_block_hashes(shard_len_bytes, &hashes, digest)
+            .map_err(|_| corrupt("block table does not match the digest in metadata"))?;
+        let blocks = covering_blocks(offset, len_bytes);
+        if header.first_block_idx != blocks.start {
+            return Err(ShardIoError::Failed(
+                node,
+                "GetShard started at the wrong block".into(),
+            ));
+        }
+        let span_start = blocks.start * SHARD_BLOCK_BYTES;
+        let mut out =
+            BytesMut::with_capacity(((blocks.end - blocks.start) * SHARD_BLOCK_BYTES) as usize);
+        let mut block_idx = blocks.start;
+        while let Some(message) = stream.next().await {
+            let message = message.map_err(|s| ShardIoError::from_status(s, id, node))?;
+            let Some(get_shard_reply::Part::Block(block)) = message.part else {
+                return Err(ShardIoError::Failed(
+                    node,
+                    "GetShard sent a second header".into(),
+                ));
+            };
+            if block_idx >= blocks.end {
+                return Err(ShardIoError::Failed(
+                    node,
+                    "GetShard sent too many blocks".into(),
+                ));
+            }
+            if !verify_block(&block, &hashes[block_idx as usize]) {
+                return Err(corrupt(&format!("block {block_idx} failed its hash")));
+            }
+            out.extend_from_slice(&block);
+            block_idx += 1;
+        }
+        if block_idx != blocks.end {
+            return Err(ShardIoError::Unreachable(
+                node,
+                "GetShard stream ended early".into(),
+            ));
+        }
+        let start = (offset - span_start) as usize;
+        Ok(out.freeze().slice(start..start + len_bytes as usize))
+    }
+
+    /// Deletes a shard, logging (not returning) a failure: used to clean up after a write
+    /// that will not be committed; what is missed is left to garbage collection.
+    pub async fn delete_shard_best_effort(&self, map: &ClusterMap, node: NodeId, id: ShardId) {
+        let result = match self.client(node, map) {
+            Ok(mut client) => client
+                .delete_shard(pb::DeleteShardRequest {
+                    id: Some(id.into()),
+                })
+                .await
+                .map(|_| ())
+                .map_err(|s| s.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(()) => debug!(shard_id = %id, node_id = %node, "uncommitted shard deleted"),
+            Err(error) => {
+                warn!(shard_id = %id, node_id = %node, %error, "could not delete uncommitted shard")
+            }
+        }
+    }
+
+    /// Usage of a node, as it reports it.
+    pub async fn node_status(
+        &self,
+        map: &ClusterMap,
+        node: NodeId,
+    ) -> Result<NodeUsage, ShardIoError> {
+        let mut client = self.client(node, map)?;
+        let reply = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.node_status(pb::NodeStatusRequest {}),
+        )
+        .await
+        .map_err(|_| ShardIoError::Unreachable(node, "status timed out".into()))?
+        .map_err(|s| ShardIoError::Unreachable(node, s.message().to_string()))?
+        .into_inner();
+        Ok(NodeUsage {
+            n_shards: reply.n_shards,
+            used_bytes: reply.used_bytes,
+        })
+    }
+}

@@ -1,0 +1,816 @@
+//! The S3 operations, on top of s3s's DTOs and routing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use futures::StreamExt;
+use lauscha_core::model::{ListObjectsQuery, ObjectListing};
+use lauscha_core::{
+    AccessKeyId, Bucket, BucketName, ChecksumAlgorithm, ObjectVersion, StripeId, TenantId, place,
+};
+use lauscha_proto::MetaErrorKind;
+use s3s::checksum::ChecksumHasher;
+use s3s::dto::{self, ETag, StreamingBlob, Timestamp};
+use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
+use tracing::{info, warn};
+
+use crate::GatewayError;
+use crate::gateway::Inner;
+use crate::{read, write};
+
+/// Most keys one DeleteObjects request may name (as S3).
+const MAX_DELETE_KEYS: usize = 1000;
+/// Most keys one listing page returns (as S3).
+const MAX_LIST_KEYS: i32 = 1000;
+
+/// The S3 face of the gateway.
+pub struct S3Gateway {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// Who is asking.
+struct Caller {
+    tenant: TenantId,
+}
+
+fn timestamp(ms: u64) -> Timestamp {
+    Timestamp::from(UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+fn bucket_name(name: &str) -> S3Result<BucketName> {
+    BucketName::parse(name).map_err(|e| s3_error!(InvalidBucketName, "{e}"))
+}
+
+fn object_key(key: &str) -> S3Result<()> {
+    lauscha_core::names::validate_object_key(key).map_err(|e| s3_error!(InvalidArgument, "{e}"))
+}
+
+/// Percent-encodes for `encoding-type=url` listings: everything but unreserved characters
+/// and '/', so that '+' and ' ' survive clients that decode with unquote_plus.
+fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn encoder(encoding_type: &Option<dto::EncodingType>) -> S3Result<fn(&str) -> String> {
+    match encoding_type.as_ref().map(|e| e.as_str()) {
+        None => Ok(|s| s.to_string()),
+        Some(e) if e.eq_ignore_ascii_case("url") => Ok(url_encode),
+        Some(other) => Err(s3_error!(
+            InvalidArgument,
+            "invalid encoding type {other:?}"
+        )),
+    }
+}
+
+fn max_keys(requested: Option<i32>) -> S3Result<u32> {
+    match requested {
+        None => Ok(MAX_LIST_KEYS as u32),
+        Some(n) if n < 0 => Err(s3_error!(InvalidArgument, "max-keys must not be negative")),
+        Some(n) => Ok(n.min(MAX_LIST_KEYS) as u32),
+    }
+}
+
+/// The checksum algorithms a PUT asks for: those with a value in a header, the declared
+/// algorithm (header or trailer), each with the value the client sent if any.
+struct RequestedChecksums {
+    expected: BTreeMap<ChecksumAlgorithm, Option<String>>,
+}
+
+impl RequestedChecksums {
+    fn hasher(&self) -> ChecksumHasher {
+        let mut hasher = ChecksumHasher::default();
+        for alg in self.expected.keys() {
+            match alg {
+                ChecksumAlgorithm::Crc32 => hasher.crc32 = Some(Default::default()),
+                ChecksumAlgorithm::Crc32c => hasher.crc32c = Some(Default::default()),
+                ChecksumAlgorithm::Crc64Nvme => hasher.crc64nvme = Some(Default::default()),
+                ChecksumAlgorithm::Sha1 => hasher.sha1 = Some(Default::default()),
+                ChecksumAlgorithm::Sha256 => hasher.sha256 = Some(Default::default()),
+            }
+        }
+        hasher
+    }
+}
+
+fn computed(checksum: &dto::Checksum, alg: ChecksumAlgorithm) -> Option<&String> {
+    match alg {
+        ChecksumAlgorithm::Crc32 => checksum.checksum_crc32.as_ref(),
+        ChecksumAlgorithm::Crc32c => checksum.checksum_crc32c.as_ref(),
+        ChecksumAlgorithm::Crc64Nvme => checksum.checksum_crc64nvme.as_ref(),
+        ChecksumAlgorithm::Sha1 => checksum.checksum_sha1.as_ref(),
+        ChecksumAlgorithm::Sha256 => checksum.checksum_sha256.as_ref(),
+    }
+}
+
+fn header_name(alg: ChecksumAlgorithm) -> String {
+    format!("x-amz-checksum-{}", alg.as_str().to_ascii_lowercase())
+}
+
+impl S3Gateway {
+    async fn caller<T>(&self, req: &S3Request<T>) -> S3Result<Caller> {
+        let credentials = req
+            .credentials
+            .as_ref()
+            .ok_or_else(|| s3_error!(AccessDenied, "anonymous access is not allowed"))?;
+        let key = self
+            .inner
+            .access_key(&AccessKeyId(credentials.access_key.clone()))
+            .await?;
+        Ok(Caller { tenant: key.tenant })
+    }
+
+    /// The bucket, if the caller's tenant owns it.
+    async fn owned_bucket(&self, caller: &Caller, name: &BucketName) -> S3Result<Bucket> {
+        let bucket = self.inner.meta.get_bucket(name).await?;
+        if bucket.tenant != caller.tenant {
+            return Err(s3_error!(
+                AccessDenied,
+                "bucket {name} belongs to another tenant"
+            ));
+        }
+        Ok(bucket)
+    }
+
+    fn listing_query(
+        bucket: BucketName,
+        prefix: Option<String>,
+        delimiter: Option<String>,
+        start_after: Option<String>,
+        max_keys: u32,
+    ) -> ListObjectsQuery {
+        ListObjectsQuery {
+            bucket,
+            prefix: prefix.unwrap_or_default(),
+            delimiter: delimiter.filter(|d| !d.is_empty()),
+            start_after: start_after.filter(|s| !s.is_empty()),
+            max_keys,
+        }
+    }
+
+    fn contents(listing: &ObjectListing, encode: fn(&str) -> String) -> Vec<dto::Object> {
+        listing
+            .objects
+            .iter()
+            .map(|o| dto::Object {
+                key: Some(encode(&o.key)),
+                size: Some(o.size_bytes as i64),
+                e_tag: Some(ETag::Strong(o.etag.clone())),
+                last_modified: Some(timestamp(o.last_modified_ms)),
+                storage_class: Some(dto::ObjectStorageClass::from_static(
+                    dto::ObjectStorageClass::STANDARD,
+                )),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    fn prefixes(listing: &ObjectListing, encode: fn(&str) -> String) -> Vec<dto::CommonPrefix> {
+        listing
+            .common_prefixes
+            .iter()
+            .map(|p| dto::CommonPrefix {
+                prefix: Some(encode(p)),
+            })
+            .collect()
+    }
+}
+
+/// Evaluates GET/HEAD conditions (RFC 9110 order: If-Match, If-Unmodified-Since,
+/// If-None-Match, If-Modified-Since).
+fn check_conditions(
+    version: &ObjectVersion,
+    if_match: &Option<dto::ETagCondition>,
+    if_unmodified_since: &Option<Timestamp>,
+    if_none_match: &Option<dto::ETagCondition>,
+    if_modified_since: &Option<Timestamp>,
+) -> S3Result<()> {
+    let matches = |c: &dto::ETagCondition| {
+        c.is_any() || c.as_etag().is_some_and(|e| e.value() == version.etag)
+    };
+    // HTTP dates have whole seconds.
+    let modified_s = version.last_modified_ms / 1000;
+    let secs = |t: &Timestamp| {
+        let t: time::OffsetDateTime = t.clone().into();
+        t.unix_timestamp().max(0) as u64
+    };
+    if let Some(c) = if_match {
+        if !matches(c) {
+            return Err(s3_error!(PreconditionFailed, "If-Match did not match"));
+        }
+    } else if let Some(t) = if_unmodified_since
+        && modified_s > secs(t)
+    {
+        return Err(s3_error!(
+            PreconditionFailed,
+            "modified since If-Unmodified-Since"
+        ));
+    }
+    if let Some(c) = if_none_match {
+        if matches(c) {
+            return Err(S3Error::new(S3ErrorCode::NotModified));
+        }
+    } else if let Some(t) = if_modified_since
+        && modified_s <= secs(t)
+    {
+        return Err(S3Error::new(S3ErrorCode::NotModified));
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl S3 for S3Gateway {
+    async fn create_bucket(
+        &self,
+        req: S3Request<dto::CreateBucketInput>,
+    ) -> S3Result<S3Response<dto::CreateBucketOutput>> {
+        let caller = self.caller(&req).await?;
+        let input = req.input;
+        let name = bucket_name(&input.bucket)?;
+        if let Some(constraint) = input
+            .create_bucket_configuration
+            .as_ref()
+            .and_then(|c| c.location_constraint.as_ref())
+            && !constraint.as_str().is_empty()
+            && constraint.as_str() != self.inner.config.region
+        {
+            let mut e = S3Error::with_message(
+                S3ErrorCode::Custom("IllegalLocationConstraintException".into()),
+                format!(
+                    "this endpoint serves region {}, not {}",
+                    self.inner.config.region,
+                    constraint.as_str()
+                ),
+            );
+            e.set_status_code(http::StatusCode::BAD_REQUEST);
+            return Err(e);
+        }
+        if input.object_lock_enabled_for_bucket == Some(true) {
+            return Err(s3_error!(
+                NotImplemented,
+                "Object Lock is not available yet on this Lauscha version"
+            ));
+        }
+        let policy = self.inner.default_policy;
+        // Refuse a bucket whose objects could not be written now.
+        let map = self.inner.nodes.cluster_map().await?;
+        place(StripeId(0), &policy, &map).map_err(GatewayError::from)?;
+        self.inner
+            .meta
+            .create_bucket(&name, &caller.tenant, policy)
+            .await?;
+        info!(bucket = %name, tenant = %caller.tenant, policy = %policy, "bucket created");
+        Ok(S3Response::new(dto::CreateBucketOutput {
+            location: Some(format!("/{name}")),
+        }))
+    }
+
+    async fn list_buckets(
+        &self,
+        req: S3Request<dto::ListBucketsInput>,
+    ) -> S3Result<S3Response<dto::ListBucketsOutput>> {
+        let caller = self.caller(&req).await?;
+        let buckets = self.inner.meta.list_buckets(&caller.tenant).await?;
+        let prefix = req.input.prefix.unwrap_or_default();
+        Ok(S3Response::new(dto::ListBucketsOutput {
+            buckets: Some(
+                buckets
+                    .into_iter()
+                    .filter(|b| b.name.as_str().starts_with(&prefix))
+                    .map(|b| dto::Bucket {
+                        name: Some(b.name.to_string()),
+                        creation_date: Some(timestamp(b.created_ms)),
+                        bucket_region: Some(self.inner.config.region.clone()),
+                    })
+                    .collect(),
+            ),
+            owner: Some(dto::Owner {
+                id: Some(caller.tenant.to_string()),
+                display_name: Some(caller.tenant.to_string()),
+            }),
+            ..Default::default()
+        }))
+    }
+
+    async fn head_bucket(
+        &self,
+        req: S3Request<dto::HeadBucketInput>,
+    ) -> S3Result<S3Response<dto::HeadBucketOutput>> {
+        let caller = self.caller(&req).await?;
+        let name = bucket_name(&req.input.bucket)?;
+        self.owned_bucket(&caller, &name).await?;
+        Ok(S3Response::new(dto::HeadBucketOutput {
+            bucket_region: Some(self.inner.config.region.clone()),
+            ..Default::default()
+        }))
+    }
+
+    async fn get_bucket_location(
+        &self,
+        req: S3Request<dto::GetBucketLocationInput>,
+    ) -> S3Result<S3Response<dto::GetBucketLocationOutput>> {
+        let caller = self.caller(&req).await?;
+        let name = bucket_name(&req.input.bucket)?;
+        self.owned_bucket(&caller, &name).await?;
+        // S3 reports us-east-1 as an empty constraint.
+        let region = &self.inner.config.region;
+        Ok(S3Response::new(dto::GetBucketLocationOutput {
+            location_constraint: (region != "us-east-1")
+                .then(|| dto::BucketLocationConstraint::from(region.clone())),
+        }))
+    }
+
+    async fn delete_bucket(
+        &self,
+        req: S3Request<dto::DeleteBucketInput>,
+    ) -> S3Result<S3Response<dto::DeleteBucketOutput>> {
+        let caller = self.caller(&req).await?;
+        let name = bucket_name(&req.input.bucket)?;
+        self.inner.meta.delete_bucket(&name, &caller.tenant).await?;
+        info!(bucket = %name, tenant = %caller.tenant, "bucket deleted");
+        Ok(S3Response::new(dto::DeleteBucketOutput {}))
+    }
+
+    async fn put_object(
+        &self,
+        req: S3Request<dto::PutObjectInput>,
+    ) -> S3Result<S3Response<dto::PutObjectOutput>> {
+        let caller = self.caller(&req).await?;
+        let S3Request {
+            input,
+            trailing_headers,
+            ..
+        } = req;
+        let name = bucket_name(&input.bucket)?;
+        object_key(&input.key)?;
+        if input.if_match.is_some() || input.if_none_match.is_some() {
+            return Err(s3_error!(
+                NotImplemented,
+                "conditional PUT is not available yet on this Lauscha version"
+            ));
+        }
+        let bucket = self.owned_bucket(&caller, &name).await?;
+
+        let content_md5 = match &input.content_md5 {
+            None => None,
+            Some(text) => Some(
+                base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .ok()
+                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                    .ok_or(GatewayError::InvalidDigest)?,
+            ),
+        };
+        let mut requested = RequestedChecksums {
+            expected: BTreeMap::new(),
+        };
+        for (alg, value) in [
+            (ChecksumAlgorithm::Crc32, &input.checksum_crc32),
+            (ChecksumAlgorithm::Crc32c, &input.checksum_crc32c),
+            (ChecksumAlgorithm::Crc64Nvme, &input.checksum_crc64nvme),
+            (ChecksumAlgorithm::Sha1, &input.checksum_sha1),
+            (ChecksumAlgorithm::Sha256, &input.checksum_sha256),
+        ] {
+            if let Some(v) = value {
+                requested.expected.insert(alg, Some(v.clone()));
+            }
+        }
+        if let Some(alg) = &input.checksum_algorithm {
+            let alg = lauscha_proto::checksum_algorithm(&alg.as_str().to_ascii_uppercase())
+                .ok_or_else(|| {
+                    s3_error!(
+                        InvalidArgument,
+                        "unknown checksum algorithm {}",
+                        alg.as_str()
+                    )
+                })?;
+            requested.expected.entry(alg).or_insert(None);
+        }
+        let declared = input
+            .content_length
+            .map(|n| {
+                u64::try_from(n).map_err(|_| s3_error!(InvalidArgument, "negative Content-Length"))
+            })
+            .transpose()?;
+        let body = input.body.unwrap_or_else(|| {
+            StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>())
+        });
+
+        let (written, uncommitted) = write::write_body(
+            &self.inner,
+            bucket.policy,
+            body,
+            declared,
+            requested.hasher(),
+        )
+        .await?;
+
+        // Trailers arrive after the body; they carry the checksum in aws-chunked uploads.
+        if let Some(trailers) = trailing_headers.and_then(|t| t.take()) {
+            for (alg, expected) in requested.expected.iter_mut() {
+                if let Some(value) = trailers.get(header_name(*alg)) {
+                    let value = value
+                        .to_str()
+                        .map_err(|_| s3_error!(InvalidArgument, "trailer is not ASCII"))?;
+                    *expected = Some(value.to_string());
+                }
+            }
+        }
+        if let Some(md5) = content_md5
+            && md5 != written.md5
+        {
+            return Err(GatewayError::BadDigest(
+                "the Content-MD5 you specified did not match what we received".into(),
+            )
+            .into());
+        }
+        let mut checksums = BTreeMap::new();
+        for (alg, expected) in &requested.expected {
+            let got = computed(&written.checksums, *alg)
+                .ok_or_else(|| GatewayError::Internal(format!("{} not computed", alg.as_str())))?;
+            if let Some(expected) = expected
+                && expected != got
+            {
+                return Err(GatewayError::BadDigest(format!(
+                    "the {} you specified did not match the calculated checksum",
+                    alg.as_str()
+                ))
+                .into());
+            }
+            checksums.insert(*alg, got.clone());
+        }
+
+        let etag = hex::encode(written.md5);
+        let version = ObjectVersion {
+            version_id: String::new(),
+            size_bytes: written.size_bytes,
+            etag: etag.clone(),
+            last_modified_ms: 0,
+            content_type: input.content_type.clone(),
+            user_metadata: input.metadata.unwrap_or_default().into_iter().collect(),
+            checksums: checksums.clone(),
+            data: written.data,
+        };
+        match self
+            .inner
+            .meta
+            .put_object(&name, &caller.tenant, &input.key, version)
+            .await
+        {
+            Ok(_) => uncommitted.commit(),
+            Err(
+                e @ GatewayError::Meta {
+                    kind:
+                        MetaErrorKind::Unavailable | MetaErrorKind::Internal | MetaErrorKind::NotLeader,
+                    ..
+                },
+            ) => {
+                // The commit may have happened: keep the shards (GC reclaims them if not).
+                uncommitted.commit();
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let mut output = dto::PutObjectOutput {
+            e_tag: Some(ETag::Strong(etag)),
+            ..Default::default()
+        };
+        for (alg, value) in checksums {
+            match alg {
+                ChecksumAlgorithm::Crc32 => output.checksum_crc32 = Some(value),
+                ChecksumAlgorithm::Crc32c => output.checksum_crc32c = Some(value),
+                ChecksumAlgorithm::Crc64Nvme => output.checksum_crc64nvme = Some(value),
+                ChecksumAlgorithm::Sha1 => output.checksum_sha1 = Some(value),
+                ChecksumAlgorithm::Sha256 => output.checksum_sha256 = Some(value),
+            }
+        }
+        Ok(S3Response::new(output))
+    }
+
+    async fn get_object(
+        &self,
+        req: S3Request<dto::GetObjectInput>,
+    ) -> S3Result<S3Response<dto::GetObjectOutput>> {
+        let caller = self.caller(&req).await?;
+        let input = req.input;
+        let name = bucket_name(&input.bucket)?;
+        if input.part_number.is_some() || input.version_id.is_some() {
+            return Err(s3_error!(
+                NotImplemented,
+                "partNumber and versionId are not available yet on this Lauscha version"
+            ));
+        }
+        let version = self
+            .inner
+            .meta
+            .get_object(&name, &caller.tenant, &input.key)
+            .await?;
+        check_conditions(
+            &version,
+            &input.if_match,
+            &input.if_unmodified_since,
+            &input.if_none_match,
+            &input.if_modified_since,
+        )?;
+        let size = version.size_bytes;
+        let (range, content_range) = match input.range {
+            None => (0..size, None),
+            Some(r) => {
+                let range = r.check(size)?;
+                let header = format!("bytes {}-{}/{size}", range.start, range.end - 1);
+                (range, Some(header))
+            }
+        };
+        let stream = read::open_range(&self.inner, &version, range.clone()).await?;
+        let full = content_range.is_none();
+        let with_checksums = full
+            && input
+                .checksum_mode
+                .as_ref()
+                .is_some_and(|m| m.as_str().eq_ignore_ascii_case("enabled"));
+        let mut output = dto::GetObjectOutput {
+            body: Some(StreamingBlob::wrap(stream)),
+            content_length: Some((range.end - range.start) as i64),
+            content_range,
+            accept_ranges: Some("bytes".into()),
+            e_tag: Some(ETag::Strong(version.etag.clone())),
+            last_modified: Some(timestamp(version.last_modified_ms)),
+            content_type: version.content_type.clone(),
+            metadata: (!version.user_metadata.is_empty())
+                .then(|| version.user_metadata.clone().into_iter().collect()),
+            ..Default::default()
+        };
+        if with_checksums {
+            for (alg, value) in &version.checksums {
+                let value = Some(value.clone());
+                match alg {
+                    ChecksumAlgorithm::Crc32 => output.checksum_crc32 = value,
+                    ChecksumAlgorithm::Crc32c => output.checksum_crc32c = value,
+                    ChecksumAlgorithm::Crc64Nvme => output.checksum_crc64nvme = value,
+                    ChecksumAlgorithm::Sha1 => output.checksum_sha1 = value,
+                    ChecksumAlgorithm::Sha256 => output.checksum_sha256 = value,
+                }
+            }
+        }
+        Ok(S3Response::new(output))
+    }
+
+    async fn head_object(
+        &self,
+        req: S3Request<dto::HeadObjectInput>,
+    ) -> S3Result<S3Response<dto::HeadObjectOutput>> {
+        let caller = self.caller(&req).await?;
+        let input = req.input;
+        let name = bucket_name(&input.bucket)?;
+        if input.part_number.is_some() || input.version_id.is_some() {
+            return Err(s3_error!(
+                NotImplemented,
+                "partNumber and versionId are not available yet on this Lauscha version"
+            ));
+        }
+        let version = self
+            .inner
+            .meta
+            .get_object(&name, &caller.tenant, &input.key)
+            .await?;
+        check_conditions(
+            &version,
+            &input.if_match,
+            &input.if_unmodified_since,
+            &input.if_none_match,
+            &input.if_modified_since,
+        )?;
+        let mut output = dto::HeadObjectOutput {
+            content_length: Some(version.size_bytes as i64),
+            accept_ranges: Some("bytes".into()),
+            e_tag: Some(ETag::Strong(version.etag.clone())),
+            last_modified: Some(timestamp(version.last_modified_ms)),
+            content_type: version.content_type.clone(),
+            metadata: (!version.user_metadata.is_empty())
+                .then(|| version.user_metadata.clone().into_iter().collect()),
+            ..Default::default()
+        };
+        if input
+            .checksum_mode
+            .as_ref()
+            .is_some_and(|m| m.as_str().eq_ignore_ascii_case("enabled"))
+        {
+            for (alg, value) in &version.checksums {
+                let value = Some(value.clone());
+                match alg {
+                    ChecksumAlgorithm::Crc32 => output.checksum_crc32 = value,
+                    ChecksumAlgorithm::Crc32c => output.checksum_crc32c = value,
+                    ChecksumAlgorithm::Crc64Nvme => output.checksum_crc64nvme = value,
+                    ChecksumAlgorithm::Sha1 => output.checksum_sha1 = value,
+                    ChecksumAlgorithm::Sha256 => output.checksum_sha256 = value,
+                }
+            }
+        }
+        Ok(S3Response::new(output))
+    }
+
+    async fn delete_object(
+        &self,
+        req: S3Request<dto::DeleteObjectInput>,
+    ) -> S3Result<S3Response<dto::DeleteObjectOutput>> {
+        let caller = self.caller(&req).await?;
+        let input = req.input;
+        let name = bucket_name(&input.bucket)?;
+        if input.version_id.is_some() {
+            return Err(s3_error!(
+                NotImplemented,
+                "versionId is not available yet on this Lauscha version"
+            ));
+        }
+        self.inner
+            .meta
+            .delete_object(&name, &caller.tenant, &input.key)
+            .await?;
+        Ok(S3Response::new(dto::DeleteObjectOutput::default()))
+    }
+
+    async fn delete_objects(
+        &self,
+        req: S3Request<dto::DeleteObjectsInput>,
+    ) -> S3Result<S3Response<dto::DeleteObjectsOutput>> {
+        let caller = self.caller(&req).await?;
+        let input = req.input;
+        let name = bucket_name(&input.bucket)?;
+        let objects = input.delete.objects;
+        if objects.len() > MAX_DELETE_KEYS {
+            return Err(s3_error!(
+                MalformedXML,
+                "at most {MAX_DELETE_KEYS} keys per DeleteObjects request"
+            ));
+        }
+        self.owned_bucket(&caller, &name).await?;
+        let quiet = input.delete.quiet.unwrap_or(false);
+        let inner = self.inner.clone();
+        let tenant = caller.tenant;
+        let results: Vec<(String, Result<(), GatewayError>)> = futures::stream::iter(objects)
+            .map(|object| {
+                let (inner, name, tenant) = (inner.clone(), name.clone(), tenant.clone());
+                async move {
+                    let result = if object.version_id.is_some() {
+                        Err(GatewayError::NotImplemented("versionId".into()))
+                    } else {
+                        inner
+                            .meta
+                            .delete_object(&name, &tenant, &object.key)
+                            .await
+                            .map(|_| ())
+                    };
+                    (object.key, result)
+                }
+            })
+            .buffered(16)
+            .collect()
+            .await;
+        let mut deleted = Vec::new();
+        let mut errors = Vec::new();
+        for (key, result) in results {
+            match result {
+                Ok(()) => {
+                    if !quiet {
+                        deleted.push(dto::DeletedObject {
+                            key: Some(key),
+                            ..Default::default()
+                        });
+                    }
+                }
+                Err(e) => {
+                    warn!(bucket = %name, object_key = %key, error = %e, "delete in DeleteObjects failed");
+                    let s3: S3Error = e.into();
+                    errors.push(dto::Error {
+                        code: Some(s3.code().as_str().to_string()),
+                        key: Some(key),
+                        message: s3.message().map(str::to_string),
+                        version_id: None,
+                    });
+                }
+            }
+        }
+        Ok(S3Response::new(dto::DeleteObjectsOutput {
+            deleted: Some(deleted),
+            errors: (!errors.is_empty()).then_some(errors),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<dto::ListObjectsV2Input>,
+    ) -> S3Result<S3Response<dto::ListObjectsV2Output>> {
+        let caller = self.caller(&req).await?;
+        let input = req.input;
+        let name = bucket_name(&input.bucket)?;
+        let encode = encoder(&input.encoding_type)?;
+        let max = max_keys(input.max_keys)?;
+        let start_after = match &input.continuation_token {
+            Some(token) => Some(
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(token)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| {
+                        s3_error!(InvalidArgument, "the continuation token is not valid")
+                    })?,
+            ),
+            None => input.start_after.clone(),
+        };
+        let query = Self::listing_query(
+            name.clone(),
+            input.prefix.clone(),
+            input.delimiter.clone(),
+            start_after,
+            max,
+        );
+        let listing = self.inner.meta.list_objects(&caller.tenant, query).await?;
+        let contents = Self::contents(&listing, encode);
+        let prefixes = Self::prefixes(&listing, encode);
+        Ok(S3Response::new(dto::ListObjectsV2Output {
+            name: Some(name.to_string()),
+            prefix: Some(encode(input.prefix.as_deref().unwrap_or(""))),
+            delimiter: input.delimiter.as_deref().map(encode),
+            max_keys: Some(max as i32),
+            key_count: Some((contents.len() + prefixes.len()) as i32),
+            continuation_token: input.continuation_token,
+            next_continuation_token: listing
+                .next_marker
+                .as_ref()
+                .map(|m| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(m)),
+            is_truncated: Some(listing.is_truncated),
+            start_after: input.start_after.as_deref().map(encode),
+            encoding_type: input.encoding_type,
+            contents: Some(contents),
+            common_prefixes: Some(prefixes),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_objects(
+        &self,
+        req: S3Request<dto::ListObjectsInput>,
+    ) -> S3Result<S3Response<dto::ListObjectsOutput>> {
+        let caller = self.caller(&req).await?;
+        let input = req.input;
+        let name = bucket_name(&input.bucket)?;
+        let encode = encoder(&input.encoding_type)?;
+        let max = max_keys(input.max_keys)?;
+        let query = Self::listing_query(
+            name.clone(),
+            input.prefix.clone(),
+            input.delimiter.clone(),
+            input.marker.clone(),
+            max,
+        );
+        let listing = self.inner.meta.list_objects(&caller.tenant, query).await?;
+        Ok(S3Response::new(dto::ListObjectsOutput {
+            name: Some(name.to_string()),
+            prefix: Some(encode(input.prefix.as_deref().unwrap_or(""))),
+            delimiter: input.delimiter.as_deref().map(encode),
+            marker: Some(encode(input.marker.as_deref().unwrap_or(""))),
+            max_keys: Some(max as i32),
+            is_truncated: Some(listing.is_truncated),
+            next_marker: listing.next_marker.as_deref().map(encode),
+            encoding_type: input.encoding_type,
+            contents: Some(Self::contents(&listing, encode)),
+            common_prefixes: Some(Self::prefixes(&listing, encode)),
+            ..Default::default()
+        }))
+    }
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_encoding_keeps_slashes_and_escapes_plus_and_space() {
+        assert_eq!(url_encode("a/b c+d%é"), "a/b%20c%2Bd%25%C3%A9");
+    }
+
+    #[test]
+    fn max_keys_defaults_and_clamps() {
+        assert_eq!(max_keys(None).unwrap(), 1000);
+        assert_eq!(max_keys(Some(5000)).unwrap(), 1000);
+        assert_eq!(max_keys(Some(0)).unwrap(), 0);
+        assert!(max_keys(Some(-1)).is_err());
+    }
+}

@@ -1,0 +1,356 @@
+//! The PUT data path: a body stream cut into stripes, each encoded k+m, hashed, and
+//! written to k+m nodes in parallel. Nothing is committed here; the caller commits the
+//! returned stripes through metadata only after every check passed.
+
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use lauscha_core::layout::StripeLayout;
+use lauscha_core::model::{ObjectData, ShardLocation, Stripe};
+use lauscha_core::{
+    ClusterMap, ErasureCodec, PlacementPolicy, ShardDigest, ShardId, StripeId, place,
+};
+use md5::Digest as _;
+use s3s::checksum::ChecksumHasher;
+use s3s::dto::StreamingBlob;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use crate::GatewayError;
+use crate::gateway::Inner;
+
+/// Stripes being written at once per PUT: one being filled from the client, two on the
+/// wire, so that network and nodes are kept busy without unbounded memory.
+const MAX_STRIPES_IN_FLIGHT: usize = 2;
+
+/// What a finished body turned into.
+pub struct WrittenBody {
+    /// Bytes received.
+    pub size_bytes: u64,
+    /// MD5 of the body.
+    pub md5: [u8; 16],
+    /// The checksums the client asked for, computed over the body (base64).
+    pub checksums: s3s::dto::Checksum,
+    /// Inline bytes or durable stripes.
+    pub data: ObjectData,
+}
+
+/// Stripes written but not yet committed: deleted if the PUT fails after all.
+pub struct Uncommitted {
+    inner: Arc<Inner>,
+    stripes: Vec<Stripe>,
+}
+
+impl Uncommitted {
+    /// Forgets the stripes: they are now referenced by a committed version.
+    pub fn commit(mut self) {
+        self.stripes.clear();
+    }
+}
+
+impl Drop for Uncommitted {
+    fn drop(&mut self) {
+        if self.stripes.is_empty() {
+            return;
+        }
+        let stripes = std::mem::take(&mut self.stripes);
+        let inner = self.inner.clone();
+        tokio::spawn(async move { delete_stripes(&inner, &stripes).await });
+    }
+}
+
+async fn delete_stripes(inner: &Inner, stripes: &[Stripe]) {
+    let Ok(map) = inner.nodes.cluster_map().await else {
+        warn!(
+            n_stripes = stripes.len(),
+            "no cluster map; uncommitted stripes left to GC"
+        );
+        return;
+    };
+    let deletes = stripes.iter().flat_map(|stripe| {
+        stripe.shards.iter().enumerate().map(|(idx, loc)| {
+            let id = ShardId {
+                stripe_id: stripe.id,
+                shard_idx: idx as u8,
+            };
+            let map = map.clone();
+            async move {
+                inner
+                    .nodes
+                    .delete_shard_best_effort(&map, loc.node, id)
+                    .await
+            }
+        })
+    });
+    futures::future::join_all(deletes).await;
+}
+
+/// Turns an error from the body stream into the S3 error it means.
+fn body_error(e: s3s::StdError) -> GatewayError {
+    let text = e.to_string();
+    if text.contains("SignatureMismatch") {
+        GatewayError::SignatureDoesNotMatch
+    } else if text.contains("Sha256Mismatch") {
+        GatewayError::BadDigest("the body does not match x-amz-content-sha256".into())
+    } else {
+        GatewayError::IncompleteBody(text)
+    }
+}
+
+/// Streams `body` into the store under `policy`. `declared_len_bytes`, when known, must be
+/// matched exactly; more than `max_bytes` is refused as soon as it is seen.
+pub async fn write_body(
+    inner: &Arc<Inner>,
+    policy: PlacementPolicy,
+    mut body: StreamingBlob,
+    declared_len_bytes: Option<u64>,
+    mut checksum: ChecksumHasher,
+) -> Result<(WrittenBody, Uncommitted), GatewayError> {
+    let max_bytes = inner.config.max_object_bytes;
+    if let Some(declared) = declared_len_bytes
+        && declared > max_bytes
+    {
+        return Err(GatewayError::EntityTooLarge {
+            size_bytes: declared,
+            max_bytes,
+        });
+    }
+    let layout = StripeLayout {
+        n_data_shards: policy.n_data_shards,
+        shard_size_bytes: inner.config.shard_size_bytes,
+    };
+    let capacity = layout.stripe_capacity_bytes() as usize;
+    let mut uncommitted = Uncommitted {
+        inner: inner.clone(),
+        stripes: Vec::new(),
+    };
+    let mut in_flight: FuturesOrdered<JoinHandle<Result<Stripe, GatewayError>>> =
+        FuturesOrdered::new();
+    let mut md5 = md5::Md5::new();
+    let mut buf = BytesMut::new();
+    let mut total_bytes = 0u64;
+
+    // On any error below, `in_flight` and `uncommitted` are dropped: finished stripes are
+    // deleted by `uncommitted`, running ones by `finish_in_flight` in the error path.
+    let result: Result<(), GatewayError> = async {
+        while let Some(chunk) = body.next().await {
+            let mut chunk = chunk.map_err(body_error)?;
+            total_bytes += chunk.len() as u64;
+            if total_bytes > max_bytes {
+                return Err(GatewayError::EntityTooLarge {
+                    size_bytes: total_bytes,
+                    max_bytes,
+                });
+            }
+            if declared_len_bytes.is_some_and(|d| total_bytes > d) {
+                return Err(GatewayError::IncompleteBody(
+                    "more bytes than Content-Length declared".into(),
+                ));
+            }
+            md5.update(&chunk);
+            checksum.update(&chunk);
+            while chunk.has_remaining() {
+                let take = (capacity - buf.len()).min(chunk.len());
+                buf.extend_from_slice(&chunk[..take]);
+                chunk.advance(take);
+                if buf.len() == capacity {
+                    while in_flight.len() >= MAX_STRIPES_IN_FLIGHT {
+                        let stripe = next_finished(&mut in_flight).await?;
+                        uncommitted.stripes.push(stripe);
+                    }
+                    let stripe = buf.split().freeze();
+                    in_flight.push_back(spawn_stripe_write(inner, policy, stripe).await?);
+                }
+            }
+        }
+        if let Some(declared) = declared_len_bytes
+            && total_bytes != declared
+        {
+            return Err(GatewayError::IncompleteBody(format!(
+                "got {total_bytes} bytes, Content-Length declared {declared}"
+            )));
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        finish_in_flight(in_flight, &mut uncommitted).await;
+        return Err(e);
+    }
+
+    let is_inline = total_bytes <= inner.config.inline_max_bytes && in_flight.is_empty();
+    let data = if is_inline {
+        debug_assert!(uncommitted.stripes.is_empty());
+        ObjectData::Inline(buf.to_vec())
+    } else {
+        if !buf.is_empty() {
+            match spawn_stripe_write(inner, policy, buf.split().freeze()).await {
+                Ok(handle) => in_flight.push_back(handle),
+                Err(e) => {
+                    finish_in_flight(in_flight, &mut uncommitted).await;
+                    return Err(e);
+                }
+            }
+        }
+        while !in_flight.is_empty() {
+            match next_finished(&mut in_flight).await {
+                Ok(stripe) => uncommitted.stripes.push(stripe),
+                Err(e) => {
+                    finish_in_flight(in_flight, &mut uncommitted).await;
+                    return Err(e);
+                }
+            }
+        }
+        ObjectData::Striped {
+            n_data_shards: policy.n_data_shards,
+            n_parity_shards: policy.n_parity_shards,
+            stripes: uncommitted.stripes.clone(),
+        }
+    };
+    let written = WrittenBody {
+        size_bytes: total_bytes,
+        md5: md5.finalize().into(),
+        checksums: checksum.finalize(),
+        data,
+    };
+    Ok((written, uncommitted))
+}
+
+async fn next_finished(
+    in_flight: &mut FuturesOrdered<JoinHandle<Result<Stripe, GatewayError>>>,
+) -> Result<Stripe, GatewayError> {
+    match in_flight.next().await {
+        Some(Ok(result)) => result,
+        Some(Err(join_error)) => Err(GatewayError::Internal(format!(
+            "stripe writer failed: {join_error}"
+        ))),
+        None => unreachable!("called with stripes in flight"),
+    }
+}
+
+/// Waits for running stripe writes and hands the ones that succeeded to `uncommitted`, so
+/// that a failed PUT deletes everything it wrote.
+async fn finish_in_flight(
+    mut in_flight: FuturesOrdered<JoinHandle<Result<Stripe, GatewayError>>>,
+    uncommitted: &mut Uncommitted,
+) {
+    while let Some(result) = in_flight.next().await {
+        if let Ok(Ok(stripe)) = result {
+            uncommitted.stripes.push(stripe);
+        }
+    }
+}
+
+/// Reserves memory for one stripe (data and parity), then writes it on its own task.
+async fn spawn_stripe_write(
+    inner: &Arc<Inner>,
+    policy: PlacementPolicy,
+    stripe: Bytes,
+) -> Result<JoinHandle<Result<Stripe, GatewayError>>, GatewayError> {
+    let permit = inner.reserve_stripe_memory(stripe.len(), policy).await?;
+    let map = inner.nodes.cluster_map().await?;
+    let inner = inner.clone();
+    Ok(tokio::spawn(async move {
+        write_stripe(&inner, &map, policy, stripe, permit).await
+    }))
+}
+
+/// Encodes one stripe and writes its k+m shards in parallel; all must succeed. On failure
+/// the shards that did land are deleted again.
+async fn write_stripe(
+    inner: &Inner,
+    map: &ClusterMap,
+    policy: PlacementPolicy,
+    stripe: Bytes,
+    _permit: OwnedSemaphorePermit,
+) -> Result<Stripe, GatewayError> {
+    let stripe_id = StripeId(rand::random());
+    let placement = place(stripe_id, &policy, map)?;
+    let codec = inner.codec(policy)?;
+    let len_bytes = stripe.len() as u64;
+    let (shards, digests) = tokio::task::spawn_blocking(move || encode(&codec, stripe))
+        .await
+        .map_err(|e| GatewayError::Internal(format!("encoder failed: {e}")))??;
+    let writes = placement
+        .nodes
+        .iter()
+        .zip(shards)
+        .zip(&digests)
+        .enumerate()
+        .map(|(shard_idx, ((&node, shard), digest))| {
+            let id = ShardId {
+                stripe_id,
+                shard_idx: shard_idx as u8,
+            };
+            async move {
+                inner
+                    .nodes
+                    .put_shard(map, node, id, shard, *digest)
+                    .await
+                    .map_err(|e| (node, id, e))
+            }
+        });
+    let results = futures::future::join_all(writes).await;
+    if let Some(Err((node_id, shard_id, error))) = results.into_iter().find(Result::is_err) {
+        debug!(stripe_id = %stripe_id, "stripe write failed; removing its shards");
+        // Delete every shard of the stripe: the ones that landed must not linger, and
+        // deleting one that never arrived is a no-op.
+        let cleanup = placement.nodes.iter().enumerate().map(|(idx, &node)| {
+            let id = ShardId {
+                stripe_id,
+                shard_idx: idx as u8,
+            };
+            async move { inner.nodes.delete_shard_best_effort(map, node, id).await }
+        });
+        futures::future::join_all(cleanup).await;
+        return Err(GatewayError::ShardWrite {
+            shard_id,
+            node_id,
+            reason: error.to_string(),
+        });
+    }
+    debug!(stripe_id = %stripe_id, n_bytes = len_bytes, "stripe written");
+    Ok(Stripe {
+        id: stripe_id,
+        len_bytes,
+        shards: placement
+            .nodes
+            .iter()
+            .zip(digests)
+            .map(|(&node, digest)| ShardLocation { node, digest })
+            .collect(),
+    })
+}
+
+/// The k+m shards of a stripe and their digests. A full stripe's data shards are slices of
+/// the stripe itself (no copy); a short stripe is copied once into padded shards.
+fn encode(
+    codec: &ErasureCodec,
+    stripe: Bytes,
+) -> Result<(Vec<Bytes>, Vec<ShardDigest>), GatewayError> {
+    let k = codec.n_data_shards();
+    let shards: Vec<Bytes> = if !stripe.is_empty() && stripe.len() % k == 0 {
+        let shard_len = stripe.len() / k;
+        let data: Vec<Bytes> = (0..k)
+            .map(|i| stripe.slice(i * shard_len..(i + 1) * shard_len))
+            .collect();
+        let refs: Vec<&[u8]> = data.iter().map(|b| b.as_ref()).collect();
+        let parity = codec
+            .encode_parity(&refs)
+            .map_err(|e| GatewayError::Internal(format!("encode: {e}")))?;
+        data.into_iter()
+            .chain(parity.into_iter().map(Bytes::from))
+            .collect()
+    } else {
+        codec
+            .encode_stripe(&stripe)
+            .into_iter()
+            .map(Bytes::from)
+            .collect()
+    };
+    let digests = shards.iter().map(|s| ShardDigest::of(s)).collect();
+    Ok((shards, digests))
+}

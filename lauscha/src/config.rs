@@ -1,0 +1,130 @@
+//! Loading `ServerConfig` from TOML, with environment overrides.
+//!
+//! Any variable `LAUSCHA__SECTION__FIELD=value` overrides `[section] field`; array tables
+//! take an index (`LAUSCHA__STORAGE__0__SITE=site-b`). Values are parsed as TOML where
+//! they can be (numbers, booleans, arrays) and taken as strings otherwise.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use lauscha_core::config::ServerConfig;
+
+/// Reads, overrides and validates a config file.
+pub fn load(path: &Path) -> anyhow::Result<ServerConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("read config file {}", path.display()))?;
+    let mut value: toml::Value = toml::from_str(&text)
+        .with_context(|| format!("parse config file {} as TOML", path.display()))?;
+    apply_env_overrides(&mut value, std::env::vars())?;
+    let config: ServerConfig = value
+        .try_into()
+        .with_context(|| format!("config file {}", path.display()))?;
+    config
+        .validate()
+        .with_context(|| format!("config file {}", path.display()))?;
+    Ok(config)
+}
+
+/// Applies `LAUSCHA__...` variables to a parsed config.
+pub fn apply_env_overrides(
+    value: &mut toml::Value,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> anyhow::Result<()> {
+    for (name, raw) in vars {
+        let Some(path) = name.strip_prefix("LAUSCHA__") else {
+            continue;
+        };
+        let segments: Vec<String> = path.split("__").map(|s| s.to_ascii_lowercase()).collect();
+        if segments.iter().any(String::is_empty) {
+            bail!("environment variable {name}: empty path segment");
+        }
+        let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        let mut cursor = &mut *value;
+        for (i, segment) in segments.iter().enumerate() {
+            let last = i + 1 == segments.len();
+            cursor = match cursor {
+                toml::Value::Table(table) => {
+                    if last {
+                        table.insert(segment.clone(), parsed.clone());
+                        break;
+                    }
+                    table
+                        .entry(segment.clone())
+                        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                }
+                toml::Value::Array(items) => {
+                    let idx: usize = segment.parse().with_context(|| {
+                        format!("environment variable {name}: {segment:?} is not an array index")
+                    })?;
+                    let item = items.get_mut(idx).with_context(|| {
+                        format!("environment variable {name}: no element {idx} in the config")
+                    })?;
+                    if last {
+                        *item = parsed.clone();
+                        break;
+                    }
+                    item
+                }
+                _ => bail!("environment variable {name}: {segment:?} is not a table"),
+            };
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../deploy/single-host.toml");
+
+    #[test]
+    fn the_shipped_example_parses_and_validates() {
+        let config: ServerConfig = toml::from_str(EXAMPLE).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.storage.len(), 2);
+    }
+
+    #[test]
+    fn env_overrides_reach_tables_and_arrays() {
+        let mut value: toml::Value = toml::from_str(EXAMPLE).unwrap();
+        apply_env_overrides(
+            &mut value,
+            [
+                (
+                    "LAUSCHA__GATEWAY__REGION".to_string(),
+                    "eu-central-1".to_string(),
+                ),
+                (
+                    "LAUSCHA__STORAGE__1__SITE".to_string(),
+                    "site-z".to_string(),
+                ),
+                (
+                    "LAUSCHA__GATEWAY__MAX_OBJECT_BYTES".to_string(),
+                    "1024".to_string(),
+                ),
+                ("UNRELATED".to_string(), "x".to_string()),
+            ],
+        )
+        .unwrap();
+        let config: ServerConfig = value.try_into().unwrap();
+        let gateway = config.gateway.unwrap();
+        assert_eq!(gateway.region, "eu-central-1");
+        assert_eq!(gateway.max_object_bytes, 1024);
+        assert_eq!(config.storage[1].site, "site-z");
+    }
+
+    #[test]
+    fn bad_overrides_say_what_is_wrong() {
+        let mut value: toml::Value = toml::from_str(EXAMPLE).unwrap();
+        let err = apply_env_overrides(
+            &mut value,
+            [("LAUSCHA__STORAGE__7__SITE".to_string(), "x".to_string())],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("no element 7"), "{err}");
+    }
+}

@@ -1,0 +1,514 @@
+//! `lauscha dev`: the whole system on one machine, in one process or (with `--cluster`) as
+//! one process per role under a supervisor.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use lauscha_core::config::{GatewayConfig, MetadataConfig, ServerConfig, StorageNodeConfig};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tracing::{info, warn};
+
+use crate::roles::{RoleInfo, Roles};
+
+/// Options of `lauscha dev`.
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// Where all data lives; created if missing, reused if present.
+    #[arg(long, default_value = "lauscha-data")]
+    pub data_dir: PathBuf,
+    /// S3 listen address.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    pub s3_listen: String,
+    /// Admin API listen address.
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    pub admin_listen: String,
+    /// The region clients sign for.
+    #[arg(long, default_value = "us-east-1")]
+    pub region: String,
+    /// Storage nodes, split over two sites.
+    #[arg(long, default_value_t = 6)]
+    pub storage_nodes: u32,
+    /// Run every role as its own OS process (metadata, storage nodes, gateway).
+    #[arg(long)]
+    pub cluster: bool,
+}
+
+/// Root credentials, as written to `DATA_DIR/credentials.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Credentials {
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret.
+    pub secret_access_key: String,
+    /// Region.
+    pub region: String,
+    /// S3 endpoint URL.
+    pub endpoint: String,
+}
+
+/// One process of the dev system, as written to `DATA_DIR/cluster.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProcessEntry {
+    /// Role.
+    pub role: String,
+    /// Node id.
+    pub id: u64,
+    /// OS process id.
+    pub pid: u32,
+    /// Main listen address.
+    pub listen: String,
+    /// Admin API (gateway only).
+    pub admin_listen: Option<String>,
+    /// Site (storage only).
+    pub site: Option<String>,
+    /// Host (storage only).
+    pub host: Option<String>,
+    /// Data directory.
+    pub data_dir: Option<String>,
+    /// Command line that (re)starts this process (`--cluster` only).
+    pub argv: Vec<String>,
+}
+
+/// `DATA_DIR/cluster.json`: what runs where. Written once everything is ready.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterFile {
+    /// `dev` or `cluster`.
+    pub mode: String,
+    /// S3 endpoint URL.
+    pub s3_endpoint: String,
+    /// Admin API URL.
+    pub admin_endpoint: String,
+    /// The region.
+    pub region: String,
+    /// Every process.
+    pub processes: Vec<ProcessEntry>,
+}
+
+fn random_string(alphabet: &[u8], len: usize) -> String {
+    (0..len)
+        .map(|_| alphabet[rand::random_range(0..alphabet.len())] as char)
+        .collect()
+}
+
+/// The root credentials: from LAUSCHA_ACCESS_KEY / LAUSCHA_SECRET_KEY when set, else the
+/// ones generated on the first start and kept in the data directory.
+fn credentials(data_dir: &Path, region: &str, endpoint: &str) -> anyhow::Result<Credentials> {
+    let path = data_dir.join("credentials.json");
+    let env = (
+        std::env::var("LAUSCHA_ACCESS_KEY").ok(),
+        std::env::var("LAUSCHA_SECRET_KEY").ok(),
+    );
+    let (access_key_id, secret_access_key) = match env {
+        (Some(a), Some(s)) => (a, s),
+        (Some(_), None) | (None, Some(_)) => {
+            bail!("set both LAUSCHA_ACCESS_KEY and LAUSCHA_SECRET_KEY, or neither")
+        }
+        (None, None) => match std::fs::read(&path) {
+            Ok(bytes) => {
+                let existing: Credentials = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("read {}", path.display()))?;
+                (existing.access_key_id, existing.secret_access_key)
+            }
+            Err(_) => (
+                format!(
+                    "LK{}",
+                    random_string(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", 18)
+                ),
+                random_string(
+                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
+                    40,
+                ),
+            ),
+        },
+    };
+    let credentials = Credentials {
+        access_key_id,
+        secret_access_key,
+        region: region.to_string(),
+        endpoint: endpoint.to_string(),
+    };
+    write_atomically(&path, &serde_json::to_vec_pretty(&credentials)?)?;
+    Ok(credentials)
+}
+
+/// Writes a file so that readers see the old or the new content, never a part.
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file =
+        std::fs::File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))?;
+    Ok(())
+}
+
+fn metadata_config(data_dir: &Path) -> MetadataConfig {
+    MetadataConfig {
+        node_id: 1,
+        data_dir: data_dir.join("metadata").display().to_string(),
+        listen: "127.0.0.1:0".into(),
+        advertise: None,
+        bootstrap: true,
+        root_access_key: None,
+        root_secret_key: None,
+    }
+}
+
+fn storage_config(
+    data_dir: &Path,
+    node_id: u32,
+    n_nodes: u32,
+    meta: SocketAddr,
+) -> StorageNodeConfig {
+    // First half in site-a, second half in site-b; one host per node.
+    let site = if node_id <= n_nodes.div_ceil(2) {
+        "site-a"
+    } else {
+        "site-b"
+    };
+    StorageNodeConfig {
+        node_id,
+        data_dir: data_dir
+            .join(format!("node-{node_id}"))
+            .display()
+            .to_string(),
+        listen: "127.0.0.1:0".into(),
+        advertise: None,
+        site: site.into(),
+        host: Some(format!("host-{node_id}")),
+        capacity_bytes: 1 << 40,
+        metadata_endpoints: vec![format!("http://{meta}")],
+    }
+}
+
+fn gateway_config(args: &DevArgs, meta: SocketAddr) -> GatewayConfig {
+    let mut config = GatewayConfig::with_metadata(vec![format!("http://{meta}")]);
+    config.s3_listen = args.s3_listen.clone();
+    config.admin_listen = args.admin_listen.clone();
+    config.region = args.region.clone();
+    if args.storage_nodes < 6 {
+        // Fewer nodes than 4+2 needs: the best protection the nodes allow.
+        let m = u8::from(args.storage_nodes >= 2).max((args.storage_nodes / 3) as u8);
+        config.default_policy.data_shards = (args.storage_nodes as u8 - m).max(1);
+        config.default_policy.parity_shards = m;
+    }
+    config
+}
+
+fn entry(info: &RoleInfo, pid: u32, argv: Vec<String>) -> ProcessEntry {
+    ProcessEntry {
+        role: info.role.to_string(),
+        id: info.id,
+        pid,
+        listen: info.listen.to_string(),
+        admin_listen: info.admin_listen.map(|a| a.to_string()),
+        site: info.site.clone(),
+        host: info.host.clone(),
+        data_dir: info.data_dir.as_ref().map(|d| d.display().to_string()),
+        argv,
+    }
+}
+
+fn print_banner(cluster: &ClusterFile, credentials: &Credentials, data_dir: &Path) {
+    let endpoint = &cluster.s3_endpoint;
+    println!(
+        "\nLauscha dev is running ({} storage nodes, {} mode).\n\
+         \n  S3 endpoint:  {endpoint}   (region {})\
+         \n  Admin API:    {}\
+         \n  Access key:   {}\
+         \n  Secret key:   {}\
+         \n  Data:         {}\n\
+         \nTry it with the aws cli:\n\
+         \n  export AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={} AWS_DEFAULT_REGION={}\
+         \n  aws --endpoint-url {endpoint} s3 mb s3://demo\
+         \n  aws --endpoint-url {endpoint} s3 cp README.md s3://demo/\
+         \n  aws --endpoint-url {endpoint} s3 ls s3://demo\n",
+        cluster
+            .processes
+            .iter()
+            .filter(|p| p.role == "storage")
+            .count(),
+        cluster.mode,
+        cluster.region,
+        cluster.admin_endpoint,
+        credentials.access_key_id,
+        credentials.secret_access_key,
+        data_dir.display(),
+        credentials.access_key_id,
+        credentials.secret_access_key,
+        cluster.region,
+    );
+    let _ = std::io::stdout().flush();
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn termination() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Runs `lauscha dev`.
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    if args.storage_nodes == 0 {
+        bail!("--storage-nodes must be at least 1");
+    }
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("create data directory {}", args.data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&args.data_dir)?;
+    // A stale cluster.json would tell waiting tools we are ready before we are.
+    let _ = std::fs::remove_file(data_dir.join("cluster.json"));
+    if args.cluster {
+        run_cluster(args, &data_dir).await
+    } else {
+        run_in_process(args, &data_dir).await
+    }
+}
+
+async fn run_in_process(args: DevArgs, data_dir: &Path) -> anyhow::Result<()> {
+    let mut roles = Roles::new();
+    let mut meta_config = metadata_config(data_dir);
+    let placeholder = format!("http://{}", args.s3_listen);
+    let creds = credentials(data_dir, &args.region, &placeholder)?;
+    meta_config.root_access_key = Some(creds.access_key_id.clone());
+    meta_config.root_secret_key = Some(creds.secret_access_key.clone());
+    let meta = roles.start_metadata(&meta_config, None).await?;
+    for node_id in 1..=args.storage_nodes {
+        roles
+            .start_storage(&storage_config(
+                data_dir,
+                node_id,
+                args.storage_nodes,
+                meta.listen,
+            ))
+            .await?;
+    }
+    let gateway = roles
+        .start_gateway(&gateway_config(&args, meta.listen))
+        .await?;
+    let s3_endpoint = format!("http://{}", gateway.listen);
+    let creds = Credentials {
+        endpoint: s3_endpoint.clone(),
+        ..creds
+    };
+    write_atomically(
+        &data_dir.join("credentials.json"),
+        &serde_json::to_vec_pretty(&creds)?,
+    )?;
+    let pid = std::process::id();
+    let cluster = ClusterFile {
+        mode: "dev".into(),
+        s3_endpoint,
+        admin_endpoint: format!(
+            "http://{}",
+            gateway.admin_listen.expect("gateway has admin")
+        ),
+        region: args.region.clone(),
+        processes: roles
+            .started
+            .iter()
+            .map(|r| entry(r, pid, Vec::new()))
+            .collect(),
+    };
+    write_atomically(
+        &data_dir.join("cluster.json"),
+        &serde_json::to_vec_pretty(&cluster)?,
+    )?;
+    print_banner(&cluster, &creds, data_dir);
+    roles.run_until(termination()).await
+}
+
+/// A child process of `--cluster` and the pipe whose closing tells it to stop.
+struct Supervised {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    info: RoleInfo,
+    argv: Vec<String>,
+}
+
+/// A role's "ready" report on the child's stdout (see `server`).
+#[derive(Deserialize)]
+struct ReadyLine {
+    role: String,
+    id: u64,
+    listen: SocketAddr,
+    admin_listen: Option<SocketAddr>,
+    site: Option<String>,
+    host: Option<String>,
+    data_dir: Option<PathBuf>,
+}
+
+async fn spawn_role(
+    data_dir: &Path,
+    name: &str,
+    config: &ServerConfig,
+) -> anyhow::Result<Supervised> {
+    let config_dir = data_dir.join("config");
+    let log_dir = data_dir.join("logs");
+    std::fs::create_dir_all(&config_dir)?;
+    std::fs::create_dir_all(&log_dir)?;
+    let config_path = config_dir.join(format!("{name}.toml"));
+    write_atomically(&config_path, toml::to_string_pretty(config)?.as_bytes())?;
+    let exe = std::env::current_exe().context("find the lauscha executable")?;
+    let argv = vec![
+        exe.display().to_string(),
+        "server".to_string(),
+        "--config".to_string(),
+        config_path.display().to_string(),
+    ];
+    let log_path = log_dir.join(format!("{name}.log"));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)?;
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .arg("--exit-on-stdin-eof")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("start {name}"))?;
+    let stdin = child.stdin.take();
+    let stdout = child.stdout.take().expect("stdout is piped");
+    // The child prints one JSON line once its role serves.
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .await
+        .with_context(|| format!("read readiness of {name}"))?;
+    let ready: ReadyLine = serde_json::from_str(line.trim()).with_context(|| {
+        format!(
+            "{name} exited before it was ready; see {}",
+            log_path.display()
+        )
+    })?;
+    let role = match ready.role.as_str() {
+        "metadata" => "metadata",
+        "storage" => "storage",
+        "gateway" => "gateway",
+        other => bail!("{name} reported unknown role {other}"),
+    };
+    Ok(Supervised {
+        child,
+        stdin,
+        info: RoleInfo {
+            role,
+            id: ready.id,
+            listen: ready.listen,
+            admin_listen: ready.admin_listen,
+            site: ready.site,
+            host: ready.host,
+            data_dir: ready.data_dir,
+        },
+        argv,
+    })
+}
+
+async fn run_cluster(args: DevArgs, data_dir: &Path) -> anyhow::Result<()> {
+    let placeholder = format!("http://{}", args.s3_listen);
+    let creds = credentials(data_dir, &args.region, &placeholder)?;
+    let mut meta_config = metadata_config(data_dir);
+    meta_config.root_access_key = Some(creds.access_key_id.clone());
+    meta_config.root_secret_key = Some(creds.secret_access_key.clone());
+    let mut children: Vec<Supervised> = Vec::new();
+    let result = async {
+        let meta = spawn_role(
+            data_dir,
+            "metadata-1",
+            &ServerConfig {
+                metadata: Some(meta_config),
+                ..Default::default()
+            },
+        )
+        .await?;
+        let meta_addr = meta.info.listen;
+        children.push(meta);
+        for node_id in 1..=args.storage_nodes {
+            let config = ServerConfig {
+                storage: vec![storage_config(
+                    data_dir,
+                    node_id,
+                    args.storage_nodes,
+                    meta_addr,
+                )],
+                ..Default::default()
+            };
+            children.push(spawn_role(data_dir, &format!("storage-{node_id}"), &config).await?);
+        }
+        let config = ServerConfig {
+            gateway: Some(gateway_config(&args, meta_addr)),
+            ..Default::default()
+        };
+        children.push(spawn_role(data_dir, "gateway", &config).await?);
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        stop_children(&mut children).await;
+        return Err(e);
+    }
+    let gateway = children.last().expect("gateway started").info.clone();
+    let s3_endpoint = format!("http://{}", gateway.listen);
+    let creds = Credentials {
+        endpoint: s3_endpoint.clone(),
+        ..creds
+    };
+    write_atomically(
+        &data_dir.join("credentials.json"),
+        &serde_json::to_vec_pretty(&creds)?,
+    )?;
+    let cluster = ClusterFile {
+        mode: "cluster".into(),
+        s3_endpoint,
+        admin_endpoint: format!(
+            "http://{}",
+            gateway.admin_listen.expect("gateway has admin")
+        ),
+        region: args.region.clone(),
+        processes: children
+            .iter()
+            .map(|c| entry(&c.info, c.child.id().unwrap_or(0), c.argv.clone()))
+            .collect(),
+    };
+    write_atomically(
+        &data_dir.join("cluster.json"),
+        &serde_json::to_vec_pretty(&cluster)?,
+    )?;
+    print_banner(&cluster, &creds, data_dir);
+    // Children that die (a test killed one) are left dead: whoever killed it restarts it
+    // with the argv in cluster.json. The supervisor only ends them all on shutdown.
+    termination().await;
+    stop_children(&mut children).await;
+    Ok(())
+}
+
+/// Closes each child's stdin (which makes it shut down cleanly), waits up to 10 s, then
+/// kills what is left.
+async fn stop_children(children: &mut [Supervised]) {
+    for child in children.iter_mut().rev() {
+        drop(child.stdin.take());
+    }
+    for child in children.iter_mut() {
+        match tokio::time::timeout(Duration::from_secs(10), child.child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                warn!(
+                    role = child.info.role,
+                    "child did not stop within 10 s; killing it"
+                );
+                let _ = child.child.kill().await;
+            }
+        }
+    }
+    info!("all children stopped");
+}

@@ -1,0 +1,294 @@
+//! Starting roles: each binds its listener, serves, and reports where it listens.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use lauscha_core::config::{GatewayConfig, MetadataConfig, StorageNodeConfig};
+use lauscha_core::{NodeInfo, NodeState};
+use lauscha_gateway::{Gateway, GatewayError, MetaClient};
+use lauscha_metadata::{MetaNode, MetaNodeOptions, MetaServer};
+use lauscha_storage_node::{DiskShardStore, ShardServer};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Where a started role listens.
+#[derive(Clone, Debug, Serialize)]
+pub struct RoleInfo {
+    /// `metadata`, `storage` or `gateway`.
+    pub role: &'static str,
+    /// Node id (1 for the gateway).
+    pub id: u64,
+    /// The main listen address.
+    pub listen: SocketAddr,
+    /// The gateway's admin API address.
+    pub admin_listen: Option<SocketAddr>,
+    /// Storage nodes: failure domain.
+    pub site: Option<String>,
+    /// Storage nodes: host.
+    pub host: Option<String>,
+    /// Where its data lives.
+    pub data_dir: Option<PathBuf>,
+}
+
+/// The roles running in this process.
+pub struct Roles {
+    tasks: JoinSet<anyhow::Result<()>>,
+    shutdown: CancellationToken,
+    meta_nodes: Vec<MetaNode>,
+    /// Where each listens, in start order.
+    pub started: Vec<RoleInfo>,
+}
+
+impl Roles {
+    /// No roles yet.
+    pub fn new() -> Roles {
+        Roles {
+            tasks: JoinSet::new(),
+            shutdown: CancellationToken::new(),
+            meta_nodes: Vec::new(),
+            started: Vec::new(),
+        }
+    }
+
+    /// Runs until `signal` resolves or a role fails, then stops every role.
+    pub async fn run_until(
+        mut self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let outcome = tokio::select! {
+            () = signal => Ok(()),
+            Some(result) = self.tasks.join_next() => match result {
+                Ok(Ok(())) => Err(anyhow::anyhow!("a role stopped unexpectedly")),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(anyhow::anyhow!("a role panicked: {e}")),
+            },
+        };
+        info!("shutting down");
+        self.shutdown.cancel();
+        while let Some(result) = self.tasks.join_next().await {
+            if let Ok(Err(e)) = result {
+                warn!(error = %e, "role ended with an error during shutdown");
+            }
+        }
+        for node in &self.meta_nodes {
+            node.shutdown().await;
+        }
+        outcome
+    }
+
+    /// Starts a metadata voter.
+    pub async fn start_metadata(
+        &mut self,
+        config: &MetadataConfig,
+        root_credentials: Option<(String, String)>,
+    ) -> anyhow::Result<RoleInfo> {
+        let data_dir = PathBuf::from(&config.data_dir);
+        let listener = bind_persistent(&config.listen, &data_dir).await?;
+        let listen = listener.local_addr()?;
+        let advertise = match &config.advertise {
+            Some(a) => a.clone(),
+            None => listen.to_string(),
+        };
+        let node = MetaNode::start(MetaNodeOptions {
+            node_id: config.node_id,
+            data_dir: data_dir.clone(),
+            advertise,
+            bootstrap: config.bootstrap,
+        })
+        .await
+        .context("start metadata voter")?;
+        let server = tonic::transport::Server::builder()
+            .add_service(MetaServer::new(node.clone()).into_service())
+            .add_service(node.raft_server().into_service());
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            server
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    shutdown.cancelled_owned(),
+                )
+                .await
+                .context("metadata gRPC server")
+        });
+        self.meta_nodes.push(node.clone());
+        if config.bootstrap {
+            node.wait_for_leader(Duration::from_secs(30))
+                .await
+                .context("wait for the metadata voter to become leader")?;
+        }
+        let credentials = root_credentials.or_else(|| {
+            config
+                .root_access_key
+                .clone()
+                .zip(config.root_secret_key.clone())
+        });
+        if let Some((access_key, secret_key)) = credentials {
+            node.ensure_root_credentials(&access_key, &secret_key, now_ms())
+                .await
+                .context("create root credentials")?;
+        }
+        info!(node_id = config.node_id, %listen, "metadata voter serving");
+        let info = RoleInfo {
+            role: "metadata",
+            id: config.node_id,
+            listen,
+            admin_listen: None,
+            site: None,
+            host: None,
+            data_dir: Some(data_dir),
+        };
+        self.started.push(info.clone());
+        Ok(info)
+    }
+
+    /// Starts a storage node and registers it with metadata.
+    pub async fn start_storage(&mut self, config: &StorageNodeConfig) -> anyhow::Result<RoleInfo> {
+        let data_dir = PathBuf::from(&config.data_dir);
+        let store = DiskShardStore::open(&data_dir, config.id())
+            .await
+            .with_context(|| format!("open shard store of node {}", config.node_id))?;
+        let listener = bind_persistent(&config.listen, &data_dir).await?;
+        let listen = listener.local_addr()?;
+        let advertise = config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| listen.to_string());
+        let service = ShardServer::new(config.id(), config.capacity_bytes, store).into_service();
+        let shutdown = self.shutdown.clone();
+        let node_id = config.node_id;
+        self.tasks.spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    shutdown.cancelled_owned(),
+                )
+                .await
+                .with_context(|| format!("storage node {node_id} gRPC server"))
+        });
+        let node = NodeInfo {
+            id: config.id(),
+            site: config.site.clone(),
+            host: config.host_name(),
+            addr: advertise,
+            capacity_bytes: config.capacity_bytes,
+            state: NodeState::Up,
+        };
+        for endpoint in &config.metadata_endpoints {
+            register(endpoint, node.clone()).await?;
+        }
+        info!(node_id, %listen, site = %config.site, "storage node serving");
+        let info = RoleInfo {
+            role: "storage",
+            id: u64::from(config.node_id),
+            listen,
+            admin_listen: None,
+            site: Some(config.site.clone()),
+            host: Some(config.host_name()),
+            data_dir: Some(data_dir),
+        };
+        self.started.push(info.clone());
+        Ok(info)
+    }
+
+    /// Starts the gateway's S3 and admin servers.
+    pub async fn start_gateway(&mut self, config: &GatewayConfig) -> anyhow::Result<RoleInfo> {
+        let gateway = Gateway::new(config.clone()).context("configure gateway")?;
+        let s3 = TcpListener::bind(&config.s3_listen)
+            .await
+            .with_context(|| format!("listen for S3 on {}", config.s3_listen))?;
+        let admin = TcpListener::bind(&config.admin_listen)
+            .await
+            .with_context(|| format!("listen for the admin API on {}", config.admin_listen))?;
+        let (listen, admin_listen) = (s3.local_addr()?, admin.local_addr()?);
+        let (g, shutdown) = (gateway.clone(), self.shutdown.clone());
+        self.tasks.spawn(async move {
+            g.serve_s3(s3, shutdown.cancelled_owned())
+                .await
+                .context("S3 server")
+        });
+        let (g, shutdown) = (gateway, self.shutdown.clone());
+        self.tasks.spawn(async move {
+            g.serve_admin(admin, shutdown.cancelled_owned())
+                .await
+                .context("admin server")
+        });
+        info!(%listen, %admin_listen, region = %config.region, "gateway serving");
+        let info = RoleInfo {
+            role: "gateway",
+            id: 1,
+            listen,
+            admin_listen: Some(admin_listen),
+            site: None,
+            host: None,
+            data_dir: None,
+        };
+        self.started.push(info.clone());
+        Ok(info)
+    }
+}
+
+/// Registers a storage node, retrying while metadata is not reachable yet (processes of a
+/// cluster start in any order).
+async fn register(endpoint: &str, node: NodeInfo) -> anyhow::Result<()> {
+    let client = MetaClient::new(endpoint).context("metadata endpoint")?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match client.register_node(node.clone()).await {
+            Ok(map) => {
+                info!(node_id = %node.id, map_epoch = map.epoch, "registered with metadata");
+                return Ok(());
+            }
+            Err(e @ GatewayError::Meta { .. }) if tokio::time::Instant::now() < deadline => {
+                warn!(node_id = %node.id, error = %e, "metadata not reachable yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => bail!("register node {} with metadata at {endpoint}: {e}", node.id),
+        }
+    }
+}
+
+/// Binds `listen`. Port 0 picks a free port the first time and keeps it for this data
+/// directory (in `listen.addr`), so that a restarted process comes back where the rest of
+/// the cluster expects it.
+async fn bind_persistent(listen: &str, data_dir: &Path) -> anyhow::Result<TcpListener> {
+    let requested: SocketAddr = listen
+        .parse()
+        .with_context(|| format!("listen address {listen:?}"))?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("create data directory {}", data_dir.display()))?;
+    let remembered = data_dir.join("listen.addr");
+    let addr = if requested.port() == 0 {
+        match std::fs::read_to_string(&remembered) {
+            Ok(text) => text
+                .trim()
+                .parse()
+                .with_context(|| format!("{} holds no address", remembered.display()))?,
+            Err(_) => requested,
+        }
+    } else {
+        requested
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listen on {addr}"))?;
+    if requested.port() == 0 {
+        std::fs::write(&remembered, listener.local_addr()?.to_string())
+            .with_context(|| format!("write {}", remembered.display()))?;
+    }
+    Ok(listener)
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
