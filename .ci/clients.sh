@@ -161,7 +161,7 @@ trap 'exit 143' TERM
 
 log "clients: starting $LAUSCHA_BIN dev on 127.0.0.1:$PORT (data dir $DATA)"
 LAUSCHA_ACCESS_KEY="$ACCESS_KEY" LAUSCHA_SECRET_KEY="$SECRET_KEY" \
-    "$LAUSCHA_BIN" dev --data-dir "$DATA" --s3-listen "127.0.0.1:$PORT" \
+    "$LAUSCHA_BIN" dev --data-dir "$DATA" --s3-listen "127.0.0.1:$PORT" --admin-listen 127.0.0.1:0 \
     </dev/null >"$LOG" 2>&1 &
 LAUSCHA_PID=$!
 

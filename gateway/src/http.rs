@@ -61,6 +61,18 @@ fn refusal_error(refusal: Refusal, region: &str) -> S3Error {
     }
 }
 
+/// Whether a request asks for `100 Continue` but declares no body, so that hyper will never
+/// send the 100.
+fn expects_continue_without_body<B>(request: &Request<B>) -> bool {
+    let headers = request.headers();
+    headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+        && headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() == b"0")
+}
+
 /// Serves S3 on `listener` until `shutdown` resolves.
 pub async fn serve_s3(
     inner: Arc<Inner>,
@@ -84,6 +96,11 @@ pub async fn serve_s3(
                 {
                     return s3_error_response(refusal_error(refusal, &inner.config.region), &request_id);
                 }
+                // botocore sends `Expect: 100-continue` even with an empty body. hyper then
+                // answers with the final status and no 100 (RFC 9110 allows it), which
+                // leaves botocore's connection believing every later response starts with
+                // that status. Closing such a connection resets the client's state.
+                let close_after = expects_continue_without_body(&request);
                 let permit = match tokio::time::timeout(QUEUE_TIMEOUT, slots.acquire_owned()).await {
                     Ok(Ok(permit)) => permit,
                     _ => {
@@ -107,6 +124,12 @@ pub async fn serve_s3(
                 }
                 if let Ok(value) = http::HeaderValue::from_str(&request_id) {
                     response.headers_mut().insert("x-amz-request-id", value);
+                }
+                if close_after {
+                    response.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
                 }
                 drop(permit);
                 response

@@ -6,6 +6,7 @@ mod config;
 mod dev;
 mod roles;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -41,9 +42,10 @@ enum Command {
 
 fn init_tracing() {
     let filter = EnvFilter::try_from_env("LAUSCHA_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,h2=warn,tower=warn,hyper=warn,openraft=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,h2=warn,tower=warn,hyper=warn,openraft=warn,s3s=off"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if std::env::var("LAUSCHA_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
