@@ -37,6 +37,9 @@ pub struct DevArgs {
     /// Run every role as its own OS process (metadata, storage nodes, gateway).
     #[arg(long)]
     pub cluster: bool,
+    /// Largest object a single PUT may carry, bytes.
+    #[arg(long, default_value_t = 5 << 30)]
+    pub max_object_bytes: u64,
 }
 
 /// Root credentials, as written to `DATA_DIR/credentials.json`.
@@ -192,6 +195,7 @@ fn gateway_config(args: &DevArgs, meta: SocketAddr) -> GatewayConfig {
     config.s3_listen = args.s3_listen.clone();
     config.admin_listen = args.admin_listen.clone();
     config.region = args.region.clone();
+    config.max_object_bytes = args.max_object_bytes;
     if args.storage_nodes < 6 {
         // Fewer nodes than 4+2 needs: the best protection the nodes allow.
         let m = u8::from(args.storage_nodes >= 2).max((args.storage_nodes / 3) as u8);

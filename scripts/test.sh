@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Runs the whole Rust test suite: unit and property tests, the storage contract suites,
+# and the integration tests that start `lauscha dev` (in-process and as separate
+# processes) and talk to it with aws-sdk-s3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/lauscha-target}"
+exec cargo test --workspace "$@"
