@@ -161,9 +161,14 @@ impl NodePool {
             .insert(node, Instant::now());
     }
 
-    fn note(&self, node: NodeId, error: &ShardIoError) {
-        if error.is_node_failure() {
-            self.mark_suspect(node);
+    fn note<T>(&self, node: NodeId, result: &Result<T, ShardIoError>) {
+        match result {
+            Err(e) if e.is_node_failure() => self.mark_suspect(node),
+            Err(_) => {}
+            // An answer proves the node is back: stop routing around it at once.
+            Ok(_) => {
+                self.suspects.lock().expect("suspects lock").remove(&node);
+            }
         }
     }
 
@@ -209,9 +214,7 @@ impl NodePool {
             Ok(Err(status)) => Err(ShardIoError::from_status(status, id, node)),
             Ok(Ok(_)) => Ok(()),
         };
-        if let Err(e) = &result {
-            self.note(node, e);
-        }
+        self.note(node, &result);
         result
     }
 
@@ -234,9 +237,7 @@ impl NodePool {
         )
         .await
         .unwrap_or_else(|_| Err(ShardIoError::Unreachable(node, "read timed out".into())));
-        if let Err(e) = &result {
-            self.note(node, e);
-        }
+        self.note(node, &result);
         result
     }
 

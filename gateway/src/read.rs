@@ -56,11 +56,24 @@ pub async fn open_range(
     let map = inner.nodes.cluster_map().await?;
     for read in &plan {
         let stripe = &stripes[read.stripe_idx];
-        let n_usable = stripe
-            .shards
-            .iter()
-            .filter(|loc| map.node(loc.node).is_some() && !inner.nodes.is_suspect(loc.node))
-            .count();
+        let usable = |stripe: &Stripe| {
+            stripe
+                .shards
+                .iter()
+                .filter(|loc| map.node(loc.node).is_some() && !inner.nodes.is_suspect(loc.node))
+                .count()
+        };
+        let mut n_usable = usable(stripe);
+        if n_usable < k {
+            // Nodes that failed a moment ago may be back: ask them before giving up.
+            let probes = stripe
+                .shards
+                .iter()
+                .filter(|loc| inner.nodes.is_suspect(loc.node))
+                .map(|loc| inner.nodes.node_status(&map, loc.node));
+            futures::future::join_all(probes).await;
+            n_usable = usable(stripe);
+        }
         if n_usable < k {
             return Err(GatewayError::StripeUnreadable(format!(
                 "stripe {} has {n_usable} of {} shards on reachable nodes, {k} needed",

@@ -1,0 +1,293 @@
+//! Test harness: a real `lauscha dev` process (in-process roles or `--cluster`), found
+//! through its cluster.json, driven with aws-sdk-s3.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use serde_json::Value;
+
+pub const ACCESS_KEY: &str = "LKTESTACCESSKEY00001";
+pub const SECRET_KEY: &str = "test/secret+key0123456789abcdefghijklmn";
+
+/// A running `lauscha dev`; killed (SIGKILL) when dropped.
+pub struct Dev {
+    pub child: Child,
+    pub data_dir: PathBuf,
+    pub cluster: Value,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+fn lauscha() -> &'static str {
+    env!("CARGO_BIN_EXE_lauscha")
+}
+
+impl Dev {
+    /// Starts `lauscha dev` on a fresh directory.
+    pub fn start(extra: &[&str]) -> Dev {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let data_dir = tmp.path().join("data");
+        let mut dev = Dev::start_in(&data_dir, extra);
+        if std::env::var_os("LAUSCHA_TEST_KEEP").is_some() {
+            eprintln!("keeping {}", tmp.keep().display());
+        } else {
+            dev._tmp = Some(tmp);
+        }
+        dev
+    }
+
+    /// Starts `lauscha dev` on `data_dir` (which may hold an earlier run's data).
+    pub fn start_in(data_dir: &Path, extra: &[&str]) -> Dev {
+        std::fs::create_dir_all(data_dir).expect("create data dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("dev.log"))
+            .expect("open dev.log");
+        let mut child = Command::new(lauscha())
+            .args(["dev", "--data-dir"])
+            .arg(data_dir)
+            .args([
+                "--s3-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .env("LAUSCHA_ACCESS_KEY", ACCESS_KEY)
+            .env("LAUSCHA_SECRET_KEY", SECRET_KEY)
+            .env("LAUSCHA_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start lauscha dev");
+        // The banner is printed after cluster.json is in place: wait for it, not for time.
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = lines.any(|line| {
+            line.map(|l| l.contains("Lauscha dev is running"))
+                .unwrap_or(false)
+        });
+        assert!(ready, "lauscha dev exited before it was ready");
+        // Keep draining stdout so the process never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let cluster: Value = serde_json::from_slice(
+            &std::fs::read(data_dir.join("cluster.json")).expect("cluster.json"),
+        )
+        .expect("cluster.json parses");
+        Dev {
+            child,
+            data_dir: data_dir.to_path_buf(),
+            cluster,
+            _tmp: None,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        self.cluster["s3_endpoint"].as_str().unwrap().to_string()
+    }
+
+    pub fn client(&self) -> Client {
+        client(&self.endpoint(), ACCESS_KEY, SECRET_KEY)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill lauscha dev");
+        self.child.wait().expect("reap lauscha dev");
+    }
+
+    /// Processes of a role in cluster.json.
+    pub fn processes(&self, role: &str) -> Vec<Value> {
+        self.cluster["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["role"] == role)
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An S3 client for `endpoint` with the given key.
+pub fn client(endpoint: &str, access_key: &str, secret_key: &str) -> Client {
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new(access_key, secret_key, None, None, "test"))
+        .force_path_style(true)
+        // One attempt: a test must see the first answer, not a retried one.
+        .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(1))
+        .build();
+    Client::from_conf(config)
+}
+
+/// SIGKILL a process by pid.
+pub fn kill_pid(pid: u64) {
+    let status = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -9 {pid}");
+}
+
+/// A process a test started; SIGKILLed when dropped, also when the test fails.
+pub struct Restarted(pub Child);
+
+impl Drop for Restarted {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Restarts a cluster process with the argv cluster.json gives.
+pub fn restart(process: &Value) -> Restarted {
+    let argv: Vec<String> = process["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .env("LAUSCHA_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        // Not the test's own stderr: the harness would wait for this process to close it.
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("restart process");
+    // One readiness line once it serves.
+    let stdout = child.stdout.take().unwrap();
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(
+        line.contains("listen"),
+        "restarted process not ready: {line:?}"
+    );
+    std::thread::spawn(move || for _ in reader.lines() {});
+    Restarted(child)
+}
+
+/// Deterministic bytes for an object.
+pub fn payload(seed: u64, len: usize) -> Vec<u8> {
+    lauscha_core_bytes(seed, len)
+}
+
+fn lauscha_core_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub async fn must_create_bucket(s3: &Client, bucket: &str) {
+    s3.create_bucket()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("create bucket {bucket}: {e:?}"));
+}
+
+pub async fn must_put(s3: &Client, bucket: &str, key: &str, body: &[u8]) -> String {
+    let out = s3
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(body.to_vec().into())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("put {bucket}/{key}: {e:?}"));
+    out.e_tag().unwrap_or_default().to_string()
+}
+
+pub async fn must_get(s3: &Client, bucket: &str, key: &str) -> Vec<u8> {
+    let out = s3
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("get {bucket}/{key}: {e:?}"));
+    out.body
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("read body of {bucket}/{key}: {e:?}"))
+        .into_bytes()
+        .to_vec()
+}
+
+pub async fn must_get_range(s3: &Client, bucket: &str, key: &str, range: &str) -> Vec<u8> {
+    let out = s3
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .range(range)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("get {bucket}/{key} {range}: {e:?}"));
+    out.body.collect().await.unwrap().into_bytes().to_vec()
+}
+
+/// The S3 error code and HTTP status of a failed call.
+#[track_caller]
+pub fn error_of<E, R>(
+    result: Result<R, aws_sdk_s3::error::SdkError<E, aws_smithy_runtime_api::http::Response>>,
+) -> (String, u16)
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::fmt::Debug,
+    R: std::fmt::Debug,
+{
+    match result {
+        Ok(ok) => panic!("expected an error, got {ok:?}"),
+        Err(e) => {
+            let status = e.raw_response().map(|r| r.status().as_u16()).unwrap_or(0);
+            let code = e
+                .as_service_error()
+                .and_then(|s| s.code())
+                .unwrap_or("<none>")
+                .to_string();
+            (code, status)
+        }
+    }
+}
+
+/// Waits until `f` returns true, checking every 50 ms, for at most `timeout`. For
+/// conditions another process makes true (a node is up again), not for ordering.
+pub async fn eventually(timeout: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+pub fn md5_hex(data: &[u8]) -> String {
+    use md5::Digest as _;
+    hex::encode(md5::Md5::digest(data))
+}
