@@ -362,17 +362,23 @@ impl NodePool {
         node: NodeId,
     ) -> Result<NodeUsage, ShardIoError> {
         let mut client = self.client(node, map)?;
-        let reply = tokio::time::timeout(
+        let result = match tokio::time::timeout(
             Duration::from_secs(2),
             client.node_status(pb::NodeStatusRequest {}),
         )
         .await
-        .map_err(|_| ShardIoError::Unreachable(node, "status timed out".into()))?
-        .map_err(|s| ShardIoError::Unreachable(node, s.message().to_string()))?
-        .into_inner();
-        Ok(NodeUsage {
-            n_shards: reply.n_shards,
-            used_bytes: reply.used_bytes,
-        })
+        {
+            Err(_) => Err(ShardIoError::Unreachable(node, "status timed out".into())),
+            Ok(Err(s)) => Err(ShardIoError::Unreachable(node, s.message().to_string())),
+            Ok(Ok(reply)) => {
+                let reply = reply.into_inner();
+                Ok(NodeUsage {
+                    n_shards: reply.n_shards,
+                    used_bytes: reply.used_bytes,
+                })
+            }
+        };
+        self.note(node, &result);
+        result
     }
 }
