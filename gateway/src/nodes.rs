@@ -65,6 +65,19 @@ impl ShardIoError {
     }
 }
 
+/// One shard as the stripe map describes it: where it is and what it must hash to.
+#[derive(Clone, Copy, Debug)]
+pub struct ShardRef<'a> {
+    /// The node holding it.
+    pub node: NodeId,
+    /// Its id.
+    pub id: ShardId,
+    /// Its digest from metadata.
+    pub digest: &'a ShardDigest,
+    /// Its length (from the stripe length and k).
+    pub shard_len_bytes: u64,
+}
+
 /// What a node reports about itself.
 #[derive(Clone, Copy, Debug)]
 pub struct NodeUsage {
@@ -219,21 +232,18 @@ impl NodePool {
     }
 
     /// Reads `[offset, offset + len_bytes)` of a shard, verifying the block hashes against
-    /// `digest` and every block against its hash. `len_bytes == 0` reads the whole shard
-    /// (which must then be `shard_len_bytes` long).
+    /// its digest and every block against its hash. `len_bytes == 0` reads the whole shard.
     pub async fn read_shard(
         &self,
         map: &ClusterMap,
-        node: NodeId,
-        id: ShardId,
-        digest: &ShardDigest,
-        shard_len_bytes: u64,
+        shard: ShardRef<'_>,
         offset: u64,
         len_bytes: u64,
     ) -> Result<Bytes, ShardIoError> {
+        let node = shard.node;
         let result = tokio::time::timeout(
             self.rpc_timeout,
-            self.read_shard_inner(map, node, id, digest, shard_len_bytes, offset, len_bytes),
+            self.read_shard_inner(map, shard, offset, len_bytes),
         )
         .await
         .unwrap_or_else(|_| Err(ShardIoError::Unreachable(node, "read timed out".into())));
@@ -241,17 +251,19 @@ impl NodePool {
         result
     }
 
-    #[allow(clippy::too_many_arguments)] // one shard read: each argument is a distinct fact
     async fn read_shard_inner(
         &self,
         map: &ClusterMap,
-        node: NodeId,
-        id: ShardId,
-        digest: &ShardDigest,
-        shard_len_bytes: u64,
+        shard: ShardRef<'_>,
         offset: u64,
         len_bytes: u64,
     ) -> Result<Bytes, ShardIoError> {
+        let ShardRef {
+            node,
+            id,
+            digest,
+            shard_len_bytes,
+        } = shard;
         let whole = len_bytes == 0;
         let (offset, len_bytes) = if whole {
             (0, shard_len_bytes)

@@ -14,7 +14,7 @@ use tracing::warn;
 
 use crate::GatewayError;
 use crate::gateway::Inner;
-use crate::nodes::ShardIoError;
+use crate::nodes::{ShardIoError, ShardRef};
 
 /// Stripes read ahead of the client.
 const READ_AHEAD_STRIPES: usize = 2;
@@ -130,10 +130,12 @@ async fn read_stripe(
             let loc = &stripe.shards[piece.shard_idx];
             inner.nodes.read_shard(
                 map,
-                loc.node,
-                shard_id(piece.shard_idx),
-                &loc.digest,
-                shard_len,
+                ShardRef {
+                    node: loc.node,
+                    id: shard_id(piece.shard_idx),
+                    digest: &loc.digest,
+                    shard_len_bytes: shard_len,
+                },
                 piece.offset_in_shard,
                 piece.len_bytes,
             )
@@ -192,10 +194,13 @@ async fn reconstruct(
                 stripe_id: stripe.id,
                 shard_idx: idx as u8,
             };
-            inner
-                .nodes
-                .read_shard(map, loc.node, id, &loc.digest, shard_len, 0, 0)
-                .await
+            let shard = ShardRef {
+                node: loc.node,
+                id,
+                digest: &loc.digest,
+                shard_len_bytes: shard_len,
+            };
+            inner.nodes.read_shard(map, shard, 0, 0).await
         });
     let results = futures::future::join_all(reads).await;
     let mut n_corrupt = 0;

@@ -332,7 +332,7 @@ fn encode(
     stripe: Bytes,
 ) -> Result<(Vec<Bytes>, Vec<ShardDigest>), GatewayError> {
     let k = codec.n_data_shards();
-    let shards: Vec<Bytes> = if !stripe.is_empty() && stripe.len() % k == 0 {
+    let shards: Vec<Bytes> = if !stripe.is_empty() && stripe.len().is_multiple_of(k) {
         let shard_len = stripe.len() / k;
         let data: Vec<Bytes> = (0..k)
             .map(|i| stripe.slice(i * shard_len..(i + 1) * shard_len))

@@ -109,7 +109,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last_purged_log_id: Option<LogId> = self.get_meta(KEY_PURGED)?;
         let last_log_id = match (last, &last_purged_log_id) {
             (Some(last), _) => Some(last),
-            (None, purged) => purged.clone(),
+            (None, purged) => *purged,
         };
         Ok(LogState {
             last_purged_log_id,

@@ -226,7 +226,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
         Ok((
-            self.applied.last_applied.clone(),
+            self.applied.last_applied,
             self.applied.last_membership.clone(),
         ))
     }
@@ -237,12 +237,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     {
         while let Some((entry, responder)) = entries.try_next().await? {
             let mut applied = self.applied.clone();
-            applied.last_applied = Some(entry.log_id.clone());
+            applied.last_applied = Some(entry.log_id);
             let (response, mutations) = match &entry.payload {
                 EntryPayload::Blank => (MetaResponse::Done, Vec::new()),
                 EntryPayload::Membership(membership) => {
                     applied.last_membership =
-                        StoredMembership::new(Some(entry.log_id.clone()), membership.clone());
+                        StoredMembership::new(Some(entry.log_id), membership.clone());
                     (MetaResponse::Done, Vec::new())
                 }
                 EntryPayload::Normal(cmd) => {
@@ -274,7 +274,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             checkpoint_dir,
             snapshot_dir: self.snapshot_dir.clone(),
             meta: SnapshotMeta {
-                last_log_id: self.applied.last_applied.clone(),
+                last_log_id: self.applied.last_applied,
                 last_membership: self.applied.last_membership.clone(),
             },
             snapshot_lock: self.snapshot_lock.clone(),
@@ -325,7 +325,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 sm_meta,
                 KEY_APPLIED,
                 value::encode(&AppliedState {
-                    last_applied: meta_owned.last_log_id.clone(),
+                    last_applied: meta_owned.last_log_id,
                     last_membership: meta_owned.last_membership.clone(),
                 }),
             );
@@ -334,7 +334,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         })
         .await?;
         self.applied = AppliedState {
-            last_applied: meta.last_log_id.clone(),
+            last_applied: meta.last_log_id,
             last_membership: meta.last_membership.clone(),
         };
         info!(raft_index = ?meta.last_log_id.as_ref().map(|l| l.index), "snapshot installed");
