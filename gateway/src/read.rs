@@ -5,6 +5,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use lauscha_core::layout::{StripeRead, plan_range_read, shard_len_bytes};
 use lauscha_core::model::{ObjectData, Stripe};
 use lauscha_core::{ClusterMap, ObjectVersion, PlacementPolicy, ShardId, SpreadLevel};
@@ -17,7 +18,7 @@ use crate::gateway::Inner;
 use crate::nodes::{ShardIoError, ShardRef};
 
 /// Stripes read ahead of the client.
-const READ_AHEAD_STRIPES: usize = 2;
+const READ_AHEAD_STRIPES: usize = 3;
 
 /// The bytes of an object range, as a stream the HTTP layer can send.
 pub type ObjectStream = ReceiverStream<Result<Bytes, std::io::Error>>;
@@ -88,15 +89,24 @@ pub async fn open_range(
         tx.try_send(Ok(bytes)).expect("empty channel has room");
     }
     let inner = inner.clone();
+    let stripes = Arc::new(stripes);
     tokio::spawn(async move {
-        for read in plan {
-            let result = read_stripe(&inner, &map, policy, &stripes[read.stripe_idx], &read)
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()));
+        // Several stripes are read at once, delivered in order.
+        let mut reads = futures::stream::iter(plan)
+            .map(|read| {
+                let (inner, map, stripes) = (inner.clone(), map.clone(), stripes.clone());
+                async move {
+                    let stripe = &stripes[read.stripe_idx];
+                    let result = read_stripe(&inner, &map, policy, stripe, &read).await;
+                    if let Err(e) = &result {
+                        warn!(stripe_id = %stripe.id, error = %e, "object read failed mid-stream");
+                    }
+                    result.map_err(|e| std::io::Error::other(e.to_string()))
+                }
+            })
+            .buffered(READ_AHEAD_STRIPES);
+        while let Some(result) = reads.next().await {
             let failed = result.is_err();
-            if let Err(e) = &result {
-                warn!(stripe_id = %stripes[read.stripe_idx].id, error = %e, "object read failed mid-stream");
-            }
             // A closed channel means the client went away: stop reading.
             if tx.send(result).await.is_err() || failed {
                 return;

@@ -8,7 +8,8 @@ use base64::Engine as _;
 use futures::StreamExt;
 use lauscha_core::model::{ListObjectsQuery, ObjectListing};
 use lauscha_core::{
-    AccessKeyId, Bucket, BucketName, ChecksumAlgorithm, ObjectVersion, StripeId, TenantId, place,
+    AccessKeyId, Bucket, BucketName, ChecksumAlgorithm, ContentHeaders, ObjectVersion, StripeId,
+    TenantId, place,
 };
 use lauscha_proto::MetaErrorKind;
 use s3s::checksum::ChecksumHasher;
@@ -37,6 +38,28 @@ struct Caller {
 
 fn timestamp(ms: u64) -> Timestamp {
     Timestamp::from(UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+fn timestamp_s(unix_s: i64) -> Option<Timestamp> {
+    time::OffsetDateTime::from_unix_timestamp(unix_s)
+        .ok()
+        .map(Timestamp::from)
+}
+
+fn unix_seconds(t: Timestamp) -> i64 {
+    let t: time::OffsetDateTime = t.into();
+    t.unix_timestamp()
+}
+
+/// `Content-Encoding` without the `aws-chunked` coding, which describes the upload, not
+/// the object; `None` when nothing else remains.
+fn without_aws_chunked(value: &str) -> Option<String> {
+    let rest: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("aws-chunked"))
+        .collect();
+    (!rest.is_empty()).then(|| rest.join(", "))
 }
 
 fn bucket_name(name: &str) -> S3Result<BucketName> {
@@ -456,6 +479,16 @@ impl S3 for S3Gateway {
             etag: etag.clone(),
             last_modified_ms: 0,
             content_type: input.content_type.clone(),
+            headers: ContentHeaders {
+                cache_control: input.cache_control.clone(),
+                content_disposition: input.content_disposition.clone(),
+                content_encoding: input
+                    .content_encoding
+                    .as_deref()
+                    .and_then(without_aws_chunked),
+                content_language: input.content_language.clone(),
+                expires_unix_s: input.expires.clone().map(unix_seconds),
+            },
             user_metadata: input.metadata.unwrap_or_default().into_iter().collect(),
             checksums: checksums.clone(),
             data: written.data,
@@ -545,6 +578,11 @@ impl S3 for S3Gateway {
             e_tag: Some(ETag::Strong(version.etag.clone())),
             last_modified: Some(timestamp(version.last_modified_ms)),
             content_type: version.content_type.clone(),
+            cache_control: version.headers.cache_control.clone(),
+            content_disposition: version.headers.content_disposition.clone(),
+            content_encoding: version.headers.content_encoding.clone(),
+            content_language: version.headers.content_language.clone(),
+            expires: version.headers.expires_unix_s.and_then(timestamp_s),
             metadata: (!version.user_metadata.is_empty())
                 .then(|| version.user_metadata.clone().into_iter().collect()),
             ..Default::default()
@@ -595,6 +633,11 @@ impl S3 for S3Gateway {
             e_tag: Some(ETag::Strong(version.etag.clone())),
             last_modified: Some(timestamp(version.last_modified_ms)),
             content_type: version.content_type.clone(),
+            cache_control: version.headers.cache_control.clone(),
+            content_disposition: version.headers.content_disposition.clone(),
+            content_encoding: version.headers.content_encoding.clone(),
+            content_language: version.headers.content_language.clone(),
+            expires: version.headers.expires_unix_s.and_then(timestamp_s),
             metadata: (!version.user_metadata.is_empty())
                 .then(|| version.user_metadata.clone().into_iter().collect()),
             ..Default::default()
@@ -804,6 +847,17 @@ mod tests {
     #[test]
     fn url_encoding_keeps_slashes_and_escapes_plus_and_space() {
         assert_eq!(url_encode("a/b c+d%é"), "a/b%20c%2Bd%25%C3%A9");
+    }
+
+    #[test]
+    fn aws_chunked_is_not_stored_as_content_encoding() {
+        assert_eq!(without_aws_chunked("aws-chunked"), None);
+        assert_eq!(without_aws_chunked("gzip,aws-chunked"), Some("gzip".into()));
+        assert_eq!(
+            without_aws_chunked("aws-chunked, gzip"),
+            Some("gzip".into())
+        );
+        assert_eq!(without_aws_chunked("br"), Some("br".into()));
     }
 
     #[test]

@@ -19,7 +19,8 @@ pub use cluster::{ClusterMap, NodeInfo, NodeState};
 pub use codec::ErasureCodec;
 pub use ids::{AccessKeyId, NodeId, ShardId, StripeId, TenantId};
 pub use model::{
-    AccessKey, Bucket, ChecksumAlgorithm, ObjectData, ObjectVersion, ShardLocation, Stripe, Tenant,
+    AccessKey, Bucket, ChecksumAlgorithm, ContentHeaders, ObjectData, ObjectVersion, ShardLocation,
+    Stripe, Tenant,
 };
 pub use names::BucketName;
 pub use placement::{Placement, PlacementError, PlacementPolicy, SpreadLevel, place};

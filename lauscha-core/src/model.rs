@@ -121,6 +121,21 @@ impl ChecksumAlgorithm {
     }
 }
 
+/// Standard HTTP headers S3 stores with an object and returns on GET and HEAD.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentHeaders {
+    /// `Cache-Control`.
+    pub cache_control: Option<String>,
+    /// `Content-Disposition`.
+    pub content_disposition: Option<String>,
+    /// `Content-Encoding`, without the `aws-chunked` transfer coding.
+    pub content_encoding: Option<String>,
+    /// `Content-Language`.
+    pub content_language: Option<String>,
+    /// `Expires`, Unix seconds.
+    pub expires_unix_s: Option<i64>,
+}
+
 /// One committed version of an object.
 ///
 /// Field order is part of the metadata format: listings decode the first four fields alone
@@ -137,6 +152,8 @@ pub struct ObjectVersion {
     pub last_modified_ms: u64,
     /// `Content-Type` as given on PUT.
     pub content_type: Option<String>,
+    /// The other standard headers stored with the object and returned on GET and HEAD.
+    pub headers: ContentHeaders,
     /// `x-amz-meta-*` headers, names lower-case without the prefix.
     pub user_metadata: BTreeMap<String, String>,
     /// Verified checksums, base64 as S3 prints them.

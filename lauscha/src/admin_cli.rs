@@ -150,7 +150,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 };
                 println!(
                     "{:>4}  {:<8}  {:<8}  {:<21}  {:<9}  {:>9}  {:>10}",
-                    node["id"],
+                    node["id"].as_u64().map_or("?".into(), |id| id.to_string()),
                     node["site"].as_str().unwrap_or(""),
                     node["host"].as_str().unwrap_or(""),
                     node["addr"].as_str().unwrap_or(""),

@@ -81,6 +81,50 @@ async fn objects_of_every_size_round_trip_with_ranges_and_heads() {
         let clamped = must_get_range(&s3, "sizes", &key, &format!("bytes=0-{}", n + 100)).await;
         assert_eq!(clamped, body);
     }
+    // Stored headers and user metadata come back on GET and HEAD.
+    s3.put_object()
+        .bucket("sizes")
+        .key("with-headers")
+        .content_type("text/plain; charset=utf-8")
+        .cache_control("max-age=60")
+        .content_disposition("attachment; filename=\"a.txt\"")
+        .content_language("de")
+        .metadata("stadt", "Jena")
+        .body(b"hallo".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    let got = s3
+        .get_object()
+        .bucket("sizes")
+        .key("with-headers")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.content_type(), Some("text/plain; charset=utf-8"));
+    assert_eq!(got.cache_control(), Some("max-age=60"));
+    assert_eq!(
+        got.content_disposition(),
+        Some("attachment; filename=\"a.txt\"")
+    );
+    assert_eq!(got.content_language(), Some("de"));
+    assert_eq!(
+        got.metadata().unwrap().get("stadt").map(String::as_str),
+        Some("Jena")
+    );
+    let head = s3
+        .head_object()
+        .bucket("sizes")
+        .key("with-headers")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.cache_control(), Some("max-age=60"));
+    assert_eq!(
+        head.metadata().unwrap().get("stadt").map(String::as_str),
+        Some("Jena")
+    );
+
     // Overwrite replaces.
     must_put(&s3, "sizes", "obj-1", b"replaced").await;
     assert_eq!(must_get(&s3, "sizes", "obj-1").await, b"replaced");

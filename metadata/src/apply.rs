@@ -292,6 +292,7 @@ mod tests {
             etag: "e".into(),
             last_modified_ms: 0,
             content_type: None,
+            headers: Default::default(),
             user_metadata: Default::default(),
             checksums: Default::default(),
             data: ObjectData::Striped {

@@ -213,6 +213,7 @@ mod tests {
             etag: format!("etag{size}"),
             last_modified_ms: 7,
             content_type: None,
+            headers: Default::default(),
             user_metadata: Default::default(),
             checksums: Default::default(),
             data: ObjectData::Inline(vec![0; size as usize]),

@@ -29,6 +29,7 @@ fn inline(body: &[u8]) -> ObjectVersion {
         etag: "etag".into(),
         last_modified_ms: 0,
         content_type: None,
+        headers: Default::default(),
         user_metadata: Default::default(),
         checksums: Default::default(),
         data: ObjectData::Inline(body.to_vec()),

@@ -9,9 +9,9 @@ use std::str::FromStr;
 
 use lauscha_core::model::{ListObjectsQuery, ObjectListing, ObjectSummary};
 use lauscha_core::{
-    AccessKey, AccessKeyId, Bucket, BucketName, ChecksumAlgorithm, ClusterMap, NodeId, NodeInfo,
-    NodeState, ObjectData, ObjectVersion, PlacementPolicy, ShardDigest, ShardId, ShardLocation,
-    SpreadLevel, Stripe, StripeId, Tenant, TenantId,
+    AccessKey, AccessKeyId, Bucket, BucketName, ChecksumAlgorithm, ClusterMap, ContentHeaders,
+    NodeId, NodeInfo, NodeState, ObjectData, ObjectVersion, PlacementPolicy, ShardDigest, ShardId,
+    ShardLocation, SpreadLevel, Stripe, StripeId, Tenant, TenantId,
 };
 
 /// Generated code of `lauscha/storage.proto`.
@@ -412,6 +412,13 @@ impl From<ObjectVersion> for meta::ObjectVersion {
             etag: v.etag,
             last_modified_ms: v.last_modified_ms,
             content_type: v.content_type,
+            headers: Some(meta::ContentHeaders {
+                cache_control: v.headers.cache_control,
+                content_disposition: v.headers.content_disposition,
+                content_encoding: v.headers.content_encoding,
+                content_language: v.headers.content_language,
+                expires_unix_s: v.headers.expires_unix_s,
+            }),
             user_metadata: v.user_metadata.into_iter().collect(),
             checksums: v
                 .checksums
@@ -488,6 +495,16 @@ impl TryFrom<meta::ObjectVersion> for ObjectVersion {
             etag: pb.etag,
             last_modified_ms: pb.last_modified_ms,
             content_type: pb.content_type,
+            headers: pb
+                .headers
+                .map(|h| ContentHeaders {
+                    cache_control: h.cache_control,
+                    content_disposition: h.content_disposition,
+                    content_encoding: h.content_encoding,
+                    content_language: h.content_language,
+                    expires_unix_s: h.expires_unix_s,
+                })
+                .unwrap_or_default(),
             user_metadata: pb.user_metadata.into_iter().collect(),
             checksums,
             data,
@@ -670,6 +687,11 @@ mod tests {
             etag: "abc".into(),
             last_modified_ms: 5,
             content_type: Some("text/plain".into()),
+            headers: ContentHeaders {
+                cache_control: Some("no-cache".into()),
+                expires_unix_s: Some(1_700_000_000),
+                ..Default::default()
+            },
             user_metadata: [("a".to_string(), "b".to_string())].into(),
             checksums: [(ChecksumAlgorithm::Crc32c, "AAAAAA==".to_string())].into(),
             data: ObjectData::Striped {

@@ -24,6 +24,8 @@ use crate::{
 };
 
 const NODE_FILE: &str = "node.json";
+/// Blocks read from disk at once (1 MiB): a whole default-size shard in one read.
+const READ_BATCH_BLOCKS: u64 = 16;
 
 /// A [`ShardStore`] on a local directory.
 #[derive(Clone, Debug)]
@@ -253,6 +255,7 @@ impl ShardStore for DiskShardStore {
                 next_block_idx: blocks.start,
                 first_block_idx: blocks.start,
                 end_block_idx: blocks.end,
+                ready: std::collections::VecDeque::new(),
                 failed: false,
             })
         })
@@ -423,6 +426,8 @@ pub struct DiskBlockReader {
     first_block_idx: u64,
     next_block_idx: u64,
     end_block_idx: u64,
+    /// Verified blocks of the current batch not handed out yet.
+    ready: std::collections::VecDeque<Bytes>,
     failed: bool,
 }
 
@@ -436,31 +441,51 @@ impl BlockReader for DiskBlockReader {
     }
 
     async fn next_block(&mut self) -> Option<Result<Bytes, ShardError>> {
+        if let Some(block) = self.ready.pop_front() {
+            return Some(Ok(block));
+        }
         if self.failed || self.next_block_idx >= self.end_block_idx {
             return None;
         }
-        let block_idx = self.next_block_idx;
-        self.next_block_idx += 1;
-        let len = block_len_bytes(self.header.shard_len_bytes, block_idx);
-        let expected = self.header.block_hashes[block_idx as usize];
+        // One read and one trip to the blocking pool per batch of blocks, not per block.
+        let first = self.next_block_idx;
+        let end = (first + READ_BATCH_BLOCKS).min(self.end_block_idx);
+        self.next_block_idx = end;
+        let shard_len = self.header.shard_len_bytes;
+        let expected: Vec<BlockHash> =
+            self.header.block_hashes[first as usize..end as usize].to_vec();
         let (file, id) = (self.file.clone(), self.id);
-        let offset = self.data_offset + block_idx * SHARD_BLOCK_BYTES;
+        let offset = self.data_offset + first * SHARD_BLOCK_BYTES;
         let result = blocking(move || {
+            let len: u64 = (first..end).map(|b| block_len_bytes(shard_len, b)).sum();
             let mut buf = vec![0u8; len as usize];
             read_exact_at_or_corrupt(&file, id, &mut buf, offset, "data")?;
-            if !lauscha_core::checksum::verify_block(&buf, &expected) {
-                return Err(ShardError::Corrupt {
-                    id,
-                    what: format!("block {block_idx}"),
-                });
+            let buf = Bytes::from(buf);
+            let mut blocks = Vec::with_capacity(expected.len());
+            for (i, hash) in expected.iter().enumerate() {
+                let start = i * SHARD_BLOCK_BYTES as usize;
+                let block = buf.slice(start..(start + SHARD_BLOCK_BYTES as usize).min(buf.len()));
+                if !lauscha_core::checksum::verify_block(&block, hash) {
+                    return Err(ShardError::Corrupt {
+                        id,
+                        what: format!("block {}", first + i as u64),
+                    });
+                }
+                blocks.push(block);
             }
-            Ok(Bytes::from(buf))
+            Ok(blocks)
         })
         .await;
-        if result.is_err() {
-            self.failed = true;
+        match result {
+            Ok(blocks) => {
+                self.ready.extend(blocks);
+                self.ready.pop_front().map(Ok)
+            }
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
         }
-        Some(result)
     }
 }
 

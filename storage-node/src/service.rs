@@ -17,7 +17,7 @@ use tracing::warn;
 use crate::{BlockReader, ShardStore, ShardWriter};
 
 /// Blocks read ahead of the client per GetShard stream.
-const READ_AHEAD_BLOCKS: usize = 4;
+const READ_AHEAD_BLOCKS: usize = 16;
 
 /// Serves a [`ShardStore`] as `lauscha.storage.v1.ShardService`.
 #[derive(Clone, Debug)]
