@@ -79,27 +79,96 @@ async fn authorize(inner: &Inner, parts: &Parts, body: &[u8]) -> Result<(), Resp
 /// Cluster status as the CLI prints it.
 #[derive(Serialize)]
 pub struct ClusterStatus {
-    /// The metadata voter the gateway talks to.
-    pub metadata: MetadataStatus,
+    /// Every configured metadata voter.
+    pub metadata: Vec<VoterStatus>,
     /// Every storage node in the map.
     pub nodes: Vec<NodeStatus>,
 }
 
-/// Raft state of a voter.
+/// One metadata voter as it reports itself.
 #[derive(Serialize)]
-pub struct MetadataStatus {
-    /// The voter's id.
-    pub node_id: u64,
+pub struct VoterStatus {
+    /// The endpoint asked.
+    pub endpoint: String,
+    /// Whether it answered.
+    pub reachable: bool,
+    /// Its id.
+    pub node_id: Option<u64>,
+    /// Leader, follower, candidate, learner.
+    pub state: Option<String>,
     /// The leader it knows.
     pub leader_id: Option<u64>,
     /// Current term.
-    pub term: u64,
+    pub term: Option<u64>,
+    /// Last log index it has.
+    pub last_log_index: Option<u64>,
     /// Last applied log index.
-    pub last_applied_index: u64,
-    /// Its role.
-    pub state: String,
-    /// Voters of the current membership.
-    pub voters: Vec<u64>,
+    pub last_applied_index: Option<u64>,
+    /// Members of the membership it knows.
+    pub members: Vec<MemberStatus>,
+    /// Log appends (fsyncs) since its start.
+    pub n_log_appends: Option<u64>,
+    /// Entries those appends wrote.
+    pub n_log_entries: Option<u64>,
+}
+
+/// A member of the metadata group.
+#[derive(Serialize)]
+pub struct MemberStatus {
+    /// Raft node id.
+    pub node_id: u64,
+    /// Address.
+    pub addr: String,
+    /// Voter (else learner).
+    pub voter: bool,
+    /// Matched log index, as the leader sees it.
+    pub matched_index: Option<u64>,
+}
+
+impl VoterStatus {
+    /// From a status reply (or its absence).
+    pub(crate) fn from_reply(
+        endpoint: &str,
+        reply: Option<lauscha_proto::meta::StatusReply>,
+    ) -> VoterStatus {
+        match reply {
+            None => VoterStatus {
+                endpoint: endpoint.to_string(),
+                reachable: false,
+                node_id: None,
+                state: None,
+                leader_id: None,
+                term: None,
+                last_log_index: None,
+                last_applied_index: None,
+                members: Vec::new(),
+                n_log_appends: None,
+                n_log_entries: None,
+            },
+            Some(s) => VoterStatus {
+                endpoint: endpoint.to_string(),
+                reachable: true,
+                node_id: Some(s.node_id),
+                state: Some(s.state),
+                leader_id: s.leader_id,
+                term: Some(s.term),
+                last_log_index: Some(s.last_log_index),
+                last_applied_index: Some(s.last_applied_index),
+                members: s
+                    .members
+                    .into_iter()
+                    .map(|m| MemberStatus {
+                        node_id: m.node_id,
+                        addr: m.addr,
+                        voter: m.voter,
+                        matched_index: m.matched_index,
+                    })
+                    .collect(),
+                n_log_appends: Some(s.n_log_appends),
+                n_log_entries: Some(s.n_log_entries),
+            },
+        }
+    }
 }
 
 /// One storage node.
@@ -126,7 +195,7 @@ pub struct NodeStatus {
 }
 
 async fn status(inner: &Inner) -> Result<ClusterStatus, String> {
-    let meta = inner.meta.status().await.map_err(|e| e.to_string())?;
+    let metadata = inner.meta.voter_status().await;
     let map = inner.nodes.cluster_map().await.map_err(|e| e.to_string())?;
     let probes = map.nodes.values().map(|node| {
         let map = map.clone();
@@ -146,8 +215,52 @@ async fn status(inner: &Inner) -> Result<ClusterStatus, String> {
         }
     });
     Ok(ClusterStatus {
-        metadata: meta,
+        metadata,
         nodes: futures::future::join_all(probes).await,
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct AddLearnerBody {
+    node_id: u64,
+    addr: String,
+}
+
+fn parse_id(segment: &str) -> Option<u64> {
+    segment.parse().ok()
+}
+
+async fn membership(
+    inner: &Inner,
+    method: &Method,
+    path: &str,
+    body: &[u8],
+) -> Option<Response<Full<Bytes>>> {
+    let result = match (method, path.strip_prefix("/v1/meta/")?) {
+        (&Method::POST, "learners") => match serde_json::from_slice::<AddLearnerBody>(body) {
+            Ok(b) => inner.meta.add_learner(b.node_id, &b.addr).await,
+            Err(e) => return Some(json_error(StatusCode::BAD_REQUEST, &format!("body: {e}"))),
+        },
+        (&Method::POST, rest) if rest.starts_with("voters/") => {
+            match parse_id(&rest["voters/".len()..]) {
+                Some(id) => inner.meta.promote(id).await,
+                None => return Some(json_error(StatusCode::BAD_REQUEST, "bad node id")),
+            }
+        }
+        (&Method::DELETE, rest) if rest.starts_with("members/") => {
+            match parse_id(&rest["members/".len()..]) {
+                Some(id) => inner.meta.remove_member(id).await,
+                None => return Some(json_error(StatusCode::BAD_REQUEST, "bad node id")),
+            }
+        }
+        _ => return None,
+    };
+    Some(match result {
+        Ok(()) => json(&serde_json::json!({ "ok": true })),
+        Err(e) => {
+            warn!(error = %e, "membership change failed");
+            json_error(StatusCode::CONFLICT, &e.to_string())
+        }
     })
 }
 
@@ -159,14 +272,19 @@ pub async fn handle(inner: &Inner, parts: Parts, body: Bytes) -> Response<Full<B
     if let Err(response) = authorize(inner, &parts, &body).await {
         return response;
     }
+    if let Some(response) = membership(inner, &parts.method, parts.uri.path(), &body).await {
+        return response;
+    }
     match (&parts.method, parts.uri.path()) {
-        (&Method::GET, "/v1/status") => match status(inner).await {
-            Ok(s) => json(&s),
-            Err(e) => {
-                warn!(error = %e, "admin status failed");
-                json_error(StatusCode::SERVICE_UNAVAILABLE, &e)
+        (&Method::GET, "/v1/status") | (&Method::GET, "/v1/meta/status") => {
+            match status(inner).await {
+                Ok(s) => json(&s),
+                Err(e) => {
+                    warn!(error = %e, "admin status failed");
+                    json_error(StatusCode::SERVICE_UNAVAILABLE, &e)
+                }
             }
-        },
+        }
         _ => json_error(StatusCode::NOT_FOUND, "no such admin endpoint"),
     }
 }

@@ -44,7 +44,7 @@ impl Inner {
             .default_policy
             .to_policy()
             .map_err(|e| GatewayError::InvalidArgument(e.to_string()))?;
-        let meta = MetaClient::new(&config.metadata_endpoints[0])?;
+        let meta = MetaClient::new(&config.metadata_endpoints)?;
         let nodes = NodePool::new(
             meta.clone(),
             Duration::from_millis(config.shard_rpc_timeout_ms),

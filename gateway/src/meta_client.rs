@@ -1,5 +1,12 @@
-//! The gateway's client of the metadata service: core types in, core types out.
+//! The client of the metadata service: core types in, core types out. It finds the leader
+//! (following NotLeader redirects, trying the other voters when one is unreachable) and
+//! retries writes under one request id, so that a write retried across a failover is
+//! applied once.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lauscha_core::model::{ListObjectsQuery, ObjectListing};
@@ -9,79 +16,213 @@ use lauscha_core::{
 };
 use lauscha_proto::meta::meta_service_client::MetaServiceClient;
 use lauscha_proto::meta::{self as pb};
+use lauscha_proto::{LEADER_HEADER, MetaErrorKind, REQUEST_ID_HEADER};
 use tonic::transport::{Channel, Endpoint};
+use tracing::debug;
 
 use crate::GatewayError;
 
 /// Largest metadata message (a 5 GiB object's stripe map is well below).
 const MAX_META_MESSAGE_BYTES: usize = 64 << 20;
+/// How long a call keeps looking for a leader before it gives up with Unavailable.
+const LEADER_SEARCH: Duration = Duration::from_secs(15);
 
-/// A connection to the metadata service.
+/// A connection to the metadata voters. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct MetaClient {
-    client: MetaServiceClient<Channel>,
+    inner: Arc<ClientInner>,
 }
 
-fn to_gateway(status: tonic::Status) -> GatewayError {
-    GatewayError::from_meta_status(&status)
+#[derive(Debug)]
+struct ClientInner {
+    /// The configured voters, `http://ip:port`.
+    endpoints: Vec<String>,
+    /// Channels by endpoint, including leaders learnt from redirects.
+    channels: Mutex<HashMap<String, MetaServiceClient<Channel>>>,
+    /// The endpoint that answered last: probably the leader.
+    preferred: Mutex<String>,
+    /// Random per process, the first half of every request id.
+    client_id: u64,
+    next_seq: AtomicU64,
 }
 
 fn invalid_reply(e: lauscha_proto::ProtoError) -> GatewayError {
     GatewayError::Internal(format!("metadata sent an invalid reply: {e}"))
 }
 
+/// What to do after a failed attempt.
+enum Next {
+    /// Go to this endpoint now.
+    Redirect(String),
+    /// Try another voter after a pause.
+    Retry,
+    /// The answer is final.
+    Fail,
+}
+
+fn next_step(status: &tonic::Status) -> Next {
+    match MetaErrorKind::of_status(status) {
+        MetaErrorKind::NotLeader => match status
+            .metadata()
+            .get(LEADER_HEADER)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(leader) => Next::Redirect(format!("http://{leader}")),
+            None => Next::Retry,
+        },
+        MetaErrorKind::Unavailable => Next::Retry,
+        MetaErrorKind::NoSuchBucket
+        | MetaErrorKind::NoSuchKey
+        | MetaErrorKind::BucketAlreadyExists
+        | MetaErrorKind::BucketAlreadyOwnedByYou
+        | MetaErrorKind::BucketNotEmpty
+        | MetaErrorKind::AccessDenied
+        | MetaErrorKind::NoSuchTenant
+        | MetaErrorKind::TenantAlreadyExists
+        | MetaErrorKind::NoSuchAccessKey
+        | MetaErrorKind::AccessKeyAlreadyExists
+        | MetaErrorKind::InvalidArgument
+        | MetaErrorKind::Internal => Next::Fail,
+    }
+}
+
 impl MetaClient {
-    /// A client of the metadata service at `endpoint` (`http://ip:port`). Connects lazily:
-    /// a voter that is not up yet is retried on each call.
-    pub fn new(endpoint: &str) -> Result<MetaClient, GatewayError> {
-        let channel = Endpoint::from_shared(endpoint.to_string())
-            .map_err(|e| {
+    /// A client of the voters at `endpoints` (`http://ip:port`). Connects lazily: voters
+    /// that are not up yet are tried on each call.
+    pub fn new(endpoints: &[String]) -> Result<MetaClient, GatewayError> {
+        let first = endpoints.first().ok_or_else(|| {
+            GatewayError::InvalidArgument("no metadata endpoint configured".into())
+        })?;
+        for endpoint in endpoints {
+            Endpoint::from_shared(endpoint.clone()).map_err(|e| {
                 GatewayError::InvalidArgument(format!("metadata endpoint {endpoint:?}: {e}"))
-            })?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(30))
-            .connect_lazy();
+            })?;
+        }
         Ok(MetaClient {
-            client: MetaServiceClient::new(channel)
-                .max_decoding_message_size(MAX_META_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_META_MESSAGE_BYTES),
+            inner: Arc::new(ClientInner {
+                endpoints: endpoints.to_vec(),
+                channels: Mutex::new(HashMap::new()),
+                preferred: Mutex::new(first.clone()),
+                client_id: rand::random(),
+                next_seq: AtomicU64::new(1),
+            }),
         })
     }
 
-    fn c(&self) -> MetaServiceClient<Channel> {
-        self.client.clone()
+    fn client(&self, endpoint: &str) -> Result<MetaServiceClient<Channel>, GatewayError> {
+        let mut channels = self.inner.channels.lock().expect("channels lock");
+        if let Some(client) = channels.get(endpoint) {
+            return Ok(client.clone());
+        }
+        let channel = Endpoint::from_shared(endpoint.to_string())
+            .map_err(|e| GatewayError::Internal(format!("metadata endpoint {endpoint:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(30))
+            .connect_lazy();
+        let client = MetaServiceClient::new(channel)
+            .max_decoding_message_size(MAX_META_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_META_MESSAGE_BYTES);
+        channels.insert(endpoint.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// The configured endpoint after `current` (round robin), for when a voter is down.
+    fn next_endpoint(&self, current: &str) -> String {
+        let endpoints = &self.inner.endpoints;
+        let idx = endpoints.iter().position(|e| e == current);
+        match idx {
+            Some(i) => endpoints[(i + 1) % endpoints.len()].clone(),
+            None => endpoints[0].clone(),
+        }
+    }
+
+    /// Runs one RPC against the leader. `write` calls carry a request id that stays the
+    /// same across every retry of this call.
+    async fn call<M, T, F, Fut>(&self, write: bool, message: M, rpc: F) -> Result<T, GatewayError>
+    where
+        M: Clone,
+        F: Fn(MetaServiceClient<Channel>, tonic::Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let request_id = write.then(|| {
+            format!(
+                "{:016x}-{:016x}",
+                self.inner.client_id,
+                self.inner.next_seq.fetch_add(1, Ordering::Relaxed)
+            )
+        });
+        let deadline = tokio::time::Instant::now() + LEADER_SEARCH;
+        let mut endpoint = self.inner.preferred.lock().expect("preferred lock").clone();
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let mut request = tonic::Request::new(message.clone());
+            if let Some(id) = &request_id
+                && let Ok(value) = id.parse()
+            {
+                request.metadata_mut().insert(REQUEST_ID_HEADER, value);
+            }
+            let status = match rpc(self.client(&endpoint)?, request).await {
+                Ok(response) => {
+                    *self.inner.preferred.lock().expect("preferred lock") = endpoint;
+                    return Ok(response.into_inner());
+                }
+                Err(status) => status,
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(GatewayError::from_meta_status(&status));
+            }
+            match next_step(&status) {
+                Next::Fail => return Err(GatewayError::from_meta_status(&status)),
+                Next::Redirect(leader) if leader != endpoint => {
+                    debug!(from = %endpoint, to = %leader, "metadata redirect to the leader");
+                    endpoint = leader;
+                }
+                Next::Redirect(_) | Next::Retry => {
+                    debug!(%endpoint, error = %status.message(), "metadata unavailable; trying another voter");
+                    endpoint = self.next_endpoint(&endpoint);
+                    // An election takes a second or so: back off instead of spinning.
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
     }
 
     /// An access key by id.
     pub async fn get_access_key(&self, id: &AccessKeyId) -> Result<AccessKey, GatewayError> {
         let reply = self
-            .c()
-            .get_access_key(pb::GetAccessKeyRequest { id: id.0.clone() })
-            .await
-            .map_err(to_gateway)?;
-        reply.into_inner().try_into().map_err(invalid_reply)
+            .call(
+                false,
+                pb::GetAccessKeyRequest { id: id.0.clone() },
+                |mut c, r| async move { c.get_access_key(r).await },
+            )
+            .await?;
+        reply.try_into().map_err(invalid_reply)
     }
 
     /// Creates a tenant.
     pub async fn create_tenant(&self, id: &TenantId) -> Result<Tenant, GatewayError> {
         let reply = self
-            .c()
-            .create_tenant(pb::CreateTenantRequest { id: id.0.clone() })
-            .await
-            .map_err(to_gateway)?;
-        reply.into_inner().try_into().map_err(invalid_reply)
+            .call(
+                true,
+                pb::CreateTenantRequest { id: id.0.clone() },
+                |mut c, r| async move { c.create_tenant(r).await },
+            )
+            .await?;
+        reply.try_into().map_err(invalid_reply)
     }
 
     /// Creates an access key.
     pub async fn create_access_key(&self, key: AccessKey) -> Result<AccessKey, GatewayError> {
+        let message = pb::CreateAccessKeyRequest {
+            key: Some(key.into()),
+        };
         let reply = self
-            .c()
-            .create_access_key(pb::CreateAccessKeyRequest {
-                key: Some(key.into()),
+            .call(true, message, |mut c, r| async move {
+                c.create_access_key(r).await
             })
-            .await
-            .map_err(to_gateway)?;
-        reply.into_inner().try_into().map_err(invalid_reply)
+            .await?;
+        reply.try_into().map_err(invalid_reply)
     }
 
     /// Creates a bucket for `tenant`.
@@ -91,28 +232,34 @@ impl MetaClient {
         tenant: &TenantId,
         policy: PlacementPolicy,
     ) -> Result<Bucket, GatewayError> {
+        let message = pb::CreateBucketRequest {
+            name: name.to_string(),
+            tenant: tenant.0.clone(),
+            policy: Some(policy.into()),
+        };
         let reply = self
-            .c()
-            .create_bucket(pb::CreateBucketRequest {
-                name: name.to_string(),
-                tenant: tenant.0.clone(),
-                policy: Some(policy.into()),
-            })
-            .await
-            .map_err(to_gateway)?;
-        reply.into_inner().try_into().map_err(invalid_reply)
+            .call(
+                true,
+                message,
+                |mut c, r| async move { c.create_bucket(r).await },
+            )
+            .await?;
+        reply.try_into().map_err(invalid_reply)
     }
 
     /// A bucket by name.
     pub async fn get_bucket(&self, name: &BucketName) -> Result<Bucket, GatewayError> {
+        let message = pb::GetBucketRequest {
+            name: name.to_string(),
+        };
         let reply = self
-            .c()
-            .get_bucket(pb::GetBucketRequest {
-                name: name.to_string(),
-            })
-            .await
-            .map_err(to_gateway)?;
-        reply.into_inner().try_into().map_err(invalid_reply)
+            .call(
+                false,
+                message,
+                |mut c, r| async move { c.get_bucket(r).await },
+            )
+            .await?;
+        reply.try_into().map_err(invalid_reply)
     }
 
     /// Deletes an empty bucket of `tenant`.
@@ -121,27 +268,32 @@ impl MetaClient {
         name: &BucketName,
         tenant: &TenantId,
     ) -> Result<(), GatewayError> {
-        self.c()
-            .delete_bucket(pb::DeleteBucketRequest {
-                name: name.to_string(),
-                tenant: tenant.0.clone(),
-            })
-            .await
-            .map_err(to_gateway)?;
+        let message = pb::DeleteBucketRequest {
+            name: name.to_string(),
+            tenant: tenant.0.clone(),
+        };
+        self.call(
+            true,
+            message,
+            |mut c, r| async move { c.delete_bucket(r).await },
+        )
+        .await?;
         Ok(())
     }
 
     /// The buckets of `tenant`.
     pub async fn list_buckets(&self, tenant: &TenantId) -> Result<Vec<Bucket>, GatewayError> {
+        let message = pb::ListBucketsRequest {
+            tenant: tenant.0.clone(),
+        };
         let reply = self
-            .c()
-            .list_buckets(pb::ListBucketsRequest {
-                tenant: tenant.0.clone(),
-            })
-            .await
-            .map_err(to_gateway)?;
+            .call(
+                false,
+                message,
+                |mut c, r| async move { c.list_buckets(r).await },
+            )
+            .await?;
         reply
-            .into_inner()
             .buckets
             .into_iter()
             .map(|b| b.try_into().map_err(invalid_reply))
@@ -156,17 +308,19 @@ impl MetaClient {
         key: &str,
         version: ObjectVersion,
     ) -> Result<(String, u64), GatewayError> {
+        let message = pb::PutObjectRequest {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            tenant: tenant.0.clone(),
+            version: Some(version.into()),
+        };
         let reply = self
-            .c()
-            .put_object(pb::PutObjectRequest {
-                bucket: bucket.to_string(),
-                key: key.to_string(),
-                tenant: tenant.0.clone(),
-                version: Some(version.into()),
-            })
-            .await
-            .map_err(to_gateway)?
-            .into_inner();
+            .call(
+                true,
+                message,
+                |mut c, r| async move { c.put_object(r).await },
+            )
+            .await?;
         Ok((reply.version_id, reply.last_modified_ms))
     }
 
@@ -177,16 +331,19 @@ impl MetaClient {
         tenant: &TenantId,
         key: &str,
     ) -> Result<ObjectVersion, GatewayError> {
+        let message = pb::GetObjectRequest {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            tenant: tenant.0.clone(),
+        };
         let reply = self
-            .c()
-            .get_object(pb::GetObjectRequest {
-                bucket: bucket.to_string(),
-                key: key.to_string(),
-                tenant: tenant.0.clone(),
-            })
-            .await
-            .map_err(to_gateway)?;
-        reply.into_inner().try_into().map_err(invalid_reply)
+            .call(
+                false,
+                message,
+                |mut c, r| async move { c.get_object(r).await },
+            )
+            .await?;
+        reply.try_into().map_err(invalid_reply)
     }
 
     /// Deletes an object; returns whether it existed.
@@ -196,16 +353,19 @@ impl MetaClient {
         tenant: &TenantId,
         key: &str,
     ) -> Result<bool, GatewayError> {
+        let message = pb::DeleteObjectRequest {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            tenant: tenant.0.clone(),
+        };
         let reply = self
-            .c()
-            .delete_object(pb::DeleteObjectRequest {
-                bucket: bucket.to_string(),
-                key: key.to_string(),
-                tenant: tenant.0.clone(),
-            })
-            .await
-            .map_err(to_gateway)?;
-        Ok(reply.into_inner().existed)
+            .call(
+                true,
+                message,
+                |mut c, r| async move { c.delete_object(r).await },
+            )
+            .await?;
+        Ok(reply.existed)
     }
 
     /// One page of a listing.
@@ -214,47 +374,87 @@ impl MetaClient {
         tenant: &TenantId,
         query: ListObjectsQuery,
     ) -> Result<ObjectListing, GatewayError> {
-        let mut request = pb::ListObjectsRequest::from(query);
-        request.tenant = tenant.0.clone();
-        let reply = self.c().list_objects(request).await.map_err(to_gateway)?;
-        Ok(reply.into_inner().into())
+        let mut message = pb::ListObjectsRequest::from(query);
+        message.tenant = tenant.0.clone();
+        let reply = self
+            .call(
+                false,
+                message,
+                |mut c, r| async move { c.list_objects(r).await },
+            )
+            .await?;
+        Ok(reply.into())
     }
 
     /// Adds or updates a storage node; returns the new map.
     pub async fn register_node(&self, node: NodeInfo) -> Result<ClusterMap, GatewayError> {
         let reply = self
-            .c()
-            .register_node(pb::NodeInfo::from(node))
-            .await
-            .map_err(to_gateway)?;
-        reply.into_inner().try_into().map_err(invalid_reply)
+            .call(true, pb::NodeInfo::from(node), |mut c, r| async move {
+                c.register_node(r).await
+            })
+            .await?;
+        reply.try_into().map_err(invalid_reply)
     }
 
     /// The cluster map.
     pub async fn cluster_map(&self) -> Result<ClusterMap, GatewayError> {
         let reply = self
-            .c()
-            .get_cluster_map(pb::GetClusterMapRequest {})
-            .await
-            .map_err(to_gateway)?;
-        reply.into_inner().try_into().map_err(invalid_reply)
+            .call(false, pb::GetClusterMapRequest {}, |mut c, r| async move {
+                c.get_cluster_map(r).await
+            })
+            .await?;
+        reply.try_into().map_err(invalid_reply)
     }
 
-    /// Raft status of the voter this client talks to.
-    pub async fn status(&self) -> Result<crate::admin::MetadataStatus, GatewayError> {
-        let s = self
-            .c()
-            .status(pb::StatusRequest {})
-            .await
-            .map_err(to_gateway)?
-            .into_inner();
-        Ok(crate::admin::MetadataStatus {
-            node_id: s.node_id,
-            leader_id: s.leader_id,
-            term: s.term,
-            last_applied_index: s.last_applied_index,
-            state: s.state,
-            voters: s.voters,
+    /// Raft status of every configured voter that answers (unreachable ones are listed
+    /// with `reachable: false`).
+    pub async fn voter_status(&self) -> Vec<crate::admin::VoterStatus> {
+        let probes = self.inner.endpoints.iter().map(|endpoint| async move {
+            let reply = match self.client(endpoint) {
+                Ok(mut c) => {
+                    tokio::time::timeout(Duration::from_secs(2), c.status(pb::StatusRequest {}))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .map(tonic::Response::into_inner)
+                }
+                Err(_) => None,
+            };
+            crate::admin::VoterStatus::from_reply(endpoint, reply)
+        });
+        futures::future::join_all(probes).await
+    }
+
+    /// Adds a learner voter-to-be (returns once it has caught up).
+    pub async fn add_learner(&self, node_id: u64, addr: &str) -> Result<(), GatewayError> {
+        let message = pb::AddLearnerRequest {
+            node_id,
+            addr: addr.to_string(),
+        };
+        self.call(
+            true,
+            message,
+            |mut c, r| async move { c.add_learner(r).await },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Promotes a learner to voter.
+    pub async fn promote(&self, node_id: u64) -> Result<(), GatewayError> {
+        self.call(true, pb::MemberRequest { node_id }, |mut c, r| async move {
+            c.promote(r).await
         })
+        .await?;
+        Ok(())
+    }
+
+    /// Removes a member.
+    pub async fn remove_member(&self, node_id: u64) -> Result<(), GatewayError> {
+        self.call(true, pb::MemberRequest { node_id }, |mut c, r| async move {
+            c.remove_member(r).await
+        })
+        .await?;
+        Ok(())
     }
 }

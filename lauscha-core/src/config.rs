@@ -54,13 +54,27 @@ pub struct MetadataConfig {
     pub listen: String,
     /// Address other roles use to reach this voter; default: `listen`.
     pub advertise: Option<String>,
-    /// Initialise a new single-voter cluster when the data directory is empty. Default false.
+    /// Initialise a new cluster when the data directory is empty. Set on one voter of a new
+    /// cluster, once. Default false.
     #[serde(default)]
     pub bootstrap: bool,
+    /// With `bootstrap`: the other voters of the new cluster. Default: none (one voter).
+    #[serde(default)]
+    pub initial_voters: Vec<VoterAddress>,
     /// Root credential created at bootstrap (env LAUSCHA_ACCESS_KEY overrides). Default: none.
     pub root_access_key: Option<String>,
     /// Secret of the root credential (env LAUSCHA_SECRET_KEY overrides). Default: none.
     pub root_secret_key: Option<String>,
+}
+
+/// A voter by id and address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoterAddress {
+    /// Its Raft node id.
+    pub node_id: u64,
+    /// Its advertised gRPC address, `host:port`.
+    pub addr: String,
 }
 
 impl MetadataConfig {
@@ -70,6 +84,20 @@ impl MetadataConfig {
         if self.node_id == 0 {
             return Err(CoreError::Config(
                 "metadata.node_id must be at least 1".into(),
+            ));
+        }
+        if !self.initial_voters.is_empty() && !self.bootstrap {
+            return Err(CoreError::Config(
+                "metadata.initial_voters only applies with bootstrap = true".into(),
+            ));
+        }
+        if self
+            .initial_voters
+            .iter()
+            .any(|v| v.node_id == self.node_id || v.node_id == 0)
+        {
+            return Err(CoreError::Config(
+                "metadata.initial_voters lists the other voters, with ids of at least 1".into(),
             ));
         }
         if self.bootstrap && (self.root_access_key.is_none() != self.root_secret_key.is_none()) {

@@ -33,8 +33,38 @@ pub struct AdminArgs {
 /// Admin commands.
 #[derive(Debug, clap::Subcommand)]
 pub enum AdminCommand {
-    /// Metadata leader and the storage nodes with their state and usage.
+    /// Metadata voters and the storage nodes with their state and usage.
     Status,
+    /// The metadata Raft group: status and membership changes, one at a time.
+    Meta {
+        /// What to do.
+        #[command(subcommand)]
+        command: MetaCommand,
+    },
+}
+
+/// `lauscha admin meta ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum MetaCommand {
+    /// Every voter's view: role, term, log position, members and how far each has matched.
+    Status,
+    /// Add a voter-to-be as a learner; returns once it has caught up with the log.
+    Add {
+        /// Its Raft node id (never reuse the id of a removed voter).
+        node_id: u64,
+        /// Its advertised gRPC address, host:port.
+        addr: String,
+    },
+    /// Promote a caught-up learner to voter.
+    Promote {
+        /// Its Raft node id.
+        node_id: u64,
+    },
+    /// Remove a voter or learner from the group.
+    Remove {
+        /// Its Raft node id.
+        node_id: u64,
+    },
 }
 
 struct Target {
@@ -118,58 +148,136 @@ async fn call(target: &Target, method: &str, path: &str, body: Vec<u8>) -> anyho
     Ok(value)
 }
 
+fn print_voters(status: &Value) {
+    println!(
+        "{:<24}  {:>5}  {:<10}  {:>6}  {:>5}  {:>9}  {:>9}  members",
+        "metadata voter", "id", "role", "leader", "term", "log", "applied"
+    );
+    for voter in status["metadata"].as_array().into_iter().flatten() {
+        let text = |k: &str| {
+            voter[k]
+                .as_u64()
+                .map(|n| n.to_string())
+                .or_else(|| voter[k].as_str().map(str::to_string))
+                .unwrap_or_else(|| "-".into())
+        };
+        let members: Vec<String> = voter["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| {
+                let kind = if m["voter"] == true { "" } else { " (learner)" };
+                match m["matched_index"].as_u64() {
+                    Some(i) => format!("{}@{i}{kind}", m["node_id"]),
+                    None => format!("{}{kind}", m["node_id"]),
+                }
+            })
+            .collect();
+        let role = if voter["reachable"] == true {
+            text("state")
+        } else {
+            "unreachable".into()
+        };
+        println!(
+            "{:<24}  {:>5}  {:<10}  {:>6}  {:>5}  {:>9}  {:>9}  {}",
+            voter["endpoint"].as_str().unwrap_or(""),
+            text("node_id"),
+            role,
+            text("leader_id"),
+            text("term"),
+            text("last_log_index"),
+            text("last_applied_index"),
+            members.join(" ")
+        );
+    }
+}
+
+fn print_nodes(status: &Value) {
+    println!(
+        "\n{:>4}  {:<8}  {:<8}  {:<21}  {:<9}  {:>9}  {:>10}",
+        "node", "site", "host", "address", "state", "shards", "used"
+    );
+    for node in status["nodes"].as_array().into_iter().flatten() {
+        let reachable = node["reachable"].as_bool().unwrap_or(false);
+        let state = if reachable {
+            node["state"].as_str().unwrap_or("?").to_string()
+        } else {
+            format!("{}!", node["state"].as_str().unwrap_or("?"))
+        };
+        println!(
+            "{:>4}  {:<8}  {:<8}  {:<21}  {:<9}  {:>9}  {:>10}",
+            node["id"].as_u64().map_or("?".into(), |id| id.to_string()),
+            node["site"].as_str().unwrap_or(""),
+            node["host"].as_str().unwrap_or(""),
+            node["addr"].as_str().unwrap_or(""),
+            state,
+            node["n_shards"]
+                .as_u64()
+                .map_or("-".into(), |n| n.to_string()),
+            node["used_bytes"]
+                .as_u64()
+                .map_or("-".into(), |n| format!("{:.1} MiB", n as f64 / 1048576.0)),
+        );
+    }
+    if status["nodes"]
+        .as_array()
+        .is_some_and(|nodes| nodes.iter().any(|n| n["reachable"] == false))
+    {
+        println!("\n! = not reachable now");
+    }
+}
+
 /// Runs an admin command.
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     let target = target(&args)?;
-    match args.command {
-        AdminCommand::Status => {
-            let status = call(&target, "GET", "/v1/status", Vec::new()).await?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-                return Ok(());
+    let (value, print): (Value, fn(&Value)) = match &args.command {
+        AdminCommand::Status => (call(&target, "GET", "/v1/status", Vec::new()).await?, |s| {
+            print_voters(s);
+            print_nodes(s);
+        }),
+        AdminCommand::Meta { command } => match command {
+            MetaCommand::Status => (
+                call(&target, "GET", "/v1/meta/status", Vec::new()).await?,
+                print_voters,
+            ),
+            MetaCommand::Add { node_id, addr } => {
+                let body =
+                    serde_json::to_vec(&serde_json::json!({"node_id": node_id, "addr": addr}))?;
+                (
+                    call(&target, "POST", "/v1/meta/learners", body).await?,
+                    |_| {
+                        println!(
+                            "learner added and caught up; promote it with `lauscha admin meta promote ID`"
+                        )
+                    },
+                )
             }
-            let meta = &status["metadata"];
-            println!(
-                "metadata: voter {} is {}, leader {}, term {}, applied index {}",
-                meta["node_id"],
-                meta["state"].as_str().unwrap_or("?"),
-                meta["leader_id"],
-                meta["term"],
-                meta["last_applied_index"]
-            );
-            println!(
-                "\n{:>4}  {:<8}  {:<8}  {:<21}  {:<9}  {:>9}  {:>10}",
-                "node", "site", "host", "address", "state", "shards", "used"
-            );
-            for node in status["nodes"].as_array().into_iter().flatten() {
-                let reachable = node["reachable"].as_bool().unwrap_or(false);
-                let state = if reachable {
-                    node["state"].as_str().unwrap_or("?").to_string()
-                } else {
-                    format!("{}!", node["state"].as_str().unwrap_or("?"))
-                };
-                println!(
-                    "{:>4}  {:<8}  {:<8}  {:<21}  {:<9}  {:>9}  {:>10}",
-                    node["id"].as_u64().map_or("?".into(), |id| id.to_string()),
-                    node["site"].as_str().unwrap_or(""),
-                    node["host"].as_str().unwrap_or(""),
-                    node["addr"].as_str().unwrap_or(""),
-                    state,
-                    node["n_shards"]
-                        .as_u64()
-                        .map_or("-".into(), |n| n.to_string()),
-                    node["used_bytes"]
-                        .as_u64()
-                        .map_or("-".into(), |n| format!("{:.1} MiB", n as f64 / 1048576.0)),
-                );
-            }
-            if status["nodes"]
-                .as_array()
-                .is_some_and(|nodes| nodes.iter().any(|n| n["reachable"] == false))
-            {
-                println!("\n! = not reachable now");
-            }
-            Ok(())
-        }
+            MetaCommand::Promote { node_id } => (
+                call(
+                    &target,
+                    "POST",
+                    &format!("/v1/meta/voters/{node_id}"),
+                    Vec::new(),
+                )
+                .await?,
+                |_| println!("promoted to voter"),
+            ),
+            MetaCommand::Remove { node_id } => (
+                call(
+                    &target,
+                    "DELETE",
+                    &format!("/v1/meta/members/{node_id}"),
+                    Vec::new(),
+                )
+                .await?,
+                |_| println!("removed from the metadata group"),
+            ),
+        },
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print(&value);
     }
+    Ok(())
 }

@@ -37,6 +37,9 @@ pub struct DevArgs {
     /// Run every role as its own OS process (metadata, storage nodes, gateway).
     #[arg(long)]
     pub cluster: bool,
+    /// Metadata voters (with --cluster): 1, 3 or 5 processes.
+    #[arg(long, default_value_t = 1)]
+    pub meta: u64,
     /// Largest object a single PUT may carry, bytes.
     #[arg(long, default_value_t = 5 << 30)]
     pub max_object_bytes: u64,
@@ -151,23 +154,34 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn metadata_config(data_dir: &Path) -> MetadataConfig {
+fn metadata_config(data_dir: &Path, node_id: u64) -> MetadataConfig {
+    // Voter 1 keeps the plain name, so a single-voter data directory looks as before.
+    let dir = if node_id == 1 {
+        "metadata".to_string()
+    } else {
+        format!("metadata-{node_id}")
+    };
     MetadataConfig {
-        node_id: 1,
-        data_dir: data_dir.join("metadata").display().to_string(),
+        node_id,
+        data_dir: data_dir.join(dir).display().to_string(),
         listen: "127.0.0.1:0".into(),
         advertise: None,
         bootstrap: true,
         root_access_key: None,
         root_secret_key: None,
+        initial_voters: Vec::new(),
     }
+}
+
+fn endpoints(meta: &[SocketAddr]) -> Vec<String> {
+    meta.iter().map(|a| format!("http://{a}")).collect()
 }
 
 fn storage_config(
     data_dir: &Path,
     node_id: u32,
     n_nodes: u32,
-    meta: SocketAddr,
+    meta: &[SocketAddr],
 ) -> StorageNodeConfig {
     // First half in site-a, second half in site-b; one host per node.
     let site = if node_id <= n_nodes.div_ceil(2) {
@@ -186,12 +200,12 @@ fn storage_config(
         site: site.into(),
         host: Some(format!("host-{node_id}")),
         capacity_bytes: 1 << 40,
-        metadata_endpoints: vec![format!("http://{meta}")],
+        metadata_endpoints: endpoints(meta),
     }
 }
 
-fn gateway_config(args: &DevArgs, meta: SocketAddr) -> GatewayConfig {
-    let mut config = GatewayConfig::with_metadata(vec![format!("http://{meta}")]);
+fn gateway_config(args: &DevArgs, meta: &[SocketAddr]) -> GatewayConfig {
+    let mut config = GatewayConfig::with_metadata(endpoints(meta));
     config.s3_listen = args.s3_listen.clone();
     config.admin_listen = args.admin_listen.clone();
     config.region = args.region.clone();
@@ -266,6 +280,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if args.storage_nodes == 0 {
         bail!("--storage-nodes must be at least 1");
     }
+    if !matches!(args.meta, 1 | 3 | 5) {
+        bail!("--meta must be 1, 3 or 5: a Raft group needs an odd number of voters");
+    }
+    if args.meta > 1 && !args.cluster {
+        bail!(
+            "--meta {} needs --cluster: each voter runs as its own process",
+            args.meta
+        );
+    }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("create data directory {}", args.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
@@ -280,24 +303,25 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
 async fn run_in_process(args: DevArgs, data_dir: &Path) -> anyhow::Result<()> {
     let mut roles = Roles::new();
-    let mut meta_config = metadata_config(data_dir);
+    let mut meta_config = metadata_config(data_dir, 1);
     let placeholder = format!("http://{}", args.s3_listen);
     let creds = credentials(data_dir, &args.region, &placeholder)?;
     meta_config.root_access_key = Some(creds.access_key_id.clone());
     meta_config.root_secret_key = Some(creds.secret_access_key.clone());
     let meta = roles.start_metadata(&meta_config, None).await?;
+    let meta_addrs = [meta.listen];
     for node_id in 1..=args.storage_nodes {
         roles
             .start_storage(&storage_config(
                 data_dir,
                 node_id,
                 args.storage_nodes,
-                meta.listen,
+                &meta_addrs,
             ))
             .await?;
     }
     let gateway = roles
-        .start_gateway(&gateway_config(&args, meta.listen))
+        .start_gateway(&gateway_config(&args, &meta_addrs))
         .await?;
     let s3_endpoint = format!("http://{}", gateway.listen);
     let creds = Credentials {
@@ -352,6 +376,30 @@ struct ReadyLine {
 }
 
 async fn spawn_role(
+    data_dir: &Path,
+    name: &str,
+    config: &ServerConfig,
+) -> anyhow::Result<Supervised> {
+    let supervised = spawn_role_once(data_dir, name, config).await?;
+    // A restart must come back at the same address and must never bootstrap again (a
+    // voter whose data directory was wiped rejoins; it must not found a second cluster).
+    let mut settled = config.clone();
+    if let Some(meta) = &mut settled.metadata {
+        meta.listen = supervised.info.listen.to_string();
+        meta.bootstrap = false;
+        meta.initial_voters.clear();
+        meta.root_access_key = None;
+        meta.root_secret_key = None;
+    }
+    for storage in &mut settled.storage {
+        storage.listen = supervised.info.listen.to_string();
+    }
+    let config_path = data_dir.join("config").join(format!("{name}.toml"));
+    write_atomically(&config_path, toml::to_string_pretty(&settled)?.as_bytes())?;
+    Ok(supervised)
+}
+
+async fn spawn_role_once(
     data_dir: &Path,
     name: &str,
     config: &ServerConfig,
@@ -421,36 +469,48 @@ async fn spawn_role(
 async fn run_cluster(args: DevArgs, data_dir: &Path) -> anyhow::Result<()> {
     let placeholder = format!("http://{}", args.s3_listen);
     let creds = credentials(data_dir, &args.region, &placeholder)?;
-    let mut meta_config = metadata_config(data_dir);
-    meta_config.root_access_key = Some(creds.access_key_id.clone());
-    meta_config.root_secret_key = Some(creds.secret_access_key.clone());
     let mut children: Vec<Supervised> = Vec::new();
     let result = async {
-        let meta = spawn_role(
-            data_dir,
-            "metadata-1",
-            &ServerConfig {
-                metadata: Some(meta_config),
+        // Voters 2..N first, so that voter 1 can found the cluster with all of them.
+        let mut others = Vec::new();
+        for node_id in 2..=args.meta {
+            let mut voter = metadata_config(data_dir, node_id);
+            voter.bootstrap = false;
+            let config = ServerConfig {
+                metadata: Some(voter),
                 ..Default::default()
-            },
-        )
-        .await?;
-        let meta_addr = meta.info.listen;
-        children.push(meta);
+            };
+            let child = spawn_role(data_dir, &format!("metadata-{node_id}"), &config).await?;
+            others.push(lauscha_core::config::VoterAddress {
+                node_id,
+                addr: child.info.listen.to_string(),
+            });
+            children.push(child);
+        }
+        let mut first = metadata_config(data_dir, 1);
+        first.root_access_key = Some(creds.access_key_id.clone());
+        first.root_secret_key = Some(creds.secret_access_key.clone());
+        first.initial_voters = others;
+        let config = ServerConfig {
+            metadata: Some(first),
+            ..Default::default()
+        };
+        children.insert(0, spawn_role(data_dir, "metadata-1", &config).await?);
+        let meta_addrs: Vec<SocketAddr> = children.iter().map(|c| c.info.listen).collect();
         for node_id in 1..=args.storage_nodes {
             let config = ServerConfig {
                 storage: vec![storage_config(
                     data_dir,
                     node_id,
                     args.storage_nodes,
-                    meta_addr,
+                    &meta_addrs,
                 )],
                 ..Default::default()
             };
             children.push(spawn_role(data_dir, &format!("storage-{node_id}"), &config).await?);
         }
         let config = ServerConfig {
-            gateway: Some(gateway_config(&args, meta_addr)),
+            gateway: Some(gateway_config(&args, &meta_addrs)),
             ..Default::default()
         };
         children.push(spawn_role(data_dir, "gateway", &config).await?);

@@ -99,6 +99,11 @@ impl Roles {
             data_dir: data_dir.clone(),
             advertise,
             bootstrap: config.bootstrap,
+            initial_voters: config
+                .initial_voters
+                .iter()
+                .map(|v| (v.node_id, v.addr.clone()))
+                .collect(),
         })
         .await
         .context("start metadata voter")?;
@@ -127,7 +132,8 @@ impl Roles {
                 .clone()
                 .zip(config.root_secret_key.clone())
         });
-        if let Some((access_key, secret_key)) = credentials {
+        // Only the voter that founds the cluster writes them (a follower could not).
+        if let Some((access_key, secret_key)) = credentials.filter(|_| config.bootstrap) {
             node.ensure_root_credentials(&access_key, &secret_key, now_ms())
                 .await
                 .context("create root credentials")?;
@@ -179,8 +185,8 @@ impl Roles {
             capacity_bytes: config.capacity_bytes,
             state: NodeState::Up,
         };
-        for endpoint in &config.metadata_endpoints {
-            register(endpoint, node.clone()).await?;
+        if !config.metadata_endpoints.is_empty() {
+            register(&config.metadata_endpoints, node.clone()).await?;
         }
         info!(node_id, %listen, site = %config.site, "storage node serving");
         let info = RoleInfo {
@@ -235,8 +241,8 @@ impl Roles {
 
 /// Registers a storage node, retrying while metadata is not reachable yet (processes of a
 /// cluster start in any order).
-async fn register(endpoint: &str, node: NodeInfo) -> anyhow::Result<()> {
-    let client = MetaClient::new(endpoint).context("metadata endpoint")?;
+async fn register(endpoints: &[String], node: NodeInfo) -> anyhow::Result<()> {
+    let client = MetaClient::new(endpoints).context("metadata endpoints")?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -250,7 +256,10 @@ async fn register(endpoint: &str, node: NodeInfo) -> anyhow::Result<()> {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
-            Err(e) => bail!("register node {} with metadata at {endpoint}: {e}", node.id),
+            Err(e) => bail!(
+                "register node {} with metadata at {endpoints:?}: {e}",
+                node.id
+            ),
         }
     }
 }

@@ -8,7 +8,7 @@ use lauscha_core::model::{ObjectData, Stripe};
 use lauscha_core::{AccessKey, Bucket, ClusterMap, ObjectVersion, Tenant};
 use serde::{Deserialize, Serialize};
 
-use crate::command::{MetaCommand, MetaError, MetaResponse};
+use crate::command::{MetaCommand, MetaError, MetaResponse, Proposal};
 use crate::keys;
 use crate::kv::{KvError, KvRead, Mutation};
 use crate::value;
@@ -20,6 +20,63 @@ pub struct GarbageRecord {
     pub origin: String,
     /// The stripes and where their shards are.
     pub stripes: Vec<Stripe>,
+}
+
+/// How long the response to a request id is remembered: a client retrying later than this
+/// may see its write applied twice. Retries happen within seconds of a failover.
+pub const REQUEST_RETENTION_MS: u64 = 10 * 60 * 1000;
+/// Request records pruned at most per applied entry, so pruning never stalls apply.
+const PRUNE_PER_ENTRY: usize = 16;
+
+/// A remembered response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct RequestRecord {
+    time_ms: u64,
+    response: MetaResponse,
+}
+
+/// Applies a log entry: a request seen before gets its remembered response and changes
+/// nothing; otherwise the command is applied and, with a request id, its response kept.
+/// Old request records are pruned a few at a time.
+pub fn apply_proposal(
+    kv: &impl KvRead,
+    proposal: &Proposal,
+    log_index: u64,
+) -> Result<(MetaResponse, Vec<Mutation>), KvError> {
+    if let Some(id) = proposal.request_id
+        && let Some(record) = read::<RequestRecord>(kv, &keys::request(id.client, id.seq))?
+    {
+        return Ok((record.response, Vec::new()));
+    }
+    let (response, mut out) = apply(kv, &proposal.command, log_index)?;
+    if let Some(id) = proposal.request_id {
+        put(
+            &mut out,
+            keys::request(id.client, id.seq),
+            &RequestRecord {
+                time_ms: proposal.now_ms,
+                response: response.clone(),
+            },
+        );
+        out.push(Mutation::Put(
+            keys::request_by_time(proposal.now_ms, id.client, id.seq),
+            Vec::new(),
+        ));
+    }
+    let (start, _) = keys::table_range(keys::Table::RequestByTime);
+    let end = keys::request_by_time_before(proposal.now_ms.saturating_sub(REQUEST_RETENTION_MS));
+    let mut expired = Vec::new();
+    kv.scan(&start, &end, &mut |k, _| {
+        expired.push(k.to_vec());
+        expired.len() < PRUNE_PER_ENTRY
+    })?;
+    for key in expired {
+        let (_, client, seq) = keys::parse_request_by_time(&key)
+            .ok_or_else(|| KvError(format!("bad request index key {}", hex_key(&key))))?;
+        out.push(Mutation::Delete(keys::request(client, seq)));
+        out.push(Mutation::Delete(key));
+    }
+    Ok((response, out))
 }
 
 /// Applies `cmd`, the entry at `log_index`, to the state readable through `kv`.
@@ -498,6 +555,53 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(stored.tenant, tenant("jena"));
+    }
+
+    #[test]
+    fn a_retried_request_is_applied_once_and_forgotten_after_retention() {
+        let mut sm = setup();
+        let id = crate::command::RequestId { client: 7, seq: 1 };
+        let proposal = |now_ms: u64, key: &str| Proposal {
+            request_id: Some(id),
+            now_ms,
+            command: MetaCommand::PutObject {
+                bucket: bucket("files"),
+                tenant: tenant("jena"),
+                key: key.into(),
+                version: Box::new(striped(1, 1)),
+                now_ms,
+            },
+        };
+        let mut run = |sm: &mut Sm, p: Proposal| {
+            let (response, mutations) = apply_proposal(&sm.kv, &p, sm.next_index).unwrap();
+            sm.kv.write(mutations);
+            sm.next_index += 1;
+            response
+        };
+        let first = run(&mut sm, proposal(1_000, "a"));
+        // The retry (even if it named another key by mistake) gets the first answer and
+        // changes nothing: only "a" exists.
+        let again = run(&mut sm, proposal(2_000, "b"));
+        assert_eq!(first, again);
+        assert!(
+            query::get_object(&sm.kv, &bucket("files"), "b")
+                .unwrap()
+                .is_none()
+        );
+        // Past the retention, entries by other requests prune the record.
+        let later = Proposal {
+            request_id: Some(crate::command::RequestId { client: 8, seq: 1 }),
+            now_ms: 1_000 + REQUEST_RETENTION_MS + 1,
+            command: MetaCommand::DeleteObject {
+                bucket: bucket("files"),
+                tenant: tenant("jena"),
+                key: "zzz".into(),
+                now_ms: 0,
+            },
+        };
+        run(&mut sm, later);
+        assert!(sm.kv.get(&keys::request(7, 1)).unwrap().is_none());
+        assert!(sm.kv.get(&keys::request(8, 1)).unwrap().is_some());
     }
 
     #[test]

@@ -10,6 +10,52 @@ use lauscha_core::{
 };
 use serde::{Deserialize, Serialize};
 
+/// Identifies one logical client request across retries: a client that retries a write
+/// after a failover sends the same id, and the state machine applies it once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RequestId {
+    /// Random per client process.
+    pub client: u64,
+    /// Increasing per request of that client.
+    pub seq: u64,
+}
+
+impl RequestId {
+    /// The text form carried in the `lauscha-request-id` gRPC header.
+    pub fn to_header(self) -> String {
+        format!("{:016x}-{:016x}", self.client, self.seq)
+    }
+
+    /// Parses the header form.
+    pub fn from_header(s: &str) -> Option<RequestId> {
+        let (client, seq) = s.split_once('-')?;
+        Some(RequestId {
+            client: u64::from_str_radix(client, 16).ok()?,
+            seq: u64::from_str_radix(seq, 16).ok()?,
+        })
+    }
+}
+
+/// One entry of the Raft log: a command, who asked (for exactly-once), and when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// Set when the client may retry: the response is remembered for a while.
+    pub request_id: Option<RequestId>,
+    /// Proposal time on the proposing voter, Unix ms (drives the retention of request ids).
+    pub now_ms: u64,
+    /// The change.
+    pub command: MetaCommand,
+}
+
+impl fmt::Display for Proposal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.request_id {
+            Some(id) => write!(f, "{} [{}]", self.command, id.to_header()),
+            None => write!(f, "{}", self.command),
+        }
+    }
+}
+
 /// A state change. New variants go at the end: the log stores the variant index.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaCommand {
@@ -205,7 +251,15 @@ impl MetaError {
 
 impl From<MetaError> for tonic::Status {
     fn from(e: MetaError) -> tonic::Status {
-        e.kind().status(e.to_string())
+        let mut status = e.kind().status(e.to_string());
+        if let MetaError::NotLeader { leader: Some(addr) } = &e
+            && let Ok(value) = addr.parse()
+        {
+            status
+                .metadata_mut()
+                .insert(lauscha_proto::LEADER_HEADER, value);
+        }
+        status
     }
 }
 

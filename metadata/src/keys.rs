@@ -32,6 +32,10 @@ pub enum Table {
     ClusterMap = 6,
     /// (time ms, log index) -> stripes that no version references any more.
     Garbage = 7,
+    /// (client, seq) -> the response to a request, for exactly-once retries.
+    Request = 8,
+    /// (time ms, client, seq) -> empty: request records by age, for pruning.
+    RequestByTime = 9,
 }
 
 /// Separates a bucket name from what follows. Bucket names and object keys never contain
@@ -115,6 +119,40 @@ pub fn garbage(time_ms: u64, log_index: u64) -> Vec<u8> {
     key.extend_from_slice(&time_ms.to_be_bytes());
     key.extend_from_slice(&log_index.to_be_bytes());
     key
+}
+
+/// Key of a remembered request.
+pub fn request(client: u64, seq: u64) -> Vec<u8> {
+    let mut key = table_prefix(Table::Request);
+    key.extend_from_slice(&client.to_be_bytes());
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// Key of a request in the age index.
+pub fn request_by_time(time_ms: u64, client: u64, seq: u64) -> Vec<u8> {
+    let mut key = table_prefix(Table::RequestByTime);
+    key.extend_from_slice(&time_ms.to_be_bytes());
+    key.extend_from_slice(&client.to_be_bytes());
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The age-index key of everything older than `time_ms` ends before this.
+pub fn request_by_time_before(time_ms: u64) -> Vec<u8> {
+    let mut key = table_prefix(Table::RequestByTime);
+    key.extend_from_slice(&time_ms.to_be_bytes());
+    key
+}
+
+/// Splits an age-index key into (time ms, client, seq).
+pub fn parse_request_by_time(key: &[u8]) -> Option<(u64, u64, u64)> {
+    let rest = key.get(3..)?;
+    if rest.len() != 24 {
+        return None;
+    }
+    let n = |i: usize| u64::from_be_bytes(rest[i..i + 8].try_into().expect("8 bytes"));
+    Some((n(0), n(8), n(16)))
 }
 
 /// The smallest key greater than every key that starts with `prefix`, or `None` if no

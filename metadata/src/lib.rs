@@ -20,6 +20,6 @@ mod service;
 mod store;
 pub mod value;
 
-pub use command::{MetaCommand, MetaError, MetaResponse};
+pub use command::{MetaCommand, MetaError, MetaResponse, Proposal, RequestId};
 pub use node::{MetaNode, MetaNodeOptions, MetaStatus};
 pub use service::MetaServer;

@@ -27,6 +27,7 @@ use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::command::{MetaError, MetaResponse, Proposal};
 use crate::raft_types::{Raft, Snapshot, SnapshotFile, SnapshotMeta, TypeConfig, Vote};
 use crate::value;
 
@@ -315,6 +316,22 @@ impl Drop for RemoveOnDrop {
     }
 }
 
+/// Sends a proposal to the leader's `Propose` and decodes its answer.
+pub(crate) async fn forward_proposal(
+    mut client: RaftServiceClient<Channel>,
+    proposal: &Proposal,
+) -> Result<MetaResponse, MetaError> {
+    let message = RaftMessage {
+        payload: value::encode(proposal).into(),
+    };
+    let reply = client
+        .propose(message)
+        .await
+        .map_err(|s| MetaError::Unavailable(format!("forward to the leader: {}", s.message())))?;
+    value::decode::<Result<MetaResponse, MetaError>>(&reply.into_inner().payload)
+        .map_err(|e| MetaError::Internal(format!("leader's answer: {e}")))?
+}
+
 fn parse<T: DeserializeOwned>(request: Request<RaftMessage>) -> Result<T, Status> {
     value::decode(&request.into_inner().payload)
         .map_err(|e| Status::invalid_argument(format!("raft message: {e}")))
@@ -337,6 +354,16 @@ impl RaftService for RaftServer {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         reply(&self.raft.append_entries(parse(request)?).await)
+    }
+
+    async fn propose(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        // Executed here only: a leader that lost its role answers NotLeader rather than
+        // forwarding again, so forwards never loop.
+        let proposal: Proposal = parse(request)?;
+        reply(&crate::node::propose(&self.raft, proposal).await)
     }
 
     async fn install_snapshot(

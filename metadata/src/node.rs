@@ -1,22 +1,26 @@
 //! A metadata voter: RocksDB, openraft, and the two entry points every request uses,
 //! [`MetaNode::write`] (through the log) and [`MetaNode::read`] (linearizable).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use lauscha_proto::meta::raft_service_client::RaftServiceClient;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
-use openraft::{BasicNode, ReadPolicy, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, ChangeMembers, ReadPolicy, ServerState, SnapshotPolicy};
 use rocksdb::DB;
+use tonic::transport::Channel;
 use tracing::info;
 
-use crate::command::{MetaCommand, MetaError, MetaResponse};
+use crate::command::{MetaCommand, MetaError, MetaResponse, Proposal, RequestId};
 use crate::kv::KvError;
 use crate::network::{NetworkFactory, RaftServer, SnapshotLimits};
 use crate::raft_types::{Raft, TypeConfig};
-use crate::store::{LogStore, RocksKv, StateMachineStore, open_db};
+use crate::store::{AppendCounters, LogStore, RocksKv, StateMachineStore, open_db};
 
 /// How long a write or read waits for Raft before answering Unavailable.
 const RAFT_DEADLINE: Duration = Duration::from_secs(10);
@@ -30,8 +34,11 @@ pub struct MetaNodeOptions {
     pub data_dir: PathBuf,
     /// The gRPC address other voters and clients use.
     pub advertise: String,
-    /// Initialise a single-voter cluster if this voter has never been initialised.
+    /// Initialise a new cluster if this voter has never been initialised.
     pub bootstrap: bool,
+    /// With `bootstrap`: the other voters of the new cluster (id, address); empty for a
+    /// single voter.
+    pub initial_voters: Vec<(u64, String)>,
 }
 
 /// A running voter. Cheap to clone.
@@ -41,6 +48,8 @@ pub struct MetaNode {
     raft: Raft,
     db: Arc<DB>,
     snapshot_dir: PathBuf,
+    appends: Arc<AppendCounters>,
+    forward_clients: Arc<Mutex<HashMap<String, RaftServiceClient<Channel>>>>,
 }
 
 /// What `status` reports.
@@ -58,6 +67,16 @@ pub struct MetaStatus {
     pub state: String,
     /// Voter ids of the current membership.
     pub voters: Vec<u64>,
+    /// Every member (voters and learners) with its address.
+    pub members: Vec<(u64, String)>,
+    /// On the leader: the last log index each member has matched.
+    pub matched: Vec<(u64, u64)>,
+    /// The last log index this voter has.
+    pub last_log_index: u64,
+    /// Log appends (each one fsync) since start.
+    pub n_log_appends: u64,
+    /// Entries those appends wrote; more entries than appends means shared fsyncs.
+    pub n_log_entries: u64,
 }
 
 impl MetaNode {
@@ -87,22 +106,21 @@ impl MetaNode {
         let network = NetworkFactory {
             snapshot_timeout: Duration::from_secs(600),
         };
-        let raft = Raft::new(
-            options.node_id,
-            Arc::new(config),
-            network,
-            LogStore::new(db.clone()),
-            sm,
-        )
-        .await
-        .map_err(|e| internal("start raft", &e))?;
+        let log_store = LogStore::new(db.clone());
+        let appends = log_store.counters();
+        let raft = Raft::new(options.node_id, Arc::new(config), network, log_store, sm)
+            .await
+            .map_err(|e| internal("start raft", &e))?;
         let initialized = raft
             .is_initialized()
             .await
             .map_err(|e| internal("read raft state", &e))?;
         if options.bootstrap && !initialized {
-            let members =
+            let mut members =
                 BTreeMap::from([(options.node_id, BasicNode::new(options.advertise.clone()))]);
+            for (id, addr) in &options.initial_voters {
+                members.insert(*id, BasicNode::new(addr.clone()));
+            }
             raft.initialize(members)
                 .await
                 .map_err(|e| internal("initialise raft", &e))?;
@@ -113,6 +131,8 @@ impl MetaNode {
             raft,
             db,
             snapshot_dir,
+            appends,
+            forward_clients: Arc::default(),
         })
     }
 
@@ -129,16 +149,66 @@ impl MetaNode {
 
     /// Proposes `cmd` and returns what applying it answered; a refusal is an error.
     pub async fn write(&self, cmd: MetaCommand) -> Result<MetaResponse, MetaError> {
-        let result = tokio::time::timeout(RAFT_DEADLINE, self.raft.client_write(cmd))
-            .await
-            .map_err(|_| MetaError::Unavailable("metadata write timed out".into()))?;
-        match result {
-            Ok(response) => match response.data {
-                MetaResponse::Refused(e) => Err(e),
-                other => Ok(other),
-            },
-            Err(e) => Err(write_error(e)),
+        self.write_request(cmd, None).await
+    }
+
+    /// Like [`MetaNode::write`], for a client request that may be retried under the same
+    /// id: it is applied once, and a retry gets the first response.
+    pub async fn write_request(
+        &self,
+        cmd: MetaCommand,
+        request_id: Option<RequestId>,
+    ) -> Result<MetaResponse, MetaError> {
+        let proposal = Proposal {
+            request_id,
+            now_ms: now_ms(),
+            command: cmd,
+        };
+        let deadline = tokio::time::Instant::now() + RAFT_DEADLINE;
+        loop {
+            let result = match propose(&self.raft, proposal.clone()).await {
+                // A follower forwards to the leader, so that callers inside the cluster
+                // (root credentials at start-up, a node registering) need not find it.
+                Err(MetaError::NotLeader {
+                    leader: Some(leader),
+                }) => self.forward(&leader, &proposal).await,
+                other => other,
+            };
+            match result {
+                // No leader known (an election is running): wait for one, then again.
+                Err(MetaError::NotLeader { leader: None }) | Err(MetaError::Unavailable(_))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    let left = deadline - tokio::time::Instant::now();
+                    let _ = self.wait_for_leader(left).await;
+                }
+                other => return other,
+            }
         }
+    }
+
+    async fn forward(&self, leader: &str, proposal: &Proposal) -> Result<MetaResponse, MetaError> {
+        let client = {
+            let mut clients = self.forward_clients.lock().expect("forward clients lock");
+            match clients.get(leader) {
+                Some(c) => c.clone(),
+                None => {
+                    let channel =
+                        tonic::transport::Endpoint::from_shared(format!("http://{leader}"))
+                            .map_err(|e| {
+                                MetaError::Internal(format!("leader address {leader:?}: {e}"))
+                            })?
+                            .connect_timeout(Duration::from_secs(1))
+                            .connect_lazy();
+                    let c = RaftServiceClient::new(channel)
+                        .max_decoding_message_size(crate::network::MAX_RAFT_MESSAGE_BYTES)
+                        .max_encoding_message_size(crate::network::MAX_RAFT_MESSAGE_BYTES);
+                    clients.insert(leader.to_string(), c.clone());
+                    c
+                }
+            }
+        };
+        crate::network::forward_proposal(client, proposal).await
     }
 
     /// Runs `query` against the state after every write committed before this call.
@@ -216,9 +286,63 @@ impl MetaNode {
         }
     }
 
+    /// Adds a learner and waits until it has caught up with the log.
+    pub async fn add_learner(&self, node_id: u64, addr: &str) -> Result<(), MetaError> {
+        self.raft
+            .add_learner(node_id, BasicNode::new(addr), true)
+            .await
+            .map(|_| ())
+            .map_err(membership_error)
+    }
+
+    /// Turns a learner into a voter.
+    pub async fn promote(&self, node_id: u64) -> Result<(), MetaError> {
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false)
+            .await
+            .map(|_| ())
+            .map_err(membership_error)
+    }
+
+    /// Removes a voter (or learner) from the membership.
+    pub async fn remove(&self, node_id: u64) -> Result<(), MetaError> {
+        let membership = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .clone();
+        let is_voter = membership.membership().voter_ids().any(|id| id == node_id);
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([node_id]))
+        };
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map(|_| ())
+            .map_err(membership_error)
+    }
+
     /// Raft state for operators.
     pub fn status(&self) -> MetaStatus {
         let m = self.raft.metrics().borrow_watched().clone();
+        let members = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, node)| (*id, node.addr.clone()))
+            .collect();
+        let matched = m
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .map(|(id, log_id)| (*id, log_id.as_ref().map_or(0, |l| l.index)))
+                    .collect()
+            })
+            .unwrap_or_default();
         MetaStatus {
             node_id: self.node_id,
             leader_id: m.current_leader,
@@ -233,6 +357,11 @@ impl MetaNode {
             }
             .to_string(),
             voters: m.membership_config.membership().voter_ids().collect(),
+            members,
+            matched,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            n_log_appends: self.appends.n_appends.load(Ordering::Relaxed),
+            n_log_entries: self.appends.n_entries.load(Ordering::Relaxed),
         }
     }
 
@@ -263,6 +392,35 @@ impl MetaNode {
             tracing::warn!(error = %e, "raft shutdown");
         }
     }
+}
+
+/// Proposes on this voter's Raft; NotLeader if it is not the leader.
+pub(crate) async fn propose(raft: &Raft, proposal: Proposal) -> Result<MetaResponse, MetaError> {
+    let result = tokio::time::timeout(RAFT_DEADLINE, raft.client_write(proposal))
+        .await
+        .map_err(|_| MetaError::Unavailable("metadata write timed out".into()))?;
+    match result {
+        Ok(response) => match response.data {
+            MetaResponse::Refused(e) => Err(e),
+            other => Ok(other),
+        },
+        Err(e) => Err(write_error(e)),
+    }
+}
+
+fn membership_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> MetaError {
+    match e {
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            MetaError::InvalidArgument(format!("membership change refused: {c}"))
+        }
+        other => write_error(other),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn leader_address(forward: &openraft::errors::ForwardToLeader<TypeConfig>) -> Option<String> {

@@ -4,13 +4,13 @@
 use std::fs::File;
 use std::path::PathBuf;
 
-use crate::command::{MetaCommand, MetaResponse};
+use crate::command::{MetaResponse, Proposal};
 
 openraft::declare_raft_types!(
     /// The metadata group's Raft types: commands and responses are ours, node ids are u64,
     /// a node is known by its advertised gRPC address.
     pub TypeConfig:
-        D = MetaCommand,
+        D = Proposal,
         R = MetaResponse,
         NodeId = u64,
         Node = openraft::BasicNode,

@@ -10,7 +10,7 @@ use lauscha_proto::meta::{self as pb};
 use lauscha_proto::{ProtoError, bucket_name};
 use tonic::{Request, Response, Status};
 
-use crate::command::{MetaCommand, MetaError, MetaResponse};
+use crate::command::{MetaCommand, MetaError, MetaResponse, RequestId};
 use crate::node::MetaNode;
 use crate::{apply, query};
 
@@ -44,6 +44,15 @@ fn tenant(s: &str) -> Result<TenantId, MetaError> {
     TenantId::parse(s).map_err(|e| MetaError::InvalidArgument(e.to_string()))
 }
 
+/// The request id a client put in the `lauscha-request-id` header, if any.
+fn request_id<T>(request: &Request<T>) -> Option<RequestId> {
+    request
+        .metadata()
+        .get(lauscha_proto::REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(RequestId::from_header)
+}
+
 fn unexpected(response: MetaResponse) -> Status {
     MetaError::Internal(format!("unexpected response {response:?}")).into()
 }
@@ -68,13 +77,17 @@ impl MetaService for MetaServer {
         &self,
         request: Request<pb::CreateTenantRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
+        let request_id = request_id(&request);
         let id = tenant(&request.into_inner().id)?;
         match self
             .node
-            .write(MetaCommand::CreateTenant {
-                id,
-                now_ms: now_ms(),
-            })
+            .write_request(
+                MetaCommand::CreateTenant {
+                    id,
+                    now_ms: now_ms(),
+                },
+                request_id,
+            )
             .await?
         {
             MetaResponse::Tenant(t) => Ok(Response::new(t.into())),
@@ -86,6 +99,7 @@ impl MetaService for MetaServer {
         &self,
         request: Request<pb::CreateAccessKeyRequest>,
     ) -> Result<Response<pb::AccessKey>, Status> {
+        let request_id = request_id(&request);
         let key: AccessKey = request
             .into_inner()
             .key
@@ -94,10 +108,13 @@ impl MetaService for MetaServer {
             .map_err(MetaError::from)?;
         match self
             .node
-            .write(MetaCommand::CreateAccessKey {
-                key,
-                now_ms: now_ms(),
-            })
+            .write_request(
+                MetaCommand::CreateAccessKey {
+                    key,
+                    now_ms: now_ms(),
+                },
+                request_id,
+            )
             .await?
         {
             MetaResponse::AccessKey(k) => Ok(Response::new(k.into())),
@@ -109,6 +126,7 @@ impl MetaService for MetaServer {
         &self,
         request: Request<pb::CreateBucketRequest>,
     ) -> Result<Response<pb::Bucket>, Status> {
+        let request_id = request_id(&request);
         let request = request.into_inner();
         let name = bucket_name(&request.name).map_err(MetaError::from)?;
         let tenant = tenant(&request.tenant)?;
@@ -119,12 +137,15 @@ impl MetaService for MetaServer {
             .map_err(MetaError::from)?;
         match self
             .node
-            .write(MetaCommand::CreateBucket {
-                name,
-                tenant,
-                policy,
-                now_ms: now_ms(),
-            })
+            .write_request(
+                MetaCommand::CreateBucket {
+                    name,
+                    tenant,
+                    policy,
+                    now_ms: now_ms(),
+                },
+                request_id,
+            )
             .await?
         {
             MetaResponse::Bucket(b) => Ok(Response::new(b.into())),
@@ -150,12 +171,13 @@ impl MetaService for MetaServer {
         &self,
         request: Request<pb::DeleteBucketRequest>,
     ) -> Result<Response<pb::DeleteBucketReply>, Status> {
+        let request_id = request_id(&request);
         let request = request.into_inner();
         let name = bucket_name(&request.name).map_err(MetaError::from)?;
         let tenant = tenant(&request.tenant)?;
         match self
             .node
-            .write(MetaCommand::DeleteBucket { name, tenant })
+            .write_request(MetaCommand::DeleteBucket { name, tenant }, request_id)
             .await?
         {
             MetaResponse::BucketDeleted => Ok(Response::new(pb::DeleteBucketReply {})),
@@ -181,6 +203,7 @@ impl MetaService for MetaServer {
         &self,
         request: Request<pb::PutObjectRequest>,
     ) -> Result<Response<pb::PutObjectReply>, Status> {
+        let request_id = request_id(&request);
         let request = request.into_inner();
         let bucket = bucket_name(&request.bucket).map_err(MetaError::from)?;
         let tenant = tenant(&request.tenant)?;
@@ -191,13 +214,16 @@ impl MetaService for MetaServer {
             .map_err(|e: ProtoError| MetaError::from(e))?;
         match self
             .node
-            .write(MetaCommand::PutObject {
-                bucket,
-                tenant,
-                key: request.key,
-                version: Box::new(version),
-                now_ms: now_ms(),
-            })
+            .write_request(
+                MetaCommand::PutObject {
+                    bucket,
+                    tenant,
+                    key: request.key,
+                    version: Box::new(version),
+                    now_ms: now_ms(),
+                },
+                request_id,
+            )
             .await?
         {
             MetaResponse::ObjectPut {
@@ -239,17 +265,21 @@ impl MetaService for MetaServer {
         &self,
         request: Request<pb::DeleteObjectRequest>,
     ) -> Result<Response<pb::DeleteObjectReply>, Status> {
+        let request_id = request_id(&request);
         let request = request.into_inner();
         let bucket = bucket_name(&request.bucket).map_err(MetaError::from)?;
         let tenant = tenant(&request.tenant)?;
         match self
             .node
-            .write(MetaCommand::DeleteObject {
-                bucket,
-                tenant,
-                key: request.key,
-                now_ms: now_ms(),
-            })
+            .write_request(
+                MetaCommand::DeleteObject {
+                    bucket,
+                    tenant,
+                    key: request.key,
+                    now_ms: now_ms(),
+                },
+                request_id,
+            )
             .await?
         {
             MetaResponse::ObjectDeleted { existed } => {
@@ -282,8 +312,11 @@ impl MetaService for MetaServer {
         &self,
         request: Request<pb::NodeInfo>,
     ) -> Result<Response<pb::ClusterMap>, Status> {
+        let request_id = request_id(&request);
         let node: NodeInfo = request.into_inner().try_into().map_err(MetaError::from)?;
-        self.node.write(MetaCommand::UpsertNode { node }).await?;
+        self.node
+            .write_request(MetaCommand::UpsertNode { node }, request_id)
+            .await?;
         let map = self.node.read(|kv| query::cluster_map(kv)).await?;
         Ok(Response::new(map.into()))
     }
@@ -301,6 +334,16 @@ impl MetaService for MetaServer {
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
         let s = self.node.status();
+        let members = s
+            .members
+            .iter()
+            .map(|(id, addr)| pb::Member {
+                node_id: *id,
+                addr: addr.clone(),
+                voter: s.voters.contains(id),
+                matched_index: s.matched.iter().find(|(m, _)| m == id).map(|(_, i)| *i),
+            })
+            .collect();
         Ok(Response::new(pb::StatusReply {
             node_id: s.node_id,
             leader_id: s.leader_id,
@@ -308,6 +351,40 @@ impl MetaService for MetaServer {
             last_applied_index: s.last_applied_index,
             state: s.state,
             voters: s.voters,
+            members,
+            last_log_index: s.last_log_index,
+            n_log_appends: s.n_log_appends,
+            n_log_entries: s.n_log_entries,
         }))
+    }
+
+    async fn add_learner(
+        &self,
+        request: Request<pb::AddLearnerRequest>,
+    ) -> Result<Response<pb::MembershipReply>, Status> {
+        let request = request.into_inner();
+        if request.node_id == 0 || request.addr.is_empty() {
+            return Err(MetaError::InvalidArgument("node_id and addr are required".into()).into());
+        }
+        self.node
+            .add_learner(request.node_id, &request.addr)
+            .await?;
+        Ok(Response::new(pb::MembershipReply {}))
+    }
+
+    async fn promote(
+        &self,
+        request: Request<pb::MemberRequest>,
+    ) -> Result<Response<pb::MembershipReply>, Status> {
+        self.node.promote(request.into_inner().node_id).await?;
+        Ok(Response::new(pb::MembershipReply {}))
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<pb::MemberRequest>,
+    ) -> Result<Response<pb::MembershipReply>, Status> {
+        self.node.remove(request.into_inner().node_id).await?;
+        Ok(Response::new(pb::MembershipReply {}))
     }
 }

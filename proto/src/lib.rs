@@ -89,6 +89,12 @@ pub fn shard_id_from(pb: Option<storage::ShardId>) -> Result<ShardId, ProtoError
 
 // ---- metadata: errors ----
 
+/// gRPC header of a NotLeader status: the leader's advertised address, when known.
+pub const LEADER_HEADER: &str = "lauscha-leader";
+/// gRPC header carrying a write's request id (`<client hex>-<seq hex>`), kept across
+/// retries so that the metadata service applies the write once.
+pub const REQUEST_ID_HEADER: &str = "lauscha-request-id";
+
 /// The stable names of metadata errors, carried in a gRPC status's details.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MetaErrorKind {

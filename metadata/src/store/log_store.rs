@@ -4,6 +4,7 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use openraft::OptionalSend;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -23,16 +24,35 @@ fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
+/// How many appends (each one fsync) carried how many entries: entries per append above 1
+/// means concurrent proposals shared an fsync.
+#[derive(Debug, Default)]
+pub struct AppendCounters {
+    /// Append calls, one fsync each.
+    pub n_appends: AtomicU64,
+    /// Entries written by them.
+    pub n_entries: AtomicU64,
+}
+
 /// The log store; cheap to clone (readers share the database).
 #[derive(Clone, Debug)]
 pub struct LogStore {
     db: Arc<DB>,
+    counters: Arc<AppendCounters>,
 }
 
 impl LogStore {
     /// A log store on an open database.
     pub fn new(db: Arc<DB>) -> LogStore {
-        LogStore { db }
+        LogStore {
+            db,
+            counters: Arc::default(),
+        }
+    }
+
+    /// The append counters (shared by clones).
+    pub fn counters(&self) -> Arc<AppendCounters> {
+        self.counters.clone()
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
@@ -152,9 +172,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let cf = self.db.cf_handle(CF_LOG).expect("column family exists");
         let mut batch = WriteBatch::default();
+        let mut n_entries = 0;
         for entry in entries {
             batch.put_cf(cf, index_key(entry.log_id.index), value::encode(&entry));
+            n_entries += 1;
         }
+        self.counters.n_appends.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .n_entries
+            .fetch_add(n_entries, Ordering::Relaxed);
         let db = self.db.clone();
         // One fsync for the whole batch: entries proposed together share it.
         blocking(move || db.write_opt(batch, &sync_write()).map_err(io_err)).await?;

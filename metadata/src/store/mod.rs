@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use rocksdb::{ColumnFamilyDescriptor, DB, Options, WriteOptions};
 
-pub use log_store::LogStore;
+pub use log_store::{AppendCounters, LogStore};
 pub use state_machine::{RocksKv, StateMachineStore};
 
 pub(crate) const CF_LOG: &str = "raft_log";

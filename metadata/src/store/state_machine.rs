@@ -245,8 +245,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         StoredMembership::new(Some(entry.log_id), membership.clone());
                     (MetaResponse::Done, Vec::new())
                 }
-                EntryPayload::Normal(cmd) => {
-                    apply::apply(&RocksKv::new(&self.db), cmd, entry.log_id.index)
+                EntryPayload::Normal(proposal) => {
+                    apply::apply_proposal(&RocksKv::new(&self.db), proposal, entry.log_id.index)
                         .map_err(|e| io::Error::other(e.to_string()))?
                 }
             };
