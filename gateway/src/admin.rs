@@ -110,6 +110,10 @@ pub struct VoterStatus {
     pub n_log_appends: Option<u64>,
     /// Entries those appends wrote.
     pub n_log_entries: Option<u64>,
+    /// Last index of its current snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Last purged log index.
+    pub purged_index: Option<u64>,
 }
 
 /// A member of the metadata group.
@@ -144,6 +148,8 @@ impl VoterStatus {
                 members: Vec::new(),
                 n_log_appends: None,
                 n_log_entries: None,
+                snapshot_index: None,
+                purged_index: None,
             },
             Some(s) => VoterStatus {
                 endpoint: endpoint.to_string(),
@@ -166,6 +172,8 @@ impl VoterStatus {
                     .collect(),
                 n_log_appends: Some(s.n_log_appends),
                 n_log_entries: Some(s.n_log_entries),
+                snapshot_index: s.snapshot_index,
+                purged_index: s.purged_index,
             },
         }
     }
@@ -237,6 +245,17 @@ async fn membership(
     body: &[u8],
 ) -> Option<Response<Full<Bytes>>> {
     let result = match (method, path.strip_prefix("/v1/meta/")?) {
+        (&Method::POST, "compact") => {
+            let results = inner.meta.compact_logs().await;
+            let body: Vec<serde_json::Value> = results
+                .into_iter()
+                .map(|(endpoint, r)| match r {
+                    Ok(index) => serde_json::json!({"endpoint": endpoint, "snapshot_index": index}),
+                    Err(e) => serde_json::json!({"endpoint": endpoint, "error": e}),
+                })
+                .collect();
+            return Some(json(&body));
+        }
         (&Method::POST, "learners") => match serde_json::from_slice::<AddLearnerBody>(body) {
             Ok(b) => inner.meta.add_learner(b.node_id, &b.addr).await,
             Err(e) => return Some(json_error(StatusCode::BAD_REQUEST, &format!("body: {e}"))),

@@ -26,6 +26,11 @@ use crate::GatewayError;
 const MAX_META_MESSAGE_BYTES: usize = 64 << 20;
 /// How long a call keeps looking for a leader before it gives up with Unavailable.
 const LEADER_SEARCH: Duration = Duration::from_secs(15);
+/// How long one attempt waits for a voter: a paused voter accepts connections but never
+/// answers, and must not hold a request for longer than a failover takes.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Adding a learner returns once it has caught up, which may take a while.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A connection to the metadata voters. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -61,7 +66,15 @@ enum Next {
 }
 
 fn next_step(status: &tonic::Status) -> Next {
-    match MetaErrorKind::of_status(status) {
+    let Some(kind) = MetaErrorKind::from_details(status) else {
+        // Not an answer from a voter but from the transport (reset, refused, timed out):
+        // the voter may be gone. Writes carry a request id, so trying again is safe.
+        return match status.code() {
+            tonic::Code::InvalidArgument | tonic::Code::Unimplemented => Next::Fail,
+            _ => Next::Retry,
+        };
+    };
+    match kind {
         MetaErrorKind::NotLeader => match status
             .metadata()
             .get(LEADER_HEADER)
@@ -117,7 +130,6 @@ impl MetaClient {
         let channel = Endpoint::from_shared(endpoint.to_string())
             .map_err(|e| GatewayError::Internal(format!("metadata endpoint {endpoint:?}: {e}")))?
             .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(30))
             .connect_lazy();
         let client = MetaServiceClient::new(channel)
             .max_decoding_message_size(MAX_META_MESSAGE_BYTES)
@@ -144,6 +156,22 @@ impl MetaClient {
         F: Fn(MetaServiceClient<Channel>, tonic::Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        self.call_with_timeout(write, ATTEMPT_TIMEOUT, message, rpc)
+            .await
+    }
+
+    async fn call_with_timeout<M, T, F, Fut>(
+        &self,
+        write: bool,
+        attempt_timeout: Duration,
+        message: M,
+        rpc: F,
+    ) -> Result<T, GatewayError>
+    where
+        M: Clone,
+        F: Fn(MetaServiceClient<Channel>, tonic::Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let request_id = write.then(|| {
             format!(
                 "{:016x}-{:016x}",
@@ -161,7 +189,14 @@ impl MetaClient {
             {
                 request.metadata_mut().insert(REQUEST_ID_HEADER, value);
             }
-            let status = match rpc(self.client(&endpoint)?, request).await {
+            let attempt =
+                tokio::time::timeout(attempt_timeout, rpc(self.client(&endpoint)?, request));
+            let result = attempt.await.unwrap_or_else(|_| {
+                Err(tonic::Status::deadline_exceeded(format!(
+                    "no answer from {endpoint} within {attempt_timeout:?}"
+                )))
+            });
+            let status = match result {
                 Ok(response) => {
                     *self.inner.preferred.lock().expect("preferred lock") = endpoint;
                     return Ok(response.into_inner());
@@ -425,17 +460,32 @@ impl MetaClient {
         futures::future::join_all(probes).await
     }
 
+    /// Snapshots and purges the log on every configured voter that answers; returns
+    /// (endpoint, snapshot index or error) per voter.
+    pub async fn compact_logs(&self) -> Vec<(String, Result<u64, String>)> {
+        let calls = self.inner.endpoints.iter().map(|endpoint| async move {
+            let result = match self.client(endpoint) {
+                Ok(mut c) => c
+                    .compact_log(pb::CompactLogRequest {})
+                    .await
+                    .map(|r| r.into_inner().snapshot_index)
+                    .map_err(|s| s.message().to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            (endpoint.clone(), result)
+        });
+        futures::future::join_all(calls).await
+    }
+
     /// Adds a learner voter-to-be (returns once it has caught up).
     pub async fn add_learner(&self, node_id: u64, addr: &str) -> Result<(), GatewayError> {
         let message = pb::AddLearnerRequest {
             node_id,
             addr: addr.to_string(),
         };
-        self.call(
-            true,
-            message,
-            |mut c, r| async move { c.add_learner(r).await },
-        )
+        self.call_with_timeout(true, CATCH_UP_TIMEOUT, message, |mut c, r| async move {
+            c.add_learner(r).await
+        })
         .await?;
         Ok(())
     }

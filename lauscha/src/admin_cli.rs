@@ -65,6 +65,8 @@ pub enum MetaCommand {
         /// Its Raft node id.
         node_id: u64,
     },
+    /// Snapshot every voter now and purge the log the snapshot covers.
+    Compact,
 }
 
 struct Target {
@@ -261,6 +263,24 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 )
                 .await?,
                 |_| println!("promoted to voter"),
+            ),
+            MetaCommand::Compact => (
+                call(&target, "POST", "/v1/meta/compact", Vec::new()).await?,
+                |v| {
+                    for voter in v.as_array().into_iter().flatten() {
+                        match voter["snapshot_index"].as_u64() {
+                            Some(i) => println!(
+                                "{}: snapshot at index {i}, log purged",
+                                voter["endpoint"].as_str().unwrap_or("?")
+                            ),
+                            None => println!(
+                                "{}: {}",
+                                voter["endpoint"].as_str().unwrap_or("?"),
+                                voter["error"].as_str().unwrap_or("failed")
+                            ),
+                        }
+                    }
+                },
             ),
             MetaCommand::Remove { node_id } => (
                 call(

@@ -572,7 +572,7 @@ mod tests {
                 now_ms,
             },
         };
-        let mut run = |sm: &mut Sm, p: Proposal| {
+        let run = |sm: &mut Sm, p: Proposal| {
             let (response, mutations) = apply_proposal(&sm.kv, &p, sm.next_index).unwrap();
             sm.kv.write(mutations);
             sm.next_index += 1;

@@ -77,6 +77,10 @@ pub struct MetaStatus {
     pub n_log_appends: u64,
     /// Entries those appends wrote; more entries than appends means shared fsyncs.
     pub n_log_entries: u64,
+    /// Last index of the current snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Last purged log index.
+    pub purged_index: Option<u64>,
 }
 
 impl MetaNode {
@@ -362,6 +366,8 @@ impl MetaNode {
             last_log_index: m.last_log_index.unwrap_or(0),
             n_log_appends: self.appends.n_appends.load(Ordering::Relaxed),
             n_log_entries: self.appends.n_entries.load(Ordering::Relaxed),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
         }
     }
 
@@ -384,6 +390,48 @@ impl MetaNode {
             .snapshot()
             .await
             .map_err(|e| MetaError::Internal(e.to_string()))
+    }
+
+    /// Builds a snapshot of everything applied so far, waits for it, and purges the log it
+    /// covers; returns the snapshot's last index. A voter that later needs purged entries
+    /// gets the snapshot instead.
+    pub async fn compact_log(&self) -> Result<u64, MetaError> {
+        let applied = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .last_applied
+            .map_or(0, |l| l.index);
+        self.trigger_snapshot().await?;
+        let metrics = self
+            .raft
+            .wait(Some(RAFT_DEADLINE))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= applied),
+                "snapshot built",
+            )
+            .await
+            .map_err(|e| MetaError::Unavailable(format!("snapshot not built: {e}")))?;
+        let snapshot_index = metrics.snapshot.map_or(0, |s| s.index);
+        self.raft
+            .trigger()
+            .purge_log(snapshot_index)
+            .await
+            .map_err(|e| MetaError::Internal(e.to_string()))?;
+        self.raft
+            .wait(Some(RAFT_DEADLINE))
+            .metrics(
+                |m| m.purged.is_some_and(|p| p.index >= snapshot_index),
+                "log purged",
+            )
+            .await
+            .map_err(|e| MetaError::Unavailable(format!("log not purged: {e}")))?;
+        info!(
+            node_id = self.node_id,
+            raft_index = snapshot_index,
+            "log compacted"
+        );
+        Ok(snapshot_index)
     }
 
     /// Stops Raft; pending requests fail with Unavailable.

@@ -355,7 +355,17 @@ impl MetaService for MetaServer {
             last_log_index: s.last_log_index,
             n_log_appends: s.n_log_appends,
             n_log_entries: s.n_log_entries,
+            snapshot_index: s.snapshot_index,
+            purged_index: s.purged_index,
         }))
+    }
+
+    async fn compact_log(
+        &self,
+        _request: Request<pb::CompactLogRequest>,
+    ) -> Result<Response<pb::CompactLogReply>, Status> {
+        let snapshot_index = self.node.compact_log().await?;
+        Ok(Response::new(pb::CompactLogReply { snapshot_index }))
     }
 
     async fn add_learner(

@@ -13,6 +13,7 @@ async fn must_start(dir: &std::path::Path) -> MetaNode {
         data_dir: dir.to_path_buf(),
         advertise: "127.0.0.1:1".into(),
         bootstrap: true,
+        initial_voters: Vec::new(),
     })
     .await
     .expect("start voter");
@@ -126,5 +127,44 @@ async fn state_survives_restart_and_snapshots() {
     // Writes continue after the restart.
     must_put(&node, "after", b"restart").await;
     assert_eq!(must_get(&node, "after").await, b"restart");
+    node.shutdown().await;
+}
+
+/// Concurrent proposals share log appends, and so fsyncs: openraft queues client writes and
+/// the log store writes each queued batch with one synced RocksDB write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = must_start(dir.path()).await;
+    node.write(MetaCommand::CreateTenant {
+        id: TenantId::parse("t").unwrap(),
+        now_ms: 1,
+    })
+    .await
+    .unwrap();
+    node.write(MetaCommand::CreateBucket {
+        name: BucketName::parse("bkt").unwrap(),
+        tenant: TenantId::parse("t").unwrap(),
+        policy: PlacementPolicy::DEFAULT,
+        now_ms: 1,
+    })
+    .await
+    .unwrap();
+    let before = node.status();
+    let writes = (0..256).map(|i| {
+        let node = node.clone();
+        tokio::spawn(async move { must_put(&node, &format!("c{i}"), b"x").await })
+    });
+    for w in writes.collect::<Vec<_>>() {
+        w.await.unwrap();
+    }
+    let after = node.status();
+    let appends = after.n_log_appends - before.n_log_appends;
+    let entries = after.n_log_entries - before.n_log_entries;
+    assert!(entries >= 256, "{entries} entries");
+    assert!(
+        appends * 2 <= entries,
+        "{entries} entries took {appends} appends: proposals are not batched"
+    );
     node.shutdown().await;
 }

@@ -195,13 +195,18 @@ impl MetaErrorKind {
         )
     }
 
+    /// The kind a metadata service put into a status, if it did: `None` means the status
+    /// came from the transport (a connection reset, a timeout), not from a voter's logic.
+    pub fn from_details(status: &tonic::Status) -> Option<MetaErrorKind> {
+        std::str::from_utf8(status.details())
+            .ok()
+            .and_then(|s| s.parse().ok())
+    }
+
     /// Reads the kind back from a status; statuses without our details (transport
     /// failures, a peer of another version) map by their gRPC code.
     pub fn of_status(status: &tonic::Status) -> MetaErrorKind {
-        if let Some(kind) = std::str::from_utf8(status.details())
-            .ok()
-            .and_then(|s| s.parse().ok())
-        {
+        if let Some(kind) = MetaErrorKind::from_details(status) {
             return kind;
         }
         match status.code() {

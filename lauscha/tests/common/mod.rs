@@ -291,3 +291,92 @@ pub fn md5_hex(data: &[u8]) -> String {
     use md5::Digest as _;
     hex::encode(md5::Md5::digest(data))
 }
+
+/// Serialises the tests that run whole clusters: on two cores, parallel clusters would
+/// starve each other's Raft timers.
+pub fn cluster_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Dev {
+    /// Runs `lauscha admin --data-dir DIR --json ARGS` and parses its output.
+    pub fn admin(&self, args: &[&str]) -> Value {
+        let out = Command::new(lauscha())
+            .args(["admin", "--json", "--data-dir"])
+            .arg(&self.data_dir)
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .expect("run lauscha admin");
+        assert!(
+            out.status.success(),
+            "lauscha admin {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("admin prints JSON")
+    }
+
+    /// Every voter's status as the admin API reports it.
+    pub fn voters(&self) -> Vec<Value> {
+        self.admin(&["meta", "status"])["metadata"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The id of the voter that says it is leader, if one does.
+    pub fn leader(&self) -> Option<u64> {
+        self.voters()
+            .iter()
+            .find(|v| v["state"] == "leader")
+            .and_then(|v| v["node_id"].as_u64())
+    }
+
+    /// The cluster.json entry of a process.
+    pub fn process(&self, role: &str, id: u64) -> Value {
+        self.processes(role)
+            .into_iter()
+            .find(|p| p["id"].as_u64() == Some(id))
+            .unwrap_or_else(|| panic!("no {role} {id} in cluster.json"))
+    }
+}
+
+/// Sends a signal by name (`KILL`, `STOP`, `CONT`) to a pid.
+pub fn signal(pid: u64, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// Starts `lauscha server` with the given TOML config (written into `dir`); returns the
+/// process and its readiness line.
+pub fn start_server(dir: &Path, name: &str, toml: &str) -> (Restarted, Value) {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, toml).unwrap();
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let mut child = Command::new(lauscha())
+        .args(["server", "--config"])
+        .arg(&path)
+        .env("LAUSCHA_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("start lauscha server");
+    let stdout = child.stdout.take().unwrap();
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    std::thread::spawn(move || for _ in reader.lines() {});
+    let ready: Value = serde_json::from_str(line.trim()).unwrap_or_else(|_| {
+        panic!(
+            "{name} did not start; see {}",
+            dir.join(format!("{name}.log")).display()
+        )
+    });
+    (Restarted(child), ready)
+}

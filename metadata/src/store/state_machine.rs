@@ -300,6 +300,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     "snapshot file meta differs from the announced meta",
                 ));
             }
+            // A received snapshot is a temporary file of ours and moves into place; any
+            // other file (another store's snapshot, in tests) is copied, never taken away.
+            let ours = path.parent() == Some(snapshot_dir.as_path())
+                && path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("recv-"));
+            let path = if ours {
+                path
+            } else {
+                let copy = snapshot_dir.join(format!("recv-{:016x}.snap", rand_suffix()));
+                fs::copy(&path, &copy)?;
+                File::open(&copy)?.sync_all()?;
+                copy
+            };
             promote_snapshot(&lock, &snapshot_dir, &path, &meta_owned)?;
             let sm = db.cf_handle(CF_SM).expect("column family exists");
             let sm_meta = db.cf_handle(CF_SM_META).expect("column family exists");
@@ -353,5 +368,39 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta,
             snapshot: SnapshotFile { path, file },
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::StorageError;
+    use openraft::testing::log::{StoreBuilder, Suite};
+    use openraft::type_config::TypeConfigExt;
+
+    use super::*;
+    use crate::store::{LogStore, open_db};
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for Builder {
+        async fn build(
+            &self,
+        ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>>
+        {
+            let err = |e: &dyn std::error::Error| {
+                StorageError::read(TypeConfig::err_from_string(e.to_string()))
+            };
+            let dir = tempfile::tempdir().map_err(|e| err(&e))?;
+            let db = open_db(&dir.path().join("db")).map_err(|e| err(&e))?;
+            let sm = StateMachineStore::open(db.clone(), &dir.path().join("snapshots"))
+                .map_err(|e| err(&e))?;
+            Ok((dir, LogStore::new(db), sm))
+        }
+    }
+
+    /// openraft's own storage test suite against the RocksDB log store and state machine.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn passes_openraft_storage_suite() {
+        Suite::test_all(Builder).await.expect("storage suite");
     }
 }
