@@ -130,6 +130,7 @@ impl MetaClient {
         let channel = Endpoint::from_shared(endpoint.to_string())
             .map_err(|e| GatewayError::Internal(format!("metadata endpoint {endpoint:?}: {e}")))?
             .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
             .connect_lazy();
         let client = MetaServiceClient::new(channel)
             .max_decoding_message_size(MAX_META_MESSAGE_BYTES)

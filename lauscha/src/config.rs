@@ -89,6 +89,35 @@ mod tests {
     }
 
     #[test]
+    fn every_shipped_example_parses_and_validates() {
+        for (name, text) in [
+            ("metadata.toml", include_str!("../../deploy/metadata.toml")),
+            ("storage.toml", include_str!("../../deploy/storage.toml")),
+            ("gateway.toml", include_str!("../../deploy/gateway.toml")),
+            (
+                "voter-1",
+                include_str!("../../deploy/three-voters/voter-1-site-a.toml"),
+            ),
+            (
+                "voter-2",
+                include_str!("../../deploy/three-voters/voter-2-site-b.toml"),
+            ),
+            (
+                "voter-3",
+                include_str!("../../deploy/three-voters/voter-3-witness.toml"),
+            ),
+            (
+                "3v gateway",
+                include_str!("../../deploy/three-voters/gateway.toml"),
+            ),
+        ] {
+            let config: ServerConfig =
+                toml::from_str(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            config.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    #[test]
     fn env_overrides_reach_tables_and_arrays() {
         let mut value: toml::Value = toml::from_str(EXAMPLE).unwrap();
         apply_env_overrides(

@@ -96,7 +96,7 @@ async fn make_leader(dev: &Dev, want: u64, restarted: &mut Vec<(u64, Restarted)>
 ///    acknowledged PUT reads back. Prints the longest gap between successful PUTs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kill_under_load() {
-    let _serial = cluster_lock();
+    let _serial = cluster_lock().await;
     let dev = cluster();
     let s3 = dev.client();
     must_create_bucket(&s3, "failover").await;
@@ -190,7 +190,7 @@ async fn leader_kill_under_load() {
 ///    with all 1,000 objects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_follower_catches_up_and_can_lead() {
-    let _serial = cluster_lock();
+    let _serial = cluster_lock().await;
     let dev = cluster();
     let s3 = dev.client();
     must_create_bucket(&s3, "lag").await;
@@ -209,7 +209,7 @@ async fn lagging_follower_catches_up_and_can_lead() {
 ///    would need has been purged everywhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wiped_voter_rejoins_through_a_snapshot() {
-    let _serial = cluster_lock();
+    let _serial = cluster_lock().await;
     let dev = cluster();
     let s3 = dev.client();
     must_create_bucket(&s3, "wipe").await;
@@ -249,7 +249,7 @@ async fn wiped_voter_rejoins_through_a_snapshot() {
 ///    write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_changes_under_load() {
-    let _serial = cluster_lock();
+    let _serial = cluster_lock().await;
     let dev = cluster();
     let s3 = dev.client();
     must_create_bucket(&s3, "members").await;
@@ -334,7 +334,8 @@ async fn membership_changes_under_load() {
         .map(|m| m["node_id"].as_u64().unwrap())
         .collect();
     assert_eq!(voters, [1, 4, 5]);
-    for key in acked.lock().unwrap().iter() {
+    let acked = acked.lock().unwrap().clone();
+    for key in &acked {
         assert_eq!(must_get(&s3, "members", key).await, key.as_bytes(), "{key}");
     }
 }
@@ -343,7 +344,7 @@ async fn membership_changes_under_load() {
 ///    then resumed: a gateway pinned to it never returns the old version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_voter_serves_no_stale_read() {
-    let _serial = cluster_lock();
+    let _serial = cluster_lock().await;
     let dev = cluster();
     let s3 = dev.client();
     must_create_bucket(&s3, "stale").await;
@@ -351,13 +352,11 @@ async fn paused_voter_serves_no_stale_read() {
     let leader = new_leader(&dev, None).await;
     let leader_process = dev.process("metadata", leader);
     // A second gateway that only knows the (soon deposed) leader.
-    let gateway = dev.process("gateway", 1);
     let extra = dev.data_dir.join("pinned");
     let toml = format!(
         "[gateway]\ns3_listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmetadata_endpoints = [\"http://{}\"]\n",
         leader_process["listen"].as_str().unwrap()
     );
-    let _ = gateway;
     let (_pinned, ready) = start_server(&extra, "pinned-gateway", &toml);
     let pinned = client(
         &format!("http://{}", ready["listen"].as_str().unwrap()),
@@ -373,13 +372,11 @@ async fn paused_voter_serves_no_stale_read() {
     signal(pid, "CONT");
     let mut n_new = 0;
     for _ in 0..50 {
-        match pinned.get_object().bucket("stale").key("k").send().await {
-            Ok(out) => {
-                let body = out.body.collect().await.unwrap().into_bytes();
-                assert_eq!(&body[..], b"new", "stale read from the deposed leader");
-                n_new += 1;
-            }
-            Err(_) => {}
+        // An error is allowed (the voter is finding out it lost); the old bytes are not.
+        if let Ok(out) = pinned.get_object().bucket("stale").key("k").send().await {
+            let body = out.body.collect().await.unwrap().into_bytes();
+            assert_eq!(&body[..], b"new", "stale read from the deposed leader");
+            n_new += 1;
         }
     }
     assert!(
@@ -391,7 +388,7 @@ async fn paused_voter_serves_no_stale_read() {
 /// 6. kill -9 every voter and start them all again: everything acknowledged is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_voters_restart_together() {
-    let _serial = cluster_lock();
+    let _serial = cluster_lock().await;
     let dev = cluster();
     let s3 = dev.client();
     must_create_bucket(&s3, "restart").await;
@@ -412,7 +409,7 @@ async fn corrupted_raft_input_is_refused() {
     use lauscha_proto::meta::raft_service_client::RaftServiceClient;
     use lauscha_proto::meta::{RaftMessage, SnapshotChunk, snapshot_chunk};
 
-    let _serial = cluster_lock();
+    let _serial = cluster_lock().await;
     let dev = cluster();
     let s3 = dev.client();
     must_create_bucket(&s3, "raft").await;

@@ -174,7 +174,9 @@ async fn errors_are_exact_s3_answers() {
             .await,
     );
     assert_eq!((code.as_str(), status), ("EntityTooLarge", 400));
-    // ... and nothing partial is visible.
+    // ... and nothing partial is visible. (A fresh client: the gateway answered before
+    // reading the body and closed that connection, as S3 does.)
+    let s3 = dev.client();
     let (code, _) = error_of(s3.head_object().bucket("errs").key("big").send().await);
     assert_eq!(code, "NotFound");
     let exactly = payload(2, 100_000);

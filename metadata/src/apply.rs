@@ -25,8 +25,9 @@ pub struct GarbageRecord {
 /// How long the response to a request id is remembered: a client retrying later than this
 /// may see its write applied twice. Retries happen within seconds of a failover.
 pub const REQUEST_RETENTION_MS: u64 = 10 * 60 * 1000;
-/// Request records pruned at most per applied entry, so pruning never stalls apply.
-const PRUNE_PER_ENTRY: usize = 16;
+/// Request records pruned at most per applied entry: more than one entry adds, so a backlog
+/// drains, and few enough that pruning never stalls apply.
+const PRUNE_PER_ENTRY: usize = 64;
 
 /// A remembered response.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,13 +64,21 @@ pub fn apply_proposal(
             Vec::new(),
         ));
     }
-    let (start, _) = keys::table_range(keys::Table::RequestByTime);
+    // Prune from where the last pruning stopped: the deleted keys before it would
+    // otherwise be scanned (as tombstones) again by every entry.
+    let (table_start, _) = keys::table_range(keys::Table::RequestByTime);
+    let start = kv
+        .get(&keys::request_prune_cursor())?
+        .unwrap_or(table_start);
     let end = keys::request_by_time_before(proposal.now_ms.saturating_sub(REQUEST_RETENTION_MS));
     let mut expired = Vec::new();
     kv.scan(&start, &end, &mut |k, _| {
         expired.push(k.to_vec());
         expired.len() < PRUNE_PER_ENTRY
     })?;
+    if let Some(last) = expired.last() {
+        out.push(Mutation::Put(keys::request_prune_cursor(), last.clone()));
+    }
     for key in expired {
         let (_, client, seq) = keys::parse_request_by_time(&key)
             .ok_or_else(|| KvError(format!("bad request index key {}", hex_key(&key))))?;
@@ -602,6 +611,11 @@ mod tests {
         run(&mut sm, later);
         assert!(sm.kv.get(&keys::request(7, 1)).unwrap().is_none());
         assert!(sm.kv.get(&keys::request(8, 1)).unwrap().is_some());
+        // The next pruning starts after what was pruned, not at the table start.
+        assert_eq!(
+            sm.kv.get(&keys::request_prune_cursor()).unwrap(),
+            Some(keys::request_by_time(1_000, 7, 1))
+        );
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub enum Table {
     Request = 8,
     /// (time ms, client, seq) -> empty: request records by age, for pruning.
     RequestByTime = 9,
+    /// One key: the age-index key pruning continues after (everything before it is
+    /// deleted; scanning from the table start would wade through their tombstones).
+    RequestPruneCursor = 10,
 }
 
 /// Separates a bucket name from what follows. Bucket names and object keys never contain
@@ -143,6 +146,11 @@ pub fn request_by_time_before(time_ms: u64) -> Vec<u8> {
     let mut key = table_prefix(Table::RequestByTime);
     key.extend_from_slice(&time_ms.to_be_bytes());
     key
+}
+
+/// The prune cursor's key.
+pub fn request_prune_cursor() -> Vec<u8> {
+    table_prefix(Table::RequestPruneCursor)
 }
 
 /// Splits an age-index key into (time ms, client, seq).

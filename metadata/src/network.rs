@@ -47,8 +47,11 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = NetworkClient;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> NetworkClient {
-        let channel = Endpoint::from_shared(format!("http://{}", node.addr))
-            .map(|e| e.connect_timeout(Duration::from_secs(1)).connect_lazy());
+        let channel = Endpoint::from_shared(format!("http://{}", node.addr)).map(|e| {
+            e.connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true)
+                .connect_lazy()
+        });
         NetworkClient {
             target,
             client: channel.ok().map(|ch| {

@@ -203,6 +203,7 @@ impl MetaNode {
                                 MetaError::Internal(format!("leader address {leader:?}: {e}"))
                             })?
                             .connect_timeout(Duration::from_secs(1))
+                            .tcp_nodelay(true)
                             .connect_lazy();
                     let c = RaftServiceClient::new(channel)
                         .max_decoding_message_size(crate::network::MAX_RAFT_MESSAGE_BYTES)
@@ -220,12 +221,28 @@ impl MetaNode {
         &self,
         query: impl FnOnce(&RocksKv<'_>) -> Result<T, KvError> + Send + 'static,
     ) -> Result<T, MetaError> {
-        let result = tokio::time::timeout(
-            RAFT_DEADLINE,
-            self.raft.ensure_linearizable(ReadPolicy::ReadIndex),
-        )
-        .await
-        .map_err(|_| MetaError::Unavailable("metadata read timed out".into()))?;
+        // The leader lease first: a quorum acknowledged this leader within the lease, so
+        // no other leader can exist and the local state is current (monotonic clocks, as
+        // every lease read assumes). When the lease is stale (a leader that was paused, a
+        // quiet cluster) fall back to a read index, which asks a quorum now.
+        let lease = self.raft.ensure_linearizable(ReadPolicy::LeaseRead).await;
+        let result = match lease {
+            Ok(read) => Ok(Ok(read)),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                return Err(MetaError::NotLeader {
+                    leader: leader_address(&f),
+                });
+            }
+            Err(_) => {
+                tokio::time::timeout(
+                    RAFT_DEADLINE,
+                    self.raft.ensure_linearizable(ReadPolicy::ReadIndex),
+                )
+                .await
+            }
+        };
+        let result =
+            result.map_err(|_| MetaError::Unavailable("metadata read timed out".into()))?;
         if let Err(e) = result {
             return Err(read_error(e));
         }

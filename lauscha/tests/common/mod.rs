@@ -294,9 +294,9 @@ pub fn md5_hex(data: &[u8]) -> String {
 
 /// Serialises the tests that run whole clusters: on two cores, parallel clusters would
 /// starve each other's Raft timers.
-pub fn cluster_lock() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+pub async fn cluster_lock() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
 }
 
 impl Dev {
