@@ -23,7 +23,10 @@ pub use model::{
     Stripe, Tenant,
 };
 pub use names::BucketName;
-pub use placement::{Placement, PlacementError, PlacementPolicy, SpreadLevel, place};
+pub use placement::{
+    Placement, PlacementError, PlacementPolicy, ShardMove, SpreadLevel, place, place_with,
+    rebalance_moves,
+};
 
 /// Errors of the core crate: invalid input to a pure function.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -7,7 +7,7 @@
 //! each next shard goes to the best-ranked node among the sites holding the fewest shards
 //! of this stripe so far, and among those to the hosts holding the fewest.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -132,19 +132,43 @@ pub fn place(
     policy: &PlacementPolicy,
     map: &ClusterMap,
 ) -> Result<Placement, PlacementError> {
+    place_with(
+        stripe_id,
+        policy,
+        map,
+        &vec![None; policy.n_shards()],
+        &BTreeSet::new(),
+    )
+}
+
+/// Chooses nodes for the shards `fixed` leaves open (`None`); shards with `Some(node)` stay
+/// where they are and count towards their domains' loads. Nodes in `exclude`, nodes that
+/// do not accept shards and nodes already holding a shard of the stripe are never chosen.
+/// The spread rule is checked over the whole stripe. Used by writers (nothing fixed), by
+/// degraded writes (unreachable nodes excluded) and by repair (healthy shards fixed).
+pub fn place_with(
+    stripe_id: StripeId,
+    policy: &PlacementPolicy,
+    map: &ClusterMap,
+    fixed: &[Option<NodeId>],
+    exclude: &BTreeSet<NodeId>,
+) -> Result<Placement, PlacementError> {
     policy.validate()?;
-    let needed = policy.n_shards();
+    assert_eq!(fixed.len(), policy.n_shards(), "one entry per shard");
+    let kept: BTreeSet<NodeId> = fixed.iter().flatten().copied().collect();
+    let needed = fixed.iter().filter(|f| f.is_none()).count();
     let mut ranked: Vec<(&NodeInfo, f64)> = map
         .nodes
         .values()
         .filter(|n| n.state.accepts_new_shards())
+        .filter(|n| !exclude.contains(&n.id) && !kept.contains(&n.id))
         .map(|n| (n, rendezvous_score(stripe_id, n)))
         .collect();
     if ranked.len() < needed {
         return Err(PlacementError::NotEnoughNodes {
             policy: *policy,
-            needed,
-            available: ranked.len(),
+            needed: policy.n_shards(),
+            available: ranked.len() + kept.len(),
         });
     }
     // Best score first; ties (astronomically rare) broken by node id for determinism.
@@ -152,9 +176,19 @@ pub fn place(
 
     let mut shards_per_site: BTreeMap<&str, usize> = BTreeMap::new();
     let mut shards_per_host: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for node in kept.iter().filter_map(|id| map.node(*id)) {
+        *shards_per_site.entry(node.site.as_str()).or_default() += 1;
+        *shards_per_host
+            .entry((node.site.as_str(), node.host.as_str()))
+            .or_default() += 1;
+    }
     let mut taken = vec![false; ranked.len()];
-    let mut nodes = Vec::with_capacity(needed);
-    for _ in 0..needed {
+    let mut nodes: Vec<NodeId> = Vec::with_capacity(fixed.len());
+    for slot in fixed {
+        if let Some(node) = slot {
+            nodes.push(*node);
+            continue;
+        }
         // The first node in rank order with the least-loaded (site, host) wins.
         let mut best: Option<(usize, (usize, usize))> = None;
         for (idx, (node, _)) in ranked.iter().enumerate() {
@@ -199,8 +233,53 @@ pub fn place(
             max_shards_in_one_domain,
         });
     }
-    debug_assert_eq!(nodes.len(), needed);
+    debug_assert_eq!(nodes.len(), fixed.len());
     Ok(Placement { nodes })
+}
+
+/// One shard to move for balance or because its node is leaving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardMove {
+    /// Which shard of the stripe.
+    pub shard_idx: usize,
+    /// Where it is.
+    pub from: NodeId,
+    /// Where placement wants it.
+    pub to: NodeId,
+}
+
+/// The moves that bring a stripe from `current` (one node per shard) to where placement
+/// puts it with today's map. Shards already on a node placement chooses stay, so adding a
+/// node moves only the shards it wins, and a draining or gone node loses all of its shards.
+/// `Ok(vec![])` when nothing needs to move.
+pub fn rebalance_moves(
+    stripe_id: StripeId,
+    policy: &PlacementPolicy,
+    map: &ClusterMap,
+    current: &[NodeId],
+) -> Result<Vec<ShardMove>, PlacementError> {
+    let desired = place(stripe_id, policy, map)?;
+    let desired_set: BTreeSet<NodeId> = desired.nodes.iter().copied().collect();
+    let kept: BTreeSet<NodeId> = current
+        .iter()
+        .copied()
+        .filter(|n| desired_set.contains(n))
+        .collect();
+    let mut free = desired.nodes.iter().copied().filter(|n| !kept.contains(n));
+    let mut moves = Vec::new();
+    for (shard_idx, &from) in current.iter().enumerate() {
+        if !desired_set.contains(&from) {
+            let to = free
+                .next()
+                .expect("as many free desired nodes as shards to move");
+            moves.push(ShardMove {
+                shard_idx,
+                from,
+                to,
+            });
+        }
+    }
+    Ok(moves)
 }
 
 /// Weighted rendezvous score: `weight / -ln(u)` with `u` uniform in (0, 1) drawn from a hash
@@ -332,6 +411,81 @@ mod tests {
         );
     }
 
+    #[test]
+    fn repair_keeps_healthy_shards_and_avoids_excluded_nodes() {
+        let map = map_of(&[(3, 1), (3, 1)]);
+        let placement = place(StripeId(5), &PlacementPolicy::DEFAULT, &map).unwrap();
+        let mut fixed: Vec<Option<NodeId>> = placement.nodes.iter().copied().map(Some).collect();
+        let lost = fixed[2].take().unwrap();
+        // Only the lost node could take it, and it is excluded: nowhere to go.
+        let exclude = BTreeSet::from([lost]);
+        assert!(matches!(
+            place_with(
+                StripeId(5),
+                &PlacementPolicy::DEFAULT,
+                &map,
+                &fixed,
+                &exclude
+            ),
+            Err(PlacementError::NotEnoughNodes { .. })
+        ));
+        // With a seventh node it goes there.
+        let mut bigger = map.clone();
+        bigger.upsert(NodeInfo {
+            id: NodeId(7),
+            site: "site-1".into(),
+            host: "host-7".into(),
+            addr: "x".into(),
+            capacity_bytes: 1 << 40,
+            state: NodeState::Up,
+        });
+        let repaired = place_with(
+            StripeId(5),
+            &PlacementPolicy::DEFAULT,
+            &bigger,
+            &fixed,
+            &exclude,
+        )
+        .unwrap();
+        for (i, node) in repaired.nodes.iter().enumerate() {
+            if i == 2 {
+                assert_eq!(*node, NodeId(7));
+            } else {
+                assert_eq!(Some(*node), fixed[i]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_draining_node_loses_every_shard() {
+        let mut map = map_of(&[(4, 1), (4, 1)]);
+        let mut node = map.node(NodeId(3)).unwrap().clone();
+        let before: Vec<Vec<NodeId>> = (0..200u128)
+            .map(|s| {
+                place(StripeId(s), &PlacementPolicy::DEFAULT, &map)
+                    .unwrap()
+                    .nodes
+            })
+            .collect();
+        node.state = NodeState::Draining;
+        map.upsert(node);
+        for (s, current) in before.iter().enumerate() {
+            let moves = rebalance_moves(
+                StripeId(s as u128),
+                &PlacementPolicy::DEFAULT,
+                &map,
+                current,
+            )
+            .unwrap();
+            let holds = current.contains(&NodeId(3));
+            assert_eq!(moves.len(), usize::from(holds), "stripe {s}");
+            for m in moves {
+                assert_eq!(m.from, NodeId(3));
+                assert!(!current.contains(&m.to));
+            }
+        }
+    }
+
     fn arb_map() -> impl Strategy<Value = ClusterMap> {
         prop::collection::vec((1usize..4, 1usize..3), 1..4).prop_map(|layout| map_of(&layout))
     }
@@ -379,6 +533,43 @@ mod tests {
                     }
                 }
             }
+        }
+
+        #[test]
+        fn rebalance_after_adding_a_node_reaches_the_placement(
+            map in arb_map(),
+            stripe in any::<u128>(),
+            k in 1u8..5,
+            m in 0u8..3,
+        ) {
+            let policy = policy(k, m, SpreadLevel::Node);
+            let Ok(before) = place(StripeId(stripe), &policy, &map) else { return Ok(()); };
+            let mut after = map.clone();
+            after.upsert(NodeInfo {
+                id: NodeId(999),
+                site: "site-0".into(),
+                host: "new-host".into(),
+                addr: "x".into(),
+                capacity_bytes: 1 << 41,
+                state: NodeState::Up,
+            });
+            let moves = rebalance_moves(StripeId(stripe), &policy, &after, &before.nodes).unwrap();
+            let mut nodes = before.nodes.clone();
+            for mv in &moves {
+                prop_assert_eq!(nodes[mv.shard_idx], mv.from);
+                nodes[mv.shard_idx] = mv.to;
+            }
+            let mut got = nodes.clone();
+            got.sort();
+            got.dedup();
+            prop_assert_eq!(got.len(), nodes.len(), "two shards on one node after moves");
+            let mut want = place(StripeId(stripe), &policy, &after).unwrap().nodes;
+            want.sort();
+            let mut have = nodes;
+            have.sort();
+            prop_assert_eq!(have, want);
+            // At most the shards the new node wins move: one here.
+            prop_assert!(moves.len() <= 1);
         }
 
         #[test]
