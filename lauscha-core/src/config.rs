@@ -136,10 +136,22 @@ pub struct StorageNodeConfig {
     /// Metadata endpoints (`http://ip:port`) to register with at start. Default: none.
     #[serde(default)]
     pub metadata_endpoints: Vec<String>,
+    /// Scrub read rate, bytes per second. Default 50 MB/s.
+    #[serde(default = "default_scrub_bytes_per_s")]
+    pub scrub_bytes_per_s: u64,
+    /// Pause between two full scrub passes, seconds. Default 86400 (one pass a day).
+    #[serde(default = "default_scrub_interval_s")]
+    pub scrub_interval_s: u64,
 }
 
 fn default_capacity_bytes() -> u64 {
     1 << 40
+}
+fn default_scrub_bytes_per_s() -> u64 {
+    50_000_000
+}
+fn default_scrub_interval_s() -> u64 {
+    86_400
 }
 
 impl StorageNodeConfig {

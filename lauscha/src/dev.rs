@@ -201,6 +201,8 @@ fn storage_config(
         host: Some(format!("host-{node_id}")),
         capacity_bytes: 1 << 40,
         metadata_endpoints: endpoints(meta),
+        scrub_bytes_per_s: 50_000_000,
+        scrub_interval_s: 86_400,
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
@@ -9,7 +10,7 @@ use lauscha_core::config::{GatewayConfig, MetadataConfig, StorageNodeConfig};
 use lauscha_core::{NodeInfo, NodeState};
 use lauscha_gateway::{Gateway, GatewayError, MetaClient};
 use lauscha_metadata::{MetaNode, MetaNodeOptions, MetaServer};
-use lauscha_storage_node::{DiskShardStore, ShardServer};
+use lauscha_storage_node::{DiskShardStore, ScrubConfig, ScrubStats, Scrubber, ShardServer};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -161,7 +162,23 @@ impl Roles {
             .advertise
             .clone()
             .unwrap_or_else(|| listen.to_string());
-        let service = ShardServer::new(config.id(), config.capacity_bytes, store).into_service();
+        let scrub_stats = Arc::new(ScrubStats::default());
+        let scrubber = Scrubber::new(
+            config.id(),
+            store.clone(),
+            ScrubConfig {
+                bytes_per_s: config.scrub_bytes_per_s,
+                pass_interval: Duration::from_secs(config.scrub_interval_s),
+            },
+            scrub_stats.clone(),
+        );
+        let scrub_stop = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            scrubber.run(scrub_stop).await;
+            Ok(())
+        });
+        let service =
+            ShardServer::new(config.id(), config.capacity_bytes, store, scrub_stats).into_service();
         let shutdown = self.shutdown.clone();
         let node_id = config.node_id;
         self.tasks.spawn(async move {

@@ -20,7 +20,8 @@ use tracing::{debug, info, warn};
 
 use crate::format::{self, BLOCK_TABLE_OFFSET};
 use crate::{
-    BlockReader, MAX_SHARD_BYTES, ShardError, ShardHeader, ShardStore, ShardWriter, StoreUsage,
+    BlockReader, MAX_SHARD_BYTES, ShardEntry, ShardError, ShardHeader, ShardStore, ShardWriter,
+    StoreUsage,
 };
 
 const NODE_FILE: &str = "node.json";
@@ -290,6 +291,98 @@ impl ShardStore for DiskShardStore {
             n_shards: self.inner.n_shards.load(Ordering::Relaxed),
             used_bytes: self.inner.used_bytes.load(Ordering::Relaxed),
         }
+    }
+
+    async fn list(
+        &self,
+        after: Option<ShardId>,
+        limit: usize,
+    ) -> Result<Vec<ShardEntry>, ShardError> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let mut out = Vec::new();
+            let first_dir = after.map_or(0, |a| a.stripe_id.to_bytes()[0]);
+            for dir_byte in first_dir..=255u8 {
+                let dir = inner.root.join("shards").join(format!("{dir_byte:02x}"));
+                let mut ids: Vec<(ShardId, std::fs::Metadata)> = Vec::new();
+                for entry in fs::read_dir(&dir)? {
+                    let entry = entry?;
+                    // Names that are not shard ids are not ours to list (or delete).
+                    let Some(id) = entry
+                        .file_name()
+                        .to_str()
+                        .and_then(|n| n.parse::<ShardId>().ok())
+                    else {
+                        continue;
+                    };
+                    if after.is_some_and(|a| id <= a) {
+                        continue;
+                    }
+                    match entry.metadata() {
+                        Ok(meta) => ids.push((id, meta)),
+                        // Deleted between readdir and stat.
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                ids.sort_by_key(|(id, _)| *id);
+                for (id, meta) in ids {
+                    out.push(ShardEntry {
+                        id,
+                        len_bytes: meta.len(),
+                        modified_unix_s: meta
+                            .modified()
+                            .ok()
+                            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                            .map_or(0, |d| d.as_secs()),
+                    });
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn verify(&self, id: ShardId) -> Result<(), ShardError> {
+        let mut reader = self.open(id, 0, 0).await?;
+        while let Some(block) = reader.next_block().await {
+            block?;
+        }
+        Ok(())
+    }
+
+    async fn quarantine(&self, id: ShardId) -> Result<bool, ShardError> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let path = shard_path(&inner.root, id);
+            let len = match fs::metadata(&path) {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(e.into()),
+            };
+            let quarantine = inner.root.join("quarantine");
+            fs::create_dir_all(&quarantine)?;
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            fs::rename(&path, quarantine.join(format!("{id}.{stamp}")))?;
+            fsync_dir(&shard_dir(&inner.root, id))?;
+            fsync_dir(&quarantine)?;
+            inner.n_shards.fetch_sub(1, Ordering::Relaxed);
+            inner.used_bytes.fetch_sub(len, Ordering::Relaxed);
+            warn!(node_id = %inner.node_id, shard_id = %id, "corrupt shard quarantined");
+            Ok(true)
+        })
+        .await
+    }
+
+    fn free_bytes(&self) -> u64 {
+        nix::sys::statvfs::statvfs(&self.inner.root)
+            .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+            .unwrap_or(u64::MAX)
     }
 }
 

@@ -13,6 +13,7 @@ mod disk;
 mod error;
 mod format;
 mod memory;
+mod scrub;
 mod service;
 pub mod testing;
 
@@ -25,6 +26,7 @@ use lauscha_core::checksum::BlockHash;
 pub use disk::DiskShardStore;
 pub use error::ShardError;
 pub use memory::MemShardStore;
+pub use scrub::{ScrubConfig, ScrubStats, Scrubber};
 pub use service::ShardServer;
 
 /// Largest shard a node accepts, in bytes. Stripes use 1 MiB shards by default; this bound
@@ -80,6 +82,34 @@ pub trait ShardStore: Send + Sync + 'static {
 
     /// How much the store holds.
     fn usage(&self) -> StoreUsage;
+
+    /// Up to `limit` shards after `after` (or from the first), in id order.
+    fn list(
+        &self,
+        after: Option<ShardId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<ShardEntry>, ShardError>> + Send;
+
+    /// Reads the whole shard and checks every block against the digest.
+    fn verify(&self, id: ShardId) -> impl Future<Output = Result<(), ShardError>> + Send;
+
+    /// Moves a shard out of service (kept aside for inspection, never served again);
+    /// returns whether it existed.
+    fn quarantine(&self, id: ShardId) -> impl Future<Output = Result<bool, ShardError>> + Send;
+
+    /// Free bytes on the store's filesystem (`u64::MAX` when it has no such limit).
+    fn free_bytes(&self) -> u64;
+}
+
+/// A shard in a listing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardEntry {
+    /// Its id.
+    pub id: ShardId,
+    /// Bytes it takes (file size, header included).
+    pub len_bytes: u64,
+    /// When it was written, Unix seconds.
+    pub modified_unix_s: u64,
 }
 
 /// Receives a shard's bytes. Dropping a writer without [`ShardWriter::commit`] abandons the

@@ -9,7 +9,8 @@ use lauscha_core::checksum::{BlockHash, SHARD_BLOCK_BYTES, block_len_bytes, cove
 use lauscha_core::{ShardDigest, ShardHasher, ShardId};
 
 use crate::{
-    BlockReader, MAX_SHARD_BYTES, ShardError, ShardHeader, ShardStore, ShardWriter, StoreUsage,
+    BlockReader, MAX_SHARD_BYTES, ShardEntry, ShardError, ShardHeader, ShardStore, ShardWriter,
+    StoreUsage,
 };
 
 #[derive(Debug)]
@@ -122,6 +123,44 @@ impl ShardStore for MemShardStore {
             n_shards: shards.len() as u64,
             used_bytes: shards.values().map(|s| s.data.len() as u64).sum(),
         }
+    }
+
+    async fn list(
+        &self,
+        after: Option<ShardId>,
+        limit: usize,
+    ) -> Result<Vec<ShardEntry>, ShardError> {
+        let shards = self.shards.lock().expect("lock");
+        let mut ids: Vec<(&ShardId, &Arc<StoredShard>)> = shards
+            .iter()
+            .filter(|(id, _)| after.is_none_or(|a| **id > a))
+            .collect();
+        ids.sort_by_key(|(id, _)| **id);
+        Ok(ids
+            .into_iter()
+            .take(limit)
+            .map(|(id, s)| ShardEntry {
+                id: *id,
+                len_bytes: s.data.len() as u64,
+                modified_unix_s: 0,
+            })
+            .collect())
+    }
+
+    async fn verify(&self, id: ShardId) -> Result<(), ShardError> {
+        let mut reader = self.open(id, 0, 0).await?;
+        while let Some(block) = reader.next_block().await {
+            block?;
+        }
+        Ok(())
+    }
+
+    async fn quarantine(&self, id: ShardId) -> Result<bool, ShardError> {
+        Ok(self.shards.lock().expect("lock").remove(&id).is_some())
+    }
+
+    fn free_bytes(&self) -> u64 {
+        u64::MAX
     }
 }
 

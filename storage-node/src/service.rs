@@ -14,7 +14,13 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::warn;
 
-use crate::{BlockReader, ShardStore, ShardWriter};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use lauscha_core::ShardId;
+
+use crate::scrub::{ScrubStats, check_shard};
+use crate::{BlockReader, ShardError, ShardStore, ShardWriter};
 
 /// Blocks read ahead of the client per GetShard stream.
 const READ_AHEAD_BLOCKS: usize = 16;
@@ -25,15 +31,26 @@ pub struct ShardServer<S> {
     node_id: NodeId,
     capacity_bytes: u64,
     store: S,
+    scrub: Arc<ScrubStats>,
 }
 
+/// Most entries one ListShards page returns.
+const MAX_LIST_PAGE: usize = 10_000;
+
 impl<S: ShardStore + Clone> ShardServer<S> {
-    /// A server for `store`, reporting `capacity_bytes` in its status.
-    pub fn new(node_id: NodeId, capacity_bytes: u64, store: S) -> ShardServer<S> {
+    /// A server for `store`, reporting `capacity_bytes` and the scrubber's `scrub` numbers
+    /// in its status.
+    pub fn new(
+        node_id: NodeId,
+        capacity_bytes: u64,
+        store: S,
+        scrub: Arc<ScrubStats>,
+    ) -> ShardServer<S> {
         ShardServer {
             node_id,
             capacity_bytes,
             store,
+            scrub,
         }
     }
 
@@ -145,6 +162,55 @@ impl<S: ShardStore + Clone> ShardService for ShardServer<S> {
             n_shards: usage.n_shards,
             used_bytes: usage.used_bytes,
             capacity_bytes: self.capacity_bytes,
+            n_scrubbed: self.scrub.n_scrubbed.load(Ordering::Relaxed),
+            n_scrub_passes: self.scrub.n_passes.load(Ordering::Relaxed),
+            n_corrupt_found: self.scrub.n_corrupt_found.load(Ordering::Relaxed),
+            recent_corrupt: self
+                .scrub
+                .recent_corrupt()
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+            free_bytes: self.store.free_bytes(),
+        }))
+    }
+
+    async fn list_shards(
+        &self,
+        request: Request<pb::ListShardsRequest>,
+    ) -> Result<Response<pb::ListShardsReply>, Status> {
+        let request = request.into_inner();
+        let after = request.after.map(ShardId::try_from).transpose()?;
+        let limit = (request.limit as usize).clamp(1, MAX_LIST_PAGE);
+        let entries = self.store.list(after, limit + 1).await?;
+        let more = entries.len() > limit;
+        Ok(Response::new(pb::ListShardsReply {
+            entries: entries
+                .into_iter()
+                .take(limit)
+                .map(|e| pb::ShardEntry {
+                    id: Some(e.id.into()),
+                    len_bytes: e.len_bytes,
+                    modified_unix_s: e.modified_unix_s,
+                })
+                .collect(),
+            more,
+        }))
+    }
+
+    async fn verify_shard(
+        &self,
+        request: Request<pb::VerifyShardRequest>,
+    ) -> Result<Response<pb::VerifyShardReply>, Status> {
+        let id = lauscha_proto::shard_id_from(request.into_inner().id)?;
+        let outcome = match check_shard(&self.store, &self.scrub, self.node_id, id).await {
+            Ok(true) => pb::VerifyOutcome::Ok,
+            Ok(false) => pb::VerifyOutcome::CorruptQuarantined,
+            Err(ShardError::NotFound(_)) => pb::VerifyOutcome::NotFound,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Response::new(pb::VerifyShardReply {
+            outcome: outcome.into(),
         }))
     }
 }

@@ -157,6 +157,33 @@ pub async fn check_shard_store(store: &impl ShardStore) {
     ));
     assert_eq!(store.usage().n_shards, 6);
 
+    // Listing: every shard once, in id order, in pages.
+    let mut listed = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.list(after, 4).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|e| e.id);
+        listed.extend(page.into_iter().map(|e| e.id));
+    }
+    let mut want: Vec<ShardId> = (1..=6).map(shard_id).collect();
+    want.sort();
+    assert_eq!(listed, want);
+
+    // Verification passes on a good shard; quarantine takes a shard out of service.
+    store.verify(shard_id(6)).await.unwrap();
+    assert!(store.quarantine(shard_id(6)).await.unwrap());
+    assert!(!store.quarantine(shard_id(6)).await.unwrap());
+    assert!(matches!(
+        store.verify(shard_id(6)).await,
+        Err(ShardError::NotFound(_))
+    ));
+    assert_eq!(store.usage().n_shards, 5);
+    // The id is free again for a rebuilt copy.
+    must_put(store, 6, &data).await;
+
     // Oversized shards are refused up front.
     assert!(matches!(
         store

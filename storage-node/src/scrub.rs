@@ -1,0 +1,206 @@
+//! The scrubber: re-reads every shard at a bounded rate, checks every block, and moves
+//! shards that fail into quarantine, where repair sees them as missing and rebuilds them.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lauscha_core::{NodeId, ShardId};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{ShardError, ShardStore};
+
+/// How many corrupt shard ids the status keeps.
+const RECENT_CORRUPT_KEPT: usize = 1000;
+/// Shards listed per page while scrubbing.
+const PAGE: usize = 256;
+
+/// Scrubber settings.
+#[derive(Clone, Copy, Debug)]
+pub struct ScrubConfig {
+    /// Read rate, bytes per second (the disk's other users come first).
+    pub bytes_per_s: u64,
+    /// Pause between the end of one full pass and the start of the next.
+    pub pass_interval: Duration,
+}
+
+/// What the scrubber has done; shared with the status RPC.
+#[derive(Debug, Default)]
+pub struct ScrubStats {
+    /// Shards verified since start.
+    pub n_scrubbed: AtomicU64,
+    /// Full passes completed.
+    pub n_passes: AtomicU64,
+    /// Corrupt shards found and quarantined since start.
+    pub n_corrupt_found: AtomicU64,
+    recent_corrupt: Mutex<VecDeque<ShardId>>,
+}
+
+impl ScrubStats {
+    /// The most recently found corrupt shards, oldest first.
+    pub fn recent_corrupt(&self) -> Vec<ShardId> {
+        self.recent_corrupt
+            .lock()
+            .expect("stats lock")
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    /// Records a corrupt shard (found by the scrubber or by a client's verify request).
+    pub fn record_corrupt(&self, id: ShardId) {
+        self.n_corrupt_found.fetch_add(1, Ordering::Relaxed);
+        let mut recent = self.recent_corrupt.lock().expect("stats lock");
+        if recent.len() == RECENT_CORRUPT_KEPT {
+            recent.pop_front();
+        }
+        recent.push_back(id);
+    }
+}
+
+/// Runs scrub passes over one store until cancelled.
+pub struct Scrubber<S> {
+    node_id: NodeId,
+    store: S,
+    config: ScrubConfig,
+    stats: Arc<ScrubStats>,
+}
+
+impl<S: ShardStore + Clone> Scrubber<S> {
+    /// A scrubber for `store`; `stats` is shared with the node's status.
+    pub fn new(node_id: NodeId, store: S, config: ScrubConfig, stats: Arc<ScrubStats>) -> Self {
+        Scrubber {
+            node_id,
+            store,
+            config,
+            stats,
+        }
+    }
+
+    /// Verifies one shard; a corrupt one is quarantined and recorded.
+    pub async fn check(&self, id: ShardId) -> Result<bool, ShardError> {
+        check_shard(&self.store, &self.stats, self.node_id, id).await
+    }
+
+    /// Scrubs forever (until `stop`), pass after pass.
+    pub async fn run(self, stop: CancellationToken) {
+        loop {
+            let pass_started = Instant::now();
+            if let Err(e) = self.pass(&stop).await {
+                warn!(node_id = %self.node_id, error = %e, "scrub pass failed; retrying after the interval");
+            } else if !stop.is_cancelled() {
+                self.stats.n_passes.fetch_add(1, Ordering::Relaxed);
+                info!(
+                    node_id = %self.node_id,
+                    elapsed_ms = pass_started.elapsed().as_millis() as u64,
+                    n_corrupt_found = self.stats.n_corrupt_found.load(Ordering::Relaxed),
+                    "scrub pass complete"
+                );
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(self.config.pass_interval) => {}
+            }
+        }
+    }
+
+    async fn pass(&self, stop: &CancellationToken) -> Result<(), ShardError> {
+        let mut after = None;
+        loop {
+            let page = self.store.list(after, PAGE).await?;
+            let Some(last) = page.last() else {
+                return Ok(());
+            };
+            after = Some(last.id);
+            for entry in page {
+                if stop.is_cancelled() {
+                    return Ok(());
+                }
+                let started = Instant::now();
+                match self.check(entry.id).await {
+                    Ok(_) => {}
+                    // Deleted since it was listed: nothing to check.
+                    Err(ShardError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                // Throttle: this shard's bytes at the configured rate.
+                let budget = Duration::from_secs_f64(
+                    entry.len_bytes as f64 / self.config.bytes_per_s.max(1) as f64,
+                );
+                if let Some(rest) = budget.checked_sub(started.elapsed()) {
+                    tokio::select! {
+                        () = stop.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(rest) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Verifies `id`; quarantines and records it when corrupt. `Ok(true)` when it was good.
+pub(crate) async fn check_shard<S: ShardStore>(
+    store: &S,
+    stats: &ScrubStats,
+    node_id: NodeId,
+    id: ShardId,
+) -> Result<bool, ShardError> {
+    let result = store.verify(id).await;
+    stats.n_scrubbed.fetch_add(1, Ordering::Relaxed);
+    match result {
+        Ok(()) => {
+            debug!(node_id = %node_id, shard_id = %id, "shard verified");
+            Ok(true)
+        }
+        Err(ShardError::Corrupt { what, .. }) => {
+            warn!(node_id = %node_id, shard_id = %id, what, "scrub found a corrupt shard");
+            if store.quarantine(id).await? {
+                stats.record_corrupt(id);
+            }
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemShardStore;
+    use crate::testing::must_put;
+
+    #[tokio::test]
+    async fn a_pass_finds_and_quarantines_every_corrupt_shard() {
+        let store = MemShardStore::new();
+        let mut bad = Vec::new();
+        for n in 0..20u128 {
+            let id = must_put(&store, n, &vec![n as u8; 70_000]).await;
+            if n % 7 == 3 {
+                store.corrupt(id, 69_999);
+                bad.push(id);
+            }
+        }
+        let stats = Arc::new(ScrubStats::default());
+        let scrubber = Scrubber::new(
+            NodeId(1),
+            store.clone(),
+            ScrubConfig {
+                bytes_per_s: u64::MAX,
+                pass_interval: Duration::from_secs(3600),
+            },
+            stats.clone(),
+        );
+        scrubber.pass(&CancellationToken::new()).await.unwrap();
+        assert_eq!(stats.n_scrubbed.load(Ordering::Relaxed), 20);
+        assert_eq!(stats.recent_corrupt(), bad);
+        for id in bad {
+            assert!(matches!(
+                store.open(id, 0, 0).await.err(),
+                Some(ShardError::NotFound(_))
+            ));
+        }
+        assert_eq!(store.usage().n_shards, 17);
+    }
+}
