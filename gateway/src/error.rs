@@ -57,6 +57,18 @@ pub enum GatewayError {
         /// Why.
         reason: String,
     },
+    /// Fewer shards of a stripe became durable than the write quorum asks.
+    #[error("stripe {stripe_id}: {n_durable} shards durable, write quorum {quorum}: {reasons}")]
+    BelowWriteQuorum {
+        /// The stripe.
+        stripe_id: lauscha_core::StripeId,
+        /// Shards that landed.
+        n_durable: usize,
+        /// Shards needed.
+        quorum: usize,
+        /// What went wrong with the others.
+        reasons: String,
+    },
     /// Too few intact shards of a stripe could be read.
     #[error("stripe unreadable: {0}")]
     StripeUnreadable(String),
@@ -97,6 +109,7 @@ fn meta_code(kind: MetaErrorKind) -> S3ErrorCode {
             S3ErrorCode::InvalidRequest
         }
         MetaErrorKind::InvalidArgument => S3ErrorCode::InvalidArgument,
+        MetaErrorKind::Conflict => S3ErrorCode::OperationAborted,
         MetaErrorKind::NotLeader | MetaErrorKind::Unavailable => S3ErrorCode::ServiceUnavailable,
         MetaErrorKind::Internal => S3ErrorCode::InternalError,
     }
@@ -117,6 +130,7 @@ impl From<GatewayError> for S3Error {
             // The map cannot place the stripe now; nodes may come back.
             GatewayError::Placement(_) => S3ErrorCode::ServiceUnavailable,
             GatewayError::ShardWrite { .. } => S3ErrorCode::ServiceUnavailable,
+            GatewayError::BelowWriteQuorum { .. } => S3ErrorCode::ServiceUnavailable,
             GatewayError::StripeUnreadable(_) => S3ErrorCode::ServiceUnavailable,
             GatewayError::StripeCorrupt(_) => S3ErrorCode::InternalError,
             GatewayError::SlowDown(_) => S3ErrorCode::SlowDown,

@@ -62,6 +62,13 @@ impl Inner {
         })
     }
 
+    /// Shards of a stripe that must be durable before a PUT may succeed: k plus the
+    /// configured extra, at most k + m.
+    pub fn write_quorum(&self, policy: PlacementPolicy) -> usize {
+        (usize::from(policy.n_data_shards) + usize::from(self.config.write_quorum_extra))
+            .min(policy.n_shards())
+    }
+
     /// The codec for a policy's k and m (built once, shared).
     pub fn codec(&self, policy: PlacementPolicy) -> Result<Arc<ErasureCodec>, GatewayError> {
         let key = (policy.n_data_shards, policy.n_parity_shards);

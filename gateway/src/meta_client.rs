@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use lauscha_core::model::Stripe;
 use lauscha_core::model::{ListObjectsQuery, ObjectListing};
 use lauscha_core::{
-    AccessKey, AccessKeyId, Bucket, BucketName, ClusterMap, NodeInfo, ObjectVersion,
-    PlacementPolicy, Tenant, TenantId,
+    AccessKey, AccessKeyId, Bucket, BucketName, ClusterMap, NodeId, NodeInfo, NodeState,
+    ObjectVersion, PlacementPolicy, StripeId, Tenant, TenantId,
 };
 use lauscha_proto::meta::meta_service_client::MetaServiceClient;
 use lauscha_proto::meta::{self as pb};
@@ -32,6 +33,30 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Adding a learner returns once it has caught up, which may take a while.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// A current stripe, as maintenance sees it.
+#[derive(Clone, Debug)]
+pub struct MaintainedStripe {
+    /// The bucket of its object.
+    pub bucket: BucketName,
+    /// Its object's key.
+    pub key: String,
+    /// The stripe and where its shards are.
+    pub stripe: Stripe,
+    /// The bucket's policy.
+    pub policy: PlacementPolicy,
+}
+
+/// Stripes waiting for garbage collection.
+#[derive(Clone, Debug)]
+pub struct GarbageRecord {
+    /// The record's key (to drop it once done).
+    pub key: Vec<u8>,
+    /// Where it came from (bucket/key), for logs.
+    pub origin: String,
+    /// The stripes and their shard locations.
+    pub stripes: Vec<Stripe>,
+}
+
 /// A connection to the metadata voters. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct MetaClient {
@@ -49,6 +74,13 @@ struct ClientInner {
     /// Random per process, the first half of every request id.
     client_id: u64,
     next_seq: AtomicU64,
+}
+
+fn shard_ref(stripe: StripeId, shard_idx: u8) -> pb::ShardRef {
+    pb::ShardRef {
+        stripe_id: stripe.to_bytes().to_vec().into(),
+        shard_idx: u32::from(shard_idx),
+    }
 }
 
 fn invalid_reply(e: lauscha_proto::ProtoError) -> GatewayError {
@@ -95,6 +127,7 @@ fn next_step(status: &tonic::Status) -> Next {
         | MetaErrorKind::NoSuchAccessKey
         | MetaErrorKind::AccessKeyAlreadyExists
         | MetaErrorKind::InvalidArgument
+        | MetaErrorKind::Conflict
         | MetaErrorKind::Internal => Next::Fail,
     }
 }
@@ -336,19 +369,22 @@ impl MetaClient {
             .collect()
     }
 
-    /// Commits a version whose shards are durable; returns (version id, mtime ms).
+    /// Commits a version whose shards are durable (but for `missing`, which are queued for
+    /// repair); returns (version id, mtime ms).
     pub async fn put_object(
         &self,
         bucket: &BucketName,
         tenant: &TenantId,
         key: &str,
         version: ObjectVersion,
+        missing: &[(StripeId, u8)],
     ) -> Result<(String, u64), GatewayError> {
         let message = pb::PutObjectRequest {
             bucket: bucket.to_string(),
             key: key.to_string(),
             tenant: tenant.0.clone(),
             version: Some(version.into()),
+            missing: missing.iter().map(|(s, i)| shard_ref(*s, *i)).collect(),
         };
         let reply = self
             .call(
@@ -437,6 +473,181 @@ impl MetaClient {
         let reply = self
             .call(false, pb::GetClusterMapRequest {}, |mut c, r| async move {
                 c.get_cluster_map(r).await
+            })
+            .await?;
+        reply.try_into().map_err(invalid_reply)
+    }
+
+    /// Up to `limit` current stripes after `after`, with owners and policies.
+    pub async fn list_stripes(
+        &self,
+        after: Option<StripeId>,
+        limit: u32,
+    ) -> Result<(Vec<MaintainedStripe>, bool), GatewayError> {
+        let message = pb::ListStripesRequest {
+            after: after
+                .map(|s| s.to_bytes().to_vec().into())
+                .unwrap_or_default(),
+            limit,
+        };
+        let reply = self
+            .call(
+                false,
+                message,
+                |mut c, r| async move { c.list_stripes(r).await },
+            )
+            .await?;
+        let stripes = reply
+            .stripes
+            .into_iter()
+            .map(|s| {
+                Ok(MaintainedStripe {
+                    bucket: lauscha_proto::bucket_name(&s.bucket).map_err(invalid_reply)?,
+                    key: s.key,
+                    stripe: s
+                        .stripe
+                        .ok_or_else(|| GatewayError::Internal("stripe missing".into()))?
+                        .try_into()
+                        .map_err(invalid_reply)?,
+                    policy: s
+                        .policy
+                        .ok_or_else(|| GatewayError::Internal("policy missing".into()))?
+                        .try_into()
+                        .map_err(invalid_reply)?,
+                })
+            })
+            .collect::<Result<Vec<_>, GatewayError>>()?;
+        Ok((stripes, reply.more))
+    }
+
+    /// Queued repairs.
+    pub async fn list_repairs(&self, limit: u32) -> Result<Vec<(StripeId, u8)>, GatewayError> {
+        let reply = self
+            .call(
+                false,
+                pb::ListRepairsRequest { limit },
+                |mut c, r| async move { c.list_repairs(r).await },
+            )
+            .await?;
+        reply
+            .repairs
+            .into_iter()
+            .map(|r| {
+                let stripe = StripeId::from_slice(&r.stripe_id)
+                    .ok_or_else(|| GatewayError::Internal("bad stripe id".into()))?;
+                Ok((stripe, r.shard_idx as u8))
+            })
+            .collect()
+    }
+
+    /// Garbage records created before `older_than_ms`.
+    pub async fn list_garbage(
+        &self,
+        older_than_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<GarbageRecord>, GatewayError> {
+        let message = pb::ListGarbageRequest {
+            older_than_ms,
+            limit,
+        };
+        let reply = self
+            .call(
+                false,
+                message,
+                |mut c, r| async move { c.list_garbage(r).await },
+            )
+            .await?;
+        reply
+            .entries
+            .into_iter()
+            .map(|e| {
+                Ok(GarbageRecord {
+                    key: e.key.to_vec(),
+                    origin: e.origin,
+                    stripes: e
+                        .stripes
+                        .into_iter()
+                        .map(|s| s.try_into().map_err(invalid_reply))
+                        .collect::<Result<Vec<Stripe>, GatewayError>>()?,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether each stripe is referenced (by a current version or a pending garbage record).
+    pub async fn stripes_known(&self, ids: &[StripeId]) -> Result<Vec<bool>, GatewayError> {
+        let message = pb::StripesKnownRequest {
+            stripe_ids: ids.iter().map(|s| s.to_bytes().to_vec().into()).collect(),
+        };
+        let reply = self
+            .call(false, message, |mut c, r| async move {
+                c.stripes_known(r).await
+            })
+            .await?;
+        if reply.known.len() != ids.len() {
+            return Err(GatewayError::Internal(
+                "stripes_known answered a different count".into(),
+            ));
+        }
+        Ok(reply.known)
+    }
+
+    /// Points a shard at its new node (compare and set on the old one).
+    pub async fn move_shard(
+        &self,
+        stripe: StripeId,
+        shard_idx: u8,
+        from: NodeId,
+        to: NodeId,
+    ) -> Result<(), GatewayError> {
+        let message = pb::MoveShardRequest {
+            shard: Some(shard_ref(stripe, shard_idx)),
+            from_node: from.0,
+            to_node: to.0,
+        };
+        self.call(
+            true,
+            message,
+            |mut c, r| async move { c.move_shard(r).await },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Removes a queued repair.
+    pub async fn clear_repair(&self, stripe: StripeId, shard_idx: u8) -> Result<(), GatewayError> {
+        self.call(true, shard_ref(stripe, shard_idx), |mut c, r| async move {
+            c.clear_repair(r).await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets a garbage record whose shards are deleted.
+    pub async fn drop_garbage(&self, key: Vec<u8>) -> Result<(), GatewayError> {
+        let message = pb::DropGarbageRequest { key: key.into() };
+        self.call(
+            true,
+            message,
+            |mut c, r| async move { c.drop_garbage(r).await },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Sets a node's lifecycle state; returns the new map.
+    pub async fn set_node_state(
+        &self,
+        node: NodeId,
+        state: NodeState,
+    ) -> Result<ClusterMap, GatewayError> {
+        let message = pb::SetNodeStateRequest {
+            node_id: node.0,
+            state: pb::NodeState::from(state).into(),
+        };
+        let reply = self
+            .call(true, message, |mut c, r| async move {
+                c.set_node_state(r).await
             })
             .await?;
         reply.try_into().map_err(invalid_reply)

@@ -42,6 +42,9 @@ pub enum ShardIoError {
     /// The node is not in the cluster map.
     #[error("node {0} is not in the cluster map")]
     UnknownNode(NodeId),
+    /// The node's disk is full.
+    #[error("node {0} is out of space: {1}")]
+    Full(NodeId, String),
     /// Anything else the node answered.
     #[error("node {0}: {1}")]
     Failed(NodeId, String),
@@ -52,6 +55,7 @@ impl ShardIoError {
         match status.code() {
             tonic::Code::NotFound => ShardIoError::NotFound(id, node),
             tonic::Code::DataLoss => ShardIoError::Corrupt(id, node, status.message().into()),
+            tonic::Code::ResourceExhausted => ShardIoError::Full(node, status.message().into()),
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
                 ShardIoError::Unreachable(node, status.message().into())
             }
@@ -79,12 +83,31 @@ pub struct ShardRef<'a> {
 }
 
 /// What a node reports about itself.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct NodeUsage {
     /// Shards held.
     pub n_shards: u64,
     /// Bytes used.
     pub used_bytes: u64,
+    /// Free bytes on its filesystem.
+    pub free_bytes: u64,
+    /// Shards its scrubber verified since start.
+    pub n_scrubbed: u64,
+    /// Full scrub passes since start.
+    pub n_scrub_passes: u64,
+    /// Corrupt shards found (and quarantined) since start.
+    pub n_corrupt_found: u64,
+    /// The most recent of those.
+    pub recent_corrupt: Vec<ShardId>,
+}
+
+/// A shard a node holds.
+#[derive(Clone, Copy, Debug)]
+pub struct HeldShard {
+    /// Its id.
+    pub id: ShardId,
+    /// When it was written, Unix seconds.
+    pub modified_unix_s: u64,
 }
 
 struct CachedMap {
@@ -100,8 +123,12 @@ pub struct NodePool {
     refresh: tokio::sync::Mutex<()>,
     channels: Mutex<HashMap<NodeId, (String, ShardServiceClient<Channel>)>>,
     suspects: Mutex<HashMap<NodeId, Instant>>,
+    full: Mutex<HashMap<NodeId, Instant>>,
     rpc_timeout: Duration,
 }
+
+/// How long a node that reported a full disk gets no new shards.
+const FULL_FOR: Duration = Duration::from_secs(30);
 
 impl NodePool {
     /// A pool that learns the cluster map from `meta`.
@@ -112,6 +139,7 @@ impl NodePool {
             refresh: tokio::sync::Mutex::new(()),
             channels: Mutex::new(HashMap::new()),
             suspects: Mutex::new(HashMap::new()),
+            full: Mutex::new(HashMap::new()),
             rpc_timeout,
         }
     }
@@ -177,12 +205,25 @@ impl NodePool {
     fn note<T>(&self, node: NodeId, result: &Result<T, ShardIoError>) {
         match result {
             Err(e) if e.is_node_failure() => self.mark_suspect(node),
+            Err(ShardIoError::Full(..)) => {
+                self.full
+                    .lock()
+                    .expect("full lock")
+                    .insert(node, Instant::now());
+            }
             Err(_) => {}
             // An answer proves the node is back: stop routing around it at once.
             Ok(_) => {
                 self.suspects.lock().expect("suspects lock").remove(&node);
             }
         }
+    }
+
+    /// Nodes that reported a full disk recently.
+    pub fn full_nodes(&self) -> std::collections::BTreeSet<NodeId> {
+        let mut full = self.full.lock().expect("full lock");
+        full.retain(|_, at| at.elapsed() < FULL_FOR);
+        full.keys().copied().collect()
     }
 
     /// Whether `node` failed a call in the last few seconds.
@@ -387,8 +428,99 @@ impl NodePool {
                 Ok(NodeUsage {
                     n_shards: reply.n_shards,
                     used_bytes: reply.used_bytes,
+                    free_bytes: reply.free_bytes,
+                    n_scrubbed: reply.n_scrubbed,
+                    n_scrub_passes: reply.n_scrub_passes,
+                    n_corrupt_found: reply.n_corrupt_found,
+                    recent_corrupt: reply
+                        .recent_corrupt
+                        .into_iter()
+                        .filter_map(|id| ShardId::try_from(id).ok())
+                        .collect(),
                 })
             }
+        };
+        self.note(node, &result);
+        result
+    }
+
+    /// Every shard `node` holds, in id order.
+    pub async fn list_all_shards(
+        &self,
+        map: &ClusterMap,
+        node: NodeId,
+    ) -> Result<Vec<HeldShard>, ShardIoError> {
+        let mut client = self.client(node, map)?;
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let request = pb::ListShardsRequest {
+                after: after.map(Into::into),
+                limit: 10_000,
+            };
+            let reply = tokio::time::timeout(self.rpc_timeout, client.list_shards(request))
+                .await
+                .map_err(|_| ShardIoError::Unreachable(node, "list timed out".into()))?
+                .map_err(|s| ShardIoError::Unreachable(node, s.message().to_string()))?
+                .into_inner();
+            for entry in &reply.entries {
+                let id = ShardId::try_from(entry.id.clone().unwrap_or_default())
+                    .map_err(|e| ShardIoError::Failed(node, format!("bad shard id: {e}")))?;
+                out.push(HeldShard {
+                    id,
+                    modified_unix_s: entry.modified_unix_s,
+                });
+                after = Some(id);
+            }
+            if !reply.more || reply.entries.is_empty() {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Asks `node` to verify a shard in full; a corrupt one is quarantined there. Returns
+    /// whether the shard was good.
+    pub async fn verify_shard(
+        &self,
+        map: &ClusterMap,
+        node: NodeId,
+        id: ShardId,
+    ) -> Result<bool, ShardIoError> {
+        let mut client = self.client(node, map)?;
+        let reply = client
+            .verify_shard(pb::VerifyShardRequest {
+                id: Some(id.into()),
+            })
+            .await
+            .map_err(|s| ShardIoError::from_status(s, id, node))?
+            .into_inner();
+        match pb::VerifyOutcome::try_from(reply.outcome) {
+            Ok(pb::VerifyOutcome::Ok) => Ok(true),
+            Ok(pb::VerifyOutcome::CorruptQuarantined) => Ok(false),
+            Ok(pb::VerifyOutcome::NotFound) => Err(ShardIoError::NotFound(id, node)),
+            Err(_) => Err(ShardIoError::Failed(node, "unknown verify outcome".into())),
+        }
+    }
+
+    /// Deletes a shard; `Ok(false)` when it was not there.
+    pub async fn delete_shard(
+        &self,
+        map: &ClusterMap,
+        node: NodeId,
+        id: ShardId,
+    ) -> Result<bool, ShardIoError> {
+        let mut client = self.client(node, map)?;
+        let result = match tokio::time::timeout(
+            self.rpc_timeout,
+            client.delete_shard(pb::DeleteShardRequest {
+                id: Some(id.into()),
+            }),
+        )
+        .await
+        {
+            Err(_) => Err(ShardIoError::Unreachable(node, "delete timed out".into())),
+            Ok(Err(s)) => Err(ShardIoError::from_status(s, id, node)),
+            Ok(Ok(reply)) => Ok(reply.into_inner().existed),
         };
         self.note(node, &result);
         result

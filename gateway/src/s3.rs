@@ -473,6 +473,7 @@ impl S3 for S3Gateway {
         }
 
         let etag = hex::encode(written.md5);
+        let missing = written.missing.clone();
         let version = ObjectVersion {
             version_id: String::new(),
             size_bytes: written.size_bytes,
@@ -496,7 +497,7 @@ impl S3 for S3Gateway {
         match self
             .inner
             .meta
-            .put_object(&name, &caller.tenant, &input.key, version)
+            .put_object(&name, &caller.tenant, &input.key, version, &missing)
             .await
         {
             Ok(_) => uncommitted.commit(),

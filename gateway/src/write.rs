@@ -10,7 +10,7 @@ use futures::stream::FuturesOrdered;
 use lauscha_core::layout::StripeLayout;
 use lauscha_core::model::{ObjectData, ShardLocation, Stripe};
 use lauscha_core::{
-    ClusterMap, ErasureCodec, PlacementPolicy, ShardDigest, ShardId, StripeId, place,
+    ClusterMap, ErasureCodec, PlacementPolicy, ShardDigest, ShardId, StripeId, place, place_with,
 };
 use md5::Digest as _;
 use s3s::checksum::ChecksumHasher;
@@ -21,10 +21,14 @@ use tracing::{debug, warn};
 
 use crate::GatewayError;
 use crate::gateway::Inner;
+use crate::nodes::ShardIoError;
 
 /// Stripes being written at once per PUT: one being filled from the client, two on the
 /// wire, so that network and nodes are kept busy without unbounded memory.
 const MAX_STRIPES_IN_FLIGHT: usize = 2;
+
+/// A written stripe and the indexes of the shards it could not store.
+type StripeResult = Result<(Stripe, Vec<u8>), GatewayError>;
 
 /// What a finished body turned into.
 pub struct WrittenBody {
@@ -36,6 +40,8 @@ pub struct WrittenBody {
     pub checksums: s3s::dto::Checksum,
     /// Inline bytes or durable stripes.
     pub data: ObjectData,
+    /// Shards a degraded write could not store (their repair is queued with the commit).
+    pub missing: Vec<(StripeId, u8)>,
 }
 
 /// Stripes written but not yet committed: deleted if the PUT fails after all.
@@ -127,9 +133,9 @@ pub async fn write_body(
         inner: inner.clone(),
         stripes: Vec::new(),
     };
-    let mut in_flight: FuturesOrdered<JoinHandle<Result<Stripe, GatewayError>>> =
-        FuturesOrdered::new();
+    let mut in_flight: FuturesOrdered<JoinHandle<StripeResult>> = FuturesOrdered::new();
     let mut md5 = md5::Md5::new();
+    let mut missing = Vec::new();
     let mut buf = BytesMut::new();
     let mut total_bytes = 0u64;
 
@@ -158,7 +164,8 @@ pub async fn write_body(
                 chunk.advance(take);
                 if buf.len() == capacity {
                     while in_flight.len() >= MAX_STRIPES_IN_FLIGHT {
-                        let stripe = next_finished(&mut in_flight).await?;
+                        let (stripe, lost) = next_finished(&mut in_flight).await?;
+                        missing.extend(lost.into_iter().map(|idx| (stripe.id, idx)));
                         uncommitted.stripes.push(stripe);
                     }
                     let stripe = buf.split().freeze();
@@ -197,7 +204,10 @@ pub async fn write_body(
         }
         while !in_flight.is_empty() {
             match next_finished(&mut in_flight).await {
-                Ok(stripe) => uncommitted.stripes.push(stripe),
+                Ok((stripe, lost)) => {
+                    missing.extend(lost.into_iter().map(|idx| (stripe.id, idx)));
+                    uncommitted.stripes.push(stripe);
+                }
                 Err(e) => {
                     finish_in_flight(in_flight, &mut uncommitted).await;
                     return Err(e);
@@ -215,13 +225,12 @@ pub async fn write_body(
         md5: md5.finalize().into(),
         checksums: checksum.finalize(),
         data,
+        missing,
     };
     Ok((written, uncommitted))
 }
 
-async fn next_finished(
-    in_flight: &mut FuturesOrdered<JoinHandle<Result<Stripe, GatewayError>>>,
-) -> Result<Stripe, GatewayError> {
+async fn next_finished(in_flight: &mut FuturesOrdered<JoinHandle<StripeResult>>) -> StripeResult {
     match in_flight.next().await {
         Some(Ok(result)) => result,
         Some(Err(join_error)) => Err(GatewayError::Internal(format!(
@@ -234,11 +243,11 @@ async fn next_finished(
 /// Waits for running stripe writes and hands the ones that succeeded to `uncommitted`, so
 /// that a failed PUT deletes everything it wrote.
 async fn finish_in_flight(
-    mut in_flight: FuturesOrdered<JoinHandle<Result<Stripe, GatewayError>>>,
+    mut in_flight: FuturesOrdered<JoinHandle<StripeResult>>,
     uncommitted: &mut Uncommitted,
 ) {
     while let Some(result) = in_flight.next().await {
-        if let Ok(Ok(stripe)) = result {
+        if let Ok(Ok((stripe, _))) = result {
             uncommitted.stripes.push(stripe);
         }
     }
@@ -249,7 +258,7 @@ async fn spawn_stripe_write(
     inner: &Arc<Inner>,
     policy: PlacementPolicy,
     stripe: Bytes,
-) -> Result<JoinHandle<Result<Stripe, GatewayError>>, GatewayError> {
+) -> Result<JoinHandle<StripeResult>, GatewayError> {
     let permit = inner.reserve_stripe_memory(stripe.len(), policy).await?;
     let map = inner.nodes.cluster_map().await?;
     let inner = inner.clone();
@@ -258,17 +267,31 @@ async fn spawn_stripe_write(
     }))
 }
 
-/// Encodes one stripe and writes its k+m shards in parallel; all must succeed. On failure
-/// the shards that did land are deleted again.
+/// Encodes one stripe and writes its k+m shards in parallel. At least the write quorum
+/// (k+1 by default) must become durable; shards whose node is known to be failing are not
+/// attempted, and shards that could not be stored are returned as missing, for the commit
+/// to queue their repair. Below the quorum every shard that did land is deleted again.
 async fn write_stripe(
     inner: &Inner,
     map: &ClusterMap,
     policy: PlacementPolicy,
     stripe: Bytes,
     _permit: OwnedSemaphorePermit,
-) -> Result<Stripe, GatewayError> {
+) -> Result<(Stripe, Vec<u8>), GatewayError> {
     let stripe_id = StripeId(rand::random());
-    let placement = place(stripe_id, &policy, map)?;
+    // Nodes that just reported a full disk get no new shards, as long as enough others can.
+    let full = inner.nodes.full_nodes();
+    let placement = match place_with(
+        stripe_id,
+        &policy,
+        map,
+        &vec![None; policy.n_shards()],
+        &full,
+    ) {
+        Ok(p) => p,
+        Err(_) if !full.is_empty() => place(stripe_id, &policy, map)?,
+        Err(e) => return Err(e.into()),
+    };
     let codec = inner.codec(policy)?;
     let len_bytes = stripe.len() as u64;
     let (shards, digests) = tokio::task::spawn_blocking(move || encode(&codec, stripe))
@@ -286,16 +309,27 @@ async fn write_stripe(
                 shard_idx: shard_idx as u8,
             };
             async move {
-                inner
-                    .nodes
-                    .put_shard(map, node, id, shard, *digest)
-                    .await
-                    .map_err(|e| (node, id, e))
+                if inner.nodes.is_suspect(node) {
+                    return Err(ShardIoError::Unreachable(node, "recently failed".into()));
+                }
+                inner.nodes.put_shard(map, node, id, shard, *digest).await
             }
         });
     let results = futures::future::join_all(writes).await;
-    if let Some(Err((node_id, shard_id, error))) = results.into_iter().find(Result::is_err) {
-        debug!(stripe_id = %stripe_id, "stripe write failed; removing its shards");
+    let missing: Vec<u8> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.is_err())
+        .map(|(idx, _)| idx as u8)
+        .collect();
+    let n_durable = results.len() - missing.len();
+    let quorum = inner.write_quorum(policy);
+    if n_durable < quorum {
+        let reasons: Vec<String> = results
+            .iter()
+            .filter_map(|r| r.as_ref().err().map(ToString::to_string))
+            .collect();
+        debug!(stripe_id = %stripe_id, n_durable, quorum, "stripe below write quorum; removing its shards");
         // Delete every shard of the stripe: the ones that landed must not linger, and
         // deleting one that never arrived is a no-op.
         let cleanup = placement.nodes.iter().enumerate().map(|(idx, &node)| {
@@ -306,14 +340,18 @@ async fn write_stripe(
             async move { inner.nodes.delete_shard_best_effort(map, node, id).await }
         });
         futures::future::join_all(cleanup).await;
-        return Err(GatewayError::ShardWrite {
-            shard_id,
-            node_id,
-            reason: error.to_string(),
+        return Err(GatewayError::BelowWriteQuorum {
+            stripe_id,
+            n_durable,
+            quorum,
+            reasons: reasons.join("; "),
         });
     }
+    if !missing.is_empty() {
+        warn!(stripe_id = %stripe_id, n_durable, missing = ?missing, "degraded stripe write; missing shards queued for repair");
+    }
     debug!(stripe_id = %stripe_id, n_bytes = len_bytes, "stripe written");
-    Ok(Stripe {
+    let stripe = Stripe {
         id: stripe_id,
         len_bytes,
         shards: placement
@@ -322,7 +360,8 @@ async fn write_stripe(
             .zip(digests)
             .map(|(&node, digest)| ShardLocation { node, digest })
             .collect(),
-    })
+    };
+    Ok((stripe, missing))
 }
 
 /// The k+m shards of a stripe and their digests. A full stripe's data shards are slices of

@@ -220,6 +220,85 @@ pub struct GatewayConfig {
     /// Time allowed for one shard RPC to a storage node, milliseconds. Default 10000.
     #[serde(default = "default_shard_rpc_timeout_ms")]
     pub shard_rpc_timeout_ms: u64,
+    /// A PUT succeeds when k plus this many shards of each stripe are durable (the rest
+    /// are repaired at once); at most m. Default 1.
+    #[serde(default = "default_write_quorum_extra")]
+    pub write_quorum_extra: u8,
+    /// A data-shard read slower than this is raced by parity reads, milliseconds.
+    /// Default 100.
+    #[serde(default = "default_hedge_delay_ms")]
+    pub hedge_delay_ms: u64,
+    /// Background repair, rebalance and garbage collection.
+    #[serde(default)]
+    pub maintenance: MaintenanceConfig,
+}
+
+/// Background maintenance run by a gateway: repair, rebalance, drain, garbage collection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    /// Whether this gateway runs it. Run it on one or two gateways: every change it makes
+    /// is a compare-and-set, so two never corrupt each other, they only duplicate work.
+    /// Default true.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Pause between passes, seconds. Default 60.
+    #[serde(default = "default_maintenance_interval_s")]
+    pub interval_s: u64,
+    /// Shards of deleted and overwritten objects, and of uploads that never committed, are
+    /// deleted this long after they stopped being referenced (or were written), seconds.
+    /// In-flight reads of an old version are safe for this long. Default 3600.
+    #[serde(default = "default_gc_grace_s")]
+    pub gc_grace_s: u64,
+    /// A node unreachable this long is treated as lost: its shards are rebuilt elsewhere,
+    /// seconds. Default 900.
+    #[serde(default = "default_node_out_after_s")]
+    pub node_out_after_s: u64,
+    /// Shard rebuilds and moves at once. Default 4.
+    #[serde(default = "default_maintenance_concurrency")]
+    pub concurrency: usize,
+    /// Most rebalance moves per pass (repairs and drains are not limited). Default 2000.
+    #[serde(default = "default_rebalance_moves_per_pass")]
+    pub rebalance_moves_per_pass: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_maintenance_interval_s() -> u64 {
+    60
+}
+fn default_gc_grace_s() -> u64 {
+    3600
+}
+fn default_node_out_after_s() -> u64 {
+    900
+}
+fn default_maintenance_concurrency() -> usize {
+    4
+}
+fn default_rebalance_moves_per_pass() -> usize {
+    2000
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        MaintenanceConfig {
+            enabled: yes(),
+            interval_s: default_maintenance_interval_s(),
+            gc_grace_s: default_gc_grace_s(),
+            node_out_after_s: default_node_out_after_s(),
+            concurrency: default_maintenance_concurrency(),
+            rebalance_moves_per_pass: default_rebalance_moves_per_pass(),
+        }
+    }
+}
+
+fn default_write_quorum_extra() -> u8 {
+    1
+}
+fn default_hedge_delay_ms() -> u64 {
+    100
 }
 
 fn default_s3_listen() -> String {
@@ -261,6 +340,9 @@ impl GatewayConfig {
             default_policy: PolicyConfig::default(),
             max_concurrent_requests: default_max_concurrent_requests(),
             shard_rpc_timeout_ms: default_shard_rpc_timeout_ms(),
+            write_quorum_extra: default_write_quorum_extra(),
+            hedge_delay_ms: default_hedge_delay_ms(),
+            maintenance: MaintenanceConfig::default(),
         }
     }
 
@@ -289,7 +371,18 @@ impl GatewayConfig {
                 "gateway.max_concurrent_requests must be at least 1".into(),
             ));
         }
-        self.default_policy.to_policy()?;
+        let policy = self.default_policy.to_policy()?;
+        if self.write_quorum_extra > policy.n_parity_shards && policy.n_parity_shards > 0 {
+            return Err(CoreError::Config(format!(
+                "gateway.write_quorum_extra = {} exceeds the default policy's {} parity shards",
+                self.write_quorum_extra, policy.n_parity_shards
+            )));
+        }
+        if self.maintenance.concurrency == 0 {
+            return Err(CoreError::Config(
+                "gateway.maintenance.concurrency must be at least 1".into(),
+            ));
+        }
         Ok(())
     }
 }

@@ -5,13 +5,22 @@
 //! log applied to the same state gives the same mutations on every voter.
 
 use lauscha_core::model::{ObjectData, Stripe};
-use lauscha_core::{AccessKey, Bucket, ClusterMap, ObjectVersion, Tenant};
+use lauscha_core::{AccessKey, Bucket, BucketName, ClusterMap, ObjectVersion, Tenant};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{MetaCommand, MetaError, MetaResponse, Proposal};
 use crate::keys;
 use crate::kv::{KvError, KvRead, Mutation};
 use crate::value;
+
+/// Which object's current version holds a stripe (the stripe index's value).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StripeOwner {
+    /// The bucket.
+    pub bucket: BucketName,
+    /// The object key.
+    pub key: String,
+}
 
 /// Stripes no committed version references any more, waiting for garbage collection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,6 +149,30 @@ pub fn owned_bucket(
     })
 }
 
+/// Retires a version that is no longer current: its stripes go to the garbage table
+/// (deleted after the grace period) and out of the stripe index and the repair queue.
+fn retire(
+    out: &mut Vec<Mutation>,
+    old: &ObjectVersion,
+    origin: String,
+    now_ms: u64,
+    log_index: u64,
+) {
+    for stripe in old.stripes() {
+        out.push(Mutation::Delete(keys::stripe_index(stripe.id)));
+        for shard_idx in 0..stripe.shards.len() {
+            out.push(Mutation::Delete(keys::repair(stripe.id, shard_idx as u8)));
+        }
+    }
+    if let Some(stripes) = garbage_of(old) {
+        let key = keys::garbage(now_ms, log_index);
+        for stripe in &stripes {
+            out.push(Mutation::Put(keys::garbage_stripe(stripe.id), key.clone()));
+        }
+        put(out, key, &GarbageRecord { origin, stripes });
+    }
+}
+
 fn garbage_of(version: &ObjectVersion) -> Option<Vec<Stripe>> {
     match &version.data {
         ObjectData::Inline(_) => None,
@@ -232,6 +265,7 @@ fn apply_inner(
             key,
             version,
             now_ms,
+            missing,
         } => {
             if let Err(e) = owned_bucket(kv, bucket, tenant)? {
                 return Ok(Err(e));
@@ -240,17 +274,8 @@ fn apply_inner(
                 return Ok(Err(MetaError::InvalidArgument(e.to_string())));
             }
             let object_key = keys::object(bucket, key);
-            if let Some(old) = read::<ObjectVersion>(kv, &object_key)?
-                && let Some(stripes) = garbage_of(&old)
-            {
-                put(
-                    out,
-                    keys::garbage(*now_ms, log_index),
-                    &GarbageRecord {
-                        origin: format!("{bucket}/{key}"),
-                        stripes,
-                    },
-                );
+            if let Some(old) = read::<ObjectVersion>(kv, &object_key)? {
+                retire(out, &old, format!("{bucket}/{key}"), *now_ms, log_index);
             }
             let version_id = format!("{log_index:020}");
             let version = ObjectVersion {
@@ -258,6 +283,21 @@ fn apply_inner(
                 last_modified_ms: *now_ms,
                 ..(**version).clone()
             };
+            let owner = StripeOwner {
+                bucket: bucket.clone(),
+                key: key.clone(),
+            };
+            for stripe in version.stripes() {
+                put(out, keys::stripe_index(stripe.id), &owner);
+            }
+            for (stripe_id, shard_idx) in missing {
+                if !version.stripes().iter().any(|s| s.id == *stripe_id) {
+                    return Ok(Err(MetaError::InvalidArgument(format!(
+                        "missing shard {stripe_id}.{shard_idx} is not in the version"
+                    ))));
+                }
+                put(out, keys::repair(*stripe_id, *shard_idx), now_ms);
+            }
             put(out, object_key, &version);
             MetaResponse::ObjectPut {
                 version_id,
@@ -277,16 +317,7 @@ fn apply_inner(
             match read::<ObjectVersion>(kv, &object_key)? {
                 None => MetaResponse::ObjectDeleted { existed: false },
                 Some(old) => {
-                    if let Some(stripes) = garbage_of(&old) {
-                        put(
-                            out,
-                            keys::garbage(*now_ms, log_index),
-                            &GarbageRecord {
-                                origin: format!("{bucket}/{key}"),
-                                stripes,
-                            },
-                        );
-                    }
+                    retire(out, &old, format!("{bucket}/{key}"), *now_ms, log_index);
                     out.push(Mutation::Delete(object_key));
                     MetaResponse::ObjectDeleted { existed: true }
                 }
@@ -301,6 +332,93 @@ fn apply_inner(
                 node.state = existing.state;
             }
             if map.upsert(node) {
+                put(out, keys::cluster_map(), &map);
+            }
+            MetaResponse::NodeUpserted { epoch: map.epoch }
+        }
+        MetaCommand::MoveShard {
+            stripe_id,
+            shard_idx,
+            from,
+            to,
+        } => {
+            let Some(owner) = read::<StripeOwner>(kv, &keys::stripe_index(*stripe_id))? else {
+                return Ok(Err(MetaError::Conflict(format!(
+                    "stripe {stripe_id} is no longer part of a current version"
+                ))));
+            };
+            let object_key = keys::object(&owner.bucket, &owner.key);
+            let Some(mut version) = read::<ObjectVersion>(kv, &object_key)? else {
+                return Err(KvError(format!(
+                    "stripe index names missing object {}/{}",
+                    owner.bucket, owner.key
+                )));
+            };
+            let ObjectData::Striped { stripes, .. } = &mut version.data else {
+                return Err(KvError(format!(
+                    "stripe index names inline object {}/{}",
+                    owner.bucket, owner.key
+                )));
+            };
+            let stripe = stripes
+                .iter_mut()
+                .find(|s| s.id == *stripe_id)
+                .ok_or_else(|| {
+                    KvError(format!(
+                        "stripe {stripe_id} not in {}/{}",
+                        owner.bucket, owner.key
+                    ))
+                })?;
+            let Some(shard) = stripe.shards.get_mut(usize::from(*shard_idx)) else {
+                return Ok(Err(MetaError::InvalidArgument(format!(
+                    "no shard {shard_idx} in stripe {stripe_id}"
+                ))));
+            };
+            if shard.node != *from {
+                return Ok(Err(MetaError::Conflict(format!(
+                    "shard {stripe_id}.{shard_idx} is on {}, not {from}",
+                    shard.node
+                ))));
+            }
+            if stripe.shards.iter().any(|s| s.node == *to) && from != to {
+                return Ok(Err(MetaError::Conflict(format!(
+                    "stripe {stripe_id} already has a shard on {to}"
+                ))));
+            }
+            stripe.shards[usize::from(*shard_idx)].node = *to;
+            put(out, object_key, &version);
+            out.push(Mutation::Delete(keys::repair(*stripe_id, *shard_idx)));
+            MetaResponse::Maintained
+        }
+        MetaCommand::ClearRepair {
+            stripe_id,
+            shard_idx,
+        } => {
+            out.push(Mutation::Delete(keys::repair(*stripe_id, *shard_idx)));
+            MetaResponse::Maintained
+        }
+        MetaCommand::DropGarbage { key } => {
+            let (start, end) = keys::table_range(keys::Table::Garbage);
+            if key.as_slice() < start.as_slice() || key.as_slice() >= end.as_slice() {
+                return Ok(Err(MetaError::InvalidArgument("not a garbage key".into())));
+            }
+            if let Some(record) = read::<GarbageRecord>(kv, key)? {
+                for stripe in &record.stripes {
+                    out.push(Mutation::Delete(keys::garbage_stripe(stripe.id)));
+                }
+                out.push(Mutation::Delete(key.clone()));
+            }
+            MetaResponse::Maintained
+        }
+        MetaCommand::SetNodeState { node, state } => {
+            let mut map: ClusterMap = read(kv, &keys::cluster_map())?.unwrap_or_default();
+            let Some(mut info) = map.node(*node).cloned() else {
+                return Ok(Err(MetaError::InvalidArgument(format!(
+                    "no node {node} in the cluster map"
+                ))));
+            };
+            info.state = *state;
+            if map.upsert(info) {
                 put(out, keys::cluster_map(), &map);
             }
             MetaResponse::NodeUpserted { epoch: map.epoch }
@@ -401,6 +519,7 @@ mod tests {
             key: key.into(),
             version: Box::new(version),
             now_ms: 10,
+            missing: Vec::new(),
         })
     }
 
@@ -579,6 +698,7 @@ mod tests {
                 key: key.into(),
                 version: Box::new(striped(1, 1)),
                 now_ms,
+                missing: Vec::new(),
             },
         };
         let run = |sm: &mut Sm, p: Proposal| {

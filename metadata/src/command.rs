@@ -6,7 +6,8 @@
 use std::fmt;
 
 use lauscha_core::{
-    AccessKey, Bucket, BucketName, NodeInfo, ObjectVersion, PlacementPolicy, Tenant, TenantId,
+    AccessKey, Bucket, BucketName, NodeId, NodeInfo, NodeState, ObjectVersion, PlacementPolicy,
+    StripeId, Tenant, TenantId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -103,6 +104,8 @@ pub enum MetaCommand {
         version: Box<ObjectVersion>,
         /// Proposal time, Unix ms.
         now_ms: u64,
+        /// Shards a degraded write could not store: queued for repair at once.
+        missing: Vec<(StripeId, u8)>,
     },
     /// Remove an object.
     DeleteObject {
@@ -120,6 +123,37 @@ pub enum MetaCommand {
         /// The node.
         node: NodeInfo,
     },
+    /// Point a shard at its new node after repair or a move; refused unless the stripe is
+    /// still current and the shard is still where the mover found it (compare and set).
+    MoveShard {
+        /// The stripe.
+        stripe_id: StripeId,
+        /// The shard.
+        shard_idx: u8,
+        /// Where the map had it.
+        from: NodeId,
+        /// Where it is now, durably.
+        to: NodeId,
+    },
+    /// A queued repair is done (or moot).
+    ClearRepair {
+        /// The stripe.
+        stripe_id: StripeId,
+        /// The shard.
+        shard_idx: u8,
+    },
+    /// Forget a garbage record whose shards are deleted.
+    DropGarbage {
+        /// The record's key.
+        key: Vec<u8>,
+    },
+    /// Set a node's lifecycle state.
+    SetNodeState {
+        /// The node.
+        node: NodeId,
+        /// Its new state.
+        state: NodeState,
+    },
 }
 
 impl fmt::Display for MetaCommand {
@@ -132,6 +166,20 @@ impl fmt::Display for MetaCommand {
             MetaCommand::PutObject { bucket, key, .. } => write!(f, "put {bucket}/{key}"),
             MetaCommand::DeleteObject { bucket, key, .. } => write!(f, "delete {bucket}/{key}"),
             MetaCommand::UpsertNode { node } => write!(f, "upsert-node {}", node.id),
+            MetaCommand::MoveShard {
+                stripe_id,
+                shard_idx,
+                from,
+                to,
+            } => write!(f, "move-shard {stripe_id}.{shard_idx} {from}->{to}"),
+            MetaCommand::ClearRepair {
+                stripe_id,
+                shard_idx,
+            } => write!(f, "clear-repair {stripe_id}.{shard_idx}"),
+            MetaCommand::DropGarbage { .. } => write!(f, "drop-garbage"),
+            MetaCommand::SetNodeState { node, state } => {
+                write!(f, "node-state {node} {}", state.as_str())
+            }
         }
     }
 }
@@ -167,6 +215,8 @@ pub enum MetaResponse {
         /// The epoch after the change.
         epoch: u64,
     },
+    /// A maintenance command took effect.
+    Maintained,
     /// The command was refused; the state is unchanged.
     Refused(MetaError),
 }
@@ -212,6 +262,9 @@ pub enum MetaError {
     /// A malformed request.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A compare-and-set found something else (the object changed, the shard moved).
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// This voter cannot serve the request; `leader` is where to go, if known.
     #[error("not the metadata leader (leader: {leader:?})")]
     NotLeader {
@@ -242,6 +295,7 @@ impl MetaError {
             MetaError::NoSuchAccessKey(_) => K::NoSuchAccessKey,
             MetaError::AccessKeyAlreadyExists(_) => K::AccessKeyAlreadyExists,
             MetaError::InvalidArgument(_) => K::InvalidArgument,
+            MetaError::Conflict(_) => K::Conflict,
             MetaError::NotLeader { .. } => K::NotLeader,
             MetaError::Unavailable(_) => K::Unavailable,
             MetaError::Internal(_) => K::Internal,

@@ -9,7 +9,7 @@
 //! by (bucket, key) in UTF-8 byte order, the order S3 lists them in, and a listing with a
 //! prefix is one seek plus a scan.
 
-use lauscha_core::{AccessKeyId, BucketName, TenantId};
+use lauscha_core::{AccessKeyId, BucketName, StripeId, TenantId};
 
 /// The partition all keys live in until the keyspace is split.
 pub const PARTITION: u16 = 0;
@@ -39,6 +39,13 @@ pub enum Table {
     /// One key: the age-index key pruning continues after (everything before it is
     /// deleted; scanning from the table start would wade through their tombstones).
     RequestPruneCursor = 10,
+    /// Stripe id -> the object whose current version holds it.
+    StripeIndex = 11,
+    /// (stripe id, shard idx) -> time: shards known to need a rebuild (a degraded write,
+    /// a corrupt read), repaired before the next full scan finds them.
+    RepairQueue = 12,
+    /// Stripe id -> the garbage record holding it: a stripe waiting for GC is still known.
+    GarbageStripe = 13,
 }
 
 /// Separates a bucket name from what follows. Bucket names and object keys never contain
@@ -146,6 +153,42 @@ pub fn request_by_time_before(time_ms: u64) -> Vec<u8> {
     let mut key = table_prefix(Table::RequestByTime);
     key.extend_from_slice(&time_ms.to_be_bytes());
     key
+}
+
+/// Key of a stripe's index entry.
+pub fn stripe_index(stripe: StripeId) -> Vec<u8> {
+    let mut key = table_prefix(Table::StripeIndex);
+    key.extend_from_slice(&stripe.to_bytes());
+    key
+}
+
+/// The stripe id of an index key.
+pub fn parse_stripe_index(key: &[u8]) -> Option<StripeId> {
+    StripeId::from_slice(key.get(3..)?)
+}
+
+/// Key of a garbage stripe's index entry.
+pub fn garbage_stripe(stripe: StripeId) -> Vec<u8> {
+    let mut key = table_prefix(Table::GarbageStripe);
+    key.extend_from_slice(&stripe.to_bytes());
+    key
+}
+
+/// Key of a repair-queue entry.
+pub fn repair(stripe: StripeId, shard_idx: u8) -> Vec<u8> {
+    let mut key = table_prefix(Table::RepairQueue);
+    key.extend_from_slice(&stripe.to_bytes());
+    key.push(shard_idx);
+    key
+}
+
+/// (stripe, shard idx) of a repair-queue key.
+pub fn parse_repair(key: &[u8]) -> Option<(StripeId, u8)> {
+    let rest = key.get(3..)?;
+    if rest.len() != 17 {
+        return None;
+    }
+    Some((StripeId::from_slice(&rest[..16])?, rest[16]))
 }
 
 /// The prune cursor's key.

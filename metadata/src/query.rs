@@ -1,12 +1,13 @@
 //! Reads of the state machine: pure functions over [`KvRead`].
 
-use lauscha_core::model::{ListObjectsQuery, ObjectListing, ObjectSummary};
+use lauscha_core::model::{ListObjectsQuery, ObjectListing, ObjectSummary, Stripe};
 use lauscha_core::{
-    AccessKey, AccessKeyId, Bucket, BucketName, ClusterMap, ObjectVersion, TenantId,
+    AccessKey, AccessKeyId, Bucket, BucketName, ClusterMap, ObjectVersion, PlacementPolicy,
+    StripeId, TenantId,
 };
 use serde::Deserialize;
 
-use crate::apply::{GarbageRecord, read};
+use crate::apply::{GarbageRecord, StripeOwner, read};
 use crate::keys::{self, Table};
 use crate::kv::{KvError, KvRead};
 use crate::value;
@@ -66,6 +67,130 @@ pub fn get_object(
 /// The cluster map (empty before any node registered).
 pub fn cluster_map(kv: &impl KvRead) -> Result<ClusterMap, KvError> {
     Ok(read(kv, &keys::cluster_map())?.unwrap_or_default())
+}
+
+/// A stripe as maintenance sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StripeEntry {
+    /// The object holding it.
+    pub owner: StripeOwner,
+    /// The stripe and its shard locations.
+    pub stripe: Stripe,
+    /// The policy of the object's bucket.
+    pub policy: PlacementPolicy,
+}
+
+/// Up to `limit` stripes of current versions after `after`, in stripe-id order.
+pub fn list_stripes(
+    kv: &impl KvRead,
+    after: Option<StripeId>,
+    limit: usize,
+) -> Result<Vec<StripeEntry>, KvError> {
+    let (table_start, end) = keys::table_range(Table::StripeIndex);
+    let start = match after {
+        Some(id) => {
+            let mut k = keys::stripe_index(id);
+            k.push(0);
+            k
+        }
+        None => table_start,
+    };
+    let mut index = Vec::new();
+    let mut error = None;
+    kv.scan(&start, &end, &mut |k, v| {
+        match (keys::parse_stripe_index(k), value::decode::<StripeOwner>(v)) {
+            (Some(id), Ok(owner)) => index.push((id, owner)),
+            _ => error = Some(KvError(format!("bad stripe index entry {k:?}"))),
+        }
+        error.is_none() && index.len() < limit
+    })?;
+    if let Some(e) = error {
+        return Err(e);
+    }
+    let mut versions: std::collections::HashMap<(BucketName, String), ObjectVersion> =
+        std::collections::HashMap::new();
+    let mut policies: std::collections::HashMap<BucketName, PlacementPolicy> =
+        std::collections::HashMap::new();
+    let mut out = Vec::with_capacity(index.len());
+    for (id, owner) in index {
+        let name = (owner.bucket.clone(), owner.key.clone());
+        if !versions.contains_key(&name) {
+            let version = get_object(kv, &owner.bucket, &owner.key)?.ok_or_else(|| {
+                KvError(format!(
+                    "stripe {id} indexed under missing object {}/{}",
+                    owner.bucket, owner.key
+                ))
+            })?;
+            versions.insert(name.clone(), version);
+        }
+        let policy = match policies.get(&owner.bucket) {
+            Some(p) => *p,
+            None => {
+                let bucket = get_bucket(kv, &owner.bucket)?
+                    .ok_or_else(|| KvError(format!("object in missing bucket {}", owner.bucket)))?;
+                policies.insert(owner.bucket.clone(), bucket.policy);
+                bucket.policy
+            }
+        };
+        let stripe = versions[&name]
+            .stripes()
+            .iter()
+            .find(|s| s.id == id)
+            .cloned()
+            .ok_or_else(|| KvError(format!("stripe {id} indexed but not in its version")))?;
+        out.push(StripeEntry {
+            owner,
+            stripe,
+            policy,
+        });
+    }
+    Ok(out)
+}
+
+/// Queued repairs, oldest stripe id first.
+pub fn list_repairs(kv: &impl KvRead, limit: usize) -> Result<Vec<(StripeId, u8)>, KvError> {
+    let (start, end) = keys::table_range(Table::RepairQueue);
+    let mut out = Vec::new();
+    kv.scan(&start, &end, &mut |k, _| {
+        if let Some(entry) = keys::parse_repair(k) {
+            out.push(entry);
+        }
+        out.len() < limit
+    })?;
+    Ok(out)
+}
+
+/// Whether each stripe is referenced by a current version or waits in a garbage record.
+pub fn stripes_known(kv: &impl KvRead, ids: &[StripeId]) -> Result<Vec<bool>, KvError> {
+    ids.iter()
+        .map(|id| {
+            Ok(kv.get(&keys::stripe_index(*id))?.is_some()
+                || kv.get(&keys::garbage_stripe(*id))?.is_some())
+        })
+        .collect()
+}
+
+/// Garbage records created before `older_than_ms`, oldest first, with their keys.
+pub fn garbage_before(
+    kv: &impl KvRead,
+    older_than_ms: u64,
+    limit: usize,
+) -> Result<Vec<(Vec<u8>, GarbageRecord)>, KvError> {
+    let (start, _) = keys::table_range(Table::Garbage);
+    let end = keys::garbage(older_than_ms, 0);
+    let mut out = Vec::new();
+    let mut error = None;
+    kv.scan(&start, &end, &mut |k, v| {
+        match value::decode(v) {
+            Ok(r) => out.push((k.to_vec(), r)),
+            Err(e) => error = Some(KvError(e.to_string())),
+        }
+        error.is_none() && out.len() < limit
+    })?;
+    match error {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
 }
 
 /// The oldest `limit` garbage records.

@@ -4,7 +4,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use lauscha_core::model::ListObjectsQuery;
-use lauscha_core::{AccessKey, AccessKeyId, NodeInfo, PlacementPolicy, TenantId};
+use lauscha_core::{AccessKey, AccessKeyId, NodeInfo, PlacementPolicy, StripeId, TenantId};
 use lauscha_proto::meta::meta_service_server::{MetaService, MetaServiceServer};
 use lauscha_proto::meta::{self as pb};
 use lauscha_proto::{ProtoError, bucket_name};
@@ -51,6 +51,15 @@ fn request_id<T>(request: &Request<T>) -> Option<RequestId> {
         .get(lauscha_proto::REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(RequestId::from_header)
+}
+
+fn shard_ref(pb: Option<pb::ShardRef>) -> Result<(StripeId, u8), MetaError> {
+    let pb = pb.ok_or_else(|| MetaError::InvalidArgument("shard missing".into()))?;
+    let stripe = StripeId::from_slice(&pb.stripe_id)
+        .ok_or_else(|| MetaError::InvalidArgument("stripe_id: not 16 bytes".into()))?;
+    let idx = u8::try_from(pb.shard_idx)
+        .map_err(|_| MetaError::InvalidArgument("shard_idx out of range".into()))?;
+    Ok((stripe, idx))
 }
 
 fn unexpected(response: MetaResponse) -> Status {
@@ -207,6 +216,19 @@ impl MetaService for MetaServer {
         let request = request.into_inner();
         let bucket = bucket_name(&request.bucket).map_err(MetaError::from)?;
         let tenant = tenant(&request.tenant)?;
+        let missing = request
+            .missing
+            .iter()
+            .map(|m| {
+                let stripe = lauscha_core::StripeId::from_slice(&m.stripe_id).ok_or_else(|| {
+                    MetaError::InvalidArgument("missing.stripe_id: not 16 bytes".into())
+                })?;
+                let idx = u8::try_from(m.shard_idx).map_err(|_| {
+                    MetaError::InvalidArgument("missing.shard_idx out of range".into())
+                })?;
+                Ok((stripe, idx))
+            })
+            .collect::<Result<Vec<_>, MetaError>>()?;
         let version = request
             .version
             .ok_or_else(|| MetaError::InvalidArgument("version missing".into()))?
@@ -221,6 +243,7 @@ impl MetaService for MetaServer {
                     key: request.key,
                     version: Box::new(version),
                     now_ms: now_ms(),
+                    missing,
                 },
                 request_id,
             )
@@ -358,6 +381,176 @@ impl MetaService for MetaServer {
             snapshot_index: s.snapshot_index,
             purged_index: s.purged_index,
         }))
+    }
+
+    async fn list_stripes(
+        &self,
+        request: Request<pb::ListStripesRequest>,
+    ) -> Result<Response<pb::ListStripesReply>, Status> {
+        let request = request.into_inner();
+        let after = if request.after.is_empty() {
+            None
+        } else {
+            Some(
+                StripeId::from_slice(&request.after)
+                    .ok_or_else(|| MetaError::InvalidArgument("after: not 16 bytes".into()))?,
+            )
+        };
+        let limit = (request.limit as usize).clamp(1, 10_000);
+        let entries = self
+            .node
+            .read(move |kv| query::list_stripes(kv, after, limit + 1))
+            .await?;
+        let more = entries.len() > limit;
+        Ok(Response::new(pb::ListStripesReply {
+            stripes: entries
+                .into_iter()
+                .take(limit)
+                .map(|e| pb::StripeInfo {
+                    bucket: e.owner.bucket.to_string(),
+                    key: e.owner.key,
+                    stripe: Some(e.stripe.into()),
+                    policy: Some(e.policy.into()),
+                })
+                .collect(),
+            more,
+        }))
+    }
+
+    async fn list_repairs(
+        &self,
+        request: Request<pb::ListRepairsRequest>,
+    ) -> Result<Response<pb::ListRepairsReply>, Status> {
+        let limit = (request.into_inner().limit as usize).clamp(1, 10_000);
+        let repairs = self
+            .node
+            .read(move |kv| query::list_repairs(kv, limit))
+            .await?;
+        Ok(Response::new(pb::ListRepairsReply {
+            repairs: repairs
+                .into_iter()
+                .map(|(stripe, idx)| pb::ShardRef {
+                    stripe_id: stripe.to_bytes().to_vec().into(),
+                    shard_idx: u32::from(idx),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn list_garbage(
+        &self,
+        request: Request<pb::ListGarbageRequest>,
+    ) -> Result<Response<pb::ListGarbageReply>, Status> {
+        let request = request.into_inner();
+        let limit = (request.limit as usize).clamp(1, 10_000);
+        let older_than_ms = request.older_than_ms;
+        let records = self
+            .node
+            .read(move |kv| query::garbage_before(kv, older_than_ms, limit))
+            .await?;
+        Ok(Response::new(pb::ListGarbageReply {
+            entries: records
+                .into_iter()
+                .map(|(key, record)| pb::GarbageEntry {
+                    key: key.into(),
+                    origin: record.origin,
+                    stripes: record.stripes.into_iter().map(Into::into).collect(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn stripes_known(
+        &self,
+        request: Request<pb::StripesKnownRequest>,
+    ) -> Result<Response<pb::StripesKnownReply>, Status> {
+        let ids = request
+            .into_inner()
+            .stripe_ids
+            .iter()
+            .map(|b| {
+                StripeId::from_slice(b)
+                    .ok_or_else(|| MetaError::InvalidArgument("stripe id: not 16 bytes".into()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let known = self
+            .node
+            .read(move |kv| query::stripes_known(kv, &ids))
+            .await?;
+        Ok(Response::new(pb::StripesKnownReply { known }))
+    }
+
+    async fn move_shard(
+        &self,
+        request: Request<pb::MoveShardRequest>,
+    ) -> Result<Response<pb::MaintenanceReply>, Status> {
+        let request_id = request_id(&request);
+        let request = request.into_inner();
+        let (stripe_id, shard_idx) = shard_ref(request.shard)?;
+        self.node
+            .write_request(
+                MetaCommand::MoveShard {
+                    stripe_id,
+                    shard_idx,
+                    from: lauscha_core::NodeId(request.from_node),
+                    to: lauscha_core::NodeId(request.to_node),
+                },
+                request_id,
+            )
+            .await?;
+        Ok(Response::new(pb::MaintenanceReply {}))
+    }
+
+    async fn clear_repair(
+        &self,
+        request: Request<pb::ShardRef>,
+    ) -> Result<Response<pb::MaintenanceReply>, Status> {
+        let request_id = request_id(&request);
+        let (stripe_id, shard_idx) = shard_ref(Some(request.into_inner()))?;
+        self.node
+            .write_request(
+                MetaCommand::ClearRepair {
+                    stripe_id,
+                    shard_idx,
+                },
+                request_id,
+            )
+            .await?;
+        Ok(Response::new(pb::MaintenanceReply {}))
+    }
+
+    async fn drop_garbage(
+        &self,
+        request: Request<pb::DropGarbageRequest>,
+    ) -> Result<Response<pb::MaintenanceReply>, Status> {
+        let request_id = request_id(&request);
+        let key = request.into_inner().key.to_vec();
+        self.node
+            .write_request(MetaCommand::DropGarbage { key }, request_id)
+            .await?;
+        Ok(Response::new(pb::MaintenanceReply {}))
+    }
+
+    async fn set_node_state(
+        &self,
+        request: Request<pb::SetNodeStateRequest>,
+    ) -> Result<Response<pb::ClusterMap>, Status> {
+        let request_id = request_id(&request);
+        let request = request.into_inner();
+        let state = pb::NodeState::try_from(request.state)
+            .map_err(|_| MetaError::InvalidArgument("unknown node state".into()))?
+            .into();
+        self.node
+            .write_request(
+                MetaCommand::SetNodeState {
+                    node: lauscha_core::NodeId(request.node_id),
+                    state,
+                },
+                request_id,
+            )
+            .await?;
+        let map = self.node.read(|kv| query::cluster_map(kv)).await?;
+        Ok(Response::new(map.into()))
     }
 
     async fn compact_log(

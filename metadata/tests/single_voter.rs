@@ -45,6 +45,7 @@ async fn must_put(node: &MetaNode, key: &str, body: &[u8]) {
             key: key.into(),
             version: Box::new(inline(body)),
             now_ms: 1,
+            missing: Vec::new(),
         })
         .await
         .unwrap_or_else(|e| panic!("put {key}: {e}"));

@@ -120,6 +120,8 @@ pub enum MetaErrorKind {
     AccessKeyAlreadyExists,
     /// The request is malformed.
     InvalidArgument,
+    /// A compare-and-set failed: the state changed under the caller.
+    Conflict,
     /// This voter is not the leader; the message names the leader if known.
     NotLeader,
     /// No quorum or the service is shutting down; retry later.
@@ -130,7 +132,7 @@ pub enum MetaErrorKind {
 
 impl MetaErrorKind {
     /// Every kind, for round-trip tests.
-    pub const ALL: [MetaErrorKind; 14] = [
+    pub const ALL: [MetaErrorKind; 15] = [
         MetaErrorKind::NoSuchBucket,
         MetaErrorKind::NoSuchKey,
         MetaErrorKind::BucketAlreadyExists,
@@ -142,6 +144,7 @@ impl MetaErrorKind {
         MetaErrorKind::NoSuchAccessKey,
         MetaErrorKind::AccessKeyAlreadyExists,
         MetaErrorKind::InvalidArgument,
+        MetaErrorKind::Conflict,
         MetaErrorKind::NotLeader,
         MetaErrorKind::Unavailable,
         MetaErrorKind::Internal,
@@ -161,6 +164,7 @@ impl MetaErrorKind {
             MetaErrorKind::NoSuchAccessKey => "NoSuchAccessKey",
             MetaErrorKind::AccessKeyAlreadyExists => "AccessKeyAlreadyExists",
             MetaErrorKind::InvalidArgument => "InvalidArgument",
+            MetaErrorKind::Conflict => "Conflict",
             MetaErrorKind::NotLeader => "NotLeader",
             MetaErrorKind::Unavailable => "Unavailable",
             MetaErrorKind::Internal => "Internal",
@@ -181,6 +185,7 @@ impl MetaErrorKind {
             MetaErrorKind::BucketNotEmpty => tonic::Code::FailedPrecondition,
             MetaErrorKind::AccessDenied => tonic::Code::PermissionDenied,
             MetaErrorKind::InvalidArgument => tonic::Code::InvalidArgument,
+            MetaErrorKind::Conflict => tonic::Code::Aborted,
             MetaErrorKind::NotLeader | MetaErrorKind::Unavailable => tonic::Code::Unavailable,
             MetaErrorKind::Internal => tonic::Code::Internal,
         }
