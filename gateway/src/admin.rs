@@ -11,8 +11,13 @@ use lauscha_core::admin_auth;
 use serde::Serialize;
 use tracing::warn;
 
+use std::sync::atomic::Ordering;
+
+use lauscha_core::{NodeId, NodeState};
+
 use crate::gateway::Inner;
 use crate::http::full;
+use crate::maintenance::Maintenance;
 use crate::s3::now_ms;
 
 /// An error as JSON: `{"error": "..."}`.
@@ -182,6 +187,16 @@ impl VoterStatus {
 /// One storage node.
 #[derive(Serialize)]
 pub struct NodeStatus {
+    /// Free bytes on its filesystem, if it answered.
+    pub free_bytes: Option<u64>,
+    /// Shards its scrubber verified since start.
+    pub n_scrubbed: Option<u64>,
+    /// Full scrub passes since start.
+    pub n_scrub_passes: Option<u64>,
+    /// Corrupt shards its scrubber (or a reader) found since start.
+    pub n_corrupt_found: Option<u64>,
+    /// The most recent of those, as `stripe.shard`.
+    pub recent_corrupt: Vec<String>,
     /// Node id.
     pub id: u32,
     /// Site.
@@ -219,6 +234,14 @@ async fn status(inner: &Inner) -> Result<ClusterStatus, String> {
                 reachable: usage.is_ok(),
                 n_shards: usage.as_ref().ok().map(|u| u.n_shards),
                 used_bytes: usage.as_ref().ok().map(|u| u.used_bytes),
+                free_bytes: usage.as_ref().ok().map(|u| u.free_bytes),
+                n_scrubbed: usage.as_ref().ok().map(|u| u.n_scrubbed),
+                n_scrub_passes: usage.as_ref().ok().map(|u| u.n_scrub_passes),
+                n_corrupt_found: usage.as_ref().ok().map(|u| u.n_corrupt_found),
+                recent_corrupt: usage
+                    .as_ref()
+                    .map(|u| u.recent_corrupt.iter().map(ToString::to_string).collect())
+                    .unwrap_or_default(),
             }
         }
     });
@@ -283,15 +306,264 @@ async fn membership(
     })
 }
 
+#[derive(serde::Deserialize)]
+struct AddNodeBody {
+    node_id: u32,
+    site: String,
+    host: String,
+    addr: String,
+    #[serde(default = "default_capacity")]
+    capacity_bytes: u64,
+}
+
+fn default_capacity() -> u64 {
+    1 << 40
+}
+
+/// Storage node lifecycle: list, add, drain, undrain, replace, remove.
+async fn nodes(
+    inner: &Inner,
+    maintenance: &Maintenance,
+    method: &Method,
+    path: &str,
+    body: &[u8],
+) -> Option<Response<Full<Bytes>>> {
+    let rest = path.strip_prefix("/v1/nodes")?;
+    let fail = |status: StatusCode, e: &dyn std::fmt::Display| json_error(status, &e.to_string());
+    if rest.is_empty() || rest == "/" {
+        return Some(match *method {
+            Method::GET => match status(inner).await {
+                Ok(s) => json(&s.nodes),
+                Err(e) => fail(StatusCode::SERVICE_UNAVAILABLE, &e),
+            },
+            Method::POST => {
+                let b: AddNodeBody = match serde_json::from_slice(body) {
+                    Ok(b) => b,
+                    Err(e) => return Some(fail(StatusCode::BAD_REQUEST, &e)),
+                };
+                let node = lauscha_core::NodeInfo {
+                    id: NodeId(b.node_id),
+                    site: b.site,
+                    host: b.host,
+                    addr: b.addr,
+                    capacity_bytes: b.capacity_bytes,
+                    state: NodeState::Up,
+                };
+                match inner.meta.register_node(node).await {
+                    Ok(map) => {
+                        maintenance.wake();
+                        json(&serde_json::json!({"ok": true, "map_epoch": map.epoch}))
+                    }
+                    Err(e) => fail(StatusCode::BAD_REQUEST, &e),
+                }
+            }
+            _ => fail(StatusCode::METHOD_NOT_ALLOWED, &"GET or POST"),
+        });
+    }
+    let rest = rest.strip_prefix('/')?;
+    let (id, action) = rest.split_once('/').unwrap_or((rest, ""));
+    let Ok(id) = id.parse::<u32>() else {
+        return Some(fail(StatusCode::BAD_REQUEST, &"bad node id"));
+    };
+    let node = NodeId(id);
+    if (method, action) == (&Method::GET, "shards") {
+        return Some(match shards_on(inner, node).await {
+            Ok(n) => json(&serde_json::json!({"node_id": id, "referenced_shards": n})),
+            Err(e) => fail(StatusCode::SERVICE_UNAVAILABLE, &e),
+        });
+    }
+    let result = match (method, action) {
+        (&Method::POST, "drain") => inner
+            .meta
+            .set_node_state(node, NodeState::Draining)
+            .await
+            .map(|_| ()),
+        (&Method::POST, "undrain") => inner
+            .meta
+            .set_node_state(node, NodeState::Up)
+            .await
+            .map(|_| ()),
+        (&Method::POST, "replace") => {
+            // A node whose disk was replaced comes back empty under its id: forget that it
+            // was unreachable, take it back into service, and refill it.
+            maintenance.forgive(node);
+            inner
+                .meta
+                .set_node_state(node, NodeState::Up)
+                .await
+                .map(|_| ())
+        }
+        (&Method::DELETE, "") => match shards_on(inner, node).await {
+            Ok(0) => inner
+                .meta
+                .set_node_state(node, NodeState::Gone)
+                .await
+                .map(|_| ()),
+            Ok(n) => {
+                return Some(json_error(
+                    StatusCode::CONFLICT,
+                    &format!(
+                        "node {node} still holds {n} shards of current stripes: drain it first (`lauscha admin node drain {id} --wait`)"
+                    ),
+                ));
+            }
+            Err(e) => Err(e),
+        },
+        _ => return Some(fail(StatusCode::NOT_FOUND, &"no such node action")),
+    };
+    maintenance.wake();
+    Some(match result {
+        Ok(()) => json(&serde_json::json!({"ok": true})),
+        Err(e) => fail(StatusCode::CONFLICT, &e),
+    })
+}
+
+/// How many shards of current stripes the map places on `node`.
+async fn shards_on(inner: &Inner, node: NodeId) -> Result<u64, crate::GatewayError> {
+    let mut n = 0;
+    let mut after = None;
+    loop {
+        let (page, more) = inner.meta.list_stripes(after, 1000).await?;
+        after = page.last().map(|s| s.stripe.id);
+        n += page
+            .iter()
+            .map(|s| s.stripe.shards.iter().filter(|l| l.node == node).count() as u64)
+            .sum::<u64>();
+        if !more {
+            return Ok(n);
+        }
+    }
+}
+
+/// Maintenance: run a pass now, see progress, list degraded stripes.
+async fn maintenance_routes(
+    maintenance: &Maintenance,
+    method: &Method,
+    path: &str,
+    query: &str,
+) -> Option<Response<Full<Bytes>>> {
+    let dry_run = query.split('&').any(|p| p == "dry_run=true");
+    let result = match (method, path) {
+        (&Method::POST, "/v1/maintenance/run") => maintenance.pass(dry_run).await,
+        (&Method::GET, "/v1/stripes/degraded") => maintenance.pass(true).await,
+        (&Method::GET, "/v1/maintenance") => {
+            let s = &maintenance.stats;
+            return Some(json(&serde_json::json!({
+                "passes": s.passes.load(Ordering::Relaxed),
+                "shards_rebuilt": s.shards_rebuilt.load(Ordering::Relaxed),
+                "bytes_rebuilt": s.bytes_rebuilt.load(Ordering::Relaxed),
+                "shards_moved": s.shards_moved.load(Ordering::Relaxed),
+                "bytes_moved": s.bytes_moved.load(Ordering::Relaxed),
+                "garbage_shards_deleted": s.garbage_shards_deleted.load(Ordering::Relaxed),
+                "orphans_deleted": s.orphans_deleted.load(Ordering::Relaxed),
+                "tasks_total": s.tasks_total.load(Ordering::Relaxed),
+                "tasks_done": s.tasks_done.load(Ordering::Relaxed),
+                "last_report": s.last_report(),
+            })));
+        }
+        _ => return None,
+    };
+    Some(match result {
+        Ok(report) => json(&report),
+        Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    })
+}
+
+/// Prometheus text format, unauthenticated like every scrape target.
+fn metrics(maintenance: &Maintenance) -> Response<Full<Bytes>> {
+    let s = &maintenance.stats;
+    let mut out = String::new();
+    for (name, help, value) in [
+        (
+            "lauscha_maintenance_passes_total",
+            "Maintenance passes completed.",
+            s.passes.load(Ordering::Relaxed),
+        ),
+        (
+            "lauscha_repair_shards_total",
+            "Shards rebuilt by repair.",
+            s.shards_rebuilt.load(Ordering::Relaxed),
+        ),
+        (
+            "lauscha_repair_bytes_total",
+            "Bytes written by repair.",
+            s.bytes_rebuilt.load(Ordering::Relaxed),
+        ),
+        (
+            "lauscha_moved_shards_total",
+            "Shards moved by drain and rebalance.",
+            s.shards_moved.load(Ordering::Relaxed),
+        ),
+        (
+            "lauscha_moved_bytes_total",
+            "Bytes moved by drain and rebalance.",
+            s.bytes_moved.load(Ordering::Relaxed),
+        ),
+        (
+            "lauscha_gc_shards_deleted_total",
+            "Garbage shards deleted.",
+            s.garbage_shards_deleted.load(Ordering::Relaxed),
+        ),
+        (
+            "lauscha_orphan_shards_deleted_total",
+            "Unreferenced shards deleted.",
+            s.orphans_deleted.load(Ordering::Relaxed),
+        ),
+        (
+            "lauscha_stripes_degraded",
+            "Stripes with fewer than k+m healthy shards at the last pass.",
+            s.last_degraded.load(Ordering::Relaxed),
+        ),
+        (
+            "lauscha_maintenance_tasks",
+            "Stripe tasks of the current pass.",
+            s.tasks_total.load(Ordering::Relaxed),
+        ),
+        (
+            "lauscha_maintenance_tasks_done",
+            "Stripe tasks of the current pass done.",
+            s.tasks_done.load(Ordering::Relaxed),
+        ),
+    ] {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        ));
+    }
+    full(StatusCode::OK, "text/plain; version=0.0.4", out)
+}
+
 /// Routes one admin request.
-pub async fn handle(inner: &Inner, parts: Parts, body: Bytes) -> Response<Full<Bytes>> {
+pub async fn handle(
+    inner: &Inner,
+    maintenance: &Maintenance,
+    parts: Parts,
+    body: Bytes,
+) -> Response<Full<Bytes>> {
     if parts.method == Method::GET && parts.uri.path() == "/health" {
         return full(StatusCode::OK, "text/plain", "ok\n");
+    }
+    if parts.method == Method::GET && parts.uri.path() == "/metrics" {
+        return metrics(maintenance);
     }
     if let Err(response) = authorize(inner, &parts, &body).await {
         return response;
     }
     if let Some(response) = membership(inner, &parts.method, parts.uri.path(), &body).await {
+        return response;
+    }
+    if let Some(response) = nodes(inner, maintenance, &parts.method, parts.uri.path(), &body).await
+    {
+        return response;
+    }
+    let query = parts.uri.query().unwrap_or("");
+    if let Some(response) =
+        maintenance_routes(maintenance, &parts.method, parts.uri.path(), query).await
+    {
         return response;
     }
     match (&parts.method, parts.uri.path()) {

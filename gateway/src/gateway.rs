@@ -26,7 +26,7 @@ pub struct Inner {
     /// The metadata service.
     pub meta: MetaClient,
     /// The storage nodes.
-    pub nodes: NodePool,
+    pub nodes: Arc<NodePool>,
     /// The default placement policy for new buckets.
     pub default_policy: PlacementPolicy,
     codecs: Mutex<HashMap<(u8, u8), Arc<ErasureCodec>>>,
@@ -45,10 +45,10 @@ impl Inner {
             .to_policy()
             .map_err(|e| GatewayError::InvalidArgument(e.to_string()))?;
         let meta = MetaClient::new(&config.metadata_endpoints)?;
-        let nodes = NodePool::new(
+        let nodes = Arc::new(NodePool::new(
             meta.clone(),
             Duration::from_millis(config.shard_rpc_timeout_ms),
-        );
+        ));
         Ok(Inner {
             config,
             meta,

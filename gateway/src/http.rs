@@ -144,11 +144,12 @@ pub async fn serve_s3(
 /// Serves the admin API on `listener` until `shutdown` resolves.
 pub async fn serve_admin(
     inner: Arc<Inner>,
+    maintenance: Arc<crate::maintenance::Maintenance>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     serve(listener, shutdown, move |request: Request<Incoming>| {
-        let inner = inner.clone();
+        let (inner, maintenance) = (inner.clone(), maintenance.clone());
         async move {
             let (parts, body) = request.into_parts();
             let body = match Limited::new(body, MAX_ADMIN_BODY_BYTES).collect().await {
@@ -160,7 +161,7 @@ pub async fn serve_admin(
                     );
                 }
             };
-            admin::handle(&inner, parts, body).await
+            admin::handle(&inner, &maintenance, parts, body).await
         }
     })
     .await

@@ -17,6 +17,7 @@ mod auth;
 mod error;
 mod gateway;
 mod http;
+mod maintenance;
 mod meta_client;
 mod nodes;
 mod read;
@@ -36,14 +37,27 @@ use tokio::net::TcpListener;
 #[derive(Clone)]
 pub struct Gateway {
     inner: Arc<gateway::Inner>,
+    maintenance: Arc<maintenance::Maintenance>,
 }
 
 impl Gateway {
     /// Validates `config` and prepares clients (they connect lazily).
     pub fn new(config: GatewayConfig) -> Result<Gateway, GatewayError> {
+        let inner = Arc::new(gateway::Inner::new(config)?);
         Ok(Gateway {
-            inner: Arc::new(gateway::Inner::new(config)?),
+            maintenance: Arc::new(maintenance::Maintenance::new(inner.clone())),
+            inner,
         })
+    }
+
+    /// Runs background maintenance (repair, rebalance, drain, GC) until `stop`, if the
+    /// config enables it on this gateway.
+    pub async fn run_maintenance(&self, stop: tokio_util::sync::CancellationToken) {
+        if self.inner.config.maintenance.enabled {
+            self.maintenance.clone().run(stop).await;
+        } else {
+            stop.cancelled().await;
+        }
     }
 
     /// The metadata client this gateway uses.
@@ -72,6 +86,12 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        http::serve_admin(self.inner.clone(), listener, shutdown).await
+        http::serve_admin(
+            self.inner.clone(),
+            self.maintenance.clone(),
+            listener,
+            shutdown,
+        )
+        .await
     }
 }

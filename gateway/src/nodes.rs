@@ -42,6 +42,9 @@ pub enum ShardIoError {
     /// The node is not in the cluster map.
     #[error("node {0} is not in the cluster map")]
     UnknownNode(NodeId),
+    /// The node has a shard with this id already.
+    #[error("shard {0} exists on node {1}")]
+    AlreadyExists(ShardId, NodeId),
     /// The node's disk is full.
     #[error("node {0} is out of space: {1}")]
     Full(NodeId, String),
@@ -56,6 +59,7 @@ impl ShardIoError {
             tonic::Code::NotFound => ShardIoError::NotFound(id, node),
             tonic::Code::DataLoss => ShardIoError::Corrupt(id, node, status.message().into()),
             tonic::Code::ResourceExhausted => ShardIoError::Full(node, status.message().into()),
+            tonic::Code::AlreadyExists => ShardIoError::AlreadyExists(id, node),
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
                 ShardIoError::Unreachable(node, status.message().into())
             }

@@ -1,11 +1,14 @@
 //! The GET data path: the pieces of the data shards a range needs, read in parallel and
 //! verified; a stripe whose pieces cannot all be read is rebuilt from any k shards.
 
+use std::collections::BTreeSet;
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use lauscha_core::layout::{StripeRead, plan_range_read, shard_len_bytes};
 use lauscha_core::model::{ObjectData, Stripe};
 use lauscha_core::{ClusterMap, ObjectVersion, PlacementPolicy, ShardId, SpreadLevel};
@@ -116,7 +119,10 @@ pub async fn open_range(
     Ok(ReceiverStream::new(rx))
 }
 
-/// Reads what `read` needs from one stripe.
+/// Reads what `read` needs from one stripe. The data-shard pieces are read in parallel;
+/// pieces that fail, or that have not arrived within the hedge delay, are rebuilt from the
+/// same byte range of any k other shards (Reed-Solomon works byte by byte, so a range of
+/// each shard is enough), racing the slow reads.
 async fn read_stripe(
     inner: &Inner,
     map: &ClusterMap,
@@ -126,113 +132,210 @@ async fn read_stripe(
 ) -> Result<Bytes, GatewayError> {
     let k = usize::from(policy.n_data_shards);
     let shard_len = shard_len_bytes(stripe.len_bytes, k);
-    let shard_id = |idx: usize| ShardId {
-        stripe_id: stripe.id,
-        shard_idx: idx as u8,
-    };
-    // Pieces on nodes known to be failing go straight to reconstruction.
-    let any_suspect = read
-        .pieces
-        .iter()
-        .any(|p| inner.nodes.is_suspect(stripe.shards[p.shard_idx].node));
-    if !any_suspect {
-        let reads = read.pieces.iter().map(|piece| {
-            let loc = &stripe.shards[piece.shard_idx];
-            inner.nodes.read_shard(
-                map,
-                ShardRef {
-                    node: loc.node,
-                    id: shard_id(piece.shard_idx),
-                    digest: &loc.digest,
-                    shard_len_bytes: shard_len,
-                },
-                piece.offset_in_shard,
-                piece.len_bytes,
+    let hedge = Duration::from_millis(inner.config.hedge_delay_ms);
+    let n_pieces = read.pieces.len();
+    let mut got: Vec<Option<Bytes>> = vec![None; n_pieces];
+    let mut failed: BTreeSet<usize> = BTreeSet::new();
+    let mut pending = FuturesUnordered::new();
+    for (i, piece) in read.pieces.iter().enumerate() {
+        let loc = &stripe.shards[piece.shard_idx];
+        if inner.nodes.is_suspect(loc.node) {
+            failed.insert(i);
+            continue;
+        }
+        let shard = shard_ref(stripe, piece.shard_idx, shard_len);
+        pending.push(async move {
+            (
+                i,
+                inner
+                    .nodes
+                    .read_shard(map, shard, piece.offset_in_shard, piece.len_bytes)
+                    .await,
             )
         });
-        let results = futures::future::join_all(reads).await;
-        if results.iter().all(Result::is_ok) {
-            let mut out =
-                BytesMut::with_capacity((read.stripe_range.end - read.stripe_range.start) as usize);
-            for bytes in results.into_iter().flatten() {
-                out.extend_from_slice(&bytes);
-            }
-            return Ok(out.freeze());
-        }
-        for (piece, result) in read.pieces.iter().zip(&results) {
-            if let Err(e) = result {
-                report_bad_shard(stripe, piece.shard_idx, e);
-            }
+    }
+    let deadline = tokio::time::sleep(hedge);
+    tokio::pin!(deadline);
+    while !pending.is_empty() {
+        tokio::select! {
+            Some((i, result)) = pending.next() => match result {
+                Ok(bytes) => got[i] = Some(bytes),
+                Err(e) => {
+                    report_bad_shard(inner, map, stripe, read.pieces[i].shard_idx, &e);
+                    failed.insert(i);
+                }
+            },
+            () = &mut deadline => break,
         }
     }
-    reconstruct(inner, map, policy, stripe, read, shard_len).await
+    // Still pending after the hedge delay (or after a failure): slow.
+    let slow: Vec<usize> = (0..n_pieces)
+        .filter(|i| got[*i].is_none() && !failed.contains(i))
+        .collect();
+    if failed.is_empty() && slow.is_empty() {
+        return Ok(concat(got));
+    }
+    let rebuild: Vec<usize> = failed.iter().copied().chain(slow.iter().copied()).collect();
+    // The rebuild avoids the failed shards and, when enough others remain, the slow ones.
+    let mut avoid: BTreeSet<usize> = failed.iter().map(|i| read.pieces[*i].shard_idx).collect();
+    let slow_shards: BTreeSet<usize> = slow.iter().map(|i| read.pieces[*i].shard_idx).collect();
+    if stripe.shards.len() - avoid.len() - slow_shards.len() >= k {
+        avoid.extend(slow_shards);
+    }
+    let rebuilt = rebuild_pieces(
+        inner, map, policy, stripe, read, &rebuild, &avoid, shard_len,
+    );
+    // The slow reads may still win the race; the rebuild may fail where they succeed.
+    tokio::pin!(rebuilt);
+    let mut rebuilt_result = None;
+    loop {
+        tokio::select! {
+            result = &mut rebuilt, if rebuilt_result.is_none() => {
+                match result {
+                    Ok(pieces) => {
+                        for (i, bytes) in pieces {
+                            got[i] = Some(bytes);
+                        }
+                        return Ok(concat(got));
+                    }
+                    Err(e) => rebuilt_result = Some(e),
+                }
+            }
+            Some((i, result)) = pending.next() => match result {
+                Ok(bytes) => got[i] = Some(bytes),
+                Err(e) => report_bad_shard(inner, map, stripe, read.pieces[i].shard_idx, &e),
+            },
+            else => break,
+        }
+        if got.iter().all(Option::is_some) {
+            return Ok(concat(got));
+        }
+        if rebuilt_result.is_some() && pending.is_empty() {
+            break;
+        }
+    }
+    Err(rebuilt_result.unwrap_or_else(|| {
+        GatewayError::StripeUnreadable(format!("stripe {}: pieces missing", stripe.id))
+    }))
 }
 
-fn report_bad_shard(stripe: &Stripe, shard_idx: usize, error: &ShardIoError) {
+fn concat(pieces: Vec<Option<Bytes>>) -> Bytes {
+    let mut out = BytesMut::new();
+    for piece in pieces {
+        out.extend_from_slice(&piece.expect("every piece present"));
+    }
+    out.freeze()
+}
+
+fn shard_ref(stripe: &Stripe, shard_idx: usize, shard_len: u64) -> ShardRef<'_> {
+    let loc = &stripe.shards[shard_idx];
+    ShardRef {
+        node: loc.node,
+        id: ShardId {
+            stripe_id: stripe.id,
+            shard_idx: shard_idx as u8,
+        },
+        digest: &loc.digest,
+        shard_len_bytes: shard_len,
+    }
+}
+
+/// Logs an unreadable shard; a corrupt one is handed back to its node to verify and
+/// quarantine, so that repair rebuilds it.
+fn report_bad_shard(
+    inner: &Inner,
+    map: &ClusterMap,
+    stripe: &Stripe,
+    shard_idx: usize,
+    error: &ShardIoError,
+) {
+    let node = stripe.shards[shard_idx].node;
     warn!(
         stripe_id = %stripe.id,
         shard_idx,
-        node_id = %stripe.shards[shard_idx].node,
+        node_id = %node,
         %error,
         "shard unreadable; reading parity instead"
     );
+    if matches!(error, ShardIoError::Corrupt(..)) {
+        let id = ShardId {
+            stripe_id: stripe.id,
+            shard_idx: shard_idx as u8,
+        };
+        let (nodes, map) = (inner.nodes.clone(), map.clone());
+        tokio::spawn(async move {
+            match nodes.verify_shard(&map, node, id).await {
+                Ok(false) => {
+                    warn!(shard_id = %id, node_id = %node, "node confirmed the corruption and quarantined the shard")
+                }
+                Ok(true) => {
+                    warn!(shard_id = %id, node_id = %node, "node found the shard intact: the corruption was on the way")
+                }
+                Err(e) => {
+                    warn!(shard_id = %id, node_id = %node, error = %e, "could not have the shard verified")
+                }
+            }
+        });
+    }
 }
 
-/// Reads whole shards from every node that may have a good copy, rebuilds the data shards
-/// from any k of them, and returns the wanted part of the stripe.
-async fn reconstruct(
+/// Rebuilds the pieces `which` (indexes into `read.pieces`) from the same shard byte
+/// range of k shards not in `avoid`.
+#[allow(clippy::too_many_arguments)]
+async fn rebuild_pieces(
     inner: &Inner,
     map: &ClusterMap,
     policy: PlacementPolicy,
     stripe: &Stripe,
     read: &StripeRead,
+    which: &[usize],
+    avoid: &BTreeSet<usize>,
     shard_len: u64,
-) -> Result<Bytes, GatewayError> {
+) -> Result<Vec<(usize, Bytes)>, GatewayError> {
     let k = usize::from(policy.n_data_shards);
-    let reads = stripe
-        .shards
+    let lo = which
         .iter()
-        .enumerate()
-        .map(|(idx, loc)| async move {
-            if inner.nodes.is_suspect(loc.node) {
-                return Err(ShardIoError::Unreachable(
-                    loc.node,
-                    "recently failed".into(),
-                ));
-            }
-            let id = ShardId {
-                stripe_id: stripe.id,
-                shard_idx: idx as u8,
-            };
-            let shard = ShardRef {
-                node: loc.node,
-                id,
-                digest: &loc.digest,
-                shard_len_bytes: shard_len,
-            };
-            inner.nodes.read_shard(map, shard, 0, 0).await
-        });
-    let results = futures::future::join_all(reads).await;
-    let mut n_corrupt = 0;
-    let mut shards: Vec<Option<Vec<u8>>> = Vec::with_capacity(results.len());
-    for (idx, result) in results.into_iter().enumerate() {
+        .map(|i| read.pieces[*i].offset_in_shard)
+        .min()
+        .expect("pieces");
+    let hi = which
+        .iter()
+        .map(|i| read.pieces[*i].offset_in_shard + read.pieces[*i].len_bytes)
+        .max()
+        .expect("pieces");
+    // Every other shard may help; the first k to answer are used.
+    let mut reads = FuturesUnordered::new();
+    for idx in 0..stripe.shards.len() {
+        if avoid.contains(&idx) || inner.nodes.is_suspect(stripe.shards[idx].node) {
+            continue;
+        }
+        let shard = shard_ref(stripe, idx, shard_len);
+        reads.push(async move { (idx, inner.nodes.read_shard(map, shard, lo, hi - lo).await) });
+    }
+    let mut ranges: Vec<Option<Vec<u8>>> = vec![None; stripe.shards.len()];
+    let (mut n_ok, mut n_corrupt) = (0usize, 0usize);
+    while let Some((idx, result)) = reads.next().await {
         match result {
-            Ok(bytes) => shards.push(Some(bytes.to_vec())),
+            Ok(bytes) => {
+                ranges[idx] = Some(bytes.to_vec());
+                n_ok += 1;
+                if n_ok == k {
+                    break;
+                }
+            }
             Err(e) => {
                 if matches!(e, ShardIoError::Corrupt(..)) {
                     n_corrupt += 1;
                 }
-                report_bad_shard(stripe, idx, &e);
-                shards.push(None);
+                report_bad_shard(inner, map, stripe, idx, &e);
             }
         }
     }
-    let n_present = shards.iter().filter(|s| s.is_some()).count();
-    if n_present < k {
+    if n_ok < k {
         let what = format!(
-            "stripe {}: {n_present} of {} shards readable ({n_corrupt} corrupt), {k} needed",
+            "stripe {}: {n_ok} of {} shards readable ({n_corrupt} corrupt), {k} needed",
             stripe.id,
-            shards.len()
+            stripe.shards.len()
         );
         return Err(if n_corrupt > 0 {
             GatewayError::StripeCorrupt(what)
@@ -241,18 +344,28 @@ async fn reconstruct(
         });
     }
     let codec = inner.codec(policy)?;
-    let stripe_len = stripe.len_bytes;
-    let wanted = read.stripe_range.clone();
+    let pieces: Vec<(usize, usize, u64, u64)> = which
+        .iter()
+        .map(|i| {
+            let p = &read.pieces[*i];
+            (*i, p.shard_idx, p.offset_in_shard, p.len_bytes)
+        })
+        .collect();
     tokio::task::spawn_blocking(move || {
         codec
-            .reconstruct(&mut shards, false)
+            .reconstruct(&mut ranges, false)
             .map_err(|e| GatewayError::Internal(format!("reconstruct: {e}")))?;
-        let data: Vec<&[u8]> = shards[..k]
-            .iter()
-            .map(|s| s.as_deref().expect("reconstructed"))
-            .collect();
-        let joined = codec.join_stripe(&data, stripe_len);
-        Ok(Bytes::from(joined).slice(wanted.start as usize..wanted.end as usize))
+        Ok(pieces
+            .into_iter()
+            .map(|(i, shard_idx, offset, len)| {
+                let range = ranges[shard_idx].as_ref().expect("reconstructed");
+                let start = (offset - lo) as usize;
+                (
+                    i,
+                    Bytes::copy_from_slice(&range[start..start + len as usize]),
+                )
+            })
+            .collect())
     })
     .await
     .map_err(|e| GatewayError::Internal(format!("reconstruct task: {e}")))?

@@ -10,7 +10,7 @@ use futures::stream::FuturesOrdered;
 use lauscha_core::layout::StripeLayout;
 use lauscha_core::model::{ObjectData, ShardLocation, Stripe};
 use lauscha_core::{
-    ClusterMap, ErasureCodec, PlacementPolicy, ShardDigest, ShardId, StripeId, place, place_with,
+    ClusterMap, ErasureCodec, PlacementPolicy, ShardDigest, ShardId, StripeId, place_avoiding,
 };
 use md5::Digest as _;
 use s3s::checksum::ChecksumHasher;
@@ -278,20 +278,33 @@ async fn write_stripe(
     stripe: Bytes,
     _permit: OwnedSemaphorePermit,
 ) -> Result<(Stripe, Vec<u8>), GatewayError> {
+    // A first attempt can miss its quorum because nodes died since the last request; their
+    // failures mark them, and a second attempt (a fresh stripe id) places around them.
+    match write_stripe_once(inner, map, policy, stripe.clone()).await {
+        Err(GatewayError::BelowWriteQuorum { .. }) => {
+            write_stripe_once(inner, map, policy, stripe).await
+        }
+        other => other,
+    }
+}
+
+async fn write_stripe_once(
+    inner: &Inner,
+    map: &ClusterMap,
+    policy: PlacementPolicy,
+    stripe: Bytes,
+) -> Result<(Stripe, Vec<u8>), GatewayError> {
     let stripe_id = StripeId(rand::random());
-    // Nodes that just reported a full disk get no new shards, as long as enough others can.
-    let full = inner.nodes.full_nodes();
-    let placement = match place_with(
-        stripe_id,
-        &policy,
-        map,
-        &vec![None; policy.n_shards()],
-        &full,
-    ) {
-        Ok(p) => p,
-        Err(_) if !full.is_empty() => place(stripe_id, &policy, map)?,
-        Err(e) => return Err(e.into()),
-    };
+    // Nodes that just failed or reported a full disk get shards only when there are not
+    // enough others; those shards are then skipped and repaired later.
+    let mut avoid = inner.nodes.full_nodes();
+    avoid.extend(
+        map.nodes
+            .keys()
+            .copied()
+            .filter(|n| inner.nodes.is_suspect(*n)),
+    );
+    let placement = place_avoiding(stripe_id, &policy, map, &avoid)?;
     let codec = inner.codec(policy)?;
     let len_bytes = stripe.len() as u64;
     let (shards, digests) = tokio::task::spawn_blocking(move || encode(&codec, stripe))
@@ -309,7 +322,7 @@ async fn write_stripe(
                 shard_idx: shard_idx as u8,
             };
             async move {
-                if inner.nodes.is_suspect(node) {
+                if inner.nodes.is_suspect(node) || inner.nodes.full_nodes().contains(&node) {
                     return Err(ShardIoError::Unreachable(node, "recently failed".into()));
                 }
                 inner.nodes.put_shard(map, node, id, shard, *digest).await

@@ -24,8 +24,8 @@ pub use model::{
 };
 pub use names::BucketName;
 pub use placement::{
-    Placement, PlacementError, PlacementPolicy, ShardMove, SpreadLevel, place, place_with,
-    rebalance_moves,
+    Placement, PlacementError, PlacementPolicy, ShardMove, SpreadLevel, place, place_avoiding,
+    place_with, rebalance_moves,
 };
 
 /// Errors of the core crate: invalid input to a pure function.

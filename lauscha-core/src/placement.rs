@@ -153,6 +153,36 @@ pub fn place_with(
     fixed: &[Option<NodeId>],
     exclude: &BTreeSet<NodeId>,
 ) -> Result<Placement, PlacementError> {
+    place_inner(stripe_id, policy, map, fixed, exclude, &BTreeSet::new())
+}
+
+/// Like [`place`], but nodes in `avoid` (unreachable or full just now) get shards only
+/// when there are not enough other nodes: a writer then stores what it can and leaves the
+/// rest to repair, instead of failing while enough healthy nodes exist.
+pub fn place_avoiding(
+    stripe_id: StripeId,
+    policy: &PlacementPolicy,
+    map: &ClusterMap,
+    avoid: &BTreeSet<NodeId>,
+) -> Result<Placement, PlacementError> {
+    place_inner(
+        stripe_id,
+        policy,
+        map,
+        &vec![None; policy.n_shards()],
+        &BTreeSet::new(),
+        avoid,
+    )
+}
+
+fn place_inner(
+    stripe_id: StripeId,
+    policy: &PlacementPolicy,
+    map: &ClusterMap,
+    fixed: &[Option<NodeId>],
+    exclude: &BTreeSet<NodeId>,
+    avoid: &BTreeSet<NodeId>,
+) -> Result<Placement, PlacementError> {
     policy.validate()?;
     assert_eq!(fixed.len(), policy.n_shards(), "one entry per shard");
     let kept: BTreeSet<NodeId> = fixed.iter().flatten().copied().collect();
@@ -189,13 +219,15 @@ pub fn place_with(
             nodes.push(*node);
             continue;
         }
-        // The first node in rank order with the least-loaded (site, host) wins.
-        let mut best: Option<(usize, (usize, usize))> = None;
+        // The first node in rank order with the least-loaded (site, host) wins; avoided
+        // nodes only when nothing else is left.
+        let mut best: Option<(usize, (bool, usize, usize))> = None;
         for (idx, (node, _)) in ranked.iter().enumerate() {
             if taken[idx] {
                 continue;
             }
             let load = (
+                avoid.contains(&node.id),
                 shards_per_site
                     .get(node.site.as_str())
                     .copied()
@@ -453,6 +485,18 @@ mod tests {
             } else {
                 assert_eq!(Some(*node), fixed[i]);
             }
+        }
+    }
+
+    #[test]
+    fn avoided_nodes_are_used_only_when_needed() {
+        let map = map_of(&[(4, 1), (3, 1)]);
+        let avoid = BTreeSet::from([NodeId(1), NodeId(2)]);
+        for s in 0..50u128 {
+            let p = place_avoiding(StripeId(s), &PlacementPolicy::DEFAULT, &map, &avoid).unwrap();
+            // 7 nodes, 2 avoided, 6 shards: exactly one avoided node is used.
+            let n_avoided = p.nodes.iter().filter(|n| avoid.contains(n)).count();
+            assert_eq!(n_avoided, 1, "stripe {s}: {:?}", p.nodes);
         }
     }
 

@@ -41,6 +41,71 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: MetaCommand,
     },
+    /// Storage nodes: list, add, drain, remove, replace.
+    Node {
+        /// What to do.
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// Run a maintenance pass now (repair, rebalance, drain, GC); with --wait, pass after
+    /// pass until every stripe is at full redundancy.
+    Repair {
+        /// Keep going until nothing is degraded and nothing is left to do.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Stripes with fewer than k+m healthy shards right now.
+    Degraded,
+}
+
+/// `lauscha admin node ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum NodeCommand {
+    /// Every storage node with state, reachability, usage and scrub results.
+    List,
+    /// Add a node to the map (storage nodes also register themselves when they start).
+    Add {
+        /// Node id.
+        node_id: u32,
+        /// Site (failure domain).
+        #[arg(long)]
+        site: String,
+        /// Host (failure domain).
+        #[arg(long)]
+        host: String,
+        /// gRPC address, host:port.
+        #[arg(long)]
+        addr: String,
+        /// Capacity in bytes (placement weight).
+        #[arg(long, default_value_t = 1 << 40)]
+        capacity_bytes: u64,
+    },
+    /// Stop placing shards on a node and move all of its shards away.
+    Drain {
+        /// Node id.
+        node_id: u32,
+        /// Wait, showing progress, until the node holds nothing the cluster needs.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Take a draining node back into service.
+    Undrain {
+        /// Node id.
+        node_id: u32,
+    },
+    /// A node whose disk was replaced (empty, same id): take it into service and refill it.
+    Replace {
+        /// Node id.
+        node_id: u32,
+        /// Wait, showing progress, until every stripe is at full redundancy again.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Remove a node for good; refused while the cluster still needs shards on it.
+    Remove {
+        /// Node id.
+        node_id: u32,
+    },
 }
 
 /// `lauscha admin meta ...`
@@ -229,10 +294,44 @@ fn print_nodes(status: &Value) {
     }
 }
 
+fn print_report(report: &Value) {
+    let n = |k: &str| report[k].as_u64().unwrap_or(0);
+    println!(
+        "stripes checked {}, degraded {}, unrecoverable {}; rebuilt {} shards ({} bytes), moved {} ({} bytes); garbage shards deleted {}, orphans deleted {}; errors {}; {} ms",
+        n("stripes_checked"),
+        n("stripes_degraded"),
+        n("stripes_unrecoverable"),
+        n("shards_rebuilt"),
+        n("bytes_rebuilt"),
+        n("shards_moved"),
+        n("bytes_moved"),
+        n("garbage_shards_deleted"),
+        n("orphans_deleted"),
+        n("errors"),
+        n("elapsed_ms")
+    );
+    for example in report["examples"].as_array().into_iter().flatten().take(20) {
+        println!("  {}", example.as_str().unwrap_or(""));
+    }
+}
+
 /// Runs an admin command.
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     let target = target(&args)?;
     let (value, print): (Value, fn(&Value)) = match &args.command {
+        AdminCommand::Node { command } => run_node(&target, command, args.json).await?,
+        AdminCommand::Repair { wait } => {
+            let report = if *wait {
+                repair_until_done(&target, args.json).await?
+            } else {
+                call(&target, "POST", "/v1/maintenance/run", Vec::new()).await?
+            };
+            (report, print_report)
+        }
+        AdminCommand::Degraded => (
+            call(&target, "GET", "/v1/stripes/degraded", Vec::new()).await?,
+            print_report,
+        ),
         AdminCommand::Status => (call(&target, "GET", "/v1/status", Vec::new()).await?, |s| {
             print_voters(s);
             print_nodes(s);
@@ -300,4 +399,179 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         print(&value);
     }
     Ok(())
+}
+
+/// Runs maintenance passes until nothing is degraded and a pass finds nothing to do,
+/// showing the degraded stripes left.
+async fn repair_until_done(target: &Target, json: bool) -> anyhow::Result<Value> {
+    let bar = (!json).then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "repair {bar:40} {pos}/{len} stripes at full redundancy {msg}",
+            )
+            .expect("valid template"),
+        );
+        bar
+    });
+    let mut worst = 0u64;
+    for _ in 0..1000 {
+        let report = call(target, "POST", "/v1/maintenance/run", Vec::new()).await?;
+        let degraded = report["stripes_degraded"].as_u64().unwrap_or(0);
+        let checked = report["stripes_checked"].as_u64().unwrap_or(0);
+        let work = [
+            "shards_rebuilt",
+            "shards_moved",
+            "orphans_deleted",
+            "garbage_shards_deleted",
+        ]
+        .iter()
+        .map(|k| report[*k].as_u64().unwrap_or(0))
+        .sum::<u64>();
+        worst = worst.max(degraded);
+        if let Some(bar) = &bar {
+            bar.set_length(checked);
+            bar.set_position(checked - degraded);
+            bar.set_message(format!(
+                "(rebuilt {}, moved {}, errors {})",
+                report["shards_rebuilt"], report["shards_moved"], report["errors"]
+            ));
+        }
+        if degraded == 0 && work == 0 && report["errors"].as_u64() == Some(0) {
+            if let Some(bar) = bar {
+                bar.finish_with_message("done");
+            }
+            return Ok(report);
+        }
+        if report["stripes_unrecoverable"].as_u64().unwrap_or(0) > 0 && work == 0 {
+            bail!(
+                "{} stripes have fewer than k healthy shards: bring their nodes back",
+                report["stripes_unrecoverable"]
+            );
+        }
+    }
+    bail!("still degraded after 1000 passes (worst: {worst} stripes)")
+}
+
+async fn run_node(
+    target: &Target,
+    command: &NodeCommand,
+    json: bool,
+) -> anyhow::Result<(Value, fn(&Value))> {
+    Ok(match command {
+        NodeCommand::List => (
+            call(target, "GET", "/v1/status", Vec::new()).await?,
+            print_nodes,
+        ),
+        NodeCommand::Add {
+            node_id,
+            site,
+            host,
+            addr,
+            capacity_bytes,
+        } => {
+            let body = serde_json::to_vec(&serde_json::json!({
+                "node_id": node_id, "site": site, "host": host, "addr": addr,
+                "capacity_bytes": capacity_bytes,
+            }))?;
+            (call(target, "POST", "/v1/nodes", body).await?, |_| {
+                println!("node added; maintenance moves its share of the data to it")
+            })
+        }
+        NodeCommand::Drain { node_id, wait } => {
+            let value = call(
+                target,
+                "POST",
+                &format!("/v1/nodes/{node_id}/drain"),
+                Vec::new(),
+            )
+            .await?;
+            if *wait {
+                let path = format!("/v1/nodes/{node_id}/shards");
+                let first = call(target, "GET", &path, Vec::new()).await?["referenced_shards"]
+                    .as_u64()
+                    .unwrap_or(0);
+                let bar = (!json).then(|| {
+                    let bar = indicatif::ProgressBar::new(first);
+                    bar.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "drain {bar:40} {pos}/{len} shards moved",
+                        )
+                        .expect("valid template"),
+                    );
+                    bar
+                });
+                loop {
+                    let left = call(target, "GET", &path, Vec::new()).await?["referenced_shards"]
+                        .as_u64()
+                        .unwrap_or(0);
+                    if let Some(bar) = &bar {
+                        bar.set_position(first.saturating_sub(left));
+                    }
+                    if left == 0 {
+                        break;
+                    }
+                    let report = call(target, "POST", "/v1/maintenance/run", Vec::new()).await?;
+                    if report["shards_moved"].as_u64() == Some(0)
+                        && report["shards_rebuilt"].as_u64() == Some(0)
+                    {
+                        bail!(
+                            "drain makes no progress: {} shards left; see `lauscha admin degraded`",
+                            left
+                        );
+                    }
+                }
+                if let Some(bar) = bar {
+                    bar.finish();
+                }
+                return Ok((serde_json::json!({"ok": true, "drained": node_id}), |_| {
+                    println!(
+                        "drained: the node holds nothing the cluster needs; remove it with `lauscha admin node remove ID`"
+                    )
+                }));
+            }
+            (value, |_| {
+                println!("draining; follow with `lauscha admin node list` or use --wait")
+            })
+        }
+        NodeCommand::Undrain { node_id } => (
+            call(
+                target,
+                "POST",
+                &format!("/v1/nodes/{node_id}/undrain"),
+                Vec::new(),
+            )
+            .await?,
+            |_| println!("back in service"),
+        ),
+        NodeCommand::Replace { node_id, wait } => {
+            let value = call(
+                target,
+                "POST",
+                &format!("/v1/nodes/{node_id}/replace"),
+                Vec::new(),
+            )
+            .await?;
+            if *wait {
+                return Ok((repair_until_done(target, json).await?, |_| {
+                    println!("refilled")
+                }));
+            }
+            (value, |_| {
+                println!(
+                    "in service; maintenance refills it (`lauscha admin repair --wait` to watch)"
+                )
+            })
+        }
+        NodeCommand::Remove { node_id } => (
+            call(
+                target,
+                "DELETE",
+                &format!("/v1/nodes/{node_id}"),
+                Vec::new(),
+            )
+            .await?,
+            |_| println!("removed"),
+        ),
+    })
 }

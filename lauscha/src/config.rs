@@ -2,7 +2,9 @@
 //!
 //! Any variable `LAUSCHA__SECTION__FIELD=value` overrides `[section] field`; array tables
 //! take an index (`LAUSCHA__STORAGE__0__SITE=site-b`). Values are parsed as TOML where
-//! they can be (numbers, booleans, arrays) and taken as strings otherwise.
+//! they can be (numbers, booleans, arrays) and taken as strings otherwise. A variable for a
+//! section the file does not have is ignored: one environment can serve processes that run
+//! different roles.
 
 use std::path::Path;
 
@@ -37,6 +39,9 @@ pub fn apply_env_overrides(
         let segments: Vec<String> = path.split("__").map(|s| s.to_ascii_lowercase()).collect();
         if segments.iter().any(String::is_empty) {
             bail!("environment variable {name}: empty path segment");
+        }
+        if value.get(&segments[0]).is_none() {
+            continue;
         }
         let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
             .ok()
@@ -136,6 +141,10 @@ mod tests {
                     "1024".to_string(),
                 ),
                 ("UNRELATED".to_string(), "x".to_string()),
+                (
+                    "LAUSCHA__GATEWAY__MAINTENANCE__GC_GRACE_S".to_string(),
+                    "5".to_string(),
+                ),
             ],
         )
         .unwrap();
@@ -143,7 +152,24 @@ mod tests {
         let gateway = config.gateway.unwrap();
         assert_eq!(gateway.region, "eu-central-1");
         assert_eq!(gateway.max_object_bytes, 1024);
+        assert_eq!(gateway.maintenance.gc_grace_s, 5);
         assert_eq!(config.storage[1].site, "site-z");
+    }
+
+    #[test]
+    fn overrides_for_sections_the_file_lacks_are_ignored() {
+        let mut value: toml::Value =
+            toml::from_str(include_str!("../../deploy/metadata.toml")).unwrap();
+        apply_env_overrides(
+            &mut value,
+            [(
+                "LAUSCHA__GATEWAY__REGION".to_string(),
+                "eu-central-1".to_string(),
+            )],
+        )
+        .unwrap();
+        let config: ServerConfig = value.try_into().unwrap();
+        assert!(config.gateway.is_none());
     }
 
     #[test]

@@ -229,11 +229,16 @@ impl Roles {
                 .await
                 .context("S3 server")
         });
-        let (g, shutdown) = (gateway, self.shutdown.clone());
+        let (g, shutdown) = (gateway.clone(), self.shutdown.clone());
         self.tasks.spawn(async move {
             g.serve_admin(admin, shutdown.cancelled_owned())
                 .await
                 .context("admin server")
+        });
+        let (g, shutdown) = (gateway, self.shutdown.clone());
+        self.tasks.spawn(async move {
+            g.run_maintenance(shutdown).await;
+            Ok(())
         });
         info!(%listen, %admin_listen, region = %config.region, "gateway serving");
         let info = RoleInfo {

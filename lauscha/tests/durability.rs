@@ -106,7 +106,8 @@ async fn cluster_survives_m_node_kills_and_fails_cleanly_beyond() {
             assert_eq!(got, payload(i as u64, *size)[50..100]);
         }
     }
-    // Writes need every node of a stripe for now: they fail cleanly, nothing is visible.
+    // A write needs k + 1 = 5 shards on distinct live nodes; with 4 nodes up it fails
+    // cleanly and nothing is visible.
     let (code, status) = error_of(
         s3.put_object()
             .bucket("nodes")

@@ -381,7 +381,7 @@ impl ShardStore for DiskShardStore {
 
     fn free_bytes(&self) -> u64 {
         nix::sys::statvfs::statvfs(&self.inner.root)
-            .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+            .map(|s| s.blocks_available() * s.fragment_size())
             .unwrap_or(u64::MAX)
     }
 }
