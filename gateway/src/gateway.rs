@@ -27,8 +27,6 @@ pub struct Inner {
     pub meta: MetaClient,
     /// The storage nodes.
     pub nodes: Arc<NodePool>,
-    /// The default placement policy for new buckets.
-    pub default_policy: PlacementPolicy,
     codecs: Mutex<HashMap<(u8, u8), Arc<ErasureCodec>>>,
     stripe_memory: Arc<Semaphore>,
     keys: Mutex<HashMap<AccessKeyId, (AccessKey, Instant)>>,
@@ -40,10 +38,6 @@ impl Inner {
         config
             .validate()
             .map_err(|e| GatewayError::InvalidArgument(e.to_string()))?;
-        let default_policy = config
-            .default_policy
-            .to_policy()
-            .map_err(|e| GatewayError::InvalidArgument(e.to_string()))?;
         let meta = MetaClient::new(&config.metadata_endpoints)?;
         let nodes = Arc::new(NodePool::new(
             meta.clone(),
@@ -53,7 +47,6 @@ impl Inner {
             config,
             meta,
             nodes,
-            default_policy,
             codecs: Mutex::new(HashMap::new()),
             stripe_memory: Arc::new(Semaphore::new(
                 STRIPE_MEMORY_BUDGET_BYTES / MEMORY_UNIT_BYTES,

@@ -796,7 +796,9 @@ fn plan_stripe(
     let mut relocate = Vec::new();
     for (i, h) in health.iter().enumerate() {
         match h {
-            ShardHealth::Missing if accepts(node_of(i)) => rebuilds.push((i, node_of(i))),
+            ShardHealth::Missing if accepts(node_of(i)) && !full.contains(&node_of(i)) => {
+                rebuilds.push((i, node_of(i)))
+            }
             ShardHealth::Missing | ShardHealth::Lost => {
                 fixed[i] = None;
                 relocate.push((i, false));

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use futures::StreamExt;
+use lauscha_core::config::DEFAULT_POLICY_NAME;
 use lauscha_core::model::{ListObjectsQuery, ObjectListing};
 use lauscha_core::{
     AccessKeyId, Bucket, BucketName, ChecksumAlgorithm, ContentHeaders, ObjectVersion, StripeId,
@@ -20,6 +21,10 @@ use tracing::{info, warn};
 use crate::GatewayError;
 use crate::gateway::Inner;
 use crate::{read, write};
+
+/// Request header of CreateBucket naming the placement policy (storage class) of the
+/// bucket; response header of HeadBucket with the bucket's policy (`k+m/spread`).
+pub const POLICY_HEADER: &str = "x-lauscha-policy";
 
 /// Most keys one DeleteObjects request may name (as S3).
 const MAX_DELETE_KEYS: usize = 1000;
@@ -283,10 +288,27 @@ impl S3 for S3Gateway {
                 "Object Lock is not available yet on this Lauscha version"
             ));
         }
-        let policy = self.inner.default_policy;
+        let policy_name = match req.headers.get(POLICY_HEADER) {
+            None => DEFAULT_POLICY_NAME,
+            Some(value) => value
+                .to_str()
+                .map_err(|_| s3_error!(InvalidArgument, "{POLICY_HEADER} is not ASCII"))?,
+        };
+        let Some(policy) = self.inner.config.named_policy(policy_name) else {
+            return Err(s3_error!(
+                InvalidArgument,
+                "no placement policy {policy_name:?}; this cluster has {}",
+                self.inner.config.policy_names().join(", ")
+            ));
+        };
         // Refuse a bucket whose objects could not be written now.
         let map = self.inner.nodes.cluster_map().await?;
-        place(StripeId(0), &policy, &map).map_err(GatewayError::from)?;
+        if let Err(e) = place(StripeId(0), &policy, &map) {
+            return Err(s3_error!(
+                InvalidArgument,
+                "placement policy {policy_name:?} ({policy}) cannot be met by this cluster: {e}"
+            ));
+        }
         self.inner
             .meta
             .create_bucket(&name, &caller.tenant, policy)
@@ -330,11 +352,15 @@ impl S3 for S3Gateway {
     ) -> S3Result<S3Response<dto::HeadBucketOutput>> {
         let caller = self.caller(&req).await?;
         let name = bucket_name(&req.input.bucket)?;
-        self.owned_bucket(&caller, &name).await?;
-        Ok(S3Response::new(dto::HeadBucketOutput {
+        let bucket = self.owned_bucket(&caller, &name).await?;
+        let mut response = S3Response::new(dto::HeadBucketOutput {
             bucket_region: Some(self.inner.config.region.clone()),
             ..Default::default()
-        }))
+        });
+        if let Ok(value) = http::HeaderValue::from_str(&bucket.policy.to_string()) {
+            response.headers.insert(POLICY_HEADER, value);
+        }
+        Ok(response)
     }
 
     async fn get_bucket_location(

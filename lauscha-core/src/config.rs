@@ -3,6 +3,8 @@
 //! Every field says its unit and default. `validate` turns raw values into checked ones at
 //! start-up so that a bad config fails before anything listens.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{CoreError, NodeId, PlacementPolicy, SpreadLevel, TenantId};
@@ -214,6 +216,11 @@ pub struct GatewayConfig {
     /// Placement policy for new buckets. Default 4+2 over nodes.
     #[serde(default)]
     pub default_policy: PolicyConfig,
+    /// Named placement policies (storage classes) a bucket can be created with, chosen by
+    /// the `x-lauscha-policy` header of CreateBucket. The name `default` always means
+    /// `default_policy`. Default: none.
+    #[serde(default)]
+    pub policies: BTreeMap<String, PolicyConfig>,
     /// Requests served at once before new ones wait. Default 256.
     #[serde(default = "default_max_concurrent_requests")]
     pub max_concurrent_requests: usize,
@@ -338,6 +345,7 @@ impl GatewayConfig {
             inline_max_bytes: default_inline_max_bytes(),
             shard_size_bytes: default_shard_size_bytes(),
             default_policy: PolicyConfig::default(),
+            policies: BTreeMap::new(),
             max_concurrent_requests: default_max_concurrent_requests(),
             shard_rpc_timeout_ms: default_shard_rpc_timeout_ms(),
             write_quorum_extra: default_write_quorum_extra(),
@@ -371,6 +379,22 @@ impl GatewayConfig {
                 "gateway.max_concurrent_requests must be at least 1".into(),
             ));
         }
+        for (name, policy) in &self.policies {
+            if name == DEFAULT_POLICY_NAME
+                || name.is_empty()
+                || name.len() > 63
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return Err(CoreError::Config(format!(
+                    "gateway.policies.{name}: a policy name is 1 to 63 of a-z, 0-9 and '-', and not {DEFAULT_POLICY_NAME:?}"
+                )));
+            }
+            policy
+                .to_policy()
+                .map_err(|e| CoreError::Config(format!("gateway.policies.{name}: {e}")))?;
+        }
         let policy = self.default_policy.to_policy()?;
         if self.write_quorum_extra > policy.n_parity_shards && policy.n_parity_shards > 0 {
             return Err(CoreError::Config(format!(
@@ -384,6 +408,29 @@ impl GatewayConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// The policy name that always means `gateway.default_policy`.
+pub const DEFAULT_POLICY_NAME: &str = "default";
+
+impl GatewayConfig {
+    /// The policy a bucket created with policy name `name` gets; `None` when no such
+    /// policy is configured.
+    pub fn named_policy(&self, name: &str) -> Option<PlacementPolicy> {
+        let config = if name == DEFAULT_POLICY_NAME {
+            self.default_policy
+        } else {
+            *self.policies.get(name)?
+        };
+        config.to_policy().ok()
+    }
+
+    /// Every policy name a bucket can be created with.
+    pub fn policy_names(&self) -> Vec<&str> {
+        std::iter::once(DEFAULT_POLICY_NAME)
+            .chain(self.policies.keys().map(String::as_str))
+            .collect()
     }
 }
 
@@ -479,5 +526,43 @@ mod tests {
         let err = gateway.validate().unwrap_err().to_string();
         assert!(err.contains("s3_listen"), "{err}");
         assert!(ServerConfig::default().validate().is_err());
+    }
+
+    #[test]
+    fn named_policies_are_checked_and_found() {
+        let mut gateway = GatewayConfig::with_metadata(vec!["http://127.0.0.1:1".into()]);
+        let site = PolicyConfig {
+            data_shards: 2,
+            parity_shards: 2,
+            spread: SpreadLevel::Site,
+        };
+        gateway.policies.insert("site-redundant".into(), site);
+        gateway.validate().unwrap();
+        assert_eq!(
+            gateway.named_policy("site-redundant"),
+            Some(site.to_policy().unwrap())
+        );
+        assert_eq!(
+            gateway.named_policy("default"),
+            Some(PlacementPolicy::DEFAULT)
+        );
+        assert_eq!(gateway.named_policy("gold"), None);
+        assert_eq!(gateway.policy_names(), ["default", "site-redundant"]);
+        for bad in ["default", "Site", "", "a b"] {
+            let mut g = gateway.clone();
+            g.policies.insert(bad.into(), site);
+            let err = g.validate().unwrap_err().to_string();
+            assert!(err.contains("policy name"), "{bad:?}: {err}");
+        }
+        let mut g = gateway.clone();
+        g.policies.insert(
+            "broken".into(),
+            PolicyConfig {
+                data_shards: 0,
+                ..site
+            },
+        );
+        let err = g.validate().unwrap_err().to_string();
+        assert!(err.contains("gateway.policies.broken"), "{err}");
     }
 }

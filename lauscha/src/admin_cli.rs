@@ -56,6 +56,9 @@ pub enum AdminCommand {
     },
     /// Stripes with fewer than k+m healthy shards right now.
     Degraded,
+    /// Maintenance totals since the gateway started (rebuilt, moved, collected) and the
+    /// last pass.
+    Maintenance,
 }
 
 /// `lauscha admin node ...`
@@ -100,6 +103,11 @@ pub enum NodeCommand {
         /// Wait, showing progress, until every stripe is at full redundancy again.
         #[arg(long)]
         wait: bool,
+    },
+    /// How many shards of current stripes the map places on a node.
+    Shards {
+        /// Node id.
+        node_id: u32,
     },
     /// Remove a node for good; refused while the cluster still needs shards on it.
     Remove {
@@ -332,6 +340,10 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             call(&target, "GET", "/v1/stripes/degraded", Vec::new()).await?,
             print_report,
         ),
+        AdminCommand::Maintenance => (
+            call(&target, "GET", "/v1/maintenance", Vec::new()).await?,
+            |v| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+        ),
         AdminCommand::Status => (call(&target, "GET", "/v1/status", Vec::new()).await?, |s| {
             print_voters(s);
             print_nodes(s);
@@ -512,7 +524,14 @@ async fn run_node(
                         break;
                     }
                     let report = call(target, "POST", "/v1/maintenance/run", Vec::new()).await?;
-                    if report["shards_moved"].as_u64() == Some(0)
+                    // The gateway's own background pass may have done the work just before
+                    // this one: only a pass that did nothing while shards stayed put is
+                    // a lack of progress.
+                    let still = call(target, "GET", &path, Vec::new()).await?["referenced_shards"]
+                        .as_u64()
+                        .unwrap_or(0);
+                    if still == left
+                        && report["shards_moved"].as_u64() == Some(0)
                         && report["shards_rebuilt"].as_u64() == Some(0)
                     {
                         bail!(
@@ -563,6 +582,16 @@ async fn run_node(
                 )
             })
         }
+        NodeCommand::Shards { node_id } => (
+            call(
+                target,
+                "GET",
+                &format!("/v1/nodes/{node_id}/shards"),
+                Vec::new(),
+            )
+            .await?,
+            |v| println!("{} shards", v["referenced_shards"]),
+        ),
         NodeCommand::Remove { node_id } => (
             call(
                 target,

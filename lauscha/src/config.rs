@@ -40,8 +40,13 @@ pub fn apply_env_overrides(
         if segments.iter().any(String::is_empty) {
             bail!("environment variable {name}: empty path segment");
         }
-        if value.get(&segments[0]).is_none() {
-            continue;
+        // One set of variables serves every process of a host: a variable for a section
+        // this file does not have (a gateway setting in a metadata node's file, say) is
+        // not meant for it.
+        match value.get(&segments[0]) {
+            None => continue,
+            Some(toml::Value::Array(items)) if items.is_empty() => continue,
+            Some(_) => {}
         }
         let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
             .ok()
@@ -162,14 +167,34 @@ mod tests {
             toml::from_str(include_str!("../../deploy/metadata.toml")).unwrap();
         apply_env_overrides(
             &mut value,
+            [
+                (
+                    "LAUSCHA__GATEWAY__REGION".to_string(),
+                    "eu-central-1".to_string(),
+                ),
+                (
+                    "LAUSCHA__STORAGE__0__SCRUB_INTERVAL_S".to_string(),
+                    "1".to_string(),
+                ),
+            ],
+        )
+        .unwrap();
+        // Written out by a program, the file may say `storage = []`.
+        value
+            .as_table_mut()
+            .unwrap()
+            .insert("storage".into(), toml::Value::Array(Vec::new()));
+        apply_env_overrides(
+            &mut value,
             [(
-                "LAUSCHA__GATEWAY__REGION".to_string(),
-                "eu-central-1".to_string(),
+                "LAUSCHA__STORAGE__0__SCRUB_INTERVAL_S".to_string(),
+                "1".to_string(),
             )],
         )
         .unwrap();
         let config: ServerConfig = value.try_into().unwrap();
         assert!(config.gateway.is_none());
+        assert!(config.storage.is_empty());
     }
 
     #[test]

@@ -8,7 +8,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use lauscha_core::config::{GatewayConfig, MetadataConfig, ServerConfig, StorageNodeConfig};
+use lauscha_core::SpreadLevel;
+use lauscha_core::config::{
+    GatewayConfig, MetadataConfig, PolicyConfig, ServerConfig, StorageNodeConfig,
+};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
@@ -217,6 +220,17 @@ fn gateway_config(args: &DevArgs, meta: &[SocketAddr]) -> GatewayConfig {
         let m = u8::from(args.storage_nodes >= 2).max((args.storage_nodes / 3) as u8);
         config.default_policy.data_shards = (args.storage_nodes as u8 - m).max(1);
         config.default_policy.parity_shards = m;
+    }
+    if args.storage_nodes >= 4 {
+        // Two shards in each of the two sites: any one site can be lost.
+        config.policies.insert(
+            "site-redundant".into(),
+            PolicyConfig {
+                data_shards: 2,
+                parity_shards: 2,
+                spread: SpreadLevel::Site,
+            },
+        );
     }
     config
 }

@@ -30,9 +30,21 @@ fn lauscha() -> &'static str {
 impl Dev {
     /// Starts `lauscha dev` on a fresh directory.
     pub fn start(extra: &[&str]) -> Dev {
+        Dev::start_env(extra, &[])
+    }
+
+    /// Starts `lauscha dev` on `data_dir` (which may hold an earlier run's data).
+    pub fn start_in(data_dir: &Path, extra: &[&str]) -> Dev {
+        Dev::start_in_env(data_dir, extra, &[])
+    }
+
+    /// Starts `lauscha dev` in a fresh temporary directory with extra environment
+    /// variables (config overrides such as `LAUSCHA__GATEWAY__MAINTENANCE__GC_GRACE_S`
+    /// reach every child process of a `--cluster`).
+    pub fn start_env(extra: &[&str], env: &[(&str, &str)]) -> Dev {
         let tmp = tempfile::tempdir().expect("temp dir");
         let data_dir = tmp.path().join("data");
-        let mut dev = Dev::start_in(&data_dir, extra);
+        let mut dev = Dev::start_in_env(&data_dir, extra, env);
         if std::env::var_os("LAUSCHA_TEST_KEEP").is_some() {
             eprintln!("keeping {}", tmp.keep().display());
         } else {
@@ -41,8 +53,8 @@ impl Dev {
         dev
     }
 
-    /// Starts `lauscha dev` on `data_dir` (which may hold an earlier run's data).
-    pub fn start_in(data_dir: &Path, extra: &[&str]) -> Dev {
+    /// As [`Dev::start_in`], with extra environment variables.
+    pub fn start_in_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Dev {
         std::fs::create_dir_all(data_dir).expect("create data dir");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -62,6 +74,7 @@ impl Dev {
             .env("LAUSCHA_ACCESS_KEY", ACCESS_KEY)
             .env("LAUSCHA_SECRET_KEY", SECRET_KEY)
             .env("LAUSCHA_LOG", "warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
