@@ -409,6 +409,18 @@ EOF
 
     t "${s3cmd[@]}" del "s3://$bucket/three.bin"
     t "${s3cmd[@]}" rb "s3://$bucket"
+
+    # A named placement policy, as README.md shows it; an unknown one is refused.
+    t "${s3cmd[@]}" mb --add-header=x-lauscha-policy:site-redundant "s3://$bucket-sites"
+    t "${s3cmd[@]}" put "$dir/up.bin" "s3://$bucket-sites/three.bin"
+    t "${s3cmd[@]}" get --force "s3://$bucket-sites/three.bin" "$dir/down.bin"
+    cmp "$dir/up.bin" "$dir/down.bin" || die "s3cmd: object in the site-redundant bucket differs"
+    t "${s3cmd[@]}" del "s3://$bucket-sites/three.bin"
+    t "${s3cmd[@]}" rb "s3://$bucket-sites"
+    if "${s3cmd[@]}" mb --add-header=x-lauscha-policy:platinum "s3://$bucket-nosuch" 2>"$dir/err.txt"; then
+        die "s3cmd: a bucket with an unknown placement policy was created"
+    fi
+    grep -q InvalidArgument "$dir/err.txt" || { cat "$dir/err.txt"; die "s3cmd: unknown policy not refused with InvalidArgument"; }
 )
 
 # ---------------------------------------------------------------- run

@@ -263,6 +263,24 @@ def main():
     s3.delete_bucket(Bucket=bucket)
     expect_error("head_bucket after delete_bucket", "404", 404, s3.head_bucket, Bucket=bucket)
     step("delete_bucket ok")
+
+    # A bucket with a named placement policy, as README.md shows it.
+    policy_bucket = bucket + "-sites"
+    def with_policy(request, **_):
+        request.headers.add_header("x-lauscha-policy", "site-redundant")
+    s3.meta.events.register("before-sign.s3.CreateBucket", with_policy)
+    s3.create_bucket(Bucket=policy_bucket)
+    s3.meta.events.unregister("before-sign.s3.CreateBucket", with_policy)
+    head = s3.head_bucket(Bucket=policy_bucket)
+    got = head["ResponseMetadata"]["HTTPHeaders"].get("x-lauscha-policy")
+    check(got == "2+2/site", f"head_bucket: x-lauscha-policy {got!r}, want '2+2/site'")
+    body = os.urandom(300_000)
+    s3.put_object(Bucket=policy_bucket, Key="k", Body=body)
+    check(s3.get_object(Bucket=policy_bucket, Key="k")["Body"].read() == body,
+          "site-redundant bucket: object differs")
+    s3.delete_object(Bucket=policy_bucket, Key="k")
+    s3.delete_bucket(Bucket=policy_bucket)
+    step("bucket with a placement policy ok")
     step("all checks passed")
 
 

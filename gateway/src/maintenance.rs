@@ -669,8 +669,8 @@ impl Maintenance {
         Ok(())
     }
 
-    /// Deletes shards no stripe map points at, once older than the grace period: uploads
-    /// that never committed, and copies left behind by moves that did not finish.
+    /// Deletes shards no stripe map points at, once older than the orphan grace period:
+    /// uploads that never committed, and copies left behind by moves that did not finish.
     async fn delete_orphans(
         &self,
         map: &ClusterMap,
@@ -679,7 +679,7 @@ impl Maintenance {
         report: &mut PassReport,
     ) -> Result<(), GatewayError> {
         let cutoff_s =
-            now_ms().saturating_sub(self.inner.config.maintenance.gc_grace_s * 1000) / 1000;
+            now_ms().saturating_sub(self.inner.config.maintenance.orphan_grace_s * 1000) / 1000;
         let mut candidates: Vec<(NodeId, ShardId)> = Vec::new();
         for (node, shards) in held {
             for (id, modified_s) in shards {

@@ -393,6 +393,7 @@ impl S3 for S3Gateway {
         &self,
         req: S3Request<dto::PutObjectInput>,
     ) -> S3Result<S3Response<dto::PutObjectOutput>> {
+        let started = std::time::Instant::now();
         let caller = self.caller(&req).await?;
         let S3Request {
             input,
@@ -520,6 +521,16 @@ impl S3 for S3Gateway {
             checksums: checksums.clone(),
             data: written.data,
         };
+        // Shards older than the orphan grace period that nothing references are deleted;
+        // an upload this slow may already have lost its first stripes to that rule.
+        let max_put = Duration::from_secs(self.inner.config.maintenance.orphan_grace_s / 2);
+        if started.elapsed() > max_put {
+            return Err(s3_error!(
+                RequestTimeout,
+                "the upload took longer than {} s; send large objects as smaller parts",
+                max_put.as_secs()
+            ));
+        }
         match self
             .inner
             .meta

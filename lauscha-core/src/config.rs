@@ -252,11 +252,17 @@ pub struct MaintenanceConfig {
     /// Pause between passes, seconds. Default 60.
     #[serde(default = "default_maintenance_interval_s")]
     pub interval_s: u64,
-    /// Shards of deleted and overwritten objects, and of uploads that never committed, are
-    /// deleted this long after they stopped being referenced (or were written), seconds.
-    /// In-flight reads of an old version are safe for this long. Default 3600.
+    /// Shards of deleted and overwritten objects are deleted this long after they stopped
+    /// being referenced, seconds. In-flight reads of an old version are safe for this
+    /// long. Default 3600.
     #[serde(default = "default_gc_grace_s")]
     pub gc_grace_s: u64,
+    /// Shards no stripe references (uploads that never committed, copies a crash left
+    /// behind) are deleted once their file is this old, seconds. A PUT that has been
+    /// running for half of it is refused before its commit (RequestTimeout), so an upload
+    /// in progress never loses its first stripes. Default 86400.
+    #[serde(default = "default_orphan_grace_s")]
+    pub orphan_grace_s: u64,
     /// A node unreachable this long is treated as lost: its shards are rebuilt elsewhere,
     /// seconds. Default 900.
     #[serde(default = "default_node_out_after_s")]
@@ -278,6 +284,9 @@ fn default_maintenance_interval_s() -> u64 {
 fn default_gc_grace_s() -> u64 {
     3600
 }
+fn default_orphan_grace_s() -> u64 {
+    86_400
+}
 fn default_node_out_after_s() -> u64 {
     900
 }
@@ -294,6 +303,7 @@ impl Default for MaintenanceConfig {
             enabled: yes(),
             interval_s: default_maintenance_interval_s(),
             gc_grace_s: default_gc_grace_s(),
+            orphan_grace_s: default_orphan_grace_s(),
             node_out_after_s: default_node_out_after_s(),
             concurrency: default_maintenance_concurrency(),
             rebalance_moves_per_pass: default_rebalance_moves_per_pass(),

@@ -5,6 +5,8 @@
 //!   lauscha-load --data-dir DIR fill --bucket big --keys 1000000
 //!   lauscha-load --data-dir DIR list --bucket big
 //!   lauscha-load --data-dir DIR small --concurrency 16 --seconds 10
+//!   lauscha-load --data-dir DIR fill --bucket big --keys 16 --size 67108864 --concurrency 2
+//!   lauscha-load --data-dir DIR get --bucket big --keys 16 --seconds 20 --label healthy
 //! Results are printed as `name=value` lines for scripts; progress goes to stderr.
 
 use std::path::PathBuf;
@@ -50,6 +52,22 @@ enum Cmd {
     List {
         #[arg(long)]
         bucket: String,
+    },
+    /// GETs of the objects `fill` wrote, by concurrent clients for a fixed time; every
+    /// body is compared with what `fill` sent. Reports MB/s and latency percentiles.
+    Get {
+        #[arg(long)]
+        bucket: String,
+        /// How many of the filled keys to read (the first N).
+        #[arg(long)]
+        keys: u64,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Prefix of the result names, e.g. `healthy` or `degraded`.
+        #[arg(long, default_value = "get")]
+        label: String,
     },
     /// Small-object PUTs then GETs with concurrent clients for a fixed time each.
     Small {
@@ -336,6 +354,73 @@ async fn small(
     Ok(())
 }
 
+async fn get(
+    s3: Client,
+    bucket: &str,
+    keys: u64,
+    concurrency: usize,
+    seconds: u64,
+    label: &str,
+) -> anyhow::Result<()> {
+    let size = s3
+        .head_object()
+        .bucket(bucket)
+        .key(key(0))
+        .send()
+        .await
+        .context("head the first filled key")?
+        .content_length()
+        .unwrap_or(0) as usize;
+    let expected = Arc::new(pseudo_random_bytes(1, size));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|worker| {
+            let (s3, bucket, expected) = (s3.clone(), bucket.to_string(), expected.clone());
+            tokio::spawn(async move {
+                let (mut latencies, mut errors, mut wrong) = (Vec::new(), 0u64, 0u64);
+                let mut i = worker as u64;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    i = (i + 7919) % keys;
+                    match s3.get_object().bucket(&bucket).key(key(i)).send().await {
+                        Ok(out) => match out.body.collect().await {
+                            Ok(body) => {
+                                if body.into_bytes()[..] == expected[..] {
+                                    latencies.push(t.elapsed());
+                                } else {
+                                    wrong += 1;
+                                }
+                            }
+                            Err(_) => errors += 1,
+                        },
+                        Err(_) => errors += 1,
+                    }
+                }
+                (latencies, errors, wrong)
+            })
+        })
+        .collect();
+    let (mut all, mut errors, mut wrong) = (Vec::new(), 0, 0);
+    for t in tasks {
+        let (l, e, w) = t.await?;
+        all.extend(l);
+        errors += e;
+        wrong += w;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    all.sort();
+    println!("{label}_object_bytes={size}");
+    println!("{label}_gets={}", all.len());
+    println!("{label}_MBps={:.1}", (all.len() * size) as f64 / secs / 1e6);
+    println!("{label}_p50_ms={:.2}", percentile(&all, 0.5));
+    println!("{label}_p99_ms={:.2}", percentile(&all, 0.99));
+    println!("{label}_max_ms={:.2}", percentile(&all, 1.0));
+    println!("{label}_errors={errors}");
+    println!("{label}_wrong_bytes={wrong}");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -348,6 +433,13 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
         } => fill(s3, bucket, keys, size, concurrency).await,
         Cmd::List { ref bucket } => list(s3, bucket).await,
+        Cmd::Get {
+            ref bucket,
+            keys,
+            concurrency,
+            seconds,
+            ref label,
+        } => get(s3, bucket, keys, concurrency, seconds, label).await,
         Cmd::Small {
             ref bucket,
             concurrency,
