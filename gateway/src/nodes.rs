@@ -206,6 +206,14 @@ impl NodePool {
             .insert(node, Instant::now());
     }
 
+    /// Records that a read from `node` was still running when a rebuild from parity had
+    /// already answered: reads route around it for a few seconds instead of waiting for
+    /// the hedge delay each time (a paused or overloaded node would otherwise add that
+    /// delay to most GETs). Its next answer to any call clears the mark.
+    pub fn mark_slow(&self, node: NodeId) {
+        self.mark_suspect(node);
+    }
+
     fn note<T>(&self, node: NodeId, result: &Result<T, ShardIoError>) {
         match result {
             Err(e) if e.is_node_failure() => self.mark_suspect(node),

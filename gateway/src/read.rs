@@ -193,6 +193,12 @@ async fn read_stripe(
             result = &mut rebuilt, if rebuilt_result.is_none() => {
                 match result {
                     Ok(pieces) => {
+                        for &i in &slow {
+                            if got[i].is_none() {
+                                let node = stripe.shards[read.pieces[i].shard_idx].node;
+                                inner.nodes.mark_slow(node);
+                            }
+                        }
                         for (i, bytes) in pieces {
                             got[i] = Some(bytes);
                         }

@@ -3,14 +3,16 @@
 //! returned stripes through metadata only after every check passed.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt;
-use futures::stream::FuturesOrdered;
+use futures::stream::{FuturesOrdered, FuturesUnordered};
 use lauscha_core::layout::StripeLayout;
 use lauscha_core::model::{ObjectData, ShardLocation, Stripe};
 use lauscha_core::{
-    ClusterMap, ErasureCodec, PlacementPolicy, ShardDigest, ShardId, StripeId, place_avoiding,
+    ClusterMap, ErasureCodec, NodeId, PlacementPolicy, ShardDigest, ShardId, StripeId,
+    place_avoiding,
 };
 use md5::Digest as _;
 use s3s::checksum::ChecksumHasher;
@@ -328,7 +330,7 @@ async fn write_stripe_once(
                 inner.nodes.put_shard(map, node, id, shard, *digest).await
             }
         });
-    let results = futures::future::join_all(writes).await;
+    let results = await_writes(inner, &placement.nodes, writes, inner.write_quorum(policy)).await;
     let missing: Vec<u8> = results
         .iter()
         .enumerate()
@@ -376,6 +378,62 @@ async fn write_stripe_once(
     };
     Ok((stripe, missing))
 }
+
+/// Waits for the shard writes, in shard order. Once the write quorum is durable, the
+/// others get a little longer (four times what reaching the quorum took, at least
+/// `STRAGGLER_MIN`); a write still running then is abandoned (the node discards a shard
+/// whose stream ends early) and counted as missing, so that one paused or overloaded node
+/// costs a PUT a short wait and a repair, not the whole RPC timeout.
+async fn await_writes<F>(
+    inner: &Inner,
+    nodes: &[NodeId],
+    writes: impl Iterator<Item = F>,
+    quorum: usize,
+) -> Vec<Result<(), ShardIoError>>
+where
+    F: std::future::Future<Output = Result<(), ShardIoError>>,
+{
+    let started = std::time::Instant::now();
+    let mut pending: FuturesUnordered<_> = writes
+        .enumerate()
+        .map(|(idx, write)| async move { (idx, write.await) })
+        .collect();
+    let mut results: Vec<Option<Result<(), ShardIoError>>> = vec![None; nodes.len()];
+    let mut n_ok = 0usize;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match deadline {
+            None => pending.next().await,
+            Some(at) => match tokio::time::timeout_at(at, pending.next()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            },
+        };
+        let Some((idx, result)) = next else { break };
+        n_ok += usize::from(result.is_ok());
+        results[idx] = Some(result);
+        if n_ok >= quorum && deadline.is_none() {
+            let wait = (started.elapsed() * 4).max(STRAGGLER_MIN);
+            deadline = Some(tokio::time::Instant::now() + wait);
+        }
+    }
+    results
+        .into_iter()
+        .enumerate()
+        .map(|(idx, r)| {
+            r.unwrap_or_else(|| {
+                inner.nodes.mark_slow(nodes[idx]);
+                Err(ShardIoError::Unreachable(
+                    nodes[idx],
+                    "still writing when the rest of the stripe was durable".into(),
+                ))
+            })
+        })
+        .collect()
+}
+
+/// The shortest wait for the shards still being written once the quorum is durable.
+const STRAGGLER_MIN: Duration = Duration::from_millis(200);
 
 /// The k+m shards of a stripe and their digests. A full stripe's data shards are slices of
 /// the stripe itself (no copy); a short stripe is copied once into padded shards.

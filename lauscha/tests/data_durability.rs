@@ -629,3 +629,31 @@ impl Drop for TmpfsMount {
             .status();
     }
 }
+
+// Issue 4: degraded and hedged I/O with a node that neither answers nor fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_fails_no_request_and_is_caught_up_after() {
+    let _lock = cluster_lock().await;
+    let dev = Dev::start(&["--cluster"]);
+    let s3 = dev.client();
+    must_create_bucket(&s3, "pause").await;
+    let objects = put_objects(&s3, "pause", 12, &[3_000, 200_000, 4_500_000]).await;
+    let paused = pid(&dev.processes("storage")[2]);
+    signal(paused, "STOP");
+    assert_all_readable(&s3, "pause", &objects, "with node 3 paused").await;
+    let mut written = Vec::new();
+    for i in 0..12 {
+        let (key, seed, size) = (format!("paused-{i:02}"), 300 + i as u64, 200_000 * (i + 1));
+        must_put(&s3, "pause", &key, &payload(seed, size)).await;
+        written.push((key, seed, size));
+    }
+    assert_all_readable(&s3, "pause", &written, "written with node 3 paused").await;
+    signal(paused, "CONT");
+    repair_and_check(&dev);
+    // Node 3 holds its part of what was written while it was paused: any two others can go.
+    let storage = dev.processes("storage");
+    kill_pid(pid(&storage[0]));
+    kill_pid(pid(&storage[4]));
+    assert_all_readable(&s3, "pause", &written, "after repair, nodes 1 and 5 down").await;
+    assert_all_readable(&s3, "pause", &objects, "after repair, nodes 1 and 5 down").await;
+}
