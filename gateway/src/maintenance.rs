@@ -270,6 +270,26 @@ impl Maintenance {
         for node in map.nodes.values().filter(|n| n.state == NodeState::Gone) {
             lost.insert(node.id);
         }
+        // The map says which nodes are out, so that every gateway stops placing shards on
+        // them (not only the ones that noticed): a lost node is marked down, and a down
+        // node that answers again is back up.
+        if !dry_run {
+            for info in map.nodes.values() {
+                let new_state = match info.state {
+                    NodeState::Up if lost.contains(&info.id) => NodeState::Down,
+                    NodeState::Down if reachable.contains(&info.id) => NodeState::Up,
+                    _ => continue,
+                };
+                match self.inner.meta.set_node_state(info.id, new_state).await {
+                    Ok(_) => {
+                        warn!(node_id = %info.id, state = new_state.as_str(), "node state changed by maintenance")
+                    }
+                    Err(e) => {
+                        warn!(node_id = %info.id, error = %e, "could not record the node's state")
+                    }
+                }
+            }
+        }
         report.lost_nodes = lost.iter().map(|n| n.0).collect();
 
         // What every reachable node holds.

@@ -657,3 +657,59 @@ async fn a_paused_node_fails_no_request_and_is_caught_up_after() {
     assert_all_readable(&s3, "pause", &written, "after repair, nodes 1 and 5 down").await;
     assert_all_readable(&s3, "pause", &objects, "after repair, nodes 1 and 5 down").await;
 }
+
+// Issue 4: a node that stays away is marked down and its shards are rebuilt elsewhere;
+// when it answers again it is back up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_out_too_long_is_marked_down_and_rebuilt_elsewhere() {
+    let _lock = cluster_lock().await;
+    let dev = Dev::start_env(
+        &["--cluster", "--storage-nodes", "7"],
+        &[("LAUSCHA__GATEWAY__MAINTENANCE__NODE_OUT_AFTER_S", "1")],
+    );
+    let s3 = dev.client();
+    must_create_bucket(&s3, "out").await;
+    let objects = put_objects(&s3, "out", 12, &[20_000, 900_000, 5_000_000]).await;
+    let storage = dev.processes("storage");
+    let victim = &storage[1];
+    assert!(referenced_shards(&dev, 2) > 0);
+    kill_pid(pid(victim));
+    let state_of = |dev: &Dev| {
+        node_list(dev)
+            .into_iter()
+            .find(|n| n["id"] == 2)
+            .map(|n| n["state"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    // Passes see it unreachable, then (after a second) lost.
+    assert!(
+        eventually(Duration::from_secs(60), async || {
+            dev.admin(&["repair"]);
+            state_of(&dev) == "down" && referenced_shards(&dev, 2) == 0
+        })
+        .await,
+        "node 2 not marked down and emptied: {:#?}",
+        node_list(&dev)
+    );
+    let degraded = dev.admin(&["degraded"]);
+    assert_eq!(degraded["stripes_degraded"], 0, "{degraded}");
+    // Six nodes hold everything now: any two of them can go... after node 2 returns,
+    // which must not take new shards before maintenance has seen it answer.
+    let _back = restart(victim);
+    assert!(
+        eventually(Duration::from_secs(30), async || {
+            dev.admin(&["repair"]);
+            state_of(&dev) == "up"
+        })
+        .await
+    );
+    kill_pid(pid(&storage[0]));
+    kill_pid(pid(&storage[5]));
+    assert_all_readable(
+        &s3,
+        "out",
+        &objects,
+        "rebuilt away from node 2, two others down",
+    )
+    .await;
+}
