@@ -693,8 +693,7 @@ async fn a_node_out_too_long_is_marked_down_and_rebuilt_elsewhere() {
     );
     let degraded = dev.admin(&["degraded"]);
     assert_eq!(degraded["stripes_degraded"], 0, "{degraded}");
-    // Six nodes hold everything now: any two of them can go... after node 2 returns,
-    // which must not take new shards before maintenance has seen it answer.
+    // Node 2 returns and is up again once a pass has seen it answer.
     let _back = restart(victim);
     assert!(
         eventually(Duration::from_secs(30), async || {
@@ -703,6 +702,7 @@ async fn a_node_out_too_long_is_marked_down_and_rebuilt_elsewhere() {
         })
         .await
     );
+    // The other six nodes hold every stripe in full: two of them can go.
     kill_pid(pid(&storage[0]));
     kill_pid(pid(&storage[5]));
     assert_all_readable(
