@@ -883,3 +883,146 @@ fn plan_stripe(
         healthy: healthy.to_vec(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use lauscha_core::model::{ShardLocation, Stripe};
+    use lauscha_core::{BucketName, NodeInfo, ShardDigest, SpreadLevel};
+
+    use super::*;
+
+    /// Six nodes in two sites (1-3 in a, 4-6 in b) plus `extra` more in site b.
+    fn map(extra: u32) -> ClusterMap {
+        let mut map = ClusterMap::default();
+        for id in 1..=6 + extra {
+            map.upsert(NodeInfo {
+                id: NodeId(id),
+                site: if id <= 3 { "a" } else { "b" }.into(),
+                host: format!("h{id}"),
+                addr: format!("127.0.0.1:{id}"),
+                capacity_bytes: 1 << 40,
+                state: NodeState::Up,
+            });
+        }
+        map
+    }
+
+    fn stripe_on(nodes: &[u32]) -> MaintainedStripe {
+        MaintainedStripe {
+            bucket: BucketName::parse("bucket").unwrap(),
+            key: "k".into(),
+            stripe: Stripe {
+                id: StripeId(7),
+                len_bytes: 4096,
+                shards: nodes
+                    .iter()
+                    .map(|n| ShardLocation {
+                        node: NodeId(*n),
+                        digest: ShardDigest([0; 32]),
+                    })
+                    .collect(),
+            },
+            policy: PlacementPolicy {
+                n_data_shards: 4,
+                n_parity_shards: 2,
+                spread: SpreadLevel::Node,
+            },
+        }
+    }
+
+    fn plan(
+        ms: &MaintainedStripe,
+        health: &[ShardHealth],
+        map: &ClusterMap,
+        full: &[u32],
+    ) -> Option<StripeTask> {
+        let healthy: Vec<usize> = (0..health.len())
+            .filter(|i| health[*i] == ShardHealth::Healthy)
+            .collect();
+        // As a pass sees it: the nodes of lost shards are lost and do not answer.
+        let lost: BTreeSet<NodeId> = (0..health.len())
+            .filter(|i| health[*i] == ShardHealth::Lost)
+            .map(|i| ms.stripe.shards[i].node)
+            .collect();
+        let reachable: BTreeSet<NodeId> = map
+            .nodes
+            .keys()
+            .copied()
+            .filter(|n| !lost.contains(n))
+            .collect();
+        let full: BTreeSet<NodeId> = full.iter().map(|n| NodeId(*n)).collect();
+        plan_stripe(
+            ms,
+            health,
+            &healthy,
+            map,
+            &reachable,
+            &lost,
+            &full,
+            &mut 10,
+            &mut PassReport::default(),
+        )
+    }
+
+    use ShardHealth::{Healthy, Lost, Missing, Unavailable};
+
+    #[test]
+    fn a_missing_shard_is_rebuilt_where_it_belongs() {
+        let map = map(0);
+        let ms = stripe_on(&[1, 2, 3, 4, 5, 6]);
+        let health = [Healthy, Missing, Healthy, Healthy, Healthy, Healthy];
+        let task = plan(&ms, &health, &map, &[]).unwrap();
+        assert_eq!(task.rebuilds, [(1, NodeId(2))]);
+        assert!(task.moves.is_empty());
+    }
+
+    #[test]
+    fn a_missing_shard_of_a_full_node_goes_to_another_node() {
+        let map = map(1);
+        let ms = stripe_on(&[1, 2, 3, 4, 5, 6]);
+        let health = [Healthy, Missing, Healthy, Healthy, Healthy, Healthy];
+        let task = plan(&ms, &health, &map, &[2]).unwrap();
+        assert_eq!(task.rebuilds, [(1, NodeId(7))]);
+    }
+
+    #[test]
+    fn lost_shards_are_rebuilt_on_nodes_outside_the_stripe() {
+        let map = map(2);
+        let ms = stripe_on(&[1, 2, 3, 4, 5, 6]);
+        let health = [Lost, Healthy, Healthy, Healthy, Lost, Healthy];
+        let task = plan(&ms, &health, &map, &[]).unwrap();
+        let targets: BTreeSet<NodeId> = task.rebuilds.iter().map(|(_, n)| *n).collect();
+        assert_eq!(task.rebuilds.len(), 2);
+        assert_eq!(targets, BTreeSet::from([NodeId(7), NodeId(8)]));
+        assert_eq!(task.healthy, [1, 2, 3, 5]);
+    }
+
+    #[test]
+    fn an_unavailable_shard_is_left_alone() {
+        let map = map(1);
+        let ms = stripe_on(&[1, 2, 3, 4, 5, 6]);
+        let health = [Unavailable, Healthy, Healthy, Healthy, Healthy, Healthy];
+        assert!(plan(&ms, &health, &map, &[]).is_none());
+    }
+
+    #[test]
+    fn a_draining_node_has_its_shard_copied_away() {
+        let mut map = map(1);
+        let mut node = map.node(NodeId(3)).unwrap().clone();
+        node.state = NodeState::Draining;
+        map.upsert(node);
+        let ms = stripe_on(&[1, 2, 3, 4, 5, 6]);
+        let task = plan(&ms, &[Healthy; 6], &map, &[]).unwrap();
+        assert_eq!(task.moves, [(2, NodeId(3), NodeId(7))]);
+        assert!(task.rebuilds.is_empty());
+    }
+
+    #[test]
+    fn a_healthy_stripe_where_placement_puts_it_needs_nothing() {
+        let map = map(0);
+        let placed = lauscha_core::place(StripeId(7), &stripe_on(&[]).policy, &map).unwrap();
+        let nodes: Vec<u32> = placed.nodes.iter().map(|n| n.0).collect();
+        let ms = stripe_on(&nodes);
+        assert!(plan(&ms, &[Healthy; 6], &map, &[]).is_none());
+    }
+}
