@@ -112,6 +112,7 @@ fn meta_code(kind: MetaErrorKind) -> S3ErrorCode {
         MetaErrorKind::Conflict => S3ErrorCode::OperationAborted,
         MetaErrorKind::NotLeader | MetaErrorKind::Unavailable => S3ErrorCode::ServiceUnavailable,
         MetaErrorKind::Internal => S3ErrorCode::InternalError,
+        MetaErrorKind::PreconditionFailed => S3ErrorCode::PreconditionFailed,
     }
 }
 

@@ -13,7 +13,7 @@ use lauscha_core::model::Stripe;
 use lauscha_core::model::{ListObjectsQuery, ObjectListing};
 use lauscha_core::{
     AccessKey, AccessKeyId, Bucket, BucketName, ClusterMap, NodeId, NodeInfo, NodeState,
-    ObjectVersion, PlacementPolicy, StripeId, Tenant, TenantId,
+    ObjectVersion, PlacementPolicy, StripeId, Tenant, TenantId, WriteCondition,
 };
 use lauscha_proto::meta::meta_service_client::MetaServiceClient;
 use lauscha_proto::meta::{self as pb};
@@ -128,6 +128,7 @@ fn next_step(status: &tonic::Status) -> Next {
         | MetaErrorKind::AccessKeyAlreadyExists
         | MetaErrorKind::InvalidArgument
         | MetaErrorKind::Conflict
+        | MetaErrorKind::PreconditionFailed
         | MetaErrorKind::Internal => Next::Fail,
     }
 }
@@ -378,6 +379,7 @@ impl MetaClient {
         key: &str,
         version: ObjectVersion,
         missing: &[(StripeId, u8)],
+        condition: Option<&WriteCondition>,
     ) -> Result<(String, u64), GatewayError> {
         let message = pb::PutObjectRequest {
             bucket: bucket.to_string(),
@@ -385,6 +387,11 @@ impl MetaClient {
             tenant: tenant.0.clone(),
             version: Some(version.into()),
             missing: missing.iter().map(|(s, i)| shard_ref(*s, *i)).collect(),
+            if_match: match condition {
+                Some(WriteCondition::IfMatch(etag)) => Some(etag.clone()),
+                _ => None,
+            },
+            if_none_match_any: condition == Some(&WriteCondition::IfNoneMatchAny),
         };
         let reply = self
             .call(

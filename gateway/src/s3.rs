@@ -10,7 +10,7 @@ use lauscha_core::config::DEFAULT_POLICY_NAME;
 use lauscha_core::model::{ListObjectsQuery, ObjectListing};
 use lauscha_core::{
     AccessKeyId, Bucket, BucketName, ChecksumAlgorithm, ContentHeaders, ObjectVersion, StripeId,
-    TenantId, place,
+    TenantId, WriteCondition, place,
 };
 use lauscha_proto::MetaErrorKind;
 use s3s::checksum::ChecksumHasher;
@@ -213,6 +213,33 @@ impl S3Gateway {
     }
 }
 
+/// The precondition of a conditional PUT. S3 supports `If-None-Match: *` and `If-Match`
+/// with an ETag, not both at once.
+fn write_condition(
+    if_match: &Option<dto::ETagCondition>,
+    if_none_match: &Option<dto::ETagCondition>,
+) -> S3Result<Option<WriteCondition>> {
+    match (if_match, if_none_match) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(s3_error!(
+            InvalidArgument,
+            "If-Match and If-None-Match cannot be combined on a PUT"
+        )),
+        (None, Some(c)) if c.is_any() => Ok(Some(WriteCondition::IfNoneMatchAny)),
+        (None, Some(_)) => Err(s3_error!(
+            NotImplemented,
+            "If-None-Match on a PUT supports only *"
+        )),
+        (Some(c), None) => match c.as_etag() {
+            Some(etag) => Ok(Some(WriteCondition::IfMatch(etag.value().to_string()))),
+            None => Err(s3_error!(
+                NotImplemented,
+                "If-Match on a PUT needs an ETag, not *"
+            )),
+        },
+    }
+}
+
 /// Evaluates GET/HEAD conditions (RFC 9110 order: If-Match, If-Unmodified-Since,
 /// If-None-Match, If-Modified-Since).
 fn check_conditions(
@@ -402,13 +429,40 @@ impl S3 for S3Gateway {
         } = req;
         let name = bucket_name(&input.bucket)?;
         object_key(&input.key)?;
-        if input.if_match.is_some() || input.if_none_match.is_some() {
-            return Err(s3_error!(
-                NotImplemented,
-                "conditional PUT is not available yet on this Lauscha version"
-            ));
-        }
+        let condition = write_condition(&input.if_match, &input.if_none_match)?;
         let bucket = self.owned_bucket(&caller, &name).await?;
+        if let Some(condition) = &condition {
+            // Fail before the body is stored when the answer is already clear; the state
+            // machine decides again, atomically, at the commit.
+            let current = match self
+                .inner
+                .meta
+                .get_object(&name, &caller.tenant, &input.key)
+                .await
+            {
+                Ok(v) => Some(v),
+                Err(GatewayError::Meta {
+                    kind: MetaErrorKind::NoSuchKey,
+                    ..
+                }) => None,
+                Err(e) => return Err(e.into()),
+            };
+            match (condition, &current) {
+                (WriteCondition::IfNoneMatchAny, Some(_)) => {
+                    return Err(s3_error!(
+                        PreconditionFailed,
+                        "the key exists (If-None-Match: *)"
+                    ));
+                }
+                (WriteCondition::IfMatch(_), None) => {
+                    return Err(s3_error!(NoSuchKey, "no object to match (If-Match)"));
+                }
+                (WriteCondition::IfMatch(etag), Some(v)) if v.etag != *etag => {
+                    return Err(s3_error!(PreconditionFailed, "If-Match did not match"));
+                }
+                _ => {}
+            }
+        }
 
         let content_md5 = match &input.content_md5 {
             None => None,
@@ -534,7 +588,14 @@ impl S3 for S3Gateway {
         match self
             .inner
             .meta
-            .put_object(&name, &caller.tenant, &input.key, version, &missing)
+            .put_object(
+                &name,
+                &caller.tenant,
+                &input.key,
+                version,
+                &missing,
+                condition.as_ref(),
+            )
             .await
         {
             Ok(_) => uncommitted.commit(),

@@ -20,7 +20,7 @@ pub use codec::ErasureCodec;
 pub use ids::{AccessKeyId, NodeId, ShardId, StripeId, TenantId};
 pub use model::{
     AccessKey, Bucket, ChecksumAlgorithm, ContentHeaders, ObjectData, ObjectVersion, ShardLocation,
-    Stripe, Tenant,
+    Stripe, Tenant, WriteCondition,
 };
 pub use names::BucketName;
 pub use placement::{

@@ -138,6 +138,16 @@ pub struct ContentHeaders {
 
 /// One committed version of an object.
 ///
+/// A precondition on replacing an object, checked atomically with the write
+/// (conditional PUT).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteCondition {
+    /// `If-None-Match: *`: only if the key has no current version.
+    IfNoneMatchAny,
+    /// `If-Match: "etag"`: only if the current version has this ETag (without quotes).
+    IfMatch(String),
+}
+
 /// Field order is part of the metadata format: listings decode the first four fields alone
 /// (postcard is positional), so they stay first and in this order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,7 +5,9 @@
 //! log applied to the same state gives the same mutations on every voter.
 
 use lauscha_core::model::{ObjectData, Stripe};
-use lauscha_core::{AccessKey, Bucket, BucketName, ClusterMap, ObjectVersion, Tenant};
+use lauscha_core::{
+    AccessKey, Bucket, BucketName, ClusterMap, ObjectVersion, Tenant, WriteCondition,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{MetaCommand, MetaError, MetaResponse, Proposal};
@@ -266,6 +268,15 @@ fn apply_inner(
             version,
             now_ms,
             missing,
+        }
+        | MetaCommand::PutObjectIf {
+            bucket,
+            tenant,
+            key,
+            version,
+            now_ms,
+            missing,
+            ..
         } => {
             if let Err(e) = owned_bucket(kv, bucket, tenant)? {
                 return Ok(Err(e));
@@ -274,8 +285,34 @@ fn apply_inner(
                 return Ok(Err(MetaError::InvalidArgument(e.to_string())));
             }
             let object_key = keys::object(bucket, key);
-            if let Some(old) = read::<ObjectVersion>(kv, &object_key)? {
-                retire(out, &old, format!("{bucket}/{key}"), *now_ms, log_index);
+            let current = read::<ObjectVersion>(kv, &object_key)?;
+            if let MetaCommand::PutObjectIf { condition, .. } = cmd {
+                // Decided here, in log order: of two racing conditional writers exactly
+                // one sees the state its condition asks for.
+                match (condition, &current) {
+                    (WriteCondition::IfNoneMatchAny, Some(old)) => {
+                        return Ok(Err(MetaError::PreconditionFailed(format!(
+                            "{bucket}/{key} exists (ETag {})",
+                            old.etag
+                        ))));
+                    }
+                    (WriteCondition::IfMatch(_), None) => {
+                        return Ok(Err(MetaError::NoSuchKey {
+                            bucket: bucket.to_string(),
+                            key: key.clone(),
+                        }));
+                    }
+                    (WriteCondition::IfMatch(etag), Some(old)) if old.etag != *etag => {
+                        return Ok(Err(MetaError::PreconditionFailed(format!(
+                            "{bucket}/{key} has ETag {}, not {etag}",
+                            old.etag
+                        ))));
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(old) = &current {
+                retire(out, old, format!("{bucket}/{key}"), *now_ms, log_index);
             }
             let version_id = format!("{log_index:020}");
             let version = ObjectVersion {
@@ -521,6 +558,55 @@ mod tests {
             now_ms: 10,
             missing: Vec::new(),
         })
+    }
+
+    fn put_if(sm: &mut Sm, key: &str, etag: &str, condition: WriteCondition) -> MetaResponse {
+        let version = ObjectVersion {
+            etag: etag.into(),
+            ..striped(10, u128::from(sm.next_index))
+        };
+        sm.run(MetaCommand::PutObjectIf {
+            bucket: bucket("files"),
+            tenant: tenant("jena"),
+            key: key.into(),
+            version: Box::new(version),
+            now_ms: 10,
+            missing: Vec::new(),
+            condition,
+        })
+    }
+
+    #[test]
+    fn conditional_puts_are_decided_in_log_order() {
+        let mut sm = setup();
+        let refused_412 =
+            |r: &MetaResponse| matches!(r, MetaResponse::Refused(MetaError::PreconditionFailed(_)));
+        // Two writers race If-None-Match: * on a new key: the first entry wins.
+        let first = put_if(&mut sm, "k", "a", WriteCondition::IfNoneMatchAny);
+        let second = put_if(&mut sm, "k", "b", WriteCondition::IfNoneMatchAny);
+        assert!(matches!(first, MetaResponse::ObjectPut { .. }), "{first:?}");
+        assert!(refused_412(&second), "{second:?}");
+        let etag_of = |sm: &Sm| {
+            query::get_object(&sm.kv, &bucket("files"), "k")
+                .unwrap()
+                .unwrap()
+                .etag
+        };
+        assert_eq!(etag_of(&sm), "a");
+        // If-Match: only against the current ETag; two writers matching "a" race, one wins.
+        let stale = put_if(&mut sm, "k", "c", WriteCondition::IfMatch("x".into()));
+        assert!(refused_412(&stale), "{stale:?}");
+        let won = put_if(&mut sm, "k", "c", WriteCondition::IfMatch("a".into()));
+        let lost = put_if(&mut sm, "k", "d", WriteCondition::IfMatch("a".into()));
+        assert!(matches!(won, MetaResponse::ObjectPut { .. }), "{won:?}");
+        assert!(refused_412(&lost), "{lost:?}");
+        assert_eq!(etag_of(&sm), "c");
+        // If-Match on a key that does not exist.
+        let absent = put_if(&mut sm, "nope", "e", WriteCondition::IfMatch("a".into()));
+        assert!(
+            matches!(absent, MetaResponse::Refused(MetaError::NoSuchKey { .. })),
+            "{absent:?}"
+        );
     }
 
     #[test]

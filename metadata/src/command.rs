@@ -7,7 +7,7 @@ use std::fmt;
 
 use lauscha_core::{
     AccessKey, Bucket, BucketName, NodeId, NodeInfo, NodeState, ObjectVersion, PlacementPolicy,
-    StripeId, Tenant, TenantId,
+    StripeId, Tenant, TenantId, WriteCondition,
 };
 use serde::{Deserialize, Serialize};
 
@@ -154,6 +154,23 @@ pub enum MetaCommand {
         /// Its new state.
         state: NodeState,
     },
+    /// `PutObject` that applies only if `condition` holds for the current version.
+    PutObjectIf {
+        /// The bucket.
+        bucket: BucketName,
+        /// The tenant writing; must own the bucket.
+        tenant: TenantId,
+        /// The object key.
+        key: String,
+        /// The version; `version_id` and `last_modified_ms` are assigned by `apply`.
+        version: Box<ObjectVersion>,
+        /// Proposal time, Unix ms.
+        now_ms: u64,
+        /// Shards a degraded write could not store: queued for repair at once.
+        missing: Vec<(StripeId, u8)>,
+        /// What must hold.
+        condition: WriteCondition,
+    },
 }
 
 impl fmt::Display for MetaCommand {
@@ -164,6 +181,7 @@ impl fmt::Display for MetaCommand {
             MetaCommand::CreateBucket { name, .. } => write!(f, "create-bucket {name}"),
             MetaCommand::DeleteBucket { name, .. } => write!(f, "delete-bucket {name}"),
             MetaCommand::PutObject { bucket, key, .. } => write!(f, "put {bucket}/{key}"),
+            MetaCommand::PutObjectIf { bucket, key, .. } => write!(f, "put-if {bucket}/{key}"),
             MetaCommand::DeleteObject { bucket, key, .. } => write!(f, "delete {bucket}/{key}"),
             MetaCommand::UpsertNode { node } => write!(f, "upsert-node {}", node.id),
             MetaCommand::MoveShard {
@@ -277,6 +295,9 @@ pub enum MetaError {
     /// Storage failure or a bug.
     #[error("metadata internal error: {0}")]
     Internal(String),
+    /// A conditional write found the object in another state.
+    #[error("precondition failed: {0}")]
+    PreconditionFailed(String),
 }
 
 impl MetaError {
@@ -296,6 +317,7 @@ impl MetaError {
             MetaError::AccessKeyAlreadyExists(_) => K::AccessKeyAlreadyExists,
             MetaError::InvalidArgument(_) => K::InvalidArgument,
             MetaError::Conflict(_) => K::Conflict,
+            MetaError::PreconditionFailed(_) => K::PreconditionFailed,
             MetaError::NotLeader { .. } => K::NotLeader,
             MetaError::Unavailable(_) => K::Unavailable,
             MetaError::Internal(_) => K::Internal,

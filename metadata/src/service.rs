@@ -4,7 +4,9 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use lauscha_core::model::ListObjectsQuery;
-use lauscha_core::{AccessKey, AccessKeyId, NodeInfo, PlacementPolicy, StripeId, TenantId};
+use lauscha_core::{
+    AccessKey, AccessKeyId, NodeInfo, PlacementPolicy, StripeId, TenantId, WriteCondition,
+};
 use lauscha_proto::meta::meta_service_server::{MetaService, MetaServiceServer};
 use lauscha_proto::meta::{self as pb};
 use lauscha_proto::{ProtoError, bucket_name};
@@ -234,21 +236,38 @@ impl MetaService for MetaServer {
             .ok_or_else(|| MetaError::InvalidArgument("version missing".into()))?
             .try_into()
             .map_err(|e: ProtoError| MetaError::from(e))?;
-        match self
-            .node
-            .write_request(
-                MetaCommand::PutObject {
-                    bucket,
-                    tenant,
-                    key: request.key,
-                    version: Box::new(version),
-                    now_ms: now_ms(),
-                    missing,
-                },
-                request_id,
-            )
-            .await?
-        {
+        let condition = match (request.if_match, request.if_none_match_any) {
+            (Some(_), true) => {
+                return Err(MetaError::InvalidArgument(
+                    "if_match and if_none_match_any together".into(),
+                )
+                .into());
+            }
+            (Some(etag), false) => Some(WriteCondition::IfMatch(etag)),
+            (None, true) => Some(WriteCondition::IfNoneMatchAny),
+            (None, false) => None,
+        };
+        let version = Box::new(version);
+        let command = match condition {
+            None => MetaCommand::PutObject {
+                bucket,
+                tenant,
+                key: request.key,
+                version,
+                now_ms: now_ms(),
+                missing,
+            },
+            Some(condition) => MetaCommand::PutObjectIf {
+                bucket,
+                tenant,
+                key: request.key,
+                version,
+                now_ms: now_ms(),
+                missing,
+                condition,
+            },
+        };
+        match self.node.write_request(command, request_id).await? {
             MetaResponse::ObjectPut {
                 version_id,
                 last_modified_ms,

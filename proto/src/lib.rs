@@ -128,11 +128,13 @@ pub enum MetaErrorKind {
     Unavailable,
     /// A bug or a storage failure on the metadata side.
     Internal,
+    /// A conditional write's precondition does not hold.
+    PreconditionFailed,
 }
 
 impl MetaErrorKind {
     /// Every kind, for round-trip tests.
-    pub const ALL: [MetaErrorKind; 15] = [
+    pub const ALL: [MetaErrorKind; 16] = [
         MetaErrorKind::NoSuchBucket,
         MetaErrorKind::NoSuchKey,
         MetaErrorKind::BucketAlreadyExists,
@@ -148,6 +150,7 @@ impl MetaErrorKind {
         MetaErrorKind::NotLeader,
         MetaErrorKind::Unavailable,
         MetaErrorKind::Internal,
+        MetaErrorKind::PreconditionFailed,
     ];
 
     /// The stable name.
@@ -168,6 +171,7 @@ impl MetaErrorKind {
             MetaErrorKind::NotLeader => "NotLeader",
             MetaErrorKind::Unavailable => "Unavailable",
             MetaErrorKind::Internal => "Internal",
+            MetaErrorKind::PreconditionFailed => "PreconditionFailed",
         }
     }
 
@@ -182,7 +186,9 @@ impl MetaErrorKind {
             | MetaErrorKind::BucketAlreadyOwnedByYou
             | MetaErrorKind::TenantAlreadyExists
             | MetaErrorKind::AccessKeyAlreadyExists => tonic::Code::AlreadyExists,
-            MetaErrorKind::BucketNotEmpty => tonic::Code::FailedPrecondition,
+            MetaErrorKind::BucketNotEmpty | MetaErrorKind::PreconditionFailed => {
+                tonic::Code::FailedPrecondition
+            }
             MetaErrorKind::AccessDenied => tonic::Code::PermissionDenied,
             MetaErrorKind::InvalidArgument => tonic::Code::InvalidArgument,
             MetaErrorKind::Conflict => tonic::Code::Aborted,
