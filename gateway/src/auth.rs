@@ -46,7 +46,16 @@ pub enum Refusal {
         /// The region in the credential scope.
         got: String,
     },
+    /// A presigned URL valid for longer than S3 allows (7 days), or with an expiry that is
+    /// not a number of seconds.
+    BadExpiry {
+        /// The `X-Amz-Expires` value.
+        got: String,
+    },
 }
+
+/// The longest validity of a presigned URL, seconds (S3's limit: 7 days).
+pub const MAX_PRESIGNED_EXPIRY_S: u64 = 7 * 24 * 3600;
 
 /// Looks at the credential scope (`Credential=AK/DATE/REGION/s3/aws4_request`, in the
 /// Authorization header or the `X-Amz-Credential` query parameter) and the signature
@@ -77,6 +86,15 @@ pub fn precheck(
             if name == "X-Amz-Credential" {
                 let decoded = percent_decode(value);
                 check_scope(&decoded, region)?;
+            }
+            if name == "X-Amz-Expires"
+                && !value
+                    .parse::<u64>()
+                    .is_ok_and(|s| (1..=MAX_PRESIGNED_EXPIRY_S).contains(&s))
+            {
+                return Err(Refusal::BadExpiry {
+                    got: value.to_string(),
+                });
             }
         }
     }
@@ -153,6 +171,24 @@ mod tests {
             })
         );
         assert_eq!(precheck(None, Some("list-type=2"), "us-east-1"), Ok(()));
+        let expiring = |s: &str| {
+            precheck(
+                None,
+                Some(&format!(
+                    "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Expires={s}"
+                )),
+                "us-east-1",
+            )
+        };
+        assert_eq!(expiring("604800"), Ok(()));
+        assert_eq!(expiring("1"), Ok(()));
+        for bad in ["604801", "0", "-5", "soon", ""] {
+            assert_eq!(
+                expiring(bad),
+                Err(Refusal::BadExpiry { got: bad.into() }),
+                "{bad:?}"
+            );
+        }
         assert_eq!(precheck(None, Some("%"), "us-east-1"), Ok(()));
     }
 }

@@ -58,6 +58,17 @@ fn refusal_error(refusal: Refusal, region: &str) -> S3Error {
             e.set_status_code(StatusCode::BAD_REQUEST);
             e
         }
+        Refusal::BadExpiry { got } => {
+            let mut e = S3Error::with_message(
+                S3ErrorCode::Custom("AuthorizationQueryParametersError".into()),
+                format!(
+                    "X-Amz-Expires must be a number of seconds from 1 to {} (a week), not '{got}'",
+                    crate::auth::MAX_PRESIGNED_EXPIRY_S
+                ),
+            );
+            e.set_status_code(StatusCode::BAD_REQUEST);
+            e
+        }
     }
 }
 

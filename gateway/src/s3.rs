@@ -240,6 +240,31 @@ fn write_condition(
     }
 }
 
+/// Evaluates CopyObject's `x-amz-copy-source-if-*` conditions; every failure is 412.
+/// As S3 documents: a matching If-Match overrides a failing If-Unmodified-Since, and a
+/// passing If-None-Match overrides a failing If-Modified-Since.
+fn check_copy_conditions(
+    source: &ObjectVersion,
+    if_match: &Option<dto::ETagCondition>,
+    if_unmodified_since: &Option<Timestamp>,
+    if_none_match: &Option<dto::ETagCondition>,
+    if_modified_since: &Option<Timestamp>,
+) -> S3Result<()> {
+    match check_conditions(
+        source,
+        if_match,
+        if_unmodified_since,
+        if_none_match,
+        if_modified_since,
+    ) {
+        Err(e) if *e.code() == S3ErrorCode::NotModified => Err(s3_error!(
+            PreconditionFailed,
+            "the copy source was not modified as x-amz-copy-source-if-none-match or -if-modified-since ask"
+        )),
+        other => other,
+    }
+}
+
 /// Evaluates GET/HEAD conditions (RFC 9110 order: If-Match, If-Unmodified-Since,
 /// If-None-Match, If-Modified-Since).
 fn check_conditions(
@@ -626,6 +651,214 @@ impl S3 for S3Gateway {
             }
         }
         Ok(S3Response::new(output))
+    }
+
+    async fn copy_object(
+        &self,
+        req: S3Request<dto::CopyObjectInput>,
+    ) -> S3Result<S3Response<dto::CopyObjectOutput>> {
+        let caller = self.caller(&req).await?;
+        let input = req.input;
+        let dest_name = bucket_name(&input.bucket)?;
+        object_key(&input.key)?;
+        let dto::CopySource::Bucket {
+            bucket: src_bucket,
+            key: src_key,
+            version_id: src_version,
+        } = &input.copy_source
+        else {
+            return Err(s3_error!(
+                NotImplemented,
+                "copy sources are bucket/key; access points do not exist here"
+            ));
+        };
+        if input.sse_customer_key.is_some()
+            || input.copy_source_sse_customer_key.is_some()
+            || input.object_lock_mode.is_some()
+            || input.object_lock_legal_hold_status.is_some()
+        {
+            return Err(s3_error!(
+                NotImplemented,
+                "encryption keys and Object Lock are not available on this Lauscha version"
+            ));
+        }
+        let src_name = bucket_name(src_bucket)?;
+        self.owned_bucket(&caller, &src_name).await?;
+        let dest = self.owned_bucket(&caller, &dest_name).await?;
+        let source = self
+            .inner
+            .meta
+            .get_object(&src_name, &caller.tenant, src_key)
+            .await?;
+        if let Some(v) = src_version
+            && **v != *source.version_id
+        {
+            return Err(s3_error!(
+                NoSuchVersion,
+                "only the current version can be copied (versioning is not enabled)"
+            ));
+        }
+        check_copy_conditions(
+            &source,
+            &input.copy_source_if_match,
+            &input.copy_source_if_unmodified_since,
+            &input.copy_source_if_none_match,
+            &input.copy_source_if_modified_since,
+        )?;
+        let replace = match input.metadata_directive.as_ref().map(|d| d.as_str()) {
+            None | Some("COPY") => false,
+            Some("REPLACE") => true,
+            Some(other) => {
+                return Err(s3_error!(
+                    InvalidArgument,
+                    "unknown metadata directive {other}: COPY or REPLACE"
+                ));
+            }
+        };
+        if src_name == dest_name && **src_key == *input.key && !replace {
+            return Err(s3_error!(
+                InvalidRequest,
+                "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes."
+            ));
+        }
+
+        // The source's checksums are recomputed on the way through: they vouch for the
+        // copy as they did for the original.
+        let mut requested = RequestedChecksums {
+            expected: source
+                .checksums
+                .iter()
+                .map(|(alg, value)| (*alg, Some(value.clone())))
+                .collect(),
+        };
+        if let Some(alg) = &input.checksum_algorithm {
+            let alg = lauscha_proto::checksum_algorithm(&alg.as_str().to_ascii_uppercase())
+                .ok_or_else(|| {
+                    s3_error!(
+                        InvalidArgument,
+                        "unknown checksum algorithm {}",
+                        alg.as_str()
+                    )
+                })?;
+            requested.expected.entry(alg).or_insert(None);
+        }
+        let stream = read::open_range(&self.inner, &source, 0..source.size_bytes).await?;
+        let (written, uncommitted) = write::write_body(
+            &self.inner,
+            dest.policy,
+            StreamingBlob::wrap(stream),
+            Some(source.size_bytes),
+            requested.hasher(),
+        )
+        .await?;
+        let etag = hex::encode(written.md5);
+        if written.size_bytes != source.size_bytes {
+            return Err(GatewayError::Internal(format!(
+                "the copy of {src_name}/{src_key} has {} bytes, the source {}",
+                written.size_bytes, source.size_bytes
+            ))
+            .into());
+        }
+        let mut checksums = BTreeMap::new();
+        for (alg, expected) in &requested.expected {
+            let got = computed(&written.checksums, *alg)
+                .ok_or_else(|| GatewayError::Internal(format!("{} not computed", alg.as_str())))?;
+            if expected.as_ref().is_some_and(|e| e != got) {
+                return Err(GatewayError::Internal(format!(
+                    "the copy of {src_name}/{src_key} does not match the source's {}",
+                    alg.as_str()
+                ))
+                .into());
+            }
+            checksums.insert(*alg, got.clone());
+        }
+        let (content_type, headers, user_metadata) = if replace {
+            (
+                input.content_type.clone(),
+                ContentHeaders {
+                    cache_control: input.cache_control.clone(),
+                    content_disposition: input.content_disposition.clone(),
+                    content_encoding: input
+                        .content_encoding
+                        .as_deref()
+                        .and_then(without_aws_chunked),
+                    content_language: input.content_language.clone(),
+                    expires_unix_s: input.expires.clone().map(unix_seconds),
+                },
+                input
+                    .metadata
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+            )
+        } else {
+            (
+                source.content_type.clone(),
+                source.headers.clone(),
+                source.user_metadata.clone(),
+            )
+        };
+        let missing = written.missing.clone();
+        let version = ObjectVersion {
+            version_id: String::new(),
+            size_bytes: written.size_bytes,
+            etag: etag.clone(),
+            last_modified_ms: 0,
+            content_type,
+            headers,
+            user_metadata,
+            checksums: checksums.clone(),
+            data: written.data,
+        };
+        let last_modified_ms = match self
+            .inner
+            .meta
+            .put_object(
+                &dest_name,
+                &caller.tenant,
+                &input.key,
+                version,
+                &missing,
+                None,
+            )
+            .await
+        {
+            Ok((_, last_modified_ms)) => {
+                uncommitted.commit();
+                last_modified_ms
+            }
+            Err(
+                e @ GatewayError::Meta {
+                    kind:
+                        MetaErrorKind::Unavailable | MetaErrorKind::Internal | MetaErrorKind::NotLeader,
+                    ..
+                },
+            ) => {
+                // The commit may have happened: keep the shards (GC reclaims them if not).
+                uncommitted.commit();
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut result = dto::CopyObjectResult {
+            e_tag: Some(ETag::Strong(etag)),
+            last_modified: Some(timestamp(last_modified_ms)),
+            ..Default::default()
+        };
+        for (alg, value) in checksums {
+            match alg {
+                ChecksumAlgorithm::Crc32 => result.checksum_crc32 = Some(value),
+                ChecksumAlgorithm::Crc32c => result.checksum_crc32c = Some(value),
+                ChecksumAlgorithm::Crc64Nvme => result.checksum_crc64nvme = Some(value),
+                ChecksumAlgorithm::Sha1 => result.checksum_sha1 = Some(value),
+                ChecksumAlgorithm::Sha256 => result.checksum_sha256 = Some(value),
+            }
+        }
+        Ok(S3Response::new(dto::CopyObjectOutput {
+            copy_object_result: Some(result),
+            ..Default::default()
+        }))
     }
 
     async fn get_object(
