@@ -537,6 +537,102 @@ fn metrics(maintenance: &Maintenance) -> Response<Full<Bytes>> {
     full(StatusCode::OK, "text/plain; version=0.0.4", out)
 }
 
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTenantBody {
+    id: String,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKeyBody {
+    tenant: String,
+    #[serde(default)]
+    admin: bool,
+}
+
+/// Characters of generated key ids and secrets (as AWS: upper case and digits for ids).
+const KEY_ID_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+const SECRET_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+
+fn random_string(alphabet: &[u8], len: usize) -> String {
+    (0..len)
+        .map(|_| alphabet[rand::random_range(0..alphabet.len())] as char)
+        .collect()
+}
+
+/// The HTTP status of a metadata refusal on the admin API.
+fn admin_status(e: &crate::GatewayError) -> StatusCode {
+    use lauscha_proto::MetaErrorKind as K;
+    match e {
+        crate::GatewayError::Meta { kind, .. } => match kind {
+            K::NoSuchTenant | K::NoSuchAccessKey => StatusCode::NOT_FOUND,
+            K::TenantAlreadyExists | K::AccessKeyAlreadyExists => StatusCode::CONFLICT,
+            K::InvalidArgument => StatusCode::BAD_REQUEST,
+            K::NotLeader | K::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        },
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// `POST /v1/tenants {"id"}` and `POST /v1/keys {"tenant", "admin"}`: a tenant is a town
+/// or district; a key acts for one tenant. The secret is returned once and never again.
+async fn tenants_and_keys(
+    inner: &Inner,
+    method: &Method,
+    path: &str,
+    body: &[u8],
+) -> Option<Response<Full<Bytes>>> {
+    let result = match (method, path) {
+        (&Method::POST, "/v1/tenants") => {
+            let b: CreateTenantBody = match serde_json::from_slice(body) {
+                Ok(b) => b,
+                Err(e) => return Some(json_error(StatusCode::BAD_REQUEST, &format!("body: {e}"))),
+            };
+            let id = match lauscha_core::TenantId::parse(&b.id) {
+                Ok(id) => id,
+                Err(e) => return Some(json_error(StatusCode::BAD_REQUEST, &e.to_string())),
+            };
+            inner
+                .meta
+                .create_tenant(&id)
+                .await
+                .map(|t| serde_json::json!({"tenant": t.id.0, "created_ms": t.created_ms}))
+        }
+        (&Method::POST, "/v1/keys") => {
+            let b: CreateKeyBody = match serde_json::from_slice(body) {
+                Ok(b) => b,
+                Err(e) => return Some(json_error(StatusCode::BAD_REQUEST, &format!("body: {e}"))),
+            };
+            let tenant = match lauscha_core::TenantId::parse(&b.tenant) {
+                Ok(t) => t,
+                Err(e) => return Some(json_error(StatusCode::BAD_REQUEST, &e.to_string())),
+            };
+            let key = lauscha_core::AccessKey {
+                id: AccessKeyId(format!("LK{}", random_string(KEY_ID_ALPHABET, 18))),
+                secret: random_string(SECRET_ALPHABET, 40),
+                tenant,
+                is_admin: b.admin,
+                created_ms: now_ms(),
+            };
+            inner.meta.create_access_key(key).await.map(|k| {
+                serde_json::json!({
+                    "access_key_id": k.id.0,
+                    "secret_access_key": k.secret,
+                    "tenant": k.tenant.0,
+                    "admin": k.is_admin,
+                })
+            })
+        }
+        _ => return None,
+    };
+    Some(match result {
+        Ok(value) => json(&value),
+        Err(e) => json_error(admin_status(&e), &e.to_string()),
+    })
+}
+
 /// Routes one admin request.
 pub async fn handle(
     inner: &Inner,
@@ -558,6 +654,9 @@ pub async fn handle(
     }
     if let Some(response) = nodes(inner, maintenance, &parts.method, parts.uri.path(), &body).await
     {
+        return response;
+    }
+    if let Some(response) = tenants_and_keys(inner, &parts.method, parts.uri.path(), &body).await {
         return response;
     }
     let query = parts.uri.query().unwrap_or("");

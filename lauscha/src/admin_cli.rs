@@ -59,6 +59,42 @@ pub enum AdminCommand {
     /// Maintenance totals since the gateway started (rebuilt, moved, collected) and the
     /// last pass.
     Maintenance,
+    /// Tenants: a town or district, owning its buckets and keys.
+    Tenant {
+        /// What to do.
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// S3 access keys.
+    Key {
+        /// What to do.
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+/// `lauscha admin tenant ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant.
+    Create {
+        /// Its id: 1 to 63 of a-z, 0-9 and '-'.
+        id: String,
+    },
+}
+
+/// `lauscha admin key ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum KeyCommand {
+    /// Create an access key for a tenant; the secret is shown once.
+    Create {
+        /// The tenant the key acts for.
+        #[arg(long)]
+        tenant: String,
+        /// The key may also use the admin API.
+        #[arg(long)]
+        admin: bool,
+    },
 }
 
 /// `lauscha admin node ...`
@@ -339,6 +375,40 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Degraded => (
             call(&target, "GET", "/v1/stripes/degraded", Vec::new()).await?,
             print_report,
+        ),
+        AdminCommand::Tenant {
+            command: TenantCommand::Create { id },
+        } => (
+            call(
+                &target,
+                "POST",
+                "/v1/tenants",
+                serde_json::to_vec(&serde_json::json!({ "id": id }))?,
+            )
+            .await?,
+            |v| println!("tenant {} created", v["tenant"].as_str().unwrap_or("?")),
+        ),
+        AdminCommand::Key {
+            command: KeyCommand::Create { tenant, admin },
+        } => (
+            call(
+                &target,
+                "POST",
+                "/v1/keys",
+                serde_json::to_vec(&serde_json::json!({ "tenant": tenant, "admin": admin }))?,
+            )
+            .await?,
+            |v| {
+                println!(
+                    "access key for tenant {} (the secret is not shown again):",
+                    v["tenant"].as_str().unwrap_or("?")
+                );
+                println!(
+                    "  export AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={}",
+                    v["access_key_id"].as_str().unwrap_or("?"),
+                    v["secret_access_key"].as_str().unwrap_or("?")
+                );
+            },
         ),
         AdminCommand::Maintenance => (
             call(&target, "GET", "/v1/maintenance", Vec::new()).await?,

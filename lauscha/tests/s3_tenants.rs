@@ -1,0 +1,176 @@
+//! Tenants and keys made with `lauscha admin`, and isolation between tenants: every S3
+//! operation one tenant attempts on another's bucket or object is refused, and nothing
+//! changes.
+
+mod common;
+
+use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+use common::*;
+
+fn key_for(dev: &Dev, tenant: &str) -> aws_sdk_s3::Client {
+    dev.admin(&["tenant", "create", tenant]);
+    let key = dev.admin(&["key", "create", "--tenant", tenant]);
+    assert_eq!(key["tenant"], tenant);
+    client(
+        &dev.endpoint(),
+        key["access_key_id"].as_str().unwrap(),
+        key["secret_access_key"].as_str().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_see_or_touch_another_tenants_data() {
+    let dev = Dev::start(&[]);
+    let jena = key_for(&dev, "jena");
+    let gera = key_for(&dev, "gera");
+    must_create_bucket(&jena, "jena-files").await;
+    must_create_bucket(&gera, "gera-files").await;
+    let body = payload(1, 300_000);
+    must_put(&jena, "jena-files", "doc", &body).await;
+    must_put(&gera, "gera-files", "own", b"gera's").await;
+
+    let denied = |(code, status): (String, u16), what: &str| {
+        assert_eq!((code.as_str(), status), ("AccessDenied", 403), "{what}");
+    };
+    let listed = gera.list_buckets().send().await.unwrap();
+    let names: Vec<&str> = listed.buckets().iter().filter_map(|b| b.name()).collect();
+    assert_eq!(names, ["gera-files"], "gera lists only its own buckets");
+    let head = gera.head_bucket().bucket("jena-files").send().await;
+    assert_eq!(error_of(head).1, 403, "head_bucket");
+    denied(
+        error_of(gera.get_bucket_location().bucket("jena-files").send().await),
+        "location",
+    );
+    denied(
+        error_of(gera.list_objects_v2().bucket("jena-files").send().await),
+        "list v2",
+    );
+    denied(
+        error_of(gera.list_objects().bucket("jena-files").send().await),
+        "list v1",
+    );
+    denied(
+        error_of(
+            gera.get_object()
+                .bucket("jena-files")
+                .key("doc")
+                .send()
+                .await,
+        ),
+        "get",
+    );
+    let head = gera
+        .head_object()
+        .bucket("jena-files")
+        .key("doc")
+        .send()
+        .await;
+    assert_eq!(error_of(head).1, 403, "head_object");
+    denied(
+        error_of(
+            gera.put_object()
+                .bucket("jena-files")
+                .key("doc")
+                .body(b"overwritten".to_vec().into())
+                .send()
+                .await,
+        ),
+        "put",
+    );
+    denied(
+        error_of(
+            gera.delete_object()
+                .bucket("jena-files")
+                .key("doc")
+                .send()
+                .await,
+        ),
+        "delete",
+    );
+    let batch = Delete::builder()
+        .objects(ObjectIdentifier::builder().key("doc").build().unwrap())
+        .build()
+        .unwrap();
+    denied(
+        error_of(
+            gera.delete_objects()
+                .bucket("jena-files")
+                .delete(batch)
+                .send()
+                .await,
+        ),
+        "delete_objects",
+    );
+    denied(
+        error_of(
+            gera.copy_object()
+                .copy_source("jena-files/doc")
+                .bucket("gera-files")
+                .key("stolen")
+                .send()
+                .await,
+        ),
+        "copy out of another tenant's bucket",
+    );
+    denied(
+        error_of(
+            gera.copy_object()
+                .copy_source("gera-files/own")
+                .bucket("jena-files")
+                .key("planted")
+                .send()
+                .await,
+        ),
+        "copy into another tenant's bucket",
+    );
+    denied(
+        error_of(gera.delete_bucket().bucket("jena-files").send().await),
+        "delete bucket",
+    );
+    let (code, status) = error_of(gera.create_bucket().bucket("jena-files").send().await);
+    assert_eq!((code.as_str(), status), ("BucketAlreadyExists", 409));
+
+    // Nothing changed.
+    assert_eq!(must_get(&jena, "jena-files", "doc").await, body);
+    let keys = jena
+        .list_objects_v2()
+        .bucket("jena-files")
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<&str> = keys.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(keys, ["doc"]);
+    let keys = gera
+        .list_objects_v2()
+        .bucket("gera-files")
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<&str> = keys.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(
+        keys,
+        ["own"],
+        "no copy of jena's object landed in gera's bucket"
+    );
+
+    // Keys that do not exist, and a key for a tenant that does not exist.
+    let stranger = client(&dev.endpoint(), "LKNOSUCHKEY000000000", "secret");
+    let (code, status) = error_of(stranger.list_buckets().send().await);
+    assert_eq!((code.as_str(), status), ("InvalidAccessKeyId", 403));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lauscha"))
+        .args(["admin", "--data-dir"])
+        .arg(&dev.data_dir)
+        .args(["key", "create", "--tenant", "nowhere"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("nowhere"), "{stderr}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lauscha"))
+        .args(["admin", "--data-dir"])
+        .arg(&dev.data_dir)
+        .args(["tenant", "create", "jena"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a tenant created twice");
+}
