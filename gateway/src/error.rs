@@ -113,6 +113,10 @@ fn meta_code(kind: MetaErrorKind) -> S3ErrorCode {
         MetaErrorKind::NotLeader | MetaErrorKind::Unavailable => S3ErrorCode::ServiceUnavailable,
         MetaErrorKind::Internal => S3ErrorCode::InternalError,
         MetaErrorKind::PreconditionFailed => S3ErrorCode::PreconditionFailed,
+        MetaErrorKind::NoSuchUpload => S3ErrorCode::NoSuchUpload,
+        MetaErrorKind::InvalidPart => S3ErrorCode::InvalidPart,
+        MetaErrorKind::InvalidPartOrder => S3ErrorCode::InvalidPartOrder,
+        MetaErrorKind::EntityTooSmall => S3ErrorCode::EntityTooSmall,
     }
 }
 

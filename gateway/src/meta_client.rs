@@ -129,6 +129,10 @@ fn next_step(status: &tonic::Status) -> Next {
         | MetaErrorKind::InvalidArgument
         | MetaErrorKind::Conflict
         | MetaErrorKind::PreconditionFailed
+        | MetaErrorKind::NoSuchUpload
+        | MetaErrorKind::InvalidPart
+        | MetaErrorKind::InvalidPartOrder
+        | MetaErrorKind::EntityTooSmall
         | MetaErrorKind::Internal => Next::Fail,
     }
 }

@@ -19,8 +19,8 @@ pub use cluster::{ClusterMap, NodeInfo, NodeState};
 pub use codec::ErasureCodec;
 pub use ids::{AccessKeyId, NodeId, ShardId, StripeId, TenantId};
 pub use model::{
-    AccessKey, Bucket, ChecksumAlgorithm, ContentHeaders, ObjectData, ObjectVersion, ShardLocation,
-    Stripe, Tenant, WriteCondition,
+    AccessKey, Bucket, ChecksumAlgorithm, ContentHeaders, MultipartUpload, ObjectData,
+    ObjectVersion, ShardLocation, Stripe, Tenant, UploadPart, WriteCondition,
 };
 pub use names::BucketName;
 pub use placement::{

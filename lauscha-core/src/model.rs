@@ -138,6 +138,37 @@ pub struct ContentHeaders {
 
 /// One committed version of an object.
 ///
+/// The smallest part of a multipart upload other than the last, bytes (as S3).
+pub const MIN_PART_BYTES: u64 = 5 << 20;
+/// The highest part number (as S3).
+pub const MAX_PART_NUMBER: u32 = 10_000;
+
+/// A multipart upload in progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MultipartUpload {
+    /// Its id, assigned by metadata.
+    pub upload_id: String,
+    /// The object key it will complete.
+    pub key: String,
+    /// The tenant that started it.
+    pub tenant: TenantId,
+    /// When it started, Unix ms.
+    pub initiated_ms: u64,
+    /// What the completed object carries: content headers, user metadata (its data, size
+    /// and ETag are placeholders).
+    pub template: ObjectVersion,
+}
+
+/// One uploaded part, stored like a version: size, ETag (MD5 of the part), checksums,
+/// stripes. Parts are always erasure-coded, never inline, so that they concatenate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadPart {
+    /// 1 ..= 10,000.
+    pub part_number: u32,
+    /// The part's bytes and what describes them.
+    pub version: ObjectVersion,
+}
+
 /// A precondition on replacing an object, checked atomically with the write
 /// (conditional PUT).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,9 +4,11 @@
 //! mutations; the caller writes them atomically together with the applied log id. The same
 //! log applied to the same state gives the same mutations on every voter.
 
+use lauscha_core::model::{MAX_PART_NUMBER, MIN_PART_BYTES};
 use lauscha_core::model::{ObjectData, Stripe};
 use lauscha_core::{
-    AccessKey, Bucket, BucketName, ClusterMap, ObjectVersion, Tenant, WriteCondition,
+    AccessKey, Bucket, BucketName, ClusterMap, MultipartUpload, ObjectVersion, Tenant, UploadPart,
+    WriteCondition,
 };
 use serde::{Deserialize, Serialize};
 
@@ -175,6 +177,67 @@ fn retire(
     }
 }
 
+/// Puts `stripes` into one garbage record of this entry.
+fn collect_stripes(
+    out: &mut Vec<Mutation>,
+    stripes: Vec<Stripe>,
+    origin: String,
+    now_ms: u64,
+    log_index: u64,
+) {
+    if stripes.is_empty() {
+        return;
+    }
+    let key = keys::garbage(now_ms, log_index);
+    for stripe in &stripes {
+        out.push(Mutation::Put(keys::garbage_stripe(stripe.id), key.clone()));
+    }
+    put(out, key, &GarbageRecord { origin, stripes });
+}
+
+/// The parts of an upload, in part-number order.
+fn parts_of(kv: &impl KvRead, upload_id: &str) -> Result<Vec<UploadPart>, KvError> {
+    let prefix = keys::parts_prefix(upload_id);
+    let end = keys::prefix_end(&prefix).expect("prefix ends in NUL");
+    let mut parts = Vec::new();
+    let mut failure = None;
+    kv.scan(
+        &prefix,
+        &end,
+        &mut |_, v| match value::decode::<UploadPart>(v) {
+            Ok(p) => {
+                parts.push(p);
+                true
+            }
+            Err(e) => {
+                failure = Some(KvError(format!("part of upload {upload_id}: {e}")));
+                false
+            }
+        },
+    )?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(parts),
+    }
+}
+
+/// Removes an upload's records: the upload, its parts, their stripes' part index.
+fn drop_upload(
+    out: &mut Vec<Mutation>,
+    bucket: &BucketName,
+    key: &str,
+    upload_id: &str,
+    parts: &[UploadPart],
+) {
+    for part in parts {
+        for stripe in part.version.stripes() {
+            out.push(Mutation::Delete(keys::part_stripe(stripe.id)));
+        }
+        out.push(Mutation::Delete(keys::part(upload_id, part.part_number)));
+    }
+    out.push(Mutation::Delete(keys::upload(bucket, key, upload_id)));
+}
+
 fn garbage_of(version: &ObjectVersion) -> Option<Vec<Stripe>> {
     match &version.data {
         ObjectData::Inline(_) => None,
@@ -256,6 +319,18 @@ fn apply_inner(
             })?;
             if has_objects {
                 return Ok(Err(MetaError::BucketNotEmpty(name.to_string())));
+            }
+            let prefix = keys::bucket_uploads_prefix(name);
+            let end = keys::prefix_end(&prefix).expect("prefix ends in NUL");
+            let mut has_uploads = false;
+            kv.scan(&prefix, &end, &mut |_, _| {
+                has_uploads = true;
+                false
+            })?;
+            if has_uploads {
+                return Ok(Err(MetaError::BucketNotEmpty(format!(
+                    "{name} has multipart uploads in progress; abort them first"
+                ))));
             }
             out.push(Mutation::Delete(keys::bucket(name)));
             out.push(Mutation::Delete(keys::tenant_bucket(tenant, name)));
@@ -340,6 +415,231 @@ fn apply_inner(
                 version_id,
                 last_modified_ms: *now_ms,
             }
+        }
+        MetaCommand::CreateUpload {
+            bucket,
+            tenant,
+            key,
+            template,
+            now_ms,
+        } => {
+            if let Err(e) = owned_bucket(kv, bucket, tenant)? {
+                return Ok(Err(e));
+            }
+            if let Err(e) = lauscha_core::names::validate_object_key(key) {
+                return Ok(Err(MetaError::InvalidArgument(e.to_string())));
+            }
+            let upload_id = format!("{log_index:020}");
+            let upload = MultipartUpload {
+                upload_id: upload_id.clone(),
+                key: key.clone(),
+                tenant: tenant.clone(),
+                initiated_ms: *now_ms,
+                template: (**template).clone(),
+            };
+            put(out, keys::upload(bucket, key, &upload_id), &upload);
+            MetaResponse::UploadCreated { upload_id }
+        }
+        MetaCommand::PutPart {
+            bucket,
+            tenant,
+            key,
+            upload_id,
+            part,
+            now_ms,
+        } => {
+            if let Err(e) = owned_bucket(kv, bucket, tenant)? {
+                return Ok(Err(e));
+            }
+            if read::<MultipartUpload>(kv, &keys::upload(bucket, key, upload_id))?.is_none() {
+                return Ok(Err(MetaError::NoSuchUpload(upload_id.clone())));
+            }
+            if !(1..=MAX_PART_NUMBER).contains(&part.part_number) {
+                return Ok(Err(MetaError::InvalidArgument(format!(
+                    "part number {} is not in 1..={MAX_PART_NUMBER}",
+                    part.part_number
+                ))));
+            }
+            if matches!(part.version.data, ObjectData::Inline(_)) {
+                return Ok(Err(MetaError::InvalidArgument(
+                    "a part's bytes must be erasure-coded, not inline".into(),
+                )));
+            }
+            let part_key = keys::part(upload_id, part.part_number);
+            // A part uploaded again replaces the earlier one, whose stripes become garbage.
+            if let Some(old) = read::<UploadPart>(kv, &part_key)? {
+                for stripe in old.version.stripes() {
+                    out.push(Mutation::Delete(keys::part_stripe(stripe.id)));
+                }
+                collect_stripes(
+                    out,
+                    old.version.stripes().to_vec(),
+                    format!(
+                        "{bucket}/{key} upload {upload_id} part {}",
+                        part.part_number
+                    ),
+                    *now_ms,
+                    log_index,
+                );
+            }
+            let mut part = (**part).clone();
+            part.version.last_modified_ms = *now_ms;
+            for stripe in part.version.stripes() {
+                put(out, keys::part_stripe(stripe.id), upload_id);
+            }
+            put(out, part_key, &part);
+            MetaResponse::PartPut {
+                last_modified_ms: *now_ms,
+            }
+        }
+        MetaCommand::CompleteUpload {
+            bucket,
+            tenant,
+            key,
+            upload_id,
+            parts: listed,
+            etag,
+            now_ms,
+        } => {
+            if let Err(e) = owned_bucket(kv, bucket, tenant)? {
+                return Ok(Err(e));
+            }
+            let Some(upload) = read::<MultipartUpload>(kv, &keys::upload(bucket, key, upload_id))?
+            else {
+                return Ok(Err(MetaError::NoSuchUpload(upload_id.clone())));
+            };
+            if listed.is_empty() {
+                return Ok(Err(MetaError::InvalidArgument(
+                    "a completed upload lists at least one part".into(),
+                )));
+            }
+            if listed.windows(2).any(|w| w[0].0 >= w[1].0) {
+                return Ok(Err(MetaError::InvalidPartOrder(
+                    "parts must be listed in ascending part-number order".into(),
+                )));
+            }
+            let uploaded = parts_of(kv, upload_id)?;
+            let mut chosen = Vec::with_capacity(listed.len());
+            for (i, (number, listed_etag)) in listed.iter().enumerate() {
+                let Some(part) = uploaded.iter().find(|p| p.part_number == *number) else {
+                    return Ok(Err(MetaError::InvalidPart(format!(
+                        "part {number} was not uploaded"
+                    ))));
+                };
+                if part.version.etag != listed_etag.trim_matches('"') {
+                    return Ok(Err(MetaError::InvalidPart(format!(
+                        "part {number} has ETag {}, not {listed_etag}",
+                        part.version.etag
+                    ))));
+                }
+                if i + 1 < listed.len() && part.version.size_bytes < MIN_PART_BYTES {
+                    return Ok(Err(MetaError::EntityTooSmall(format!(
+                        "part {number} has {} bytes; every part but the last needs {MIN_PART_BYTES}",
+                        part.version.size_bytes
+                    ))));
+                }
+                chosen.push(part);
+            }
+            let (n_data_shards, n_parity_shards) = match &chosen[0].version.data {
+                ObjectData::Striped {
+                    n_data_shards,
+                    n_parity_shards,
+                    ..
+                } => (*n_data_shards, *n_parity_shards),
+                ObjectData::Inline(_) => {
+                    return Ok(Err(MetaError::Internal("an inline part".into())));
+                }
+            };
+            let mut stripes = Vec::new();
+            for part in &chosen {
+                match &part.version.data {
+                    ObjectData::Striped {
+                        n_data_shards: k,
+                        n_parity_shards: m,
+                        stripes: s,
+                    } if (*k, *m) == (n_data_shards, n_parity_shards) => {
+                        stripes.extend(s.iter().cloned())
+                    }
+                    _ => {
+                        return Ok(Err(MetaError::InvalidPart(format!(
+                            "part {} is stored under another policy",
+                            part.part_number
+                        ))));
+                    }
+                }
+            }
+            let object_key = keys::object(bucket, key);
+            if let Some(old) = read::<ObjectVersion>(kv, &object_key)? {
+                retire(out, &old, format!("{bucket}/{key}"), *now_ms, log_index);
+            }
+            // Parts uploaded but not listed are garbage.
+            let unused: Vec<Stripe> = uploaded
+                .iter()
+                .filter(|p| !listed.iter().any(|(n, _)| *n == p.part_number))
+                .flat_map(|p| p.version.stripes().to_vec())
+                .collect();
+            // One garbage record per entry: `retire` may have used this entry's key.
+            collect_stripes(
+                out,
+                unused,
+                format!("{bucket}/{key} upload {upload_id} unused parts"),
+                *now_ms + 1,
+                log_index,
+            );
+            drop_upload(out, bucket, key, upload_id, &uploaded);
+            let version_id = format!("{log_index:020}");
+            let version = ObjectVersion {
+                version_id: version_id.clone(),
+                size_bytes: chosen.iter().map(|p| p.version.size_bytes).sum(),
+                etag: etag.clone(),
+                last_modified_ms: *now_ms,
+                checksums: Default::default(),
+                data: ObjectData::Striped {
+                    n_data_shards,
+                    n_parity_shards,
+                    stripes,
+                },
+                ..upload.template
+            };
+            let owner = StripeOwner {
+                bucket: bucket.clone(),
+                key: key.clone(),
+            };
+            for stripe in version.stripes() {
+                put(out, keys::stripe_index(stripe.id), &owner);
+            }
+            put(out, object_key, &version);
+            MetaResponse::ObjectPut {
+                version_id,
+                last_modified_ms: *now_ms,
+            }
+        }
+        MetaCommand::AbortUpload {
+            bucket,
+            tenant,
+            key,
+            upload_id,
+            now_ms,
+        } => {
+            if let Err(e) = owned_bucket(kv, bucket, tenant)? {
+                return Ok(Err(e));
+            }
+            if read::<MultipartUpload>(kv, &keys::upload(bucket, key, upload_id))?.is_none() {
+                return Ok(Err(MetaError::NoSuchUpload(upload_id.clone())));
+            }
+            let parts = parts_of(kv, upload_id)?;
+            collect_stripes(
+                out,
+                parts
+                    .iter()
+                    .flat_map(|p| p.version.stripes().to_vec())
+                    .collect(),
+                format!("{bucket}/{key} upload {upload_id} aborted"),
+                *now_ms,
+                log_index,
+            );
+            drop_upload(out, bucket, key, upload_id, &parts);
+            MetaResponse::UploadAborted
         }
         MetaCommand::DeleteObject {
             bucket,
@@ -574,6 +874,185 @@ mod tests {
             missing: Vec::new(),
             condition,
         })
+    }
+
+    fn part(number: u32, n_bytes: u64, stripe: u128, etag: &str) -> Box<UploadPart> {
+        Box::new(UploadPart {
+            part_number: number,
+            version: ObjectVersion {
+                etag: etag.into(),
+                ..striped(n_bytes, stripe)
+            },
+        })
+    }
+
+    #[test]
+    fn a_multipart_upload_completes_from_its_listed_parts() {
+        let mut sm = setup();
+        let MetaResponse::UploadCreated { upload_id } = sm.run(MetaCommand::CreateUpload {
+            bucket: bucket("files"),
+            tenant: tenant("jena"),
+            key: "big".into(),
+            template: Box::new(ObjectVersion {
+                content_type: Some("text/plain".into()),
+                ..striped(0, 0)
+            }),
+            now_ms: 20,
+        }) else {
+            panic!("no upload");
+        };
+        let put_part = |sm: &mut Sm, p: Box<UploadPart>| {
+            sm.run(MetaCommand::PutPart {
+                bucket: bucket("files"),
+                tenant: tenant("jena"),
+                key: "big".into(),
+                upload_id: upload_id.clone(),
+                part: p,
+                now_ms: 21,
+            })
+        };
+        let mib = 1 << 20;
+        for p in [
+            part(1, 6 * mib, 101, "a"),
+            part(2, mib, 102, "b"),
+            part(3, 6 * mib, 103, "c"),
+            part(2, 6 * mib, 202, "b2"), // replaces part 2
+        ] {
+            assert!(matches!(put_part(&mut sm, p), MetaResponse::PartPut { .. }));
+        }
+        let (parts, more) = query::list_parts(&sm.kv, &upload_id, 0, 10).unwrap();
+        assert_eq!(
+            parts.iter().map(|p| p.part_number).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        assert!(!more);
+        assert!(query::stripes_known(&sm.kv, &[StripeId(101)]).unwrap()[0]);
+        let complete = |sm: &mut Sm, parts: &[(u32, &str)]| {
+            sm.run(MetaCommand::CompleteUpload {
+                bucket: bucket("files"),
+                tenant: tenant("jena"),
+                key: "big".into(),
+                upload_id: upload_id.clone(),
+                parts: parts.iter().map(|(n, e)| (*n, e.to_string())).collect(),
+                etag: "md5s-2".into(),
+                now_ms: 30,
+            })
+        };
+        let refused = |r: MetaResponse| match r {
+            MetaResponse::Refused(e) => e,
+            other => panic!("not refused: {other:?}"),
+        };
+        assert!(matches!(
+            refused(complete(&mut sm, &[(3, "c"), (1, "a")])),
+            MetaError::InvalidPartOrder(_)
+        ));
+        assert!(matches!(
+            refused(complete(&mut sm, &[(1, "a"), (2, "b")])),
+            MetaError::InvalidPart(_)
+        ));
+        assert!(matches!(
+            refused(complete(&mut sm, &[(1, "a"), (4, "d")])),
+            MetaError::InvalidPart(_)
+        ));
+        put_part(&mut sm, part(4, mib, 104, "d"));
+        put_part(&mut sm, part(5, mib, 105, "e"));
+        assert!(matches!(
+            refused(complete(&mut sm, &[(4, "d"), (5, "e")])),
+            MetaError::EntityTooSmall(_)
+        ));
+        let done = complete(&mut sm, &[(1, "\"a\""), (2, "b2"), (5, "e")]);
+        assert!(matches!(done, MetaResponse::ObjectPut { .. }), "{done:?}");
+        let v = query::get_object(&sm.kv, &bucket("files"), "big")
+            .unwrap()
+            .unwrap();
+        assert_eq!(v.size_bytes, 13 * mib);
+        assert_eq!(v.etag, "md5s-2");
+        assert_eq!(v.content_type.as_deref(), Some("text/plain"));
+        let ids: Vec<u128> = v.stripes().iter().map(|s| s.id.0).collect();
+        assert_eq!(ids, [101, 202, 105]);
+        // Unlisted and replaced parts are garbage; the upload is gone.
+        let known =
+            query::stripes_known(&sm.kv, &[StripeId(102), StripeId(103), StripeId(104)]).unwrap();
+        assert_eq!(
+            known,
+            [true, true, true],
+            "garbage stripes stay known until collected"
+        );
+        let garbage = query::garbage_before(&sm.kv, u64::MAX, 10).unwrap();
+        let collected: Vec<u128> = garbage
+            .iter()
+            .flat_map(|(_, g)| g.stripes.iter().map(|s| s.id.0))
+            .collect();
+        for id in [102, 103, 104] {
+            assert!(collected.contains(&id), "{id} not garbage: {collected:?}");
+        }
+        assert!(matches!(
+            refused(complete(&mut sm, &[(1, "a")])),
+            MetaError::NoSuchUpload(_)
+        ));
+        assert!(
+            query::get_upload(&sm.kv, &bucket("files"), "big", &upload_id)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            query::list_parts(&sm.kv, &upload_id, 0, 10)
+                .unwrap()
+                .0
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn an_aborted_upload_leaves_garbage_and_no_trace() {
+        let mut sm = setup();
+        let MetaResponse::UploadCreated { upload_id } = sm.run(MetaCommand::CreateUpload {
+            bucket: bucket("files"),
+            tenant: tenant("jena"),
+            key: "k".into(),
+            template: Box::new(striped(0, 0)),
+            now_ms: 20,
+        }) else {
+            panic!("no upload");
+        };
+        let (uploads, _) = query::list_uploads(&sm.kv, &bucket("files"), "", None, 10).unwrap();
+        assert_eq!(uploads.len(), 1);
+        let abort = |sm: &mut Sm| {
+            sm.run(MetaCommand::AbortUpload {
+                bucket: bucket("files"),
+                tenant: tenant("jena"),
+                key: "k".into(),
+                upload_id: upload_id.clone(),
+                now_ms: 40,
+            })
+        };
+        sm.run(MetaCommand::PutPart {
+            bucket: bucket("files"),
+            tenant: tenant("jena"),
+            key: "k".into(),
+            upload_id: upload_id.clone(),
+            part: part(1, 10, 301, "x"),
+            now_ms: 21,
+        });
+        // The bucket cannot go while the upload is open.
+        let r = sm.run(MetaCommand::DeleteBucket {
+            name: bucket("files"),
+            tenant: tenant("jena"),
+        });
+        assert!(
+            matches!(r, MetaResponse::Refused(MetaError::BucketNotEmpty(_))),
+            "{r:?}"
+        );
+        assert_eq!(abort(&mut sm), MetaResponse::UploadAborted);
+        assert!(matches!(
+            abort(&mut sm),
+            MetaResponse::Refused(MetaError::NoSuchUpload(_))
+        ));
+        let (uploads, _) = query::list_uploads(&sm.kv, &bucket("files"), "", None, 10).unwrap();
+        assert!(uploads.is_empty());
+        let garbage = query::garbage_before(&sm.kv, u64::MAX, 10).unwrap();
+        assert_eq!(garbage.len(), 1);
+        assert_eq!(garbage[0].1.stripes[0].id, StripeId(301));
     }
 
     #[test]

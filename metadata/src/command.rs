@@ -7,7 +7,7 @@ use std::fmt;
 
 use lauscha_core::{
     AccessKey, Bucket, BucketName, NodeId, NodeInfo, NodeState, ObjectVersion, PlacementPolicy,
-    StripeId, Tenant, TenantId, WriteCondition,
+    StripeId, Tenant, TenantId, UploadPart, WriteCondition,
 };
 use serde::{Deserialize, Serialize};
 
@@ -171,6 +171,64 @@ pub enum MetaCommand {
         /// What must hold.
         condition: WriteCondition,
     },
+    /// Start a multipart upload.
+    CreateUpload {
+        /// The bucket.
+        bucket: BucketName,
+        /// The tenant; must own the bucket.
+        tenant: TenantId,
+        /// The object key.
+        key: String,
+        /// Headers and metadata of the object to be.
+        template: Box<ObjectVersion>,
+        /// Proposal time, Unix ms.
+        now_ms: u64,
+    },
+    /// Record an uploaded part (its shards are durable); replaces a part with its number.
+    PutPart {
+        /// The bucket.
+        bucket: BucketName,
+        /// The tenant; must own the bucket.
+        tenant: TenantId,
+        /// The object key.
+        key: String,
+        /// The upload.
+        upload_id: String,
+        /// The part.
+        part: Box<UploadPart>,
+        /// Proposal time, Unix ms.
+        now_ms: u64,
+    },
+    /// Make the listed parts, in order, the object's current version.
+    CompleteUpload {
+        /// The bucket.
+        bucket: BucketName,
+        /// The tenant; must own the bucket.
+        tenant: TenantId,
+        /// The object key.
+        key: String,
+        /// The upload.
+        upload_id: String,
+        /// (part number, ETag) as the client listed them.
+        parts: Vec<(u32, String)>,
+        /// The object's ETag (MD5 of the parts' MD5s, `-N`), computed from the listed ETags.
+        etag: String,
+        /// Proposal time, Unix ms.
+        now_ms: u64,
+    },
+    /// Drop an upload and its parts.
+    AbortUpload {
+        /// The bucket.
+        bucket: BucketName,
+        /// The tenant; must own the bucket.
+        tenant: TenantId,
+        /// The object key.
+        key: String,
+        /// The upload.
+        upload_id: String,
+        /// Proposal time, Unix ms.
+        now_ms: u64,
+    },
 }
 
 impl fmt::Display for MetaCommand {
@@ -182,6 +240,16 @@ impl fmt::Display for MetaCommand {
             MetaCommand::DeleteBucket { name, .. } => write!(f, "delete-bucket {name}"),
             MetaCommand::PutObject { bucket, key, .. } => write!(f, "put {bucket}/{key}"),
             MetaCommand::PutObjectIf { bucket, key, .. } => write!(f, "put-if {bucket}/{key}"),
+            MetaCommand::CreateUpload { bucket, key, .. } => {
+                write!(f, "create-upload {bucket}/{key}")
+            }
+            MetaCommand::PutPart {
+                upload_id, part, ..
+            } => write!(f, "put-part {upload_id}#{}", part.part_number),
+            MetaCommand::CompleteUpload { upload_id, .. } => {
+                write!(f, "complete-upload {upload_id}")
+            }
+            MetaCommand::AbortUpload { upload_id, .. } => write!(f, "abort-upload {upload_id}"),
             MetaCommand::DeleteObject { bucket, key, .. } => write!(f, "delete {bucket}/{key}"),
             MetaCommand::UpsertNode { node } => write!(f, "upsert-node {}", node.id),
             MetaCommand::MoveShard {
@@ -237,6 +305,18 @@ pub enum MetaResponse {
     Maintained,
     /// The command was refused; the state is unchanged.
     Refused(MetaError),
+    /// A multipart upload started.
+    UploadCreated {
+        /// Its id.
+        upload_id: String,
+    },
+    /// A part recorded.
+    PartPut {
+        /// Its time, Unix ms.
+        last_modified_ms: u64,
+    },
+    /// An upload dropped.
+    UploadAborted,
 }
 
 /// Errors of the metadata service, as its clients see them.
@@ -298,6 +378,18 @@ pub enum MetaError {
     /// A conditional write found the object in another state.
     #[error("precondition failed: {0}")]
     PreconditionFailed(String),
+    /// No such multipart upload (never started, completed or aborted).
+    #[error("multipart upload {0} does not exist")]
+    NoSuchUpload(String),
+    /// A listed part was not uploaded, or its ETag differs.
+    #[error("invalid part: {0}")]
+    InvalidPart(String),
+    /// Listed parts are not in ascending order.
+    #[error("invalid part order: {0}")]
+    InvalidPartOrder(String),
+    /// A part other than the last is smaller than 5 MiB.
+    #[error("part too small: {0}")]
+    EntityTooSmall(String),
 }
 
 impl MetaError {
@@ -318,6 +410,10 @@ impl MetaError {
             MetaError::InvalidArgument(_) => K::InvalidArgument,
             MetaError::Conflict(_) => K::Conflict,
             MetaError::PreconditionFailed(_) => K::PreconditionFailed,
+            MetaError::NoSuchUpload(_) => K::NoSuchUpload,
+            MetaError::InvalidPart(_) => K::InvalidPart,
+            MetaError::InvalidPartOrder(_) => K::InvalidPartOrder,
+            MetaError::EntityTooSmall(_) => K::EntityTooSmall,
             MetaError::NotLeader { .. } => K::NotLeader,
             MetaError::Unavailable(_) => K::Unavailable,
             MetaError::Internal(_) => K::Internal,

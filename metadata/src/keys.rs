@@ -46,6 +46,12 @@ pub enum Table {
     RepairQueue = 12,
     /// Stripe id -> the garbage record holding it: a stripe waiting for GC is still known.
     GarbageStripe = 13,
+    /// (bucket, object key, upload id) -> MultipartUpload: uploads in progress.
+    Upload = 14,
+    /// (upload id, part number) -> UploadPart.
+    Part = 15,
+    /// Stripe id -> upload id: the stripe of an uploaded part is known, not an orphan.
+    PartStripe = 16,
 }
 
 /// Separates a bucket name from what follows. Bucket names and object keys never contain
@@ -152,6 +158,45 @@ pub fn request_by_time(time_ms: u64, client: u64, seq: u64) -> Vec<u8> {
 pub fn request_by_time_before(time_ms: u64) -> Vec<u8> {
     let mut key = table_prefix(Table::RequestByTime);
     key.extend_from_slice(&time_ms.to_be_bytes());
+    key
+}
+
+/// Prefix of the uploads in progress of a bucket.
+pub fn bucket_uploads_prefix(bucket: &BucketName) -> Vec<u8> {
+    let mut key = table_prefix(Table::Upload);
+    key.extend_from_slice(bucket.as_str().as_bytes());
+    key.push(SEP);
+    key
+}
+
+/// Key of an upload in progress.
+pub fn upload(bucket: &BucketName, object_key: &str, upload_id: &str) -> Vec<u8> {
+    let mut key = bucket_uploads_prefix(bucket);
+    key.extend_from_slice(object_key.as_bytes());
+    key.push(SEP);
+    key.extend_from_slice(upload_id.as_bytes());
+    key
+}
+
+/// Prefix of the parts of an upload.
+pub fn parts_prefix(upload_id: &str) -> Vec<u8> {
+    let mut key = table_prefix(Table::Part);
+    key.extend_from_slice(upload_id.as_bytes());
+    key.push(SEP);
+    key
+}
+
+/// Key of a part.
+pub fn part(upload_id: &str, part_number: u32) -> Vec<u8> {
+    let mut key = parts_prefix(upload_id);
+    key.extend_from_slice(&part_number.to_be_bytes());
+    key
+}
+
+/// Key of a part's stripe.
+pub fn part_stripe(stripe: StripeId) -> Vec<u8> {
+    let mut key = table_prefix(Table::PartStripe);
+    key.extend_from_slice(&stripe.to_bytes());
     key
 }
 

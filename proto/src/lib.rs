@@ -130,11 +130,19 @@ pub enum MetaErrorKind {
     Internal,
     /// A conditional write's precondition does not hold.
     PreconditionFailed,
+    /// No such multipart upload.
+    NoSuchUpload,
+    /// A listed part is missing or has another ETag.
+    InvalidPart,
+    /// Listed parts out of order.
+    InvalidPartOrder,
+    /// A part (not the last) under 5 MiB.
+    EntityTooSmall,
 }
 
 impl MetaErrorKind {
     /// Every kind, for round-trip tests.
-    pub const ALL: [MetaErrorKind; 16] = [
+    pub const ALL: [MetaErrorKind; 20] = [
         MetaErrorKind::NoSuchBucket,
         MetaErrorKind::NoSuchKey,
         MetaErrorKind::BucketAlreadyExists,
@@ -151,6 +159,10 @@ impl MetaErrorKind {
         MetaErrorKind::Unavailable,
         MetaErrorKind::Internal,
         MetaErrorKind::PreconditionFailed,
+        MetaErrorKind::NoSuchUpload,
+        MetaErrorKind::InvalidPart,
+        MetaErrorKind::InvalidPartOrder,
+        MetaErrorKind::EntityTooSmall,
     ];
 
     /// The stable name.
@@ -172,6 +184,10 @@ impl MetaErrorKind {
             MetaErrorKind::Unavailable => "Unavailable",
             MetaErrorKind::Internal => "Internal",
             MetaErrorKind::PreconditionFailed => "PreconditionFailed",
+            MetaErrorKind::NoSuchUpload => "NoSuchUpload",
+            MetaErrorKind::InvalidPart => "InvalidPart",
+            MetaErrorKind::InvalidPartOrder => "InvalidPartOrder",
+            MetaErrorKind::EntityTooSmall => "EntityTooSmall",
         }
     }
 
@@ -181,7 +197,8 @@ impl MetaErrorKind {
             MetaErrorKind::NoSuchBucket
             | MetaErrorKind::NoSuchKey
             | MetaErrorKind::NoSuchTenant
-            | MetaErrorKind::NoSuchAccessKey => tonic::Code::NotFound,
+            | MetaErrorKind::NoSuchAccessKey
+            | MetaErrorKind::NoSuchUpload => tonic::Code::NotFound,
             MetaErrorKind::BucketAlreadyExists
             | MetaErrorKind::BucketAlreadyOwnedByYou
             | MetaErrorKind::TenantAlreadyExists
@@ -190,7 +207,10 @@ impl MetaErrorKind {
                 tonic::Code::FailedPrecondition
             }
             MetaErrorKind::AccessDenied => tonic::Code::PermissionDenied,
-            MetaErrorKind::InvalidArgument => tonic::Code::InvalidArgument,
+            MetaErrorKind::InvalidArgument
+            | MetaErrorKind::InvalidPart
+            | MetaErrorKind::InvalidPartOrder
+            | MetaErrorKind::EntityTooSmall => tonic::Code::InvalidArgument,
             MetaErrorKind::Conflict => tonic::Code::Aborted,
             MetaErrorKind::NotLeader | MetaErrorKind::Unavailable => tonic::Code::Unavailable,
             MetaErrorKind::Internal => tonic::Code::Internal,
