@@ -324,6 +324,103 @@ pub fn list_objects(kv: &impl KvRead, q: &ListObjectsQuery) -> Result<ObjectList
     Ok(listing)
 }
 
+/// An upload in progress.
+pub fn get_upload(
+    kv: &impl KvRead,
+    bucket: &BucketName,
+    key: &str,
+    upload_id: &str,
+) -> Result<Option<MultipartUpload>, KvError> {
+    read(kv, &keys::upload(bucket, key, upload_id))
+}
+
+/// Up to `limit` parts of an upload with numbers above `after`, and whether more follow.
+pub fn list_parts(
+    kv: &impl KvRead,
+    upload_id: &str,
+    after: u32,
+    limit: usize,
+) -> Result<(Vec<UploadPart>, bool), KvError> {
+    let prefix = keys::parts_prefix(upload_id);
+    let end = keys::prefix_end(&prefix).expect("prefix ends in NUL");
+    let start = keys::part(upload_id, after.saturating_add(1));
+    let mut parts = Vec::new();
+    let mut more = false;
+    let mut failure = None;
+    kv.scan(&start, &end, &mut |_, v| {
+        if parts.len() == limit {
+            more = true;
+            return false;
+        }
+        match value::decode::<UploadPart>(v) {
+            Ok(p) => {
+                parts.push(p);
+                true
+            }
+            Err(e) => {
+                failure = Some(KvError(format!("part of upload {upload_id}: {e}")));
+                false
+            }
+        }
+    })?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok((parts, more)),
+    }
+}
+
+/// Up to `limit` uploads in progress of a bucket whose keys start with `prefix`, after
+/// (key, upload id) `after`, in (key, upload id) order, and whether more follow.
+pub fn list_uploads(
+    kv: &impl KvRead,
+    bucket: &BucketName,
+    prefix: &str,
+    after: Option<(&str, &str)>,
+    limit: usize,
+) -> Result<(Vec<MultipartUpload>, bool), KvError> {
+    let bucket_prefix = keys::bucket_uploads_prefix(bucket);
+    let end = keys::prefix_end(&bucket_prefix).expect("prefix ends in NUL");
+    let start = match after {
+        // Just after that upload's key.
+        Some((key, upload_id)) => {
+            let mut k = keys::upload(bucket, key, upload_id);
+            k.push(0);
+            k
+        }
+        None => {
+            let mut k = bucket_prefix.clone();
+            k.extend_from_slice(prefix.as_bytes());
+            k
+        }
+    };
+    let mut uploads = Vec::new();
+    let mut more = false;
+    let mut failure = None;
+    kv.scan(
+        &start,
+        &end,
+        &mut |_, v| match value::decode::<MultipartUpload>(v) {
+            Ok(u) if !u.key.starts_with(prefix) => u.key.as_str() < prefix,
+            Ok(u) => {
+                if uploads.len() == limit {
+                    more = true;
+                    return false;
+                }
+                uploads.push(u);
+                true
+            }
+            Err(e) => {
+                failure = Some(KvError(format!("upload in {bucket}: {e}")));
+                false
+            }
+        },
+    )?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok((uploads, more)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -497,102 +594,5 @@ mod tests {
             prop_assert_eq!(objects, full.objects.into_iter().map(|o| o.key).collect::<Vec<_>>());
             prop_assert_eq!(prefixes, full.common_prefixes);
         }
-    }
-}
-
-/// An upload in progress.
-pub fn get_upload(
-    kv: &impl KvRead,
-    bucket: &BucketName,
-    key: &str,
-    upload_id: &str,
-) -> Result<Option<MultipartUpload>, KvError> {
-    read(kv, &keys::upload(bucket, key, upload_id))
-}
-
-/// Up to `limit` parts of an upload with numbers above `after`, and whether more follow.
-pub fn list_parts(
-    kv: &impl KvRead,
-    upload_id: &str,
-    after: u32,
-    limit: usize,
-) -> Result<(Vec<UploadPart>, bool), KvError> {
-    let prefix = keys::parts_prefix(upload_id);
-    let end = keys::prefix_end(&prefix).expect("prefix ends in NUL");
-    let start = keys::part(upload_id, after.saturating_add(1));
-    let mut parts = Vec::new();
-    let mut more = false;
-    let mut failure = None;
-    kv.scan(&start, &end, &mut |_, v| {
-        if parts.len() == limit {
-            more = true;
-            return false;
-        }
-        match value::decode::<UploadPart>(v) {
-            Ok(p) => {
-                parts.push(p);
-                true
-            }
-            Err(e) => {
-                failure = Some(KvError(format!("part of upload {upload_id}: {e}")));
-                false
-            }
-        }
-    })?;
-    match failure {
-        Some(e) => Err(e),
-        None => Ok((parts, more)),
-    }
-}
-
-/// Up to `limit` uploads in progress of a bucket whose keys start with `prefix`, after
-/// (key, upload id) `after`, in (key, upload id) order, and whether more follow.
-pub fn list_uploads(
-    kv: &impl KvRead,
-    bucket: &BucketName,
-    prefix: &str,
-    after: Option<(&str, &str)>,
-    limit: usize,
-) -> Result<(Vec<MultipartUpload>, bool), KvError> {
-    let bucket_prefix = keys::bucket_uploads_prefix(bucket);
-    let end = keys::prefix_end(&bucket_prefix).expect("prefix ends in NUL");
-    let start = match after {
-        // Just after that upload's key.
-        Some((key, upload_id)) => {
-            let mut k = keys::upload(bucket, key, upload_id);
-            k.push(0);
-            k
-        }
-        None => {
-            let mut k = bucket_prefix.clone();
-            k.extend_from_slice(prefix.as_bytes());
-            k
-        }
-    };
-    let mut uploads = Vec::new();
-    let mut more = false;
-    let mut failure = None;
-    kv.scan(
-        &start,
-        &end,
-        &mut |_, v| match value::decode::<MultipartUpload>(v) {
-            Ok(u) if !u.key.starts_with(prefix) => u.key.as_str() < prefix,
-            Ok(u) => {
-                if uploads.len() == limit {
-                    more = true;
-                    return false;
-                }
-                uploads.push(u);
-                true
-            }
-            Err(e) => {
-                failure = Some(KvError(format!("upload in {bucket}: {e}")));
-                false
-            }
-        },
-    )?;
-    match failure {
-        Some(e) => Err(e),
-        None => Ok((uploads, more)),
     }
 }
