@@ -230,10 +230,11 @@ suite_awscli() (
     # With any s3 setting in the config file, `aws s3 presign` falls back to SigV2 URLs,
     # which Lauscha refuses: ask for SigV4, as a user of Lauscha has to.
     aws configure set default.s3.signature_version s3v4
-    # Multipart is not implemented yet: pin the threshold well above 7 MiB so
-    # every transfer here is a single PUT / single GET whatever the aws cli
-    # version's default (8 MiB today) is.
+    # Files up to 64 MB go as a single PUT (their ETag is checked as the body's MD5),
+    # larger ones as multipart uploads in 8 MiB parts, 10 at a time.
     aws configure set default.s3.multipart_threshold 64MB
+    aws configure set default.s3.multipart_chunksize 8MB
+    aws configure set default.s3.max_concurrent_requests 10
 
     local bucket=awscli-ci
     rand_file "$dir/up/small.bin" 1024
@@ -280,7 +281,22 @@ suite_awscli() (
         { cat "$dir/long.xml"; die "a presigned URL valid for more than 7 days got $status"; }
     t aws --endpoint-url "$ENDPOINT" s3 rm --only-show-errors "s3://$bucket/copy.bin"
 
-    for f in small.bin big.bin; do
+    # 300 MiB up and down as multipart uploads (38 parts); the ETag says so.
+    rand_file "$dir/up/huge.bin" $((300 * 1024 * 1024))
+    t aws --endpoint-url "$ENDPOINT" s3 cp --only-show-errors "$dir/up/huge.bin" "s3://$bucket/huge.bin"
+    local huge_etag
+    huge_etag=$(t aws --endpoint-url "$ENDPOINT" s3api head-object --bucket "$bucket" --key huge.bin \
+        --query ETag --output text)
+    [[ $huge_etag == *-38\" ]] || die "aws s3 cp of 300 MiB: ETag $huge_etag, want a 38-part multipart ETag"
+    t aws --endpoint-url "$ENDPOINT" s3 cp --only-show-errors "s3://$bucket/huge.bin" "$dir/down/huge.bin"
+    cmp "$dir/up/huge.bin" "$dir/down/huge.bin" || die "aws s3 cp: downloaded huge.bin differs from the upload"
+    rm -f "$dir/up/huge.bin" "$dir/down/huge.bin"
+    local open_uploads
+    open_uploads=$(t aws --endpoint-url "$ENDPOINT" s3api list-multipart-uploads --bucket "$bucket" \
+        --query 'length(Uploads || `[]`)' --output text)
+    [[ $open_uploads == 0 ]] || die "multipart uploads left open: $open_uploads"
+
+    for f in small.bin big.bin huge.bin; do
         t aws --endpoint-url "$ENDPOINT" s3 rm --only-show-errors "s3://$bucket/$f"
     done
     # No --force: this fails if the two deletes left anything behind.

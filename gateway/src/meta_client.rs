@@ -12,8 +12,9 @@ use std::time::Duration;
 use lauscha_core::model::Stripe;
 use lauscha_core::model::{ListObjectsQuery, ObjectListing};
 use lauscha_core::{
-    AccessKey, AccessKeyId, Bucket, BucketName, ClusterMap, NodeId, NodeInfo, NodeState,
-    ObjectVersion, PlacementPolicy, StripeId, Tenant, TenantId, WriteCondition,
+    AccessKey, AccessKeyId, Bucket, BucketName, ClusterMap, MultipartUpload, NodeId, NodeInfo,
+    NodeState, ObjectVersion, PlacementPolicy, StripeId, Tenant, TenantId, UploadPart,
+    WriteCondition,
 };
 use lauscha_proto::meta::meta_service_client::MetaServiceClient;
 use lauscha_proto::meta::{self as pb};
@@ -134,6 +135,30 @@ fn next_step(status: &tonic::Status) -> Next {
         | MetaErrorKind::InvalidPartOrder
         | MetaErrorKind::EntityTooSmall
         | MetaErrorKind::Internal => Next::Fail,
+    }
+}
+
+/// A multipart upload as S3 requests name it.
+#[derive(Clone, Copy, Debug)]
+pub struct UploadName<'a> {
+    /// The bucket.
+    pub bucket: &'a BucketName,
+    /// The tenant asking.
+    pub tenant: &'a TenantId,
+    /// The object key.
+    pub key: &'a str,
+    /// The upload id.
+    pub upload_id: &'a str,
+}
+
+impl UploadName<'_> {
+    fn to_pb(self) -> pb::UploadRef {
+        pb::UploadRef {
+            bucket: self.bucket.to_string(),
+            key: self.key.to_string(),
+            tenant: self.tenant.0.clone(),
+            upload_id: self.upload_id.to_string(),
+        }
     }
 }
 
@@ -405,6 +430,153 @@ impl MetaClient {
             )
             .await?;
         Ok((reply.version_id, reply.last_modified_ms))
+    }
+
+    /// Starts a multipart upload; returns its id.
+    pub async fn create_upload(
+        &self,
+        upload: &UploadName<'_>,
+        template: ObjectVersion,
+    ) -> Result<String, GatewayError> {
+        let message = pb::CreateUploadRequest {
+            bucket: upload.bucket.to_string(),
+            key: upload.key.to_string(),
+            tenant: upload.tenant.0.clone(),
+            template: Some(template.into()),
+        };
+        let reply = self
+            .call(
+                true,
+                message,
+                |mut c, r| async move { c.create_upload(r).await },
+            )
+            .await?;
+        Ok(reply.upload_id)
+    }
+
+    /// Records a part whose shards are durable; returns its time, Unix ms.
+    pub async fn put_part(
+        &self,
+        upload: &UploadName<'_>,
+        part: UploadPart,
+    ) -> Result<u64, GatewayError> {
+        let message = pb::PutPartRequest {
+            upload: Some(upload.to_pb()),
+            part_number: part.part_number,
+            version: Some(part.version.into()),
+        };
+        let reply = self
+            .call(true, message, |mut c, r| async move { c.put_part(r).await })
+            .await?;
+        Ok(reply.last_modified_ms)
+    }
+
+    /// Completes an upload from the listed (part number, ETag); returns the version's id
+    /// and time.
+    pub async fn complete_upload(
+        &self,
+        upload: &UploadName<'_>,
+        parts: &[(u32, String)],
+        etag: &str,
+    ) -> Result<(String, u64), GatewayError> {
+        let message = pb::CompleteUploadRequest {
+            upload: Some(upload.to_pb()),
+            parts: parts
+                .iter()
+                .map(|(n, e)| pb::CompletedPart {
+                    part_number: *n,
+                    etag: e.clone(),
+                })
+                .collect(),
+            etag: etag.to_string(),
+        };
+        let reply = self
+            .call(true, message, |mut c, r| async move {
+                c.complete_upload(r).await
+            })
+            .await?;
+        Ok((reply.version_id, reply.last_modified_ms))
+    }
+
+    /// Drops an upload and its parts.
+    pub async fn abort_upload(&self, upload: &UploadName<'_>) -> Result<(), GatewayError> {
+        self.call(true, upload.to_pb(), |mut c, r| async move {
+            c.abort_upload(r).await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// An upload in progress.
+    pub async fn get_upload(
+        &self,
+        upload: &UploadName<'_>,
+    ) -> Result<MultipartUpload, GatewayError> {
+        let reply = self
+            .call(false, upload.to_pb(), |mut c, r| async move {
+                c.get_upload(r).await
+            })
+            .await?;
+        reply.try_into().map_err(invalid_reply)
+    }
+
+    /// Up to `limit` parts numbered above `after`, and whether more follow.
+    pub async fn list_parts(
+        &self,
+        upload: &UploadName<'_>,
+        after: u32,
+        limit: u32,
+    ) -> Result<(Vec<UploadPart>, bool), GatewayError> {
+        let message = pb::ListPartsRequest {
+            upload: Some(upload.to_pb()),
+            after,
+            limit,
+        };
+        let reply = self
+            .call(
+                false,
+                message,
+                |mut c, r| async move { c.list_parts(r).await },
+            )
+            .await?;
+        let parts = reply
+            .parts
+            .into_iter()
+            .map(|p| p.try_into().map_err(invalid_reply))
+            .collect::<Result<_, _>>()?;
+        Ok((parts, reply.truncated))
+    }
+
+    /// Up to `limit` uploads in progress under `prefix`, after (key, upload id).
+    pub async fn list_uploads(
+        &self,
+        bucket: &BucketName,
+        tenant: &TenantId,
+        prefix: &str,
+        after: Option<(&str, &str)>,
+        limit: u32,
+    ) -> Result<(Vec<MultipartUpload>, bool), GatewayError> {
+        let message = pb::ListUploadsRequest {
+            bucket: bucket.to_string(),
+            tenant: tenant.0.clone(),
+            prefix: prefix.to_string(),
+            after_key: after.map(|(k, _)| k.to_string()),
+            after_upload_id: after.map(|(_, u)| u.to_string()).unwrap_or_default(),
+            limit,
+        };
+        let reply = self
+            .call(
+                false,
+                message,
+                |mut c, r| async move { c.list_uploads(r).await },
+            )
+            .await?;
+        let uploads = reply
+            .uploads
+            .into_iter()
+            .map(|u| u.try_into().map_err(invalid_reply))
+            .collect::<Result<_, _>>()?;
+        Ok((uploads, reply.truncated))
     }
 
     /// The current version of an object.

@@ -7,10 +7,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use futures::StreamExt;
 use lauscha_core::config::DEFAULT_POLICY_NAME;
-use lauscha_core::model::{ListObjectsQuery, ObjectListing};
+use lauscha_core::model::{ListObjectsQuery, MAX_PART_NUMBER, ObjectListing};
 use lauscha_core::{
     AccessKeyId, Bucket, BucketName, ChecksumAlgorithm, ContentHeaders, ObjectVersion, StripeId,
-    TenantId, WriteCondition, place,
+    TenantId, UploadPart, WriteCondition, place,
 };
 use lauscha_proto::MetaErrorKind;
 use s3s::checksum::ChecksumHasher;
@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::GatewayError;
 use crate::gateway::Inner;
+use crate::meta_client::UploadName;
 use crate::{read, write};
 
 /// Request header of CreateBucket naming the placement policy (storage class) of the
@@ -211,6 +212,92 @@ impl S3Gateway {
             })
             .collect()
     }
+}
+
+/// Decodes a Content-MD5 header.
+fn decode_content_md5(value: &Option<String>) -> S3Result<Option<[u8; 16]>> {
+    match value {
+        None => Ok(None),
+        Some(text) => Ok(Some(
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .ok()
+                .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                .ok_or(GatewayError::InvalidDigest)?,
+        )),
+    }
+}
+
+/// The checksums a request declares (values in headers, or an algorithm whose value comes
+/// in a trailer).
+fn requested_checksums(
+    values: [(ChecksumAlgorithm, &Option<String>); 5],
+    algorithm: &Option<dto::ChecksumAlgorithm>,
+) -> S3Result<RequestedChecksums> {
+    let mut requested = RequestedChecksums {
+        expected: BTreeMap::new(),
+    };
+    for (alg, value) in values {
+        if let Some(v) = value {
+            requested.expected.insert(alg, Some(v.clone()));
+        }
+    }
+    if let Some(alg) = algorithm {
+        let alg = lauscha_proto::checksum_algorithm(&alg.as_str().to_ascii_uppercase())
+            .ok_or_else(|| {
+                s3_error!(
+                    InvalidArgument,
+                    "unknown checksum algorithm {}",
+                    alg.as_str()
+                )
+            })?;
+        requested.expected.entry(alg).or_insert(None);
+    }
+    Ok(requested)
+}
+
+/// Checks a written body against Content-MD5 and the declared checksums (header or
+/// trailer values); returns the checksums to store. A mismatch is BadDigest.
+fn verify_written(
+    requested: &mut RequestedChecksums,
+    trailers: Option<http::HeaderMap>,
+    content_md5: Option<[u8; 16]>,
+    written: &write::WrittenBody,
+) -> S3Result<BTreeMap<ChecksumAlgorithm, String>> {
+    if let Some(trailers) = trailers {
+        for (alg, expected) in requested.expected.iter_mut() {
+            if let Some(value) = trailers.get(header_name(*alg)) {
+                let value = value
+                    .to_str()
+                    .map_err(|_| s3_error!(InvalidArgument, "trailer is not ASCII"))?;
+                *expected = Some(value.to_string());
+            }
+        }
+    }
+    if let Some(md5) = content_md5
+        && md5 != written.md5
+    {
+        return Err(GatewayError::BadDigest(
+            "the Content-MD5 you specified did not match what we received".into(),
+        )
+        .into());
+    }
+    let mut checksums = BTreeMap::new();
+    for (alg, expected) in &requested.expected {
+        let got = computed(&written.checksums, *alg)
+            .ok_or_else(|| GatewayError::Internal(format!("{} not computed", alg.as_str())))?;
+        if let Some(expected) = expected
+            && expected != got
+        {
+            return Err(GatewayError::BadDigest(format!(
+                "the {} you specified did not match the calculated checksum",
+                alg.as_str()
+            ))
+            .into());
+        }
+        checksums.insert(*alg, got.clone());
+    }
+    Ok(checksums)
 }
 
 /// The precondition of a conditional PUT. S3 supports `If-None-Match: *` and `If-Match`
@@ -489,41 +576,17 @@ impl S3 for S3Gateway {
             }
         }
 
-        let content_md5 = match &input.content_md5 {
-            None => None,
-            Some(text) => Some(
-                base64::engine::general_purpose::STANDARD
-                    .decode(text)
-                    .ok()
-                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
-                    .ok_or(GatewayError::InvalidDigest)?,
-            ),
-        };
-        let mut requested = RequestedChecksums {
-            expected: BTreeMap::new(),
-        };
-        for (alg, value) in [
-            (ChecksumAlgorithm::Crc32, &input.checksum_crc32),
-            (ChecksumAlgorithm::Crc32c, &input.checksum_crc32c),
-            (ChecksumAlgorithm::Crc64Nvme, &input.checksum_crc64nvme),
-            (ChecksumAlgorithm::Sha1, &input.checksum_sha1),
-            (ChecksumAlgorithm::Sha256, &input.checksum_sha256),
-        ] {
-            if let Some(v) = value {
-                requested.expected.insert(alg, Some(v.clone()));
-            }
-        }
-        if let Some(alg) = &input.checksum_algorithm {
-            let alg = lauscha_proto::checksum_algorithm(&alg.as_str().to_ascii_uppercase())
-                .ok_or_else(|| {
-                    s3_error!(
-                        InvalidArgument,
-                        "unknown checksum algorithm {}",
-                        alg.as_str()
-                    )
-                })?;
-            requested.expected.entry(alg).or_insert(None);
-        }
+        let content_md5 = decode_content_md5(&input.content_md5)?;
+        let mut requested = requested_checksums(
+            [
+                (ChecksumAlgorithm::Crc32, &input.checksum_crc32),
+                (ChecksumAlgorithm::Crc32c, &input.checksum_crc32c),
+                (ChecksumAlgorithm::Crc64Nvme, &input.checksum_crc64nvme),
+                (ChecksumAlgorithm::Sha1, &input.checksum_sha1),
+                (ChecksumAlgorithm::Sha256, &input.checksum_sha256),
+            ],
+            &input.checksum_algorithm,
+        )?;
         let declared = input
             .content_length
             .map(|n| {
@@ -540,43 +603,17 @@ impl S3 for S3Gateway {
             body,
             declared,
             requested.hasher(),
+            write::Storage::InlineWhenSmall,
         )
         .await?;
 
         // Trailers arrive after the body; they carry the checksum in aws-chunked uploads.
-        if let Some(trailers) = trailing_headers.and_then(|t| t.take()) {
-            for (alg, expected) in requested.expected.iter_mut() {
-                if let Some(value) = trailers.get(header_name(*alg)) {
-                    let value = value
-                        .to_str()
-                        .map_err(|_| s3_error!(InvalidArgument, "trailer is not ASCII"))?;
-                    *expected = Some(value.to_string());
-                }
-            }
-        }
-        if let Some(md5) = content_md5
-            && md5 != written.md5
-        {
-            return Err(GatewayError::BadDigest(
-                "the Content-MD5 you specified did not match what we received".into(),
-            )
-            .into());
-        }
-        let mut checksums = BTreeMap::new();
-        for (alg, expected) in &requested.expected {
-            let got = computed(&written.checksums, *alg)
-                .ok_or_else(|| GatewayError::Internal(format!("{} not computed", alg.as_str())))?;
-            if let Some(expected) = expected
-                && expected != got
-            {
-                return Err(GatewayError::BadDigest(format!(
-                    "the {} you specified did not match the calculated checksum",
-                    alg.as_str()
-                ))
-                .into());
-            }
-            checksums.insert(*alg, got.clone());
-        }
+        let checksums = verify_written(
+            &mut requested,
+            trailing_headers.and_then(|t| t.take()),
+            content_md5,
+            &written,
+        )?;
 
         let etag = hex::encode(written.md5);
         let missing = written.missing.clone();
@@ -749,6 +786,7 @@ impl S3 for S3Gateway {
             StreamingBlob::wrap(stream),
             Some(source.size_bytes),
             requested.hasher(),
+            write::Storage::InlineWhenSmall,
         )
         .await?;
         let etag = hex::encode(written.md5);
@@ -857,6 +895,398 @@ impl S3 for S3Gateway {
         }
         Ok(S3Response::new(dto::CopyObjectOutput {
             copy_object_result: Some(result),
+            ..Default::default()
+        }))
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<dto::CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<dto::CreateMultipartUploadOutput>> {
+        let caller = self.caller(&req).await?;
+        let input = req.input;
+        let name = bucket_name(&input.bucket)?;
+        object_key(&input.key)?;
+        if input.sse_customer_key.is_some()
+            || input.object_lock_mode.is_some()
+            || input.object_lock_legal_hold_status.is_some()
+        {
+            return Err(s3_error!(
+                NotImplemented,
+                "encryption keys and Object Lock are not available on this Lauscha version"
+            ));
+        }
+        self.owned_bucket(&caller, &name).await?;
+        let template = ObjectVersion {
+            version_id: String::new(),
+            size_bytes: 0,
+            etag: String::new(),
+            last_modified_ms: 0,
+            content_type: input.content_type.clone(),
+            headers: ContentHeaders {
+                cache_control: input.cache_control.clone(),
+                content_disposition: input.content_disposition.clone(),
+                content_encoding: input
+                    .content_encoding
+                    .as_deref()
+                    .and_then(without_aws_chunked),
+                content_language: input.content_language.clone(),
+                expires_unix_s: input.expires.clone().map(unix_seconds),
+            },
+            user_metadata: input.metadata.unwrap_or_default().into_iter().collect(),
+            checksums: BTreeMap::new(),
+            data: lauscha_core::ObjectData::Inline(Vec::new()),
+        };
+        let upload_id = self
+            .inner
+            .meta
+            .create_upload(
+                &UploadName {
+                    bucket: &name,
+                    tenant: &caller.tenant,
+                    key: &input.key,
+                    upload_id: "",
+                },
+                template,
+            )
+            .await?;
+        info!(bucket = %name, key = %input.key, upload_id = %upload_id, "multipart upload started");
+        Ok(S3Response::new(dto::CreateMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(upload_id),
+            checksum_algorithm: input.checksum_algorithm,
+            ..Default::default()
+        }))
+    }
+
+    async fn upload_part(
+        &self,
+        req: S3Request<dto::UploadPartInput>,
+    ) -> S3Result<S3Response<dto::UploadPartOutput>> {
+        let started = std::time::Instant::now();
+        let caller = self.caller(&req).await?;
+        let S3Request {
+            input,
+            trailing_headers,
+            ..
+        } = req;
+        let name = bucket_name(&input.bucket)?;
+        if input.sse_customer_key.is_some() {
+            return Err(s3_error!(
+                NotImplemented,
+                "encryption keys are not available on this Lauscha version"
+            ));
+        }
+        let part_number = u32::try_from(input.part_number)
+            .ok()
+            .filter(|n| (1..=MAX_PART_NUMBER).contains(n))
+            .ok_or_else(|| {
+                s3_error!(
+                    InvalidArgument,
+                    "Part number must be an integer between 1 and {MAX_PART_NUMBER}, inclusive"
+                )
+            })?;
+        let bucket = self.owned_bucket(&caller, &name).await?;
+        let upload = UploadName {
+            bucket: &name,
+            tenant: &caller.tenant,
+            key: &input.key,
+            upload_id: &input.upload_id,
+        };
+        // Before the body is stored: the upload must exist.
+        self.inner.meta.get_upload(&upload).await?;
+        let content_md5 = decode_content_md5(&input.content_md5)?;
+        let mut requested = requested_checksums(
+            [
+                (ChecksumAlgorithm::Crc32, &input.checksum_crc32),
+                (ChecksumAlgorithm::Crc32c, &input.checksum_crc32c),
+                (ChecksumAlgorithm::Crc64Nvme, &input.checksum_crc64nvme),
+                (ChecksumAlgorithm::Sha1, &input.checksum_sha1),
+                (ChecksumAlgorithm::Sha256, &input.checksum_sha256),
+            ],
+            &input.checksum_algorithm,
+        )?;
+        let declared = input
+            .content_length
+            .map(|n| {
+                u64::try_from(n).map_err(|_| s3_error!(InvalidArgument, "negative Content-Length"))
+            })
+            .transpose()?;
+        let body = input.body.unwrap_or_else(|| {
+            StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>())
+        });
+        let (written, uncommitted) = write::write_body(
+            &self.inner,
+            bucket.policy,
+            body,
+            declared,
+            requested.hasher(),
+            write::Storage::Striped,
+        )
+        .await?;
+        let checksums = verify_written(
+            &mut requested,
+            trailing_headers.and_then(|t| t.take()),
+            content_md5,
+            &written,
+        )?;
+        let etag = hex::encode(written.md5);
+        let max_put = Duration::from_secs(self.inner.config.maintenance.orphan_grace_s / 2);
+        if started.elapsed() > max_put {
+            return Err(s3_error!(
+                RequestTimeout,
+                "the part took longer than {} s to upload",
+                max_put.as_secs()
+            ));
+        }
+        let part = UploadPart {
+            part_number,
+            version: ObjectVersion {
+                version_id: String::new(),
+                size_bytes: written.size_bytes,
+                etag: etag.clone(),
+                last_modified_ms: 0,
+                content_type: None,
+                headers: ContentHeaders::default(),
+                user_metadata: BTreeMap::new(),
+                checksums: checksums.clone(),
+                data: written.data,
+            },
+        };
+        match self.inner.meta.put_part(&upload, part).await {
+            Ok(_) => uncommitted.commit(),
+            Err(
+                e @ GatewayError::Meta {
+                    kind:
+                        MetaErrorKind::Unavailable | MetaErrorKind::Internal | MetaErrorKind::NotLeader,
+                    ..
+                },
+            ) => {
+                // The part may be recorded: keep its shards (GC reclaims them if not).
+                uncommitted.commit();
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let mut output = dto::UploadPartOutput {
+            e_tag: Some(ETag::Strong(etag)),
+            ..Default::default()
+        };
+        for (alg, value) in checksums {
+            match alg {
+                ChecksumAlgorithm::Crc32 => output.checksum_crc32 = Some(value),
+                ChecksumAlgorithm::Crc32c => output.checksum_crc32c = Some(value),
+                ChecksumAlgorithm::Crc64Nvme => output.checksum_crc64nvme = Some(value),
+                ChecksumAlgorithm::Sha1 => output.checksum_sha1 = Some(value),
+                ChecksumAlgorithm::Sha256 => output.checksum_sha256 = Some(value),
+            }
+        }
+        Ok(S3Response::new(output))
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<dto::CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<dto::CompleteMultipartUploadOutput>> {
+        let caller = self.caller(&req).await?;
+        let input = req.input;
+        let name = bucket_name(&input.bucket)?;
+        if input.if_match.is_some() || input.if_none_match.is_some() {
+            return Err(s3_error!(
+                NotImplemented,
+                "conditional CompleteMultipartUpload is not available yet on this Lauscha version"
+            ));
+        }
+        self.owned_bucket(&caller, &name).await?;
+        let listed = input
+            .multipart_upload
+            .and_then(|m| m.parts)
+            .unwrap_or_default();
+        if listed.is_empty() {
+            return Err(s3_error!(
+                MalformedXML,
+                "the request lists no parts; list at least one"
+            ));
+        }
+        let mut parts = Vec::with_capacity(listed.len());
+        let mut md5s = Vec::with_capacity(listed.len() * 16);
+        for p in &listed {
+            let (Some(number), Some(etag)) = (p.part_number, p.e_tag.as_ref()) else {
+                return Err(s3_error!(
+                    MalformedXML,
+                    "every part needs PartNumber and ETag"
+                ));
+            };
+            let number = u32::try_from(number)
+                .map_err(|_| s3_error!(InvalidPart, "part number {number} is not valid"))?;
+            let etag = etag.value().to_string();
+            let md5 = hex::decode(&etag)
+                .ok()
+                .filter(|b| b.len() == 16)
+                .ok_or_else(|| s3_error!(InvalidPart, "part {number}: ETag {etag} was not ours"))?;
+            md5s.extend_from_slice(&md5);
+            parts.push((number, etag));
+        }
+        let etag = format!(
+            "{}-{}",
+            hex::encode(<md5::Md5 as md5::Digest>::digest(&md5s)),
+            parts.len()
+        );
+        let upload = UploadName {
+            bucket: &name,
+            tenant: &caller.tenant,
+            key: &input.key,
+            upload_id: &input.upload_id,
+        };
+        self.inner
+            .meta
+            .complete_upload(&upload, &parts, &etag)
+            .await?;
+        info!(bucket = %name, key = %input.key, upload_id = %input.upload_id, n_parts = parts.len(), "multipart upload completed");
+        Ok(S3Response::new(dto::CompleteMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key.clone()),
+            e_tag: Some(ETag::Strong(etag)),
+            location: Some(format!("/{name}/{}", input.key)),
+            ..Default::default()
+        }))
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<dto::AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<dto::AbortMultipartUploadOutput>> {
+        let caller = self.caller(&req).await?;
+        let input = req.input;
+        let name = bucket_name(&input.bucket)?;
+        self.owned_bucket(&caller, &name).await?;
+        self.inner
+            .meta
+            .abort_upload(&UploadName {
+                bucket: &name,
+                tenant: &caller.tenant,
+                key: &input.key,
+                upload_id: &input.upload_id,
+            })
+            .await?;
+        Ok(S3Response::new(dto::AbortMultipartUploadOutput::default()))
+    }
+
+    async fn list_parts(
+        &self,
+        req: S3Request<dto::ListPartsInput>,
+    ) -> S3Result<S3Response<dto::ListPartsOutput>> {
+        let caller = self.caller(&req).await?;
+        let input = req.input;
+        let name = bucket_name(&input.bucket)?;
+        self.owned_bucket(&caller, &name).await?;
+        let max_parts = input.max_parts.unwrap_or(1000).clamp(1, 1000);
+        let after = u32::try_from(input.part_number_marker.unwrap_or(0)).unwrap_or(0);
+        let (parts, truncated) = self
+            .inner
+            .meta
+            .list_parts(
+                &UploadName {
+                    bucket: &name,
+                    tenant: &caller.tenant,
+                    key: &input.key,
+                    upload_id: &input.upload_id,
+                },
+                after,
+                max_parts as u32,
+            )
+            .await?;
+        let next = parts.last().map(|p| p.part_number as i32);
+        Ok(S3Response::new(dto::ListPartsOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(input.upload_id),
+            max_parts: Some(max_parts),
+            part_number_marker: input.part_number_marker,
+            next_part_number_marker: next,
+            is_truncated: Some(truncated),
+            parts: Some(
+                parts
+                    .into_iter()
+                    .map(|p| {
+                        let mut part = dto::Part {
+                            part_number: Some(p.part_number as i32),
+                            e_tag: Some(ETag::Strong(p.version.etag.clone())),
+                            size: Some(p.version.size_bytes as i64),
+                            last_modified: Some(timestamp(p.version.last_modified_ms)),
+                            ..Default::default()
+                        };
+                        for (alg, value) in p.version.checksums {
+                            match alg {
+                                ChecksumAlgorithm::Crc32 => part.checksum_crc32 = Some(value),
+                                ChecksumAlgorithm::Crc32c => part.checksum_crc32c = Some(value),
+                                ChecksumAlgorithm::Crc64Nvme => {
+                                    part.checksum_crc64nvme = Some(value)
+                                }
+                                ChecksumAlgorithm::Sha1 => part.checksum_sha1 = Some(value),
+                                ChecksumAlgorithm::Sha256 => part.checksum_sha256 = Some(value),
+                            }
+                        }
+                        part
+                    })
+                    .collect(),
+            ),
+            storage_class: Some(dto::StorageClass::from_static(dto::StorageClass::STANDARD)),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<dto::ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<dto::ListMultipartUploadsOutput>> {
+        let caller = self.caller(&req).await?;
+        let input = req.input;
+        let name = bucket_name(&input.bucket)?;
+        if input.delimiter.as_deref().is_some_and(|d| !d.is_empty()) {
+            return Err(s3_error!(
+                NotImplemented,
+                "ListMultipartUploads with a delimiter is not available yet on this Lauscha version"
+            ));
+        }
+        self.owned_bucket(&caller, &name).await?;
+        let max_uploads = input.max_uploads.unwrap_or(1000).clamp(1, 1000);
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let after = input
+            .key_marker
+            .as_deref()
+            .filter(|k| !k.is_empty())
+            .map(|k| (k, input.upload_id_marker.as_deref().unwrap_or("")));
+        let (uploads, truncated) = self
+            .inner
+            .meta
+            .list_uploads(&name, &caller.tenant, &prefix, after, max_uploads as u32)
+            .await?;
+        let last = uploads.last().map(|u| (u.key.clone(), u.upload_id.clone()));
+        Ok(S3Response::new(dto::ListMultipartUploadsOutput {
+            bucket: Some(input.bucket),
+            prefix: input.prefix,
+            key_marker: input.key_marker,
+            upload_id_marker: input.upload_id_marker,
+            max_uploads: Some(max_uploads),
+            is_truncated: Some(truncated),
+            next_key_marker: truncated.then(|| last.clone().map(|l| l.0)).flatten(),
+            next_upload_id_marker: truncated.then(|| last.map(|l| l.1)).flatten(),
+            uploads: Some(
+                uploads
+                    .into_iter()
+                    .map(|u| dto::MultipartUpload {
+                        key: Some(u.key),
+                        upload_id: Some(u.upload_id),
+                        initiated: Some(timestamp(u.initiated_ms)),
+                        storage_class: Some(dto::StorageClass::from_static(
+                            dto::StorageClass::STANDARD,
+                        )),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
             ..Default::default()
         }))
     }

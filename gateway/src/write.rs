@@ -108,6 +108,15 @@ fn body_error(e: s3s::StdError) -> GatewayError {
     }
 }
 
+/// How a body may be stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// Small bodies inline in metadata, the rest erasure-coded (objects).
+    InlineWhenSmall,
+    /// Always erasure-coded (parts of multipart uploads, which must concatenate).
+    Striped,
+}
+
 /// Streams `body` into the store under `policy`. `declared_len_bytes`, when known, must be
 /// matched exactly; more than `max_bytes` is refused as soon as it is seen.
 pub async fn write_body(
@@ -116,6 +125,7 @@ pub async fn write_body(
     mut body: StreamingBlob,
     declared_len_bytes: Option<u64>,
     mut checksum: ChecksumHasher,
+    storage: Storage,
 ) -> Result<(WrittenBody, Uncommitted), GatewayError> {
     let max_bytes = inner.config.max_object_bytes;
     if let Some(declared) = declared_len_bytes
@@ -190,7 +200,9 @@ pub async fn write_body(
         return Err(e);
     }
 
-    let is_inline = total_bytes <= inner.config.inline_max_bytes && in_flight.is_empty();
+    let is_inline = storage == Storage::InlineWhenSmall
+        && total_bytes <= inner.config.inline_max_bytes
+        && in_flight.is_empty();
     let data = if is_inline {
         debug_assert!(uncommitted.stripes.is_empty());
         ObjectData::Inline(buf.to_vec())

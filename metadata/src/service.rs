@@ -5,7 +5,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use lauscha_core::model::ListObjectsQuery;
 use lauscha_core::{
-    AccessKey, AccessKeyId, NodeInfo, PlacementPolicy, StripeId, TenantId, WriteCondition,
+    AccessKey, AccessKeyId, NodeInfo, PlacementPolicy, StripeId, TenantId, UploadPart,
+    WriteCondition,
 };
 use lauscha_proto::meta::meta_service_server::{MetaService, MetaServiceServer};
 use lauscha_proto::meta::{self as pb};
@@ -44,6 +45,19 @@ fn now_ms() -> u64 {
 
 fn tenant(s: &str) -> Result<TenantId, MetaError> {
     TenantId::parse(s).map_err(|e| MetaError::InvalidArgument(e.to_string()))
+}
+
+/// The parts of an upload reference, checked.
+fn upload_ref(
+    upload: Option<pb::UploadRef>,
+) -> Result<(lauscha_core::BucketName, TenantId, String, String), MetaError> {
+    let upload = upload.ok_or_else(|| MetaError::InvalidArgument("upload missing".into()))?;
+    Ok((
+        bucket_name(&upload.bucket).map_err(MetaError::from)?,
+        tenant(&upload.tenant)?,
+        upload.key,
+        upload.upload_id,
+    ))
 }
 
 /// The request id a client put in the `lauscha-request-id` header, if any.
@@ -277,6 +291,192 @@ impl MetaService for MetaServer {
             })),
             other => Err(unexpected(other)),
         }
+    }
+
+    async fn create_upload(
+        &self,
+        request: Request<pb::CreateUploadRequest>,
+    ) -> Result<Response<pb::CreateUploadReply>, Status> {
+        let request_id = request_id(&request);
+        let request = request.into_inner();
+        let bucket = bucket_name(&request.bucket).map_err(MetaError::from)?;
+        let tenant = tenant(&request.tenant)?;
+        let template = request
+            .template
+            .ok_or_else(|| MetaError::InvalidArgument("template missing".into()))?
+            .try_into()
+            .map_err(|e: ProtoError| MetaError::from(e))?;
+        let command = MetaCommand::CreateUpload {
+            bucket,
+            tenant,
+            key: request.key,
+            template: Box::new(template),
+            now_ms: now_ms(),
+        };
+        match self.node.write_request(command, request_id).await? {
+            MetaResponse::UploadCreated { upload_id } => {
+                Ok(Response::new(pb::CreateUploadReply { upload_id }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn put_part(
+        &self,
+        request: Request<pb::PutPartRequest>,
+    ) -> Result<Response<pb::PutPartReply>, Status> {
+        let request_id = request_id(&request);
+        let request = request.into_inner();
+        let (bucket, tenant, key, upload_id) = upload_ref(request.upload)?;
+        let version = request
+            .version
+            .ok_or_else(|| MetaError::InvalidArgument("version missing".into()))?
+            .try_into()
+            .map_err(|e: ProtoError| MetaError::from(e))?;
+        let command = MetaCommand::PutPart {
+            bucket,
+            tenant,
+            key,
+            upload_id,
+            part: Box::new(UploadPart {
+                part_number: request.part_number,
+                version,
+            }),
+            now_ms: now_ms(),
+        };
+        match self.node.write_request(command, request_id).await? {
+            MetaResponse::PartPut { last_modified_ms } => {
+                Ok(Response::new(pb::PutPartReply { last_modified_ms }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn complete_upload(
+        &self,
+        request: Request<pb::CompleteUploadRequest>,
+    ) -> Result<Response<pb::PutObjectReply>, Status> {
+        let request_id = request_id(&request);
+        let request = request.into_inner();
+        let (bucket, tenant, key, upload_id) = upload_ref(request.upload)?;
+        let command = MetaCommand::CompleteUpload {
+            bucket,
+            tenant,
+            key,
+            upload_id,
+            parts: request
+                .parts
+                .into_iter()
+                .map(|p| (p.part_number, p.etag))
+                .collect(),
+            etag: request.etag,
+            now_ms: now_ms(),
+        };
+        match self.node.write_request(command, request_id).await? {
+            MetaResponse::ObjectPut {
+                version_id,
+                last_modified_ms,
+            } => Ok(Response::new(pb::PutObjectReply {
+                version_id,
+                last_modified_ms,
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn abort_upload(
+        &self,
+        request: Request<pb::UploadRef>,
+    ) -> Result<Response<pb::AbortUploadReply>, Status> {
+        let request_id = request_id(&request);
+        let (bucket, tenant, key, upload_id) = upload_ref(Some(request.into_inner()))?;
+        let command = MetaCommand::AbortUpload {
+            bucket,
+            tenant,
+            key,
+            upload_id,
+            now_ms: now_ms(),
+        };
+        match self.node.write_request(command, request_id).await? {
+            MetaResponse::UploadAborted => Ok(Response::new(pb::AbortUploadReply {})),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn get_upload(
+        &self,
+        request: Request<pb::UploadRef>,
+    ) -> Result<Response<pb::Upload>, Status> {
+        let (bucket, tenant, key, upload_id) = upload_ref(Some(request.into_inner()))?;
+        let found = self
+            .node
+            .read(move |kv| {
+                if let Err(e) = apply::owned_bucket(kv, &bucket, &tenant)? {
+                    return Ok(Err(e));
+                }
+                Ok(query::get_upload(kv, &bucket, &key, &upload_id)?
+                    .ok_or(MetaError::NoSuchUpload(upload_id)))
+            })
+            .await??;
+        Ok(Response::new(found.into()))
+    }
+
+    async fn list_parts(
+        &self,
+        request: Request<pb::ListPartsRequest>,
+    ) -> Result<Response<pb::ListPartsReply>, Status> {
+        let request = request.into_inner();
+        let (bucket, tenant, key, upload_id) = upload_ref(request.upload)?;
+        let (after, limit) = (request.after, request.limit.clamp(1, 1000) as usize);
+        let (parts, truncated) = self
+            .node
+            .read(move |kv| {
+                if let Err(e) = apply::owned_bucket(kv, &bucket, &tenant)? {
+                    return Ok(Err(e));
+                }
+                if query::get_upload(kv, &bucket, &key, &upload_id)?.is_none() {
+                    return Ok(Err(MetaError::NoSuchUpload(upload_id)));
+                }
+                Ok(Ok(query::list_parts(kv, &upload_id, after, limit)?))
+            })
+            .await??;
+        Ok(Response::new(pb::ListPartsReply {
+            parts: parts.into_iter().map(Into::into).collect(),
+            truncated,
+        }))
+    }
+
+    async fn list_uploads(
+        &self,
+        request: Request<pb::ListUploadsRequest>,
+    ) -> Result<Response<pb::ListUploadsReply>, Status> {
+        let request = request.into_inner();
+        let bucket = bucket_name(&request.bucket).map_err(MetaError::from)?;
+        let tenant = tenant(&request.tenant)?;
+        let limit = request.limit.clamp(1, 1000) as usize;
+        let (uploads, truncated) = self
+            .node
+            .read(move |kv| {
+                if let Err(e) = apply::owned_bucket(kv, &bucket, &tenant)? {
+                    return Ok(Err(e));
+                }
+                let after = request
+                    .after_key
+                    .as_deref()
+                    .map(|k| (k, request.after_upload_id.as_str()));
+                Ok(Ok(query::list_uploads(
+                    kv,
+                    &bucket,
+                    &request.prefix,
+                    after,
+                    limit,
+                )?))
+            })
+            .await??;
+        Ok(Response::new(pb::ListUploadsReply {
+            uploads: uploads.into_iter().map(Into::into).collect(),
+            truncated,
+        }))
     }
 
     async fn get_object(

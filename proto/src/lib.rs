@@ -10,8 +10,9 @@ use std::str::FromStr;
 use lauscha_core::model::{ListObjectsQuery, ObjectListing, ObjectSummary};
 use lauscha_core::{
     AccessKey, AccessKeyId, Bucket, BucketName, ChecksumAlgorithm, ClusterMap, ContentHeaders,
-    NodeId, NodeInfo, NodeState, ObjectData, ObjectVersion, PlacementPolicy, ShardDigest, ShardId,
-    ShardLocation, SpreadLevel, Stripe, StripeId, Tenant, TenantId,
+    MultipartUpload, NodeId, NodeInfo, NodeState, ObjectData, ObjectVersion, PlacementPolicy,
+    ShardDigest, ShardId, ShardLocation, SpreadLevel, Stripe, StripeId, Tenant, TenantId,
+    UploadPart,
 };
 
 /// Generated code of `lauscha/storage.proto`.
@@ -483,6 +484,52 @@ pub fn checksum_algorithm(name: &str) -> Option<ChecksumAlgorithm> {
     ]
     .into_iter()
     .find(|a| a.as_str() == name)
+}
+
+impl From<MultipartUpload> for meta::Upload {
+    fn from(u: MultipartUpload) -> Self {
+        meta::Upload {
+            upload_id: u.upload_id,
+            key: u.key,
+            tenant: u.tenant.0,
+            initiated_ms: u.initiated_ms,
+            template: Some(u.template.into()),
+        }
+    }
+}
+
+impl TryFrom<meta::Upload> for MultipartUpload {
+    type Error = ProtoError;
+
+    fn try_from(pb: meta::Upload) -> Result<Self, ProtoError> {
+        Ok(MultipartUpload {
+            upload_id: pb.upload_id,
+            key: pb.key,
+            tenant: TenantId(pb.tenant),
+            initiated_ms: pb.initiated_ms,
+            template: pb.template.ok_or_else(|| missing("template"))?.try_into()?,
+        })
+    }
+}
+
+impl From<UploadPart> for meta::Part {
+    fn from(p: UploadPart) -> Self {
+        meta::Part {
+            part_number: p.part_number,
+            version: Some(p.version.into()),
+        }
+    }
+}
+
+impl TryFrom<meta::Part> for UploadPart {
+    type Error = ProtoError;
+
+    fn try_from(pb: meta::Part) -> Result<Self, ProtoError> {
+        Ok(UploadPart {
+            part_number: pb.part_number,
+            version: pb.version.ok_or_else(|| missing("version"))?.try_into()?,
+        })
+    }
 }
 
 impl TryFrom<meta::ObjectVersion> for ObjectVersion {
