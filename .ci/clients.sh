@@ -290,13 +290,17 @@ suite_awscli() (
     [[ $huge_etag == *-38\" ]] || die "aws s3 cp of 300 MiB: ETag $huge_etag, want a 38-part multipart ETag"
     t aws --endpoint-url "$ENDPOINT" s3 cp --only-show-errors "s3://$bucket/huge.bin" "$dir/down/huge.bin"
     cmp "$dir/up/huge.bin" "$dir/down/huge.bin" || die "aws s3 cp: downloaded huge.bin differs from the upload"
+    # A server-side copy this large is a multipart copy (UploadPartCopy).
+    t aws --endpoint-url "$ENDPOINT" s3 cp --only-show-errors "s3://$bucket/huge.bin" "s3://$bucket/huge-copy.bin"
+    t aws --endpoint-url "$ENDPOINT" s3 cp --only-show-errors "s3://$bucket/huge-copy.bin" "$dir/down/huge.bin"
+    cmp "$dir/up/huge.bin" "$dir/down/huge.bin" || die "aws s3 cp: the multipart copy of huge.bin differs"
     rm -f "$dir/up/huge.bin" "$dir/down/huge.bin"
     local open_uploads
     open_uploads=$(t aws --endpoint-url "$ENDPOINT" s3api list-multipart-uploads --bucket "$bucket" \
         --query 'length(Uploads || `[]`)' --output text)
     [[ $open_uploads == 0 ]] || die "multipart uploads left open: $open_uploads"
 
-    for f in small.bin big.bin huge.bin; do
+    for f in small.bin big.bin huge.bin huge-copy.bin; do
         t aws --endpoint-url "$ENDPOINT" s3 rm --only-show-errors "s3://$bucket/$f"
     done
     # No --force: this fails if the two deletes left anything behind.

@@ -159,6 +159,45 @@ impl S3Gateway {
     }
 
     /// The bucket, if the caller's tenant owns it.
+    /// The object a copy reads: the caller's, current, and meeting the copy-source
+    /// conditions ([if-match, if-none-match], [if-unmodified-since, if-modified-since]).
+    async fn copy_source(
+        &self,
+        caller: &Caller,
+        copy_source: &dto::CopySource,
+        etags: [&Option<dto::ETagCondition>; 2],
+        times: [&Option<Timestamp>; 2],
+    ) -> S3Result<(BucketName, String, ObjectVersion)> {
+        let dto::CopySource::Bucket {
+            bucket,
+            key,
+            version_id,
+        } = copy_source
+        else {
+            return Err(s3_error!(
+                NotImplemented,
+                "copy sources are bucket/key; access points do not exist here"
+            ));
+        };
+        let name = bucket_name(bucket)?;
+        self.owned_bucket(caller, &name).await?;
+        let source = self
+            .inner
+            .meta
+            .get_object(&name, &caller.tenant, key)
+            .await?;
+        if let Some(v) = version_id
+            && **v != *source.version_id
+        {
+            return Err(s3_error!(
+                NoSuchVersion,
+                "only the current version can be copied (versioning is not enabled)"
+            ));
+        }
+        check_copy_conditions(&source, etags[0], times[0], etags[1], times[1])?;
+        Ok((name, key.to_string(), source))
+    }
+
     async fn owned_bucket(&self, caller: &Caller, name: &BucketName) -> S3Result<Bucket> {
         let bucket = self.inner.meta.get_bucket(name).await?;
         if bucket.tenant != caller.tenant {
@@ -211,6 +250,25 @@ impl S3Gateway {
                 prefix: Some(encode(p)),
             })
             .collect()
+    }
+}
+
+/// Parses `x-amz-copy-source-range: bytes=first-last` (both given, inside the object).
+fn copy_source_range(text: &str, size_bytes: u64) -> S3Result<std::ops::Range<u64>> {
+    let parsed = text
+        .strip_prefix("bytes=")
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)));
+    match parsed {
+        Some((first, last)) if first <= last && last < size_bytes => Ok(first..last + 1),
+        Some(_) => Err(s3_error!(
+            InvalidRange,
+            "the copy-source range {text} is not inside the {size_bytes}-byte source"
+        )),
+        None => Err(s3_error!(
+            InvalidArgument,
+            "The x-amz-copy-source-range value must be of the form bytes=first-last where first and last are the zero-based offsets of the first and last bytes to copy"
+        )),
     }
 }
 
@@ -698,17 +756,6 @@ impl S3 for S3Gateway {
         let input = req.input;
         let dest_name = bucket_name(&input.bucket)?;
         object_key(&input.key)?;
-        let dto::CopySource::Bucket {
-            bucket: src_bucket,
-            key: src_key,
-            version_id: src_version,
-        } = &input.copy_source
-        else {
-            return Err(s3_error!(
-                NotImplemented,
-                "copy sources are bucket/key; access points do not exist here"
-            ));
-        };
         if input.sse_customer_key.is_some()
             || input.copy_source_sse_customer_key.is_some()
             || input.object_lock_mode.is_some()
@@ -719,29 +766,21 @@ impl S3 for S3Gateway {
                 "encryption keys and Object Lock are not available on this Lauscha version"
             ));
         }
-        let src_name = bucket_name(src_bucket)?;
-        self.owned_bucket(&caller, &src_name).await?;
-        let dest = self.owned_bucket(&caller, &dest_name).await?;
-        let source = self
-            .inner
-            .meta
-            .get_object(&src_name, &caller.tenant, src_key)
+        let (src_name, src_key, source) = self
+            .copy_source(
+                &caller,
+                &input.copy_source,
+                [
+                    &input.copy_source_if_match,
+                    &input.copy_source_if_none_match,
+                ],
+                [
+                    &input.copy_source_if_unmodified_since,
+                    &input.copy_source_if_modified_since,
+                ],
+            )
             .await?;
-        if let Some(v) = src_version
-            && **v != *source.version_id
-        {
-            return Err(s3_error!(
-                NoSuchVersion,
-                "only the current version can be copied (versioning is not enabled)"
-            ));
-        }
-        check_copy_conditions(
-            &source,
-            &input.copy_source_if_match,
-            &input.copy_source_if_unmodified_since,
-            &input.copy_source_if_none_match,
-            &input.copy_source_if_modified_since,
-        )?;
+        let dest = self.owned_bucket(&caller, &dest_name).await?;
         let replace = match input.metadata_directive.as_ref().map(|d| d.as_str()) {
             None | Some("COPY") => false,
             Some("REPLACE") => true,
@@ -752,7 +791,7 @@ impl S3 for S3Gateway {
                 ));
             }
         };
-        if src_name == dest_name && **src_key == *input.key && !replace {
+        if src_name == dest_name && src_key == input.key && !replace {
             return Err(s3_error!(
                 InvalidRequest,
                 "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes."
@@ -1083,6 +1122,107 @@ impl S3 for S3Gateway {
             }
         }
         Ok(S3Response::new(output))
+    }
+
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<dto::UploadPartCopyInput>,
+    ) -> S3Result<S3Response<dto::UploadPartCopyOutput>> {
+        let caller = self.caller(&req).await?;
+        let input = req.input;
+        let name = bucket_name(&input.bucket)?;
+        if input.sse_customer_key.is_some() || input.copy_source_sse_customer_key.is_some() {
+            return Err(s3_error!(
+                NotImplemented,
+                "encryption keys are not available on this Lauscha version"
+            ));
+        }
+        let part_number = u32::try_from(input.part_number)
+            .ok()
+            .filter(|n| (1..=MAX_PART_NUMBER).contains(n))
+            .ok_or_else(|| {
+                s3_error!(
+                    InvalidArgument,
+                    "Part number must be an integer between 1 and {MAX_PART_NUMBER}, inclusive"
+                )
+            })?;
+        let (_, _, source) = self
+            .copy_source(
+                &caller,
+                &input.copy_source,
+                [
+                    &input.copy_source_if_match,
+                    &input.copy_source_if_none_match,
+                ],
+                [
+                    &input.copy_source_if_unmodified_since,
+                    &input.copy_source_if_modified_since,
+                ],
+            )
+            .await?;
+        let bucket = self.owned_bucket(&caller, &name).await?;
+        let upload = UploadName {
+            bucket: &name,
+            tenant: &caller.tenant,
+            key: &input.key,
+            upload_id: &input.upload_id,
+        };
+        self.inner.meta.get_upload(&upload).await?;
+        let range = match &input.copy_source_range {
+            None => 0..source.size_bytes,
+            Some(text) => copy_source_range(text, source.size_bytes)?,
+        };
+        let len = range.end - range.start;
+        let stream = read::open_range(&self.inner, &source, range).await?;
+        let (written, uncommitted) = write::write_body(
+            &self.inner,
+            bucket.policy,
+            StreamingBlob::wrap(stream),
+            Some(len),
+            ChecksumHasher::default(),
+            write::Storage::Striped,
+        )
+        .await?;
+        let etag = hex::encode(written.md5);
+        let part = UploadPart {
+            part_number,
+            version: ObjectVersion {
+                version_id: String::new(),
+                size_bytes: written.size_bytes,
+                etag: etag.clone(),
+                last_modified_ms: 0,
+                content_type: None,
+                headers: ContentHeaders::default(),
+                user_metadata: BTreeMap::new(),
+                checksums: BTreeMap::new(),
+                data: written.data,
+            },
+        };
+        let last_modified_ms = match self.inner.meta.put_part(&upload, part).await {
+            Ok(ms) => {
+                uncommitted.commit();
+                ms
+            }
+            Err(
+                e @ GatewayError::Meta {
+                    kind:
+                        MetaErrorKind::Unavailable | MetaErrorKind::Internal | MetaErrorKind::NotLeader,
+                    ..
+                },
+            ) => {
+                uncommitted.commit();
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(S3Response::new(dto::UploadPartCopyOutput {
+            copy_part_result: Some(dto::CopyPartResult {
+                e_tag: Some(ETag::Strong(etag)),
+                last_modified: Some(timestamp(last_modified_ms)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
     }
 
     async fn complete_multipart_upload(

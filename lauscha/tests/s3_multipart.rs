@@ -183,6 +183,52 @@ async fn a_multipart_upload_round_trips_and_follows_the_s3_rules() {
             .is_empty()
     );
 
+    // UploadPartCopy: the same object assembled again from ranges of the first.
+    let id = start("assembled").await;
+    let mut copied = Vec::new();
+    for (n, range) in [
+        (1, format!("bytes=0-{}", 6 * MIB - 1)),
+        (2, format!("bytes={}-{}", 6 * MIB, whole.len() - 1)),
+    ] {
+        let out = s3
+            .upload_part_copy()
+            .bucket("mpu")
+            .key("assembled")
+            .upload_id(&id)
+            .part_number(n)
+            .copy_source("mpu/big")
+            .copy_source_range(range)
+            .send()
+            .await
+            .unwrap();
+        let etag = out.copy_part_result().unwrap().e_tag().unwrap().to_string();
+        copied.push(CompletedPart::builder().part_number(n).e_tag(etag).build());
+    }
+    let (code, status) = error_of(
+        s3.upload_part_copy()
+            .bucket("mpu")
+            .key("assembled")
+            .upload_id(&id)
+            .part_number(3)
+            .copy_source("mpu/big")
+            .copy_source_range(format!("bytes=0-{}", whole.len()))
+            .send()
+            .await,
+    );
+    assert_eq!((code.as_str(), status), ("InvalidRange", 416));
+    s3.complete_multipart_upload()
+        .bucket("mpu")
+        .key("assembled")
+        .upload_id(&id)
+        .multipart_upload(completed(&copied))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        must_get(&s3, "mpu", "assembled").await == whole,
+        "assembled copy differs"
+    );
+
     // A part under 5 MiB that is not the last: EntityTooSmall.
     let id = start("small-parts").await;
     let a = upload_part(&s3, "small-parts", &id, 1, &payload(5, MIB)).await;

@@ -149,13 +149,40 @@ pub fn client(endpoint: &str, access_key: &str, secret_key: &str) -> Client {
     Client::from_conf(config)
 }
 
-/// SIGKILL a process by pid.
+/// SIGKILL a process by pid, and return once it is dead: a signal is delivered
+/// asynchronously, and a process restarted on the same directory while the old one still
+/// holds its files (RocksDB's lock, the listening port) would fail to start.
 pub fn kill_pid(pid: u64) {
     let status = Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()
         .expect("run kill");
     assert!(status.success(), "kill -9 {pid}");
+    wait_dead(pid);
+}
+
+/// Waits until `pid` has exited (gone, or a zombie its parent has not reaped yet).
+fn wait_dead(pid: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        // Field 3 of /proc/PID/stat, after the parenthesised command name.
+        let dead = match &state {
+            None => true,
+            Some(stat) => stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|s| s == "Z" || s == "X"),
+        };
+        if dead {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} still alive 10 s after SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// A process a test started; SIGKILLed when dropped, also when the test fails.
@@ -355,13 +382,17 @@ impl Dev {
     }
 }
 
-/// Sends a signal by name (`KILL`, `STOP`, `CONT`) to a pid.
+/// Sends a signal by name (`KILL`, `STOP`, `CONT`) to a pid; after `KILL`, returns once
+/// the process is dead.
 pub fn signal(pid: u64, name: &str) {
     let status = Command::new("kill")
         .args([&format!("-{name}"), &pid.to_string()])
         .status()
         .expect("run kill");
     assert!(status.success(), "kill -{name} {pid}");
+    if name == "KILL" {
+        wait_dead(pid);
+    }
 }
 
 /// Starts `lauscha server` with the given TOML config (written into `dir`); returns the
