@@ -23,6 +23,22 @@ use crate::gateway::Inner;
 use crate::meta_client::UploadName;
 use crate::{read, write};
 
+/// Sets the `checksum_*` fields of an s3s output (PutObjectOutput, Part, ...) from stored
+/// checksums.
+macro_rules! set_checksums {
+    ($out:expr, $checksums:expr) => {
+        for (alg, value) in $checksums {
+            match alg {
+                ChecksumAlgorithm::Crc32 => $out.checksum_crc32 = Some(value),
+                ChecksumAlgorithm::Crc32c => $out.checksum_crc32c = Some(value),
+                ChecksumAlgorithm::Crc64Nvme => $out.checksum_crc64nvme = Some(value),
+                ChecksumAlgorithm::Sha1 => $out.checksum_sha1 = Some(value),
+                ChecksumAlgorithm::Sha256 => $out.checksum_sha256 = Some(value),
+            }
+        }
+    };
+}
+
 /// Request header of CreateBucket naming the placement policy (storage class) of the
 /// bucket; response header of HeadBucket with the bucket's policy (`k+m/spread`).
 pub const POLICY_HEADER: &str = "x-lauscha-policy";
@@ -250,6 +266,30 @@ impl S3Gateway {
                 prefix: Some(encode(p)),
             })
             .collect()
+    }
+}
+
+/// Settles the shards of a write by the outcome of its metadata commit: kept when it
+/// committed, and also when the outcome is unknown (metadata unavailable mid-commit:
+/// deleting them could destroy a committed object; GC reclaims them if it did not);
+/// deleted when metadata refused.
+fn settle<T>(result: Result<T, GatewayError>, uncommitted: write::Uncommitted) -> S3Result<T> {
+    match result {
+        Ok(value) => {
+            uncommitted.commit();
+            Ok(value)
+        }
+        Err(
+            e @ GatewayError::Meta {
+                kind:
+                    MetaErrorKind::Unavailable | MetaErrorKind::Internal | MetaErrorKind::NotLeader,
+                ..
+            },
+        ) => {
+            uncommitted.commit();
+            Err(e.into())
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -705,46 +745,25 @@ impl S3 for S3Gateway {
                 max_put.as_secs()
             ));
         }
-        match self
-            .inner
-            .meta
-            .put_object(
-                &name,
-                &caller.tenant,
-                &input.key,
-                version,
-                &missing,
-                condition.as_ref(),
-            )
-            .await
-        {
-            Ok(_) => uncommitted.commit(),
-            Err(
-                e @ GatewayError::Meta {
-                    kind:
-                        MetaErrorKind::Unavailable | MetaErrorKind::Internal | MetaErrorKind::NotLeader,
-                    ..
-                },
-            ) => {
-                // The commit may have happened: keep the shards (GC reclaims them if not).
-                uncommitted.commit();
-                return Err(e.into());
-            }
-            Err(e) => return Err(e.into()),
-        }
+        settle(
+            self.inner
+                .meta
+                .put_object(
+                    &name,
+                    &caller.tenant,
+                    &input.key,
+                    version,
+                    &missing,
+                    condition.as_ref(),
+                )
+                .await,
+            uncommitted,
+        )?;
         let mut output = dto::PutObjectOutput {
             e_tag: Some(ETag::Strong(etag)),
             ..Default::default()
         };
-        for (alg, value) in checksums {
-            match alg {
-                ChecksumAlgorithm::Crc32 => output.checksum_crc32 = Some(value),
-                ChecksumAlgorithm::Crc32c => output.checksum_crc32c = Some(value),
-                ChecksumAlgorithm::Crc64Nvme => output.checksum_crc64nvme = Some(value),
-                ChecksumAlgorithm::Sha1 => output.checksum_sha1 = Some(value),
-                ChecksumAlgorithm::Sha256 => output.checksum_sha256 = Some(value),
-            }
-        }
+        set_checksums!(output, checksums);
         Ok(S3Response::new(output))
     }
 
@@ -888,50 +907,26 @@ impl S3 for S3Gateway {
             checksums: checksums.clone(),
             data: written.data,
         };
-        let last_modified_ms = match self
-            .inner
-            .meta
-            .put_object(
-                &dest_name,
-                &caller.tenant,
-                &input.key,
-                version,
-                &missing,
-                None,
-            )
-            .await
-        {
-            Ok((_, last_modified_ms)) => {
-                uncommitted.commit();
-                last_modified_ms
-            }
-            Err(
-                e @ GatewayError::Meta {
-                    kind:
-                        MetaErrorKind::Unavailable | MetaErrorKind::Internal | MetaErrorKind::NotLeader,
-                    ..
-                },
-            ) => {
-                // The commit may have happened: keep the shards (GC reclaims them if not).
-                uncommitted.commit();
-                return Err(e.into());
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let (_, last_modified_ms) = settle(
+            self.inner
+                .meta
+                .put_object(
+                    &dest_name,
+                    &caller.tenant,
+                    &input.key,
+                    version,
+                    &missing,
+                    None,
+                )
+                .await,
+            uncommitted,
+        )?;
         let mut result = dto::CopyObjectResult {
             e_tag: Some(ETag::Strong(etag)),
             last_modified: Some(timestamp(last_modified_ms)),
             ..Default::default()
         };
-        for (alg, value) in checksums {
-            match alg {
-                ChecksumAlgorithm::Crc32 => result.checksum_crc32 = Some(value),
-                ChecksumAlgorithm::Crc32c => result.checksum_crc32c = Some(value),
-                ChecksumAlgorithm::Crc64Nvme => result.checksum_crc64nvme = Some(value),
-                ChecksumAlgorithm::Sha1 => result.checksum_sha1 = Some(value),
-                ChecksumAlgorithm::Sha256 => result.checksum_sha256 = Some(value),
-            }
-        }
+        set_checksums!(result, checksums);
         Ok(S3Response::new(dto::CopyObjectOutput {
             copy_object_result: Some(result),
             ..Default::default()
@@ -1093,34 +1088,12 @@ impl S3 for S3Gateway {
                 data: written.data,
             },
         };
-        match self.inner.meta.put_part(&upload, part).await {
-            Ok(_) => uncommitted.commit(),
-            Err(
-                e @ GatewayError::Meta {
-                    kind:
-                        MetaErrorKind::Unavailable | MetaErrorKind::Internal | MetaErrorKind::NotLeader,
-                    ..
-                },
-            ) => {
-                // The part may be recorded: keep its shards (GC reclaims them if not).
-                uncommitted.commit();
-                return Err(e.into());
-            }
-            Err(e) => return Err(e.into()),
-        }
+        settle(self.inner.meta.put_part(&upload, part).await, uncommitted)?;
         let mut output = dto::UploadPartOutput {
             e_tag: Some(ETag::Strong(etag)),
             ..Default::default()
         };
-        for (alg, value) in checksums {
-            match alg {
-                ChecksumAlgorithm::Crc32 => output.checksum_crc32 = Some(value),
-                ChecksumAlgorithm::Crc32c => output.checksum_crc32c = Some(value),
-                ChecksumAlgorithm::Crc64Nvme => output.checksum_crc64nvme = Some(value),
-                ChecksumAlgorithm::Sha1 => output.checksum_sha1 = Some(value),
-                ChecksumAlgorithm::Sha256 => output.checksum_sha256 = Some(value),
-            }
-        }
+        set_checksums!(output, checksums);
         Ok(S3Response::new(output))
     }
 
@@ -1198,23 +1171,7 @@ impl S3 for S3Gateway {
                 data: written.data,
             },
         };
-        let last_modified_ms = match self.inner.meta.put_part(&upload, part).await {
-            Ok(ms) => {
-                uncommitted.commit();
-                ms
-            }
-            Err(
-                e @ GatewayError::Meta {
-                    kind:
-                        MetaErrorKind::Unavailable | MetaErrorKind::Internal | MetaErrorKind::NotLeader,
-                    ..
-                },
-            ) => {
-                uncommitted.commit();
-                return Err(e.into());
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let last_modified_ms = settle(self.inner.meta.put_part(&upload, part).await, uncommitted)?;
         Ok(S3Response::new(dto::UploadPartCopyOutput {
             copy_part_result: Some(dto::CopyPartResult {
                 e_tag: Some(ETag::Strong(etag)),
@@ -1357,17 +1314,7 @@ impl S3 for S3Gateway {
                             last_modified: Some(timestamp(p.version.last_modified_ms)),
                             ..Default::default()
                         };
-                        for (alg, value) in p.version.checksums {
-                            match alg {
-                                ChecksumAlgorithm::Crc32 => part.checksum_crc32 = Some(value),
-                                ChecksumAlgorithm::Crc32c => part.checksum_crc32c = Some(value),
-                                ChecksumAlgorithm::Crc64Nvme => {
-                                    part.checksum_crc64nvme = Some(value)
-                                }
-                                ChecksumAlgorithm::Sha1 => part.checksum_sha1 = Some(value),
-                                ChecksumAlgorithm::Sha256 => part.checksum_sha256 = Some(value),
-                            }
-                        }
+                        set_checksums!(part, p.version.checksums);
                         part
                     })
                     .collect(),

@@ -197,28 +197,7 @@ fn collect_stripes(
 
 /// The parts of an upload, in part-number order.
 fn parts_of(kv: &impl KvRead, upload_id: &str) -> Result<Vec<UploadPart>, KvError> {
-    let prefix = keys::parts_prefix(upload_id);
-    let end = keys::prefix_end(&prefix).expect("prefix ends in NUL");
-    let mut parts = Vec::new();
-    let mut failure = None;
-    kv.scan(
-        &prefix,
-        &end,
-        &mut |_, v| match value::decode::<UploadPart>(v) {
-            Ok(p) => {
-                parts.push(p);
-                true
-            }
-            Err(e) => {
-                failure = Some(KvError(format!("part of upload {upload_id}: {e}")));
-                false
-            }
-        },
-    )?;
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(parts),
-    }
+    Ok(crate::query::list_parts(kv, upload_id, 0, MAX_PART_NUMBER as usize)?.0)
 }
 
 /// Removes an upload's records: the upload, its parts, their stripes' part index.
