@@ -83,6 +83,8 @@ pub struct PassReport {
     pub garbage_shards_deleted: u64,
     /// Shards deleted because no stripe map points at them.
     pub orphans_deleted: u64,
+    /// Multipart uploads aborted because they were left open too long.
+    pub uploads_aborted: u64,
     /// Tasks that failed (retried next pass).
     pub errors: u64,
     /// Nodes that did not answer.
@@ -428,6 +430,7 @@ impl Maintenance {
                     }
                 }
             }
+            self.abort_stale_uploads(&mut report).await?;
             self.collect_garbage(&map, &reachable, &lost, &mut report)
                 .await?;
             self.delete_orphans(&map, &held, &current, &mut report)
@@ -684,6 +687,42 @@ impl Maintenance {
             if complete {
                 self.inner.meta.drop_garbage(record.key.clone()).await?;
                 report.garbage_records_collected += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Aborts multipart uploads started more than `abort_uploads_after_s` ago: a client
+    /// that crashed mid-upload would otherwise keep its parts' space forever. Their parts
+    /// become garbage, collected after the grace period like any other.
+    async fn abort_stale_uploads(&self, report: &mut PassReport) -> Result<(), GatewayError> {
+        let after_ms = self.inner.config.maintenance.abort_uploads_after_s * 1000;
+        let stale = self
+            .inner
+            .meta
+            .list_stale_uploads(now_ms().saturating_sub(after_ms), 1000)
+            .await?;
+        for (bucket, upload) in stale {
+            let name = crate::meta_client::UploadName {
+                bucket: &bucket,
+                tenant: &upload.tenant,
+                key: &upload.key,
+                upload_id: &upload.upload_id,
+            };
+            match self.inner.meta.abort_upload(&name).await {
+                Ok(()) => {
+                    info!(bucket = %bucket, key = %upload.key, upload_id = %upload.upload_id, "stale multipart upload aborted");
+                    report.uploads_aborted += 1;
+                }
+                // Completed or aborted by its client meanwhile.
+                Err(GatewayError::Meta {
+                    kind: lauscha_proto::MetaErrorKind::NoSuchUpload,
+                    ..
+                }) => {}
+                Err(e) => {
+                    warn!(bucket = %bucket, upload_id = %upload.upload_id, error = %e, "could not abort a stale upload");
+                    report.errors += 1;
+                }
             }
         }
         Ok(())

@@ -579,6 +579,38 @@ impl MetaClient {
         Ok((uploads, reply.truncated))
     }
 
+    /// Up to `limit` uploads of any bucket started before `started_before_ms`.
+    pub async fn list_stale_uploads(
+        &self,
+        started_before_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<(BucketName, MultipartUpload)>, GatewayError> {
+        let message = pb::ListStaleUploadsRequest {
+            started_before_ms,
+            limit,
+        };
+        let reply = self
+            .call(false, message, |mut c, r| async move {
+                c.list_stale_uploads(r).await
+            })
+            .await?;
+        reply
+            .uploads
+            .into_iter()
+            .map(|s| {
+                let bucket = BucketName::parse(&s.bucket).map_err(|e| {
+                    GatewayError::Internal(format!("metadata sent an invalid bucket: {e}"))
+                })?;
+                let upload = s
+                    .upload
+                    .ok_or_else(|| GatewayError::Internal("metadata sent no upload".into()))?
+                    .try_into()
+                    .map_err(invalid_reply)?;
+                Ok((bucket, upload))
+            })
+            .collect()
+    }
+
     /// The current version of an object.
     pub async fn get_object(
         &self,

@@ -263,6 +263,10 @@ pub struct MaintenanceConfig {
     /// in progress never loses its first stripes. Default 86400.
     #[serde(default = "default_orphan_grace_s")]
     pub orphan_grace_s: u64,
+    /// Multipart uploads neither completed nor aborted this long after they started are
+    /// aborted, and their parts collected, seconds. Default 604800 (7 days).
+    #[serde(default = "default_abort_uploads_after_s")]
+    pub abort_uploads_after_s: u64,
     /// A node unreachable this long is treated as lost: its shards are rebuilt elsewhere,
     /// seconds. Default 900.
     #[serde(default = "default_node_out_after_s")]
@@ -284,6 +288,9 @@ fn default_maintenance_interval_s() -> u64 {
 fn default_gc_grace_s() -> u64 {
     3600
 }
+fn default_abort_uploads_after_s() -> u64 {
+    7 * 24 * 3600
+}
 fn default_orphan_grace_s() -> u64 {
     86_400
 }
@@ -304,6 +311,7 @@ impl Default for MaintenanceConfig {
             interval_s: default_maintenance_interval_s(),
             gc_grace_s: default_gc_grace_s(),
             orphan_grace_s: default_orphan_grace_s(),
+            abort_uploads_after_s: default_abort_uploads_after_s(),
             node_out_after_s: default_node_out_after_s(),
             concurrency: default_maintenance_concurrency(),
             rebalance_moves_per_pass: default_rebalance_moves_per_pass(),

@@ -506,6 +506,7 @@ async fn repair_until_done(target: &Target, json: bool) -> anyhow::Result<Value>
             "shards_moved",
             "orphans_deleted",
             "garbage_shards_deleted",
+            "uploads_aborted",
         ]
         .iter()
         .map(|k| report[*k].as_u64().unwrap_or(0))

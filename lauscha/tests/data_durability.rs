@@ -713,3 +713,59 @@ async fn a_node_out_too_long_is_marked_down_and_rebuilt_elsewhere() {
     )
     .await;
 }
+
+// Issue 4/5: an abandoned multipart upload is aborted after `abort_uploads_after_s` and
+// its parts' space comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_multipart_upload_is_aborted_and_its_space_collected() {
+    let _lock = cluster_lock().await;
+    let dev = Dev::start_env(
+        &["--cluster"],
+        &[
+            ("LAUSCHA__GATEWAY__MAINTENANCE__GC_GRACE_S", "1"),
+            ("LAUSCHA__GATEWAY__MAINTENANCE__ABORT_UPLOADS_AFTER_S", "2"),
+        ],
+    );
+    let s3 = dev.client();
+    must_create_bucket(&s3, "abandon").await;
+    let empty = shard_bytes(&dev);
+    let upload = s3
+        .create_multipart_upload()
+        .bucket("abandon")
+        .key("never-finished")
+        .send()
+        .await
+        .unwrap();
+    let id = upload.upload_id().unwrap();
+    s3.upload_part()
+        .bucket("abandon")
+        .key("never-finished")
+        .upload_id(id)
+        .part_number(1)
+        .body(payload(3, 6 << 20).into())
+        .send()
+        .await
+        .unwrap();
+    assert!(shard_bytes(&dev) > empty + (6 << 20));
+    let collected = eventually(Duration::from_secs(60), async || {
+        dev.admin(&["repair"]);
+        let open = s3
+            .list_multipart_uploads()
+            .bucket("abandon")
+            .send()
+            .await
+            .unwrap();
+        open.uploads().is_empty() && shard_bytes(&dev) == empty
+    })
+    .await;
+    assert!(collected, "upload still open or its parts still on disk");
+    let (code, _) = error_of(
+        s3.list_parts()
+            .bucket("abandon")
+            .key("never-finished")
+            .upload_id(id)
+            .send()
+            .await,
+    );
+    assert_eq!(code, "NoSuchUpload");
+}

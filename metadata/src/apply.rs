@@ -996,6 +996,12 @@ mod tests {
         };
         let (uploads, _) = query::list_uploads(&sm.kv, &bucket("files"), "", None, 10).unwrap();
         assert_eq!(uploads.len(), 1);
+        // Started at 20: stale for a cut-off after it, not at it.
+        let stale = query::stale_uploads(&sm.kv, 21, 10).unwrap();
+        assert_eq!(stale.len(), 1);
+        assert_eq!(stale[0].0, bucket("files"));
+        assert_eq!(stale[0].1.upload_id, upload_id);
+        assert!(query::stale_uploads(&sm.kv, 20, 10).unwrap().is_empty());
         let abort = |sm: &mut Sm| {
             sm.run(MetaCommand::AbortUpload {
                 bucket: bucket("files"),

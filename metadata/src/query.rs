@@ -421,6 +421,45 @@ pub fn list_uploads(
     }
 }
 
+/// Up to `limit` uploads of any bucket that started before `started_before_ms`, with
+/// their buckets.
+pub fn stale_uploads(
+    kv: &impl KvRead,
+    started_before_ms: u64,
+    limit: usize,
+) -> Result<Vec<(BucketName, MultipartUpload)>, KvError> {
+    let (start, end) = keys::table_range(Table::Upload);
+    let mut found = Vec::new();
+    let mut failure = None;
+    kv.scan(&start, &end, &mut |k, v| {
+        let bucket = k
+            .get(start.len()..)
+            .and_then(|rest| rest.split(|b| *b == 0).next())
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(|b| BucketName::parse(b).ok());
+        match (bucket, value::decode::<MultipartUpload>(v)) {
+            (Some(bucket), Ok(u)) => {
+                if u.initiated_ms < started_before_ms {
+                    found.push((bucket, u));
+                }
+                found.len() < limit
+            }
+            (_, Err(e)) => {
+                failure = Some(KvError(format!("upload: {e}")));
+                false
+            }
+            (None, _) => {
+                failure = Some(KvError("upload key without a bucket".into()));
+                false
+            }
+        }
+    })?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(found),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -479,6 +479,27 @@ impl MetaService for MetaServer {
         }))
     }
 
+    async fn list_stale_uploads(
+        &self,
+        request: Request<pb::ListStaleUploadsRequest>,
+    ) -> Result<Response<pb::ListStaleUploadsReply>, Status> {
+        let request = request.into_inner();
+        let limit = request.limit.clamp(1, 1000) as usize;
+        let found = self
+            .node
+            .read(move |kv| query::stale_uploads(kv, request.started_before_ms, limit))
+            .await?;
+        Ok(Response::new(pb::ListStaleUploadsReply {
+            uploads: found
+                .into_iter()
+                .map(|(bucket, upload)| pb::StaleUpload {
+                    bucket: bucket.to_string(),
+                    upload: Some(upload.into()),
+                })
+                .collect(),
+        }))
+    }
+
     async fn get_object(
         &self,
         request: Request<pb::GetObjectRequest>,
