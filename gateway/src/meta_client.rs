@@ -478,6 +478,7 @@ impl MetaClient {
         upload: &UploadName<'_>,
         parts: &[(u32, String)],
         etag: &str,
+        condition: Option<&WriteCondition>,
     ) -> Result<(String, u64), GatewayError> {
         let message = pb::CompleteUploadRequest {
             upload: Some(upload.to_pb()),
@@ -489,6 +490,11 @@ impl MetaClient {
                 })
                 .collect(),
             etag: etag.to_string(),
+            if_match: match condition {
+                Some(WriteCondition::IfMatch(etag)) => Some(etag.clone()),
+                _ => None,
+            },
+            if_none_match_any: condition == Some(&WriteCondition::IfNoneMatchAny),
         };
         let reply = self
             .call(true, message, |mut c, r| async move {

@@ -1189,12 +1189,7 @@ impl S3 for S3Gateway {
         let caller = self.caller(&req).await?;
         let input = req.input;
         let name = bucket_name(&input.bucket)?;
-        if input.if_match.is_some() || input.if_none_match.is_some() {
-            return Err(s3_error!(
-                NotImplemented,
-                "conditional CompleteMultipartUpload is not available yet on this Lauscha version"
-            ));
-        }
+        let condition = write_condition(&input.if_match, &input.if_none_match)?;
         self.owned_bucket(&caller, &name).await?;
         let listed = input
             .multipart_upload
@@ -1238,7 +1233,7 @@ impl S3 for S3Gateway {
         };
         self.inner
             .meta
-            .complete_upload(&upload, &parts, &etag)
+            .complete_upload(&upload, &parts, &etag, condition.as_ref())
             .await?;
         info!(bucket = %name, key = %input.key, upload_id = %input.upload_id, n_parts = parts.len(), "multipart upload completed");
         Ok(S3Response::new(dto::CompleteMultipartUploadOutput {

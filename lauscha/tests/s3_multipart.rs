@@ -118,6 +118,37 @@ async fn a_multipart_upload_round_trips_and_follows_the_s3_rules() {
     );
     assert_eq!((code.as_str(), status), ("InvalidPart", 400));
 
+    // Conditional completion, decided in the state machine: "big" does not exist yet, so
+    // If-Match fails; after another writer creates it, If-None-Match: * fails too; the
+    // upload stays open through both.
+    let (code, status) = error_of(
+        s3.complete_multipart_upload()
+            .bucket("mpu")
+            .key("big")
+            .upload_id(&id)
+            .multipart_upload(completed(&parts))
+            .if_match("\"0123456789abcdef0123456789abcdef\"")
+            .send()
+            .await,
+    );
+    assert_eq!((code.as_str(), status), ("NoSuchKey", 404));
+    must_put(&s3, "mpu", "big", b"another writer was first").await;
+    let (code, status) = error_of(
+        s3.complete_multipart_upload()
+            .bucket("mpu")
+            .key("big")
+            .upload_id(&id)
+            .multipart_upload(completed(&parts))
+            .if_none_match("*")
+            .send()
+            .await,
+    );
+    assert_eq!((code.as_str(), status), ("PreconditionFailed", 412));
+    assert_eq!(
+        must_get(&s3, "mpu", "big").await,
+        b"another writer was first"
+    );
+
     let done = s3
         .complete_multipart_upload()
         .bucket("mpu")

@@ -177,6 +177,34 @@ fn retire(
     }
 }
 
+/// Checks a conditional write against the key's current version. Decided in `apply`, in
+/// log order: of two racing conditional writers exactly one sees the state its condition
+/// asks for.
+fn check_condition(
+    condition: &WriteCondition,
+    current: Option<&ObjectVersion>,
+    bucket: &BucketName,
+    key: &str,
+) -> Result<(), MetaError> {
+    match (condition, current) {
+        (WriteCondition::IfNoneMatchAny, Some(old)) => Err(MetaError::PreconditionFailed(format!(
+            "{bucket}/{key} exists (ETag {})",
+            old.etag
+        ))),
+        (WriteCondition::IfMatch(_), None) => Err(MetaError::NoSuchKey {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+        }),
+        (WriteCondition::IfMatch(etag), Some(old)) if old.etag != *etag => {
+            Err(MetaError::PreconditionFailed(format!(
+                "{bucket}/{key} has ETag {}, not {etag}",
+                old.etag
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Puts `stripes` into one garbage record of this entry.
 fn collect_stripes(
     out: &mut Vec<Mutation>,
@@ -340,30 +368,10 @@ fn apply_inner(
             }
             let object_key = keys::object(bucket, key);
             let current = read::<ObjectVersion>(kv, &object_key)?;
-            if let MetaCommand::PutObjectIf { condition, .. } = cmd {
-                // Decided here, in log order: of two racing conditional writers exactly
-                // one sees the state its condition asks for.
-                match (condition, &current) {
-                    (WriteCondition::IfNoneMatchAny, Some(old)) => {
-                        return Ok(Err(MetaError::PreconditionFailed(format!(
-                            "{bucket}/{key} exists (ETag {})",
-                            old.etag
-                        ))));
-                    }
-                    (WriteCondition::IfMatch(_), None) => {
-                        return Ok(Err(MetaError::NoSuchKey {
-                            bucket: bucket.to_string(),
-                            key: key.clone(),
-                        }));
-                    }
-                    (WriteCondition::IfMatch(etag), Some(old)) if old.etag != *etag => {
-                        return Ok(Err(MetaError::PreconditionFailed(format!(
-                            "{bucket}/{key} has ETag {}, not {etag}",
-                            old.etag
-                        ))));
-                    }
-                    _ => {}
-                }
+            if let MetaCommand::PutObjectIf { condition, .. } = cmd
+                && let Err(e) = check_condition(condition, current.as_ref(), bucket, key)
+            {
+                return Ok(Err(e));
             }
             if let Some(old) = &current {
                 retire(out, old, format!("{bucket}/{key}"), *now_ms, log_index);
@@ -479,6 +487,7 @@ fn apply_inner(
             parts: listed,
             etag,
             now_ms,
+            condition,
         } => {
             if let Err(e) = owned_bucket(kv, bucket, tenant)? {
                 return Ok(Err(e));
@@ -548,8 +557,14 @@ fn apply_inner(
                 }
             }
             let object_key = keys::object(bucket, key);
-            if let Some(old) = read::<ObjectVersion>(kv, &object_key)? {
-                retire(out, &old, format!("{bucket}/{key}"), *now_ms, log_index);
+            let current = read::<ObjectVersion>(kv, &object_key)?;
+            if let Some(condition) = condition
+                && let Err(e) = check_condition(condition, current.as_ref(), bucket, key)
+            {
+                return Ok(Err(e));
+            }
+            if let Some(old) = &current {
+                retire(out, old, format!("{bucket}/{key}"), *now_ms, log_index);
             }
             // Parts uploaded but not listed are garbage.
             let unused: Vec<Stripe> = uploaded
@@ -915,6 +930,7 @@ mod tests {
                 parts: parts.iter().map(|(n, e)| (*n, e.to_string())).collect(),
                 etag: "md5s-2".into(),
                 now_ms: 30,
+                condition: None,
             })
         };
         let refused = |r: MetaResponse| match r {

@@ -215,6 +215,8 @@ pub enum MetaCommand {
         etag: String,
         /// Proposal time, Unix ms.
         now_ms: u64,
+        /// Conditional completion (If-None-Match: *, If-Match), as for PutObjectIf.
+        condition: Option<WriteCondition>,
     },
     /// Drop an upload and its parts.
     AbortUpload {

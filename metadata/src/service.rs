@@ -47,6 +47,21 @@ fn tenant(s: &str) -> Result<TenantId, MetaError> {
     TenantId::parse(s).map_err(|e| MetaError::InvalidArgument(e.to_string()))
 }
 
+/// A write condition as the messages carry it.
+fn write_condition(
+    if_match: Option<String>,
+    if_none_match_any: bool,
+) -> Result<Option<WriteCondition>, MetaError> {
+    match (if_match, if_none_match_any) {
+        (Some(_), true) => Err(MetaError::InvalidArgument(
+            "if_match and if_none_match_any together".into(),
+        )),
+        (Some(etag), false) => Ok(Some(WriteCondition::IfMatch(etag))),
+        (None, true) => Ok(Some(WriteCondition::IfNoneMatchAny)),
+        (None, false) => Ok(None),
+    }
+}
+
 /// The parts of an upload reference, checked.
 fn upload_ref(
     upload: Option<pb::UploadRef>,
@@ -250,17 +265,7 @@ impl MetaService for MetaServer {
             .ok_or_else(|| MetaError::InvalidArgument("version missing".into()))?
             .try_into()
             .map_err(|e: ProtoError| MetaError::from(e))?;
-        let condition = match (request.if_match, request.if_none_match_any) {
-            (Some(_), true) => {
-                return Err(MetaError::InvalidArgument(
-                    "if_match and if_none_match_any together".into(),
-                )
-                .into());
-            }
-            (Some(etag), false) => Some(WriteCondition::IfMatch(etag)),
-            (None, true) => Some(WriteCondition::IfNoneMatchAny),
-            (None, false) => None,
-        };
+        let condition = write_condition(request.if_match, request.if_none_match_any)?;
         let version = Box::new(version);
         let command = match condition {
             None => MetaCommand::PutObject {
@@ -359,6 +364,7 @@ impl MetaService for MetaServer {
         let request_id = request_id(&request);
         let request = request.into_inner();
         let (bucket, tenant, key, upload_id) = upload_ref(request.upload)?;
+        let condition = write_condition(request.if_match, request.if_none_match_any)?;
         let command = MetaCommand::CompleteUpload {
             bucket,
             tenant,
@@ -371,6 +377,7 @@ impl MetaService for MetaServer {
                 .collect(),
             etag: request.etag,
             now_ms: now_ms(),
+            condition,
         };
         match self.node.write_request(command, request_id).await? {
             MetaResponse::ObjectPut {
