@@ -1012,6 +1012,11 @@ mod tests {
         };
         let (uploads, _) = query::list_uploads(&sm.kv, &bucket("files"), "", None, 10).unwrap();
         assert_eq!(uploads.len(), 1);
+        // Paging: after this upload, or after every upload of its key, nothing is left.
+        let next = |after| query::list_uploads(&sm.kv, &bucket("files"), "", Some(after), 10);
+        assert!(next(("k", upload_id.as_str())).unwrap().0.is_empty());
+        assert!(next(("k", "")).unwrap().0.is_empty());
+        assert_eq!(next(("j", "")).unwrap().0.len(), 1);
         // Started at 20: stale for a cut-off after it, not at it.
         let stale = query::stale_uploads(&sm.kv, 21, 10).unwrap();
         assert_eq!(stale.len(), 1);

@@ -370,7 +370,8 @@ pub fn list_parts(
 }
 
 /// Up to `limit` uploads in progress of a bucket whose keys start with `prefix`, after
-/// (key, upload id) `after`, in (key, upload id) order, and whether more follow.
+/// (key, upload id) `after` (an empty upload id: after every upload of that key), in
+/// (key, upload id) order, and whether more follow.
 pub fn list_uploads(
     kv: &impl KvRead,
     bucket: &BucketName,
@@ -381,7 +382,14 @@ pub fn list_uploads(
     let bucket_prefix = keys::bucket_uploads_prefix(bucket);
     let end = keys::prefix_end(&bucket_prefix).expect("prefix ends in NUL");
     let start = match after {
-        // Just after that upload's key.
+        // Keys after this one (as S3: a key marker without an upload-id marker).
+        Some((key, "")) => {
+            let mut k = bucket_prefix.clone();
+            k.extend_from_slice(key.as_bytes());
+            k.push(1);
+            k
+        }
+        // Just after that upload.
         Some((key, upload_id)) => {
             let mut k = keys::upload(bucket, key, upload_id);
             k.push(0);
