@@ -42,6 +42,21 @@ async fn copy_object_copies_bytes_and_metadata_and_honours_conditions() {
         must_get_range(&s3, "dst-bucket", "dst", "bytes=4194000-4194999").await,
         body[4_194_000..4_195_000]
     );
+    let attrs = s3
+        .get_object_attributes()
+        .bucket("dst-bucket")
+        .key("dst")
+        .object_attributes(aws_sdk_s3::types::ObjectAttributes::Checksum)
+        .object_attributes(aws_sdk_s3::types::ObjectAttributes::ObjectSize)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(attrs.object_size(), Some(body.len() as i64));
+    assert_eq!(
+        attrs.checksum().and_then(|c| c.checksum_crc32()),
+        put.checksum_crc32()
+    );
+    assert!(attrs.object_parts().is_none(), "a single PUT has no parts");
     let head = s3
         .head_object()
         .bucket("dst-bucket")

@@ -194,6 +194,25 @@ async fn a_multipart_upload_round_trips_and_follows_the_s3_rules() {
         Some("jena")
     );
     assert_eq!(head.e_tag(), Some(want.as_str()));
+    let attrs = s3
+        .get_object_attributes()
+        .bucket("mpu")
+        .key("big")
+        .object_attributes(aws_sdk_s3::types::ObjectAttributes::Etag)
+        .object_attributes(aws_sdk_s3::types::ObjectAttributes::ObjectSize)
+        .object_attributes(aws_sdk_s3::types::ObjectAttributes::ObjectParts)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(attrs.object_size(), Some(whole.len() as i64));
+    assert_eq!(
+        attrs.object_parts().and_then(|p| p.total_parts_count()),
+        Some(3)
+    );
+    assert_eq!(
+        attrs.e_tag().map(|e| e.trim_matches('"')),
+        Some(want.trim_matches('"'))
+    );
     // The upload is gone.
     let (code, status) = error_of(
         s3.list_parts()
