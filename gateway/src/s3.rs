@@ -174,7 +174,6 @@ impl S3Gateway {
         Ok(Caller { tenant: key.tenant })
     }
 
-    /// The bucket, if the caller's tenant owns it.
     /// The object a copy reads: the caller's, current, and meeting the copy-source
     /// conditions ([if-match, if-none-match], [if-unmodified-since, if-modified-since]).
     async fn copy_source(
@@ -214,6 +213,7 @@ impl S3Gateway {
         Ok((name, key.to_string(), source))
     }
 
+    /// The bucket, if the caller's tenant owns it.
     async fn owned_bucket(&self, caller: &Caller, name: &BucketName) -> S3Result<Bucket> {
         let bucket = self.inner.meta.get_bucket(name).await?;
         if bucket.tenant != caller.tenant {
