@@ -545,6 +545,14 @@ struct CreateTenantBody {
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
+struct GrantBody {
+    bucket: String,
+    /// `read`, `write`, `owner`, or `none` to revoke.
+    permission: String,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CreateKeyBody {
     tenant: String,
     #[serde(default)]
@@ -569,6 +577,8 @@ fn admin_status(e: &crate::GatewayError) -> StatusCode {
             K::NoSuchTenant | K::NoSuchAccessKey => StatusCode::NOT_FOUND,
             K::TenantAlreadyExists | K::AccessKeyAlreadyExists => StatusCode::CONFLICT,
             K::InvalidArgument => StatusCode::BAD_REQUEST,
+            K::NoSuchBucket => StatusCode::NOT_FOUND,
+            K::AccessDenied => StatusCode::FORBIDDEN,
             K::NotLeader | K::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         },
@@ -623,6 +633,39 @@ async fn tenants_and_keys(
                     "tenant": k.tenant.0,
                     "admin": k.is_admin,
                 })
+            })
+        }
+        (&Method::POST, p) if p.starts_with("/v1/keys/") && p.ends_with("/grants") => {
+            let id = AccessKeyId(p["/v1/keys/".len()..p.len() - "/grants".len()].to_string());
+            let b: GrantBody = match serde_json::from_slice(body) {
+                Ok(b) => b,
+                Err(e) => return Some(json_error(StatusCode::BAD_REQUEST, &format!("body: {e}"))),
+            };
+            let bucket = match lauscha_core::BucketName::parse(&b.bucket) {
+                Ok(b) => b,
+                Err(e) => return Some(json_error(StatusCode::BAD_REQUEST, &e.to_string())),
+            };
+            let permission = match b.permission.as_str() {
+                "none" => None,
+                p => match lauscha_core::Permission::parse(p) {
+                    Some(p) => Some(p),
+                    None => {
+                        return Some(json_error(
+                            StatusCode::BAD_REQUEST,
+                            &format!("permission {p}: read, write, owner or none"),
+                        ));
+                    }
+                },
+            };
+            let result = inner.meta.grant_key(&id, &bucket, permission).await;
+            inner.forget_key(&id);
+            result.map(|grants| {
+                let grants: serde_json::Map<String, serde_json::Value> = grants
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(b, p)| (b.to_string(), p.as_str().into()))
+                    .collect();
+                serde_json::json!({"access_key_id": id.0, "grants": grants})
             })
         }
         _ => return None,

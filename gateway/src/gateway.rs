@@ -29,7 +29,17 @@ pub struct Inner {
     pub nodes: Arc<NodePool>,
     codecs: Mutex<HashMap<(u8, u8), Arc<ErasureCodec>>>,
     stripe_memory: Arc<Semaphore>,
-    keys: Mutex<HashMap<AccessKeyId, (AccessKey, Instant)>>,
+    keys: Mutex<HashMap<AccessKeyId, (KeyEntry, Instant)>>,
+}
+
+/// An access key and what it may do (`grants: None`: everything in its tenant).
+#[derive(Clone, Debug)]
+pub struct KeyEntry {
+    /// The key.
+    pub key: AccessKey,
+    /// Its grants by bucket, if it is restricted.
+    pub grants:
+        Option<std::collections::BTreeMap<lauscha_core::BucketName, lauscha_core::Permission>>,
 }
 
 impl Inner {
@@ -97,16 +107,29 @@ impl Inner {
 
     /// An access key, from a short-lived cache or from metadata.
     pub async fn access_key(&self, id: &AccessKeyId) -> Result<AccessKey, GatewayError> {
-        if let Some((key, at)) = self.keys.lock().expect("key cache lock").get(id)
+        Ok(self.key_entry(id).await?.key)
+    }
+
+    /// An access key with its grants, from a short-lived cache or from metadata. A grant
+    /// changed through another gateway takes effect here within `KEY_CACHE_TTL`.
+    pub async fn key_entry(&self, id: &AccessKeyId) -> Result<KeyEntry, GatewayError> {
+        if let Some((entry, at)) = self.keys.lock().expect("key cache lock").get(id)
             && at.elapsed() < KEY_CACHE_TTL
         {
-            return Ok(key.clone());
+            return Ok(entry.clone());
         }
         let key = self.meta.get_access_key(id).await?;
+        let grants = self.meta.get_key_grants(id).await?;
+        let entry = KeyEntry { key, grants };
         self.keys
             .lock()
             .expect("key cache lock")
-            .insert(id.clone(), (key.clone(), Instant::now()));
-        Ok(key)
+            .insert(id.clone(), (entry.clone(), Instant::now()));
+        Ok(entry)
+    }
+
+    /// Drops a key from the cache (its grants changed through this gateway).
+    pub fn forget_key(&self, id: &AccessKeyId) {
+        self.keys.lock().expect("key cache lock").remove(id);
     }
 }

@@ -3,7 +3,7 @@
 //! retries writes under one request id, so that a write retried across a failover is
 //! applied once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,7 +13,7 @@ use lauscha_core::model::Stripe;
 use lauscha_core::model::{ListObjectsQuery, ObjectListing};
 use lauscha_core::{
     AccessKey, AccessKeyId, Bucket, BucketName, ClusterMap, MultipartUpload, NodeId, NodeInfo,
-    NodeState, ObjectVersion, PlacementPolicy, StripeId, Tenant, TenantId, UploadPart,
+    NodeState, ObjectVersion, Permission, PlacementPolicy, StripeId, Tenant, TenantId, UploadPart,
     WriteCondition,
 };
 use lauscha_proto::meta::meta_service_client::MetaServiceClient;
@@ -136,6 +136,27 @@ fn next_step(status: &tonic::Status) -> Next {
         | MetaErrorKind::EntityTooSmall
         | MetaErrorKind::Internal => Next::Fail,
     }
+}
+
+fn grants_of(
+    reply: pb::KeyGrants,
+) -> Result<Option<BTreeMap<BucketName, Permission>>, GatewayError> {
+    if !reply.limited {
+        return Ok(None);
+    }
+    reply
+        .grants
+        .into_iter()
+        .map(|g| {
+            let bucket = BucketName::parse(&g.bucket)
+                .map_err(|e| GatewayError::Internal(format!("metadata sent a bad grant: {e}")))?;
+            let p = Permission::parse(&g.permission).ok_or_else(|| {
+                GatewayError::Internal(format!("metadata sent permission {}", g.permission))
+            })?;
+            Ok((bucket, p))
+        })
+        .collect::<Result<_, _>>()
+        .map(Some)
 }
 
 /// A multipart upload as S3 requests name it.
@@ -309,6 +330,46 @@ impl MetaClient {
             )
             .await?;
         reply.try_into().map_err(invalid_reply)
+    }
+
+    /// A key's grants by bucket; `None` when the key is unrestricted (it has none).
+    pub async fn get_key_grants(
+        &self,
+        id: &AccessKeyId,
+    ) -> Result<Option<BTreeMap<BucketName, Permission>>, GatewayError> {
+        let reply = self
+            .call(
+                false,
+                pb::GetAccessKeyRequest { id: id.0.clone() },
+                |mut c, r| async move { c.get_key_grants(r).await },
+            )
+            .await?;
+        grants_of(reply)
+    }
+
+    /// Gives a key a permission on a bucket of its tenant (`None` revokes); returns the
+    /// key's grants afterwards.
+    pub async fn grant_key(
+        &self,
+        id: &AccessKeyId,
+        bucket: &BucketName,
+        permission: Option<Permission>,
+    ) -> Result<Option<BTreeMap<BucketName, Permission>>, GatewayError> {
+        let message = pb::GrantKeyRequest {
+            key_id: id.0.clone(),
+            bucket: bucket.to_string(),
+            permission: permission
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_default(),
+        };
+        let reply = self
+            .call(
+                true,
+                message,
+                |mut c, r| async move { c.grant_key(r).await },
+            )
+            .await?;
+        grants_of(reply)
     }
 
     /// Creates an access key.

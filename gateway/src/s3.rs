@@ -9,8 +9,8 @@ use futures::StreamExt;
 use lauscha_core::config::DEFAULT_POLICY_NAME;
 use lauscha_core::model::{ListObjectsQuery, MAX_PART_NUMBER, ObjectListing};
 use lauscha_core::{
-    AccessKeyId, Bucket, BucketName, ChecksumAlgorithm, ContentHeaders, ObjectVersion, StripeId,
-    TenantId, UploadPart, WriteCondition, place,
+    AccessKeyId, Bucket, BucketName, ChecksumAlgorithm, ContentHeaders, ObjectVersion, Permission,
+    StripeId, TenantId, UploadPart, WriteCondition, place,
 };
 use lauscha_proto::MetaErrorKind;
 use s3s::checksum::ChecksumHasher;
@@ -56,6 +56,28 @@ pub struct S3Gateway {
 /// Who is asking.
 struct Caller {
     tenant: TenantId,
+    /// What a restricted key may do, by bucket; `None`: everything in its tenant.
+    grants: Option<BTreeMap<BucketName, Permission>>,
+}
+
+impl Caller {
+    /// Whether the key may do what `need` asks in `bucket` (tenant ownership is checked
+    /// separately, by metadata).
+    fn require(&self, bucket: &BucketName, need: Permission) -> S3Result<()> {
+        match &self.grants {
+            None => Ok(()),
+            Some(grants) if grants.get(bucket).is_some_and(|p| *p >= need) => Ok(()),
+            Some(_) => Err(s3_error!(
+                AccessDenied,
+                "this access key may not {} in bucket {bucket}",
+                match need {
+                    Permission::Read => "read",
+                    Permission::Write => "write",
+                    Permission::Owner => "manage the bucket",
+                }
+            )),
+        }
+    }
 }
 
 fn timestamp(ms: u64) -> Timestamp {
@@ -167,11 +189,14 @@ impl S3Gateway {
             .credentials
             .as_ref()
             .ok_or_else(|| s3_error!(AccessDenied, "anonymous access is not allowed"))?;
-        let key = self
+        let entry = self
             .inner
-            .access_key(&AccessKeyId(credentials.access_key.clone()))
+            .key_entry(&AccessKeyId(credentials.access_key.clone()))
             .await?;
-        Ok(Caller { tenant: key.tenant })
+        Ok(Caller {
+            tenant: entry.key.tenant,
+            grants: entry.grants,
+        })
     }
 
     /// The object a copy reads: the caller's, current, and meeting the copy-source
@@ -195,7 +220,7 @@ impl S3Gateway {
             ));
         };
         let name = bucket_name(bucket)?;
-        self.owned_bucket(caller, &name).await?;
+        self.owned_bucket(caller, &name, Permission::Read).await?;
         let source = self
             .inner
             .meta
@@ -214,7 +239,13 @@ impl S3Gateway {
     }
 
     /// The bucket, if the caller's tenant owns it.
-    async fn owned_bucket(&self, caller: &Caller, name: &BucketName) -> S3Result<Bucket> {
+    async fn owned_bucket(
+        &self,
+        caller: &Caller,
+        name: &BucketName,
+        need: Permission,
+    ) -> S3Result<Bucket> {
+        caller.require(name, need)?;
         let bucket = self.inner.meta.get_bucket(name).await?;
         if bucket.tenant != caller.tenant {
             return Err(s3_error!(
@@ -501,6 +532,12 @@ impl S3 for S3Gateway {
         let caller = self.caller(&req).await?;
         let input = req.input;
         let name = bucket_name(&input.bucket)?;
+        if caller.grants.is_some() {
+            return Err(s3_error!(
+                AccessDenied,
+                "this access key is limited to the buckets granted to it and may not create buckets"
+            ));
+        }
         if let Some(constraint) = input
             .create_bucket_configuration
             .as_ref()
@@ -561,7 +598,10 @@ impl S3 for S3Gateway {
         req: S3Request<dto::ListBucketsInput>,
     ) -> S3Result<S3Response<dto::ListBucketsOutput>> {
         let caller = self.caller(&req).await?;
-        let buckets = self.inner.meta.list_buckets(&caller.tenant).await?;
+        let mut buckets = self.inner.meta.list_buckets(&caller.tenant).await?;
+        if let Some(grants) = &caller.grants {
+            buckets.retain(|b| grants.contains_key(&b.name));
+        }
         let prefix = req.input.prefix.unwrap_or_default();
         Ok(S3Response::new(dto::ListBucketsOutput {
             buckets: Some(
@@ -589,7 +629,7 @@ impl S3 for S3Gateway {
     ) -> S3Result<S3Response<dto::HeadBucketOutput>> {
         let caller = self.caller(&req).await?;
         let name = bucket_name(&req.input.bucket)?;
-        let bucket = self.owned_bucket(&caller, &name).await?;
+        let bucket = self.owned_bucket(&caller, &name, Permission::Read).await?;
         let mut response = S3Response::new(dto::HeadBucketOutput {
             bucket_region: Some(self.inner.config.region.clone()),
             ..Default::default()
@@ -606,7 +646,7 @@ impl S3 for S3Gateway {
     ) -> S3Result<S3Response<dto::GetBucketLocationOutput>> {
         let caller = self.caller(&req).await?;
         let name = bucket_name(&req.input.bucket)?;
-        self.owned_bucket(&caller, &name).await?;
+        self.owned_bucket(&caller, &name, Permission::Read).await?;
         // S3 reports us-east-1 as an empty constraint.
         let region = &self.inner.config.region;
         Ok(S3Response::new(dto::GetBucketLocationOutput {
@@ -621,6 +661,7 @@ impl S3 for S3Gateway {
     ) -> S3Result<S3Response<dto::DeleteBucketOutput>> {
         let caller = self.caller(&req).await?;
         let name = bucket_name(&req.input.bucket)?;
+        caller.require(&name, Permission::Owner)?;
         self.inner.meta.delete_bucket(&name, &caller.tenant).await?;
         info!(bucket = %name, tenant = %caller.tenant, "bucket deleted");
         Ok(S3Response::new(dto::DeleteBucketOutput {}))
@@ -640,7 +681,7 @@ impl S3 for S3Gateway {
         let name = bucket_name(&input.bucket)?;
         object_key(&input.key)?;
         let condition = write_condition(&input.if_match, &input.if_none_match)?;
-        let bucket = self.owned_bucket(&caller, &name).await?;
+        let bucket = self.owned_bucket(&caller, &name, Permission::Write).await?;
         if let Some(condition) = &condition {
             // Fail before the body is stored when the answer is already clear; the state
             // machine decides again, atomically, at the commit.
@@ -799,7 +840,9 @@ impl S3 for S3Gateway {
                 ],
             )
             .await?;
-        let dest = self.owned_bucket(&caller, &dest_name).await?;
+        let dest = self
+            .owned_bucket(&caller, &dest_name, Permission::Write)
+            .await?;
         let replace = match input.metadata_directive.as_ref().map(|d| d.as_str()) {
             None | Some("COPY") => false,
             Some("REPLACE") => true,
@@ -950,7 +993,7 @@ impl S3 for S3Gateway {
                 "encryption keys and Object Lock are not available on this Lauscha version"
             ));
         }
-        self.owned_bucket(&caller, &name).await?;
+        self.owned_bucket(&caller, &name, Permission::Write).await?;
         let template = ObjectVersion {
             version_id: String::new(),
             size_bytes: 0,
@@ -1021,7 +1064,7 @@ impl S3 for S3Gateway {
                     "Part number must be an integer between 1 and {MAX_PART_NUMBER}, inclusive"
                 )
             })?;
-        let bucket = self.owned_bucket(&caller, &name).await?;
+        let bucket = self.owned_bucket(&caller, &name, Permission::Write).await?;
         let upload = UploadName {
             bucket: &name,
             tenant: &caller.tenant,
@@ -1133,7 +1176,7 @@ impl S3 for S3Gateway {
                 ],
             )
             .await?;
-        let bucket = self.owned_bucket(&caller, &name).await?;
+        let bucket = self.owned_bucket(&caller, &name, Permission::Write).await?;
         let upload = UploadName {
             bucket: &name,
             tenant: &caller.tenant,
@@ -1190,7 +1233,7 @@ impl S3 for S3Gateway {
         let input = req.input;
         let name = bucket_name(&input.bucket)?;
         let condition = write_condition(&input.if_match, &input.if_none_match)?;
-        self.owned_bucket(&caller, &name).await?;
+        self.owned_bucket(&caller, &name, Permission::Write).await?;
         let listed = input
             .multipart_upload
             .and_then(|m| m.parts)
@@ -1252,7 +1295,7 @@ impl S3 for S3Gateway {
         let caller = self.caller(&req).await?;
         let input = req.input;
         let name = bucket_name(&input.bucket)?;
-        self.owned_bucket(&caller, &name).await?;
+        self.owned_bucket(&caller, &name, Permission::Write).await?;
         self.inner
             .meta
             .abort_upload(&UploadName {
@@ -1272,7 +1315,7 @@ impl S3 for S3Gateway {
         let caller = self.caller(&req).await?;
         let input = req.input;
         let name = bucket_name(&input.bucket)?;
-        self.owned_bucket(&caller, &name).await?;
+        self.owned_bucket(&caller, &name, Permission::Read).await?;
         let max_parts = input.max_parts.unwrap_or(1000).clamp(1, 1000);
         let after = u32::try_from(input.part_number_marker.unwrap_or(0)).unwrap_or(0);
         let (parts, truncated) = self
@@ -1332,7 +1375,7 @@ impl S3 for S3Gateway {
                 "ListMultipartUploads with a delimiter is not available yet on this Lauscha version"
             ));
         }
-        self.owned_bucket(&caller, &name).await?;
+        self.owned_bucket(&caller, &name, Permission::Read).await?;
         let max_uploads = input.max_uploads.unwrap_or(1000).clamp(1, 1000);
         let prefix = input.prefix.clone().unwrap_or_default();
         let after = input
@@ -1380,7 +1423,7 @@ impl S3 for S3Gateway {
         let caller = self.caller(&req).await?;
         let input = req.input;
         let name = bucket_name(&input.bucket)?;
-        self.owned_bucket(&caller, &name).await?;
+        self.owned_bucket(&caller, &name, Permission::Read).await?;
         let version = self
             .inner
             .meta
@@ -1442,6 +1485,7 @@ impl S3 for S3Gateway {
         let caller = self.caller(&req).await?;
         let input = req.input;
         let name = bucket_name(&input.bucket)?;
+        caller.require(&name, Permission::Read)?;
         if input.part_number.is_some() || input.version_id.is_some() {
             return Err(s3_error!(
                 NotImplemented,
@@ -1515,6 +1559,7 @@ impl S3 for S3Gateway {
         let caller = self.caller(&req).await?;
         let input = req.input;
         let name = bucket_name(&input.bucket)?;
+        caller.require(&name, Permission::Read)?;
         if input.part_number.is_some() || input.version_id.is_some() {
             return Err(s3_error!(
                 NotImplemented,
@@ -1574,6 +1619,7 @@ impl S3 for S3Gateway {
         let caller = self.caller(&req).await?;
         let input = req.input;
         let name = bucket_name(&input.bucket)?;
+        caller.require(&name, Permission::Write)?;
         if input.version_id.is_some() {
             return Err(s3_error!(
                 NotImplemented,
@@ -1601,7 +1647,7 @@ impl S3 for S3Gateway {
                 "at most {MAX_DELETE_KEYS} keys per DeleteObjects request"
             ));
         }
-        self.owned_bucket(&caller, &name).await?;
+        self.owned_bucket(&caller, &name, Permission::Write).await?;
         let quiet = input.delete.quiet.unwrap_or(false);
         let inner = self.inner.clone();
         let tenant = caller.tenant;
@@ -1662,6 +1708,7 @@ impl S3 for S3Gateway {
         let caller = self.caller(&req).await?;
         let input = req.input;
         let name = bucket_name(&input.bucket)?;
+        caller.require(&name, Permission::Read)?;
         let encode = encoder(&input.encoding_type)?;
         let max = max_keys(input.max_keys)?;
         let start_after = match &input.continuation_token {
@@ -1713,6 +1760,7 @@ impl S3 for S3Gateway {
         let caller = self.caller(&req).await?;
         let input = req.input;
         let name = bucket_name(&input.bucket)?;
+        caller.require(&name, Permission::Read)?;
         let encode = encoder(&input.encoding_type)?;
         let max = max_keys(input.max_keys)?;
         let query = Self::listing_query(

@@ -20,7 +20,7 @@ pub use codec::ErasureCodec;
 pub use ids::{AccessKeyId, NodeId, ShardId, StripeId, TenantId};
 pub use model::{
     AccessKey, Bucket, ChecksumAlgorithm, ContentHeaders, MultipartUpload, ObjectData,
-    ObjectVersion, ShardLocation, Stripe, Tenant, UploadPart, WriteCondition,
+    ObjectVersion, Permission, ShardLocation, Stripe, Tenant, UploadPart, WriteCondition,
 };
 pub use names::BucketName;
 pub use placement::{

@@ -138,6 +138,36 @@ pub struct ContentHeaders {
 
 /// One committed version of an object.
 ///
+/// What an access key may do in one bucket. A key with no grants at all may do
+/// everything in its tenant's buckets; a key with grants only what they say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Permission {
+    /// List and read objects.
+    Read,
+    /// Also write and delete objects, and run multipart uploads.
+    Write,
+    /// Also delete the bucket.
+    Owner,
+}
+
+impl Permission {
+    /// Lower-case name used in the CLI and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::Read => "read",
+            Permission::Write => "write",
+            Permission::Owner => "owner",
+        }
+    }
+
+    /// The permission named `s` (`read`, `write`, `owner`).
+    pub fn parse(s: &str) -> Option<Permission> {
+        [Permission::Read, Permission::Write, Permission::Owner]
+            .into_iter()
+            .find(|p| p.as_str() == s)
+    }
+}
+
 /// The smallest part of a multipart upload other than the last, bytes (as S3).
 pub const MIN_PART_BYTES: u64 = 5 << 20;
 /// The highest part number (as S3).

@@ -95,6 +95,19 @@ pub enum KeyCommand {
         #[arg(long)]
         admin: bool,
     },
+    /// Limit a key to the buckets it is granted: read, write (objects) or owner (also
+    /// the bucket itself); `none` revokes. A key without grants may do everything in its
+    /// tenant's buckets.
+    Grant {
+        /// The access key id.
+        key_id: String,
+        /// A bucket of the key's tenant.
+        #[arg(long)]
+        bucket: String,
+        /// read, write, owner or none.
+        #[arg(long)]
+        permission: String,
+    },
 }
 
 /// `lauscha admin node ...`
@@ -409,6 +422,25 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                     v["secret_access_key"].as_str().unwrap_or("?")
                 );
             },
+        ),
+        AdminCommand::Key {
+            command:
+                KeyCommand::Grant {
+                    key_id,
+                    bucket,
+                    permission,
+                },
+        } => (
+            call(
+                &target,
+                "POST",
+                &format!("/v1/keys/{key_id}/grants"),
+                serde_json::to_vec(
+                    &serde_json::json!({ "bucket": bucket, "permission": permission }),
+                )?,
+            )
+            .await?,
+            |v| println!("grants of {}: {}", v["access_key_id"], v["grants"]),
         ),
         AdminCommand::Maintenance => (
             call(&target, "GET", "/v1/maintenance", Vec::new()).await?,

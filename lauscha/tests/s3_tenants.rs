@@ -174,3 +174,157 @@ async fn a_tenant_cannot_see_or_touch_another_tenants_data() {
         .unwrap();
     assert!(!out.status.success(), "a tenant created twice");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_limited_by_grants_may_do_what_they_say_and_no_more() {
+    let dev = Dev::start(&[]);
+    let owner = key_for(&dev, "weimar");
+    must_create_bucket(&owner, "weimar-backups").await;
+    must_create_bucket(&owner, "weimar-private").await;
+    must_put(&owner, "weimar-backups", "old", b"old backup").await;
+    must_put(&owner, "weimar-private", "secret", b"secret").await;
+
+    // A second key of the same tenant, limited to reading the backups bucket.
+    let key = dev.admin(&["key", "create", "--tenant", "weimar"]);
+    let key_id = key["access_key_id"].as_str().unwrap().to_string();
+    let limited = client(
+        &dev.endpoint(),
+        &key_id,
+        key["secret_access_key"].as_str().unwrap(),
+    );
+    let grants = dev.admin(&[
+        "key",
+        "grant",
+        &key_id,
+        "--bucket",
+        "weimar-backups",
+        "--permission",
+        "read",
+    ]);
+    assert_eq!(grants["grants"]["weimar-backups"], "read");
+    let denied = |(code, status): (String, u16), what: &str| {
+        assert_eq!((code.as_str(), status), ("AccessDenied", 403), "{what}");
+    };
+    assert_eq!(
+        must_get(&limited, "weimar-backups", "old").await,
+        b"old backup"
+    );
+    let listed = limited.list_buckets().send().await.unwrap();
+    let names: Vec<&str> = listed.buckets().iter().filter_map(|b| b.name()).collect();
+    assert_eq!(names, ["weimar-backups"]);
+    let put = |c: &aws_sdk_s3::Client, bucket: &'static str| {
+        c.put_object()
+            .bucket(bucket)
+            .key("new")
+            .body(b"new".to_vec().into())
+            .send()
+    };
+    denied(
+        error_of(put(&limited, "weimar-backups").await),
+        "put with read",
+    );
+    denied(
+        error_of(
+            limited
+                .delete_object()
+                .bucket("weimar-backups")
+                .key("old")
+                .send()
+                .await,
+        ),
+        "delete with read",
+    );
+    denied(
+        error_of(
+            limited
+                .get_object()
+                .bucket("weimar-private")
+                .key("secret")
+                .send()
+                .await,
+        ),
+        "a bucket not granted",
+    );
+    denied(
+        error_of(limited.create_bucket().bucket("weimar-new").send().await),
+        "create bucket",
+    );
+
+    // Write: objects yes, the bucket itself no.
+    dev.admin(&[
+        "key",
+        "grant",
+        &key_id,
+        "--bucket",
+        "weimar-backups",
+        "--permission",
+        "write",
+    ]);
+    put(&limited, "weimar-backups").await.unwrap();
+    denied(
+        error_of(
+            limited
+                .delete_bucket()
+                .bucket("weimar-backups")
+                .send()
+                .await,
+        ),
+        "delete bucket with write",
+    );
+    // Revoked: the key is still limited, now to no bucket at all.
+    let grants = dev.admin(&[
+        "key",
+        "grant",
+        &key_id,
+        "--bucket",
+        "weimar-backups",
+        "--permission",
+        "none",
+    ]);
+    assert!(grants["grants"].as_object().unwrap().is_empty());
+    denied(
+        error_of(
+            limited
+                .get_object()
+                .bucket("weimar-backups")
+                .key("old")
+                .send()
+                .await,
+        ),
+        "read after revoke",
+    );
+    denied(
+        error_of(
+            limited
+                .get_object()
+                .bucket("weimar-private")
+                .key("secret")
+                .send()
+                .await,
+        ),
+        "a key with every grant revoked",
+    );
+    let listed = limited.list_buckets().send().await.unwrap();
+    assert!(listed.buckets().is_empty());
+    // The tenant's first key was never limited.
+    assert_eq!(must_get(&owner, "weimar-backups", "new").await, b"new");
+
+    // A grant on another tenant's bucket is refused.
+    key_for(&dev, "erfurt");
+    let other = dev.admin(&["key", "create", "--tenant", "erfurt"]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lauscha"))
+        .args(["admin", "--data-dir"])
+        .arg(&dev.data_dir)
+        .args([
+            "key",
+            "grant",
+            other["access_key_id"].as_str().unwrap(),
+            "--bucket",
+            "weimar-backups",
+            "--permission",
+            "read",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a grant across tenants");
+}

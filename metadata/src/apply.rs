@@ -608,6 +608,27 @@ fn apply_inner(
                 last_modified_ms: *now_ms,
             }
         }
+        MetaCommand::GrantKey {
+            key,
+            bucket,
+            permission,
+        } => {
+            let Some(access_key) = read::<AccessKey>(kv, &keys::access_key(key))? else {
+                return Ok(Err(MetaError::NoSuchAccessKey(key.to_string())));
+            };
+            if let Err(e) = owned_bucket(kv, bucket, &access_key.tenant)? {
+                return Ok(Err(e));
+            }
+            // Once limited, a key stays limited: revoking its last grant leaves it with
+            // nothing, not with everything.
+            put(out, keys::key_grants_prefix(key), &true);
+            let grant_key = keys::key_grant(key, bucket);
+            match permission {
+                Some(p) => put(out, grant_key, p),
+                None => out.push(Mutation::Delete(grant_key)),
+            }
+            MetaResponse::Granted
+        }
         MetaCommand::AbortUpload {
             bucket,
             tenant,

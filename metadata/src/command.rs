@@ -6,8 +6,8 @@
 use std::fmt;
 
 use lauscha_core::{
-    AccessKey, Bucket, BucketName, NodeId, NodeInfo, NodeState, ObjectVersion, PlacementPolicy,
-    StripeId, Tenant, TenantId, UploadPart, WriteCondition,
+    AccessKey, AccessKeyId, Bucket, BucketName, NodeId, NodeInfo, NodeState, ObjectVersion,
+    Permission, PlacementPolicy, StripeId, Tenant, TenantId, UploadPart, WriteCondition,
 };
 use serde::{Deserialize, Serialize};
 
@@ -218,6 +218,15 @@ pub enum MetaCommand {
         /// Conditional completion (If-None-Match: *, If-Match), as for PutObjectIf.
         condition: Option<WriteCondition>,
     },
+    /// Give an access key a permission on a bucket of its tenant, or take it away.
+    GrantKey {
+        /// The key.
+        key: AccessKeyId,
+        /// The bucket.
+        bucket: BucketName,
+        /// The permission; `None` revokes.
+        permission: Option<Permission>,
+    },
     /// Drop an upload and its parts.
     AbortUpload {
         /// The bucket.
@@ -252,6 +261,7 @@ impl fmt::Display for MetaCommand {
                 write!(f, "complete-upload {upload_id}")
             }
             MetaCommand::AbortUpload { upload_id, .. } => write!(f, "abort-upload {upload_id}"),
+            MetaCommand::GrantKey { key, bucket, .. } => write!(f, "grant {key} {bucket}"),
             MetaCommand::DeleteObject { bucket, key, .. } => write!(f, "delete {bucket}/{key}"),
             MetaCommand::UpsertNode { node } => write!(f, "upsert-node {}", node.id),
             MetaCommand::MoveShard {
@@ -319,6 +329,8 @@ pub enum MetaResponse {
     },
     /// An upload dropped.
     UploadAborted,
+    /// A grant given or taken.
+    Granted,
 }
 
 /// Errors of the metadata service, as its clients see them.

@@ -52,6 +52,8 @@ pub enum Table {
     Part = 15,
     /// Stripe id -> upload id: the stripe of an uploaded part is known, not an orphan.
     PartStripe = 16,
+    /// (access key id, bucket) -> Permission: what a restricted key may do.
+    KeyGrant = 17,
 }
 
 /// Separates a bucket name from what follows. Bucket names and object keys never contain
@@ -190,6 +192,21 @@ pub fn parts_prefix(upload_id: &str) -> Vec<u8> {
 pub fn part(upload_id: &str, part_number: u32) -> Vec<u8> {
     let mut key = parts_prefix(upload_id);
     key.extend_from_slice(&part_number.to_be_bytes());
+    key
+}
+
+/// Prefix of an access key's grants.
+pub fn key_grants_prefix(id: &AccessKeyId) -> Vec<u8> {
+    let mut key = table_prefix(Table::KeyGrant);
+    key.extend_from_slice(id.0.as_bytes());
+    key.push(SEP);
+    key
+}
+
+/// Key of one grant.
+pub fn key_grant(id: &AccessKeyId, bucket: &BucketName) -> Vec<u8> {
+    let mut key = key_grants_prefix(id);
+    key.extend_from_slice(bucket.as_str().as_bytes());
     key
 }
 

@@ -3,7 +3,7 @@
 use lauscha_core::model::{ListObjectsQuery, ObjectListing, ObjectSummary, Stripe};
 use lauscha_core::{
     AccessKey, AccessKeyId, Bucket, BucketName, ClusterMap, MultipartUpload, ObjectVersion,
-    PlacementPolicy, StripeId, TenantId, UploadPart,
+    Permission, PlacementPolicy, StripeId, TenantId, UploadPart,
 };
 use serde::Deserialize;
 
@@ -465,6 +465,43 @@ pub fn stale_uploads(
     match failure {
         Some(e) => Err(e),
         None => Ok(found),
+    }
+}
+
+/// The grants of an access key by bucket, if it is limited (it ever had a grant);
+/// `None` for a key that may do everything in its tenant's buckets.
+pub fn key_grants(
+    kv: &impl KvRead,
+    id: &AccessKeyId,
+) -> Result<Option<Vec<(BucketName, Permission)>>, KvError> {
+    let prefix = keys::key_grants_prefix(id);
+    if kv.get(&prefix)?.is_none() {
+        return Ok(None);
+    }
+    let end = keys::prefix_end(&prefix).expect("prefix ends in NUL");
+    let mut grants = Vec::new();
+    let mut failure = None;
+    kv.scan(&prefix, &end, &mut |k, v| {
+        if k.len() == prefix.len() {
+            return true; // the "limited" marker
+        }
+        let bucket = std::str::from_utf8(&k[prefix.len()..])
+            .ok()
+            .and_then(|b| BucketName::parse(b).ok());
+        match (bucket, value::decode::<Permission>(v)) {
+            (Some(b), Ok(p)) => {
+                grants.push((b, p));
+                true
+            }
+            _ => {
+                failure = Some(KvError(format!("grant of key {id}: undecodable")));
+                false
+            }
+        }
+    })?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(Some(grants)),
     }
 }
 

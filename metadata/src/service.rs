@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use lauscha_core::model::ListObjectsQuery;
 use lauscha_core::{
-    AccessKey, AccessKeyId, NodeInfo, PlacementPolicy, StripeId, TenantId, UploadPart,
+    AccessKey, AccessKeyId, NodeInfo, Permission, PlacementPolicy, StripeId, TenantId, UploadPart,
     WriteCondition,
 };
 use lauscha_proto::meta::meta_service_server::{MetaService, MetaServiceServer};
@@ -45,6 +45,20 @@ fn now_ms() -> u64 {
 
 fn tenant(s: &str) -> Result<TenantId, MetaError> {
     TenantId::parse(s).map_err(|e| MetaError::InvalidArgument(e.to_string()))
+}
+
+fn key_grants_reply(grants: Option<Vec<(lauscha_core::BucketName, Permission)>>) -> pb::KeyGrants {
+    pb::KeyGrants {
+        limited: grants.is_some(),
+        grants: grants
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(bucket, p)| pb::BucketGrant {
+                bucket: bucket.to_string(),
+                permission: p.as_str().to_string(),
+            })
+            .collect(),
+    }
 }
 
 /// A write condition as the messages carry it.
@@ -111,6 +125,45 @@ impl MetaService for MetaServer {
             .await?
             .ok_or_else(|| MetaError::NoSuchAccessKey(id.to_string()))?;
         Ok(Response::new(key.into()))
+    }
+
+    async fn get_key_grants(
+        &self,
+        request: Request<pb::GetAccessKeyRequest>,
+    ) -> Result<Response<pb::KeyGrants>, Status> {
+        let id = AccessKeyId(request.into_inner().id);
+        let grants = self.node.read(move |kv| query::key_grants(kv, &id)).await?;
+        Ok(Response::new(key_grants_reply(grants)))
+    }
+
+    async fn grant_key(
+        &self,
+        request: Request<pb::GrantKeyRequest>,
+    ) -> Result<Response<pb::KeyGrants>, Status> {
+        let request_id = request_id(&request);
+        let request = request.into_inner();
+        let key = AccessKeyId(request.key_id);
+        let bucket = bucket_name(&request.bucket).map_err(MetaError::from)?;
+        let permission = match request.permission.as_str() {
+            "" => None,
+            p => Some(Permission::parse(p).ok_or_else(|| {
+                MetaError::InvalidArgument(format!("permission {p}: read, write or owner"))
+            })?),
+        };
+        let command = MetaCommand::GrantKey {
+            key: key.clone(),
+            bucket,
+            permission,
+        };
+        match self.node.write_request(command, request_id).await? {
+            MetaResponse::Granted => {}
+            other => return Err(unexpected(other)),
+        }
+        let grants = self
+            .node
+            .read(move |kv| query::key_grants(kv, &key))
+            .await?;
+        Ok(Response::new(key_grants_reply(grants)))
     }
 
     async fn create_tenant(
