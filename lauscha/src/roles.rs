@@ -309,14 +309,44 @@ async fn bind_persistent(listen: &str, data_dir: &Path) -> anyhow::Result<TcpLis
     } else {
         requested
     };
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listen on {addr}"))?;
+    let listener = bind_when_free(addr).await?;
     if requested.port() == 0 {
         std::fs::write(&remembered, listener.local_addr()?.to_string())
             .with_context(|| format!("write {}", remembered.display()))?;
     }
     Ok(listener)
+}
+
+/// How long a restarting role waits for its address to be released.
+const BIND_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Binds `addr`, waiting while it is in use: a role restarted on its old port may find
+/// that port taken for a moment, by the socket of its previous life or by another
+/// process's outgoing connection that the kernel gave the (then free) port as its source.
+async fn bind_when_free(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    let deadline = tokio::time::Instant::now() + BIND_PATIENCE;
+    let mut warned = false;
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return Ok(listener),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                if !warned {
+                    warn!(%addr, "address in use; waiting for it to be released");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "listen on {addr} (still in use after {} s? another process may own it)",
+                    BIND_PATIENCE.as_secs()
+                )));
+            }
+        }
+    }
 }
 
 /// Unix milliseconds now.

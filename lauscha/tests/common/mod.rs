@@ -203,13 +203,21 @@ pub fn restart(process: &Value) -> Restarted {
         .iter()
         .map(|a| a.as_str().unwrap().to_string())
         .collect();
+    // Not the test's own stderr (the harness would wait for this process to close it): a
+    // file, shown if the process does not come up.
+    let log_path = std::env::temp_dir().join(format!(
+        "lauscha-restart-{}-{}-{}.log",
+        process["role"].as_str().unwrap_or("process"),
+        process["id"],
+        std::process::id()
+    ));
+    let log = std::fs::File::create(&log_path).expect("create restart log");
     let mut child = Command::new(&argv[0])
         .args(&argv[1..])
         .env("LAUSCHA_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        // Not the test's own stderr: the harness would wait for this process to close it.
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("restart process");
     // One readiness line once it serves.
@@ -219,8 +227,10 @@ pub fn restart(process: &Value) -> Restarted {
     reader.read_line(&mut line).unwrap();
     assert!(
         line.contains("listen"),
-        "restarted process not ready: {line:?}"
+        "restarted process not ready: {line:?}; its log:\n{}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
     );
+    let _ = std::fs::remove_file(&log_path);
     std::thread::spawn(move || for _ in reader.lines() {});
     Restarted(child)
 }
