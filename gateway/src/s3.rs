@@ -199,6 +199,65 @@ impl S3Gateway {
         })
     }
 
+    /// Streams a request body into the store and checks it against Content-MD5 and the
+    /// declared checksums (headers or aws-chunked trailers); returns what was written, its
+    /// uncommitted shards and the checksums to store. A mismatch is BadDigest, and the
+    /// dropped `Uncommitted` deletes the shards.
+    async fn write_verified(
+        &self,
+        upload: UploadedBody<'_>,
+        policy: lauscha_core::PlacementPolicy,
+        storage: write::Storage,
+    ) -> S3Result<(
+        write::WrittenBody,
+        write::Uncommitted,
+        BTreeMap<ChecksumAlgorithm, String>,
+    )> {
+        let content_md5 = decode_content_md5(upload.content_md5)?;
+        let mut requested = requested_checksums(upload.checksums, upload.checksum_algorithm)?;
+        let declared = upload
+            .content_length
+            .map(|n| {
+                u64::try_from(n).map_err(|_| s3_error!(InvalidArgument, "negative Content-Length"))
+            })
+            .transpose()?;
+        let body = upload.body.unwrap_or_else(|| {
+            StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>())
+        });
+        let (written, uncommitted) = write::write_body(
+            &self.inner,
+            policy,
+            body,
+            declared,
+            requested.hasher(),
+            storage,
+        )
+        .await?;
+        // Trailers arrive after the body; they carry the checksum in aws-chunked uploads.
+        let checksums = verify_written(
+            &mut requested,
+            upload.trailers.and_then(|t| t.take()),
+            content_md5,
+            &written,
+        )?;
+        Ok((written, uncommitted, checksums))
+    }
+
+    /// Refuses to commit an upload that has run for half the orphan grace period: shards
+    /// older than that which nothing references are deleted, so it may already have lost
+    /// its first stripes.
+    fn check_upload_time(&self, started: std::time::Instant, what: &str) -> S3Result<()> {
+        let max_put = Duration::from_secs(self.inner.config.maintenance.orphan_grace_s / 2);
+        if started.elapsed() > max_put {
+            return Err(s3_error!(
+                RequestTimeout,
+                "{what} took longer than {} s; send large objects as smaller parts",
+                max_put.as_secs()
+            ));
+        }
+        Ok(())
+    }
+
     /// The object a copy reads: the caller's, current, and meeting the copy-source
     /// conditions ([if-match, if-none-match], [if-unmodified-since, if-modified-since]).
     async fn copy_source(
@@ -343,6 +402,39 @@ fn copy_source_range(text: &str, size_bytes: u64) -> S3Result<std::ops::Range<u6
     }
 }
 
+/// A request body and what it declares about itself (PutObject, UploadPart).
+struct UploadedBody<'a> {
+    body: Option<StreamingBlob>,
+    content_length: Option<i64>,
+    content_md5: &'a Option<String>,
+    checksums: [(ChecksumAlgorithm, &'a Option<String>); 5],
+    checksum_algorithm: &'a Option<dto::ChecksumAlgorithm>,
+    trailers: Option<s3s::TrailingHeaders>,
+}
+
+/// A part as metadata stores it: the written bytes with their ETag and checksums.
+fn uploaded_part(
+    part_number: u32,
+    written: write::WrittenBody,
+    etag: String,
+    checksums: BTreeMap<ChecksumAlgorithm, String>,
+) -> UploadPart {
+    UploadPart {
+        part_number,
+        version: ObjectVersion {
+            version_id: String::new(),
+            size_bytes: written.size_bytes,
+            etag,
+            last_modified_ms: 0,
+            content_type: None,
+            headers: ContentHeaders::default(),
+            user_metadata: BTreeMap::new(),
+            checksums,
+            data: written.data,
+        },
+    }
+}
+
 /// Decodes a Content-MD5 header.
 fn decode_content_md5(value: &Option<String>) -> S3Result<Option<[u8; 16]>> {
     match value {
@@ -359,8 +451,8 @@ fn decode_content_md5(value: &Option<String>) -> S3Result<Option<[u8; 16]>> {
 
 /// The checksums a request declares (values in headers, or an algorithm whose value comes
 /// in a trailer).
-fn requested_checksums(
-    values: [(ChecksumAlgorithm, &Option<String>); 5],
+fn requested_checksums<'a>(
+    values: impl IntoIterator<Item = (ChecksumAlgorithm, &'a Option<String>)>,
     algorithm: &Option<dto::ChecksumAlgorithm>,
 ) -> S3Result<RequestedChecksums> {
     let mut requested = RequestedChecksums {
@@ -715,44 +807,26 @@ impl S3 for S3Gateway {
             }
         }
 
-        let content_md5 = decode_content_md5(&input.content_md5)?;
-        let mut requested = requested_checksums(
-            [
-                (ChecksumAlgorithm::Crc32, &input.checksum_crc32),
-                (ChecksumAlgorithm::Crc32c, &input.checksum_crc32c),
-                (ChecksumAlgorithm::Crc64Nvme, &input.checksum_crc64nvme),
-                (ChecksumAlgorithm::Sha1, &input.checksum_sha1),
-                (ChecksumAlgorithm::Sha256, &input.checksum_sha256),
-            ],
-            &input.checksum_algorithm,
-        )?;
-        let declared = input
-            .content_length
-            .map(|n| {
-                u64::try_from(n).map_err(|_| s3_error!(InvalidArgument, "negative Content-Length"))
-            })
-            .transpose()?;
-        let body = input.body.unwrap_or_else(|| {
-            StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>())
-        });
-
-        let (written, uncommitted) = write::write_body(
-            &self.inner,
-            bucket.policy,
-            body,
-            declared,
-            requested.hasher(),
-            write::Storage::InlineWhenSmall,
-        )
-        .await?;
-
-        // Trailers arrive after the body; they carry the checksum in aws-chunked uploads.
-        let checksums = verify_written(
-            &mut requested,
-            trailing_headers.and_then(|t| t.take()),
-            content_md5,
-            &written,
-        )?;
+        let (written, uncommitted, checksums) = self
+            .write_verified(
+                UploadedBody {
+                    body: input.body,
+                    content_length: input.content_length,
+                    content_md5: &input.content_md5,
+                    checksums: [
+                        (ChecksumAlgorithm::Crc32, &input.checksum_crc32),
+                        (ChecksumAlgorithm::Crc32c, &input.checksum_crc32c),
+                        (ChecksumAlgorithm::Crc64Nvme, &input.checksum_crc64nvme),
+                        (ChecksumAlgorithm::Sha1, &input.checksum_sha1),
+                        (ChecksumAlgorithm::Sha256, &input.checksum_sha256),
+                    ],
+                    checksum_algorithm: &input.checksum_algorithm,
+                    trailers: trailing_headers,
+                },
+                bucket.policy,
+                write::Storage::InlineWhenSmall,
+            )
+            .await?;
 
         let etag = hex::encode(written.md5);
         let missing = written.missing.clone();
@@ -776,16 +850,7 @@ impl S3 for S3Gateway {
             checksums: checksums.clone(),
             data: written.data,
         };
-        // Shards older than the orphan grace period that nothing references are deleted;
-        // an upload this slow may already have lost its first stripes to that rule.
-        let max_put = Duration::from_secs(self.inner.config.maintenance.orphan_grace_s / 2);
-        if started.elapsed() > max_put {
-            return Err(s3_error!(
-                RequestTimeout,
-                "the upload took longer than {} s; send large objects as smaller parts",
-                max_put.as_secs()
-            ));
-        }
+        self.check_upload_time(started, "the upload")?;
         settle(
             self.inner
                 .meta
@@ -862,24 +927,15 @@ impl S3 for S3Gateway {
 
         // The source's checksums are recomputed on the way through: they vouch for the
         // copy as they did for the original.
-        let mut requested = RequestedChecksums {
-            expected: source
-                .checksums
-                .iter()
-                .map(|(alg, value)| (*alg, Some(value.clone())))
-                .collect(),
-        };
-        if let Some(alg) = &input.checksum_algorithm {
-            let alg = lauscha_proto::checksum_algorithm(&alg.as_str().to_ascii_uppercase())
-                .ok_or_else(|| {
-                    s3_error!(
-                        InvalidArgument,
-                        "unknown checksum algorithm {}",
-                        alg.as_str()
-                    )
-                })?;
-            requested.expected.entry(alg).or_insert(None);
-        }
+        let source_values: Vec<(ChecksumAlgorithm, Option<String>)> = source
+            .checksums
+            .iter()
+            .map(|(alg, value)| (*alg, Some(value.clone())))
+            .collect();
+        let requested = requested_checksums(
+            source_values.iter().map(|(alg, v)| (*alg, v)),
+            &input.checksum_algorithm,
+        )?;
         let stream = read::open_range(&self.inner, &source, 0..source.size_bytes).await?;
         let (written, uncommitted) = write::write_body(
             &self.inner,
@@ -1073,64 +1129,29 @@ impl S3 for S3Gateway {
         };
         // Before the body is stored: the upload must exist.
         self.inner.meta.get_upload(&upload).await?;
-        let content_md5 = decode_content_md5(&input.content_md5)?;
-        let mut requested = requested_checksums(
-            [
-                (ChecksumAlgorithm::Crc32, &input.checksum_crc32),
-                (ChecksumAlgorithm::Crc32c, &input.checksum_crc32c),
-                (ChecksumAlgorithm::Crc64Nvme, &input.checksum_crc64nvme),
-                (ChecksumAlgorithm::Sha1, &input.checksum_sha1),
-                (ChecksumAlgorithm::Sha256, &input.checksum_sha256),
-            ],
-            &input.checksum_algorithm,
-        )?;
-        let declared = input
-            .content_length
-            .map(|n| {
-                u64::try_from(n).map_err(|_| s3_error!(InvalidArgument, "negative Content-Length"))
-            })
-            .transpose()?;
-        let body = input.body.unwrap_or_else(|| {
-            StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>())
-        });
-        let (written, uncommitted) = write::write_body(
-            &self.inner,
-            bucket.policy,
-            body,
-            declared,
-            requested.hasher(),
-            write::Storage::Striped,
-        )
-        .await?;
-        let checksums = verify_written(
-            &mut requested,
-            trailing_headers.and_then(|t| t.take()),
-            content_md5,
-            &written,
-        )?;
+        let (written, uncommitted, checksums) = self
+            .write_verified(
+                UploadedBody {
+                    body: input.body,
+                    content_length: input.content_length,
+                    content_md5: &input.content_md5,
+                    checksums: [
+                        (ChecksumAlgorithm::Crc32, &input.checksum_crc32),
+                        (ChecksumAlgorithm::Crc32c, &input.checksum_crc32c),
+                        (ChecksumAlgorithm::Crc64Nvme, &input.checksum_crc64nvme),
+                        (ChecksumAlgorithm::Sha1, &input.checksum_sha1),
+                        (ChecksumAlgorithm::Sha256, &input.checksum_sha256),
+                    ],
+                    checksum_algorithm: &input.checksum_algorithm,
+                    trailers: trailing_headers,
+                },
+                bucket.policy,
+                write::Storage::Striped,
+            )
+            .await?;
         let etag = hex::encode(written.md5);
-        let max_put = Duration::from_secs(self.inner.config.maintenance.orphan_grace_s / 2);
-        if started.elapsed() > max_put {
-            return Err(s3_error!(
-                RequestTimeout,
-                "the part took longer than {} s to upload",
-                max_put.as_secs()
-            ));
-        }
-        let part = UploadPart {
-            part_number,
-            version: ObjectVersion {
-                version_id: String::new(),
-                size_bytes: written.size_bytes,
-                etag: etag.clone(),
-                last_modified_ms: 0,
-                content_type: None,
-                headers: ContentHeaders::default(),
-                user_metadata: BTreeMap::new(),
-                checksums: checksums.clone(),
-                data: written.data,
-            },
-        };
+        self.check_upload_time(started, "the part")?;
+        let part = uploaded_part(part_number, written, etag.clone(), checksums.clone());
         settle(self.inner.meta.put_part(&upload, part).await, uncommitted)?;
         let mut output = dto::UploadPartOutput {
             e_tag: Some(ETag::Strong(etag)),
@@ -1200,20 +1221,7 @@ impl S3 for S3Gateway {
         )
         .await?;
         let etag = hex::encode(written.md5);
-        let part = UploadPart {
-            part_number,
-            version: ObjectVersion {
-                version_id: String::new(),
-                size_bytes: written.size_bytes,
-                etag: etag.clone(),
-                last_modified_ms: 0,
-                content_type: None,
-                headers: ContentHeaders::default(),
-                user_metadata: BTreeMap::new(),
-                checksums: BTreeMap::new(),
-                data: written.data,
-            },
-        };
+        let part = uploaded_part(part_number, written, etag.clone(), BTreeMap::new());
         let last_modified_ms = settle(self.inner.meta.put_part(&upload, part).await, uncommitted)?;
         Ok(S3Response::new(dto::UploadPartCopyOutput {
             copy_part_result: Some(dto::CopyPartResult {

@@ -168,13 +168,7 @@ fn retire(
             out.push(Mutation::Delete(keys::repair(stripe.id, shard_idx as u8)));
         }
     }
-    if let Some(stripes) = garbage_of(old) {
-        let key = keys::garbage(now_ms, log_index);
-        for stripe in &stripes {
-            out.push(Mutation::Put(keys::garbage_stripe(stripe.id), key.clone()));
-        }
-        put(out, key, &GarbageRecord { origin, stripes });
-    }
+    collect_stripes(out, old.stripes().to_vec(), origin, now_ms, log_index);
 }
 
 /// Checks a conditional write against the key's current version. Decided in `apply`, in
@@ -243,14 +237,6 @@ fn drop_upload(
         out.push(Mutation::Delete(keys::part(upload_id, part.part_number)));
     }
     out.push(Mutation::Delete(keys::upload(bucket, key, upload_id)));
-}
-
-fn garbage_of(version: &ObjectVersion) -> Option<Vec<Stripe>> {
-    match &version.data {
-        ObjectData::Inline(_) => None,
-        ObjectData::Striped { stripes, .. } if stripes.is_empty() => None,
-        ObjectData::Striped { stripes, .. } => Some(stripes.clone()),
-    }
 }
 
 fn apply_inner(
