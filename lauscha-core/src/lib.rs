@@ -13,6 +13,7 @@ pub mod layout;
 pub mod model;
 pub mod names;
 pub mod placement;
+pub mod versioning;
 
 pub use checksum::{ShardDigest, ShardHasher};
 pub use cluster::{ClusterMap, NodeInfo, NodeState};

@@ -14,6 +14,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::{MetaCommand, MetaError, MetaResponse, Proposal};
 use crate::keys;
+use crate::versions;
+use lauscha_core::versioning::{
+    ObjectCommand, ObjectCommandReply, ObjectLockConfig, VersionExtras, VersioningHistory,
+    VersioningState, version_id,
+};
 use crate::kv::{KvError, KvRead, Mutation};
 use crate::value;
 
@@ -155,7 +160,7 @@ pub fn owned_bucket(
 
 /// Retires a version that is no longer current: its stripes go to the garbage table
 /// (deleted after the grace period) and out of the stripe index and the repair queue.
-fn retire(
+pub(crate) fn retire(
     out: &mut Vec<Mutation>,
     old: &ObjectVersion,
     origin: String,
@@ -164,6 +169,7 @@ fn retire(
 ) {
     for stripe in old.stripes() {
         out.push(Mutation::Delete(keys::stripe_index(stripe.id)));
+        out.push(Mutation::Delete(keys::version_stripe(stripe.id)));
         for shard_idx in 0..stripe.shards.len() {
             out.push(Mutation::Delete(keys::repair(stripe.id, shard_idx as u8)));
         }
@@ -237,6 +243,87 @@ fn drop_upload(
         out.push(Mutation::Delete(keys::part(upload_id, part.part_number)));
     }
     out.push(Mutation::Delete(keys::upload(bucket, key, upload_id)));
+    out.push(Mutation::Delete(keys::upload_extras(upload_id)));
+}
+
+/// The arguments of a PutObject, whichever command variant carried them.
+struct PutArgs<'a> {
+    bucket: &'a BucketName,
+    tenant: &'a lauscha_core::TenantId,
+    key: &'a String,
+    version: &'a ObjectVersion,
+    now_ms: u64,
+    missing: &'a [(lauscha_core::StripeId, u8)],
+    condition: Option<&'a WriteCondition>,
+    extras: &'a VersionExtras,
+}
+
+/// Checks Object Lock headers against the bucket (for an upload that starts now and
+/// completes later: the completion checks again).
+fn check_extras(
+    kv: &impl KvRead,
+    bucket: &BucketName,
+    extras: &VersionExtras,
+) -> Result<Result<(), MetaError>, KvError> {
+    if (extras.retention.is_some() || extras.legal_hold)
+        && versions::object_lock(kv, bucket)?.is_none()
+    {
+        return Ok(Err(MetaError::InvalidRequest(format!(
+            "bucket {bucket} has no Object Lock configuration; retention and legal hold need one"
+        ))));
+    }
+    Ok(Ok(()))
+}
+
+fn put_object(
+    kv: &impl KvRead,
+    out: &mut Vec<Mutation>,
+    put: PutArgs<'_>,
+    log_index: u64,
+) -> Result<Result<MetaResponse, MetaError>, KvError> {
+    let PutArgs {
+        bucket,
+        tenant,
+        key,
+        version,
+        now_ms,
+        missing,
+        condition,
+        extras,
+    } = put;
+    if let Err(e) = owned_bucket(kv, bucket, tenant)? {
+        return Ok(Err(e));
+    }
+    if let Err(e) = lauscha_core::names::validate_object_key(key) {
+        return Ok(Err(MetaError::InvalidArgument(e.to_string())));
+    }
+    if let Some(condition) = condition {
+        let current = read::<ObjectVersion>(kv, &keys::object(bucket, key))?;
+        if let Err(e) = check_condition(condition, current.as_ref(), bucket, key) {
+            return Ok(Err(e));
+        }
+    }
+    let version = ObjectVersion {
+        version_id: version_id(log_index),
+        last_modified_ms: now_ms,
+        ..version.clone()
+    };
+    for (stripe_id, shard_idx) in missing {
+        if !version.stripes().iter().any(|s| s.id == *stripe_id) {
+            return Ok(Err(MetaError::InvalidArgument(format!(
+                "missing shard {stripe_id}.{shard_idx} is not in the version"
+            ))));
+        }
+        out.push(Mutation::Put(keys::repair(*stripe_id, *shard_idx), value::encode(&now_ms)));
+    }
+    Ok(
+        versions::install(kv, out, bucket, key, version, extras, now_ms, log_index)?.map(
+            |version_id| MetaResponse::ObjectPut {
+                version_id,
+                last_modified_ms: now_ms,
+            },
+        ),
+    )
 }
 
 fn apply_inner(
@@ -278,6 +365,13 @@ fn apply_inner(
             tenant,
             policy,
             now_ms,
+        }
+        | MetaCommand::CreateBucketWith {
+            name,
+            tenant,
+            policy,
+            now_ms,
+            ..
         } => {
             if kv.get(&keys::tenant(tenant))?.is_none() {
                 return Ok(Err(MetaError::NoSuchTenant(tenant.to_string())));
@@ -297,6 +391,23 @@ fn apply_inner(
             };
             put(out, keys::bucket(name), &bucket);
             out.push(Mutation::Put(keys::tenant_bucket(tenant, name), Vec::new()));
+            if let MetaCommand::CreateBucketWith {
+                object_lock: true, ..
+            } = cmd
+            {
+                let mut history = VersioningHistory::default();
+                history.set(log_index, VersioningState::Enabled);
+                put(
+                    out,
+                    keys::bucket_setting(name, keys::SettingKind::Versioning),
+                    &history,
+                );
+                put(
+                    out,
+                    keys::bucket_setting(name, keys::SettingKind::ObjectLock),
+                    &ObjectLockConfig::default(),
+                );
+            }
             MetaResponse::Bucket(bucket)
         }
         MetaCommand::DeleteBucket { name, tenant } => {
@@ -310,7 +421,7 @@ fn apply_inner(
                 has_objects = true;
                 false
             })?;
-            if has_objects {
+            if has_objects || versions::has_versions(kv, name)? {
                 return Ok(Err(MetaError::BucketNotEmpty(name.to_string())));
             }
             let prefix = keys::bucket_uploads_prefix(name);
@@ -325,6 +436,7 @@ fn apply_inner(
                     "{name} has multipart uploads in progress; abort them first"
                 ))));
             }
+            versions::drop_settings(kv, out, name)?;
             out.push(Mutation::Delete(keys::bucket(name)));
             out.push(Mutation::Delete(keys::tenant_bucket(tenant, name)));
             MetaResponse::BucketDeleted
@@ -336,57 +448,77 @@ fn apply_inner(
             version,
             now_ms,
             missing,
+        } => {
+            let extras = VersionExtras::default();
+            let put = PutArgs {
+                bucket,
+                tenant,
+                key,
+                version,
+                now_ms: *now_ms,
+                missing,
+                condition: None,
+                extras: &extras,
+            };
+            match put_object(kv, out, put, log_index)? {
+                Ok(r) => r,
+                Err(e) => return Ok(Err(e)),
+            }
         }
-        | MetaCommand::PutObjectIf {
+        MetaCommand::PutObjectIf {
             bucket,
             tenant,
             key,
             version,
             now_ms,
             missing,
-            ..
+            condition,
         } => {
-            if let Err(e) = owned_bucket(kv, bucket, tenant)? {
-                return Ok(Err(e));
-            }
-            if let Err(e) = lauscha_core::names::validate_object_key(key) {
-                return Ok(Err(MetaError::InvalidArgument(e.to_string())));
-            }
-            let object_key = keys::object(bucket, key);
-            let current = read::<ObjectVersion>(kv, &object_key)?;
-            if let MetaCommand::PutObjectIf { condition, .. } = cmd
-                && let Err(e) = check_condition(condition, current.as_ref(), bucket, key)
-            {
-                return Ok(Err(e));
-            }
-            if let Some(old) = &current {
-                retire(out, old, format!("{bucket}/{key}"), *now_ms, log_index);
-            }
-            let version_id = format!("{log_index:020}");
-            let version = ObjectVersion {
-                version_id: version_id.clone(),
-                last_modified_ms: *now_ms,
-                ..(**version).clone()
+            let extras = VersionExtras::default();
+            let put = PutArgs {
+                bucket,
+                tenant,
+                key,
+                version,
+                now_ms: *now_ms,
+                missing,
+                condition: Some(condition),
+                extras: &extras,
             };
-            let owner = StripeOwner {
-                bucket: bucket.clone(),
-                key: key.clone(),
+            match put_object(kv, out, put, log_index)? {
+                Ok(r) => r,
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        MetaCommand::PutObjectWith {
+            bucket,
+            tenant,
+            key,
+            version,
+            now_ms,
+            missing,
+            condition,
+            extras,
+        } => {
+            let put = PutArgs {
+                bucket,
+                tenant,
+                key,
+                version,
+                now_ms: *now_ms,
+                missing,
+                condition: condition.as_ref(),
+                extras,
             };
-            for stripe in version.stripes() {
-                put(out, keys::stripe_index(stripe.id), &owner);
+            match put_object(kv, out, put, log_index)? {
+                Ok(r) => r,
+                Err(e) => return Ok(Err(e)),
             }
-            for (stripe_id, shard_idx) in missing {
-                if !version.stripes().iter().any(|s| s.id == *stripe_id) {
-                    return Ok(Err(MetaError::InvalidArgument(format!(
-                        "missing shard {stripe_id}.{shard_idx} is not in the version"
-                    ))));
-                }
-                put(out, keys::repair(*stripe_id, *shard_idx), now_ms);
-            }
-            put(out, object_key, &version);
-            MetaResponse::ObjectPut {
-                version_id,
-                last_modified_ms: *now_ms,
+        }
+        MetaCommand::Object { command, now_ms } => {
+            match versions::apply_object_command(kv, out, command, *now_ms, log_index)? {
+                Ok(reply) => MetaResponse::Object(reply),
+                Err(e) => return Ok(Err(e)),
             }
         }
         MetaCommand::CreateUpload {
@@ -395,6 +527,14 @@ fn apply_inner(
             key,
             template,
             now_ms,
+        }
+        | MetaCommand::CreateUploadWith {
+            bucket,
+            tenant,
+            key,
+            template,
+            now_ms,
+            ..
         } => {
             if let Err(e) = owned_bucket(kv, bucket, tenant)? {
                 return Ok(Err(e));
@@ -410,6 +550,14 @@ fn apply_inner(
                 initiated_ms: *now_ms,
                 template: (**template).clone(),
             };
+            if let MetaCommand::CreateUploadWith { extras, .. } = cmd {
+                if let Err(e) = check_extras(kv, bucket, extras)? {
+                    return Ok(Err(e));
+                }
+                if *extras != VersionExtras::default() {
+                    put(out, keys::upload_extras(&upload_id), extras);
+                }
+            }
             put(out, keys::upload(bucket, key, &upload_id), &upload);
             MetaResponse::UploadCreated { upload_id }
         }
@@ -549,9 +697,8 @@ fn apply_inner(
             {
                 return Ok(Err(e));
             }
-            if let Some(old) = &current {
-                retire(out, old, format!("{bucket}/{key}"), *now_ms, log_index);
-            }
+            let extras: VersionExtras =
+                read(kv, &keys::upload_extras(upload_id))?.unwrap_or_default();
             // Parts uploaded but not listed are garbage.
             let unused: Vec<Stripe> = uploaded
                 .iter()
@@ -581,17 +728,12 @@ fn apply_inner(
                 },
                 ..upload.template
             };
-            let owner = StripeOwner {
-                bucket: bucket.clone(),
-                key: key.clone(),
-            };
-            for stripe in version.stripes() {
-                put(out, keys::stripe_index(stripe.id), &owner);
-            }
-            put(out, object_key, &version);
-            MetaResponse::ObjectPut {
-                version_id,
-                last_modified_ms: *now_ms,
+            match versions::install(kv, out, bucket, key, version, &extras, *now_ms, log_index)? {
+                Ok(s3_version_id) => MetaResponse::ObjectPut {
+                    version_id: s3_version_id,
+                    last_modified_ms: *now_ms,
+                },
+                Err(e) => return Ok(Err(e)),
             }
         }
         MetaCommand::GrantKey {
@@ -648,17 +790,20 @@ fn apply_inner(
             key,
             now_ms,
         } => {
-            if let Err(e) = owned_bucket(kv, bucket, tenant)? {
-                return Ok(Err(e));
-            }
-            let object_key = keys::object(bucket, key);
-            match read::<ObjectVersion>(kv, &object_key)? {
-                None => MetaResponse::ObjectDeleted { existed: false },
-                Some(old) => {
-                    retire(out, &old, format!("{bucket}/{key}"), *now_ms, log_index);
-                    out.push(Mutation::Delete(object_key));
-                    MetaResponse::ObjectDeleted { existed: true }
-                }
+            let command = ObjectCommand::Delete {
+                bucket: bucket.clone(),
+                tenant: tenant.clone(),
+                key: key.clone(),
+                version_id: None,
+                bypass_governance: false,
+                if_current: None,
+            };
+            match versions::apply_object_command(kv, out, &command, *now_ms, log_index)? {
+                Ok(ObjectCommandReply::Deleted { version_id, .. }) => MetaResponse::ObjectDeleted {
+                    existed: version_id.is_some(),
+                },
+                Ok(other) => return Ok(Err(MetaError::Internal(format!("delete answered {other:?}")))),
+                Err(e) => return Ok(Err(e)),
             }
         }
         MetaCommand::UpsertNode { node } => {
@@ -680,51 +825,56 @@ fn apply_inner(
             from,
             to,
         } => {
-            let Some(owner) = read::<StripeOwner>(kv, &keys::stripe_index(*stripe_id))? else {
-                return Ok(Err(MetaError::Conflict(format!(
-                    "stripe {stripe_id} is no longer part of a current version"
-                ))));
+            let edit = |version: &mut ObjectVersion| -> Result<Result<(), MetaError>, KvError> {
+                let ObjectData::Striped { stripes, .. } = &mut version.data else {
+                    return Err(KvError(format!("stripe index names inline data ({stripe_id})")));
+                };
+                let stripe = stripes
+                    .iter_mut()
+                    .find(|s| s.id == *stripe_id)
+                    .ok_or_else(|| KvError(format!("stripe {stripe_id} not in its version")))?;
+                let Some(shard) = stripe.shards.get(usize::from(*shard_idx)) else {
+                    return Ok(Err(MetaError::InvalidArgument(format!(
+                        "no shard {shard_idx} in stripe {stripe_id}"
+                    ))));
+                };
+                if shard.node != *from {
+                    return Ok(Err(MetaError::Conflict(format!(
+                        "shard {stripe_id}.{shard_idx} is on {}, not {from}",
+                        shard.node
+                    ))));
+                }
+                if stripe.shards.iter().any(|s| s.node == *to) && from != to {
+                    return Ok(Err(MetaError::Conflict(format!(
+                        "stripe {stripe_id} already has a shard on {to}"
+                    ))));
+                }
+                stripe.shards[usize::from(*shard_idx)].node = *to;
+                Ok(Ok(()))
             };
-            let object_key = keys::object(&owner.bucket, &owner.key);
-            let Some(mut version) = read::<ObjectVersion>(kv, &object_key)? else {
-                return Err(KvError(format!(
-                    "stripe index names missing object {}/{}",
-                    owner.bucket, owner.key
-                )));
-            };
-            let ObjectData::Striped { stripes, .. } = &mut version.data else {
-                return Err(KvError(format!(
-                    "stripe index names inline object {}/{}",
-                    owner.bucket, owner.key
-                )));
-            };
-            let stripe = stripes
-                .iter_mut()
-                .find(|s| s.id == *stripe_id)
-                .ok_or_else(|| {
-                    KvError(format!(
-                        "stripe {stripe_id} not in {}/{}",
+            if let Some(owner) = read::<StripeOwner>(kv, &keys::stripe_index(*stripe_id))? {
+                let object_key = keys::object(&owner.bucket, &owner.key);
+                let Some(mut version) = read::<ObjectVersion>(kv, &object_key)? else {
+                    return Err(KvError(format!(
+                        "stripe index names missing object {}/{}",
                         owner.bucket, owner.key
-                    ))
-                })?;
-            let Some(shard) = stripe.shards.get_mut(usize::from(*shard_idx)) else {
-                return Ok(Err(MetaError::InvalidArgument(format!(
-                    "no shard {shard_idx} in stripe {stripe_id}"
-                ))));
-            };
-            if shard.node != *from {
+                    )));
+                };
+                if let Err(e) = edit(&mut version)? {
+                    return Ok(Err(e));
+                }
+                put(out, object_key, &version);
+            } else if let Some(owner) =
+                read::<versions::VersionOwner>(kv, &keys::version_stripe(*stripe_id))?
+            {
+                if let Err(e) = versions::move_noncurrent_shard(kv, out, &owner, edit)? {
+                    return Ok(Err(e));
+                }
+            } else {
                 return Ok(Err(MetaError::Conflict(format!(
-                    "shard {stripe_id}.{shard_idx} is on {}, not {from}",
-                    shard.node
+                    "stripe {stripe_id} is no longer part of a version"
                 ))));
             }
-            if stripe.shards.iter().any(|s| s.node == *to) && from != to {
-                return Ok(Err(MetaError::Conflict(format!(
-                    "stripe {stripe_id} already has a shard on {to}"
-                ))));
-            }
-            stripe.shards[usize::from(*shard_idx)].node = *to;
-            put(out, object_key, &version);
             out.push(Mutation::Delete(keys::repair(*stripe_id, *shard_idx)));
             MetaResponse::Maintained
         }
@@ -1362,5 +1512,354 @@ mod tests {
         log(&mut a);
         log(&mut b);
         assert_eq!(a.kv, b.kv);
+    }
+
+    // ---- versioning and Object Lock ----
+
+    fn obj(sm: &mut Sm, command: ObjectCommand) -> Result<ObjectCommandReply, MetaError> {
+        match sm.run(MetaCommand::Object {
+            command,
+            now_ms: 1_000,
+        }) {
+            MetaResponse::Object(r) => Ok(r),
+            MetaResponse::Refused(e) => Err(e),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn set_versioning(sm: &mut Sm, state: VersioningState) -> Result<ObjectCommandReply, MetaError> {
+        obj(
+            sm,
+            ObjectCommand::PutBucketSetting {
+                bucket: bucket("files"),
+                tenant: tenant("jena"),
+                setting: lauscha_core::versioning::BucketSetting::Versioning(state),
+            },
+        )
+    }
+
+    fn delete(sm: &mut Sm, key: &str, version_id: Option<&str>, bypass: bool) -> Result<ObjectCommandReply, MetaError> {
+        obj(
+            sm,
+            ObjectCommand::Delete {
+                bucket: bucket("files"),
+                tenant: tenant("jena"),
+                key: key.into(),
+                version_id: version_id.map(str::to_string),
+                bypass_governance: bypass,
+                if_current: None,
+            },
+        )
+    }
+
+    fn put_v(sm: &mut Sm, key: &str, stripe: u128) -> String {
+        match put(sm, "jena", "files", key, striped(10, stripe)) {
+            MetaResponse::ObjectPut { version_id, .. } => version_id,
+            other => panic!("put refused: {other:?}"),
+        }
+    }
+
+    fn listing(sm: &Sm, max_keys: u32) -> Vec<(String, String, bool, bool)> {
+        let q = lauscha_core::versioning::ListVersionsQuery {
+            bucket: bucket("files"),
+            prefix: String::new(),
+            delimiter: None,
+            key_marker: None,
+            version_id_marker: None,
+            max_keys,
+        };
+        query::list_versions(&sm.kv, &q)
+            .unwrap()
+            .versions
+            .into_iter()
+            .map(|v| {
+                let marker = matches!(v.entry, lauscha_core::versioning::VersionEntry::DeleteMarker { .. });
+                (v.key, v.s3_version_id, v.is_latest, marker)
+            })
+            .collect()
+    }
+
+    /// Checks the model's invariants for `key`: no object entry means the newest noncurrent
+    /// entry is a delete marker; at most one null version; every stripe of every version
+    /// indexed exactly once.
+    fn check_invariants(sm: &Sm, key: &str) {
+        let b = bucket("files");
+        let current = query::get_object(&sm.kv, &b, key).unwrap();
+        let older = versions::noncurrent(&sm.kv, &b, key, usize::MAX).unwrap();
+        if current.is_none()
+            && let Some((_, newest)) = older.first()
+        {
+            assert!(matches!(newest.entry, lauscha_core::versioning::VersionEntry::DeleteMarker { .. }));
+        }
+        let history = versions::versioning(&sm.kv, &b).unwrap();
+        let mut seqs: Vec<u64> = older.iter().map(|(s, _)| *s).collect();
+        if let Some(c) = &current {
+            let seq = lauscha_core::versioning::version_seq(&c.version_id).unwrap();
+            assert!(seqs.iter().all(|s| *s < seq), "current is newest");
+            seqs.push(seq);
+            for stripe in c.stripes() {
+                assert!(sm.kv.get(&keys::stripe_index(stripe.id)).unwrap().is_some());
+                assert!(sm.kv.get(&keys::version_stripe(stripe.id)).unwrap().is_none());
+            }
+        }
+        assert!(seqs.iter().filter(|s| history.is_null(**s)).count() <= 1, "one null version");
+        for (_, v) in &older {
+            if let lauscha_core::versioning::VersionEntry::Object(o) = &v.entry {
+                for stripe in o.stripes() {
+                    assert!(sm.kv.get(&keys::stripe_index(stripe.id)).unwrap().is_none());
+                    assert!(sm.kv.get(&keys::version_stripe(stripe.id)).unwrap().is_some());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn versioned_puts_keep_every_version_and_deletes_add_markers() {
+        let mut sm = setup();
+        let v0 = put_v(&mut sm, "k", 100);
+        assert_eq!(v0, "null", "an unversioned bucket writes the null version");
+        set_versioning(&mut sm, VersioningState::Enabled).unwrap();
+        let v1 = put_v(&mut sm, "k", 101);
+        let v2 = put_v(&mut sm, "k", 102);
+        check_invariants(&sm, "k");
+        let ObjectCommandReply::Deleted { version_id: Some(marker), delete_marker: true } =
+            delete(&mut sm, "k", None, false).unwrap()
+        else {
+            panic!("no delete marker")
+        };
+        check_invariants(&sm, "k");
+        assert!(query::get_object(&sm.kv, &bucket("files"), "k").unwrap().is_none());
+        assert_eq!(
+            listing(&sm, 100),
+            vec![
+                ("k".into(), marker.clone(), true, true),
+                ("k".into(), v2.clone(), false, false),
+                ("k".into(), v1.clone(), false, false),
+                ("k".into(), "null".into(), false, false),
+            ]
+        );
+        // Removing the marker brings v2 back as the current object.
+        delete(&mut sm, "k", Some(&marker), false).unwrap();
+        check_invariants(&sm, "k");
+        let current = query::get_object(&sm.kv, &bucket("files"), "k").unwrap().unwrap();
+        assert_eq!(current.version_id, v2);
+        // Removing the current version promotes the next; removing the null one by name.
+        delete(&mut sm, "k", Some(&v2), false).unwrap();
+        check_invariants(&sm, "k");
+        assert_eq!(query::get_object(&sm.kv, &bucket("files"), "k").unwrap().unwrap().version_id, v1);
+        delete(&mut sm, "k", Some("null"), false).unwrap();
+        check_invariants(&sm, "k");
+        assert_eq!(listing(&sm, 100), vec![("k".into(), v1.clone(), true, false)]);
+        // The retired stripes are garbage, the live one is not.
+        let known = query::stripes_known(&sm.kv, &[StripeId(101)]).unwrap();
+        assert_eq!(known, vec![true]);
+        let bucket_not_empty = sm.run(MetaCommand::DeleteBucket { name: bucket("files"), tenant: tenant("jena") });
+        assert!(matches!(bucket_not_empty, MetaResponse::Refused(MetaError::BucketNotEmpty(_))));
+    }
+
+    #[test]
+    fn suspended_versioning_replaces_only_the_null_version() {
+        let mut sm = setup();
+        set_versioning(&mut sm, VersioningState::Enabled).unwrap();
+        let v1 = put_v(&mut sm, "k", 1);
+        set_versioning(&mut sm, VersioningState::Suspended).unwrap();
+        assert_eq!(put_v(&mut sm, "k", 2), "null");
+        assert_eq!(put_v(&mut sm, "k", 3), "null");
+        check_invariants(&sm, "k");
+        assert_eq!(
+            listing(&sm, 100),
+            vec![("k".into(), "null".into(), true, false), ("k".into(), v1.clone(), false, false)]
+        );
+        // A delete in a suspended bucket puts a null delete marker in place of the null
+        // version.
+        let r = delete(&mut sm, "k", None, false).unwrap();
+        assert_eq!(r, ObjectCommandReply::Deleted { version_id: Some("null".into()), delete_marker: true });
+        check_invariants(&sm, "k");
+        assert_eq!(
+            listing(&sm, 100),
+            vec![("k".into(), "null".into(), true, true), ("k".into(), v1, false, false)]
+        );
+        // Stripe 2 was replaced by 3, 3 by the marker: both garbage now.
+        assert_eq!(query::stripes_known(&sm.kv, &[StripeId(1)]).unwrap(), vec![true]);
+    }
+
+    #[test]
+    fn version_listing_pages_through_keys_and_versions() {
+        let mut sm = setup();
+        set_versioning(&mut sm, VersioningState::Enabled).unwrap();
+        let mut expected = Vec::new();
+        for key in ["a", "b/1", "b/2", "c"] {
+            let mut ids = Vec::new();
+            for i in 0..3 {
+                let stripe = u128::from(sm.next_index) * 10 + i;
+                ids.push(put_v(&mut sm, key, stripe));
+            }
+            for (i, id) in ids.into_iter().rev().enumerate() {
+                expected.push((key.to_string(), id, i == 0, false));
+            }
+        }
+        assert_eq!(listing(&sm, 1000), expected);
+        // Pages of every size give the same sequence.
+        for page in 1..=5u32 {
+            let mut got = Vec::new();
+            let (mut km, mut vm) = (None, None);
+            loop {
+                let q = lauscha_core::versioning::ListVersionsQuery {
+                    bucket: bucket("files"),
+                    prefix: String::new(),
+                    delimiter: None,
+                    key_marker: km.clone(),
+                    version_id_marker: vm.clone(),
+                    max_keys: page,
+                };
+                let l = query::list_versions(&sm.kv, &q).unwrap();
+                assert!(l.versions.len() <= page as usize);
+                got.extend(l.versions.into_iter().map(|v| (v.key, v.s3_version_id, v.is_latest, false)));
+                if !l.is_truncated {
+                    break;
+                }
+                km = l.next_key_marker;
+                vm = l.next_version_id_marker;
+            }
+            assert_eq!(got, expected, "page size {page}");
+        }
+        // A delimiter rolls b/ up into one prefix.
+        let q = lauscha_core::versioning::ListVersionsQuery {
+            bucket: bucket("files"),
+            prefix: String::new(),
+            delimiter: Some("/".into()),
+            key_marker: None,
+            version_id_marker: None,
+            max_keys: 1000,
+        };
+        let l = query::list_versions(&sm.kv, &q).unwrap();
+        assert_eq!(l.common_prefixes, vec!["b/".to_string()]);
+        assert_eq!(l.versions.len(), 6);
+    }
+
+    fn locked_bucket() -> Sm {
+        let mut sm = Sm::new();
+        sm.run(MetaCommand::CreateTenant { id: tenant("jena"), now_ms: 1 });
+        let r = sm.run(MetaCommand::CreateBucketWith {
+            name: bucket("files"),
+            tenant: tenant("jena"),
+            policy: PlacementPolicy::DEFAULT,
+            now_ms: 2,
+            object_lock: true,
+        });
+        assert!(matches!(r, MetaResponse::Bucket(_)));
+        sm
+    }
+
+    fn put_locked(sm: &mut Sm, key: &str, stripe: u128, mode: lauscha_core::versioning::RetentionMode, until_ms: u64) -> String {
+        let r = sm.run(MetaCommand::PutObjectWith {
+            bucket: bucket("files"),
+            tenant: tenant("jena"),
+            key: key.into(),
+            version: Box::new(striped(10, stripe)),
+            now_ms: 10,
+            missing: Vec::new(),
+            condition: None,
+            extras: VersionExtras {
+                retention: Some(lauscha_core::versioning::Retention { mode, until_ms }),
+                ..Default::default()
+            },
+        });
+        match r {
+            MetaResponse::ObjectPut { version_id, .. } => version_id,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn compliance_locked_versions_survive_every_delete_until_they_expire() {
+        use lauscha_core::versioning::{Retention, RetentionMode, VersionAttrChange};
+        let mut sm = locked_bucket();
+        let v = put_locked(&mut sm, "k", 1, RetentionMode::Compliance, 5_000);
+        // Suspending versioning is refused under Object Lock.
+        assert!(matches!(set_versioning(&mut sm, VersioningState::Suspended), Err(MetaError::InvalidBucketState(_))));
+        // A plain delete only adds a marker; the version stays.
+        delete(&mut sm, "k", None, false).unwrap();
+        for bypass in [false, true] {
+            assert!(matches!(delete(&mut sm, "k", Some(&v), bypass), Err(MetaError::ObjectLocked(_))));
+        }
+        let shorten = |until_ms| ObjectCommand::SetVersionAttr {
+            bucket: bucket("files"),
+            tenant: tenant("jena"),
+            key: "k".into(),
+            version_id: Some(v.clone()),
+            change: VersionAttrChange::Retention(Some(Retention { mode: RetentionMode::Compliance, until_ms })),
+            bypass_governance: true,
+        };
+        assert!(matches!(obj(&mut sm, shorten(2_000)), Err(MetaError::ObjectLocked(_))));
+        obj(&mut sm, shorten(9_000)).unwrap();
+        // The version's stripes are still referenced.
+        assert_eq!(query::stripes_known(&sm.kv, &[StripeId(1)]).unwrap(), vec![true]);
+        // After the date (commands carry now = 1 000 ms; apply at a later time):
+        let late = MetaCommand::Object {
+            command: ObjectCommand::Delete {
+                bucket: bucket("files"),
+                tenant: tenant("jena"),
+                key: "k".into(),
+                version_id: Some(v.clone()),
+                bypass_governance: false,
+                if_current: None,
+            },
+            now_ms: 9_001,
+        };
+        assert!(matches!(sm.run(late), MetaResponse::Object(_)));
+    }
+
+    #[test]
+    fn governance_yields_to_bypass_and_legal_hold_to_nothing() {
+        use lauscha_core::versioning::{RetentionMode, VersionAttrChange};
+        let mut sm = locked_bucket();
+        let v = put_locked(&mut sm, "k", 1, RetentionMode::Governance, 5_000);
+        assert!(matches!(delete(&mut sm, "k", Some(&v), false), Err(MetaError::ObjectLocked(_))));
+        let hold = |on| ObjectCommand::SetVersionAttr {
+            bucket: bucket("files"),
+            tenant: tenant("jena"),
+            key: "k".into(),
+            version_id: None,
+            change: VersionAttrChange::LegalHold(on),
+            bypass_governance: false,
+        };
+        obj(&mut sm, hold(true)).unwrap();
+        assert!(matches!(delete(&mut sm, "k", Some(&v), true), Err(MetaError::ObjectLocked(_))));
+        obj(&mut sm, hold(false)).unwrap();
+        delete(&mut sm, "k", Some(&v), true).unwrap();
+        assert!(query::get_object(&sm.kv, &bucket("files"), "k").unwrap().is_none());
+        // Lock headers on a bucket without Object Lock are refused.
+        let mut plain = setup();
+        let r = plain.run(MetaCommand::PutObjectWith {
+            bucket: bucket("files"),
+            tenant: tenant("jena"),
+            key: "k".into(),
+            version: Box::new(striped(10, 9)),
+            now_ms: 10,
+            missing: Vec::new(),
+            condition: None,
+            extras: VersionExtras { legal_hold: true, ..Default::default() },
+        });
+        assert!(matches!(r, MetaResponse::Refused(MetaError::InvalidRequest(_))));
+    }
+
+    #[test]
+    fn noncurrent_shards_can_be_moved_by_maintenance() {
+        let mut sm = setup();
+        set_versioning(&mut sm, VersioningState::Enabled).unwrap();
+        put_v(&mut sm, "k", 1);
+        put_v(&mut sm, "k", 2);
+        let stripes = query::list_stripes(&sm.kv, None, 10).unwrap();
+        assert_eq!(stripes.len(), 2, "current and noncurrent stripes are maintained");
+        let r = sm.run(MetaCommand::MoveShard {
+            stripe_id: StripeId(1),
+            shard_idx: 0,
+            from: NodeId(1),
+            to: NodeId(2),
+        });
+        assert_eq!(r, MetaResponse::Maintained);
+        let stripes = query::list_stripes(&sm.kv, None, 10).unwrap();
+        assert_eq!(stripes[0].stripe.shards[0].node, NodeId(2));
     }
 }

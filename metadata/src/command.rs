@@ -9,6 +9,7 @@ use lauscha_core::{
     AccessKey, AccessKeyId, Bucket, BucketName, NodeId, NodeInfo, NodeState, ObjectVersion,
     Permission, PlacementPolicy, StripeId, Tenant, TenantId, UploadPart, WriteCondition,
 };
+use lauscha_core::versioning::{ObjectCommand, ObjectCommandReply, VersionExtras};
 use serde::{Deserialize, Serialize};
 
 /// Identifies one logical client request across retries: a client that retries a write
@@ -240,6 +241,61 @@ pub enum MetaCommand {
         /// Proposal time, Unix ms.
         now_ms: u64,
     },
+    /// A command of the versioned object model (settings, versioned deletes, version
+    /// attributes).
+    Object {
+        /// The command.
+        command: ObjectCommand,
+        /// Proposal time, Unix ms.
+        now_ms: u64,
+    },
+    /// `PutObject` with its lock and tags, and an optional condition.
+    PutObjectWith {
+        /// The bucket.
+        bucket: BucketName,
+        /// The tenant writing; must own the bucket.
+        tenant: TenantId,
+        /// The object key.
+        key: String,
+        /// The version; `version_id` and `last_modified_ms` are assigned by `apply`.
+        version: Box<ObjectVersion>,
+        /// Proposal time, Unix ms.
+        now_ms: u64,
+        /// Shards a degraded write could not store: queued for repair at once.
+        missing: Vec<(StripeId, u8)>,
+        /// What must hold, if anything.
+        condition: Option<WriteCondition>,
+        /// Lock and tags of the new version.
+        extras: VersionExtras,
+    },
+    /// `CreateUpload` with the lock and tags the completed object gets.
+    CreateUploadWith {
+        /// The bucket.
+        bucket: BucketName,
+        /// The tenant; must own the bucket.
+        tenant: TenantId,
+        /// The object key.
+        key: String,
+        /// Headers and metadata of the object to be.
+        template: Box<ObjectVersion>,
+        /// Proposal time, Unix ms.
+        now_ms: u64,
+        /// Lock and tags of the object to be.
+        extras: VersionExtras,
+    },
+    /// `CreateBucket` with Object Lock (and so versioning) enabled from the start.
+    CreateBucketWith {
+        /// Its name.
+        name: BucketName,
+        /// The owning tenant.
+        tenant: TenantId,
+        /// Its placement policy.
+        policy: PlacementPolicy,
+        /// Proposal time, Unix ms.
+        now_ms: u64,
+        /// Enable Object Lock.
+        object_lock: bool,
+    },
 }
 
 impl fmt::Display for MetaCommand {
@@ -251,6 +307,24 @@ impl fmt::Display for MetaCommand {
             MetaCommand::DeleteBucket { name, .. } => write!(f, "delete-bucket {name}"),
             MetaCommand::PutObject { bucket, key, .. } => write!(f, "put {bucket}/{key}"),
             MetaCommand::PutObjectIf { bucket, key, .. } => write!(f, "put-if {bucket}/{key}"),
+            MetaCommand::PutObjectWith { bucket, key, .. } => write!(f, "put {bucket}/{key}"),
+            MetaCommand::CreateUploadWith { bucket, key, .. } => {
+                write!(f, "create-upload {bucket}/{key}")
+            }
+            MetaCommand::CreateBucketWith { name, .. } => write!(f, "create-bucket {name}"),
+            MetaCommand::Object { command, .. } => match command {
+                ObjectCommand::PutBucketSetting { bucket, .. } => write!(f, "set {bucket}"),
+                ObjectCommand::DeleteBucketSetting { bucket, .. } => write!(f, "unset {bucket}"),
+                ObjectCommand::Delete {
+                    bucket,
+                    key,
+                    version_id,
+                    ..
+                } => write!(f, "delete {bucket}/{key} {version_id:?}"),
+                ObjectCommand::SetVersionAttr { bucket, key, .. } => {
+                    write!(f, "set-attr {bucket}/{key}")
+                }
+            },
             MetaCommand::CreateUpload { bucket, key, .. } => {
                 write!(f, "create-upload {bucket}/{key}")
             }
@@ -331,6 +405,8 @@ pub enum MetaResponse {
     UploadAborted,
     /// A grant given or taken.
     Granted,
+    /// What a versioned-model command answers.
+    Object(ObjectCommandReply),
 }
 
 /// Errors of the metadata service, as its clients see them.
@@ -404,6 +480,22 @@ pub enum MetaError {
     /// A part other than the last is smaller than 5 MiB.
     #[error("part too small: {0}")]
     EntityTooSmall(String),
+    /// No such version of the key.
+    #[error("no such version: {0}")]
+    NoSuchVersion(String),
+    /// The bucket's state forbids the request (suspending versioning under Object Lock).
+    #[error("invalid bucket state: {0}")]
+    InvalidBucketState(String),
+    /// Object Lock protects the version.
+    #[error("object locked: {0}")]
+    ObjectLocked(String),
+    /// The request names a delete marker where an object is needed.
+    #[error("method not allowed: {0}")]
+    MethodNotAllowed(String),
+    /// A request the bucket's configuration does not allow (Object Lock headers on a
+    /// bucket without Object Lock).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
 }
 
 impl MetaError {
@@ -428,6 +520,11 @@ impl MetaError {
             MetaError::InvalidPart(_) => K::InvalidPart,
             MetaError::InvalidPartOrder(_) => K::InvalidPartOrder,
             MetaError::EntityTooSmall(_) => K::EntityTooSmall,
+            MetaError::NoSuchVersion(_) => K::NoSuchVersion,
+            MetaError::InvalidBucketState(_) => K::InvalidBucketState,
+            MetaError::ObjectLocked(_) => K::ObjectLocked,
+            MetaError::MethodNotAllowed(_) => K::MethodNotAllowed,
+            MetaError::InvalidRequest(_) => K::InvalidRequest,
             MetaError::NotLeader { .. } => K::NotLeader,
             MetaError::Unavailable(_) => K::Unavailable,
             MetaError::Internal(_) => K::Internal,

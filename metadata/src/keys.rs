@@ -54,6 +54,46 @@ pub enum Table {
     PartStripe = 16,
     /// (access key id, bucket) -> Permission: what a restricted key may do.
     KeyGrant = 17,
+    /// (bucket, object key, creation index) -> NoncurrentVersion: every version of a key
+    /// but the current object, newest first within a key.
+    Version = 18,
+    /// Stripe id -> VersionOwner: the noncurrent version holding a stripe.
+    VersionStripe = 19,
+    /// (bucket, setting kind) -> the setting (versioning history, Object Lock, tags, CORS,
+    /// policy, lifecycle).
+    BucketSetting = 20,
+    /// (bucket, object key, creation index, kind) -> a version's lock or tags.
+    VersionAttr = 21,
+    /// Upload id -> VersionExtras given when the upload started.
+    UploadExtras = 22,
+}
+
+/// The settings of a bucket, one key each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum SettingKind {
+    /// VersioningHistory.
+    Versioning = 1,
+    /// ObjectLockConfig.
+    ObjectLock = 2,
+    /// Bucket tags.
+    Tags = 3,
+    /// CORS rules.
+    Cors = 4,
+    /// Bucket policy (JSON text).
+    Policy = 5,
+    /// Lifecycle rules.
+    Lifecycle = 6,
+}
+
+/// Attributes of a version, one key each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum AttrKind {
+    /// VersionLock.
+    Lock = 1,
+    /// Tags.
+    Tags = 2,
 }
 
 /// Separates a bucket name from what follows. Bucket names and object keys never contain
@@ -210,6 +250,87 @@ pub fn key_grant(id: &AccessKeyId, bucket: &BucketName) -> Vec<u8> {
     key
 }
 
+/// Prefix of all versions of all keys of a bucket in the version table.
+pub fn bucket_versions_prefix(bucket: &BucketName) -> Vec<u8> {
+    let mut key = table_prefix(Table::Version);
+    key.extend_from_slice(bucket.as_str().as_bytes());
+    key.push(SEP);
+    key
+}
+
+/// Prefix of the noncurrent versions of one key.
+pub fn key_versions_prefix(bucket: &BucketName, object_key: &str) -> Vec<u8> {
+    let mut key = bucket_versions_prefix(bucket);
+    key.extend_from_slice(object_key.as_bytes());
+    key.push(SEP);
+    key
+}
+
+/// Key of a noncurrent version: newer versions sort first.
+pub fn version(bucket: &BucketName, object_key: &str, seq: u64) -> Vec<u8> {
+    let mut key = key_versions_prefix(bucket, object_key);
+    key.extend_from_slice(&(!seq).to_be_bytes());
+    key
+}
+
+/// (object key, creation index) of a version-table key of `bucket`.
+pub fn parse_version(bucket: &BucketName, key: &[u8]) -> Option<(String, u64)> {
+    let rest = key.strip_prefix(bucket_versions_prefix(bucket).as_slice())?;
+    if rest.len() < 9 || rest[rest.len() - 9] != SEP {
+        return None;
+    }
+    let (name, tail) = rest.split_at(rest.len() - 9);
+    let seq = !u64::from_be_bytes(tail[1..].try_into().ok()?);
+    Some((String::from_utf8(name.to_vec()).ok()?, seq))
+}
+
+/// Key of a noncurrent version's stripe.
+pub fn version_stripe(stripe: StripeId) -> Vec<u8> {
+    let mut key = table_prefix(Table::VersionStripe);
+    key.extend_from_slice(&stripe.to_bytes());
+    key
+}
+
+/// Key of a bucket setting.
+pub fn bucket_setting(bucket: &BucketName, kind: SettingKind) -> Vec<u8> {
+    let mut key = bucket_settings_prefix(bucket);
+    key.push(kind as u8);
+    key
+}
+
+/// Prefix of a bucket's settings.
+pub fn bucket_settings_prefix(bucket: &BucketName) -> Vec<u8> {
+    let mut key = table_prefix(Table::BucketSetting);
+    key.extend_from_slice(bucket.as_str().as_bytes());
+    key.push(SEP);
+    key
+}
+
+/// Prefix of one version's attributes.
+pub fn version_attrs_prefix(bucket: &BucketName, object_key: &str, seq: u64) -> Vec<u8> {
+    let mut key = table_prefix(Table::VersionAttr);
+    key.extend_from_slice(bucket.as_str().as_bytes());
+    key.push(SEP);
+    key.extend_from_slice(object_key.as_bytes());
+    key.push(SEP);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// Key of one attribute of a version.
+pub fn version_attr(bucket: &BucketName, object_key: &str, seq: u64, kind: AttrKind) -> Vec<u8> {
+    let mut key = version_attrs_prefix(bucket, object_key, seq);
+    key.push(kind as u8);
+    key
+}
+
+/// Key of the extras of an upload.
+pub fn upload_extras(upload_id: &str) -> Vec<u8> {
+    let mut key = table_prefix(Table::UploadExtras);
+    key.extend_from_slice(upload_id.as_bytes());
+    key
+}
+
 /// Key of a part's stripe.
 pub fn part_stripe(stripe: StripeId) -> Vec<u8> {
     let mut key = table_prefix(Table::PartStripe);
@@ -294,6 +415,18 @@ mod tests {
         assert!(object(&a, "a/b") < object(&a, "a0"));
         assert!(object(&a, "a") < object(&a, "a\u{1}"));
         assert!(object(&a, "Z") < object(&a, "a"));
+    }
+
+    #[test]
+    fn versions_sort_by_key_then_newest_first_and_parse_back() {
+        let b = BucketName::parse("bbb").unwrap();
+        assert!(version(&b, "a", 10) < version(&b, "a", 9));
+        assert!(version(&b, "a", 1) < version(&b, "a/", 100));
+        assert!(version(&b, "a", 1) < version(&b, "a\u{1}", 100));
+        assert_eq!(
+            parse_version(&b, &version(&b, "x/y", 77)),
+            Some(("x/y".to_string(), 77))
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod raft_types;
 mod service;
 mod store;
 pub mod value;
+pub mod versions;
 
 pub use command::{MetaCommand, MetaError, MetaResponse, Proposal, RequestId};
 pub use node::{MetaNode, MetaNodeOptions, MetaStatus};

@@ -8,6 +8,12 @@ use lauscha_core::{
 use serde::Deserialize;
 
 use crate::apply::{GarbageRecord, StripeOwner, read};
+use crate::keys::SettingKind;
+use crate::versions::{self, VersionOwner};
+use lauscha_core::versioning::{
+    BucketSettings, LifecycleRule, ListVersionsQuery, NoncurrentVersion, VersionEntry,
+    VersionListing, VersionView, version_seq,
+};
 use crate::keys::{self, Table};
 use crate::kv::{KvError, KvRead};
 use crate::value;
@@ -80,16 +86,24 @@ pub struct StripeEntry {
     pub policy: PlacementPolicy,
 }
 
-/// Up to `limit` stripes of current versions after `after`, in stripe-id order.
-pub fn list_stripes(
+/// Where a stripe's version is.
+enum Holder {
+    Current(StripeOwner),
+    Noncurrent(VersionOwner),
+}
+
+/// Up to `limit` entries of one stripe index after `after`, in stripe-id order.
+fn scan_index<T: serde::de::DeserializeOwned>(
     kv: &impl KvRead,
+    table: Table,
+    key_of: fn(StripeId) -> Vec<u8>,
     after: Option<StripeId>,
     limit: usize,
-) -> Result<Vec<StripeEntry>, KvError> {
-    let (table_start, end) = keys::table_range(Table::StripeIndex);
+) -> Result<Vec<(StripeId, T)>, KvError> {
+    let (table_start, end) = keys::table_range(table);
     let start = match after {
         Some(id) => {
-            let mut k = keys::stripe_index(id);
+            let mut k = key_of(id);
             k.push(0);
             k
         }
@@ -98,26 +112,72 @@ pub fn list_stripes(
     let mut index = Vec::new();
     let mut error = None;
     kv.scan(&start, &end, &mut |k, v| {
-        match (keys::parse_stripe_index(k), value::decode::<StripeOwner>(v)) {
+        match (keys::parse_stripe_index(k), value::decode::<T>(v)) {
             (Some(id), Ok(owner)) => index.push((id, owner)),
             _ => error = Some(KvError(format!("bad stripe index entry {k:?}"))),
         }
         error.is_none() && index.len() < limit
     })?;
-    if let Some(e) = error {
-        return Err(e);
+    match error {
+        Some(e) => Err(e),
+        None => Ok(index),
     }
-    let mut versions: std::collections::HashMap<(BucketName, String), ObjectVersion> =
+}
+
+/// Up to `limit` stripes of stored versions (current and noncurrent) after `after`, in
+/// stripe-id order.
+pub fn list_stripes(
+    kv: &impl KvRead,
+    after: Option<StripeId>,
+    limit: usize,
+) -> Result<Vec<StripeEntry>, KvError> {
+    let mut index: Vec<(StripeId, Holder)> =
+        scan_index::<StripeOwner>(kv, Table::StripeIndex, keys::stripe_index, after, limit)?
+            .into_iter()
+            .map(|(id, o)| (id, Holder::Current(o)))
+            .chain(
+                scan_index::<VersionOwner>(
+                    kv,
+                    Table::VersionStripe,
+                    keys::version_stripe,
+                    after,
+                    limit,
+                )?
+                .into_iter()
+                .map(|(id, o)| (id, Holder::Noncurrent(o))),
+            )
+            .collect();
+    index.sort_by_key(|(id, _)| *id);
+    index.truncate(limit);
+    let mut versions: std::collections::HashMap<(BucketName, String, Option<u64>), ObjectVersion> =
         std::collections::HashMap::new();
     let mut policies: std::collections::HashMap<BucketName, PlacementPolicy> =
         std::collections::HashMap::new();
     let mut out = Vec::with_capacity(index.len());
-    for (id, owner) in index {
-        let name = (owner.bucket.clone(), owner.key.clone());
+    for (id, holder) in index {
+        let (owner, seq) = match holder {
+            Holder::Current(o) => (o, None),
+            Holder::Noncurrent(v) => (
+                StripeOwner {
+                    bucket: v.bucket,
+                    key: v.key,
+                },
+                Some(v.seq),
+            ),
+        };
+        let name = (owner.bucket.clone(), owner.key.clone(), seq);
         if !versions.contains_key(&name) {
-            let version = get_object(kv, &owner.bucket, &owner.key)?.ok_or_else(|| {
+            let version = match seq {
+                None => get_object(kv, &owner.bucket, &owner.key)?,
+                Some(seq) => read::<NoncurrentVersion>(kv, &keys::version(&owner.bucket, &owner.key, seq))?
+                    .and_then(|v| match v.entry {
+                        VersionEntry::Object(o) => Some(o),
+                        VersionEntry::DeleteMarker { .. } => None,
+                    }),
+            }
+            .ok_or_else(|| {
                 KvError(format!(
-                    "stripe {id} indexed under missing object {}/{}",
+                    "stripe {id} indexed under missing version {}/{} {seq:?}",
                     owner.bucket, owner.key
                 ))
             })?;
@@ -147,6 +207,259 @@ pub fn list_stripes(
     Ok(out)
 }
 
+/// Every setting of a bucket.
+pub fn bucket_settings(kv: &impl KvRead, bucket: &BucketName) -> Result<BucketSettings, KvError> {
+    let get = |kind| keys::bucket_setting(bucket, kind);
+    Ok(BucketSettings {
+        versioning: read(kv, &get(SettingKind::Versioning))?.unwrap_or_default(),
+        object_lock: read(kv, &get(SettingKind::ObjectLock))?,
+        tags: read(kv, &get(SettingKind::Tags))?,
+        cors: read(kv, &get(SettingKind::Cors))?,
+        policy: read(kv, &get(SettingKind::Policy))?,
+        lifecycle: read(kv, &get(SettingKind::Lifecycle))?,
+    })
+}
+
+/// Buckets with lifecycle rules, with their owners.
+pub fn lifecycle_buckets(
+    kv: &impl KvRead,
+) -> Result<Vec<(BucketName, TenantId, Vec<LifecycleRule>)>, KvError> {
+    let (start, end) = keys::table_range(Table::BucketSetting);
+    let mut found = Vec::new();
+    let mut error = None;
+    kv.scan(&start, &end, &mut |k, v| {
+        let rest = &k[3..];
+        if rest.last() != Some(&(SettingKind::Lifecycle as u8)) || rest.len() < 2 {
+            return true;
+        }
+        let name = &rest[..rest.len() - 2];
+        match (
+            std::str::from_utf8(name).ok().and_then(|n| BucketName::parse(n).ok()),
+            value::decode::<Vec<LifecycleRule>>(v),
+        ) {
+            (Some(name), Ok(rules)) => found.push((name, rules)),
+            _ => error = Some(KvError(format!("bad lifecycle setting {k:?}"))),
+        }
+        error.is_none()
+    })?;
+    if let Some(e) = error {
+        return Err(e);
+    }
+    let mut out = Vec::with_capacity(found.len());
+    for (name, rules) in found {
+        if let Some(bucket) = get_bucket(kv, &name)? {
+            out.push((name, bucket.tenant, rules));
+        }
+    }
+    Ok(out)
+}
+
+/// Where a versions listing continues: lower bounds in the object and version tables.
+struct VersionCursor {
+    object_from: Vec<u8>,
+    version_from: Vec<u8>,
+}
+
+/// The first key at or after `from` in a table whose keys are `base` + object key (+ more
+/// for the version table), below `end`.
+fn next_key(
+    kv: &impl KvRead,
+    from: &[u8],
+    end: &[u8],
+    base_len: usize,
+    versions: bool,
+) -> Result<Option<String>, KvError> {
+    let mut found = None;
+    kv.scan(from, end, &mut |k, _| {
+        let rest = &k[base_len..];
+        let name = if versions && rest.len() >= 9 {
+            &rest[..rest.len() - 9]
+        } else {
+            rest
+        };
+        found = Some(String::from_utf8_lossy(name).into_owned());
+        false
+    })?;
+    Ok(found)
+}
+
+/// One page of ListObjectVersions: keys in order, each key's versions newest first (the
+/// current object, then the version table), common prefixes rolled up with a delimiter.
+/// Each step costs a seek per table, so a page costs O(page size) seeks however many
+/// versions or keys the bucket holds.
+pub fn list_versions(kv: &impl KvRead, q: &ListVersionsQuery) -> Result<VersionListing, KvError> {
+    let mut listing = VersionListing::default();
+    let max = q.max_keys as usize;
+    if max == 0 {
+        return Ok(listing);
+    }
+    let history = versions::versioning(kv, &q.bucket)?;
+    let object_base = keys::bucket_objects_prefix(&q.bucket);
+    let version_base = keys::bucket_versions_prefix(&q.bucket);
+    let with_prefix = |base: &[u8]| {
+        let mut k = base.to_vec();
+        k.extend_from_slice(q.prefix.as_bytes());
+        k
+    };
+    let object_end = keys::prefix_end(&with_prefix(&object_base)).expect("NUL in prefix");
+    let version_end = keys::prefix_end(&with_prefix(&version_base)).expect("NUL in prefix");
+    let join = |base: &[u8], tail: &[u8]| {
+        let mut k = base.to_vec();
+        k.extend_from_slice(tail);
+        k
+    };
+    let delimiter = q.delimiter.as_deref().filter(|d| !d.is_empty());
+    let after_key = |key: &str| VersionCursor {
+        object_from: join(&object_base, &[key.as_bytes(), &[0]].concat()),
+        version_from: join(&version_base, &[key.as_bytes(), &[1]].concat()),
+    };
+    let mut cursor = VersionCursor {
+        object_from: with_prefix(&object_base),
+        version_from: with_prefix(&version_base),
+    };
+    // A page that ended inside a key continues with that key's next version.
+    let mut resume: Option<(String, String)> = None;
+    if let Some(marker) = &q.key_marker {
+        let next = match &q.version_id_marker {
+            Some(v) => {
+                resume = Some((marker.clone(), v.clone()));
+                VersionCursor {
+                    object_from: join(&object_base, marker.as_bytes()),
+                    version_from: join(&version_base, marker.as_bytes()),
+                }
+            }
+            None if delimiter.is_some_and(|d| marker.ends_with(d)) => VersionCursor {
+                object_from: keys::prefix_end(&join(&object_base, marker.as_bytes()))
+                    .expect("NUL in prefix"),
+                version_from: keys::prefix_end(&join(&version_base, marker.as_bytes()))
+                    .expect("NUL in prefix"),
+            },
+            None => after_key(marker),
+        };
+        cursor.object_from = cursor.object_from.max(next.object_from);
+        cursor.version_from = cursor.version_from.max(next.version_from);
+    }
+    let mut n = 0usize;
+    loop {
+        let a = next_key(kv, &cursor.object_from, &object_end, object_base.len(), false)?;
+        let b = next_key(kv, &cursor.version_from, &version_end, version_base.len(), true)?;
+        let key = match (a, b) {
+            (None, None) => break,
+            (Some(a), None) => a,
+            (None, Some(b)) => b,
+            (Some(a), Some(b)) => a.min(b),
+        };
+        if let Some(d) = delimiter
+            && let Some(pos) = key[q.prefix.len()..].find(d)
+        {
+            let common = &key[..q.prefix.len() + pos + d.len()];
+            if n == max {
+                listing.is_truncated = true;
+                break;
+            }
+            listing.common_prefixes.push(common.to_string());
+            listing.next_key_marker = Some(common.to_string());
+            listing.next_version_id_marker = None;
+            n += 1;
+            cursor = VersionCursor {
+                object_from: keys::prefix_end(&join(&object_base, common.as_bytes()))
+                    .expect("NUL in prefix"),
+                version_from: keys::prefix_end(&join(&version_base, common.as_bytes()))
+                    .expect("NUL in prefix"),
+            };
+            continue;
+        }
+        // This key's versions, newest first, skipping those up to a resume marker.
+        let current = get_object(kv, &q.bucket, &key)?;
+        let mut skip_until = resume
+            .take()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v);
+        let mut entries: Vec<(u64, VersionEntry)> = Vec::new();
+        if let Some(c) = current {
+            let seq = version_seq(&c.version_id)
+                .ok_or_else(|| KvError(format!("stored version id {:?}", c.version_id)))?;
+            entries.push((seq, VersionEntry::Object(c)));
+        }
+        let mut version_from = keys::key_versions_prefix(&q.bucket, &key);
+        // Only the first version of a key, in full, is its latest.
+        let mut seeked = false;
+        if let Some(marker) = &skip_until
+            && let Some(seq) = version_seq(marker)
+            && entries.first().is_none_or(|(s, _)| *s != seq)
+        {
+            // Seek straight behind the marker version.
+            entries.clear();
+            let mut from = keys::version(&q.bucket, &key, seq);
+            from.push(0);
+            version_from = from;
+            skip_until = None;
+            seeked = true;
+        }
+        let version_to = keys::prefix_end(&keys::key_versions_prefix(&q.bucket, &key))
+            .expect("NUL in prefix");
+        let mut stop = false;
+        let mut position = usize::from(seeked);
+        let mut emit = |seq: u64, entry: VersionEntry, listing: &mut VersionListing| -> bool {
+            let s3_id = history.s3_version_id(seq);
+            let is_latest = position == 0;
+            position += 1;
+            if let Some(marker) = &skip_until {
+                if *marker == s3_id {
+                    skip_until = None;
+                }
+                return true;
+            }
+            if n == max {
+                listing.is_truncated = true;
+                stop = true;
+                return false;
+            }
+            listing.next_key_marker = Some(key.clone());
+            listing.next_version_id_marker = Some(s3_id.clone());
+            listing.versions.push(VersionView {
+                key: key.clone(),
+                s3_version_id: s3_id,
+                is_latest,
+                entry,
+            });
+            n += 1;
+            true
+        };
+        let mut go_on = true;
+        for (seq, entry) in entries {
+            go_on = emit(seq, entry, &mut listing);
+        }
+        if go_on {
+            let mut error = None;
+            kv.scan(&version_from, &version_to, &mut |k, v| {
+                match (
+                    keys::parse_version(&q.bucket, k),
+                    value::decode::<NoncurrentVersion>(v),
+                ) {
+                    (Some((_, seq)), Ok(nv)) => emit(seq, nv.entry, &mut listing),
+                    _ => {
+                        error = Some(KvError(format!("bad version entry {k:?}")));
+                        false
+                    }
+                }
+            })?;
+            if let Some(e) = error {
+                return Err(e);
+            }
+        }
+        if stop {
+            break;
+        }
+        cursor = after_key(&key);
+    }
+    if !listing.is_truncated {
+        listing.next_key_marker = None;
+        listing.next_version_id_marker = None;
+    }
+    Ok(listing)
+}
+
 /// Queued repairs, oldest stripe id first.
 pub fn list_repairs(kv: &impl KvRead, limit: usize) -> Result<Vec<(StripeId, u8)>, KvError> {
     let (start, end) = keys::table_range(Table::RepairQueue);
@@ -165,6 +478,7 @@ pub fn stripes_known(kv: &impl KvRead, ids: &[StripeId]) -> Result<Vec<bool>, Kv
     ids.iter()
         .map(|id| {
             Ok(kv.get(&keys::stripe_index(*id))?.is_some()
+                || kv.get(&keys::version_stripe(*id))?.is_some()
                 || kv.get(&keys::garbage_stripe(*id))?.is_some()
                 || kv.get(&keys::part_stripe(*id))?.is_some())
         })

@@ -15,7 +15,8 @@ use tonic::{Request, Response, Status};
 
 use crate::command::{MetaCommand, MetaError, MetaResponse, RequestId};
 use crate::node::MetaNode;
-use crate::{apply, query};
+use crate::{apply, query, versions};
+use lauscha_core::versioning::{MetaQuery, MetaQueryReply, ObjectCommand, VersionExtras, version_seq};
 
 /// Serves `lauscha.meta.v1.MetaService` from a voter.
 #[derive(Clone)]
@@ -107,12 +108,69 @@ fn shard_ref(pb: Option<pb::ShardRef>) -> Result<(StripeId, u8), MetaError> {
     Ok((stripe, idx))
 }
 
+/// Lock and tags as a request carries them (empty bytes: none).
+fn extras(bytes: &[u8]) -> Result<VersionExtras, MetaError> {
+    if bytes.is_empty() {
+        return Ok(VersionExtras::default());
+    }
+    lauscha_proto::decode_payload(bytes).map_err(MetaError::from)
+}
+
 fn unexpected(response: MetaResponse) -> Status {
     MetaError::Internal(format!("unexpected response {response:?}")).into()
 }
 
 #[tonic::async_trait]
 impl MetaService for MetaServer {
+    async fn execute(
+        &self,
+        request: Request<pb::Encoded>,
+    ) -> Result<Response<pb::Encoded>, Status> {
+        let request_id = request_id(&request);
+        let command: ObjectCommand =
+            lauscha_proto::decode_payload(&request.into_inner().body).map_err(MetaError::from)?;
+        let command = MetaCommand::Object {
+            command,
+            now_ms: now_ms(),
+        };
+        match self.node.write_request(command, request_id).await? {
+            MetaResponse::Object(reply) => Ok(Response::new(pb::Encoded {
+                body: lauscha_proto::encode_payload(&reply).into(),
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn query(&self, request: Request<pb::Encoded>) -> Result<Response<pb::Encoded>, Status> {
+        let q: MetaQuery =
+            lauscha_proto::decode_payload(&request.into_inner().body).map_err(MetaError::from)?;
+        let reply = self
+            .node
+            .read(move |kv| {
+                Ok(match q {
+                    MetaQuery::BucketSettings { bucket } => Ok(MetaQueryReply::BucketSettings(
+                        query::bucket_settings(kv, &bucket)?,
+                    )),
+                    MetaQuery::Version {
+                        bucket,
+                        key,
+                        version_id,
+                    } => versions::details(kv, &bucket, &key, version_id.as_deref())?
+                        .map(MetaQueryReply::Version),
+                    MetaQuery::ListVersions(q) => {
+                        Ok(MetaQueryReply::Versions(query::list_versions(kv, &q)?))
+                    }
+                    MetaQuery::LifecycleBuckets => Ok(MetaQueryReply::LifecycleBuckets(
+                        query::lifecycle_buckets(kv)?,
+                    )),
+                })
+            })
+            .await??;
+        Ok(Response::new(pb::Encoded {
+            body: lauscha_proto::encode_payload(&reply).into(),
+        }))
+    }
+
     async fn get_access_key(
         &self,
         request: Request<pb::GetAccessKeyRequest>,
@@ -231,11 +289,12 @@ impl MetaService for MetaServer {
         match self
             .node
             .write_request(
-                MetaCommand::CreateBucket {
+                MetaCommand::CreateBucketWith {
                     name,
                     tenant,
                     policy,
                     now_ms: now_ms(),
+                    object_lock: request.object_lock,
                 },
                 request_id,
             )
@@ -319,25 +378,15 @@ impl MetaService for MetaServer {
             .try_into()
             .map_err(|e: ProtoError| MetaError::from(e))?;
         let condition = write_condition(request.if_match, request.if_none_match_any)?;
-        let version = Box::new(version);
-        let command = match condition {
-            None => MetaCommand::PutObject {
-                bucket,
-                tenant,
-                key: request.key,
-                version,
-                now_ms: now_ms(),
-                missing,
-            },
-            Some(condition) => MetaCommand::PutObjectIf {
-                bucket,
-                tenant,
-                key: request.key,
-                version,
-                now_ms: now_ms(),
-                missing,
-                condition,
-            },
+        let command = MetaCommand::PutObjectWith {
+            bucket,
+            tenant,
+            key: request.key,
+            version: Box::new(version),
+            now_ms: now_ms(),
+            missing,
+            condition,
+            extras: extras(&request.extras)?,
         };
         match self.node.write_request(command, request_id).await? {
             MetaResponse::ObjectPut {
@@ -364,12 +413,13 @@ impl MetaService for MetaServer {
             .ok_or_else(|| MetaError::InvalidArgument("template missing".into()))?
             .try_into()
             .map_err(|e: ProtoError| MetaError::from(e))?;
-        let command = MetaCommand::CreateUpload {
+        let command = MetaCommand::CreateUploadWith {
             bucket,
             tenant,
             key: request.key,
             template: Box::new(template),
             now_ms: now_ms(),
+            extras: extras(&request.extras)?,
         };
         match self.node.write_request(command, request_id).await? {
             MetaResponse::UploadCreated { upload_id } => {
@@ -575,10 +625,18 @@ impl MetaService for MetaServer {
                 if let Err(e) = apply::owned_bucket(kv, &b, &tenant)? {
                     return Ok(Err(e));
                 }
-                Ok(query::get_object(kv, &b, &k)?.ok_or(MetaError::NoSuchKey {
-                    bucket: b.to_string(),
-                    key: k,
-                }))
+                let Some(mut version) = query::get_object(kv, &b, &k)? else {
+                    return Ok(Err(MetaError::NoSuchKey {
+                        bucket: b.to_string(),
+                        key: k,
+                    }));
+                };
+                // Readers see the S3 form of the id (`null` for the null version).
+                let history = versions::versioning(kv, &b)?;
+                if let Some(seq) = version_seq(&version.version_id) {
+                    version.version_id = history.s3_version_id(seq);
+                }
+                Ok(Ok(version))
             })
             .await??;
         Ok(Response::new(found.into()))

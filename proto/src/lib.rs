@@ -96,6 +96,28 @@ pub const LEADER_HEADER: &str = "lauscha-leader";
 /// retries so that the metadata service applies the write once.
 pub const REQUEST_ID_HEADER: &str = "lauscha-request-id";
 
+/// Format byte of payloads carried in `Encoded` messages (postcard after it).
+const PAYLOAD_FORMAT_V1: u8 = 1;
+
+/// Encodes a payload for an `Encoded` message.
+pub fn encode_payload<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![PAYLOAD_FORMAT_V1];
+    // Serialising our own types into a Vec cannot fail (postcard fails only on serde
+    // features we do not use, or a full fixed buffer).
+    postcard::to_io(value, &mut out).expect("postcard encodes our types");
+    out
+}
+
+/// Decodes the payload of an `Encoded` message.
+pub fn decode_payload<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtoError> {
+    match bytes.split_first() {
+        Some((&PAYLOAD_FORMAT_V1, rest)) => postcard::from_bytes(rest)
+            .map_err(|e| ProtoError::new("body", format!("undecodable payload: {e}"))),
+        Some((v, _)) => Err(ProtoError::new("body", format!("unknown payload format {v}"))),
+        None => Err(ProtoError::new("body", "empty payload")),
+    }
+}
+
 /// The stable names of metadata errors, carried in a gRPC status's details.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MetaErrorKind {
@@ -139,11 +161,21 @@ pub enum MetaErrorKind {
     InvalidPartOrder,
     /// A part (not the last) under 5 MiB.
     EntityTooSmall,
+    /// No such version of the key.
+    NoSuchVersion,
+    /// The bucket's state forbids the request.
+    InvalidBucketState,
+    /// Object Lock protects the version.
+    ObjectLocked,
+    /// The request names a delete marker.
+    MethodNotAllowed,
+    /// The bucket's configuration does not allow the request.
+    InvalidRequest,
 }
 
 impl MetaErrorKind {
     /// Every kind, for round-trip tests.
-    pub const ALL: [MetaErrorKind; 20] = [
+    pub const ALL: [MetaErrorKind; 25] = [
         MetaErrorKind::NoSuchBucket,
         MetaErrorKind::NoSuchKey,
         MetaErrorKind::BucketAlreadyExists,
@@ -164,6 +196,11 @@ impl MetaErrorKind {
         MetaErrorKind::InvalidPart,
         MetaErrorKind::InvalidPartOrder,
         MetaErrorKind::EntityTooSmall,
+        MetaErrorKind::NoSuchVersion,
+        MetaErrorKind::InvalidBucketState,
+        MetaErrorKind::ObjectLocked,
+        MetaErrorKind::MethodNotAllowed,
+        MetaErrorKind::InvalidRequest,
     ];
 
     /// The stable name.
@@ -189,6 +226,11 @@ impl MetaErrorKind {
             MetaErrorKind::InvalidPart => "InvalidPart",
             MetaErrorKind::InvalidPartOrder => "InvalidPartOrder",
             MetaErrorKind::EntityTooSmall => "EntityTooSmall",
+            MetaErrorKind::NoSuchVersion => "NoSuchVersion",
+            MetaErrorKind::InvalidBucketState => "InvalidBucketState",
+            MetaErrorKind::ObjectLocked => "ObjectLocked",
+            MetaErrorKind::MethodNotAllowed => "MethodNotAllowed",
+            MetaErrorKind::InvalidRequest => "InvalidRequest",
         }
     }
 
@@ -199,16 +241,21 @@ impl MetaErrorKind {
             | MetaErrorKind::NoSuchKey
             | MetaErrorKind::NoSuchTenant
             | MetaErrorKind::NoSuchAccessKey
-            | MetaErrorKind::NoSuchUpload => tonic::Code::NotFound,
+            | MetaErrorKind::NoSuchUpload
+            | MetaErrorKind::NoSuchVersion => tonic::Code::NotFound,
             MetaErrorKind::BucketAlreadyExists
             | MetaErrorKind::BucketAlreadyOwnedByYou
             | MetaErrorKind::TenantAlreadyExists
             | MetaErrorKind::AccessKeyAlreadyExists => tonic::Code::AlreadyExists,
-            MetaErrorKind::BucketNotEmpty | MetaErrorKind::PreconditionFailed => {
-                tonic::Code::FailedPrecondition
+            MetaErrorKind::BucketNotEmpty
+            | MetaErrorKind::PreconditionFailed
+            | MetaErrorKind::InvalidBucketState
+            | MetaErrorKind::MethodNotAllowed => tonic::Code::FailedPrecondition,
+            MetaErrorKind::AccessDenied | MetaErrorKind::ObjectLocked => {
+                tonic::Code::PermissionDenied
             }
-            MetaErrorKind::AccessDenied => tonic::Code::PermissionDenied,
-            MetaErrorKind::InvalidArgument
+            MetaErrorKind::InvalidRequest
+            | MetaErrorKind::InvalidArgument
             | MetaErrorKind::InvalidPart
             | MetaErrorKind::InvalidPartOrder
             | MetaErrorKind::EntityTooSmall => tonic::Code::InvalidArgument,
