@@ -117,6 +117,12 @@ fn meta_code(kind: MetaErrorKind) -> S3ErrorCode {
         MetaErrorKind::InvalidPart => S3ErrorCode::InvalidPart,
         MetaErrorKind::InvalidPartOrder => S3ErrorCode::InvalidPartOrder,
         MetaErrorKind::EntityTooSmall => S3ErrorCode::EntityTooSmall,
+        MetaErrorKind::NoSuchVersion => S3ErrorCode::NoSuchVersion,
+        MetaErrorKind::InvalidBucketState => S3ErrorCode::InvalidBucketState,
+        // S3 refuses a locked version's removal with AccessDenied.
+        MetaErrorKind::ObjectLocked => S3ErrorCode::AccessDenied,
+        MetaErrorKind::MethodNotAllowed => S3ErrorCode::MethodNotAllowed,
+        MetaErrorKind::InvalidRequest => S3ErrorCode::InvalidRequest,
     }
 }
 

@@ -18,6 +18,18 @@ const STRIPE_MEMORY_BUDGET_BYTES: usize = 1 << 30;
 const MEMORY_UNIT_BYTES: usize = 64 * 1024;
 /// How long an access key is trusted from cache before metadata is asked again.
 const KEY_CACHE_TTL: Duration = Duration::from_secs(10);
+/// How long a bucket's owner and settings (CORS, policy) are trusted from cache: a change
+/// made through another gateway takes effect here within this time.
+const SETTINGS_CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// A bucket's owner and settings, as the request path needs them for CORS and policies.
+#[derive(Clone, Debug)]
+pub struct BucketView {
+    /// The bucket.
+    pub bucket: lauscha_core::Bucket,
+    /// Its settings.
+    pub settings: Arc<lauscha_core::versioning::BucketSettings>,
+}
 
 /// State shared by every request.
 pub struct Inner {
@@ -30,6 +42,7 @@ pub struct Inner {
     codecs: Mutex<HashMap<(u8, u8), Arc<ErasureCodec>>>,
     stripe_memory: Arc<Semaphore>,
     keys: Mutex<HashMap<AccessKeyId, (KeyEntry, Instant)>>,
+    buckets: Mutex<HashMap<lauscha_core::BucketName, (BucketView, Instant)>>,
 }
 
 /// An access key and what it may do (`grants: None`: everything in its tenant).
@@ -62,6 +75,7 @@ impl Inner {
                 STRIPE_MEMORY_BUDGET_BYTES / MEMORY_UNIT_BYTES,
             )),
             keys: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(HashMap::new()),
         })
     }
 
@@ -126,6 +140,32 @@ impl Inner {
             .expect("key cache lock")
             .insert(id.clone(), (entry.clone(), Instant::now()));
         Ok(entry)
+    }
+
+    /// A bucket's owner and settings, from a short-lived cache or from metadata.
+    pub async fn bucket_view(
+        &self,
+        name: &lauscha_core::BucketName,
+    ) -> Result<BucketView, GatewayError> {
+        if let Some((view, at)) = self.buckets.lock().expect("bucket cache lock").get(name)
+            && at.elapsed() < SETTINGS_CACHE_TTL
+        {
+            return Ok(view.clone());
+        }
+        let bucket = self.meta.get_bucket(name).await?;
+        let settings = Arc::new(self.meta.bucket_settings(name).await?);
+        let view = BucketView { bucket, settings };
+        let mut cache = self.buckets.lock().expect("bucket cache lock");
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(name.clone(), (view.clone(), Instant::now()));
+        Ok(view)
+    }
+
+    /// Drops a bucket from the cache (its settings changed through this gateway).
+    pub fn forget_settings(&self, name: &lauscha_core::BucketName) {
+        self.buckets.lock().expect("bucket cache lock").remove(name);
     }
 
     /// Drops a key from the cache (its grants changed through this gateway).

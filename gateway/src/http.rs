@@ -98,14 +98,29 @@ pub async fn serve_s3(
             let request_id = format!("{:016x}", rand::random::<u64>());
             let span = info_span!("s3", request_id = %request_id, method = %request.method(), path = %request.uri().path());
             async move {
+                let origin = request
+                    .headers()
+                    .get("origin")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                let path = request.uri().path().to_string();
+                let method = request.method().clone();
+                if method == http::Method::OPTIONS && origin.is_some() {
+                    return match crate::cors::preflight(&inner, &path, request.headers()).await {
+                        Ok(response) => response,
+                        Err(e) => s3_error_response(e, &request_id),
+                    };
+                }
                 let authorization = request
                     .headers()
                     .get(http::header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok());
-                if let Err(refusal) =
-                    precheck(authorization, request.uri().query(), &inner.config.region)
-                {
-                    return s3_error_response(refusal_error(refusal, &inner.config.region), &request_id);
+                match precheck(authorization, request.uri().query(), &inner.config.region) {
+                    Ok(()) => {}
+                    Err(Refusal::SigV2) if inner.config.allow_sigv2 => {}
+                    Err(refusal) => {
+                        return s3_error_response(refusal_error(refusal, &inner.config.region), &request_id);
+                    }
                 }
                 // botocore sends `Expect: 100-continue` even with an empty body. hyper then
                 // answers with the final status and no 100 (RFC 9110 allows it), which
@@ -135,6 +150,9 @@ pub async fn serve_s3(
                 }
                 if let Ok(value) = http::HeaderValue::from_str(&request_id) {
                     response.headers_mut().insert("x-amz-request-id", value);
+                }
+                if let Some(origin) = &origin {
+                    crate::cors::decorate(&inner, &path, &method, origin, &mut response).await;
                 }
                 if close_after {
                     response.headers_mut().insert(

@@ -14,14 +14,18 @@
 
 mod admin;
 mod auth;
+mod cors;
 mod error;
 mod gateway;
 mod http;
+mod lifecycle;
 mod maintenance;
 mod meta_client;
 mod nodes;
+mod policy;
 mod read;
 mod s3;
+mod versioned;
 mod write;
 
 use std::future::Future;

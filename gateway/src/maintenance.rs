@@ -83,8 +83,11 @@ pub struct PassReport {
     pub garbage_shards_deleted: u64,
     /// Shards deleted because no stripe map points at them.
     pub orphans_deleted: u64,
-    /// Multipart uploads aborted because they were left open too long.
+    /// Multipart uploads aborted because they were left open too long (or a lifecycle
+    /// rule said so).
     pub uploads_aborted: u64,
+    /// Versions expired or removed by lifecycle rules.
+    pub lifecycle_actions: u64,
     /// Tasks that failed (retried next pass).
     pub errors: u64,
     /// Nodes that did not answer.
@@ -431,6 +434,7 @@ impl Maintenance {
                 }
             }
             self.abort_stale_uploads(&mut report).await?;
+            self.run_lifecycle(&mut report).await?;
             self.collect_garbage(&map, &reachable, &lost, &mut report)
                 .await?;
             self.delete_orphans(&map, &held, &current, &mut report)
@@ -695,6 +699,162 @@ impl Maintenance {
     /// Aborts multipart uploads started more than `abort_uploads_after_s` ago: a client
     /// that crashed mid-upload would otherwise keep its parts' space forever. Their parts
     /// become garbage, collected after the grace period like any other.
+    /// Runs every bucket's lifecycle rules once over all its versions and uploads.
+    async fn run_lifecycle(&self, report: &mut PassReport) -> Result<(), GatewayError> {
+        use lauscha_core::versioning::{
+            ListVersionsQuery, MetaQuery, MetaQueryReply, ObjectCommand, VersionView,
+        };
+        let MetaQueryReply::LifecycleBuckets(buckets) =
+            self.inner.meta.query(&MetaQuery::LifecycleBuckets).await?
+        else {
+            return Err(GatewayError::Internal(
+                "LifecycleBuckets answered otherwise".into(),
+            ));
+        };
+        let day_ms = self.inner.config.maintenance.lifecycle_day_s * 1000;
+        for (bucket, tenant, rules) in buckets {
+            let now = now_ms();
+            let mut markers: (Option<String>, Option<String>) = (None, None);
+            let mut pending: Vec<VersionView> = Vec::new();
+            let mut actions = Vec::new();
+            loop {
+                let query = MetaQuery::ListVersions(ListVersionsQuery {
+                    bucket: bucket.clone(),
+                    prefix: String::new(),
+                    delimiter: None,
+                    key_marker: markers.0.clone(),
+                    version_id_marker: markers.1.clone(),
+                    max_keys: 1000,
+                });
+                let MetaQueryReply::Versions(page) = self.inner.meta.query(&query).await? else {
+                    return Err(GatewayError::Internal(
+                        "ListVersions answered otherwise".into(),
+                    ));
+                };
+                for v in page.versions {
+                    if pending.first().is_some_and(|p| p.key != v.key) {
+                        actions.extend(crate::lifecycle::plan_key(&rules, &pending, now, day_ms));
+                        pending.clear();
+                    }
+                    pending.push(v);
+                }
+                if !page.is_truncated {
+                    break;
+                }
+                markers = (page.next_key_marker, page.next_version_id_marker);
+            }
+            actions.extend(crate::lifecycle::plan_key(&rules, &pending, now, day_ms));
+            for action in actions {
+                let command = match &action {
+                    crate::lifecycle::LifecycleAction::ExpireCurrent { key, if_current } => {
+                        ObjectCommand::Delete {
+                            bucket: bucket.clone(),
+                            tenant: tenant.clone(),
+                            key: key.clone(),
+                            version_id: None,
+                            bypass_governance: false,
+                            if_current: Some(if_current.clone()),
+                        }
+                    }
+                    crate::lifecycle::LifecycleAction::RemoveVersion { key, version_id } => {
+                        ObjectCommand::Delete {
+                            bucket: bucket.clone(),
+                            tenant: tenant.clone(),
+                            key: key.clone(),
+                            version_id: Some(version_id.clone()),
+                            bypass_governance: false,
+                            if_current: None,
+                        }
+                    }
+                };
+                match self.inner.meta.execute(&command).await {
+                    Ok(_) => {
+                        info!(bucket = %bucket, action = ?action, "lifecycle rule applied");
+                        report.lifecycle_actions += 1;
+                    }
+                    // Changed meanwhile, or protected by Object Lock: not ours to remove.
+                    Err(GatewayError::Meta {
+                        kind:
+                            lauscha_proto::MetaErrorKind::Conflict
+                            | lauscha_proto::MetaErrorKind::ObjectLocked,
+                        ..
+                    }) => {}
+                    Err(e) => {
+                        warn!(bucket = %bucket, action = ?action, error = %e, "lifecycle action failed");
+                        report.errors += 1;
+                    }
+                }
+            }
+            self.abort_uploads_by_rules(&bucket, &tenant, &rules, day_ms, report)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Aborts uploads that lifecycle rules with `AbortIncompleteMultipartUpload` cover.
+    async fn abort_uploads_by_rules(
+        &self,
+        bucket: &lauscha_core::BucketName,
+        tenant: &lauscha_core::TenantId,
+        rules: &[lauscha_core::versioning::LifecycleRule],
+        day_ms: u64,
+        report: &mut PassReport,
+    ) -> Result<(), GatewayError> {
+        let now = now_ms();
+        let mut after: Option<(String, String)> = None;
+        loop {
+            let (uploads, truncated) = self
+                .inner
+                .meta
+                .list_uploads(
+                    bucket,
+                    tenant,
+                    "",
+                    after.as_ref().map(|(k, u)| (k.as_str(), u.as_str())),
+                    1000,
+                )
+                .await?;
+            for upload in &uploads {
+                let due = rules.iter().any(|r| {
+                    r.enabled
+                        && upload.key.starts_with(&r.prefix)
+                        && r.abort_incomplete_upload_days
+                            .is_some_and(|d| upload.initiated_ms + u64::from(d) * day_ms <= now)
+                });
+                if !due {
+                    continue;
+                }
+                let name = crate::meta_client::UploadName {
+                    bucket,
+                    tenant,
+                    key: &upload.key,
+                    upload_id: &upload.upload_id,
+                };
+                match self.inner.meta.abort_upload(&name).await {
+                    Ok(()) => {
+                        info!(bucket = %bucket, key = %upload.key, upload_id = %upload.upload_id, "upload aborted by a lifecycle rule");
+                        report.uploads_aborted += 1;
+                    }
+                    Err(GatewayError::Meta {
+                        kind: lauscha_proto::MetaErrorKind::NoSuchUpload,
+                        ..
+                    }) => {}
+                    Err(e) => {
+                        warn!(bucket = %bucket, upload_id = %upload.upload_id, error = %e, "lifecycle abort failed");
+                        report.errors += 1;
+                    }
+                }
+            }
+            match uploads.last() {
+                Some(last) if truncated => {
+                    after = Some((last.key.clone(), last.upload_id.clone()));
+                }
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+
     async fn abort_stale_uploads(&self, report: &mut PassReport) -> Result<(), GatewayError> {
         let after_ms = self.inner.config.maintenance.abort_uploads_after_s * 1000;
         let stale = self

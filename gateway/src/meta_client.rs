@@ -11,6 +11,10 @@ use std::time::Duration;
 
 use lauscha_core::model::Stripe;
 use lauscha_core::model::{ListObjectsQuery, ObjectListing};
+use lauscha_core::versioning::{
+    BucketSettings, MetaQuery, MetaQueryReply, ObjectCommand, ObjectCommandReply, VersionDetails,
+    VersionExtras,
+};
 use lauscha_core::{
     AccessKey, AccessKeyId, Bucket, BucketName, ClusterMap, MultipartUpload, NodeId, NodeInfo,
     NodeState, ObjectVersion, Permission, PlacementPolicy, StripeId, Tenant, TenantId, UploadPart,
@@ -84,6 +88,15 @@ fn shard_ref(stripe: StripeId, shard_idx: u8) -> pb::ShardRef {
     }
 }
 
+/// Lock and tags for a request: empty bytes when there are none.
+fn encode_extras(extras: &VersionExtras) -> bytes::Bytes {
+    if *extras == VersionExtras::default() {
+        bytes::Bytes::new()
+    } else {
+        lauscha_proto::encode_payload(extras).into()
+    }
+}
+
 fn invalid_reply(e: lauscha_proto::ProtoError) -> GatewayError {
     GatewayError::Internal(format!("metadata sent an invalid reply: {e}"))
 }
@@ -134,6 +147,11 @@ fn next_step(status: &tonic::Status) -> Next {
         | MetaErrorKind::InvalidPart
         | MetaErrorKind::InvalidPartOrder
         | MetaErrorKind::EntityTooSmall
+        | MetaErrorKind::NoSuchVersion
+        | MetaErrorKind::InvalidBucketState
+        | MetaErrorKind::ObjectLocked
+        | MetaErrorKind::MethodNotAllowed
+        | MetaErrorKind::InvalidRequest
         | MetaErrorKind::Internal => Next::Fail,
     }
 }
@@ -308,6 +326,72 @@ impl MetaClient {
         }
     }
 
+    /// Runs a command of the versioned object model (settings, versioned deletes, version
+    /// attributes), exactly once across retries.
+    pub async fn execute(
+        &self,
+        command: &ObjectCommand,
+    ) -> Result<ObjectCommandReply, GatewayError> {
+        let message = pb::Encoded {
+            body: lauscha_proto::encode_payload(command).into(),
+        };
+        let reply = self
+            .call(true, message, |mut c, r| async move { c.execute(r).await })
+            .await?;
+        lauscha_proto::decode_payload(&reply.body).map_err(invalid_reply)
+    }
+
+    /// A linearizable read of the versioned object model.
+    pub async fn query(&self, query: &MetaQuery) -> Result<MetaQueryReply, GatewayError> {
+        let message = pb::Encoded {
+            body: lauscha_proto::encode_payload(query).into(),
+        };
+        let reply = self
+            .call(false, message, |mut c, r| async move { c.query(r).await })
+            .await?;
+        lauscha_proto::decode_payload(&reply.body).map_err(invalid_reply)
+    }
+
+    /// Every setting of a bucket.
+    pub async fn bucket_settings(
+        &self,
+        bucket: &BucketName,
+    ) -> Result<BucketSettings, GatewayError> {
+        match self
+            .query(&MetaQuery::BucketSettings {
+                bucket: bucket.clone(),
+            })
+            .await?
+        {
+            MetaQueryReply::BucketSettings(s) => Ok(s),
+            other => Err(GatewayError::Internal(format!(
+                "metadata answered {other:?}"
+            ))),
+        }
+    }
+
+    /// One version with its lock and tags (`None` version id: the newest version).
+    pub async fn version(
+        &self,
+        bucket: &BucketName,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<Option<VersionDetails>, GatewayError> {
+        match self
+            .query(&MetaQuery::Version {
+                bucket: bucket.clone(),
+                key: key.to_string(),
+                version_id: version_id.map(str::to_string),
+            })
+            .await?
+        {
+            MetaQueryReply::Version(v) => Ok(v),
+            other => Err(GatewayError::Internal(format!(
+                "metadata answered {other:?}"
+            ))),
+        }
+    }
+
     /// An access key by id.
     pub async fn get_access_key(&self, id: &AccessKeyId) -> Result<AccessKey, GatewayError> {
         let reply = self
@@ -391,11 +475,13 @@ impl MetaClient {
         name: &BucketName,
         tenant: &TenantId,
         policy: PlacementPolicy,
+        object_lock: bool,
     ) -> Result<Bucket, GatewayError> {
         let message = pb::CreateBucketRequest {
             name: name.to_string(),
             tenant: tenant.0.clone(),
             policy: Some(policy.into()),
+            object_lock,
         };
         let reply = self
             .call(
@@ -462,6 +548,7 @@ impl MetaClient {
 
     /// Commits a version whose shards are durable (but for `missing`, which are queued for
     /// repair); returns (version id, mtime ms).
+    #[allow(clippy::too_many_arguments)]
     pub async fn put_object(
         &self,
         bucket: &BucketName,
@@ -470,6 +557,7 @@ impl MetaClient {
         version: ObjectVersion,
         missing: &[(StripeId, u8)],
         condition: Option<&WriteCondition>,
+        extras: &VersionExtras,
     ) -> Result<(String, u64), GatewayError> {
         let message = pb::PutObjectRequest {
             bucket: bucket.to_string(),
@@ -482,6 +570,7 @@ impl MetaClient {
                 _ => None,
             },
             if_none_match_any: condition == Some(&WriteCondition::IfNoneMatchAny),
+            extras: encode_extras(extras),
         };
         let reply = self
             .call(
@@ -498,12 +587,14 @@ impl MetaClient {
         &self,
         upload: &UploadName<'_>,
         template: ObjectVersion,
+        extras: &VersionExtras,
     ) -> Result<String, GatewayError> {
         let message = pb::CreateUploadRequest {
             bucket: upload.bucket.to_string(),
             key: upload.key.to_string(),
             tenant: upload.tenant.0.clone(),
             template: Some(template.into()),
+            extras: encode_extras(extras),
         };
         let reply = self
             .call(

@@ -21,7 +21,12 @@ use tracing::{info, warn};
 use crate::GatewayError;
 use crate::gateway::Inner;
 use crate::meta_client::UploadName;
-use crate::{read, write};
+use crate::{policy, read, versioned, write};
+use lauscha_core::versioning::{
+    BucketSetting, BucketSettingKind, ListVersionsQuery, MetaQuery, MetaQueryReply,
+    NULL_VERSION_ID, ObjectCommand, ObjectCommandReply, Retention, VersionAttrChange,
+    VersionDetails, VersionEntry, VersioningState,
+};
 
 /// Sets the `checksum_*` fields of an s3s output (PutObjectOutput, Part, ...) from stored
 /// checksums.
@@ -199,6 +204,59 @@ impl S3Gateway {
         })
     }
 
+    /// Who is asking, for an operation bucket policies govern. A key of the owning tenant
+    /// acts as itself (limited by its grants); another tenant's key or an anonymous
+    /// request acts for the owner when the policy allows it, for this request only. An
+    /// explicit Deny refuses everyone, the owner's keys included.
+    async fn caller_for<T>(
+        &self,
+        req: &S3Request<T>,
+        name: &BucketName,
+        action: policy::Action,
+        key: Option<&str>,
+        need: Permission,
+    ) -> S3Result<Caller> {
+        let principal = req.credentials.as_ref().map(|c| c.access_key.clone());
+        let own = match &principal {
+            Some(id) => Some(self.inner.key_entry(&AccessKeyId(id.clone())).await?),
+            None => None,
+        };
+        let view = self.inner.bucket_view(name).await?;
+        let decision = match &view.settings.policy {
+            None => policy::Decision::Silent,
+            Some(text) => policy::BucketPolicy::parse(name, text)
+                .map_err(|e| GatewayError::Internal(format!("stored policy of {name}: {e}")))?
+                .evaluate(principal.as_deref(), action, name, key),
+        };
+        if decision == policy::Decision::Deny {
+            return Err(s3_error!(
+                AccessDenied,
+                "the bucket policy of {name} denies {}",
+                action.as_str()
+            ));
+        }
+        if let Some(entry) = &own
+            && entry.key.tenant == view.bucket.tenant
+        {
+            let caller = Caller {
+                tenant: entry.key.tenant.clone(),
+                grants: entry.grants.clone(),
+            };
+            caller.require(name, need)?;
+            return Ok(caller);
+        }
+        if decision == policy::Decision::Allow {
+            return Ok(Caller {
+                tenant: view.bucket.tenant.clone(),
+                grants: None,
+            });
+        }
+        Err(match own {
+            None => s3_error!(AccessDenied, "anonymous access is not allowed"),
+            Some(_) => s3_error!(AccessDenied, "bucket {name} belongs to another tenant"),
+        })
+    }
+
     /// Streams a request body into the store and checks it against Content-MD5 and the
     /// declared checksums (headers or aws-chunked trailers); returns what was written, its
     /// uncommitted shards and the checksums to store. A mismatch is BadDigest, and the
@@ -279,20 +337,29 @@ impl S3Gateway {
             ));
         };
         let name = bucket_name(bucket)?;
-        self.owned_bucket(caller, &name, Permission::Read).await?;
-        let source = self
-            .inner
-            .meta
-            .get_object(&name, &caller.tenant, key)
-            .await?;
-        if let Some(v) = version_id
-            && **v != *source.version_id
-        {
-            return Err(s3_error!(
-                NoSuchVersion,
-                "only the current version can be copied (versioning is not enabled)"
-            ));
-        }
+        let source = match version_id {
+            None => {
+                self.owned_bucket(caller, &name, Permission::Read).await?;
+                self.inner
+                    .meta
+                    .get_object(&name, &caller.tenant, key)
+                    .await?
+            }
+            Some(v) => {
+                let details = self
+                    .version_details(caller, &name, key, Some(v), Permission::Read)
+                    .await?;
+                match object_of(details) {
+                    Ok(object) => object,
+                    Err(_) => {
+                        return Err(s3_error!(
+                            InvalidRequest,
+                            "the copy source version is a delete marker"
+                        ));
+                    }
+                }
+            }
+        };
         check_copy_conditions(&source, etags[0], times[0], etags[1], times[1])?;
         Ok((name, key.to_string(), source))
     }
@@ -313,6 +380,100 @@ impl S3Gateway {
             ));
         }
         Ok(bucket)
+    }
+
+    /// A version by S3 version id (`None`: the newest, maybe a delete marker), in a
+    /// bucket of the caller's tenant.
+    async fn version_details(
+        &self,
+        caller: &Caller,
+        name: &BucketName,
+        key: &str,
+        version_id: Option<&str>,
+        need: Permission,
+    ) -> S3Result<VersionDetails> {
+        self.owned_bucket(caller, name, need).await?;
+        match self.inner.meta.version(name, key, version_id).await? {
+            Some(d) => Ok(d),
+            None if version_id.is_some() => Err(s3_error!(
+                NoSuchVersion,
+                "{name}/{key} has no version {}",
+                version_id.unwrap_or_default()
+            )),
+            None => Err(s3_error!(NoSuchKey, "{name}/{key} does not exist")),
+        }
+    }
+
+    /// A bucket's settings, the caller's tenant owning it.
+    async fn settings(
+        &self,
+        caller: &Caller,
+        name: &BucketName,
+        need: Permission,
+    ) -> S3Result<lauscha_core::versioning::BucketSettings> {
+        self.owned_bucket(caller, name, need).await?;
+        Ok(self.inner.meta.bucket_settings(name).await?)
+    }
+
+    async fn put_setting(
+        &self,
+        caller: &Caller,
+        name: &BucketName,
+        setting: BucketSetting,
+    ) -> S3Result<()> {
+        caller.require(name, Permission::Owner)?;
+        self.inner
+            .meta
+            .execute(&ObjectCommand::PutBucketSetting {
+                bucket: name.clone(),
+                tenant: caller.tenant.clone(),
+                setting,
+            })
+            .await?;
+        self.inner.forget_settings(name);
+        Ok(())
+    }
+
+    async fn delete_setting(
+        &self,
+        caller: &Caller,
+        name: &BucketName,
+        kind: BucketSettingKind,
+    ) -> S3Result<()> {
+        caller.require(name, Permission::Owner)?;
+        self.inner
+            .meta
+            .execute(&ObjectCommand::DeleteBucketSetting {
+                bucket: name.clone(),
+                tenant: caller.tenant.clone(),
+                kind,
+            })
+            .await?;
+        self.inner.forget_settings(name);
+        Ok(())
+    }
+
+    async fn set_attr(
+        &self,
+        caller: &Caller,
+        name: &BucketName,
+        key: String,
+        version_id: Option<String>,
+        change: VersionAttrChange,
+        bypass_governance: bool,
+    ) -> S3Result<()> {
+        self.inner
+            .meta
+            .execute(&ObjectCommand::SetVersionAttr {
+                bucket: name.clone(),
+                tenant: caller.tenant.clone(),
+                key,
+                version_id,
+                change,
+                bypass_governance,
+            })
+            .await?;
+        Ok(())
     }
 
     fn listing_query(
@@ -357,6 +518,60 @@ impl S3Gateway {
             })
             .collect()
     }
+}
+
+/// The version id to show in a response: none for the null version (as S3 does in
+/// buckets that were never versioned).
+fn shown_version_id(id: String) -> Option<String> {
+    (id != NULL_VERSION_ID && !id.is_empty()).then_some(id)
+}
+
+/// The object of a version; a delete marker answers as S3 does: 404 NoSuchKey when it is
+/// the newest version, 405 MethodNotAllowed when it was asked for by id, with
+/// `x-amz-delete-marker: true` either way.
+fn object_of(details: VersionDetails) -> S3Result<ObjectVersion> {
+    match details.view.entry {
+        VersionEntry::Object(mut v) => {
+            v.version_id = details.view.s3_version_id;
+            Ok(v)
+        }
+        VersionEntry::DeleteMarker { .. } => {
+            let mut e = if details.view.is_latest {
+                s3_error!(
+                    NoSuchKey,
+                    "the newest version of the key is a delete marker"
+                )
+            } else {
+                s3_error!(MethodNotAllowed, "the version is a delete marker")
+            };
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                "x-amz-delete-marker",
+                http::HeaderValue::from_static("true"),
+            );
+            if let Ok(v) = http::HeaderValue::from_str(&details.view.s3_version_id) {
+                headers.insert("x-amz-version-id", v);
+            }
+            e.set_headers(headers);
+            Err(e)
+        }
+    }
+}
+
+/// Sets the Object Lock headers of a GET or HEAD response from a version's lock.
+macro_rules! set_lock_headers {
+    ($output:expr, $lock:expr) => {{
+        let lock: &lauscha_core::versioning::VersionLock = &$lock;
+        if let Some(r) = lock.retention {
+            $output.object_lock_mode = Some(dto::ObjectLockMode::from(r.mode.as_str().to_string()));
+            $output.object_lock_retain_until_date = Some(versioned::ms_timestamp(r.until_ms));
+        }
+        if lock.legal_hold {
+            $output.object_lock_legal_hold_status = Some(
+                dto::ObjectLockLegalHoldStatus::from_static(dto::ObjectLockLegalHoldStatus::ON),
+            );
+        }
+    }};
 }
 
 /// Settles the shards of a write by the outcome of its metadata commit: kept when it
@@ -648,12 +863,6 @@ impl S3 for S3Gateway {
             e.set_status_code(http::StatusCode::BAD_REQUEST);
             return Err(e);
         }
-        if input.object_lock_enabled_for_bucket == Some(true) {
-            return Err(s3_error!(
-                NotImplemented,
-                "Object Lock is not available yet on this Lauscha version"
-            ));
-        }
         let policy_name = match req.headers.get(POLICY_HEADER) {
             None => DEFAULT_POLICY_NAME,
             Some(value) => value
@@ -677,7 +886,12 @@ impl S3 for S3Gateway {
         }
         self.inner
             .meta
-            .create_bucket(&name, &caller.tenant, policy)
+            .create_bucket(
+                &name,
+                &caller.tenant,
+                policy,
+                input.object_lock_enabled_for_bucket == Some(true),
+            )
             .await?;
         info!(bucket = %name, tenant = %caller.tenant, policy = %policy, "bucket created");
         Ok(S3Response::new(dto::CreateBucketOutput {
@@ -764,15 +978,29 @@ impl S3 for S3Gateway {
         req: S3Request<dto::PutObjectInput>,
     ) -> S3Result<S3Response<dto::PutObjectOutput>> {
         let started = std::time::Instant::now();
-        let caller = self.caller(&req).await?;
+        let name = bucket_name(&req.input.bucket)?;
+        let caller = self
+            .caller_for(
+                &req,
+                &name,
+                policy::Action::PutObject,
+                Some(&req.input.key),
+                Permission::Write,
+            )
+            .await?;
         let S3Request {
             input,
             trailing_headers,
             ..
         } = req;
-        let name = bucket_name(&input.bucket)?;
         object_key(&input.key)?;
         let condition = write_condition(&input.if_match, &input.if_none_match)?;
+        let extras = versioned::extras_from_headers(
+            input.object_lock_mode.as_ref(),
+            input.object_lock_retain_until_date.as_ref(),
+            input.object_lock_legal_hold_status.as_ref(),
+            input.tagging.as_deref(),
+        )?;
         let bucket = self.owned_bucket(&caller, &name, Permission::Write).await?;
         if let Some(condition) = &condition {
             // Fail before the body is stored when the answer is already clear; the state
@@ -851,7 +1079,7 @@ impl S3 for S3Gateway {
             data: written.data,
         };
         self.check_upload_time(started, "the upload")?;
-        settle(
+        let (version_id, _) = settle(
             self.inner
                 .meta
                 .put_object(
@@ -861,12 +1089,14 @@ impl S3 for S3Gateway {
                     version,
                     &missing,
                     condition.as_ref(),
+                    &extras,
                 )
                 .await,
             uncommitted,
         )?;
         let mut output = dto::PutObjectOutput {
             e_tag: Some(ETag::Strong(etag)),
+            version_id: shown_version_id(version_id),
             ..Default::default()
         };
         set_checksums!(output, checksums);
@@ -881,14 +1111,10 @@ impl S3 for S3Gateway {
         let input = req.input;
         let dest_name = bucket_name(&input.bucket)?;
         object_key(&input.key)?;
-        if input.sse_customer_key.is_some()
-            || input.copy_source_sse_customer_key.is_some()
-            || input.object_lock_mode.is_some()
-            || input.object_lock_legal_hold_status.is_some()
-        {
+        if input.sse_customer_key.is_some() || input.copy_source_sse_customer_key.is_some() {
             return Err(s3_error!(
                 NotImplemented,
-                "encryption keys and Object Lock are not available on this Lauscha version"
+                "customer-provided encryption keys are not available on this Lauscha version"
             ));
         }
         let (src_name, src_key, source) = self
@@ -915,6 +1141,38 @@ impl S3 for S3Gateway {
                 return Err(s3_error!(
                     InvalidArgument,
                     "unknown metadata directive {other}: COPY or REPLACE"
+                ));
+            }
+        };
+        let mut extras = versioned::extras_from_headers(
+            input.object_lock_mode.as_ref(),
+            input.object_lock_retain_until_date.as_ref(),
+            input.object_lock_legal_hold_status.as_ref(),
+            None,
+        )?;
+        extras.tags = match input.tagging_directive.as_ref().map(|d| d.as_str()) {
+            Some("REPLACE") => Some(
+                input
+                    .tagging
+                    .as_deref()
+                    .map(versioned::parse_tagging_header)
+                    .transpose()?
+                    .unwrap_or_default(),
+            ),
+            None | Some("COPY") => {
+                let tags = self
+                    .inner
+                    .meta
+                    .version(&src_name, &src_key, Some(&source.version_id))
+                    .await?
+                    .map(|d| d.tags)
+                    .unwrap_or_default();
+                (!tags.is_empty()).then_some(tags)
+            }
+            Some(other) => {
+                return Err(s3_error!(
+                    InvalidArgument,
+                    "unknown tagging directive {other}: COPY or REPLACE"
                 ));
             }
         };
@@ -1006,7 +1264,8 @@ impl S3 for S3Gateway {
             checksums: checksums.clone(),
             data: written.data,
         };
-        let (_, last_modified_ms) = settle(
+        let source_version_id = source.version_id.clone();
+        let (version_id, last_modified_ms) = settle(
             self.inner
                 .meta
                 .put_object(
@@ -1016,6 +1275,7 @@ impl S3 for S3Gateway {
                     version,
                     &missing,
                     None,
+                    &extras,
                 )
                 .await,
             uncommitted,
@@ -1028,6 +1288,8 @@ impl S3 for S3Gateway {
         set_checksums!(result, checksums);
         Ok(S3Response::new(dto::CopyObjectOutput {
             copy_object_result: Some(result),
+            version_id: shown_version_id(version_id),
+            copy_source_version_id: shown_version_id(source_version_id),
             ..Default::default()
         }))
     }
@@ -1040,15 +1302,18 @@ impl S3 for S3Gateway {
         let input = req.input;
         let name = bucket_name(&input.bucket)?;
         object_key(&input.key)?;
-        if input.sse_customer_key.is_some()
-            || input.object_lock_mode.is_some()
-            || input.object_lock_legal_hold_status.is_some()
-        {
+        if input.sse_customer_key.is_some() {
             return Err(s3_error!(
                 NotImplemented,
-                "encryption keys and Object Lock are not available on this Lauscha version"
+                "customer-provided encryption keys are not available on this Lauscha version"
             ));
         }
+        let extras = versioned::extras_from_headers(
+            input.object_lock_mode.as_ref(),
+            input.object_lock_retain_until_date.as_ref(),
+            input.object_lock_legal_hold_status.as_ref(),
+            input.tagging.as_deref(),
+        )?;
         self.owned_bucket(&caller, &name, Permission::Write).await?;
         let template = ObjectVersion {
             version_id: String::new(),
@@ -1081,6 +1346,7 @@ impl S3 for S3Gateway {
                     upload_id: "",
                 },
                 template,
+                &extras,
             )
             .await?;
         info!(bucket = %name, key = %input.key, upload_id = %upload_id, "multipart upload started");
@@ -1282,7 +1548,8 @@ impl S3 for S3Gateway {
             key: &input.key,
             upload_id: &input.upload_id,
         };
-        self.inner
+        let (version_id, _) = self
+            .inner
             .meta
             .complete_upload(&upload, &parts, &etag, condition.as_ref())
             .await?;
@@ -1292,6 +1559,7 @@ impl S3 for S3Gateway {
             key: Some(input.key.clone()),
             e_tag: Some(ETag::Strong(etag)),
             location: Some(format!("/{name}/{}", input.key)),
+            version_id: shown_version_id(version_id),
             ..Default::default()
         }))
     }
@@ -1431,23 +1699,20 @@ impl S3 for S3Gateway {
         let caller = self.caller(&req).await?;
         let input = req.input;
         let name = bucket_name(&input.bucket)?;
-        self.owned_bucket(&caller, &name, Permission::Read).await?;
-        let version = self
-            .inner
-            .meta
-            .get_object(&name, &caller.tenant, &input.key)
+        let details = self
+            .version_details(
+                &caller,
+                &name,
+                &input.key,
+                input.version_id.as_deref(),
+                Permission::Read,
+            )
             .await?;
-        if let Some(v) = &input.version_id
-            && *v != version.version_id
-        {
-            return Err(s3_error!(
-                NoSuchVersion,
-                "only the current version exists (versioning is not enabled)"
-            ));
-        }
+        let version = object_of(details)?;
         let wants = |attr: &str| input.object_attributes.iter().any(|a| a.as_str() == attr);
         let mut output = dto::GetObjectAttributesOutput {
             last_modified: Some(timestamp(version.last_modified_ms)),
+            version_id: shown_version_id(version.version_id.clone()),
             ..Default::default()
         };
         if wants(dto::ObjectAttributes::ETAG) {
@@ -1490,21 +1755,38 @@ impl S3 for S3Gateway {
         &self,
         req: S3Request<dto::GetObjectInput>,
     ) -> S3Result<S3Response<dto::GetObjectOutput>> {
-        let caller = self.caller(&req).await?;
+        let name = bucket_name(&req.input.bucket)?;
+        let caller = self
+            .caller_for(
+                &req,
+                &name,
+                policy::Action::GetObject,
+                Some(&req.input.key),
+                Permission::Read,
+            )
+            .await?;
         let input = req.input;
-        let name = bucket_name(&input.bucket)?;
-        caller.require(&name, Permission::Read)?;
-        if input.part_number.is_some() || input.version_id.is_some() {
+        if input.part_number.is_some() {
             return Err(s3_error!(
                 NotImplemented,
-                "partNumber and versionId are not available yet on this Lauscha version"
+                "partNumber is not available yet on this Lauscha version"
             ));
         }
-        let version = self
-            .inner
-            .meta
-            .get_object(&name, &caller.tenant, &input.key)
-            .await?;
+        let (version, details) = match &input.version_id {
+            None => (
+                self.inner
+                    .meta
+                    .get_object(&name, &caller.tenant, &input.key)
+                    .await?,
+                None,
+            ),
+            Some(v) => {
+                let d = self
+                    .version_details(&caller, &name, &input.key, Some(v), Permission::Read)
+                    .await?;
+                (object_of(d.clone())?, Some(d))
+            }
+        };
         check_conditions(
             &version,
             &input.if_match,
@@ -1543,8 +1825,13 @@ impl S3 for S3Gateway {
             expires: version.headers.expires_unix_s.and_then(timestamp_s),
             metadata: (!version.user_metadata.is_empty())
                 .then(|| version.user_metadata.clone().into_iter().collect()),
+            version_id: shown_version_id(version.version_id.clone()),
             ..Default::default()
         };
+        if let Some(d) = &details {
+            output.tag_count = (!d.tags.is_empty()).then_some(d.tags.len() as i32);
+            set_lock_headers!(output, d.lock);
+        }
         if with_checksums {
             for (alg, value) in &version.checksums {
                 let value = Some(value.clone());
@@ -1564,21 +1851,34 @@ impl S3 for S3Gateway {
         &self,
         req: S3Request<dto::HeadObjectInput>,
     ) -> S3Result<S3Response<dto::HeadObjectOutput>> {
-        let caller = self.caller(&req).await?;
+        let name = bucket_name(&req.input.bucket)?;
+        let caller = self
+            .caller_for(
+                &req,
+                &name,
+                policy::Action::GetObject,
+                Some(&req.input.key),
+                Permission::Read,
+            )
+            .await?;
         let input = req.input;
-        let name = bucket_name(&input.bucket)?;
-        caller.require(&name, Permission::Read)?;
-        if input.part_number.is_some() || input.version_id.is_some() {
+        if input.part_number.is_some() {
             return Err(s3_error!(
                 NotImplemented,
-                "partNumber and versionId are not available yet on this Lauscha version"
+                "partNumber is not available yet on this Lauscha version"
             ));
         }
-        let version = self
-            .inner
-            .meta
-            .get_object(&name, &caller.tenant, &input.key)
+        let details = self
+            .version_details(
+                &caller,
+                &name,
+                &input.key,
+                input.version_id.as_deref(),
+                Permission::Read,
+            )
             .await?;
+        let lock = details.lock;
+        let version = object_of(details)?;
         check_conditions(
             &version,
             &input.if_match,
@@ -1599,8 +1899,10 @@ impl S3 for S3Gateway {
             expires: version.headers.expires_unix_s.and_then(timestamp_s),
             metadata: (!version.user_metadata.is_empty())
                 .then(|| version.user_metadata.clone().into_iter().collect()),
+            version_id: shown_version_id(version.version_id.clone()),
             ..Default::default()
         };
+        set_lock_headers!(output, lock);
         if input
             .checksum_mode
             .as_ref()
@@ -1624,21 +1926,45 @@ impl S3 for S3Gateway {
         &self,
         req: S3Request<dto::DeleteObjectInput>,
     ) -> S3Result<S3Response<dto::DeleteObjectOutput>> {
-        let caller = self.caller(&req).await?;
-        let input = req.input;
-        let name = bucket_name(&input.bucket)?;
-        caller.require(&name, Permission::Write)?;
-        if input.version_id.is_some() {
-            return Err(s3_error!(
-                NotImplemented,
-                "versionId is not available yet on this Lauscha version"
-            ));
-        }
-        self.inner
-            .meta
-            .delete_object(&name, &caller.tenant, &input.key)
+        let name = bucket_name(&req.input.bucket)?;
+        let caller = self
+            .caller_for(
+                &req,
+                &name,
+                policy::Action::DeleteObject,
+                Some(&req.input.key),
+                Permission::Write,
+            )
             .await?;
-        Ok(S3Response::new(dto::DeleteObjectOutput::default()))
+        let input = req.input;
+        let bypass = input.bypass_governance_retention == Some(true);
+        if bypass {
+            caller.require(&name, Permission::Owner)?;
+        }
+        let reply = self
+            .inner
+            .meta
+            .execute(&ObjectCommand::Delete {
+                bucket: name,
+                tenant: caller.tenant,
+                key: input.key,
+                version_id: input.version_id,
+                bypass_governance: bypass,
+                if_current: None,
+            })
+            .await?;
+        let ObjectCommandReply::Deleted {
+            version_id,
+            delete_marker,
+        } = reply
+        else {
+            return Err(GatewayError::Internal(format!("delete answered {reply:?}")).into());
+        };
+        Ok(S3Response::new(dto::DeleteObjectOutput {
+            delete_marker: delete_marker.then_some(true),
+            version_id: version_id.and_then(shown_version_id),
+            ..Default::default()
+        }))
     }
 
     async fn delete_objects(
@@ -1656,23 +1982,30 @@ impl S3 for S3Gateway {
             ));
         }
         self.owned_bucket(&caller, &name, Permission::Write).await?;
+        let bypass = input.bypass_governance_retention == Some(true);
+        if bypass {
+            caller.require(&name, Permission::Owner)?;
+        }
         let quiet = input.delete.quiet.unwrap_or(false);
         let inner = self.inner.clone();
         let tenant = caller.tenant;
-        let results: Vec<(String, Result<(), GatewayError>)> = futures::stream::iter(objects)
+        type Outcome = Result<ObjectCommandReply, GatewayError>;
+        let results: Vec<(String, Option<String>, Outcome)> = futures::stream::iter(objects)
             .map(|object| {
                 let (inner, name, tenant) = (inner.clone(), name.clone(), tenant.clone());
                 async move {
-                    let result = if object.version_id.is_some() {
-                        Err(GatewayError::NotImplemented("versionId".into()))
-                    } else {
-                        inner
-                            .meta
-                            .delete_object(&name, &tenant, &object.key)
-                            .await
-                            .map(|_| ())
-                    };
-                    (object.key, result)
+                    let result = inner
+                        .meta
+                        .execute(&ObjectCommand::Delete {
+                            bucket: name,
+                            tenant,
+                            key: object.key.clone(),
+                            version_id: object.version_id.clone(),
+                            bypass_governance: bypass,
+                            if_current: None,
+                        })
+                        .await;
+                    (object.key, object.version_id, result)
                 }
             })
             .buffered(16)
@@ -1680,13 +2013,29 @@ impl S3 for S3Gateway {
             .await;
         let mut deleted = Vec::new();
         let mut errors = Vec::new();
-        for (key, result) in results {
+        for (key, asked_version, result) in results {
             match result {
-                Ok(()) => {
+                Ok(reply) => {
                     if !quiet {
+                        let (version_id, delete_marker) = match reply {
+                            ObjectCommandReply::Deleted {
+                                version_id,
+                                delete_marker,
+                            } => (version_id.and_then(shown_version_id), delete_marker),
+                            ObjectCommandReply::Done => (None, false),
+                        };
+                        // A delete that created a marker names it; a delete of a version
+                        // names that version.
+                        let created_marker = asked_version.is_none() && delete_marker;
                         deleted.push(dto::DeletedObject {
                             key: Some(key),
-                            ..Default::default()
+                            delete_marker: delete_marker.then_some(true),
+                            delete_marker_version_id: if created_marker {
+                                version_id.clone()
+                            } else {
+                                None
+                            },
+                            version_id: if created_marker { None } else { version_id },
                         });
                     }
                 }
@@ -1697,7 +2046,7 @@ impl S3 for S3Gateway {
                         code: Some(s3.code().as_str().to_string()),
                         key: Some(key),
                         message: s3.message().map(str::to_string),
-                        version_id: None,
+                        version_id: asked_version,
                     });
                 }
             }
@@ -1713,10 +2062,17 @@ impl S3 for S3Gateway {
         &self,
         req: S3Request<dto::ListObjectsV2Input>,
     ) -> S3Result<S3Response<dto::ListObjectsV2Output>> {
-        let caller = self.caller(&req).await?;
+        let name = bucket_name(&req.input.bucket)?;
+        let caller = self
+            .caller_for(
+                &req,
+                &name,
+                policy::Action::ListBucket,
+                None,
+                Permission::Read,
+            )
+            .await?;
         let input = req.input;
-        let name = bucket_name(&input.bucket)?;
-        caller.require(&name, Permission::Read)?;
         let encode = encoder(&input.encoding_type)?;
         let max = max_keys(input.max_keys)?;
         let start_after = match &input.continuation_token {
@@ -1765,10 +2121,17 @@ impl S3 for S3Gateway {
         &self,
         req: S3Request<dto::ListObjectsInput>,
     ) -> S3Result<S3Response<dto::ListObjectsOutput>> {
-        let caller = self.caller(&req).await?;
+        let name = bucket_name(&req.input.bucket)?;
+        let caller = self
+            .caller_for(
+                &req,
+                &name,
+                policy::Action::ListBucket,
+                None,
+                Permission::Read,
+            )
+            .await?;
         let input = req.input;
-        let name = bucket_name(&input.bucket)?;
-        caller.require(&name, Permission::Read)?;
         let encode = encoder(&input.encoding_type)?;
         let max = max_keys(input.max_keys)?;
         let query = Self::listing_query(
@@ -1790,6 +2153,617 @@ impl S3 for S3Gateway {
             encoding_type: input.encoding_type,
             contents: Some(Self::contents(&listing, encode)),
             common_prefixes: Some(Self::prefixes(&listing, encode)),
+            ..Default::default()
+        }))
+    }
+
+    async fn put_bucket_versioning(
+        &self,
+        req: S3Request<dto::PutBucketVersioningInput>,
+    ) -> S3Result<S3Response<dto::PutBucketVersioningOutput>> {
+        let caller = self.caller(&req).await?;
+        let input = req.input;
+        let name = bucket_name(&input.bucket)?;
+        caller.require(&name, Permission::Owner)?;
+        if input
+            .versioning_configuration
+            .mfa_delete
+            .as_ref()
+            .is_some_and(|m| m.as_str() == "Enabled")
+        {
+            return Err(s3_error!(NotImplemented, "MFA delete is not supported"));
+        }
+        let state = match input
+            .versioning_configuration
+            .status
+            .as_ref()
+            .map(|s| s.as_str())
+        {
+            Some("Enabled") => VersioningState::Enabled,
+            Some("Suspended") => VersioningState::Suspended,
+            other => {
+                return Err(s3_error!(
+                    MalformedXML,
+                    "versioning Status must be Enabled or Suspended, not {other:?}"
+                ));
+            }
+        };
+        self.put_setting(&caller, &name, BucketSetting::Versioning(state))
+            .await?;
+        info!(bucket = %name, state = ?state, "bucket versioning changed");
+        Ok(S3Response::new(dto::PutBucketVersioningOutput {}))
+    }
+
+    async fn get_bucket_versioning(
+        &self,
+        req: S3Request<dto::GetBucketVersioningInput>,
+    ) -> S3Result<S3Response<dto::GetBucketVersioningOutput>> {
+        let caller = self.caller(&req).await?;
+        let name = bucket_name(&req.input.bucket)?;
+        let settings = self.settings(&caller, &name, Permission::Read).await?;
+        Ok(S3Response::new(dto::GetBucketVersioningOutput {
+            status: settings
+                .versioning
+                .current()
+                .s3_status()
+                .map(|s| dto::BucketVersioningStatus::from(s.to_string())),
+            mfa_delete: None,
+        }))
+    }
+
+    async fn list_object_versions(
+        &self,
+        req: S3Request<dto::ListObjectVersionsInput>,
+    ) -> S3Result<S3Response<dto::ListObjectVersionsOutput>> {
+        let caller = self.caller(&req).await?;
+        let input = req.input;
+        let name = bucket_name(&input.bucket)?;
+        self.owned_bucket(&caller, &name, Permission::Read).await?;
+        let encode = encoder(&input.encoding_type)?;
+        let max = max_keys(input.max_keys)?;
+        if input.version_id_marker.is_some() && input.key_marker.is_none() {
+            return Err(s3_error!(
+                InvalidArgument,
+                "a version-id-marker needs a key-marker"
+            ));
+        }
+        let query = MetaQuery::ListVersions(ListVersionsQuery {
+            bucket: name.clone(),
+            prefix: input.prefix.clone().unwrap_or_default(),
+            delimiter: input.delimiter.clone().filter(|d| !d.is_empty()),
+            key_marker: input.key_marker.clone().filter(|k| !k.is_empty()),
+            version_id_marker: input.version_id_marker.clone().filter(|v| !v.is_empty()),
+            max_keys: max,
+        });
+        let MetaQueryReply::Versions(listing) = self.inner.meta.query(&query).await? else {
+            return Err(GatewayError::Internal("ListVersions answered otherwise".into()).into());
+        };
+        let mut versions = Vec::new();
+        let mut markers = Vec::new();
+        for v in listing.versions {
+            match v.entry {
+                VersionEntry::Object(o) => versions.push(dto::ObjectVersion {
+                    key: Some(encode(&v.key)),
+                    version_id: Some(v.s3_version_id),
+                    is_latest: Some(v.is_latest),
+                    e_tag: Some(ETag::Strong(o.etag)),
+                    size: Some(o.size_bytes as i64),
+                    last_modified: Some(timestamp(o.last_modified_ms)),
+                    storage_class: Some(dto::ObjectVersionStorageClass::from_static(
+                        dto::ObjectVersionStorageClass::STANDARD,
+                    )),
+                    ..Default::default()
+                }),
+                VersionEntry::DeleteMarker {
+                    last_modified_ms, ..
+                } => markers.push(dto::DeleteMarkerEntry {
+                    key: Some(encode(&v.key)),
+                    version_id: Some(v.s3_version_id),
+                    is_latest: Some(v.is_latest),
+                    last_modified: Some(timestamp(last_modified_ms)),
+                    owner: None,
+                }),
+            }
+        }
+        Ok(S3Response::new(dto::ListObjectVersionsOutput {
+            name: Some(name.to_string()),
+            prefix: Some(encode(input.prefix.as_deref().unwrap_or(""))),
+            delimiter: input.delimiter.as_deref().map(encode),
+            key_marker: input.key_marker.as_deref().map(encode),
+            version_id_marker: input.version_id_marker,
+            max_keys: Some(max as i32),
+            is_truncated: Some(listing.is_truncated),
+            next_key_marker: listing.next_key_marker.as_deref().map(encode),
+            next_version_id_marker: listing.next_version_id_marker,
+            encoding_type: input.encoding_type,
+            versions: Some(versions),
+            delete_markers: Some(markers),
+            common_prefixes: Some(
+                listing
+                    .common_prefixes
+                    .iter()
+                    .map(|p| dto::CommonPrefix {
+                        prefix: Some(encode(p)),
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }))
+    }
+
+    async fn put_object_lock_configuration(
+        &self,
+        req: S3Request<dto::PutObjectLockConfigurationInput>,
+    ) -> S3Result<S3Response<dto::PutObjectLockConfigurationOutput>> {
+        let caller = self.caller(&req).await?;
+        let input = req.input;
+        let name = bucket_name(&input.bucket)?;
+        caller.require(&name, Permission::Owner)?;
+        let config = input
+            .object_lock_configuration
+            .as_ref()
+            .ok_or_else(|| s3_error!(MalformedXML, "ObjectLockConfiguration is missing"))?;
+        let config = versioned::lock_config_from_dto(config)?;
+        self.put_setting(&caller, &name, BucketSetting::ObjectLock(config))
+            .await?;
+        Ok(S3Response::new(
+            dto::PutObjectLockConfigurationOutput::default(),
+        ))
+    }
+
+    async fn get_object_lock_configuration(
+        &self,
+        req: S3Request<dto::GetObjectLockConfigurationInput>,
+    ) -> S3Result<S3Response<dto::GetObjectLockConfigurationOutput>> {
+        let caller = self.caller(&req).await?;
+        let name = bucket_name(&req.input.bucket)?;
+        let settings = self.settings(&caller, &name, Permission::Read).await?;
+        let config = settings.object_lock.ok_or_else(|| {
+            let mut e = S3Error::with_message(
+                S3ErrorCode::Custom("ObjectLockConfigurationNotFoundError".into()),
+                "Object Lock configuration does not exist for this bucket",
+            );
+            e.set_status_code(http::StatusCode::NOT_FOUND);
+            e
+        })?;
+        Ok(S3Response::new(dto::GetObjectLockConfigurationOutput {
+            object_lock_configuration: Some(versioned::lock_config_to_dto(&config)),
+        }))
+    }
+
+    async fn put_object_retention(
+        &self,
+        req: S3Request<dto::PutObjectRetentionInput>,
+    ) -> S3Result<S3Response<dto::PutObjectRetentionOutput>> {
+        let caller = self.caller(&req).await?;
+        let input = req.input;
+        let name = bucket_name(&input.bucket)?;
+        caller.require(&name, Permission::Write)?;
+        let bypass = input.bypass_governance_retention == Some(true);
+        if bypass {
+            caller.require(&name, Permission::Owner)?;
+        }
+        let retention = match &input.retention {
+            Some(dto::ObjectLockRetention {
+                mode: Some(mode),
+                retain_until_date: Some(until),
+            }) => Some(Retention {
+                mode: versioned::retention_mode(mode.as_str())?,
+                until_ms: versioned::timestamp_ms(until),
+            }),
+            Some(dto::ObjectLockRetention {
+                mode: None,
+                retain_until_date: None,
+            })
+            | None => None,
+            Some(_) => {
+                return Err(s3_error!(
+                    MalformedXML,
+                    "Retention needs both Mode and RetainUntilDate"
+                ));
+            }
+        };
+        self.set_attr(
+            &caller,
+            &name,
+            input.key,
+            input.version_id,
+            VersionAttrChange::Retention(retention),
+            bypass,
+        )
+        .await?;
+        Ok(S3Response::new(dto::PutObjectRetentionOutput::default()))
+    }
+
+    async fn get_object_retention(
+        &self,
+        req: S3Request<dto::GetObjectRetentionInput>,
+    ) -> S3Result<S3Response<dto::GetObjectRetentionOutput>> {
+        let caller = self.caller(&req).await?;
+        let input = req.input;
+        let name = bucket_name(&input.bucket)?;
+        let details = self
+            .version_details(
+                &caller,
+                &name,
+                &input.key,
+                input.version_id.as_deref(),
+                Permission::Read,
+            )
+            .await?;
+        let lock = details.lock;
+        object_of(details)?;
+        let retention = versioned::retention_to_dto(&lock).ok_or_else(|| {
+            let mut e = S3Error::with_message(
+                S3ErrorCode::Custom("NoSuchObjectLockConfiguration".into()),
+                "the object has no retention",
+            );
+            e.set_status_code(http::StatusCode::NOT_FOUND);
+            e
+        })?;
+        Ok(S3Response::new(dto::GetObjectRetentionOutput {
+            retention: Some(retention),
+        }))
+    }
+
+    async fn put_object_legal_hold(
+        &self,
+        req: S3Request<dto::PutObjectLegalHoldInput>,
+    ) -> S3Result<S3Response<dto::PutObjectLegalHoldOutput>> {
+        let caller = self.caller(&req).await?;
+        let input = req.input;
+        let name = bucket_name(&input.bucket)?;
+        caller.require(&name, Permission::Write)?;
+        let on = match input
+            .legal_hold
+            .as_ref()
+            .and_then(|h| h.status.as_ref())
+            .map(|s| s.as_str())
+        {
+            Some("ON") => true,
+            Some("OFF") => false,
+            other => {
+                return Err(s3_error!(
+                    MalformedXML,
+                    "LegalHold Status must be ON or OFF, not {other:?}"
+                ));
+            }
+        };
+        self.set_attr(
+            &caller,
+            &name,
+            input.key,
+            input.version_id,
+            VersionAttrChange::LegalHold(on),
+            false,
+        )
+        .await?;
+        Ok(S3Response::new(dto::PutObjectLegalHoldOutput::default()))
+    }
+
+    async fn get_object_legal_hold(
+        &self,
+        req: S3Request<dto::GetObjectLegalHoldInput>,
+    ) -> S3Result<S3Response<dto::GetObjectLegalHoldOutput>> {
+        let caller = self.caller(&req).await?;
+        let input = req.input;
+        let name = bucket_name(&input.bucket)?;
+        let settings = self.settings(&caller, &name, Permission::Read).await?;
+        if settings.object_lock.is_none() {
+            return Err(s3_error!(
+                InvalidRequest,
+                "bucket {name} has no Object Lock configuration"
+            ));
+        }
+        let details = self
+            .version_details(
+                &caller,
+                &name,
+                &input.key,
+                input.version_id.as_deref(),
+                Permission::Read,
+            )
+            .await?;
+        let on = details.lock.legal_hold;
+        object_of(details)?;
+        Ok(S3Response::new(dto::GetObjectLegalHoldOutput {
+            legal_hold: Some(dto::ObjectLockLegalHold {
+                status: Some(dto::ObjectLockLegalHoldStatus::from(
+                    if on { "ON" } else { "OFF" }.to_string(),
+                )),
+            }),
+        }))
+    }
+
+    async fn put_object_tagging(
+        &self,
+        req: S3Request<dto::PutObjectTaggingInput>,
+    ) -> S3Result<S3Response<dto::PutObjectTaggingOutput>> {
+        let caller = self.caller(&req).await?;
+        let input = req.input;
+        let name = bucket_name(&input.bucket)?;
+        caller.require(&name, Permission::Write)?;
+        let tags = versioned::tags_from_dto(&input.tagging.tag_set, versioned::MAX_OBJECT_TAGS)?;
+        let version_id = input.version_id.clone();
+        self.set_attr(
+            &caller,
+            &name,
+            input.key,
+            input.version_id,
+            VersionAttrChange::Tags(Some(tags)),
+            false,
+        )
+        .await?;
+        Ok(S3Response::new(dto::PutObjectTaggingOutput {
+            version_id: version_id.and_then(shown_version_id),
+        }))
+    }
+
+    async fn get_object_tagging(
+        &self,
+        req: S3Request<dto::GetObjectTaggingInput>,
+    ) -> S3Result<S3Response<dto::GetObjectTaggingOutput>> {
+        let caller = self.caller(&req).await?;
+        let input = req.input;
+        let name = bucket_name(&input.bucket)?;
+        let details = self
+            .version_details(
+                &caller,
+                &name,
+                &input.key,
+                input.version_id.as_deref(),
+                Permission::Read,
+            )
+            .await?;
+        let tags = versioned::tags_to_dto(&details.tags);
+        let version = object_of(details)?;
+        Ok(S3Response::new(dto::GetObjectTaggingOutput {
+            tag_set: tags,
+            version_id: shown_version_id(version.version_id),
+        }))
+    }
+
+    async fn delete_object_tagging(
+        &self,
+        req: S3Request<dto::DeleteObjectTaggingInput>,
+    ) -> S3Result<S3Response<dto::DeleteObjectTaggingOutput>> {
+        let caller = self.caller(&req).await?;
+        let input = req.input;
+        let name = bucket_name(&input.bucket)?;
+        caller.require(&name, Permission::Write)?;
+        let version_id = input.version_id.clone();
+        self.set_attr(
+            &caller,
+            &name,
+            input.key,
+            input.version_id,
+            VersionAttrChange::Tags(None),
+            false,
+        )
+        .await?;
+        Ok(S3Response::new(dto::DeleteObjectTaggingOutput {
+            version_id: version_id.and_then(shown_version_id),
+        }))
+    }
+
+    async fn put_bucket_tagging(
+        &self,
+        req: S3Request<dto::PutBucketTaggingInput>,
+    ) -> S3Result<S3Response<dto::PutBucketTaggingOutput>> {
+        let caller = self.caller(&req).await?;
+        let input = req.input;
+        let name = bucket_name(&input.bucket)?;
+        caller.require(&name, Permission::Owner)?;
+        let tags = versioned::tags_from_dto(&input.tagging.tag_set, 50)?;
+        self.put_setting(&caller, &name, BucketSetting::Tags(tags))
+            .await?;
+        Ok(S3Response::new(dto::PutBucketTaggingOutput {}))
+    }
+
+    async fn get_bucket_tagging(
+        &self,
+        req: S3Request<dto::GetBucketTaggingInput>,
+    ) -> S3Result<S3Response<dto::GetBucketTaggingOutput>> {
+        let caller = self.caller(&req).await?;
+        let name = bucket_name(&req.input.bucket)?;
+        let settings = self.settings(&caller, &name, Permission::Read).await?;
+        let tags = settings
+            .tags
+            .ok_or_else(|| s3_error!(NoSuchTagSet, "bucket {name} has no tags"))?;
+        Ok(S3Response::new(dto::GetBucketTaggingOutput {
+            tag_set: versioned::tags_to_dto(&tags),
+        }))
+    }
+
+    async fn delete_bucket_tagging(
+        &self,
+        req: S3Request<dto::DeleteBucketTaggingInput>,
+    ) -> S3Result<S3Response<dto::DeleteBucketTaggingOutput>> {
+        let caller = self.caller(&req).await?;
+        let name = bucket_name(&req.input.bucket)?;
+        caller.require(&name, Permission::Owner)?;
+        self.delete_setting(&caller, &name, BucketSettingKind::Tags)
+            .await?;
+        Ok(S3Response::new(dto::DeleteBucketTaggingOutput {}))
+    }
+
+    async fn put_bucket_lifecycle_configuration(
+        &self,
+        req: S3Request<dto::PutBucketLifecycleConfigurationInput>,
+    ) -> S3Result<S3Response<dto::PutBucketLifecycleConfigurationOutput>> {
+        let caller = self.caller(&req).await?;
+        let input = req.input;
+        let name = bucket_name(&input.bucket)?;
+        let config = input
+            .lifecycle_configuration
+            .as_ref()
+            .ok_or_else(|| s3_error!(MalformedXML, "LifecycleConfiguration is missing"))?;
+        let rules = versioned::lifecycle_from_dto(config)?;
+        self.put_setting(&caller, &name, BucketSetting::Lifecycle(rules))
+            .await?;
+        Ok(S3Response::new(
+            dto::PutBucketLifecycleConfigurationOutput::default(),
+        ))
+    }
+
+    async fn get_bucket_lifecycle_configuration(
+        &self,
+        req: S3Request<dto::GetBucketLifecycleConfigurationInput>,
+    ) -> S3Result<S3Response<dto::GetBucketLifecycleConfigurationOutput>> {
+        let caller = self.caller(&req).await?;
+        let name = bucket_name(&req.input.bucket)?;
+        let settings = self.settings(&caller, &name, Permission::Read).await?;
+        let rules = settings.lifecycle.ok_or_else(|| {
+            s3_error!(
+                NoSuchLifecycleConfiguration,
+                "bucket {name} has no lifecycle rules"
+            )
+        })?;
+        Ok(S3Response::new(
+            dto::GetBucketLifecycleConfigurationOutput {
+                rules: Some(versioned::lifecycle_to_dto(&rules)),
+                ..Default::default()
+            },
+        ))
+    }
+
+    async fn delete_bucket_lifecycle(
+        &self,
+        req: S3Request<dto::DeleteBucketLifecycleInput>,
+    ) -> S3Result<S3Response<dto::DeleteBucketLifecycleOutput>> {
+        let caller = self.caller(&req).await?;
+        let name = bucket_name(&req.input.bucket)?;
+        self.delete_setting(&caller, &name, BucketSettingKind::Lifecycle)
+            .await?;
+        Ok(S3Response::new(dto::DeleteBucketLifecycleOutput {}))
+    }
+
+    async fn put_bucket_cors(
+        &self,
+        req: S3Request<dto::PutBucketCorsInput>,
+    ) -> S3Result<S3Response<dto::PutBucketCorsOutput>> {
+        let caller = self.caller(&req).await?;
+        let input = req.input;
+        let name = bucket_name(&input.bucket)?;
+        let rules = versioned::cors_from_dto(&input.cors_configuration)?;
+        self.put_setting(&caller, &name, BucketSetting::Cors(rules))
+            .await?;
+        Ok(S3Response::new(dto::PutBucketCorsOutput {}))
+    }
+
+    async fn get_bucket_cors(
+        &self,
+        req: S3Request<dto::GetBucketCorsInput>,
+    ) -> S3Result<S3Response<dto::GetBucketCorsOutput>> {
+        let caller = self.caller(&req).await?;
+        let name = bucket_name(&req.input.bucket)?;
+        let settings = self.settings(&caller, &name, Permission::Read).await?;
+        let rules = settings.cors.ok_or_else(|| {
+            s3_error!(
+                NoSuchCORSConfiguration,
+                "bucket {name} has no CORS configuration"
+            )
+        })?;
+        Ok(S3Response::new(dto::GetBucketCorsOutput {
+            cors_rules: Some(versioned::cors_to_dto(&rules)),
+        }))
+    }
+
+    async fn delete_bucket_cors(
+        &self,
+        req: S3Request<dto::DeleteBucketCorsInput>,
+    ) -> S3Result<S3Response<dto::DeleteBucketCorsOutput>> {
+        let caller = self.caller(&req).await?;
+        let name = bucket_name(&req.input.bucket)?;
+        self.delete_setting(&caller, &name, BucketSettingKind::Cors)
+            .await?;
+        Ok(S3Response::new(dto::DeleteBucketCorsOutput {}))
+    }
+
+    async fn put_bucket_policy(
+        &self,
+        req: S3Request<dto::PutBucketPolicyInput>,
+    ) -> S3Result<S3Response<dto::PutBucketPolicyOutput>> {
+        let caller = self.caller(&req).await?;
+        let input = req.input;
+        let name = bucket_name(&input.bucket)?;
+        caller.require(&name, Permission::Owner)?;
+        policy::BucketPolicy::parse(&name, &input.policy)
+            .map_err(|e| s3_error!(MalformedPolicy, "{e}"))?;
+        self.put_setting(&caller, &name, BucketSetting::Policy(input.policy))
+            .await?;
+        info!(bucket = %name, "bucket policy set");
+        Ok(S3Response::new(dto::PutBucketPolicyOutput {}))
+    }
+
+    async fn get_bucket_policy(
+        &self,
+        req: S3Request<dto::GetBucketPolicyInput>,
+    ) -> S3Result<S3Response<dto::GetBucketPolicyOutput>> {
+        let caller = self.caller(&req).await?;
+        let name = bucket_name(&req.input.bucket)?;
+        let settings = self.settings(&caller, &name, Permission::Owner).await?;
+        let policy = settings
+            .policy
+            .ok_or_else(|| s3_error!(NoSuchBucketPolicy, "bucket {name} has no policy"))?;
+        Ok(S3Response::new(dto::GetBucketPolicyOutput {
+            policy: Some(policy),
+        }))
+    }
+
+    async fn delete_bucket_policy(
+        &self,
+        req: S3Request<dto::DeleteBucketPolicyInput>,
+    ) -> S3Result<S3Response<dto::DeleteBucketPolicyOutput>> {
+        let caller = self.caller(&req).await?;
+        let name = bucket_name(&req.input.bucket)?;
+        self.delete_setting(&caller, &name, BucketSettingKind::Policy)
+            .await?;
+        Ok(S3Response::new(dto::DeleteBucketPolicyOutput {}))
+    }
+
+    /// Browser uploads (HTML form POST with a SigV4 policy): s3s checks the policy's
+    /// signature, expiry and conditions; the object is then written as a PutObject.
+    async fn post_object(
+        &self,
+        req: S3Request<dto::PostObjectInput>,
+    ) -> S3Result<S3Response<dto::PostObjectOutput>> {
+        let put = req.map_input(|p| dto::PutObjectInput {
+            body: p.body,
+            bucket: p.bucket,
+            key: p.key,
+            cache_control: p.cache_control,
+            checksum_algorithm: p.checksum_algorithm,
+            checksum_crc32: p.checksum_crc32,
+            checksum_crc32c: p.checksum_crc32c,
+            checksum_crc64nvme: p.checksum_crc64nvme,
+            checksum_sha1: p.checksum_sha1,
+            checksum_sha256: p.checksum_sha256,
+            content_disposition: p.content_disposition,
+            content_encoding: p.content_encoding,
+            content_language: p.content_language,
+            content_length: p.content_length,
+            content_md5: p.content_md5,
+            content_type: p.content_type,
+            expires: p.expires,
+            if_match: p.if_match,
+            if_none_match: p.if_none_match,
+            metadata: p.metadata,
+            object_lock_legal_hold_status: p.object_lock_legal_hold_status,
+            object_lock_mode: p.object_lock_mode,
+            object_lock_retain_until_date: p.object_lock_retain_until_date,
+            tagging: p.tagging,
+            ..Default::default()
+        });
+        let out = self.put_object(put).await?.output;
+        Ok(S3Response::new(dto::PostObjectOutput {
+            e_tag: out.e_tag,
+            checksum_crc32: out.checksum_crc32,
+            checksum_crc32c: out.checksum_crc32c,
+            checksum_crc64nvme: out.checksum_crc64nvme,
+            checksum_sha1: out.checksum_sha1,
+            checksum_sha256: out.checksum_sha256,
+            version_id: out.version_id,
             ..Default::default()
         }))
     }

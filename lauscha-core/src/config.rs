@@ -238,6 +238,11 @@ pub struct GatewayConfig {
     /// Background repair, rebalance and garbage collection.
     #[serde(default)]
     pub maintenance: MaintenanceConfig,
+    /// Accept AWS Signature Version 2 (old backup software that cannot sign with V4).
+    /// SigV2 uses SHA-1 and signs less of the request; leave it off unless a client
+    /// needs it. Default false.
+    #[serde(default)]
+    pub allow_sigv2: bool,
 }
 
 /// Background maintenance run by a gateway: repair, rebalance, drain, garbage collection.
@@ -277,6 +282,14 @@ pub struct MaintenanceConfig {
     /// Most rebalance moves per pass (repairs and drains are not limited). Default 2000.
     #[serde(default = "default_rebalance_moves_per_pass")]
     pub rebalance_moves_per_pass: usize,
+    /// How long a lifecycle "day" is, seconds. Default 86400; shorter only to watch
+    /// lifecycle rules act in tests and demonstrations.
+    #[serde(default = "default_lifecycle_day_s")]
+    pub lifecycle_day_s: u64,
+}
+
+fn default_lifecycle_day_s() -> u64 {
+    86_400
 }
 
 fn yes() -> bool {
@@ -315,6 +328,7 @@ impl Default for MaintenanceConfig {
             node_out_after_s: default_node_out_after_s(),
             concurrency: default_maintenance_concurrency(),
             rebalance_moves_per_pass: default_rebalance_moves_per_pass(),
+            lifecycle_day_s: default_lifecycle_day_s(),
         }
     }
 }
@@ -369,6 +383,7 @@ impl GatewayConfig {
             write_quorum_extra: default_write_quorum_extra(),
             hedge_delay_ms: default_hedge_delay_ms(),
             maintenance: MaintenanceConfig::default(),
+            allow_sigv2: false,
         }
     }
 
@@ -395,6 +410,12 @@ impl GatewayConfig {
         if self.max_concurrent_requests == 0 {
             return Err(CoreError::Config(
                 "gateway.max_concurrent_requests must be at least 1".into(),
+            ));
+        }
+        if self.maintenance.lifecycle_day_s == 0 {
+            return Err(CoreError::Config(
+                "gateway.maintenance.lifecycle_day_s must be at least 1 (86400 in production)"
+                    .into(),
             ));
         }
         for (name, policy) in &self.policies {

@@ -14,13 +14,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::{MetaCommand, MetaError, MetaResponse, Proposal};
 use crate::keys;
+use crate::kv::{KvError, KvRead, Mutation};
+use crate::value;
 use crate::versions;
 use lauscha_core::versioning::{
     ObjectCommand, ObjectCommandReply, ObjectLockConfig, VersionExtras, VersioningHistory,
     VersioningState, version_id,
 };
-use crate::kv::{KvError, KvRead, Mutation};
-use crate::value;
 
 /// Which object's current version holds a stripe (the stripe index's value).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -314,7 +314,10 @@ fn put_object(
                 "missing shard {stripe_id}.{shard_idx} is not in the version"
             ))));
         }
-        out.push(Mutation::Put(keys::repair(*stripe_id, *shard_idx), value::encode(&now_ms)));
+        out.push(Mutation::Put(
+            keys::repair(*stripe_id, *shard_idx),
+            value::encode(&now_ms),
+        ));
     }
     Ok(
         versions::install(kv, out, bucket, key, version, extras, now_ms, log_index)?.map(
@@ -802,7 +805,11 @@ fn apply_inner(
                 Ok(ObjectCommandReply::Deleted { version_id, .. }) => MetaResponse::ObjectDeleted {
                     existed: version_id.is_some(),
                 },
-                Ok(other) => return Ok(Err(MetaError::Internal(format!("delete answered {other:?}")))),
+                Ok(other) => {
+                    return Ok(Err(MetaError::Internal(format!(
+                        "delete answered {other:?}"
+                    ))));
+                }
                 Err(e) => return Ok(Err(e)),
             }
         }
@@ -827,7 +834,9 @@ fn apply_inner(
         } => {
             let edit = |version: &mut ObjectVersion| -> Result<Result<(), MetaError>, KvError> {
                 let ObjectData::Striped { stripes, .. } = &mut version.data else {
-                    return Err(KvError(format!("stripe index names inline data ({stripe_id})")));
+                    return Err(KvError(format!(
+                        "stripe index names inline data ({stripe_id})"
+                    )));
                 };
                 let stripe = stripes
                     .iter_mut()
@@ -1527,7 +1536,10 @@ mod tests {
         }
     }
 
-    fn set_versioning(sm: &mut Sm, state: VersioningState) -> Result<ObjectCommandReply, MetaError> {
+    fn set_versioning(
+        sm: &mut Sm,
+        state: VersioningState,
+    ) -> Result<ObjectCommandReply, MetaError> {
         obj(
             sm,
             ObjectCommand::PutBucketSetting {
@@ -1538,7 +1550,12 @@ mod tests {
         )
     }
 
-    fn delete(sm: &mut Sm, key: &str, version_id: Option<&str>, bypass: bool) -> Result<ObjectCommandReply, MetaError> {
+    fn delete(
+        sm: &mut Sm,
+        key: &str,
+        version_id: Option<&str>,
+        bypass: bool,
+    ) -> Result<ObjectCommandReply, MetaError> {
         obj(
             sm,
             ObjectCommand::Delete {
@@ -1573,7 +1590,10 @@ mod tests {
             .versions
             .into_iter()
             .map(|v| {
-                let marker = matches!(v.entry, lauscha_core::versioning::VersionEntry::DeleteMarker { .. });
+                let marker = matches!(
+                    v.entry,
+                    lauscha_core::versioning::VersionEntry::DeleteMarker { .. }
+                );
                 (v.key, v.s3_version_id, v.is_latest, marker)
             })
             .collect()
@@ -1589,7 +1609,10 @@ mod tests {
         if current.is_none()
             && let Some((_, newest)) = older.first()
         {
-            assert!(matches!(newest.entry, lauscha_core::versioning::VersionEntry::DeleteMarker { .. }));
+            assert!(matches!(
+                newest.entry,
+                lauscha_core::versioning::VersionEntry::DeleteMarker { .. }
+            ));
         }
         let history = versions::versioning(&sm.kv, &b).unwrap();
         let mut seqs: Vec<u64> = older.iter().map(|(s, _)| *s).collect();
@@ -1599,15 +1622,28 @@ mod tests {
             seqs.push(seq);
             for stripe in c.stripes() {
                 assert!(sm.kv.get(&keys::stripe_index(stripe.id)).unwrap().is_some());
-                assert!(sm.kv.get(&keys::version_stripe(stripe.id)).unwrap().is_none());
+                assert!(
+                    sm.kv
+                        .get(&keys::version_stripe(stripe.id))
+                        .unwrap()
+                        .is_none()
+                );
             }
         }
-        assert!(seqs.iter().filter(|s| history.is_null(**s)).count() <= 1, "one null version");
+        assert!(
+            seqs.iter().filter(|s| history.is_null(**s)).count() <= 1,
+            "one null version"
+        );
         for (_, v) in &older {
             if let lauscha_core::versioning::VersionEntry::Object(o) = &v.entry {
                 for stripe in o.stripes() {
                     assert!(sm.kv.get(&keys::stripe_index(stripe.id)).unwrap().is_none());
-                    assert!(sm.kv.get(&keys::version_stripe(stripe.id)).unwrap().is_some());
+                    assert!(
+                        sm.kv
+                            .get(&keys::version_stripe(stripe.id))
+                            .unwrap()
+                            .is_some()
+                    );
                 }
             }
         }
@@ -1622,13 +1658,19 @@ mod tests {
         let v1 = put_v(&mut sm, "k", 101);
         let v2 = put_v(&mut sm, "k", 102);
         check_invariants(&sm, "k");
-        let ObjectCommandReply::Deleted { version_id: Some(marker), delete_marker: true } =
-            delete(&mut sm, "k", None, false).unwrap()
+        let ObjectCommandReply::Deleted {
+            version_id: Some(marker),
+            delete_marker: true,
+        } = delete(&mut sm, "k", None, false).unwrap()
         else {
             panic!("no delete marker")
         };
         check_invariants(&sm, "k");
-        assert!(query::get_object(&sm.kv, &bucket("files"), "k").unwrap().is_none());
+        assert!(
+            query::get_object(&sm.kv, &bucket("files"), "k")
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(
             listing(&sm, 100),
             vec![
@@ -1641,20 +1683,37 @@ mod tests {
         // Removing the marker brings v2 back as the current object.
         delete(&mut sm, "k", Some(&marker), false).unwrap();
         check_invariants(&sm, "k");
-        let current = query::get_object(&sm.kv, &bucket("files"), "k").unwrap().unwrap();
+        let current = query::get_object(&sm.kv, &bucket("files"), "k")
+            .unwrap()
+            .unwrap();
         assert_eq!(current.version_id, v2);
         // Removing the current version promotes the next; removing the null one by name.
         delete(&mut sm, "k", Some(&v2), false).unwrap();
         check_invariants(&sm, "k");
-        assert_eq!(query::get_object(&sm.kv, &bucket("files"), "k").unwrap().unwrap().version_id, v1);
+        assert_eq!(
+            query::get_object(&sm.kv, &bucket("files"), "k")
+                .unwrap()
+                .unwrap()
+                .version_id,
+            v1
+        );
         delete(&mut sm, "k", Some("null"), false).unwrap();
         check_invariants(&sm, "k");
-        assert_eq!(listing(&sm, 100), vec![("k".into(), v1.clone(), true, false)]);
+        assert_eq!(
+            listing(&sm, 100),
+            vec![("k".into(), v1.clone(), true, false)]
+        );
         // The retired stripes are garbage, the live one is not.
         let known = query::stripes_known(&sm.kv, &[StripeId(101)]).unwrap();
         assert_eq!(known, vec![true]);
-        let bucket_not_empty = sm.run(MetaCommand::DeleteBucket { name: bucket("files"), tenant: tenant("jena") });
-        assert!(matches!(bucket_not_empty, MetaResponse::Refused(MetaError::BucketNotEmpty(_))));
+        let bucket_not_empty = sm.run(MetaCommand::DeleteBucket {
+            name: bucket("files"),
+            tenant: tenant("jena"),
+        });
+        assert!(matches!(
+            bucket_not_empty,
+            MetaResponse::Refused(MetaError::BucketNotEmpty(_))
+        ));
     }
 
     #[test]
@@ -1668,19 +1727,34 @@ mod tests {
         check_invariants(&sm, "k");
         assert_eq!(
             listing(&sm, 100),
-            vec![("k".into(), "null".into(), true, false), ("k".into(), v1.clone(), false, false)]
+            vec![
+                ("k".into(), "null".into(), true, false),
+                ("k".into(), v1.clone(), false, false)
+            ]
         );
         // A delete in a suspended bucket puts a null delete marker in place of the null
         // version.
         let r = delete(&mut sm, "k", None, false).unwrap();
-        assert_eq!(r, ObjectCommandReply::Deleted { version_id: Some("null".into()), delete_marker: true });
+        assert_eq!(
+            r,
+            ObjectCommandReply::Deleted {
+                version_id: Some("null".into()),
+                delete_marker: true
+            }
+        );
         check_invariants(&sm, "k");
         assert_eq!(
             listing(&sm, 100),
-            vec![("k".into(), "null".into(), true, true), ("k".into(), v1, false, false)]
+            vec![
+                ("k".into(), "null".into(), true, true),
+                ("k".into(), v1, false, false)
+            ]
         );
         // Stripe 2 was replaced by 3, 3 by the marker: both garbage now.
-        assert_eq!(query::stripes_known(&sm.kv, &[StripeId(1)]).unwrap(), vec![true]);
+        assert_eq!(
+            query::stripes_known(&sm.kv, &[StripeId(1)]).unwrap(),
+            vec![true]
+        );
     }
 
     #[test]
@@ -1714,7 +1788,11 @@ mod tests {
                 };
                 let l = query::list_versions(&sm.kv, &q).unwrap();
                 assert!(l.versions.len() <= page as usize);
-                got.extend(l.versions.into_iter().map(|v| (v.key, v.s3_version_id, v.is_latest, false)));
+                got.extend(
+                    l.versions
+                        .into_iter()
+                        .map(|v| (v.key, v.s3_version_id, v.is_latest, false)),
+                );
                 if !l.is_truncated {
                     break;
                 }
@@ -1739,7 +1817,10 @@ mod tests {
 
     fn locked_bucket() -> Sm {
         let mut sm = Sm::new();
-        sm.run(MetaCommand::CreateTenant { id: tenant("jena"), now_ms: 1 });
+        sm.run(MetaCommand::CreateTenant {
+            id: tenant("jena"),
+            now_ms: 1,
+        });
         let r = sm.run(MetaCommand::CreateBucketWith {
             name: bucket("files"),
             tenant: tenant("jena"),
@@ -1751,7 +1832,13 @@ mod tests {
         sm
     }
 
-    fn put_locked(sm: &mut Sm, key: &str, stripe: u128, mode: lauscha_core::versioning::RetentionMode, until_ms: u64) -> String {
+    fn put_locked(
+        sm: &mut Sm,
+        key: &str,
+        stripe: u128,
+        mode: lauscha_core::versioning::RetentionMode,
+        until_ms: u64,
+    ) -> String {
         let r = sm.run(MetaCommand::PutObjectWith {
             bucket: bucket("files"),
             tenant: tenant("jena"),
@@ -1777,24 +1864,39 @@ mod tests {
         let mut sm = locked_bucket();
         let v = put_locked(&mut sm, "k", 1, RetentionMode::Compliance, 5_000);
         // Suspending versioning is refused under Object Lock.
-        assert!(matches!(set_versioning(&mut sm, VersioningState::Suspended), Err(MetaError::InvalidBucketState(_))));
+        assert!(matches!(
+            set_versioning(&mut sm, VersioningState::Suspended),
+            Err(MetaError::InvalidBucketState(_))
+        ));
         // A plain delete only adds a marker; the version stays.
         delete(&mut sm, "k", None, false).unwrap();
         for bypass in [false, true] {
-            assert!(matches!(delete(&mut sm, "k", Some(&v), bypass), Err(MetaError::ObjectLocked(_))));
+            assert!(matches!(
+                delete(&mut sm, "k", Some(&v), bypass),
+                Err(MetaError::ObjectLocked(_))
+            ));
         }
         let shorten = |until_ms| ObjectCommand::SetVersionAttr {
             bucket: bucket("files"),
             tenant: tenant("jena"),
             key: "k".into(),
             version_id: Some(v.clone()),
-            change: VersionAttrChange::Retention(Some(Retention { mode: RetentionMode::Compliance, until_ms })),
+            change: VersionAttrChange::Retention(Some(Retention {
+                mode: RetentionMode::Compliance,
+                until_ms,
+            })),
             bypass_governance: true,
         };
-        assert!(matches!(obj(&mut sm, shorten(2_000)), Err(MetaError::ObjectLocked(_))));
+        assert!(matches!(
+            obj(&mut sm, shorten(2_000)),
+            Err(MetaError::ObjectLocked(_))
+        ));
         obj(&mut sm, shorten(9_000)).unwrap();
         // The version's stripes are still referenced.
-        assert_eq!(query::stripes_known(&sm.kv, &[StripeId(1)]).unwrap(), vec![true]);
+        assert_eq!(
+            query::stripes_known(&sm.kv, &[StripeId(1)]).unwrap(),
+            vec![true]
+        );
         // After the date (commands carry now = 1 000 ms; apply at a later time):
         let late = MetaCommand::Object {
             command: ObjectCommand::Delete {
@@ -1815,7 +1917,10 @@ mod tests {
         use lauscha_core::versioning::{RetentionMode, VersionAttrChange};
         let mut sm = locked_bucket();
         let v = put_locked(&mut sm, "k", 1, RetentionMode::Governance, 5_000);
-        assert!(matches!(delete(&mut sm, "k", Some(&v), false), Err(MetaError::ObjectLocked(_))));
+        assert!(matches!(
+            delete(&mut sm, "k", Some(&v), false),
+            Err(MetaError::ObjectLocked(_))
+        ));
         let hold = |on| ObjectCommand::SetVersionAttr {
             bucket: bucket("files"),
             tenant: tenant("jena"),
@@ -1825,10 +1930,17 @@ mod tests {
             bypass_governance: false,
         };
         obj(&mut sm, hold(true)).unwrap();
-        assert!(matches!(delete(&mut sm, "k", Some(&v), true), Err(MetaError::ObjectLocked(_))));
+        assert!(matches!(
+            delete(&mut sm, "k", Some(&v), true),
+            Err(MetaError::ObjectLocked(_))
+        ));
         obj(&mut sm, hold(false)).unwrap();
         delete(&mut sm, "k", Some(&v), true).unwrap();
-        assert!(query::get_object(&sm.kv, &bucket("files"), "k").unwrap().is_none());
+        assert!(
+            query::get_object(&sm.kv, &bucket("files"), "k")
+                .unwrap()
+                .is_none()
+        );
         // Lock headers on a bucket without Object Lock are refused.
         let mut plain = setup();
         let r = plain.run(MetaCommand::PutObjectWith {
@@ -1839,9 +1951,15 @@ mod tests {
             now_ms: 10,
             missing: Vec::new(),
             condition: None,
-            extras: VersionExtras { legal_hold: true, ..Default::default() },
+            extras: VersionExtras {
+                legal_hold: true,
+                ..Default::default()
+            },
         });
-        assert!(matches!(r, MetaResponse::Refused(MetaError::InvalidRequest(_))));
+        assert!(matches!(
+            r,
+            MetaResponse::Refused(MetaError::InvalidRequest(_))
+        ));
     }
 
     #[test]
@@ -1851,7 +1969,11 @@ mod tests {
         put_v(&mut sm, "k", 1);
         put_v(&mut sm, "k", 2);
         let stripes = query::list_stripes(&sm.kv, None, 10).unwrap();
-        assert_eq!(stripes.len(), 2, "current and noncurrent stripes are maintained");
+        assert_eq!(
+            stripes.len(),
+            2,
+            "current and noncurrent stripes are maintained"
+        );
         let r = sm.run(MetaCommand::MoveShard {
             stripe_id: StripeId(1),
             shard_idx: 0,

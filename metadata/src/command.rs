@@ -5,11 +5,11 @@
 
 use std::fmt;
 
+use lauscha_core::versioning::{ObjectCommand, ObjectCommandReply, VersionExtras};
 use lauscha_core::{
     AccessKey, AccessKeyId, Bucket, BucketName, NodeId, NodeInfo, NodeState, ObjectVersion,
     Permission, PlacementPolicy, StripeId, Tenant, TenantId, UploadPart, WriteCondition,
 };
-use lauscha_core::versioning::{ObjectCommand, ObjectCommandReply, VersionExtras};
 use serde::{Deserialize, Serialize};
 
 /// Identifies one logical client request across retries: a client that retries a write

@@ -9,14 +9,14 @@ use serde::Deserialize;
 
 use crate::apply::{GarbageRecord, StripeOwner, read};
 use crate::keys::SettingKind;
+use crate::keys::{self, Table};
+use crate::kv::{KvError, KvRead};
+use crate::value;
 use crate::versions::{self, VersionOwner};
 use lauscha_core::versioning::{
     BucketSettings, LifecycleRule, ListVersionsQuery, NoncurrentVersion, VersionEntry,
     VersionListing, VersionView, version_seq,
 };
-use crate::keys::{self, Table};
-use crate::kv::{KvError, KvRead};
-use crate::value;
 
 /// An access key by id.
 pub fn get_access_key(kv: &impl KvRead, id: &AccessKeyId) -> Result<Option<AccessKey>, KvError> {
@@ -169,11 +169,13 @@ pub fn list_stripes(
         if !versions.contains_key(&name) {
             let version = match seq {
                 None => get_object(kv, &owner.bucket, &owner.key)?,
-                Some(seq) => read::<NoncurrentVersion>(kv, &keys::version(&owner.bucket, &owner.key, seq))?
-                    .and_then(|v| match v.entry {
-                        VersionEntry::Object(o) => Some(o),
-                        VersionEntry::DeleteMarker { .. } => None,
-                    }),
+                Some(seq) => {
+                    read::<NoncurrentVersion>(kv, &keys::version(&owner.bucket, &owner.key, seq))?
+                        .and_then(|v| match v.entry {
+                            VersionEntry::Object(o) => Some(o),
+                            VersionEntry::DeleteMarker { .. } => None,
+                        })
+                }
             }
             .ok_or_else(|| {
                 KvError(format!(
@@ -234,7 +236,9 @@ pub fn lifecycle_buckets(
         }
         let name = &rest[..rest.len() - 2];
         match (
-            std::str::from_utf8(name).ok().and_then(|n| BucketName::parse(n).ok()),
+            std::str::from_utf8(name)
+                .ok()
+                .and_then(|n| BucketName::parse(n).ok()),
             value::decode::<Vec<LifecycleRule>>(v),
         ) {
             (Some(name), Ok(rules)) => found.push((name, rules)),
@@ -341,8 +345,20 @@ pub fn list_versions(kv: &impl KvRead, q: &ListVersionsQuery) -> Result<VersionL
     }
     let mut n = 0usize;
     loop {
-        let a = next_key(kv, &cursor.object_from, &object_end, object_base.len(), false)?;
-        let b = next_key(kv, &cursor.version_from, &version_end, version_base.len(), true)?;
+        let a = next_key(
+            kv,
+            &cursor.object_from,
+            &object_end,
+            object_base.len(),
+            false,
+        )?;
+        let b = next_key(
+            kv,
+            &cursor.version_from,
+            &version_end,
+            version_base.len(),
+            true,
+        )?;
         let key = match (a, b) {
             (None, None) => break,
             (Some(a), None) => a,
@@ -371,10 +387,7 @@ pub fn list_versions(kv: &impl KvRead, q: &ListVersionsQuery) -> Result<VersionL
         }
         // This key's versions, newest first, skipping those up to a resume marker.
         let current = get_object(kv, &q.bucket, &key)?;
-        let mut skip_until = resume
-            .take()
-            .filter(|(k, _)| *k == key)
-            .map(|(_, v)| v);
+        let mut skip_until = resume.take().filter(|(k, _)| *k == key).map(|(_, v)| v);
         let mut entries: Vec<(u64, VersionEntry)> = Vec::new();
         if let Some(c) = current {
             let seq = version_seq(&c.version_id)
@@ -396,8 +409,8 @@ pub fn list_versions(kv: &impl KvRead, q: &ListVersionsQuery) -> Result<VersionL
             skip_until = None;
             seeked = true;
         }
-        let version_to = keys::prefix_end(&keys::key_versions_prefix(&q.bucket, &key))
-            .expect("NUL in prefix");
+        let version_to =
+            keys::prefix_end(&keys::key_versions_prefix(&q.bucket, &key)).expect("NUL in prefix");
         let mut stop = false;
         let mut position = usize::from(seeked);
         let mut emit = |seq: u64, entry: VersionEntry, listing: &mut VersionListing| -> bool {
@@ -432,16 +445,14 @@ pub fn list_versions(kv: &impl KvRead, q: &ListVersionsQuery) -> Result<VersionL
         }
         if go_on {
             let mut error = None;
-            kv.scan(&version_from, &version_to, &mut |k, v| {
-                match (
-                    keys::parse_version(&q.bucket, k),
-                    value::decode::<NoncurrentVersion>(v),
-                ) {
-                    (Some((_, seq)), Ok(nv)) => emit(seq, nv.entry, &mut listing),
-                    _ => {
-                        error = Some(KvError(format!("bad version entry {k:?}")));
-                        false
-                    }
+            kv.scan(&version_from, &version_to, &mut |k, v| match (
+                keys::parse_version(&q.bucket, k),
+                value::decode::<NoncurrentVersion>(v),
+            ) {
+                (Some((_, seq)), Ok(nv)) => emit(seq, nv.entry, &mut listing),
+                _ => {
+                    error = Some(KvError(format!("bad version entry {k:?}")));
+                    false
                 }
             })?;
             if let Some(e) = error {

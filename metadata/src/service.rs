@@ -16,7 +16,9 @@ use tonic::{Request, Response, Status};
 use crate::command::{MetaCommand, MetaError, MetaResponse, RequestId};
 use crate::node::MetaNode;
 use crate::{apply, query, versions};
-use lauscha_core::versioning::{MetaQuery, MetaQueryReply, ObjectCommand, VersionExtras, version_seq};
+use lauscha_core::versioning::{
+    MetaQuery, MetaQueryReply, ObjectCommand, VersionExtras, version_seq,
+};
 
 /// Serves `lauscha.meta.v1.MetaService` from a voter.
 #[derive(Clone)]

@@ -14,10 +14,10 @@
 //!   against its mode.
 
 use lauscha_core::versioning::{
-    BucketSetting, BucketSettingKind, DAY_MS, MAX_RETENTION_MS, NULL_VERSION_ID,
-    NoncurrentVersion, ObjectCommand, ObjectCommandReply, ObjectLockConfig, Retention,
-    VersionAttrChange, VersionEntry, VersionExtras, VersionLock, VersioningHistory,
-    VersioningState, validate_tags, version_id, version_seq,
+    BucketSetting, BucketSettingKind, DAY_MS, MAX_RETENTION_MS, NULL_VERSION_ID, NoncurrentVersion,
+    ObjectCommand, ObjectCommandReply, ObjectLockConfig, Retention, VersionAttrChange,
+    VersionEntry, VersionExtras, VersionLock, VersioningHistory, VersioningState, validate_tags,
+    version_id, version_seq,
 };
 use lauscha_core::{BucketName, ObjectVersion};
 use serde::{Deserialize, Serialize};
@@ -74,7 +74,13 @@ fn seq_of(version_id: &str) -> Result<u64, KvError> {
 }
 
 /// Moves the current object into the version table.
-fn demote(out: &mut Vec<Mutation>, bucket: &BucketName, key: &str, old: ObjectVersion, now_ms: u64) -> Result<(), KvError> {
+fn demote(
+    out: &mut Vec<Mutation>,
+    bucket: &BucketName,
+    key: &str,
+    old: ObjectVersion,
+    now_ms: u64,
+) -> Result<(), KvError> {
     let seq = seq_of(&old.version_id)?;
     for stripe in old.stripes() {
         out.push(Mutation::Delete(keys::stripe_index(stripe.id)));
@@ -171,8 +177,18 @@ fn noncurrent_nulls(
 
 /// Drops a version's attributes.
 fn drop_attrs(out: &mut Vec<Mutation>, bucket: &BucketName, key: &str, seq: u64) {
-    out.push(Mutation::Delete(keys::version_attr(bucket, key, seq, AttrKind::Lock)));
-    out.push(Mutation::Delete(keys::version_attr(bucket, key, seq, AttrKind::Tags)));
+    out.push(Mutation::Delete(keys::version_attr(
+        bucket,
+        key,
+        seq,
+        AttrKind::Lock,
+    )));
+    out.push(Mutation::Delete(keys::version_attr(
+        bucket,
+        key,
+        seq,
+        AttrKind::Tags,
+    )));
 }
 
 /// Refuses if Object Lock protects the version.
@@ -186,7 +202,9 @@ fn check_removable(
 ) -> Outcome<()> {
     Ok(version_lock(kv, bucket, key, seq)?
         .check_removal(now_ms, bypass_governance)
-        .map_err(|e| MetaError::ObjectLocked(format!("{bucket}/{key} version {}: {e}", version_id(seq)))))
+        .map_err(|e| {
+            MetaError::ObjectLocked(format!("{bucket}/{key} version {}: {e}", version_id(seq)))
+        }))
 }
 
 /// Removes a noncurrent version for good (lock already checked).
@@ -303,7 +321,11 @@ pub fn install(
         );
     }
     if let Some(tags) = extras.tags.as_ref().filter(|t| !t.is_empty()) {
-        put(out, keys::version_attr(bucket, key, log_index, AttrKind::Tags), tags);
+        put(
+            out,
+            keys::version_attr(bucket, key, log_index, AttrKind::Tags),
+            tags,
+        );
     }
     put(out, keys::object(bucket, key), &version);
     Ok(Ok(history.s3_version_id(log_index)))
@@ -345,10 +367,10 @@ fn find(
 ) -> Outcome<Option<Found>> {
     let current = read::<ObjectVersion>(kv, &keys::object(bucket, key))?;
     if s3_id == NULL_VERSION_ID {
-        if let Some(c) = current {
-            if history.is_null(seq_of(&c.version_id)?) {
-                return Ok(Ok(Some(Found::Current(c))));
-            }
+        if let Some(c) = current
+            && history.is_null(seq_of(&c.version_id)?)
+        {
+            return Ok(Ok(Some(Found::Current(c))));
         }
         return Ok(Ok(noncurrent_nulls(kv, bucket, key, history)?
             .into_iter()
@@ -365,8 +387,11 @@ fn find(
     {
         return Ok(Ok(Some(Found::Current(c))));
     }
-    Ok(Ok(read::<NoncurrentVersion>(kv, &keys::version(bucket, key, seq))?
-        .map(|v| Found::Noncurrent(seq, v))))
+    Ok(Ok(read::<NoncurrentVersion>(
+        kv,
+        &keys::version(bucket, key, seq),
+    )?
+    .map(|v| Found::Noncurrent(seq, v))))
 }
 
 /// A version with its S3 id, lock and tags, for reads.
@@ -428,7 +453,10 @@ pub fn apply_object_command(
             if let Err(e) = owned_bucket(kv, bucket, tenant)? {
                 return Ok(Err(e));
             }
-            Ok(put_setting(kv, out, bucket, setting, log_index)?.map(|()| ObjectCommandReply::Done))
+            Ok(
+                put_setting(kv, out, bucket, setting, log_index)?
+                    .map(|()| ObjectCommandReply::Done),
+            )
         }
         ObjectCommand::DeleteBucketSetting {
             bucket,
@@ -531,7 +559,11 @@ fn put_setting(
             }
             let mut history = versioning(kv, bucket)?;
             history.set(log_index, *state);
-            put(out, keys::bucket_setting(bucket, SettingKind::Versioning), &history);
+            put(
+                out,
+                keys::bucket_setting(bucket, SettingKind::Versioning),
+                &history,
+            );
         }
         BucketSetting::ObjectLock(config) => {
             if versioning(kv, bucket)?.current() != VersioningState::Enabled {
@@ -546,7 +578,11 @@ fn put_setting(
                     "default retention must be 1 day to 100 years".into(),
                 )));
             }
-            put(out, keys::bucket_setting(bucket, SettingKind::ObjectLock), config);
+            put(
+                out,
+                keys::bucket_setting(bucket, SettingKind::ObjectLock),
+                config,
+            );
         }
         BucketSetting::Tags(tags) => {
             if let Err(e) = validate_tags(tags, 50) {
@@ -571,7 +607,11 @@ fn put_setting(
                     "a lifecycle configuration has 1 to 1000 rules".into(),
                 )));
             }
-            put(out, keys::bucket_setting(bucket, SettingKind::Lifecycle), rules);
+            put(
+                out,
+                keys::bucket_setting(bucket, SettingKind::Lifecycle),
+                rules,
+            );
         }
     }
     Ok(Ok(()))
@@ -772,7 +812,11 @@ pub fn has_versions(kv: &impl KvRead, bucket: &BucketName) -> Result<bool, KvErr
 
 /// Removes every setting of a deleted bucket, so that a bucket created later under the
 /// same name starts clean.
-pub fn drop_settings(kv: &impl KvRead, out: &mut Vec<Mutation>, bucket: &BucketName) -> Result<(), KvError> {
+pub fn drop_settings(
+    kv: &impl KvRead,
+    out: &mut Vec<Mutation>,
+    bucket: &BucketName,
+) -> Result<(), KvError> {
     let prefix = keys::bucket_settings_prefix(bucket);
     let end = keys::prefix_end(&prefix).expect("prefix ends in NUL");
     kv.scan(&prefix, &end, &mut |k, _| {

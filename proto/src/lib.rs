@@ -113,7 +113,10 @@ pub fn decode_payload<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T,
     match bytes.split_first() {
         Some((&PAYLOAD_FORMAT_V1, rest)) => postcard::from_bytes(rest)
             .map_err(|e| ProtoError::new("body", format!("undecodable payload: {e}"))),
-        Some((v, _)) => Err(ProtoError::new("body", format!("unknown payload format {v}"))),
+        Some((v, _)) => Err(ProtoError::new(
+            "body",
+            format!("unknown payload format {v}"),
+        )),
         None => Err(ProtoError::new("body", "empty payload")),
     }
 }
