@@ -349,7 +349,7 @@ impl S3Gateway {
                 let details = self
                     .version_details(caller, &name, key, Some(v), Permission::Read)
                     .await?;
-                match object_of(details) {
+                match object_of(details, true) {
                     Ok(object) => object,
                     Err(_) => {
                         return Err(s3_error!(
@@ -526,23 +526,23 @@ fn shown_version_id(id: String) -> Option<String> {
     (id != NULL_VERSION_ID && !id.is_empty()).then_some(id)
 }
 
-/// The object of a version; a delete marker answers as S3 does: 404 NoSuchKey when it is
-/// the newest version, 405 MethodNotAllowed when it was asked for by id, with
+/// The object of a version; a delete marker answers as S3 does: 404 NoSuchKey when the
+/// newest version was asked for, 405 MethodNotAllowed when it was asked for by id, with
 /// `x-amz-delete-marker: true` either way.
-fn object_of(details: VersionDetails) -> S3Result<ObjectVersion> {
+fn object_of(details: VersionDetails, by_id: bool) -> S3Result<ObjectVersion> {
     match details.view.entry {
         VersionEntry::Object(mut v) => {
             v.version_id = details.view.s3_version_id;
             Ok(v)
         }
         VersionEntry::DeleteMarker { .. } => {
-            let mut e = if details.view.is_latest {
+            let mut e = if by_id {
+                s3_error!(MethodNotAllowed, "the version is a delete marker")
+            } else {
                 s3_error!(
                     NoSuchKey,
                     "the newest version of the key is a delete marker"
                 )
-            } else {
-                s3_error!(MethodNotAllowed, "the version is a delete marker")
             };
             let mut headers = http::HeaderMap::new();
             headers.insert(
@@ -1708,7 +1708,7 @@ impl S3 for S3Gateway {
                 Permission::Read,
             )
             .await?;
-        let version = object_of(details)?;
+        let version = object_of(details, input.version_id.is_some())?;
         let wants = |attr: &str| input.object_attributes.iter().any(|a| a.as_str() == attr);
         let mut output = dto::GetObjectAttributesOutput {
             last_modified: Some(timestamp(version.last_modified_ms)),
@@ -1784,7 +1784,7 @@ impl S3 for S3Gateway {
                 let d = self
                     .version_details(&caller, &name, &input.key, Some(v), Permission::Read)
                     .await?;
-                (object_of(d.clone())?, Some(d))
+                (object_of(d.clone(), true)?, Some(d))
             }
         };
         check_conditions(
@@ -1878,7 +1878,7 @@ impl S3 for S3Gateway {
             )
             .await?;
         let lock = details.lock;
-        let version = object_of(details)?;
+        let version = object_of(details, input.version_id.is_some())?;
         check_conditions(
             &version,
             &input.if_match,
@@ -2392,7 +2392,7 @@ impl S3 for S3Gateway {
             )
             .await?;
         let lock = details.lock;
-        object_of(details)?;
+        object_of(details, input.version_id.is_some())?;
         let retention = versioned::retention_to_dto(&lock).ok_or_else(|| {
             let mut e = S3Error::with_message(
                 S3ErrorCode::Custom("NoSuchObjectLockConfiguration".into()),
@@ -2465,7 +2465,7 @@ impl S3 for S3Gateway {
             )
             .await?;
         let on = details.lock.legal_hold;
-        object_of(details)?;
+        object_of(details, input.version_id.is_some())?;
         Ok(S3Response::new(dto::GetObjectLegalHoldOutput {
             legal_hold: Some(dto::ObjectLockLegalHold {
                 status: Some(dto::ObjectLockLegalHoldStatus::from(
@@ -2516,7 +2516,7 @@ impl S3 for S3Gateway {
             )
             .await?;
         let tags = versioned::tags_to_dto(&details.tags);
-        let version = object_of(details)?;
+        let version = object_of(details, input.version_id.is_some())?;
         Ok(S3Response::new(dto::GetObjectTaggingOutput {
             tag_set: tags,
             version_id: shown_version_id(version.version_id),

@@ -27,6 +27,29 @@ pub fn load(path: &Path) -> anyhow::Result<ServerConfig> {
     Ok(config)
 }
 
+/// Applies the `LAUSCHA__<SECTION>__...` variables to one section built in code (the
+/// in-process `lauscha dev`), so that overrides act the same with and without
+/// `--cluster`.
+pub fn override_section<T>(section: &str, config: T) -> anyhow::Result<T>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let mut table = toml::Table::new();
+    table.insert(
+        section.to_string(),
+        toml::Value::try_from(&config).context("serialise a built-in config")?,
+    );
+    let mut value = toml::Value::Table(table);
+    apply_env_overrides(&mut value, std::env::vars())?;
+    let toml::Value::Table(mut table) = value else {
+        bail!("config is not a table");
+    };
+    let section_value = table.remove(section).context("section vanished")?;
+    section_value
+        .try_into()
+        .with_context(|| format!("[{section}] with LAUSCHA__ overrides"))
+}
+
 /// Applies `LAUSCHA__...` variables to a parsed config.
 pub fn apply_env_overrides(
     value: &mut toml::Value,

@@ -336,9 +336,9 @@ async fn run_in_process(args: DevArgs, data_dir: &Path) -> anyhow::Result<()> {
             ))
             .await?;
     }
-    let gateway = roles
-        .start_gateway(&gateway_config(&args, &meta_addrs))
-        .await?;
+    let gateway_config =
+        crate::config::override_section("gateway", gateway_config(&args, &meta_addrs))?;
+    let gateway = roles.start_gateway(&gateway_config).await?;
     let s3_endpoint = format!("http://{}", gateway.listen);
     let creds = Credentials {
         endpoint: s3_endpoint.clone(),
