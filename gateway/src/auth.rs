@@ -137,6 +137,34 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Lets anonymous requests through s3s to the operations a bucket policy can grant, whose
+/// handlers ask the policy (`caller_for`); every other operation refuses them here.
+pub struct PolicyAccess;
+
+/// Operations a bucket policy may open to anonymous requests.
+const POLICY_OPERATIONS: [&str; 6] = [
+    "GetObject",
+    "HeadObject",
+    "PutObject",
+    "DeleteObject",
+    "ListObjects",
+    "ListObjectsV2",
+];
+
+#[async_trait::async_trait]
+impl s3s::access::S3Access for PolicyAccess {
+    async fn check(&self, cx: &mut s3s::access::S3AccessContext<'_>) -> s3s::S3Result<()> {
+        if cx.credentials().is_some() || POLICY_OPERATIONS.contains(&cx.s3_op().name()) {
+            Ok(())
+        } else {
+            Err(s3s::s3_error!(
+                AccessDenied,
+                "anonymous access is not allowed"
+            ))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

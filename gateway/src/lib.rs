@@ -81,6 +81,7 @@ impl Gateway {
         builder.set_auth(auth::MetaAuth {
             inner: self.inner.clone(),
         });
+        builder.set_access(auth::PolicyAccess);
         http::serve_s3(self.inner.clone(), builder.build(), listener, shutdown).await
     }
 
