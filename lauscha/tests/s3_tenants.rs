@@ -328,3 +328,235 @@ async fn a_key_limited_by_grants_may_do_what_they_say_and_no_more() {
         .unwrap();
     assert!(!out.status.success(), "a grant across tenants");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_locks_tags_and_bucket_settings_are_isolated_too() {
+    use aws_sdk_s3::types::{
+        BucketLifecycleConfiguration, BucketVersioningStatus, CorsConfiguration, CorsRule,
+        ExpirationStatus, LifecycleExpiration, LifecycleRule, LifecycleRuleFilter,
+        ObjectLockLegalHold, ObjectLockLegalHoldStatus, ObjectLockRetention,
+        ObjectLockRetentionMode, Tag, Tagging, VersioningConfiguration,
+    };
+    let dev = Dev::start(&[]);
+    let jena = key_for(&dev, "jena");
+    let gera = key_for(&dev, "gera");
+    jena.create_bucket()
+        .bucket("jena-vault")
+        .object_lock_enabled_for_bucket(true)
+        .send()
+        .await
+        .unwrap();
+    let v = jena
+        .put_object()
+        .bucket("jena-vault")
+        .key("doc")
+        .body(b"kept".to_vec().into())
+        .send()
+        .await
+        .unwrap()
+        .version_id()
+        .unwrap()
+        .to_string();
+    let denied = |(code, status): (String, u16), what: &str| {
+        assert_eq!((code.as_str(), status), ("AccessDenied", 403), "{what}");
+    };
+    let b = "jena-vault";
+    denied(
+        error_of(gera.list_object_versions().bucket(b).send().await),
+        "list versions",
+    );
+    denied(
+        error_of(
+            gera.get_object()
+                .bucket(b)
+                .key("doc")
+                .version_id(&v)
+                .send()
+                .await,
+        ),
+        "get a version",
+    );
+    denied(
+        error_of(
+            gera.delete_object()
+                .bucket(b)
+                .key("doc")
+                .version_id(&v)
+                .send()
+                .await,
+        ),
+        "delete a version",
+    );
+    denied(
+        error_of(
+            gera.put_bucket_versioning()
+                .bucket(b)
+                .versioning_configuration(
+                    VersioningConfiguration::builder()
+                        .status(BucketVersioningStatus::Suspended)
+                        .build(),
+                )
+                .send()
+                .await,
+        ),
+        "versioning",
+    );
+    denied(
+        error_of(gera.get_bucket_versioning().bucket(b).send().await),
+        "get versioning",
+    );
+    denied(
+        error_of(gera.get_object_lock_configuration().bucket(b).send().await),
+        "get lock configuration",
+    );
+    denied(
+        error_of(
+            gera.put_object_retention()
+                .bucket(b)
+                .key("doc")
+                .retention(
+                    ObjectLockRetention::builder()
+                        .mode(ObjectLockRetentionMode::Compliance)
+                        .retain_until_date(aws_smithy_types::DateTime::from_secs(4_000_000_000))
+                        .build(),
+                )
+                .send()
+                .await,
+        ),
+        "retention",
+    );
+    denied(
+        error_of(
+            gera.put_object_legal_hold()
+                .bucket(b)
+                .key("doc")
+                .legal_hold(
+                    ObjectLockLegalHold::builder()
+                        .status(ObjectLockLegalHoldStatus::On)
+                        .build(),
+                )
+                .send()
+                .await,
+        ),
+        "legal hold",
+    );
+    let tagging = Tagging::builder()
+        .tag_set(Tag::builder().key("a").value("b").build().unwrap())
+        .build()
+        .unwrap();
+    denied(
+        error_of(
+            gera.put_object_tagging()
+                .bucket(b)
+                .key("doc")
+                .tagging(tagging.clone())
+                .send()
+                .await,
+        ),
+        "object tags",
+    );
+    denied(
+        error_of(gera.get_object_tagging().bucket(b).key("doc").send().await),
+        "get object tags",
+    );
+    denied(
+        error_of(
+            gera.put_bucket_tagging()
+                .bucket(b)
+                .tagging(tagging)
+                .send()
+                .await,
+        ),
+        "bucket tags",
+    );
+    denied(
+        error_of(
+            gera.put_bucket_policy()
+                .bucket(b)
+                .policy(r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"s3:GetObject","Resource":"arn:aws:s3:::jena-vault/*"}]}"#)
+                .send()
+                .await,
+        ),
+        "policy",
+    );
+    denied(
+        error_of(
+            gera.put_bucket_cors()
+                .bucket(b)
+                .cors_configuration(
+                    CorsConfiguration::builder()
+                        .cors_rules(
+                            CorsRule::builder()
+                                .allowed_origins("*")
+                                .allowed_methods("GET")
+                                .build()
+                                .unwrap(),
+                        )
+                        .build()
+                        .unwrap(),
+                )
+                .send()
+                .await,
+        ),
+        "cors",
+    );
+    denied(
+        error_of(
+            gera.put_bucket_lifecycle_configuration()
+                .bucket(b)
+                .lifecycle_configuration(
+                    BucketLifecycleConfiguration::builder()
+                        .rules(
+                            LifecycleRule::builder()
+                                .status(ExpirationStatus::Enabled)
+                                .filter(LifecycleRuleFilter::builder().prefix("").build())
+                                .expiration(LifecycleExpiration::builder().days(1).build())
+                                .build()
+                                .unwrap(),
+                        )
+                        .build()
+                        .unwrap(),
+                )
+                .send()
+                .await,
+        ),
+        "lifecycle",
+    );
+
+    // Nothing changed.
+    let versions = jena.list_object_versions().bucket(b).send().await.unwrap();
+    assert_eq!(versions.versions().len(), 1);
+    assert!(versions.delete_markers().is_empty());
+    let status = jena.get_bucket_versioning().bucket(b).send().await.unwrap();
+    assert_eq!(status.status(), Some(&BucketVersioningStatus::Enabled));
+    let tags = jena
+        .get_object_tagging()
+        .bucket(b)
+        .key("doc")
+        .send()
+        .await
+        .unwrap();
+    assert!(tags.tag_set().is_empty());
+    let (code, _) = error_of(
+        jena.get_object_retention()
+            .bucket(b)
+            .key("doc")
+            .send()
+            .await,
+    );
+    assert_eq!(code, "NoSuchObjectLockConfiguration");
+    for missing in [
+        error_of(jena.get_bucket_policy().bucket(b).send().await).0,
+        error_of(jena.get_bucket_cors().bucket(b).send().await).0,
+        error_of(
+            jena.get_bucket_lifecycle_configuration()
+                .bucket(b)
+                .send()
+                .await,
+        )
+        .0,
+        error_of(jena.get_bucket_tagging().bucket(b).send().await).0,
+    ] {
+        assert!(missing.starts_with("NoSuch"), "{missing}");
+    }
+}
