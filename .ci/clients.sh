@@ -48,7 +48,8 @@ for suite in $CLIENTS; do
         awscli) command -v aws >/dev/null || die "aws not found (pip install awscli)"
             command -v curl >/dev/null || die "curl not found (apt-get install curl)" ;;
         boto3) python3 -c 'import boto3' 2>/dev/null || die "python3 cannot import boto3 (pip install boto3)" ;;
-        restic) command -v restic >/dev/null || die "restic not found (apt-get install restic)" ;;
+        restic) command -v restic >/dev/null || die "restic not found (apt-get install restic)"
+            command -v aws >/dev/null || die "aws not found (pip install awscli): the restic suite makes its Object Lock bucket with it" ;;
         rclone) command -v rclone >/dev/null || die "rclone not found (apt-get install rclone)" ;;
         s3cmd) command -v s3cmd >/dev/null || die "s3cmd not found (apt-get install s3cmd)" ;;
         *) die "unknown suite '$suite' in LAUSCHA_CLIENTS" ;;
@@ -161,7 +162,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 log "clients: starting $LAUSCHA_BIN dev on 127.0.0.1:$PORT (data dir $DATA)"
-LAUSCHA_ACCESS_KEY="$ACCESS_KEY" LAUSCHA_SECRET_KEY="$SECRET_KEY" \
+LAUSCHA_ACCESS_KEY="$ACCESS_KEY" LAUSCHA_SECRET_KEY="$SECRET_KEY" LAUSCHA__GATEWAY__ALLOW_SIGV2=true \
     "$LAUSCHA_BIN" dev --data-dir "$DATA" --s3-listen "127.0.0.1:$PORT" --admin-listen 127.0.0.1:0 \
     </dev/null >"$LOG" 2>&1 &
 LAUSCHA_PID=$!
@@ -305,6 +306,44 @@ suite_awscli() (
     done
     # No --force: this fails if the two deletes left anything behind.
     t aws --endpoint-url "$ENDPOINT" s3 rb "s3://$bucket"
+
+    # Object Lock with s3api: a bucket created with it, a default retention, a COMPLIANCE
+    # retention on one version, and that version's delete refused (also with the
+    # governance bypass) while its bytes stay readable.
+    local vault=awscli-vault
+    t aws --endpoint-url "$ENDPOINT" s3api create-bucket --bucket "$vault" --object-lock-enabled-for-bucket >/dev/null
+    t aws --endpoint-url "$ENDPOINT" s3api put-object-lock-configuration --bucket "$vault" \
+        --object-lock-configuration '{"ObjectLockEnabled":"Enabled","Rule":{"DefaultRetention":{"Mode":"GOVERNANCE","Days":1}}}'
+    local mode
+    mode=$(t aws --endpoint-url "$ENDPOINT" s3api get-object-lock-configuration --bucket "$vault" \
+        --query ObjectLockConfiguration.Rule.DefaultRetention.Mode --output text)
+    [[ $mode == GOVERNANCE ]] || die "get-object-lock-configuration: default mode $mode"
+    local vid
+    vid=$(t aws --endpoint-url "$ENDPOINT" s3api put-object --bucket "$vault" --key backup.bin \
+        --body "$dir/up/big.bin" --query VersionId --output text)
+    [[ -n $vid && $vid != None ]] || die "put-object into a locked bucket returned no version id"
+    local until
+    until=$(date -u -d '+2 days' +%Y-%m-%dT%H:%M:%SZ)
+    t aws --endpoint-url "$ENDPOINT" s3api put-object-retention --bucket "$vault" --key backup.bin \
+        --version-id "$vid" --retention "{\"Mode\":\"COMPLIANCE\",\"RetainUntilDate\":\"$until\"}"
+    mode=$(t aws --endpoint-url "$ENDPOINT" s3api get-object-retention --bucket "$vault" --key backup.bin \
+        --version-id "$vid" --query Retention.Mode --output text)
+    [[ $mode == COMPLIANCE ]] || die "get-object-retention: mode $mode, want COMPLIANCE"
+    local bypass
+    for bypass in "" --bypass-governance-retention; do
+        if aws --endpoint-url "$ENDPOINT" s3api delete-object --bucket "$vault" --key backup.bin \
+            --version-id "$vid" $bypass >"$dir/locked.txt" 2>&1; then
+            die "delete-object of a COMPLIANCE-locked version succeeded ($bypass)"
+        fi
+        grep -q AccessDenied "$dir/locked.txt" || { cat "$dir/locked.txt"; die "locked delete: not AccessDenied"; }
+    done
+    t aws --endpoint-url "$ENDPOINT" s3api get-object --bucket "$vault" --key backup.bin \
+        --version-id "$vid" "$dir/down/locked.bin" >/dev/null
+    cmp "$dir/up/big.bin" "$dir/down/locked.bin" || die "the locked version reads back different"
+    local versions
+    versions=$(t aws --endpoint-url "$ENDPOINT" s3api list-object-versions --bucket "$vault" \
+        --query 'length(Versions)' --output text)
+    [[ $versions == 1 ]] || die "list-object-versions: $versions versions, want 1"
 )
 
 suite_boto3() (
@@ -355,6 +394,34 @@ suite_restic() (
     t restic restore latest --target "$restore"
     # restic restores absolute paths under the target.
     diff -r "$src" "$restore$src" || die "restic: restored tree differs from the source"
+
+    # The ransomware-safe setup: a repository in a versioned bucket with Object Lock
+    # and a default retention. Every pack restic writes is a locked version; restic's
+    # own deletes (lock files) only add delete markers.
+    t aws --endpoint-url "$ENDPOINT" s3api create-bucket --bucket restic-locked \
+        --object-lock-enabled-for-bucket >/dev/null
+    t aws --endpoint-url "$ENDPOINT" s3api put-object-lock-configuration --bucket restic-locked \
+        --object-lock-configuration '{"ObjectLockEnabled":"Enabled","Rule":{"DefaultRetention":{"Mode":"COMPLIANCE","Days":1}}}'
+    export RESTIC_REPOSITORY="s3:$ENDPOINT/restic-locked"
+    rm -rf "$restore"
+    mkdir -p "$restore"
+    t restic init
+    t restic backup --host lauscha-ci "$src"
+    t restic backup --host lauscha-ci "$src"
+    t restic check --read-data
+    t restic restore latest --target "$restore"
+    diff -r "$src" "$restore$src" || die "restic: tree restored from the locked bucket differs"
+    # A pack cannot be destroyed: deleting its version is refused.
+    local pack vid
+    pack=$(t aws --endpoint-url "$ENDPOINT" s3api list-objects-v2 --bucket restic-locked \
+        --prefix data/ --query 'Contents[0].Key' --output text)
+    vid=$(t aws --endpoint-url "$ENDPOINT" s3api head-object --bucket restic-locked --key "$pack" \
+        --query VersionId --output text)
+    if aws --endpoint-url "$ENDPOINT" s3api delete-object --bucket restic-locked --key "$pack" \
+        --version-id "$vid" >"$dir/del.txt" 2>&1; then
+        die "restic: a locked pack version was deleted"
+    fi
+    grep -q AccessDenied "$dir/del.txt" || { cat "$dir/del.txt"; die "restic: locked delete not AccessDenied"; }
 )
 
 suite_rclone() (
@@ -443,6 +510,11 @@ EOF
         cat "$dir/ls.txt"
         die "s3cmd ls: s3://$bucket/three.bin ($size bytes) not listed"
     fi
+
+    # Old clients that sign with SigV2 work where the operator allows it (this run's
+    # gateway has gateway.allow_sigv2 = true; it is off by default).
+    t "${s3cmd[@]}" --signature-v2 get --force "s3://$bucket/three.bin" "$dir/down.bin"
+    cmp "$dir/up.bin" "$dir/down.bin" || die "s3cmd --signature-v2: downloaded object differs"
 
     t "${s3cmd[@]}" del "s3://$bucket/three.bin"
     t "${s3cmd[@]}" rb "s3://$bucket"

@@ -17,9 +17,13 @@ https.
 Exits 1 with a message on the first mismatch.
 """
 
+import base64
 import hashlib
 import os
 import sys
+import urllib.error
+import urllib.request
+import zlib
 
 import boto3
 import botocore
@@ -286,6 +290,74 @@ def main():
     s3.delete_object(Bucket=mp_bucket, Key="mp.bin")
     s3.delete_bucket(Bucket=mp_bucket)
     step("multipart upload_file/download_file ok")
+
+    # Multipart with explicit CRC32 checksums per part: each part's checksum is verified
+    # on upload, the completed object carries the composite checksum S3 defines
+    # (CRC32 of the parts' CRC32s, then "-<parts>"), returned with ChecksumMode.
+    mp_bucket = bucket + "-crc"
+    s3.create_bucket(Bucket=mp_bucket)
+    up = s3.create_multipart_upload(Bucket=mp_bucket, Key="crc.bin", ChecksumAlgorithm="CRC32")
+    parts_data = [os.urandom(5 * 1024 * 1024), os.urandom(5 * 1024 * 1024), os.urandom(1234)]
+    done = []
+    for n, chunk in enumerate(parts_data, start=1):
+        r = s3.upload_part(Bucket=mp_bucket, Key="crc.bin", UploadId=up["UploadId"], PartNumber=n,
+                           Body=chunk, ChecksumAlgorithm="CRC32")
+        want = base64.b64encode(zlib.crc32(chunk).to_bytes(4, "big")).decode()
+        check(r.get("ChecksumCRC32") == want, f"upload_part {n}: ChecksumCRC32 {r.get('ChecksumCRC32')}, want {want}")
+        done.append({"PartNumber": n, "ETag": r["ETag"], "ChecksumCRC32": r["ChecksumCRC32"]})
+    s3.complete_multipart_upload(Bucket=mp_bucket, Key="crc.bin", UploadId=up["UploadId"],
+                                 MultipartUpload={"Parts": done})
+    raw = b"".join(base64.b64decode(p["ChecksumCRC32"]) for p in done)
+    composite = base64.b64encode(zlib.crc32(raw).to_bytes(4, "big")).decode() + f"-{len(done)}"
+    head = s3.head_object(Bucket=mp_bucket, Key="crc.bin", ChecksumMode="ENABLED")
+    check(head.get("ChecksumCRC32") == composite,
+          f"head_object: ChecksumCRC32 {head.get('ChecksumCRC32')}, want composite {composite}")
+    got = s3.get_object(Bucket=mp_bucket, Key="crc.bin")["Body"].read()
+    check(got == b"".join(parts_data), "multipart CRC32 object differs")
+    # A part whose checksum does not match its bytes is refused and not stored.
+    up = s3.create_multipart_upload(Bucket=mp_bucket, Key="bad.bin", ChecksumAlgorithm="CRC32")
+    expect_error("upload_part with a wrong CRC32", "BadDigest", 400, s3.upload_part,
+                 Bucket=mp_bucket, Key="bad.bin", UploadId=up["UploadId"], PartNumber=1,
+                 Body=b"x" * 1000, ChecksumCRC32=base64.b64encode(b"\0\0\0\0").decode())
+    parts = s3.list_parts(Bucket=mp_bucket, Key="bad.bin", UploadId=up["UploadId"]).get("Parts", [])
+    check(parts == [], f"a refused part was stored: {parts}")
+    s3.abort_multipart_upload(Bucket=mp_bucket, Key="bad.bin", UploadId=up["UploadId"])
+    step("multipart with CRC32 checksums (composite) ok")
+
+    # Browser upload: an HTML form POST with a SigV4 policy, as generate_presigned_post
+    # makes it; a file larger than the policy allows is refused.
+    post = s3.generate_presigned_post(mp_bucket, "form/hello.bin",
+                                      Conditions=[["content-length-range", 1, 1000]],
+                                      ExpiresIn=600)
+    def form_post(filename, content):
+        boundary = "----lauscha" + os.urandom(8).hex()
+        body = b""
+        for name, value in post["fields"].items():
+            body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n"
+                     f"{value}\r\n").encode()
+        body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+                 f"filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n").encode()
+        body += content + f"\r\n--{boundary}--\r\n".encode()
+        req = urllib.request.Request(post["url"], data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+    content = os.urandom(700)
+    code = form_post("hello.bin", content)
+    check(code in (200, 204), f"POST upload answered {code}")
+    check(s3.get_object(Bucket=mp_bucket, Key="form/hello.bin")["Body"].read() == content,
+          "POST-uploaded object differs")
+    s3.delete_object(Bucket=mp_bucket, Key="form/hello.bin")
+    code = form_post("hello.bin", os.urandom(5000))
+    check(code == 400, f"POST upload over the policy's size range answered {code}, want 400")
+    expect_error("head of the refused POST upload", "404", 404, s3.head_object,
+                 Bucket=mp_bucket, Key="form/hello.bin")
+    s3.delete_object(Bucket=mp_bucket, Key="crc.bin")
+    s3.delete_bucket(Bucket=mp_bucket)
+    step("POST upload with a policy ok")
 
     # A bucket with a named placement policy, as README.md shows it.
     policy_bucket = bucket + "-sites"

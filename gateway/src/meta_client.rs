@@ -12,8 +12,8 @@ use std::time::Duration;
 use lauscha_core::model::Stripe;
 use lauscha_core::model::{ListObjectsQuery, ObjectListing};
 use lauscha_core::versioning::{
-    BucketSettings, MetaQuery, MetaQueryReply, ObjectCommand, ObjectCommandReply, VersionDetails,
-    VersionExtras,
+    BucketSettings, CompositeChecksums, MetaQuery, MetaQueryReply, ObjectCommand,
+    ObjectCommandReply, VersionDetails, VersionExtras,
 };
 use lauscha_core::{
     AccessKey, AccessKeyId, Bucket, BucketName, ClusterMap, MultipartUpload, NodeId, NodeInfo,
@@ -631,6 +631,7 @@ impl MetaClient {
         parts: &[(u32, String)],
         etag: &str,
         condition: Option<&WriteCondition>,
+        checksums: &CompositeChecksums,
     ) -> Result<(String, u64), GatewayError> {
         let message = pb::CompleteUploadRequest {
             upload: Some(upload.to_pb()),
@@ -647,6 +648,11 @@ impl MetaClient {
                 _ => None,
             },
             if_none_match_any: condition == Some(&WriteCondition::IfNoneMatchAny),
+            checksums: if checksums.composite.is_empty() {
+                bytes::Bytes::new()
+            } else {
+                lauscha_proto::encode_payload(checksums).into()
+            },
         };
         let reply = self
             .call(true, message, |mut c, r| async move {

@@ -404,6 +404,66 @@ impl S3Gateway {
         }
     }
 
+    /// S3's composite checksums of a multipart object: for each algorithm every listed
+    /// part was stored with, the algorithm over the parts' raw checksums in order, with
+    /// `-<parts>`. A part checksum the client lists must match the stored one
+    /// (InvalidPart otherwise).
+    async fn composite_checksums(
+        &self,
+        upload: &UploadName<'_>,
+        listed: &[(u32, Vec<(ChecksumAlgorithm, String)>)],
+    ) -> S3Result<lauscha_core::versioning::CompositeChecksums> {
+        let (stored, _) = self
+            .inner
+            .meta
+            .list_parts(upload, 0, MAX_PART_NUMBER)
+            .await?;
+        let mut parts = Vec::with_capacity(listed.len());
+        for (number, given) in listed {
+            let Some(part) = stored.iter().find(|p| p.part_number == *number) else {
+                return Err(s3_error!(InvalidPart, "part {number} was not uploaded"));
+            };
+            for (alg, value) in given {
+                if part.version.checksums.get(alg) != Some(value) {
+                    return Err(s3_error!(
+                        InvalidPart,
+                        "part {number}: the listed {} checksum is not the stored one",
+                        alg.as_str()
+                    ));
+                }
+            }
+            parts.push((*number, part.version.checksums.clone()));
+        }
+        let mut composite = BTreeMap::new();
+        let all_algs = [
+            ChecksumAlgorithm::Crc32,
+            ChecksumAlgorithm::Crc32c,
+            ChecksumAlgorithm::Crc64Nvme,
+            ChecksumAlgorithm::Sha1,
+            ChecksumAlgorithm::Sha256,
+        ];
+        for alg in all_algs {
+            if parts.is_empty() || !parts.iter().all(|(_, c)| c.contains_key(&alg)) {
+                continue;
+            }
+            let requested = RequestedChecksums {
+                expected: [(alg, None)].into_iter().collect(),
+            };
+            let mut hasher = requested.hasher();
+            for (_, c) in &parts {
+                let raw = base64::engine::general_purpose::STANDARD
+                    .decode(&c[&alg])
+                    .map_err(|e| GatewayError::Internal(format!("stored checksum: {e}")))?;
+                hasher.update(&raw);
+            }
+            let value = computed(&hasher.finalize(), alg)
+                .cloned()
+                .ok_or_else(|| GatewayError::Internal("composite not computed".into()))?;
+            composite.insert(alg, format!("{value}-{}", parts.len()));
+        }
+        Ok(lauscha_core::versioning::CompositeChecksums { composite, parts })
+    }
+
     /// A bucket's settings, the caller's tenant owning it.
     async fn settings(
         &self,
@@ -518,6 +578,16 @@ impl S3Gateway {
             })
             .collect()
     }
+}
+
+/// COMPOSITE for a multipart object's checksums (`value-N`), FULL_OBJECT otherwise.
+fn checksum_type(checksums: &BTreeMap<ChecksumAlgorithm, String>) -> Option<dto::ChecksumType> {
+    let composite = checksums.values().next()?.contains('-');
+    Some(dto::ChecksumType::from_static(if composite {
+        dto::ChecksumType::COMPOSITE
+    } else {
+        dto::ChecksumType::FULL_OBJECT
+    }))
 }
 
 /// The version id to show in a response: none for the null version (as S3 does in
@@ -1520,6 +1590,8 @@ impl S3 for S3Gateway {
         }
         let mut parts = Vec::with_capacity(listed.len());
         let mut md5s = Vec::with_capacity(listed.len() * 16);
+        // Part checksums the client lists must be those the parts were stored with.
+        let mut client_checksums: Vec<(u32, Vec<(ChecksumAlgorithm, String)>)> = Vec::new();
         for p in &listed {
             let (Some(number), Some(etag)) = (p.part_number, p.e_tag.as_ref()) else {
                 return Err(s3_error!(
@@ -1536,6 +1608,17 @@ impl S3 for S3Gateway {
                 .ok_or_else(|| s3_error!(InvalidPart, "part {number}: ETag {etag} was not ours"))?;
             md5s.extend_from_slice(&md5);
             parts.push((number, etag));
+            let given: Vec<(ChecksumAlgorithm, String)> = [
+                (ChecksumAlgorithm::Crc32, &p.checksum_crc32),
+                (ChecksumAlgorithm::Crc32c, &p.checksum_crc32c),
+                (ChecksumAlgorithm::Crc64Nvme, &p.checksum_crc64nvme),
+                (ChecksumAlgorithm::Sha1, &p.checksum_sha1),
+                (ChecksumAlgorithm::Sha256, &p.checksum_sha256),
+            ]
+            .into_iter()
+            .filter_map(|(alg, v)| v.clone().map(|v| (alg, v)))
+            .collect();
+            client_checksums.push((number, given));
         }
         let etag = format!(
             "{}-{}",
@@ -1548,10 +1631,11 @@ impl S3 for S3Gateway {
             key: &input.key,
             upload_id: &input.upload_id,
         };
+        let checksums = self.composite_checksums(&upload, &client_checksums).await?;
         let (version_id, _) = self
             .inner
             .meta
-            .complete_upload(&upload, &parts, &etag, condition.as_ref())
+            .complete_upload(&upload, &parts, &etag, condition.as_ref(), &checksums)
             .await?;
         info!(bucket = %name, key = %input.key, upload_id = %input.upload_id, n_parts = parts.len(), "multipart upload completed");
         Ok(S3Response::new(dto::CompleteMultipartUploadOutput {
@@ -1727,9 +1811,7 @@ impl S3 for S3Gateway {
         }
         if wants(dto::ObjectAttributes::CHECKSUM) && !version.checksums.is_empty() {
             let mut checksum = dto::Checksum {
-                checksum_type: Some(dto::ChecksumType::from_static(
-                    dto::ChecksumType::FULL_OBJECT,
-                )),
+                checksum_type: checksum_type(&version.checksums),
                 ..Default::default()
             };
             set_checksums!(checksum, version.checksums.clone());
@@ -1843,6 +1925,7 @@ impl S3 for S3Gateway {
                     ChecksumAlgorithm::Sha256 => output.checksum_sha256 = value,
                 }
             }
+            output.checksum_type = checksum_type(&version.checksums);
         }
         Ok(S3Response::new(output))
     }
@@ -1918,6 +2001,7 @@ impl S3 for S3Gateway {
                     ChecksumAlgorithm::Sha256 => output.checksum_sha256 = value,
                 }
             }
+            output.checksum_type = checksum_type(&version.checksums);
         }
         Ok(S3Response::new(output))
     }
@@ -2728,6 +2812,14 @@ impl S3 for S3Gateway {
         &self,
         req: S3Request<dto::PostObjectInput>,
     ) -> S3Result<S3Response<dto::PostObjectOutput>> {
+        if req.input.key.contains("${filename}") {
+            // S3 would put the uploaded file's name here; s3s does not hand it over, and
+            // storing the literal would surprise everyone.
+            return Err(s3_error!(
+                InvalidArgument,
+                "the ${{filename}} key variable is not supported; name the key in the form"
+            ));
+        }
         let put = req.map_input(|p| dto::PutObjectInput {
             body: p.body,
             bucket: p.bucket,

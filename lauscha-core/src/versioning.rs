@@ -602,6 +602,21 @@ pub enum MetaQueryReply {
     LifecycleBuckets(Vec<(BucketName, TenantId, Vec<LifecycleRule>)>),
 }
 
+/// The checksums of a completed multipart object: for every algorithm all its parts
+/// carry, S3's composite (the algorithm over the parts' raw checksums, then `-<parts>`),
+/// with the part checksums it was computed from, which the state machine compares with
+/// the stored parts at completion.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompositeChecksums {
+    /// Algorithm -> composite value (base64, `-N` suffix).
+    pub composite: std::collections::BTreeMap<crate::ChecksumAlgorithm, String>,
+    /// Part number -> the part checksums used.
+    pub parts: Vec<(
+        u32,
+        std::collections::BTreeMap<crate::ChecksumAlgorithm, String>,
+    )>,
+}
+
 /// Milliseconds in a day.
 pub const DAY_MS: u64 = 24 * 3600 * 1000;
 

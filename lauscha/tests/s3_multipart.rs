@@ -345,3 +345,103 @@ async fn a_multipart_upload_round_trips_and_follows_the_s3_rules() {
     );
     assert_eq!((code.as_str(), status), ("InvalidArgument", 400));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multipart_object_carries_the_composite_of_its_part_checksums() {
+    use aws_sdk_s3::types::{
+        ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart,
+    };
+    use base64::Engine as _;
+    let dev = Dev::start(&[]);
+    let s3 = dev.client();
+    must_create_bucket(&s3, "crc").await;
+    let up = s3
+        .create_multipart_upload()
+        .bucket("crc")
+        .key("k")
+        .checksum_algorithm(ChecksumAlgorithm::Sha256)
+        .send()
+        .await
+        .unwrap();
+    let id = up.upload_id().unwrap();
+    let chunks = [payload(1, 5 << 20), payload(2, 1000)];
+    let mut done = Vec::new();
+    let mut raw = Vec::new();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let n = i as i32 + 1;
+        let part = s3
+            .upload_part()
+            .bucket("crc")
+            .key("k")
+            .upload_id(id)
+            .part_number(n)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .body(chunk.clone().into())
+            .send()
+            .await
+            .unwrap();
+        let sha = part.checksum_sha256().unwrap().to_string();
+        raw.extend(
+            base64::engine::general_purpose::STANDARD
+                .decode(&sha)
+                .unwrap(),
+        );
+        done.push(
+            CompletedPart::builder()
+                .part_number(n)
+                .e_tag(part.e_tag().unwrap())
+                .checksum_sha256(sha)
+                .build(),
+        );
+    }
+    // A listed part checksum that is not the stored one is refused.
+    let mut wrong = done.clone();
+    wrong[1] = CompletedPart::builder()
+        .part_number(2)
+        .e_tag(done[1].e_tag().unwrap())
+        .checksum_sha256(base64::engine::general_purpose::STANDARD.encode([0u8; 32]))
+        .build();
+    let (code, _) = error_of(
+        s3.complete_multipart_upload()
+            .bucket("crc")
+            .key("k")
+            .upload_id(id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(wrong))
+                    .build(),
+            )
+            .send()
+            .await,
+    );
+    assert_eq!(code, "InvalidPart");
+    s3.complete_multipart_upload()
+        .bucket("crc")
+        .key("k")
+        .upload_id(id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(done))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let want = format!(
+        "{}-2",
+        base64::engine::general_purpose::STANDARD
+            .encode(<sha2::Sha256 as sha2::Digest>::digest(&raw))
+    );
+    let head = s3
+        .head_object()
+        .bucket("crc")
+        .key("k")
+        .checksum_mode(ChecksumMode::Enabled)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.checksum_sha256(), Some(want.as_str()));
+    let mut all = chunks[0].clone();
+    all.extend_from_slice(&chunks[1]);
+    assert_eq!(must_get(&s3, "crc", "k").await, all);
+}

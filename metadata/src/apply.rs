@@ -625,6 +625,17 @@ fn apply_inner(
             etag,
             now_ms,
             condition,
+        }
+        | MetaCommand::CompleteUploadWith {
+            bucket,
+            tenant,
+            key,
+            upload_id,
+            parts: listed,
+            etag,
+            now_ms,
+            condition,
+            ..
         } => {
             if let Err(e) = owned_bucket(kv, bucket, tenant)? {
                 return Ok(Err(e));
@@ -702,6 +713,25 @@ fn apply_inner(
             }
             let extras: VersionExtras =
                 read(kv, &keys::upload_extras(upload_id))?.unwrap_or_default();
+            let mut checksums = std::collections::BTreeMap::new();
+            if let MetaCommand::CompleteUploadWith { checksums: c, .. } = cmd {
+                // The composite was computed from part checksums read before this entry;
+                // a part uploaded again since would make it wrong.
+                for part in &chosen {
+                    let given = c.parts.iter().find(|(n, _)| *n == part.part_number);
+                    for alg in c.composite.keys() {
+                        let stored = part.version.checksums.get(alg);
+                        if stored.is_none() || given.and_then(|(_, g)| g.get(alg)) != stored {
+                            return Ok(Err(MetaError::InvalidPart(format!(
+                                "part {} changed or lacks its {} checksum",
+                                part.part_number,
+                                alg.as_str()
+                            ))));
+                        }
+                    }
+                }
+                checksums = c.composite.clone();
+            }
             // Parts uploaded but not listed are garbage.
             let unused: Vec<Stripe> = uploaded
                 .iter()
@@ -723,7 +753,7 @@ fn apply_inner(
                 size_bytes: chosen.iter().map(|p| p.version.size_bytes).sum(),
                 etag: etag.clone(),
                 last_modified_ms: *now_ms,
-                checksums: Default::default(),
+                checksums,
                 data: ObjectData::Striped {
                     n_data_shards,
                     n_parity_shards,

@@ -5,7 +5,9 @@
 
 use std::fmt;
 
-use lauscha_core::versioning::{ObjectCommand, ObjectCommandReply, VersionExtras};
+use lauscha_core::versioning::{
+    CompositeChecksums, ObjectCommand, ObjectCommandReply, VersionExtras,
+};
 use lauscha_core::{
     AccessKey, AccessKeyId, Bucket, BucketName, NodeId, NodeInfo, NodeState, ObjectVersion,
     Permission, PlacementPolicy, StripeId, Tenant, TenantId, UploadPart, WriteCondition,
@@ -283,6 +285,27 @@ pub enum MetaCommand {
         /// Lock and tags of the object to be.
         extras: VersionExtras,
     },
+    /// `CompleteUpload` with the composite checksums of the parts.
+    CompleteUploadWith {
+        /// The bucket.
+        bucket: BucketName,
+        /// The tenant; must own the bucket.
+        tenant: TenantId,
+        /// The object key.
+        key: String,
+        /// The upload.
+        upload_id: String,
+        /// (part number, ETag) as the client listed them.
+        parts: Vec<(u32, String)>,
+        /// The object's ETag.
+        etag: String,
+        /// Proposal time, Unix ms.
+        now_ms: u64,
+        /// Conditional completion.
+        condition: Option<WriteCondition>,
+        /// Composite checksums and the part checksums they come from.
+        checksums: CompositeChecksums,
+    },
     /// `CreateBucket` with Object Lock (and so versioning) enabled from the start.
     CreateBucketWith {
         /// Its name.
@@ -331,7 +354,8 @@ impl fmt::Display for MetaCommand {
             MetaCommand::PutPart {
                 upload_id, part, ..
             } => write!(f, "put-part {upload_id}#{}", part.part_number),
-            MetaCommand::CompleteUpload { upload_id, .. } => {
+            MetaCommand::CompleteUpload { upload_id, .. }
+            | MetaCommand::CompleteUploadWith { upload_id, .. } => {
                 write!(f, "complete-upload {upload_id}")
             }
             MetaCommand::AbortUpload { upload_id, .. } => write!(f, "abort-upload {upload_id}"),

@@ -470,7 +470,12 @@ impl MetaService for MetaServer {
         let request = request.into_inner();
         let (bucket, tenant, key, upload_id) = upload_ref(request.upload)?;
         let condition = write_condition(request.if_match, request.if_none_match_any)?;
-        let command = MetaCommand::CompleteUpload {
+        let checksums = if request.checksums.is_empty() {
+            Default::default()
+        } else {
+            lauscha_proto::decode_payload(&request.checksums).map_err(MetaError::from)?
+        };
+        let command = MetaCommand::CompleteUploadWith {
             bucket,
             tenant,
             key,
@@ -483,6 +488,7 @@ impl MetaService for MetaServer {
             etag: request.etag,
             now_ms: now_ms(),
             condition,
+            checksums,
         };
         match self.node.write_request(command, request_id).await? {
             MetaResponse::ObjectPut {
