@@ -163,7 +163,7 @@ trap 'exit 143' TERM
 
 log "clients: starting $LAUSCHA_BIN dev on 127.0.0.1:$PORT (data dir $DATA)"
 LAUSCHA_ACCESS_KEY="$ACCESS_KEY" LAUSCHA_SECRET_KEY="$SECRET_KEY" LAUSCHA__GATEWAY__ALLOW_SIGV2=true \
-    "$LAUSCHA_BIN" dev --data-dir "$DATA" --s3-listen "127.0.0.1:$PORT" --admin-listen 127.0.0.1:0 \
+    "$LAUSCHA_BIN" dev --data-dir "$DATA" --s3-listen "127.0.0.1:$PORT" --admin-listen 127.0.0.1:0 --nbd-listen 127.0.0.1:0 \
     </dev/null >"$LOG" 2>&1 &
 LAUSCHA_PID=$!
 

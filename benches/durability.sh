@@ -40,7 +40,7 @@ rm -f "$DIR/dd"
 echo "dd_write_MBps=$(echo "$dd_line" | awk '{print $(NF-1)}')"
 
 step "lauscha dev --cluster"
-"$BIN" dev --cluster --data-dir "$DIR/data" --s3-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+"$BIN" dev --cluster --data-dir "$DIR/data" --s3-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --nbd-listen 127.0.0.1:0 \
     >"$DIR/dev.out" 2>"$DIR/dev.log" &
 pids+=($!)
 timeout 120 grep -m1 -q "Lauscha dev is running" <(tail -f "$DIR/dev.out")

@@ -21,7 +21,7 @@ dd_line=$(dd if=/dev/zero of="$DIR/dd" bs=1M count=1024 conv=fsync 2>&1 | tail -
 rm -f "$DIR/dd"
 echo "dd_write_MBps=$(echo "$dd_line" | awk '{print $(NF-1)}')"
 
-"$BIN" dev --data-dir "$DIR/data" --s3-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+"$BIN" dev --data-dir "$DIR/data" --s3-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --nbd-listen 127.0.0.1:0 \
     >"$DIR/dev.out" 2>"$DIR/dev.log" &
 pid=$!
 timeout 120 grep -m1 -q "Lauscha dev is running" <(tail -f "$DIR/dev.out")

@@ -17,7 +17,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$BIN" dev --data-dir "$DIR/data" --s3-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+"$BIN" dev --data-dir "$DIR/data" --s3-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --nbd-listen 127.0.0.1:0 \
     >"$DIR/dev.out" 2>"$DIR/dev.log" &
 pid=$!
 timeout 120 grep -m1 -q "Lauscha dev is running" <(tail -f "$DIR/dev.out")

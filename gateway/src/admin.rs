@@ -539,6 +539,114 @@ fn metrics(maintenance: &Maintenance) -> Response<Full<Bytes>> {
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
+struct VolumeBody {
+    name: String,
+    tenant: String,
+    #[serde(default)]
+    size_bytes: u64,
+    #[serde(default)]
+    policy: Option<String>,
+}
+
+/// `POST /v1/volumes {"name","tenant","size_bytes","policy"}` creates,
+/// `GET /v1/volumes[?tenant=T]` lists, `POST /v1/volumes/resize {"name","tenant",
+/// "size_bytes"}` grows, `POST /v1/volumes/delete {"name","tenant"}` deletes.
+async fn volumes(
+    inner: &Inner,
+    method: &Method,
+    path: &str,
+    query: &str,
+    body: &[u8],
+) -> Option<Response<Full<Bytes>>> {
+    use lauscha_core::versioning::{MetaQuery, MetaQueryReply, ObjectCommand};
+    use lauscha_core::volume::VolumeCommand;
+    if !path.starts_with("/v1/volumes") {
+        return None;
+    }
+    if (method, path) == (&Method::GET, "/v1/volumes") {
+        let tenant = match query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("tenant="))
+            .map(lauscha_core::TenantId::parse)
+            .transpose()
+        {
+            Ok(t) => t,
+            Err(e) => return Some(json_error(StatusCode::BAD_REQUEST, &e.to_string())),
+        };
+        return Some(
+            match inner.meta.query(&MetaQuery::ListVolumes { tenant }).await {
+                Ok(MetaQueryReply::Volumes(v)) => json(&serde_json::json!({
+                    "volumes": v.iter().map(|v| serde_json::json!({
+                        "name": v.name,
+                        "tenant": v.tenant.0,
+                        "size_bytes": v.size_bytes,
+                        "policy": v.policy.to_string(),
+                        "attached": v.lease.as_ref().is_some_and(|l| l.expires_ms > now_ms()),
+                        "epoch": v.epoch,
+                    })).collect::<Vec<_>>()
+                })),
+                Ok(other) => json_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("metadata answered {other:?}"),
+                ),
+                Err(e) => json_error(admin_status(&e), &e.to_string()),
+            },
+        );
+    }
+    if method != Method::POST {
+        return None;
+    }
+    let b: VolumeBody = match serde_json::from_slice(body) {
+        Ok(b) => b,
+        Err(e) => return Some(json_error(StatusCode::BAD_REQUEST, &format!("body: {e}"))),
+    };
+    let tenant = match lauscha_core::TenantId::parse(&b.tenant) {
+        Ok(t) => t,
+        Err(e) => return Some(json_error(StatusCode::BAD_REQUEST, &e.to_string())),
+    };
+    let command = match path {
+        "/v1/volumes" => {
+            let name = b
+                .policy
+                .as_deref()
+                .unwrap_or(lauscha_core::config::DEFAULT_POLICY_NAME);
+            let Some(policy) = inner.config.named_policy(name) else {
+                return Some(json_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!(
+                        "no placement policy {name:?}; this cluster has {}",
+                        inner.config.policy_names().join(", ")
+                    ),
+                ));
+            };
+            VolumeCommand::Create {
+                name: b.name.clone(),
+                tenant,
+                size_bytes: b.size_bytes,
+                policy,
+            }
+        }
+        "/v1/volumes/resize" => VolumeCommand::Resize {
+            name: b.name.clone(),
+            tenant,
+            size_bytes: b.size_bytes,
+        },
+        "/v1/volumes/delete" => VolumeCommand::Delete {
+            name: b.name.clone(),
+            tenant,
+        },
+        _ => return None,
+    };
+    Some(
+        match inner.meta.execute(&ObjectCommand::Volume(command)).await {
+            Ok(_) => json(&serde_json::json!({"volume": b.name, "done": path})),
+            Err(e) => json_error(admin_status(&e), &e.to_string()),
+        },
+    )
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CreateTenantBody {
     id: String,
 }
@@ -574,8 +682,11 @@ fn admin_status(e: &crate::GatewayError) -> StatusCode {
     use lauscha_proto::MetaErrorKind as K;
     match e {
         crate::GatewayError::Meta { kind, .. } => match kind {
-            K::NoSuchTenant | K::NoSuchAccessKey => StatusCode::NOT_FOUND,
-            K::TenantAlreadyExists | K::AccessKeyAlreadyExists => StatusCode::CONFLICT,
+            K::NoSuchTenant | K::NoSuchAccessKey | K::NoSuchVolume => StatusCode::NOT_FOUND,
+            K::TenantAlreadyExists | K::AccessKeyAlreadyExists | K::VolumeExists => {
+                StatusCode::CONFLICT
+            }
+            K::Conflict => StatusCode::CONFLICT,
             K::InvalidArgument => StatusCode::BAD_REQUEST,
             K::NoSuchBucket => StatusCode::NOT_FOUND,
             K::AccessDenied => StatusCode::FORBIDDEN,
@@ -703,6 +814,9 @@ pub async fn handle(
         return response;
     }
     let query = parts.uri.query().unwrap_or("");
+    if let Some(response) = volumes(inner, &parts.method, parts.uri.path(), query, &body).await {
+        return response;
+    }
     if let Some(response) =
         maintenance_routes(maintenance, &parts.method, parts.uri.path(), query).await
     {

@@ -78,6 +78,10 @@ pub enum GatewayError {
     /// Overloaded: too many requests or too little memory budget.
     #[error("slow down: {0}")]
     SlowDown(String),
+    /// Too few storage nodes to store something at full redundancy, where a write must
+    /// be (a block volume's FLUSH).
+    #[error("not enough storage nodes for full redundancy: {0}")]
+    NotFullyRedundant(String),
     /// A bug or an unexpected failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -123,6 +127,10 @@ fn meta_code(kind: MetaErrorKind) -> S3ErrorCode {
         MetaErrorKind::ObjectLocked => S3ErrorCode::AccessDenied,
         MetaErrorKind::MethodNotAllowed => S3ErrorCode::MethodNotAllowed,
         MetaErrorKind::InvalidRequest => S3ErrorCode::InvalidRequest,
+        // Volume errors do not reach S3 clients; the admin API and NBD map them.
+        MetaErrorKind::NoSuchVolume => S3ErrorCode::InvalidArgument,
+        MetaErrorKind::VolumeExists => S3ErrorCode::InvalidArgument,
+        MetaErrorKind::Fenced => S3ErrorCode::OperationAborted,
     }
 }
 
@@ -145,6 +153,7 @@ impl From<GatewayError> for S3Error {
             GatewayError::StripeUnreadable(_) => S3ErrorCode::ServiceUnavailable,
             GatewayError::StripeCorrupt(_) => S3ErrorCode::InternalError,
             GatewayError::SlowDown(_) => S3ErrorCode::SlowDown,
+            GatewayError::NotFullyRedundant(_) => S3ErrorCode::ServiceUnavailable,
             GatewayError::Internal(_) => S3ErrorCode::InternalError,
         };
         S3Error::with_message(code, e.to_string())

@@ -21,11 +21,13 @@ mod http;
 mod lifecycle;
 mod maintenance;
 mod meta_client;
+mod nbd;
 mod nodes;
 mod policy;
 mod read;
 mod s3;
 mod versioned;
+mod volume;
 mod write;
 
 use std::future::Future;
@@ -36,6 +38,11 @@ use lauscha_core::config::GatewayConfig;
 pub use meta_client::MetaClient;
 use s3s::service::S3ServiceBuilder;
 use tokio::net::TcpListener;
+
+/// Largest request XML body, bytes.
+const MAX_XML_BODY_BYTES: usize = 2 << 20;
+/// Largest file of a browser (form POST) upload, bytes.
+const MAX_POST_FILE_BYTES: u64 = 64 << 20;
 
 /// A gateway: cheap to clone, shared by its servers.
 #[derive(Clone)]
@@ -82,7 +89,25 @@ impl Gateway {
             inner: self.inner.clone(),
         });
         builder.set_access(auth::PolicyAccess);
+        // Request XML (DeleteObjects with 1,000 keys of 1 KiB is the largest legitimate
+        // body) is parsed whole: cap it. s3s holds a POST upload's file in memory: cap
+        // it too; larger browser uploads go multipart.
+        let mut config = s3s::config::S3Config::default();
+        config.xml_max_body_size = MAX_XML_BODY_BYTES;
+        config.post_object_max_file_size = MAX_POST_FILE_BYTES;
+        builder.set_config(Arc::new(s3s::config::StaticConfigProvider::new(Arc::new(
+            config,
+        ))));
         http::serve_s3(self.inner.clone(), builder.build(), listener, shutdown).await
+    }
+
+    /// Serves NBD (block volumes) on `listener` until `shutdown` resolves.
+    pub async fn serve_nbd(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        nbd::serve_nbd(nbd::Exports::new(self.inner.clone()), listener, shutdown).await
     }
 
     /// Serves the admin API on `listener` until `shutdown` resolves.

@@ -152,6 +152,9 @@ fn next_step(status: &tonic::Status) -> Next {
         | MetaErrorKind::ObjectLocked
         | MetaErrorKind::MethodNotAllowed
         | MetaErrorKind::InvalidRequest
+        | MetaErrorKind::NoSuchVolume
+        | MetaErrorKind::VolumeExists
+        | MetaErrorKind::Fenced
         | MetaErrorKind::Internal => Next::Fail,
     }
 }

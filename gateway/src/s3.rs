@@ -1729,26 +1729,69 @@ impl S3 for S3Gateway {
         let caller = self.caller(&req).await?;
         let input = req.input;
         let name = bucket_name(&input.bucket)?;
-        if input.delimiter.as_deref().is_some_and(|d| !d.is_empty()) {
-            return Err(s3_error!(
-                NotImplemented,
-                "ListMultipartUploads with a delimiter is not available yet on this Lauscha version"
-            ));
-        }
         self.owned_bucket(&caller, &name, Permission::Read).await?;
         let max_uploads = input.max_uploads.unwrap_or(1000).clamp(1, 1000);
         let prefix = input.prefix.clone().unwrap_or_default();
-        let after = input
-            .key_marker
-            .as_deref()
-            .filter(|k| !k.is_empty())
-            .map(|k| (k, input.upload_id_marker.as_deref().unwrap_or("")));
-        let (uploads, truncated) = self
-            .inner
-            .meta
-            .list_uploads(&name, &caller.tenant, &prefix, after, max_uploads as u32)
-            .await?;
-        let last = uploads.last().map(|u| (u.key.clone(), u.upload_id.clone()));
+        let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
+        // Past every key that starts with `p` (no key has a char above U+10FFFF).
+        let past = |p: &str| (format!("{p}\u{10FFFF}"), String::new());
+        let mut after: Option<(String, String)> = match input.key_marker.as_deref() {
+            Some(k) if !k.is_empty() => Some(match &delimiter {
+                Some(d) if k.ends_with(d.as_str()) => past(k),
+                _ => (
+                    k.to_string(),
+                    input.upload_id_marker.clone().unwrap_or_default(),
+                ),
+            }),
+            _ => None,
+        };
+        let mut uploads = Vec::new();
+        let mut prefixes: Vec<String> = Vec::new();
+        let mut truncated = false;
+        let mut last: Option<(String, String)> = None;
+        'pages: loop {
+            let (page, more) = self
+                .inner
+                .meta
+                .list_uploads(
+                    &name,
+                    &caller.tenant,
+                    &prefix,
+                    after.as_ref().map(|(k, u)| (k.as_str(), u.as_str())),
+                    max_uploads as u32,
+                )
+                .await?;
+            after = page.last().map(|u| (u.key.clone(), u.upload_id.clone()));
+            for u in page {
+                if let Some(common) = prefixes.last()
+                    && u.key.starts_with(common.as_str())
+                {
+                    continue;
+                }
+                if uploads.len() + prefixes.len() == max_uploads as usize {
+                    truncated = true;
+                    break 'pages;
+                }
+                let rolled = delimiter.as_deref().and_then(|d| {
+                    u.key[prefix.len()..]
+                        .find(d)
+                        .map(|i| u.key[..prefix.len() + i + d.len()].to_string())
+                });
+                match rolled {
+                    Some(common) => {
+                        last = Some((common.clone(), String::new()));
+                        prefixes.push(common);
+                    }
+                    None => {
+                        last = Some((u.key.clone(), u.upload_id.clone()));
+                        uploads.push(u);
+                    }
+                }
+            }
+            if !more {
+                break;
+            }
+        }
         Ok(S3Response::new(dto::ListMultipartUploadsOutput {
             bucket: Some(input.bucket),
             prefix: input.prefix,
@@ -1757,7 +1800,16 @@ impl S3 for S3Gateway {
             max_uploads: Some(max_uploads),
             is_truncated: Some(truncated),
             next_key_marker: truncated.then(|| last.clone().map(|l| l.0)).flatten(),
-            next_upload_id_marker: truncated.then(|| last.map(|l| l.1)).flatten(),
+            next_upload_id_marker: truncated
+                .then(|| last.map(|l| l.1).filter(|u| !u.is_empty()))
+                .flatten(),
+            delimiter: input.delimiter,
+            common_prefixes: (!prefixes.is_empty()).then(|| {
+                prefixes
+                    .into_iter()
+                    .map(|p| dto::CommonPrefix { prefix: Some(p) })
+                    .collect()
+            }),
             uploads: Some(
                 uploads
                     .into_iter()
@@ -2106,7 +2158,9 @@ impl S3 for S3Gateway {
                                 version_id,
                                 delete_marker,
                             } => (version_id.and_then(shown_version_id), delete_marker),
-                            ObjectCommandReply::Done => (None, false),
+                            ObjectCommandReply::Done | ObjectCommandReply::Volume(_) => {
+                                (None, false)
+                            }
                         };
                         // A delete that created a marker names it; a delete of a version
                         // names that version.

@@ -243,6 +243,10 @@ pub struct GatewayConfig {
     /// needs it. Default false.
     #[serde(default)]
     pub allow_sigv2: bool,
+    /// NBD listen address for block volumes, `ip:port` (NBD has no authentication: bind
+    /// it to the VM hosts' storage network only). Default: no NBD server.
+    #[serde(default)]
+    pub nbd_listen: Option<String>,
 }
 
 /// Background maintenance run by a gateway: repair, rebalance, drain, garbage collection.
@@ -384,6 +388,7 @@ impl GatewayConfig {
             hedge_delay_ms: default_hedge_delay_ms(),
             maintenance: MaintenanceConfig::default(),
             allow_sigv2: false,
+            nbd_listen: None,
         }
     }
 
@@ -391,6 +396,9 @@ impl GatewayConfig {
     pub fn validate(&self) -> Result<(), CoreError> {
         check_socket_addr("gateway.s3_listen", &self.s3_listen)?;
         check_socket_addr("gateway.admin_listen", &self.admin_listen)?;
+        if let Some(nbd) = &self.nbd_listen {
+            check_socket_addr("gateway.nbd_listen", nbd)?;
+        }
         if self.metadata_endpoints.is_empty() {
             return Err(CoreError::Config(
                 "gateway.metadata_endpoints must name at least one metadata voter".into(),

@@ -12,8 +12,10 @@ pub mod ids;
 pub mod layout;
 pub mod model;
 pub mod names;
+pub mod nbd;
 pub mod placement;
 pub mod versioning;
+pub mod volume;
 
 pub use checksum::{ShardDigest, ShardHasher};
 pub use cluster::{ClusterMap, NodeInfo, NodeState};

@@ -521,6 +521,8 @@ pub enum ObjectCommand {
         /// The caller asked to bypass GOVERNANCE retention and may.
         bypass_governance: bool,
     },
+    /// A block-volume command.
+    Volume(crate::volume::VolumeCommand),
 }
 
 /// What an `ObjectCommand` answers.
@@ -535,6 +537,8 @@ pub enum ObjectCommandReply {
         /// Whether that version is a delete marker.
         delete_marker: bool,
     },
+    /// What a volume command answers.
+    Volume(crate::volume::VolumeReply),
 }
 
 /// Parameters of ListObjectVersions.
@@ -586,6 +590,16 @@ pub enum MetaQuery {
     ListVersions(ListVersionsQuery),
     /// Buckets with lifecycle rules, for the lifecycle job.
     LifecycleBuckets,
+    /// A volume with its extents and journal.
+    VolumeState {
+        /// Its name.
+        name: String,
+    },
+    /// The volumes of a tenant, or of all tenants.
+    ListVolumes {
+        /// The tenant (`None`: all).
+        tenant: Option<TenantId>,
+    },
 }
 
 /// What a `MetaQuery` answers (one at a time; its size does not matter).
@@ -600,6 +614,10 @@ pub enum MetaQueryReply {
     Versions(VersionListing),
     /// (bucket, owner, rules).
     LifecycleBuckets(Vec<(BucketName, TenantId, Vec<LifecycleRule>)>),
+    /// A volume, if it exists.
+    VolumeState(Option<crate::volume::VolumeState>),
+    /// Volumes.
+    Volumes(Vec<crate::volume::Volume>),
 }
 
 /// The checksums of a completed multipart object: for every algorithm all its parts

@@ -71,6 +71,56 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Block volumes, served over NBD (the export name is the volume name).
+    Volume {
+        /// What to do.
+        #[command(subcommand)]
+        command: VolumeCommand,
+    },
+}
+
+/// `lauscha admin volume ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum VolumeCommand {
+    /// Create a volume (it reads as zeros and uses no space until written).
+    Create {
+        /// Its name: 1 to 63 of a-z, 0-9, '-', '.', '_'.
+        name: String,
+        /// Size with an optional K, M, G or T (powers of 1024), a multiple of 4 KiB.
+        #[arg(long)]
+        size: String,
+        /// Owning tenant.
+        #[arg(long, default_value = "root")]
+        tenant: String,
+        /// Placement policy of its extents (a name from the gateway's config).
+        #[arg(long)]
+        policy: Option<String>,
+    },
+    /// The volumes of a tenant (all tenants without --tenant).
+    List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Grow a volume (attached clients see the new size when they reconnect).
+    Resize {
+        /// Its name.
+        name: String,
+        /// The new size (K, M, G, T).
+        #[arg(long)]
+        size: String,
+        /// Owning tenant.
+        #[arg(long, default_value = "root")]
+        tenant: String,
+    },
+    /// Delete a volume that no server has attached; its space is freed.
+    Delete {
+        /// Its name.
+        name: String,
+        /// Owning tenant.
+        #[arg(long, default_value = "root")]
+        tenant: String,
+    },
 }
 
 /// `lauscha admin tenant ...`
@@ -389,6 +439,67 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             call(&target, "GET", "/v1/stripes/degraded", Vec::new()).await?,
             print_report,
         ),
+        AdminCommand::Volume { command } => {
+            let size = |text: &str| {
+                lauscha_core::volume::parse_size(text).map_err(|e| anyhow::anyhow!("--size: {e}"))
+            };
+            let (method, path, body): (&str, String, Vec<u8>) = match &command {
+                VolumeCommand::Create {
+                    name,
+                    size: s,
+                    tenant,
+                    policy,
+                } => (
+                    "POST",
+                    "/v1/volumes".into(),
+                    serde_json::to_vec(&serde_json::json!({
+                        "name": name, "tenant": tenant, "size_bytes": size(s)?, "policy": policy,
+                    }))?,
+                ),
+                VolumeCommand::List { .. } => ("GET", "/v1/volumes".into(), Vec::new()),
+                VolumeCommand::Resize {
+                    name,
+                    size: s,
+                    tenant,
+                } => (
+                    "POST",
+                    "/v1/volumes/resize".into(),
+                    serde_json::to_vec(&serde_json::json!({
+                        "name": name, "tenant": tenant, "size_bytes": size(s)?,
+                    }))?,
+                ),
+                VolumeCommand::Delete { name, tenant } => (
+                    "POST",
+                    "/v1/volumes/delete".into(),
+                    serde_json::to_vec(&serde_json::json!({"name": name, "tenant": tenant}))?,
+                ),
+            };
+            let mut value = call(&target, method, &path, body).await?;
+            if let (VolumeCommand::List { tenant: Some(t) }, Some(list)) =
+                (&command, value["volumes"].as_array_mut())
+            {
+                list.retain(|vol| vol["tenant"] == t.as_str());
+            }
+            (value, |v| match v["volumes"].as_array() {
+                Some(list) => {
+                    for vol in list {
+                        println!(
+                            "{:<24} {:>14} bytes  tenant {:<12} {} {}",
+                            vol["name"].as_str().unwrap_or("?"),
+                            vol["size_bytes"],
+                            vol["tenant"].as_str().unwrap_or("?"),
+                            vol["policy"].as_str().unwrap_or("?"),
+                            if vol["attached"] == true {
+                                "attached"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
+                }
+                None => println!("volume {}: done", v["volume"].as_str().unwrap_or("?")),
+            })
+        }
         AdminCommand::Tenant {
             command: TenantCommand::Create { id },
         } => (

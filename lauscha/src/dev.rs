@@ -31,6 +31,10 @@ pub struct DevArgs {
     /// Admin API listen address.
     #[arg(long, default_value = "127.0.0.1:9001")]
     pub admin_listen: String,
+    /// NBD listen address for block volumes (no authentication: keep it on loopback or
+    /// the VM hosts' network).
+    #[arg(long, default_value = "127.0.0.1:10809")]
+    pub nbd_listen: String,
     /// The region clients sign for.
     #[arg(long, default_value = "us-east-1")]
     pub region: String,
@@ -93,6 +97,8 @@ pub struct ClusterFile {
     pub s3_endpoint: String,
     /// Admin API URL.
     pub admin_endpoint: String,
+    /// NBD address (`nbd://host:port`), if block volumes are served.
+    pub nbd_endpoint: Option<String>,
     /// The region.
     pub region: String,
     /// Every process.
@@ -213,6 +219,7 @@ fn gateway_config(args: &DevArgs, meta: &[SocketAddr]) -> GatewayConfig {
     let mut config = GatewayConfig::with_metadata(endpoints(meta));
     config.s3_listen = args.s3_listen.clone();
     config.admin_listen = args.admin_listen.clone();
+    config.nbd_listen = Some(args.nbd_listen.clone());
     config.region = args.region.clone();
     config.max_object_bytes = args.max_object_bytes;
     if args.storage_nodes < 6 {
@@ -255,6 +262,7 @@ fn print_banner(cluster: &ClusterFile, credentials: &Credentials, data_dir: &Pat
         "\nLauscha dev is running ({} storage nodes, {} mode).\n\
          \n  S3 endpoint:  {endpoint}   (region {})\
          \n  Admin API:    {}\
+         \n  NBD:          {}\
          \n  Access key:   {}\
          \n  Secret key:   {}\
          \n  Data:         {}\n\
@@ -271,6 +279,7 @@ fn print_banner(cluster: &ClusterFile, credentials: &Credentials, data_dir: &Pat
         cluster.mode,
         cluster.region,
         cluster.admin_endpoint,
+        cluster.nbd_endpoint.as_deref().unwrap_or("off"),
         credentials.access_key_id,
         credentials.secret_access_key,
         data_dir.display(),
@@ -356,6 +365,7 @@ async fn run_in_process(args: DevArgs, data_dir: &Path) -> anyhow::Result<()> {
             "http://{}",
             gateway.admin_listen.expect("gateway has admin")
         ),
+        nbd_endpoint: gateway.nbd_listen.map(|a| format!("nbd://{a}")),
         region: args.region.clone(),
         processes: roles
             .started
@@ -386,6 +396,8 @@ struct ReadyLine {
     id: u64,
     listen: SocketAddr,
     admin_listen: Option<SocketAddr>,
+    #[serde(default)]
+    nbd_listen: Option<SocketAddr>,
     site: Option<String>,
     host: Option<String>,
     data_dir: Option<PathBuf>,
@@ -474,6 +486,7 @@ async fn spawn_role_once(
             id: ready.id,
             listen: ready.listen,
             admin_listen: ready.admin_listen,
+            nbd_listen: ready.nbd_listen,
             site: ready.site,
             host: ready.host,
             data_dir: ready.data_dir,
@@ -554,6 +567,7 @@ async fn run_cluster(args: DevArgs, data_dir: &Path) -> anyhow::Result<()> {
             "http://{}",
             gateway.admin_listen.expect("gateway has admin")
         ),
+        nbd_endpoint: gateway.nbd_listen.map(|a| format!("nbd://{a}")),
         region: args.region.clone(),
         processes: children
             .iter()

@@ -28,6 +28,9 @@ pub struct RoleInfo {
     pub listen: SocketAddr,
     /// The gateway's admin API address.
     pub admin_listen: Option<SocketAddr>,
+    /// The gateway's NBD address, if it serves block volumes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nbd_listen: Option<SocketAddr>,
     /// Storage nodes: failure domain.
     pub site: Option<String>,
     /// Storage nodes: host.
@@ -142,6 +145,7 @@ impl Roles {
             id: config.node_id,
             listen,
             admin_listen: None,
+            nbd_listen: None,
             site: None,
             host: None,
             data_dir: Some(data_dir),
@@ -205,6 +209,7 @@ impl Roles {
             id: u64::from(config.node_id),
             listen,
             admin_listen: None,
+            nbd_listen: None,
             site: Some(config.site.clone()),
             host: Some(config.host_name()),
             data_dir: Some(data_dir),
@@ -235,6 +240,19 @@ impl Roles {
                 .await
                 .context("admin server")
         });
+        let mut nbd_listen = None;
+        if let Some(addr) = &config.nbd_listen {
+            let nbd = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listen for NBD on {addr}"))?;
+            nbd_listen = Some(nbd.local_addr()?);
+            let (g, shutdown) = (gateway.clone(), self.shutdown.clone());
+            self.tasks.spawn(async move {
+                g.serve_nbd(nbd, shutdown.cancelled_owned())
+                    .await
+                    .context("NBD server")
+            });
+        }
         let (g, shutdown) = (gateway, self.shutdown.clone());
         self.tasks.spawn(async move {
             g.run_maintenance(shutdown).await;
@@ -246,6 +264,7 @@ impl Roles {
             id: 1,
             listen,
             admin_listen: Some(admin_listen),
+            nbd_listen,
             site: None,
             host: None,
             data_dir: None,

@@ -445,3 +445,65 @@ async fn a_multipart_object_carries_the_composite_of_its_part_checksums() {
     all.extend_from_slice(&chunks[1]);
     assert_eq!(must_get(&s3, "crc", "k").await, all);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_uploads_rolls_keys_up_at_the_delimiter() {
+    let dev = Dev::start(&[]);
+    let s3 = dev.client();
+    must_create_bucket(&s3, "uploads").await;
+    for key in ["a/1", "a/2", "b", "c/x/y"] {
+        s3.create_multipart_upload()
+            .bucket("uploads")
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+    }
+    let all = s3
+        .list_multipart_uploads()
+        .bucket("uploads")
+        .delimiter("/")
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<&str> = all.uploads().iter().filter_map(|u| u.key()).collect();
+    let prefixes: Vec<&str> = all
+        .common_prefixes()
+        .iter()
+        .filter_map(|p| p.prefix())
+        .collect();
+    assert_eq!((keys, prefixes), (vec!["b"], vec!["a/", "c/"]));
+    // One entry per page: a/, then b, then c/.
+    let mut seen = Vec::new();
+    let (mut key_marker, mut upload_marker) = (None::<String>, None::<String>);
+    loop {
+        let page = s3
+            .list_multipart_uploads()
+            .bucket("uploads")
+            .delimiter("/")
+            .max_uploads(1)
+            .set_key_marker(key_marker.clone())
+            .set_upload_id_marker(upload_marker.clone())
+            .send()
+            .await
+            .unwrap();
+        seen.extend(
+            page.uploads()
+                .iter()
+                .filter_map(|u| u.key())
+                .map(str::to_string),
+        );
+        seen.extend(
+            page.common_prefixes()
+                .iter()
+                .filter_map(|p| p.prefix())
+                .map(str::to_string),
+        );
+        if page.is_truncated() != Some(true) {
+            break;
+        }
+        key_marker = page.next_key_marker().map(str::to_string);
+        upload_marker = page.next_upload_id_marker().map(str::to_string);
+    }
+    assert_eq!(seen, ["a/", "b", "c/"]);
+}

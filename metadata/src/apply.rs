@@ -206,7 +206,7 @@ fn check_condition(
 }
 
 /// Puts `stripes` into one garbage record of this entry.
-fn collect_stripes(
+pub(crate) fn collect_stripes(
     out: &mut Vec<Mutation>,
     stripes: Vec<Stripe>,
     origin: String,

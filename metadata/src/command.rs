@@ -347,6 +347,7 @@ impl fmt::Display for MetaCommand {
                 ObjectCommand::SetVersionAttr { bucket, key, .. } => {
                     write!(f, "set-attr {bucket}/{key}")
                 }
+                ObjectCommand::Volume(v) => write!(f, "volume {v:?}"),
             },
             MetaCommand::CreateUpload { bucket, key, .. } => {
                 write!(f, "create-upload {bucket}/{key}")
@@ -520,6 +521,15 @@ pub enum MetaError {
     /// bucket without Object Lock).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// No such volume.
+    #[error("volume {0} does not exist")]
+    NoSuchVolume(String),
+    /// The volume name is taken.
+    #[error("volume {0} exists already")]
+    VolumeExists(String),
+    /// A write under a lease epoch that is no longer current.
+    #[error("fenced: {0}")]
+    Fenced(String),
 }
 
 impl MetaError {
@@ -549,6 +559,9 @@ impl MetaError {
             MetaError::ObjectLocked(_) => K::ObjectLocked,
             MetaError::MethodNotAllowed(_) => K::MethodNotAllowed,
             MetaError::InvalidRequest(_) => K::InvalidRequest,
+            MetaError::NoSuchVolume(_) => K::NoSuchVolume,
+            MetaError::VolumeExists(_) => K::VolumeExists,
+            MetaError::Fenced(_) => K::Fenced,
             MetaError::NotLeader { .. } => K::NotLeader,
             MetaError::Unavailable(_) => K::Unavailable,
             MetaError::Internal(_) => K::Internal,

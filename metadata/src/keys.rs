@@ -66,6 +66,14 @@ pub enum Table {
     VersionAttr = 21,
     /// Upload id -> VersionExtras given when the upload started.
     UploadExtras = 22,
+    /// Volume name -> Volume.
+    Volume = 23,
+    /// (volume, extent index) -> Extent.
+    VolumeExtent = 24,
+    /// (volume, sequence number) -> JournalEntry not merged yet.
+    VolumeJournal = 25,
+    /// Stripe id -> volume name: the stripe of an extent or a journal entry.
+    VolumeStripe = 26,
 }
 
 /// The settings of a bucket, one key each.
@@ -328,6 +336,56 @@ pub fn version_attr(bucket: &BucketName, object_key: &str, seq: u64, kind: AttrK
 pub fn upload_extras(upload_id: &str) -> Vec<u8> {
     let mut key = table_prefix(Table::UploadExtras);
     key.extend_from_slice(upload_id.as_bytes());
+    key
+}
+
+/// Key of a volume.
+pub fn volume(name: &str) -> Vec<u8> {
+    let mut key = table_prefix(Table::Volume);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// Prefix of a volume's extents.
+pub fn volume_extents_prefix(name: &str) -> Vec<u8> {
+    let mut key = table_prefix(Table::VolumeExtent);
+    key.extend_from_slice(name.as_bytes());
+    key.push(SEP);
+    key
+}
+
+/// Key of one extent.
+pub fn volume_extent(name: &str, idx: u64) -> Vec<u8> {
+    let mut key = volume_extents_prefix(name);
+    key.extend_from_slice(&idx.to_be_bytes());
+    key
+}
+
+/// Prefix of a volume's journal.
+pub fn volume_journal_prefix(name: &str) -> Vec<u8> {
+    let mut key = table_prefix(Table::VolumeJournal);
+    key.extend_from_slice(name.as_bytes());
+    key.push(SEP);
+    key
+}
+
+/// Key of one journal entry.
+pub fn volume_journal(name: &str, seq: u64) -> Vec<u8> {
+    let mut key = volume_journal_prefix(name);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The trailing u64 of an extent or journal key.
+pub fn trailing_u64(key: &[u8]) -> Option<u64> {
+    let tail = key.get(key.len().checked_sub(8)?..)?;
+    Some(u64::from_be_bytes(tail.try_into().ok()?))
+}
+
+/// Key of a volume stripe's index entry.
+pub fn volume_stripe(stripe: StripeId) -> Vec<u8> {
+    let mut key = table_prefix(Table::VolumeStripe);
+    key.extend_from_slice(&stripe.to_bytes());
     key
 }
 

@@ -20,6 +20,7 @@ mod service;
 mod store;
 pub mod value;
 pub mod versions;
+pub mod volumes;
 
 pub use command::{MetaCommand, MetaError, MetaResponse, Proposal, RequestId};
 pub use node::{MetaNode, MetaNodeOptions, MetaStatus};

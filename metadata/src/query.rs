@@ -490,6 +490,7 @@ pub fn stripes_known(kv: &impl KvRead, ids: &[StripeId]) -> Result<Vec<bool>, Kv
         .map(|id| {
             Ok(kv.get(&keys::stripe_index(*id))?.is_some()
                 || kv.get(&keys::version_stripe(*id))?.is_some()
+                || kv.get(&keys::volume_stripe(*id))?.is_some()
                 || kv.get(&keys::garbage_stripe(*id))?.is_some()
                 || kv.get(&keys::part_stripe(*id))?.is_some())
         })

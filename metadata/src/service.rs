@@ -165,6 +165,12 @@ impl MetaService for MetaServer {
                     MetaQuery::LifecycleBuckets => Ok(MetaQueryReply::LifecycleBuckets(
                         query::lifecycle_buckets(kv)?,
                     )),
+                    MetaQuery::VolumeState { name } => Ok(MetaQueryReply::VolumeState(
+                        crate::volumes::state(kv, &name)?,
+                    )),
+                    MetaQuery::ListVolumes { tenant } => Ok(MetaQueryReply::Volumes(
+                        crate::volumes::list(kv, tenant.as_ref())?,
+                    )),
                 })
             })
             .await??;

@@ -513,6 +513,10 @@ pub fn apply_object_command(
                 ),
             }
         }
+        ObjectCommand::Volume(v) => Ok(crate::volumes::apply_volume_command(
+            kv, out, v, now_ms, log_index,
+        )?
+        .map(ObjectCommandReply::Volume)),
         ObjectCommand::SetVersionAttr {
             bucket,
             tenant,

@@ -174,11 +174,17 @@ pub enum MetaErrorKind {
     MethodNotAllowed,
     /// The bucket's configuration does not allow the request.
     InvalidRequest,
+    /// No such volume.
+    NoSuchVolume,
+    /// The volume name is taken.
+    VolumeExists,
+    /// A write under a lease epoch that is no longer current.
+    Fenced,
 }
 
 impl MetaErrorKind {
     /// Every kind, for round-trip tests.
-    pub const ALL: [MetaErrorKind; 25] = [
+    pub const ALL: [MetaErrorKind; 28] = [
         MetaErrorKind::NoSuchBucket,
         MetaErrorKind::NoSuchKey,
         MetaErrorKind::BucketAlreadyExists,
@@ -204,6 +210,9 @@ impl MetaErrorKind {
         MetaErrorKind::ObjectLocked,
         MetaErrorKind::MethodNotAllowed,
         MetaErrorKind::InvalidRequest,
+        MetaErrorKind::NoSuchVolume,
+        MetaErrorKind::VolumeExists,
+        MetaErrorKind::Fenced,
     ];
 
     /// The stable name.
@@ -234,6 +243,9 @@ impl MetaErrorKind {
             MetaErrorKind::ObjectLocked => "ObjectLocked",
             MetaErrorKind::MethodNotAllowed => "MethodNotAllowed",
             MetaErrorKind::InvalidRequest => "InvalidRequest",
+            MetaErrorKind::NoSuchVolume => "NoSuchVolume",
+            MetaErrorKind::VolumeExists => "VolumeExists",
+            MetaErrorKind::Fenced => "Fenced",
         }
     }
 
@@ -245,15 +257,18 @@ impl MetaErrorKind {
             | MetaErrorKind::NoSuchTenant
             | MetaErrorKind::NoSuchAccessKey
             | MetaErrorKind::NoSuchUpload
-            | MetaErrorKind::NoSuchVersion => tonic::Code::NotFound,
+            | MetaErrorKind::NoSuchVersion
+            | MetaErrorKind::NoSuchVolume => tonic::Code::NotFound,
             MetaErrorKind::BucketAlreadyExists
             | MetaErrorKind::BucketAlreadyOwnedByYou
             | MetaErrorKind::TenantAlreadyExists
-            | MetaErrorKind::AccessKeyAlreadyExists => tonic::Code::AlreadyExists,
+            | MetaErrorKind::AccessKeyAlreadyExists
+            | MetaErrorKind::VolumeExists => tonic::Code::AlreadyExists,
             MetaErrorKind::BucketNotEmpty
             | MetaErrorKind::PreconditionFailed
             | MetaErrorKind::InvalidBucketState
-            | MetaErrorKind::MethodNotAllowed => tonic::Code::FailedPrecondition,
+            | MetaErrorKind::MethodNotAllowed
+            | MetaErrorKind::Fenced => tonic::Code::FailedPrecondition,
             MetaErrorKind::AccessDenied | MetaErrorKind::ObjectLocked => {
                 tonic::Code::PermissionDenied
             }

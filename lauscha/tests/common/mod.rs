@@ -69,6 +69,8 @@ impl Dev {
                 "127.0.0.1:0",
                 "--admin-listen",
                 "127.0.0.1:0",
+                "--nbd-listen",
+                "127.0.0.1:0",
             ])
             .args(extra)
             .env("LAUSCHA_ACCESS_KEY", ACCESS_KEY)
@@ -100,6 +102,15 @@ impl Dev {
             cluster,
             _tmp: None,
         }
+    }
+
+    /// The NBD address, `host:port`.
+    pub fn nbd_addr(&self) -> String {
+        self.cluster["nbd_endpoint"]
+            .as_str()
+            .expect("NBD served")
+            .trim_start_matches("nbd://")
+            .to_string()
     }
 
     pub fn endpoint(&self) -> String {

@@ -1,0 +1,426 @@
+//! The NBD server: fixed newstyle negotiation, then pipelined transmission with simple
+//! replies matched by cookie. Every byte read goes through `lauscha_core::nbd`'s parsers;
+//! a malformed request gets an error reply (or, when the stream is out of step, the
+//! connection is closed), never a panic, and never holds up other connections.
+//!
+//! Trust model: NBD has no authentication. The export name is the volume name, and
+//! whoever can reach the NBD address can attach any volume: serve it only on the VM
+//! hosts' storage network (`gateway.nbd_listen`), never on a tenant network.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use lauscha_core::nbd::{self, ExportInfo, Request};
+use lauscha_core::versioning::{MetaQuery, MetaQueryReply};
+use lauscha_core::volume::VOLUME_BLOCK_BYTES;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Mutex, Semaphore, mpsc};
+use tracing::{debug, info, warn};
+
+use crate::GatewayError;
+use crate::gateway::Inner;
+use crate::volume::{VolumeEngine, VolumeError};
+
+/// Largest READ or WRITE payload, bytes.
+const MAX_REQUEST_BYTES: u32 = 32 << 20;
+/// Requests of one connection in flight at once.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// Attached volumes, shared by the connections that use them.
+pub struct Exports {
+    inner: Arc<Inner>,
+    /// This server's lease holder id.
+    holder: String,
+    /// Volume name -> (its engine, connections using it).
+    attached: Mutex<HashMap<String, (Arc<VolumeEngine>, usize)>>,
+}
+
+impl Exports {
+    /// Exports of this gateway.
+    pub fn new(inner: Arc<Inner>) -> Arc<Exports> {
+        Arc::new(Exports {
+            inner,
+            holder: format!("gateway-{:016x}", rand::random::<u64>()),
+            attached: Mutex::new(HashMap::new()),
+        })
+    }
+
+    async fn attach(&self, name: &str) -> Result<Arc<VolumeEngine>, GatewayError> {
+        let mut attached = self.attached.lock().await;
+        if let Some((engine, n)) = attached.get_mut(name)
+            && !engine.is_fenced()
+        {
+            *n += 1;
+            return Ok(engine.clone());
+        }
+        let engine = VolumeEngine::attach(self.inner.clone(), name, &self.holder).await?;
+        attached.insert(name.to_string(), (engine.clone(), 1));
+        Ok(engine)
+    }
+
+    async fn detach(&self, name: &str) {
+        let mut attached = self.attached.lock().await;
+        let last = match attached.get_mut(name) {
+            Some((_, n)) if *n > 1 => {
+                *n -= 1;
+                None
+            }
+            Some(_) => attached.remove(name).map(|(e, _)| e),
+            None => None,
+        };
+        drop(attached);
+        if let Some(engine) = last {
+            engine.detach().await;
+        }
+    }
+
+    async fn export_info(&self, name: &str) -> Result<Option<ExportInfo>, GatewayError> {
+        match self
+            .inner
+            .meta
+            .query(&MetaQuery::VolumeState {
+                name: name.to_string(),
+            })
+            .await?
+        {
+            MetaQueryReply::VolumeState(Some(s)) => Ok(Some(info_of(s.volume.size_bytes))),
+            MetaQueryReply::VolumeState(None) => Ok(None),
+            other => Err(GatewayError::Internal(format!(
+                "metadata answered {other:?}"
+            ))),
+        }
+    }
+
+    async fn names(&self) -> Result<Vec<String>, GatewayError> {
+        match self
+            .inner
+            .meta
+            .query(&MetaQuery::ListVolumes { tenant: None })
+            .await?
+        {
+            MetaQueryReply::Volumes(v) => Ok(v.into_iter().map(|v| v.name).collect()),
+            other => Err(GatewayError::Internal(format!(
+                "metadata answered {other:?}"
+            ))),
+        }
+    }
+}
+
+fn info_of(size_bytes: u64) -> ExportInfo {
+    ExportInfo {
+        size_bytes,
+        flags: nbd::TFLAG_HAS_FLAGS
+            | nbd::TFLAG_SEND_FLUSH
+            | nbd::TFLAG_SEND_FUA
+            | nbd::TFLAG_SEND_TRIM
+            | nbd::TFLAG_SEND_WRITE_ZEROES,
+        min_block: VOLUME_BLOCK_BYTES,
+        preferred_block: 1 << 20,
+        max_block: MAX_REQUEST_BYTES,
+    }
+}
+
+/// Serves NBD on `listener` until `shutdown` resolves.
+pub async fn serve_nbd(
+    exports: Arc<Exports>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    warn!(error = %e, "NBD accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.as_mut() => return Ok(()),
+        };
+        let _ = tcp.set_nodelay(true);
+        let exports = exports.clone();
+        tokio::spawn(async move {
+            match connection(exports, tcp).await {
+                Ok(()) => debug!(%peer, "NBD connection closed"),
+                Err(e) => debug!(%peer, error = %e, "NBD connection ended"),
+            }
+        });
+    }
+}
+
+/// What negotiation ended with.
+enum Negotiated {
+    /// Transmission on this volume.
+    Go(String, ExportInfo, Arc<VolumeEngine>),
+    /// The client left (NBD_OPT_ABORT or hang-up).
+    Done,
+}
+
+async fn connection(exports: Arc<Exports>, tcp: TcpStream) -> std::io::Result<()> {
+    let (rd, mut wr) = tcp.into_split();
+    let mut rd = BufReader::new(rd);
+    let mut hello = Vec::with_capacity(18);
+    hello.extend_from_slice(&nbd::NBD_MAGIC.to_be_bytes());
+    hello.extend_from_slice(&nbd::IHAVEOPT.to_be_bytes());
+    hello.extend_from_slice(&(nbd::FLAG_FIXED_NEWSTYLE | nbd::FLAG_NO_ZEROES).to_be_bytes());
+    wr.write_all(&hello).await?;
+    let client_flags = rd.read_u32().await?;
+    if client_flags & !(nbd::CLIENT_FIXED_NEWSTYLE | nbd::CLIENT_NO_ZEROES) != 0 {
+        return Err(std::io::Error::other("unknown client flags"));
+    }
+    let no_zeroes = client_flags & nbd::CLIENT_NO_ZEROES != 0;
+    let (name, info, engine) = match negotiate(&exports, &mut rd, &mut wr, no_zeroes).await? {
+        Negotiated::Go(name, info, engine) => (name, info, engine),
+        Negotiated::Done => return Ok(()),
+    };
+    info!(volume = %name, epoch = engine.epoch, "NBD client attached");
+    let result = transmission(engine, info, rd, wr).await;
+    exports.detach(&name).await;
+    result
+}
+
+async fn negotiate(
+    exports: &Exports,
+    rd: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    no_zeroes: bool,
+) -> std::io::Result<Negotiated> {
+    loop {
+        let mut header = [0u8; 16];
+        rd.read_exact(&mut header).await?;
+        let opt = nbd::parse_option(&header)
+            .map_err(|e| std::io::Error::other(format!("option: {e}")))?;
+        let mut data = vec![0u8; opt.len as usize];
+        rd.read_exact(&mut data).await?;
+        match opt.option {
+            nbd::OPT_ABORT => {
+                wr.write_all(&nbd::option_reply(opt.option, nbd::REP_ACK, &[]))
+                    .await?;
+                return Ok(Negotiated::Done);
+            }
+            nbd::OPT_LIST => {
+                let mut out = Vec::new();
+                match exports.names().await {
+                    Ok(names) => {
+                        for n in names {
+                            let mut d = (n.len() as u32).to_be_bytes().to_vec();
+                            d.extend_from_slice(n.as_bytes());
+                            out.extend(nbd::option_reply(opt.option, nbd::REP_SERVER, &d));
+                        }
+                        out.extend(nbd::option_reply(opt.option, nbd::REP_ACK, &[]));
+                    }
+                    Err(e) => out.extend(nbd::option_reply(
+                        opt.option,
+                        nbd::REP_ERR_UNSUP + 3, // NBD_REP_ERR_PLATFORM
+                        e.to_string().as_bytes(),
+                    )),
+                }
+                wr.write_all(&out).await?;
+            }
+            nbd::OPT_EXPORT_NAME => {
+                let name = String::from_utf8_lossy(&data).to_string();
+                // No error reply exists for EXPORT_NAME: a refusal closes the connection.
+                let info = match exports.export_info(&name).await {
+                    Ok(Some(info)) => info,
+                    _ => return Ok(Negotiated::Done),
+                };
+                let engine = match exports.attach(&name).await {
+                    Ok(e) => e,
+                    Err(e) => {
+                        warn!(volume = %name, error = %e, "attach refused");
+                        return Ok(Negotiated::Done);
+                    }
+                };
+                let mut out = info.size_bytes.to_be_bytes().to_vec();
+                out.extend_from_slice(&info.flags.to_be_bytes());
+                if !no_zeroes {
+                    out.extend_from_slice(&[0u8; 124]);
+                }
+                wr.write_all(&out).await?;
+                return Ok(Negotiated::Go(name, info, engine));
+            }
+            nbd::OPT_INFO | nbd::OPT_GO => {
+                let request = match nbd::parse_info_request(&data) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        wr.write_all(&nbd::option_reply(
+                            opt.option,
+                            nbd::REP_ERR_INVALID,
+                            e.to_string().as_bytes(),
+                        ))
+                        .await?;
+                        continue;
+                    }
+                };
+                let info = match exports.export_info(&request.name).await {
+                    Ok(Some(info)) => info,
+                    Ok(None) => {
+                        let msg = format!("no volume {:?}", request.name);
+                        wr.write_all(&nbd::option_reply(
+                            opt.option,
+                            nbd::REP_ERR_UNKNOWN,
+                            msg.as_bytes(),
+                        ))
+                        .await?;
+                        continue;
+                    }
+                    Err(e) => {
+                        wr.write_all(&nbd::option_reply(
+                            opt.option,
+                            nbd::REP_ERR_UNSUP + 3,
+                            e.to_string().as_bytes(),
+                        ))
+                        .await?;
+                        continue;
+                    }
+                };
+                if opt.option == nbd::OPT_INFO {
+                    wr.write_all(&nbd::info_replies(
+                        opt.option,
+                        &request.name,
+                        &info,
+                        &request.requests,
+                    ))
+                    .await?;
+                    continue;
+                }
+                match exports.attach(&request.name).await {
+                    Ok(engine) => {
+                        wr.write_all(&nbd::info_replies(
+                            opt.option,
+                            &request.name,
+                            &info,
+                            &request.requests,
+                        ))
+                        .await?;
+                        return Ok(Negotiated::Go(request.name, info, engine));
+                    }
+                    Err(e) => {
+                        // Attached elsewhere (a live lease) or metadata down.
+                        wr.write_all(&nbd::option_reply(
+                            opt.option,
+                            nbd::REP_ERR_POLICY,
+                            e.to_string().as_bytes(),
+                        ))
+                        .await?;
+                    }
+                }
+            }
+            other => {
+                let msg = format!("option {other} is not supported");
+                wr.write_all(&nbd::option_reply(
+                    other,
+                    nbd::REP_ERR_UNSUP,
+                    msg.as_bytes(),
+                ))
+                .await?;
+            }
+        }
+    }
+}
+
+fn errno(e: &VolumeError) -> u32 {
+    match e {
+        VolumeError::Fenced => nbd::EPERM,
+        VolumeError::Io(GatewayError::EntityTooLarge { .. }) => nbd::ENOSPC,
+        VolumeError::Io(_) => nbd::EIO,
+    }
+}
+
+async fn transmission(
+    engine: Arc<VolumeEngine>,
+    info: ExportInfo,
+    mut rd: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+) -> std::io::Result<()> {
+    let (tx, mut rx) = mpsc::channel::<(u32, u64, Option<Bytes>)>(MAX_IN_FLIGHT);
+    let writer = tokio::spawn(async move {
+        while let Some((error, cookie, data)) = rx.recv().await {
+            wr.write_all(&nbd::simple_reply(error, cookie)).await?;
+            if let Some(d) = data {
+                wr.write_all(&d).await?;
+            }
+        }
+        wr.shutdown().await
+    });
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        let mut header = [0u8; 28];
+        if rd.read_exact(&mut header).await.is_err() {
+            break;
+        }
+        let request = match nbd::parse_request(&header) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "NBD request out of step; closing");
+                break;
+            }
+        };
+        let mut payload = None;
+        if request.command == nbd::CMD_WRITE {
+            if request.len > MAX_REQUEST_BYTES {
+                // Its payload cannot be skipped safely at this size: refuse and close.
+                let _ = tx.send((nbd::EINVAL, request.cookie, None)).await;
+                break;
+            }
+            let mut buf = vec![0u8; request.len as usize];
+            rd.read_exact(&mut buf).await?;
+            payload = Some(Bytes::from(buf));
+        }
+        if request.command == nbd::CMD_DISC {
+            break;
+        }
+        let permit = slots.clone().acquire_owned().await.expect("semaphore open");
+        let (engine, tx) = (engine.clone(), tx.clone());
+        tokio::spawn(async move {
+            let reply = execute(&engine, &info, &request, payload).await;
+            let (error, data) = match reply {
+                Ok(data) => (0, data),
+                Err(e) => (e, None),
+            };
+            let _ = tx.send((error, request.cookie, data)).await;
+            drop(permit);
+        });
+    }
+    // Finish what is in flight (every permit back), then close.
+    let _ = slots.acquire_many(MAX_IN_FLIGHT as u32).await;
+    drop(tx);
+    writer.await.map_err(std::io::Error::other)?
+}
+
+async fn execute(
+    engine: &VolumeEngine,
+    info: &ExportInfo,
+    r: &Request,
+    payload: Option<Bytes>,
+) -> Result<Option<Bytes>, u32> {
+    let fua = r.flags & nbd::CMD_FLAG_FUA != 0;
+    match r.command {
+        nbd::CMD_READ | nbd::CMD_WRITE | nbd::CMD_TRIM | nbd::CMD_WRITE_ZEROES => {
+            nbd::check_range(r, info)?;
+        }
+        nbd::CMD_FLUSH => {}
+        _ => return Err(nbd::EINVAL),
+    }
+    let len = u64::from(r.len);
+    let result = match r.command {
+        nbd::CMD_READ => engine.read(r.offset, len).await.map(Some),
+        nbd::CMD_WRITE => engine
+            .write(r.offset, len, payload, fua)
+            .await
+            .map(|()| None),
+        nbd::CMD_TRIM | nbd::CMD_WRITE_ZEROES => {
+            engine.write(r.offset, len, None, fua).await.map(|()| None)
+        }
+        _ => engine.flush().await.map(|()| None),
+    };
+    result.map_err(|e| {
+        warn!(volume = %engine.volume.name, command = r.command, offset = r.offset, error = %e, "NBD request failed");
+        errno(&e)
+    })
+}

@@ -1,0 +1,635 @@
+//! A block volume served by this process: reads, journaled writes, zeroing, flush, and
+//! the background merge of journal entries into erasure-coded extents.
+//!
+//! Write path: the bytes go to storage nodes as a replicated stripe (1 data + 2 parity
+//! shards, i.e. three copies, through the same `write_body` as objects), acknowledged by
+//! the write quorum (two copies); then one metadata command records the entry under the
+//! lease epoch. Only then is the write acknowledged: it survives a crash of this process
+//! (the journal is in metadata and on the nodes) and, once all three copies are durable
+//! (checked by FLUSH and FUA), the loss of any two storage nodes.
+//!
+//! Read path: an extent's merged bytes (erasure-coded, read through `read::open_range`),
+//! with the unmerged journal entries laid over them in sequence order. Journal bytes are
+//! kept in memory until merged, so reads never wait for the journal's stripes.
+//!
+//! Merge: an extent with journal entries gets a new version made of its old bytes plus the
+//! entries, written at full redundancy (k+m shards) or not at all, and swapped in with one
+//! metadata command that also drops the entries, under the lease epoch.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use lauscha_core::versioning::{MetaQuery, MetaQueryReply, ObjectCommand, ObjectCommandReply};
+use lauscha_core::volume::{
+    JournalEntry, Volume, VolumeCommand, VolumeReply, VolumeState, extents_of,
+};
+use lauscha_core::{ObjectData, ObjectVersion, PlacementPolicy, SpreadLevel};
+use s3s::checksum::ChecksumHasher;
+use s3s::dto::StreamingBlob;
+use tracing::{info, warn};
+
+use crate::GatewayError;
+use crate::gateway::Inner;
+use crate::{read, write};
+
+/// How long a lease lasts unless renewed.
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+/// Journal entries of one extent that trigger its merge.
+const MERGE_AFTER_ENTRIES: usize = 32;
+/// Unmerged journal bytes of one volume that make writers wait for merges.
+const MAX_PENDING_BYTES: u64 = 256 << 20;
+/// How old an extent's oldest journal entry may get before the extent is merged.
+const MERGE_AFTER: Duration = Duration::from_secs(2);
+
+/// Three copies of each journaled write.
+const JOURNAL_POLICY: PlacementPolicy = PlacementPolicy {
+    n_data_shards: 1,
+    n_parity_shards: 2,
+    spread: SpreadLevel::Node,
+};
+
+/// One unmerged write, as it applies to one extent.
+#[derive(Clone, Debug)]
+struct Pending {
+    seq: u64,
+    /// Offset within the extent.
+    within: u64,
+    len: u64,
+    /// The bytes; `None` for zeros.
+    data: Option<Bytes>,
+    /// All three copies are durable.
+    replicated: bool,
+    /// When it was written (old entries get merged).
+    since: Instant,
+}
+
+#[derive(Default)]
+struct EngineState {
+    extents: HashMap<u64, ObjectData>,
+    pending: BTreeMap<u64, Vec<Pending>>,
+    pending_bytes: u64,
+}
+
+/// Why a volume operation failed, as NBD reports it.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    /// The lease moved to another server: this one may not write any more.
+    #[error("fenced: the volume's lease moved elsewhere")]
+    Fenced,
+    /// Storage or metadata failed.
+    #[error("{0}")]
+    Io(#[from] GatewayError),
+}
+
+/// A volume attached to this process under a lease.
+pub struct VolumeEngine {
+    inner: Arc<Inner>,
+    /// The volume as it was when attached (size may only grow; a resize needs a re-attach).
+    pub volume: Volume,
+    /// The lease epoch.
+    pub epoch: u64,
+    state: Mutex<EngineState>,
+    fenced: AtomicBool,
+    merging: tokio::sync::Mutex<()>,
+}
+
+fn meta_err(e: GatewayError) -> VolumeError {
+    match e {
+        GatewayError::Meta {
+            kind: lauscha_proto::MetaErrorKind::Fenced,
+            ..
+        } => VolumeError::Fenced,
+        other => VolumeError::Io(other),
+    }
+}
+
+/// Reads `range` of stored bytes (an extent or a journal entry).
+async fn read_data(
+    inner: &Arc<Inner>,
+    data: &ObjectData,
+    size: u64,
+    range: std::ops::Range<u64>,
+) -> Result<Bytes, GatewayError> {
+    let version = ObjectVersion {
+        version_id: String::new(),
+        size_bytes: size,
+        etag: String::new(),
+        last_modified_ms: 0,
+        content_type: None,
+        headers: Default::default(),
+        user_metadata: Default::default(),
+        checksums: Default::default(),
+        data: data.clone(),
+    };
+    let mut stream = read::open_range(inner, &version, range.clone()).await?;
+    let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk.map_err(|e| GatewayError::Internal(e.to_string()))?);
+    }
+    if out.len() as u64 != range.end - range.start {
+        return Err(GatewayError::Internal(format!(
+            "short read: {} of {} bytes",
+            out.len(),
+            range.end - range.start
+        )));
+    }
+    Ok(out.freeze())
+}
+
+/// Writes `bytes` under `policy`; returns the stripes and whether every shard is durable.
+async fn store(
+    inner: &Arc<Inner>,
+    policy: PlacementPolicy,
+    bytes: Bytes,
+) -> Result<(ObjectData, bool, write::Uncommitted), GatewayError> {
+    let len = bytes.len() as u64;
+    let body = StreamingBlob::wrap(futures::stream::once(async move {
+        Ok::<_, std::io::Error>(bytes)
+    }));
+    let (written, uncommitted) = write::write_body(
+        inner,
+        policy,
+        body,
+        Some(len),
+        ChecksumHasher::default(),
+        write::Storage::Striped,
+    )
+    .await?;
+    Ok((written.data, written.missing.is_empty(), uncommitted))
+}
+
+impl VolumeEngine {
+    /// Attaches `name`: takes the lease (refused while another server holds it), replays
+    /// the journal left by an earlier holder into memory, and starts lease renewal and
+    /// merging. The returned engine is shared by every connection to the volume.
+    pub async fn attach(
+        inner: Arc<Inner>,
+        name: &str,
+        holder: &str,
+    ) -> Result<Arc<VolumeEngine>, GatewayError> {
+        let state = volume_state(&inner, name).await?;
+        let reply = inner
+            .meta
+            .execute(&ObjectCommand::Volume(VolumeCommand::Acquire {
+                name: name.to_string(),
+                tenant: state.volume.tenant.clone(),
+                holder: holder.to_string(),
+                ttl_ms: LEASE_TTL.as_millis() as u64,
+            }))
+            .await?;
+        let ObjectCommandReply::Volume(VolumeReply::Leased { epoch }) = reply else {
+            return Err(GatewayError::Internal(format!(
+                "acquire answered {reply:?}"
+            )));
+        };
+        // Read the state again under the new epoch: nothing can change it any more.
+        let state = volume_state(&inner, name).await?;
+        let engine = Arc::new(VolumeEngine {
+            inner: inner.clone(),
+            volume: state.volume.clone(),
+            epoch,
+            state: Mutex::new(EngineState::default()),
+            fenced: AtomicBool::new(false),
+            merging: tokio::sync::Mutex::new(()),
+        });
+        engine.load(&state).await?;
+        info!(volume = %name, epoch, journal_entries = state.journal.len(), "volume attached");
+        let weak = Arc::downgrade(&engine);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(LEASE_TTL / 3).await;
+                let Some(engine) = weak.upgrade() else { return };
+                if !engine.renew().await {
+                    return;
+                }
+                if let Err(e) = engine.merge_due(false).await {
+                    warn!(volume = %engine.volume.name, error = %e, "merge failed; retried later");
+                }
+            }
+        });
+        Ok(engine)
+    }
+
+    async fn load(&self, state: &VolumeState) -> Result<(), GatewayError> {
+        let mut loaded = Vec::new();
+        for (seq, entry) in &state.journal {
+            let data = match &entry.data {
+                Some(d) => Some(read_data(&self.inner, d, entry.len, 0..entry.len).await?),
+                None => None,
+            };
+            loaded.push((*seq, entry.offset, entry.len, data));
+        }
+        let mut st = self.state.lock().expect("volume state lock");
+        for (idx, extent) in &state.extents {
+            st.extents.insert(*idx, extent.data.clone());
+        }
+        for (seq, offset, len, data) in loaded {
+            // Whether every copy survived is unknown: treat as not replicated, so that
+            // the next FLUSH or merge settles it.
+            insert_pending(
+                &mut st,
+                self.volume.extent_bytes,
+                seq,
+                offset,
+                len,
+                data,
+                false,
+            );
+        }
+        Ok(())
+    }
+
+    async fn renew(&self) -> bool {
+        let result = self
+            .inner
+            .meta
+            .execute(&ObjectCommand::Volume(VolumeCommand::Renew {
+                name: self.volume.name.clone(),
+                epoch: self.epoch,
+                ttl_ms: LEASE_TTL.as_millis() as u64,
+            }))
+            .await;
+        match result {
+            Ok(_) => true,
+            Err(e) => {
+                if matches!(meta_err(e), VolumeError::Fenced) {
+                    warn!(volume = %self.volume.name, epoch = self.epoch, "lease lost: fenced");
+                    self.fenced.store(true, Ordering::SeqCst);
+                    return false;
+                }
+                // Metadata unreachable: keep trying; writes fail meanwhile on their own.
+                true
+            }
+        }
+    }
+
+    /// Whether another server took the volume over.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::SeqCst)
+    }
+
+    /// Gives the lease up (after the last connection closed).
+    pub async fn detach(&self) {
+        if self.is_fenced() {
+            return;
+        }
+        let _ = self.merge_due(true).await;
+        let _ = self
+            .inner
+            .meta
+            .execute(&ObjectCommand::Volume(VolumeCommand::Release {
+                name: self.volume.name.clone(),
+                epoch: self.epoch,
+            }))
+            .await;
+        info!(volume = %self.volume.name, epoch = self.epoch, "volume detached");
+    }
+
+    /// Reads `len` bytes at `offset`.
+    pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes, VolumeError> {
+        let ext = self.volume.extent_bytes;
+        let mut out = BytesMut::with_capacity(len as usize);
+        for (idx, within, n) in extents_of(offset, len, ext) {
+            let (base, pending) = {
+                let st = self.state.lock().expect("volume state lock");
+                (st.extents.get(&idx).cloned(), st.pending.get(&idx).cloned())
+            };
+            let mut buf = match base {
+                Some(data) => BytesMut::from(
+                    &read_data(&self.inner, &data, ext, within..within + n).await?[..],
+                ),
+                None => BytesMut::zeroed(n as usize),
+            };
+            for p in pending.iter().flatten() {
+                overlay(&mut buf, within, p);
+            }
+            out.extend_from_slice(&buf);
+        }
+        Ok(out.freeze())
+    }
+
+    /// Writes `data` at `offset` (`None`: zeros). With `fua`, returns only once the
+    /// write survives the loss of any m storage nodes.
+    pub async fn write(
+        &self,
+        offset: u64,
+        len: u64,
+        data: Option<Bytes>,
+        fua: bool,
+    ) -> Result<(), VolumeError> {
+        if self.is_fenced() {
+            return Err(VolumeError::Fenced);
+        }
+        self.wait_for_room().await?;
+        let (stored, replicated, uncommitted) = match &data {
+            Some(bytes) => {
+                let (stored, replicated, uncommitted) =
+                    store(&self.inner, JOURNAL_POLICY, bytes.clone()).await?;
+                (Some(stored), replicated, Some(uncommitted))
+            }
+            None => (None, true, None),
+        };
+        let reply = self
+            .inner
+            .meta
+            .execute(&ObjectCommand::Volume(VolumeCommand::Append {
+                name: self.volume.name.clone(),
+                epoch: self.epoch,
+                entries: vec![JournalEntry {
+                    epoch: self.epoch,
+                    offset,
+                    len,
+                    data: stored,
+                }],
+            }))
+            .await
+            .map_err(|e| {
+                let e = meta_err(e);
+                if matches!(e, VolumeError::Fenced) {
+                    self.fenced.store(true, Ordering::SeqCst);
+                }
+                e
+            })?;
+        let ObjectCommandReply::Volume(VolumeReply::Appended { first_seq }) = reply else {
+            return Err(GatewayError::Internal(format!("append answered {reply:?}")).into());
+        };
+        if let Some(u) = uncommitted {
+            u.commit();
+        }
+        let extents_touched: Vec<u64> = {
+            let mut st = self.state.lock().expect("volume state lock");
+            insert_pending(
+                &mut st,
+                self.volume.extent_bytes,
+                first_seq,
+                offset,
+                len,
+                data,
+                replicated,
+            );
+            extents_of(offset, len, self.volume.extent_bytes)
+                .into_iter()
+                .map(|(i, _, _)| i)
+                .collect()
+        };
+        if fua && !replicated {
+            self.settle(&extents_touched).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes every acknowledged write survive the loss of any m storage nodes: extents
+    /// with journal entries that lack a copy are merged (at full redundancy).
+    pub async fn flush(&self) -> Result<(), VolumeError> {
+        if self.is_fenced() {
+            return Err(VolumeError::Fenced);
+        }
+        let unreplicated: Vec<u64> = {
+            let st = self.state.lock().expect("volume state lock");
+            st.pending
+                .iter()
+                .filter(|(_, ps)| ps.iter().any(|p| !p.replicated))
+                .map(|(i, _)| *i)
+                .collect()
+        };
+        self.settle(&unreplicated).await
+    }
+
+    async fn settle(&self, extents: &[u64]) -> Result<(), VolumeError> {
+        let _guard = self.merging.lock().await;
+        for idx in extents {
+            if !self.merge_extent(*idx).await? {
+                return Err(GatewayError::NotFullyRedundant(format!(
+                    "volume {} extent {idx}",
+                    self.volume.name
+                ))
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_for_room(&self) -> Result<(), VolumeError> {
+        let full = {
+            let st = self.state.lock().expect("volume state lock");
+            st.pending_bytes > MAX_PENDING_BYTES
+        };
+        if full {
+            self.merge_due(true).await?;
+        }
+        Ok(())
+    }
+
+    /// Merges the extents that are due (or all with `everything`).
+    pub async fn merge_due(&self, everything: bool) -> Result<(), VolumeError> {
+        let _guard = self.merging.lock().await;
+        let due: Vec<u64> = {
+            let st = self.state.lock().expect("volume state lock");
+            st.pending
+                .iter()
+                .filter(|(_, ps)| {
+                    everything
+                        || ps.len() >= MERGE_AFTER_ENTRIES
+                        || ps.iter().any(|p| p.since.elapsed() >= MERGE_AFTER)
+                })
+                .map(|(i, _)| *i)
+                .collect()
+        };
+        for idx in due {
+            if self.is_fenced() {
+                return Err(VolumeError::Fenced);
+            }
+            self.merge_extent(idx).await?;
+        }
+        Ok(())
+    }
+
+    /// Folds an extent's journal entries into a new extent version. Returns false when the
+    /// new version could not be written at full redundancy (nothing changed then).
+    async fn merge_extent(&self, idx: u64) -> Result<bool, VolumeError> {
+        let ext = self.volume.extent_bytes;
+        let (base, pending) = {
+            let st = self.state.lock().expect("volume state lock");
+            (st.extents.get(&idx).cloned(), st.pending.get(&idx).cloned())
+        };
+        let Some(pending) = pending.filter(|p| !p.is_empty()) else {
+            return Ok(true);
+        };
+        // The part of the extent inside the volume (the last extent may be shorter).
+        let extent_len = ext.min(self.volume.size_bytes - idx * ext);
+        let mut buf = match &base {
+            Some(data) => {
+                BytesMut::from(&read_data(&self.inner, data, ext, 0..extent_len).await?[..])
+            }
+            None => BytesMut::zeroed(extent_len as usize),
+        };
+        for p in &pending {
+            overlay(&mut buf, 0, p);
+        }
+        buf.resize(ext as usize, 0);
+        let all_zero = buf.iter().all(|b| *b == 0);
+        let (data, uncommitted) = if all_zero {
+            (None, None)
+        } else {
+            let (data, complete, uncommitted) =
+                store(&self.inner, self.volume.policy, buf.freeze()).await?;
+            if !complete {
+                // Dropping `uncommitted` deletes what was written; the journal stays.
+                return Ok(false);
+            }
+            (Some(data), Some(uncommitted))
+        };
+        let merged: Vec<u64> = {
+            let mut seqs: Vec<u64> = pending.iter().map(|p| p.seq).collect();
+            seqs.dedup();
+            seqs
+        };
+        self.inner
+            .meta
+            .execute(&ObjectCommand::Volume(VolumeCommand::Merge {
+                name: self.volume.name.clone(),
+                epoch: self.epoch,
+                extent: idx,
+                data: data.clone(),
+                merged: merged.clone(),
+            }))
+            .await
+            .map_err(|e| {
+                let e = meta_err(e);
+                if matches!(e, VolumeError::Fenced) {
+                    self.fenced.store(true, Ordering::SeqCst);
+                }
+                e
+            })?;
+        if let Some(u) = uncommitted {
+            u.commit();
+        }
+        let mut st = self.state.lock().expect("volume state lock");
+        match data {
+            Some(d) => {
+                st.extents.insert(idx, d);
+            }
+            None => {
+                st.extents.remove(&idx);
+            }
+        }
+        let mut freed = 0;
+        if let Some(ps) = st.pending.get_mut(&idx) {
+            ps.retain(|p| {
+                let gone = merged.contains(&p.seq);
+                if gone {
+                    freed += p.len;
+                }
+                !gone
+            });
+            if ps.is_empty() {
+                st.pending.remove(&idx);
+            }
+        }
+        st.pending_bytes = st.pending_bytes.saturating_sub(freed);
+        Ok(true)
+    }
+}
+
+async fn volume_state(inner: &Inner, name: &str) -> Result<VolumeState, GatewayError> {
+    match inner
+        .meta
+        .query(&MetaQuery::VolumeState {
+            name: name.to_string(),
+        })
+        .await?
+    {
+        MetaQueryReply::VolumeState(Some(s)) => Ok(s),
+        MetaQueryReply::VolumeState(None) => Err(GatewayError::Meta {
+            kind: lauscha_proto::MetaErrorKind::NoSuchVolume,
+            message: format!("volume {name} does not exist"),
+        }),
+        other => Err(GatewayError::Internal(format!(
+            "metadata answered {other:?}"
+        ))),
+    }
+}
+
+/// Records a write in the per-extent pending lists.
+fn insert_pending(
+    st: &mut EngineState,
+    extent_bytes: u64,
+    seq: u64,
+    offset: u64,
+    len: u64,
+    data: Option<Bytes>,
+    replicated: bool,
+) {
+    let mut consumed = 0u64;
+    for (idx, within, n) in extents_of(offset, len, extent_bytes) {
+        let slice = data
+            .as_ref()
+            .map(|d| d.slice(consumed as usize..(consumed + n) as usize));
+        consumed += n;
+        st.pending.entry(idx).or_default().push(Pending {
+            seq,
+            within,
+            len: n,
+            data: slice,
+            replicated,
+            since: Instant::now(),
+        });
+        st.pending_bytes += n;
+    }
+}
+
+/// Lays a pending write over `buf`, which holds the extent's bytes from `buf_start`.
+fn overlay(buf: &mut BytesMut, buf_start: u64, p: &Pending) {
+    let buf_end = buf_start + buf.len() as u64;
+    let (start, end) = (p.within.max(buf_start), (p.within + p.len).min(buf_end));
+    if start >= end {
+        return;
+    }
+    let dst = &mut buf[(start - buf_start) as usize..(end - buf_start) as usize];
+    match &p.data {
+        Some(d) => dst.copy_from_slice(&d[(start - p.within) as usize..(end - p.within) as usize]),
+        None => dst.fill(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(seq: u64, within: u64, data: Option<&[u8]>, len: u64) -> Pending {
+        Pending {
+            seq,
+            within,
+            len,
+            data: data.map(Bytes::copy_from_slice),
+            replicated: true,
+            since: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn later_entries_win_and_zeros_clear() {
+        let mut buf = BytesMut::from(&[9u8; 8][..]);
+        overlay(&mut buf, 4, &pending(1, 2, Some(b"abcd"), 4)); // covers 4..6 of buf's 4..12
+        assert_eq!(&buf[..], b"cd\x09\x09\x09\x09\x09\x09");
+        overlay(&mut buf, 4, &pending(2, 5, None, 2));
+        assert_eq!(&buf[..], b"c\0\0\x09\x09\x09\x09\x09");
+        overlay(&mut buf, 4, &pending(3, 100, Some(b"zz"), 2));
+        assert_eq!(&buf[..], b"c\0\0\x09\x09\x09\x09\x09", "outside: untouched");
+    }
+
+    #[test]
+    fn a_write_across_extents_is_split_in_order() {
+        let mut st = EngineState::default();
+        insert_pending(&mut st, 8, 7, 6, 4, Some(Bytes::from_static(b"WXYZ")), true);
+        assert_eq!(st.pending[&0][0].within, 6);
+        assert_eq!(st.pending[&0][0].data.as_deref(), Some(&b"WX"[..]));
+        assert_eq!(st.pending[&1][0].within, 0);
+        assert_eq!(st.pending[&1][0].data.as_deref(), Some(&b"YZ"[..]));
+        assert_eq!(st.pending_bytes, 4);
+    }
+}

@@ -1,0 +1,288 @@
+//! Block volumes: what metadata stores about them and the commands that change them.
+//!
+//! A volume is a sparse array of fixed-size extents. An extent's bytes are an immutable
+//! erasure-coded stripe set (like an object version); an absent extent reads as zeros.
+//! Writes first go to a journal: each write's bytes are stored as a small replicated
+//! stripe set (1 data + 2 parity shards, so three copies), acknowledged once two are
+//! durable, and recorded in metadata under the writer's lease epoch. A background merge
+//! folds an extent's journal entries into a new extent version and swaps it in with one
+//! metadata command, so there is no write hole: an extent is either the old version plus
+//! its journal, or the new version.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ObjectData, PlacementPolicy, TenantId};
+
+/// Block size the NBD server advertises and every request must be aligned to.
+pub const VOLUME_BLOCK_BYTES: u32 = 4096;
+/// Extent size of new volumes.
+pub const DEFAULT_EXTENT_BYTES: u64 = 4 << 20;
+
+/// A volume.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    /// Its name (global, like bucket names; the NBD export name).
+    pub name: String,
+    /// The owning tenant.
+    pub tenant: TenantId,
+    /// Size, bytes (a multiple of the block size).
+    pub size_bytes: u64,
+    /// Extent size, bytes.
+    pub extent_bytes: u64,
+    /// How extents are protected.
+    pub policy: PlacementPolicy,
+    /// Creation time, Unix ms.
+    pub created_ms: u64,
+    /// The last lease epoch handed out (0: never attached).
+    pub epoch: u64,
+    /// The current lease, if any.
+    pub lease: Option<Lease>,
+    /// The next journal sequence number.
+    pub next_seq: u64,
+}
+
+/// The right of one server to write a volume.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Who holds it (a server instance id).
+    pub holder: String,
+    /// Its fencing epoch: journal appends and extent swaps with another epoch are refused.
+    pub epoch: u64,
+    /// When it lapses unless renewed, Unix ms.
+    pub expires_ms: u64,
+}
+
+/// One journaled write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    /// The epoch it was written under.
+    pub epoch: u64,
+    /// Byte offset in the volume.
+    pub offset: u64,
+    /// Byte length.
+    pub len: u64,
+    /// The bytes (replicated stripes), or `None` for zeros (TRIM, WRITE_ZEROES).
+    pub data: Option<ObjectData>,
+}
+
+/// An extent's current bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extent {
+    /// The erasure-coded stripes of the whole extent.
+    pub data: ObjectData,
+}
+
+/// Everything a server needs to serve a volume after attaching.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeState {
+    /// The volume.
+    pub volume: Volume,
+    /// (extent index, extent) of every written extent.
+    pub extents: Vec<(u64, Extent)>,
+    /// (sequence number, entry) of every journal entry not merged yet, in order.
+    pub journal: Vec<(u64, JournalEntry)>,
+}
+
+/// Changes to volumes (carried inside `ObjectCommand::Volume`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VolumeCommand {
+    /// Create a volume.
+    Create {
+        /// Its name.
+        name: String,
+        /// Owner.
+        tenant: TenantId,
+        /// Size, bytes.
+        size_bytes: u64,
+        /// Protection of its extents.
+        policy: PlacementPolicy,
+    },
+    /// Delete a volume that nobody holds a live lease on; its stripes become garbage.
+    Delete {
+        /// Its name.
+        name: String,
+        /// Owner.
+        tenant: TenantId,
+    },
+    /// Grow (never shrink) a volume.
+    Resize {
+        /// Its name.
+        name: String,
+        /// Owner.
+        tenant: TenantId,
+        /// New size, bytes.
+        size_bytes: u64,
+    },
+    /// Take the write lease: refused while another holder's lease is live; bumps the
+    /// epoch, which fences every earlier holder.
+    Acquire {
+        /// Its name.
+        name: String,
+        /// Owner.
+        tenant: TenantId,
+        /// Server instance id.
+        holder: String,
+        /// Lease length, ms.
+        ttl_ms: u64,
+    },
+    /// Extend the lease; refused if the epoch is no longer current.
+    Renew {
+        /// Its name.
+        name: String,
+        /// The holder's epoch.
+        epoch: u64,
+        /// Lease length, ms.
+        ttl_ms: u64,
+    },
+    /// Give the lease up.
+    Release {
+        /// Its name.
+        name: String,
+        /// The holder's epoch.
+        epoch: u64,
+    },
+    /// Record journaled writes whose bytes are durable.
+    Append {
+        /// Its name.
+        name: String,
+        /// The holder's epoch.
+        epoch: u64,
+        /// The writes, in order.
+        entries: Vec<JournalEntry>,
+    },
+    /// Swap in a new version of an extent made from the old one and the journal entries
+    /// `merged` (all of which must still be there), and drop those entries.
+    Merge {
+        /// Its name.
+        name: String,
+        /// The holder's epoch.
+        epoch: u64,
+        /// The extent.
+        extent: u64,
+        /// Its new bytes, or `None` if they are all zeros (the extent is removed).
+        data: Option<ObjectData>,
+        /// Journal sequence numbers folded in.
+        merged: Vec<u64>,
+    },
+}
+
+/// What a volume command answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VolumeReply {
+    /// Done.
+    Done,
+    /// The lease taken: its epoch.
+    Leased {
+        /// The new epoch.
+        epoch: u64,
+    },
+    /// Journal entries recorded: the sequence number of the first.
+    Appended {
+        /// First sequence number.
+        first_seq: u64,
+    },
+}
+
+/// The extents a byte range touches, with the part of each: (extent index, offset in the
+/// extent, length).
+pub fn extents_of(offset: u64, len: u64, extent_bytes: u64) -> Vec<(u64, u64, u64)> {
+    assert!(extent_bytes > 0, "extents have a size");
+    let mut out = Vec::new();
+    let mut at = offset;
+    let end = offset + len;
+    while at < end {
+        let idx = at / extent_bytes;
+        let within = at % extent_bytes;
+        let n = (extent_bytes - within).min(end - at);
+        out.push((idx, within, n));
+        at += n;
+    }
+    out
+}
+
+/// Checks a volume size: positive, a multiple of the block size, at most 64 TiB.
+pub fn check_size(size_bytes: u64) -> Result<(), String> {
+    if size_bytes == 0 || !size_bytes.is_multiple_of(u64::from(VOLUME_BLOCK_BYTES)) {
+        return Err(format!(
+            "volume size {size_bytes} must be a positive multiple of {VOLUME_BLOCK_BYTES} bytes"
+        ));
+    }
+    if size_bytes > 64 << 40 {
+        return Err("volumes are at most 64 TiB".into());
+    }
+    Ok(())
+}
+
+/// Parses a size with an optional K, M, G or T suffix (powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, shift) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("size {text:?}: unknown unit {c}; use K, M, G or T")),
+            };
+            (&text[..i], shift)
+        }
+        _ => (text, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("size {text:?} is not a number with an optional K/M/G/T"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+/// Checks a volume name: 1 to 63 of a-z, 0-9, '-', '.', '_', not starting with '-'.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "volume name {name:?}: use 1 to 63 of a-z, 0-9, '-', '.', '_' (not starting with '-')"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("10G"), Ok(10 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("1t"), Ok(1 << 40));
+        assert!(parse_size("10X").is_err());
+        assert!(parse_size("G").is_err());
+        assert!(check_size(4095).is_err());
+        assert!(check_size(0).is_err());
+    }
+
+    proptest! {
+        /// The pieces of a range tile it exactly, each inside one extent.
+        #[test]
+        fn extents_tile_the_range(offset in 0u64..1 << 30, len in 0u64..1 << 26, shift in 12u32..24) {
+            let extent = 1u64 << shift;
+            let parts = extents_of(offset, len, extent);
+            let mut at = offset;
+            for (idx, within, n) in &parts {
+                prop_assert_eq!(idx * extent + within, at);
+                prop_assert!(within + n <= extent);
+                prop_assert!(*n > 0);
+                at += n;
+            }
+            prop_assert_eq!(at, offset + len);
+        }
+    }
+}

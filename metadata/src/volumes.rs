@@ -1,0 +1,328 @@
+//! Block volumes in the state machine: creation, leases with fencing epochs, journal
+//! entries and extent swaps. Pure like `apply`.
+//!
+//! Architecture Invariant: a journal append or an extent swap applies only under the
+//! volume's current lease epoch, so a server that lost its lease (a second host, a stale
+//! process coming back) can never change a volume.
+
+use lauscha_core::volume::{
+    DEFAULT_EXTENT_BYTES, Extent, JournalEntry, Lease, Volume, VolumeCommand, VolumeReply,
+    VolumeState, check_name, check_size,
+};
+use lauscha_core::{ObjectData, Stripe, TenantId};
+use serde::Serialize;
+
+use crate::apply::{collect_stripes, read};
+use crate::command::MetaError;
+use crate::keys;
+use crate::kv::{KvError, KvRead, Mutation};
+use crate::value;
+
+type Outcome<T> = Result<Result<T, MetaError>, KvError>;
+
+fn put<T: Serialize>(out: &mut Vec<Mutation>, key: Vec<u8>, v: &T) {
+    out.push(Mutation::Put(key, value::encode(v)));
+}
+
+fn stripes(data: &Option<ObjectData>) -> &[Stripe] {
+    match data {
+        Some(ObjectData::Striped { stripes, .. }) => stripes,
+        _ => &[],
+    }
+}
+
+fn owned(kv: &impl KvRead, name: &str, tenant: &TenantId) -> Outcome<Volume> {
+    Ok(match read::<Volume>(kv, &keys::volume(name))? {
+        Some(v) if v.tenant == *tenant => Ok(v),
+        Some(_) => Err(MetaError::AccessDenied(format!("volume {name}"))),
+        None => Err(MetaError::NoSuchVolume(name.to_string())),
+    })
+}
+
+fn fenced(kv: &impl KvRead, name: &str, epoch: u64) -> Outcome<Volume> {
+    let Some(v) = read::<Volume>(kv, &keys::volume(name))? else {
+        return Ok(Err(MetaError::NoSuchVolume(name.to_string())));
+    };
+    if v.lease.as_ref().map(|l| l.epoch) != Some(epoch) {
+        return Ok(Err(MetaError::Fenced(format!(
+            "volume {name}: epoch {epoch} is not the current lease (epoch {})",
+            v.epoch
+        ))));
+    }
+    Ok(Ok(v))
+}
+
+/// The extents and journal entries of a volume.
+pub fn state(kv: &impl KvRead, name: &str) -> Result<Option<VolumeState>, KvError> {
+    let Some(volume) = read::<Volume>(kv, &keys::volume(name))? else {
+        return Ok(None);
+    };
+    let mut extents = Vec::new();
+    let mut journal = Vec::new();
+    let mut error = None;
+    let prefix = keys::volume_extents_prefix(name);
+    let end = keys::prefix_end(&prefix).expect("NUL in prefix");
+    kv.scan(&prefix, &end, &mut |k, v| {
+        match (keys::trailing_u64(k), value::decode::<Extent>(v)) {
+            (Some(idx), Ok(e)) => extents.push((idx, e)),
+            _ => error = Some(KvError(format!("bad extent entry {k:?}"))),
+        }
+        error.is_none()
+    })?;
+    let prefix = keys::volume_journal_prefix(name);
+    let end = keys::prefix_end(&prefix).expect("NUL in prefix");
+    kv.scan(&prefix, &end, &mut |k, v| {
+        match (keys::trailing_u64(k), value::decode::<JournalEntry>(v)) {
+            (Some(seq), Ok(e)) => journal.push((seq, e)),
+            _ => error = Some(KvError(format!("bad journal entry {k:?}"))),
+        }
+        error.is_none()
+    })?;
+    if let Some(e) = error {
+        return Err(e);
+    }
+    Ok(Some(VolumeState {
+        volume,
+        extents,
+        journal,
+    }))
+}
+
+/// The volumes of a tenant (`None`: of every tenant).
+pub fn list(kv: &impl KvRead, tenant: Option<&TenantId>) -> Result<Vec<Volume>, KvError> {
+    let (start, end) = keys::table_range(keys::Table::Volume);
+    let mut out = Vec::new();
+    let mut error = None;
+    kv.scan(&start, &end, &mut |k, v| {
+        match value::decode::<Volume>(v) {
+            Ok(vol) if tenant.is_none_or(|t| vol.tenant == *t) => out.push(vol),
+            Ok(_) => {}
+            Err(_) => error = Some(KvError(format!("bad volume entry {k:?}"))),
+        }
+        error.is_none()
+    })?;
+    match error {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+/// Applies a volume command.
+pub fn apply_volume_command(
+    kv: &impl KvRead,
+    out: &mut Vec<Mutation>,
+    command: &VolumeCommand,
+    now_ms: u64,
+    log_index: u64,
+) -> Outcome<VolumeReply> {
+    match command {
+        VolumeCommand::Create {
+            name,
+            tenant,
+            size_bytes,
+            policy,
+        } => {
+            if let Err(e) = check_name(name).and_then(|()| check_size(*size_bytes)) {
+                return Ok(Err(MetaError::InvalidArgument(e)));
+            }
+            if kv.get(&keys::tenant(tenant))?.is_none() {
+                return Ok(Err(MetaError::NoSuchTenant(tenant.to_string())));
+            }
+            if kv.get(&keys::volume(name))?.is_some() {
+                return Ok(Err(MetaError::VolumeExists(name.clone())));
+            }
+            put(
+                out,
+                keys::volume(name),
+                &Volume {
+                    name: name.clone(),
+                    tenant: tenant.clone(),
+                    size_bytes: *size_bytes,
+                    extent_bytes: DEFAULT_EXTENT_BYTES,
+                    policy: *policy,
+                    created_ms: now_ms,
+                    epoch: 0,
+                    lease: None,
+                    next_seq: 1,
+                },
+            );
+            Ok(Ok(VolumeReply::Done))
+        }
+        VolumeCommand::Delete { name, tenant } => {
+            let volume = match owned(kv, name, tenant)? {
+                Ok(v) => v,
+                Err(e) => return Ok(Err(e)),
+            };
+            if volume.lease.as_ref().is_some_and(|l| l.expires_ms > now_ms) {
+                return Ok(Err(MetaError::Conflict(format!(
+                    "volume {name} is attached (lease epoch {}); detach it first",
+                    volume.epoch
+                ))));
+            }
+            let state = state(kv, name)?.expect("volume exists");
+            let mut garbage = Vec::new();
+            for (idx, extent) in &state.extents {
+                out.push(Mutation::Delete(keys::volume_extent(name, *idx)));
+                garbage.extend(stripes(&Some(extent.data.clone())).iter().cloned());
+            }
+            for (seq, entry) in &state.journal {
+                out.push(Mutation::Delete(keys::volume_journal(name, *seq)));
+                garbage.extend(stripes(&entry.data).iter().cloned());
+            }
+            for s in &garbage {
+                out.push(Mutation::Delete(keys::volume_stripe(s.id)));
+            }
+            collect_stripes(out, garbage, format!("volume {name}"), now_ms, log_index);
+            out.push(Mutation::Delete(keys::volume(name)));
+            Ok(Ok(VolumeReply::Done))
+        }
+        VolumeCommand::Resize {
+            name,
+            tenant,
+            size_bytes,
+        } => {
+            let mut volume = match owned(kv, name, tenant)? {
+                Ok(v) => v,
+                Err(e) => return Ok(Err(e)),
+            };
+            if let Err(e) = check_size(*size_bytes) {
+                return Ok(Err(MetaError::InvalidArgument(e)));
+            }
+            if *size_bytes < volume.size_bytes {
+                return Ok(Err(MetaError::InvalidArgument(format!(
+                    "volume {name} has {} bytes; volumes only grow (shrinking would cut data off)",
+                    volume.size_bytes
+                ))));
+            }
+            volume.size_bytes = *size_bytes;
+            put(out, keys::volume(name), &volume);
+            Ok(Ok(VolumeReply::Done))
+        }
+        VolumeCommand::Acquire {
+            name,
+            tenant,
+            holder,
+            ttl_ms,
+        } => {
+            let mut volume = match owned(kv, name, tenant)? {
+                Ok(v) => v,
+                Err(e) => return Ok(Err(e)),
+            };
+            if let Some(l) = &volume.lease
+                && l.expires_ms > now_ms
+                && l.holder != *holder
+            {
+                return Ok(Err(MetaError::Conflict(format!(
+                    "volume {name} is attached by {} until its lease lapses",
+                    l.holder
+                ))));
+            }
+            volume.epoch += 1;
+            volume.lease = Some(Lease {
+                holder: holder.clone(),
+                epoch: volume.epoch,
+                expires_ms: now_ms + ttl_ms,
+            });
+            let epoch = volume.epoch;
+            put(out, keys::volume(name), &volume);
+            Ok(Ok(VolumeReply::Leased { epoch }))
+        }
+        VolumeCommand::Renew {
+            name,
+            epoch,
+            ttl_ms,
+        } => {
+            let mut volume = match fenced(kv, name, *epoch)? {
+                Ok(v) => v,
+                Err(e) => return Ok(Err(e)),
+            };
+            if let Some(l) = &mut volume.lease {
+                l.expires_ms = now_ms + ttl_ms;
+            }
+            put(out, keys::volume(name), &volume);
+            Ok(Ok(VolumeReply::Done))
+        }
+        VolumeCommand::Release { name, epoch } => {
+            let mut volume = match fenced(kv, name, *epoch)? {
+                Ok(v) => v,
+                Err(e) => return Ok(Err(e)),
+            };
+            volume.lease = None;
+            put(out, keys::volume(name), &volume);
+            Ok(Ok(VolumeReply::Done))
+        }
+        VolumeCommand::Append {
+            name,
+            epoch,
+            entries,
+        } => {
+            let mut volume = match fenced(kv, name, *epoch)? {
+                Ok(v) => v,
+                Err(e) => return Ok(Err(e)),
+            };
+            let first_seq = volume.next_seq;
+            for entry in entries {
+                let end = entry.offset.checked_add(entry.len);
+                if end.is_none_or(|e| e > volume.size_bytes) || entry.epoch != *epoch {
+                    return Ok(Err(MetaError::InvalidArgument(format!(
+                        "journal entry {}+{} outside volume {name} or of another epoch",
+                        entry.offset, entry.len
+                    ))));
+                }
+                for s in stripes(&entry.data) {
+                    put(out, keys::volume_stripe(s.id), name);
+                }
+                put(out, keys::volume_journal(name, volume.next_seq), entry);
+                volume.next_seq += 1;
+            }
+            put(out, keys::volume(name), &volume);
+            Ok(Ok(VolumeReply::Appended { first_seq }))
+        }
+        VolumeCommand::Merge {
+            name,
+            epoch,
+            extent,
+            data,
+            merged,
+        } => {
+            if let Err(e) = fenced(kv, name, *epoch)? {
+                return Ok(Err(e));
+            }
+            let mut garbage: Vec<Stripe> = Vec::new();
+            for seq in merged {
+                let Some(entry) = read::<JournalEntry>(kv, &keys::volume_journal(name, *seq))?
+                else {
+                    return Ok(Err(MetaError::Conflict(format!(
+                        "volume {name}: journal entry {seq} is gone"
+                    ))));
+                };
+                garbage.extend(stripes(&entry.data).iter().cloned());
+                out.push(Mutation::Delete(keys::volume_journal(name, *seq)));
+            }
+            let key = keys::volume_extent(name, *extent);
+            if let Some(old) = read::<Extent>(kv, &key)? {
+                garbage.extend(stripes(&Some(old.data)).iter().cloned());
+            }
+            for s in &garbage {
+                out.push(Mutation::Delete(keys::volume_stripe(s.id)));
+            }
+            match data {
+                Some(d) => {
+                    for s in stripes(&Some(d.clone())) {
+                        put(out, keys::volume_stripe(s.id), name);
+                    }
+                    put(out, key, &Extent { data: d.clone() });
+                }
+                None => out.push(Mutation::Delete(key)),
+            }
+            collect_stripes(
+                out,
+                garbage,
+                format!("volume {name} extent {extent}"),
+                now_ms,
+                log_index,
+            );
+            Ok(Ok(VolumeReply::Done))
+        }
+    }
+}
