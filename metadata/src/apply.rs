@@ -2014,4 +2014,272 @@ mod tests {
         let stripes = query::list_stripes(&sm.kv, None, 10).unwrap();
         assert_eq!(stripes[0].stripe.shards[0].node, NodeId(2));
     }
+
+    // ---- block volumes ----
+
+    fn vol(
+        sm: &mut Sm,
+        now_ms: u64,
+        cmd: lauscha_core::volume::VolumeCommand,
+    ) -> Result<lauscha_core::volume::VolumeReply, MetaError> {
+        match sm.run(MetaCommand::Object {
+            command: ObjectCommand::Volume(cmd),
+            now_ms,
+        }) {
+            MetaResponse::Object(ObjectCommandReply::Volume(r)) => Ok(r),
+            MetaResponse::Refused(e) => Err(e),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn one_writer_per_volume_and_a_stale_one_is_fenced() {
+        use lauscha_core::volume::{JournalEntry, VolumeCommand as V, VolumeReply};
+        let mut sm = setup();
+        vol(
+            &mut sm,
+            0,
+            V::Create {
+                name: "disk".into(),
+                tenant: tenant("jena"),
+                size_bytes: 1 << 30,
+                policy: PlacementPolicy::DEFAULT,
+            },
+        )
+        .unwrap();
+        let acquire = |holder: &str| V::Acquire {
+            name: "disk".into(),
+            tenant: tenant("jena"),
+            holder: holder.into(),
+            ttl_ms: 10_000,
+        };
+        let Ok(VolumeReply::Leased { epoch: first }) = vol(&mut sm, 1_000, acquire("host-a"))
+        else {
+            panic!("first attach refused")
+        };
+        // A second host is refused while the lease is live.
+        assert!(matches!(
+            vol(&mut sm, 5_000, acquire("host-b")),
+            Err(MetaError::Conflict(_))
+        ));
+        let append = |epoch: u64| V::Append {
+            name: "disk".into(),
+            epoch,
+            entries: vec![JournalEntry {
+                epoch,
+                offset: 0,
+                len: 4096,
+                data: None,
+            }],
+        };
+        assert!(matches!(
+            vol(&mut sm, 5_000, append(first)),
+            Ok(VolumeReply::Appended { first_seq: 1 })
+        ));
+        // The lease lapses; host-b takes over with a higher epoch.
+        let Ok(VolumeReply::Leased { epoch: second }) = vol(&mut sm, 20_000, acquire("host-b"))
+        else {
+            panic!("takeover refused")
+        };
+        assert!(second > first);
+        // host-a comes back: every write and swap it tries is fenced.
+        assert!(matches!(
+            vol(&mut sm, 21_000, append(first)),
+            Err(MetaError::Fenced(_))
+        ));
+        let merge = |epoch: u64| V::Merge {
+            name: "disk".into(),
+            epoch,
+            extent: 0,
+            data: None,
+            merged: vec![1],
+        };
+        assert!(matches!(
+            vol(&mut sm, 21_000, merge(first)),
+            Err(MetaError::Fenced(_))
+        ));
+        assert!(matches!(
+            vol(
+                &mut sm,
+                21_000,
+                V::Renew {
+                    name: "disk".into(),
+                    epoch: first,
+                    ttl_ms: 1
+                }
+            ),
+            Err(MetaError::Fenced(_))
+        ));
+        // host-b merges host-a's acknowledged entry.
+        vol(&mut sm, 21_000, merge(second)).unwrap();
+        let state = crate::volumes::state(&sm.kv, "disk").unwrap().unwrap();
+        assert!(state.journal.is_empty());
+        // A live lease blocks deletion; a released one does not.
+        assert!(matches!(
+            vol(
+                &mut sm,
+                22_000,
+                V::Delete {
+                    name: "disk".into(),
+                    tenant: tenant("jena")
+                }
+            ),
+            Err(MetaError::Conflict(_))
+        ));
+        vol(
+            &mut sm,
+            22_000,
+            V::Release {
+                name: "disk".into(),
+                epoch: second,
+            },
+        )
+        .unwrap();
+        vol(
+            &mut sm,
+            22_000,
+            V::Delete {
+                name: "disk".into(),
+                tenant: tenant("jena"),
+            },
+        )
+        .unwrap();
+        assert!(crate::volumes::state(&sm.kv, "disk").unwrap().is_none());
+    }
+
+    #[test]
+    fn volume_stripes_are_known_until_replaced_and_volumes_only_grow() {
+        use lauscha_core::volume::{JournalEntry, VolumeCommand as V, VolumeReply};
+        let mut sm = setup();
+        vol(
+            &mut sm,
+            0,
+            V::Create {
+                name: "d".into(),
+                tenant: tenant("jena"),
+                size_bytes: 8 << 20,
+                policy: PlacementPolicy::DEFAULT,
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            vol(
+                &mut sm,
+                0,
+                V::Create {
+                    name: "d".into(),
+                    tenant: tenant("jena"),
+                    size_bytes: 8 << 20,
+                    policy: PlacementPolicy::DEFAULT
+                }
+            ),
+            Err(MetaError::VolumeExists(_))
+        ));
+        assert!(matches!(
+            vol(
+                &mut sm,
+                0,
+                V::Resize {
+                    name: "d".into(),
+                    tenant: tenant("jena"),
+                    size_bytes: 4 << 20
+                }
+            ),
+            Err(MetaError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            vol(
+                &mut sm,
+                0,
+                V::Resize {
+                    name: "d".into(),
+                    tenant: tenant("gera"),
+                    size_bytes: 16 << 20
+                }
+            ),
+            Err(MetaError::AccessDenied(_))
+        ));
+        let Ok(VolumeReply::Leased { epoch }) = vol(
+            &mut sm,
+            0,
+            V::Acquire {
+                name: "d".into(),
+                tenant: tenant("jena"),
+                holder: "h".into(),
+                ttl_ms: 10_000,
+            },
+        ) else {
+            panic!()
+        };
+        let journal = striped(4096, 77).data;
+        vol(
+            &mut sm,
+            0,
+            V::Append {
+                name: "d".into(),
+                epoch,
+                entries: vec![JournalEntry {
+                    epoch,
+                    offset: 0,
+                    len: 4096,
+                    data: Some(journal),
+                }],
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            query::stripes_known(&sm.kv, &[StripeId(77)]).unwrap(),
+            vec![true]
+        );
+        // Past the end is refused.
+        assert!(matches!(
+            vol(
+                &mut sm,
+                0,
+                V::Append {
+                    name: "d".into(),
+                    epoch,
+                    entries: vec![JournalEntry {
+                        epoch,
+                        offset: 8 << 20,
+                        len: 4096,
+                        data: None
+                    }]
+                }
+            ),
+            Err(MetaError::InvalidArgument(_))
+        ));
+        let extent = striped(4 << 20, 88).data;
+        vol(
+            &mut sm,
+            0,
+            V::Merge {
+                name: "d".into(),
+                epoch,
+                extent: 0,
+                data: Some(extent),
+                merged: vec![1],
+            },
+        )
+        .unwrap();
+        // The journal stripe is garbage now (known through the garbage table), the extent live.
+        let garbage = query::garbage(&sm.kv, 10).unwrap();
+        assert!(
+            garbage
+                .iter()
+                .any(|g| g.stripes.iter().any(|s| s.id == StripeId(77)))
+        );
+        assert!(
+            sm.kv
+                .get(&keys::volume_stripe(StripeId(88)))
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            sm.kv
+                .get(&keys::volume_stripe(StripeId(77)))
+                .unwrap()
+                .is_none()
+        );
+    }
 }

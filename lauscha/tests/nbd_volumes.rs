@@ -1,0 +1,266 @@
+//! Block volumes through real NBD clients (qemu-img, qemu-io, nbdinfo, nbdcopy) and a raw
+//! protocol client for what they never send (malformed requests).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+
+use common::*;
+use lauscha_core::nbd;
+
+/// Runs a client tool; panics with its output when it fails.
+#[track_caller]
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} could not run (install it: see .ci/run): {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{program} {args:?} failed:\n{text}");
+    text
+}
+
+/// qemu-io commands against a volume; every `read -P` checks its pattern.
+#[track_caller]
+fn qemu_io(uri: &str, commands: &[&str]) -> String {
+    let mut args = vec!["-f", "raw"];
+    for c in commands {
+        args.extend(["-c", c]);
+    }
+    args.push(uri);
+    let text = run("qemu-io", &args);
+    assert!(
+        !text.contains("Pattern verification failed") && !text.contains("failed:"),
+        "qemu-io: {text}"
+    );
+    text
+}
+
+fn volume(dev: &Dev, name: &str, size: &str) -> String {
+    dev.admin(&["volume", "create", name, "--size", size]);
+    format!("nbd://{}/{name}", dev.nbd_addr())
+}
+
+#[test]
+fn qemu_tools_convert_compare_and_check_patterns() {
+    let dev = Dev::start(&[]);
+    let uri = volume(&dev, "disk", "256M");
+    let info = run("nbdinfo", &["--json", &uri]);
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    let export = &info["exports"][0];
+    assert_eq!(export["export-size"], 256 << 20);
+    for flag in ["can_flush", "can_fua", "can_trim", "can_zero"] {
+        assert_eq!(export[flag], true, "{flag}: {export}");
+    }
+    assert_eq!(export["block_size_minimum"], 4096);
+
+    // A fresh volume reads as zeros.
+    qemu_io(&uri, &["read -P 0 0 1M", "read -P 0 255M 1M"]);
+
+    // 256 MiB of random bytes in, compared back by qemu-img and nbdcopy.
+    let tmp = tempfile::tempdir().unwrap();
+    let image = tmp.path().join("image.raw");
+    std::fs::write(&image, payload(42, 256 << 20)).unwrap();
+    let image = image.to_str().unwrap();
+    run("qemu-img", &["convert", "-n", "-f", "raw", "-O", "raw", image, &uri]);
+    let compared = run("qemu-img", &["compare", "-f", "raw", "-F", "raw", image, &uri]);
+    assert!(compared.contains("identical"), "{compared}");
+    let copy = tmp.path().join("copy.raw");
+    run("nbdcopy", &[&uri, copy.to_str().unwrap()]);
+    assert!(
+        std::fs::read(&copy).unwrap() == std::fs::read(image).unwrap(),
+        "nbdcopy read back other bytes"
+    );
+
+    // Patterns, zeroing, discard, FUA writes and flush, across an extent boundary.
+    qemu_io(
+        &uri,
+        &[
+            "write -P 0xab 0 1M",
+            "write -P 0xcd 4186112 16k",
+            "read -P 0xab 0 1M",
+            "read -P 0xcd 4186112 16k",
+            "write -z 1M 1M",
+            "read -P 0 1M 1M",
+            "discard 2M 1M",
+            "read -P 0 2M 1M",
+            "write -f -P 0x11 8M 64k",
+            "flush",
+            "read -P 0x11 8M 64k",
+        ],
+    );
+    // A new connection (new attach) sees the same bytes.
+    qemu_io(
+        &uri,
+        &[
+            "read -P 0xab 0 1M",
+            "read -P 0 1M 2M",
+            "read -P 0xcd 4186112 16k",
+            "read -P 0x11 8M 64k",
+        ],
+    );
+    let listed = dev.admin(&["volume", "list"]);
+    assert_eq!(listed["volumes"][0]["name"], "disk");
+}
+
+#[test]
+fn acknowledged_writes_survive_a_crash_of_the_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut dev = Dev::start_in(&data, &[]);
+    let uri = volume(&dev, "vm1", "64M");
+    // No flush: each write was acknowledged, which is the promise.
+    qemu_io(
+        &uri,
+        &[
+            "write -P 0x5a 0 4k",
+            "write -P 0x6b 12k 8k",
+            "write -P 0x7c 5M 1M",
+            "write -z 5M 64k",
+        ],
+    );
+    dev.kill();
+    let dev = Dev::start_in(&data, &[]);
+    let uri = format!("nbd://{}/vm1", dev.nbd_addr());
+    // The dead server's lease blocks a new attach until it lapses (10 s), as it would
+    // block a second host; a client retries, as qemu does with reconnect-delay.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "read 0 4k", &uri])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        assert!(std::time::Instant::now() < deadline, "attach still refused after 30 s");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    qemu_io(
+        &uri,
+        &[
+            "read -P 0x5a 0 4k",
+            "read -P 0 4k 8k",
+            "read -P 0x6b 12k 8k",
+            "read -P 0 5M 64k",
+            "read -P 0x7c 5308416 960k",
+        ],
+    );
+}
+
+/// A raw client: handshake, NBD_OPT_GO, then requests.
+struct RawClient {
+    tcp: TcpStream,
+}
+
+impl RawClient {
+    fn connect(addr: &str, export: &str) -> RawClient {
+        let mut tcp = TcpStream::connect(addr).unwrap();
+        let mut hello = [0u8; 18];
+        tcp.read_exact(&mut hello).unwrap();
+        assert_eq!(&hello[..8], &nbd::NBD_MAGIC.to_be_bytes());
+        tcp.write_all(&(nbd::CLIENT_FIXED_NEWSTYLE | nbd::CLIENT_NO_ZEROES).to_be_bytes())
+            .unwrap();
+        // An option the server does not know is answered, not fatal.
+        let mut opt = nbd::IHAVEOPT.to_be_bytes().to_vec();
+        opt.extend_from_slice(&99u32.to_be_bytes());
+        opt.extend_from_slice(&0u32.to_be_bytes());
+        tcp.write_all(&opt).unwrap();
+        let (reply_type, _) = read_option_reply(&mut tcp);
+        assert_eq!(reply_type, nbd::REP_ERR_UNSUP);
+        let mut payload = (export.len() as u32).to_be_bytes().to_vec();
+        payload.extend_from_slice(export.as_bytes());
+        payload.extend_from_slice(&0u16.to_be_bytes());
+        let mut go = nbd::IHAVEOPT.to_be_bytes().to_vec();
+        go.extend_from_slice(&nbd::OPT_GO.to_be_bytes());
+        go.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        go.extend_from_slice(&payload);
+        tcp.write_all(&go).unwrap();
+        loop {
+            let (reply_type, _) = read_option_reply(&mut tcp);
+            if reply_type == nbd::REP_ACK {
+                break;
+            }
+            assert_eq!(reply_type, nbd::REP_INFO);
+        }
+        RawClient { tcp }
+    }
+
+    fn request(&mut self, command: u16, cookie: u64, offset: u64, len: u32, data: &[u8]) -> u32 {
+        let r = nbd::Request {
+            flags: 0,
+            command,
+            cookie,
+            offset,
+            len,
+        };
+        self.tcp.write_all(&nbd::encode_request(&r)).unwrap();
+        self.tcp.write_all(data).unwrap();
+        let mut reply = [0u8; 16];
+        self.tcp.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply[..4], &nbd::SIMPLE_REPLY_MAGIC.to_be_bytes());
+        assert_eq!(u64::from_be_bytes(reply[8..16].try_into().unwrap()), cookie);
+        let error = u32::from_be_bytes(reply[4..8].try_into().unwrap());
+        if error == 0 && command == nbd::CMD_READ {
+            let mut buf = vec![0u8; len as usize];
+            self.tcp.read_exact(&mut buf).unwrap();
+        }
+        error
+    }
+}
+
+fn read_option_reply(tcp: &mut TcpStream) -> (u32, Vec<u8>) {
+    let mut header = [0u8; 20];
+    tcp.read_exact(&mut header).unwrap();
+    assert_eq!(&header[..8], &nbd::OPT_REPLY_MAGIC.to_be_bytes());
+    let reply_type = u32::from_be_bytes(header[12..16].try_into().unwrap());
+    let len = u32::from_be_bytes(header[16..20].try_into().unwrap());
+    let mut data = vec![0u8; len as usize];
+    tcp.read_exact(&mut data).unwrap();
+    (reply_type, data)
+}
+
+#[test]
+fn bad_requests_get_error_replies_and_hurt_no_one_else() {
+    let dev = Dev::start(&[]);
+    volume(&dev, "raw", "16M");
+    let addr = dev.nbd_addr();
+    let mut client = RawClient::connect(&addr, "raw");
+    assert_eq!(client.request(nbd::CMD_READ, 1, 100, 4096, &[]), nbd::EINVAL, "misaligned");
+    assert_eq!(client.request(nbd::CMD_READ, 2, 16 << 20, 4096, &[]), nbd::EINVAL, "past the end");
+    assert_eq!(
+        client.request(nbd::CMD_WRITE, 3, (16 << 20) - 4096, 8192, &[7u8; 8192]),
+        nbd::ENOSPC,
+        "write past the end"
+    );
+    assert_eq!(client.request(9, 4, 0, 4096, &[]), nbd::EINVAL, "unknown command");
+    assert_eq!(client.request(nbd::CMD_WRITE, 5, 0, 4096, &[9u8; 4096]), 0);
+    assert_eq!(client.request(nbd::CMD_FLUSH, 6, 0, 0, &[]), 0);
+    assert_eq!(client.request(nbd::CMD_READ, 7, 0, 4096, &[]), 0);
+    // An unknown export is refused during negotiation, with a reply.
+    let mut tcp = TcpStream::connect(&addr).unwrap();
+    let mut hello = [0u8; 18];
+    tcp.read_exact(&mut hello).unwrap();
+    tcp.write_all(&nbd::CLIENT_FIXED_NEWSTYLE.to_be_bytes()).unwrap();
+    let mut go = nbd::IHAVEOPT.to_be_bytes().to_vec();
+    go.extend_from_slice(&nbd::OPT_GO.to_be_bytes());
+    go.extend_from_slice(&9u32.to_be_bytes());
+    go.extend_from_slice(&3u32.to_be_bytes());
+    go.extend_from_slice(b"zzz");
+    go.extend_from_slice(&0u16.to_be_bytes());
+    tcp.write_all(&go).unwrap();
+    assert_eq!(read_option_reply(&mut tcp).0, nbd::REP_ERR_UNKNOWN);
+    // Garbage where a request header belongs: that connection is closed ...
+    let mut broken = RawClient::connect(&addr, "raw");
+    broken.tcp.write_all(&[0xffu8; 28]).unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(broken.tcp.read(&mut buf).unwrap_or(0), 0, "closed");
+    // ... and the first client goes on.
+    assert_eq!(client.request(nbd::CMD_READ, 8, 0, 4096, &[]), 0);
+    qemu_io(&format!("nbd://{addr}/raw"), &["read -P 9 0 4k"]);
+}
