@@ -325,26 +325,54 @@ impl VolumeEngine {
             return Err(VolumeError::Fenced);
         }
         self.wait_for_room().await?;
-        let (stored, replicated, uncommitted) = match &data {
-            Some(bytes) => {
-                let (stored, replicated, uncommitted) =
-                    store(&self.inner, JOURNAL_POLICY, bytes.clone()).await?;
-                (Some(stored), replicated, Some(uncommitted))
+        // One journal entry per extent the write touches, each with its own stripes, so
+        // that merging one extent drops exactly its entries and nothing another extent
+        // still needs.
+        let pieces = extents_of(offset, len, self.volume.extent_bytes);
+        let mut at = 0u64;
+        let stores = pieces.iter().map(|(idx, within, n)| {
+            let piece = data
+                .as_ref()
+                .map(|d| d.slice(at as usize..(at + n) as usize));
+            at += n;
+            let inner = self.inner.clone();
+            let piece_offset = idx * self.volume.extent_bytes + within;
+            let n = *n;
+            async move {
+                match piece {
+                    Some(bytes) => {
+                        let (stored, replicated, uncommitted) =
+                            store(&inner, JOURNAL_POLICY, bytes.clone()).await?;
+                        Ok::<_, GatewayError>((
+                            piece_offset,
+                            n,
+                            Some(bytes),
+                            Some(stored),
+                            replicated,
+                            Some(uncommitted),
+                        ))
+                    }
+                    None => Ok((piece_offset, n, None, None, true, None)),
+                }
             }
-            None => (None, true, None),
-        };
+        });
+        let stored: Vec<_> = futures::future::try_join_all(stores).await?;
+        let entries = stored
+            .iter()
+            .map(|(o, n, _, d, _, _)| JournalEntry {
+                epoch: self.epoch,
+                offset: *o,
+                len: *n,
+                data: d.clone(),
+            })
+            .collect();
         let reply = self
             .inner
             .meta
             .execute(&ObjectCommand::Volume(VolumeCommand::Append {
                 name: self.volume.name.clone(),
                 epoch: self.epoch,
-                entries: vec![JournalEntry {
-                    epoch: self.epoch,
-                    offset,
-                    len,
-                    data: stored,
-                }],
+                entries,
             }))
             .await
             .map_err(|e| {
@@ -357,25 +385,28 @@ impl VolumeEngine {
         let ObjectCommandReply::Volume(VolumeReply::Appended { first_seq }) = reply else {
             return Err(GatewayError::Internal(format!("append answered {reply:?}")).into());
         };
-        if let Some(u) = uncommitted {
-            u.commit();
-        }
-        let extents_touched: Vec<u64> = {
+        let replicated = stored.iter().all(|s| s.4);
+        let mut extents_touched = Vec::with_capacity(stored.len());
+        {
             let mut st = self.state.lock().expect("volume state lock");
-            insert_pending(
-                &mut st,
-                self.volume.extent_bytes,
-                first_seq,
-                offset,
-                len,
-                data,
-                replicated,
-            );
-            extents_of(offset, len, self.volume.extent_bytes)
-                .into_iter()
-                .map(|(i, _, _)| i)
-                .collect()
-        };
+            for (i, (o, n, bytes, _, piece_replicated, _)) in stored.iter().enumerate() {
+                insert_pending(
+                    &mut st,
+                    self.volume.extent_bytes,
+                    first_seq + i as u64,
+                    *o,
+                    *n,
+                    bytes.clone(),
+                    *piece_replicated,
+                );
+                extents_touched.push(o / self.volume.extent_bytes);
+            }
+        }
+        for (_, _, _, _, _, uncommitted) in stored {
+            if let Some(u) = uncommitted {
+                u.commit();
+            }
+        }
         if fua && !replicated {
             self.settle(&extents_touched).await?;
         }

@@ -68,8 +68,14 @@ fn qemu_tools_convert_compare_and_check_patterns() {
     let image = tmp.path().join("image.raw");
     std::fs::write(&image, payload(42, 256 << 20)).unwrap();
     let image = image.to_str().unwrap();
-    run("qemu-img", &["convert", "-n", "-f", "raw", "-O", "raw", image, &uri]);
-    let compared = run("qemu-img", &["compare", "-f", "raw", "-F", "raw", image, &uri]);
+    run(
+        "qemu-img",
+        &["convert", "-n", "-f", "raw", "-O", "raw", image, &uri],
+    );
+    let compared = run(
+        "qemu-img",
+        &["compare", "-f", "raw", "-F", "raw", image, &uri],
+    );
     assert!(compared.contains("identical"), "{compared}");
     let copy = tmp.path().join("copy.raw");
     run("nbdcopy", &[&uri, copy.to_str().unwrap()]);
@@ -138,7 +144,10 @@ fn acknowledged_writes_survive_a_crash_of_the_server() {
         .status
         .success()
     {
-        assert!(std::time::Instant::now() < deadline, "attach still refused after 30 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "attach still refused after 30 s"
+        );
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
     qemu_io(
@@ -231,14 +240,26 @@ fn bad_requests_get_error_replies_and_hurt_no_one_else() {
     volume(&dev, "raw", "16M");
     let addr = dev.nbd_addr();
     let mut client = RawClient::connect(&addr, "raw");
-    assert_eq!(client.request(nbd::CMD_READ, 1, 100, 4096, &[]), nbd::EINVAL, "misaligned");
-    assert_eq!(client.request(nbd::CMD_READ, 2, 16 << 20, 4096, &[]), nbd::EINVAL, "past the end");
+    assert_eq!(
+        client.request(nbd::CMD_READ, 1, 100, 4096, &[]),
+        nbd::EINVAL,
+        "misaligned"
+    );
+    assert_eq!(
+        client.request(nbd::CMD_READ, 2, 16 << 20, 4096, &[]),
+        nbd::EINVAL,
+        "past the end"
+    );
     assert_eq!(
         client.request(nbd::CMD_WRITE, 3, (16 << 20) - 4096, 8192, &[7u8; 8192]),
         nbd::ENOSPC,
         "write past the end"
     );
-    assert_eq!(client.request(9, 4, 0, 4096, &[]), nbd::EINVAL, "unknown command");
+    assert_eq!(
+        client.request(9, 4, 0, 4096, &[]),
+        nbd::EINVAL,
+        "unknown command"
+    );
     assert_eq!(client.request(nbd::CMD_WRITE, 5, 0, 4096, &[9u8; 4096]), 0);
     assert_eq!(client.request(nbd::CMD_FLUSH, 6, 0, 0, &[]), 0);
     assert_eq!(client.request(nbd::CMD_READ, 7, 0, 4096, &[]), 0);
@@ -246,7 +267,8 @@ fn bad_requests_get_error_replies_and_hurt_no_one_else() {
     let mut tcp = TcpStream::connect(&addr).unwrap();
     let mut hello = [0u8; 18];
     tcp.read_exact(&mut hello).unwrap();
-    tcp.write_all(&nbd::CLIENT_FIXED_NEWSTYLE.to_be_bytes()).unwrap();
+    tcp.write_all(&nbd::CLIENT_FIXED_NEWSTYLE.to_be_bytes())
+        .unwrap();
     let mut go = nbd::IHAVEOPT.to_be_bytes().to_vec();
     go.extend_from_slice(&nbd::OPT_GO.to_be_bytes());
     go.extend_from_slice(&9u32.to_be_bytes());
@@ -263,4 +285,59 @@ fn bad_requests_get_error_replies_and_hurt_no_one_else() {
     // ... and the first client goes on.
     assert_eq!(client.request(nbd::CMD_READ, 8, 0, 4096, &[]), 0);
     qemu_io(&format!("nbd://{addr}/raw"), &["read -P 9 0 4k"]);
+}
+
+/// Bytes of shard files under a dev data directory.
+fn shard_bytes(dir: &std::path::Path) -> u64 {
+    fn walk(p: &std::path::Path, in_shards: bool) -> u64 {
+        let Ok(entries) = std::fs::read_dir(p) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .map(|e| {
+                let path = e.path();
+                let meta = e.metadata().unwrap();
+                let here = in_shards || e.file_name() == "shards";
+                if meta.is_dir() {
+                    walk(&path, here)
+                } else if here {
+                    meta.len()
+                } else {
+                    0
+                }
+            })
+            .sum()
+    }
+    walk(dir, false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trim_frees_the_space_on_the_nodes() {
+    let dev = Dev::start_env(&[], &[("LAUSCHA__GATEWAY__MAINTENANCE__GC_GRACE_S", "1")]);
+    let uri = volume(&dev, "thin", "256M");
+    let empty = shard_bytes(&dev.data_dir);
+    // Written and detached: the journal is merged into extents.
+    qemu_io(&uri, &["write -P 0x3c 0 100M", "flush"]);
+    let settled = async |want: &dyn Fn(u64) -> bool| {
+        eventually(std::time::Duration::from_secs(60), async || {
+            dev.admin(&["repair"]);
+            want(shard_bytes(&dev.data_dir))
+        })
+        .await
+    };
+    // 100 MiB at 4+2 is 150 MiB of shards once the journal's copies are collected.
+    let written = 150 << 20;
+    assert!(
+        settled(&|b| b >= empty + written && b < empty + written + (40 << 20)).await,
+        "after writing: {} bytes of shards",
+        shard_bytes(&dev.data_dir)
+    );
+    qemu_io(&uri, &["discard 0 100M", "read -P 0 0 100M"]);
+    assert!(
+        settled(&|b| b < empty + (8 << 20)).await,
+        "after TRIM: {} bytes of shards, {} before writing",
+        shard_bytes(&dev.data_dir),
+        empty
+    );
 }

@@ -263,9 +263,14 @@ pub fn apply_volume_command(
             let first_seq = volume.next_seq;
             for entry in entries {
                 let end = entry.offset.checked_add(entry.len);
-                if end.is_none_or(|e| e > volume.size_bytes) || entry.epoch != *epoch {
+                let ext = volume.extent_bytes;
+                // One entry, one extent: merging an extent then drops exactly its entries.
+                let one_extent =
+                    entry.len > 0 && entry.offset / ext == (entry.offset + entry.len - 1) / ext;
+                if end.is_none_or(|e| e > volume.size_bytes) || entry.epoch != *epoch || !one_extent
+                {
                     return Ok(Err(MetaError::InvalidArgument(format!(
-                        "journal entry {}+{} outside volume {name} or of another epoch",
+                        "journal entry {}+{}: outside volume {name}, across extents or of another epoch",
                         entry.offset, entry.len
                     ))));
                 }
@@ -285,9 +290,10 @@ pub fn apply_volume_command(
             data,
             merged,
         } => {
-            if let Err(e) = fenced(kv, name, *epoch)? {
-                return Ok(Err(e));
-            }
+            let volume = match fenced(kv, name, *epoch)? {
+                Ok(v) => v,
+                Err(e) => return Ok(Err(e)),
+            };
             let mut garbage: Vec<Stripe> = Vec::new();
             for seq in merged {
                 let Some(entry) = read::<JournalEntry>(kv, &keys::volume_journal(name, *seq))?
@@ -296,6 +302,11 @@ pub fn apply_volume_command(
                         "volume {name}: journal entry {seq} is gone"
                     ))));
                 };
+                if entry.offset / volume.extent_bytes != *extent {
+                    return Ok(Err(MetaError::InvalidArgument(format!(
+                        "volume {name}: journal entry {seq} is not in extent {extent}"
+                    ))));
+                }
                 garbage.extend(stripes(&entry.data).iter().cloned());
                 out.push(Mutation::Delete(keys::volume_journal(name, *seq)));
             }
