@@ -6,7 +6,7 @@
 # Environment (all optional):
 #   LAUSCHA_BIN             binary (default ${CARGO_TARGET_DIR:-/var/tmp/lauscha-target}/release/lauscha)
 #   LAUSCHA_S3_PORT         S3 port to use; default: first free port from 19000 up
-#   LAUSCHA_CLIENTS         suites to run, in order (default "awscli boto3 restic rclone s3cmd")
+#   LAUSCHA_CLIENTS         suites to run, in order (default "awscli boto3 restic rclone s3cmd nbd")
 #   LAUSCHA_CLIENT_TIMEOUT  seconds any single client command may take (default 900)
 #   LAUSCHA_CI_TMPDIR       where the scratch dir goes (default ${TMPDIR:-/var/tmp})
 #   LAUSCHA_CI_KEEP=1       keep the scratch dir (data dir, log, client files)
@@ -17,7 +17,7 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 LAUSCHA_BIN="${LAUSCHA_BIN:-${CARGO_TARGET_DIR:-/var/tmp/lauscha-target}/release/lauscha}"
-CLIENTS="${LAUSCHA_CLIENTS:-awscli boto3 restic rclone s3cmd}"
+CLIENTS="${LAUSCHA_CLIENTS:-awscli boto3 restic rclone s3cmd nbd}"
 CLIENT_TIMEOUT="${LAUSCHA_CLIENT_TIMEOUT:-900}"
 READY_TIMEOUT=60
 
@@ -52,6 +52,9 @@ for suite in $CLIENTS; do
             command -v aws >/dev/null || die "aws not found (pip install awscli): the restic suite makes its Object Lock bucket with it" ;;
         rclone) command -v rclone >/dev/null || die "rclone not found (apt-get install rclone)" ;;
         s3cmd) command -v s3cmd >/dev/null || die "s3cmd not found (apt-get install s3cmd)" ;;
+        nbd) command -v fio >/dev/null || die "fio not found (apt-get install fio)"
+            fio --enghelp 2>/dev/null | grep -qw nbd || die "this fio has no nbd engine"
+            command -v nbdcopy >/dev/null || die "nbdcopy not found (apt-get install libnbd-bin)" ;;
         *) die "unknown suite '$suite' in LAUSCHA_CLIENTS" ;;
     esac
 done
@@ -535,6 +538,38 @@ EOF
     if t "${s3cmd[@]}" ls "s3://$bucket-nosuch" >/dev/null 2>&1; then
         die "s3cmd: the bucket with an unknown placement policy exists"
     fi
+)
+
+suite_nbd() (
+    local dir="$WORK/nbd"
+    mkdir -p "$dir"
+    local nbd
+    nbd="$(json_field "$DATA/cluster.json" nbd_endpoint)"
+    local -a admin=("$LAUSCHA_BIN" admin --data-dir "$DATA")
+    t "${admin[@]}" volume create fio-ci --size 512M
+    t "${admin[@]}" volume create copy-ci --size 64M
+    # fio writes every block of 512 MiB in random order (64 KiB), then reads all back
+    # and checks each block's checksum; then 4 KiB random writes at queue depth 32.
+    local job
+    for job in "--bs=64k --size=512M --iodepth=16" "--bs=4k --size=32M --iodepth=32"; do
+        # shellcheck disable=SC2086
+        t fio --name=verify --ioengine=nbd --uri="$nbd/fio-ci" --rw=randwrite $job \
+            --verify=crc32c --do_verify=1 --verify_fatal=1 --output="$dir/fio.txt"
+        grep -q "err= 0" "$dir/fio.txt" || { cat "$dir/fio.txt"; die "fio reported errors ($job)"; }
+    done
+    # nbdcopy in and out of a volume.
+    rand_file "$dir/in.raw" $((64 * 1024 * 1024))
+    t nbdcopy "$dir/in.raw" "$nbd/copy-ci"
+    t nbdcopy "$nbd/copy-ci" "$dir/out.raw"
+    cmp "$dir/in.raw" "$dir/out.raw" || die "nbdcopy: the volume reads back other bytes"
+    # The server detaches once nbdcopy has gone and the journal is merged; until then
+    # the volume is attached and deleting it is refused.
+    local i
+    for ((i = 0; i < 60; i++)); do
+        "${admin[@]}" volume delete copy-ci >/dev/null 2>&1 && break
+        sleep 0.5
+    done
+    ((i < 60)) || die "volume copy-ci still attached 30 s after nbdcopy ended"
 )
 
 # ---------------------------------------------------------------- run
