@@ -162,6 +162,30 @@ async fn store(
     Ok((written.data, written.missing.is_empty(), uncommitted))
 }
 
+/// Stores journal bytes, trying again (the node pool then avoids the nodes that just
+/// failed) while fewer than all three copies are durable: a FLUSH needs all three, and
+/// settling a short entry later would mean a merge at full erasure-coded redundancy.
+async fn store_journal(
+    inner: &Arc<Inner>,
+    bytes: Bytes,
+) -> Result<(ObjectData, bool, write::Uncommitted), GatewayError> {
+    let mut attempt = store(inner, JOURNAL_POLICY, bytes.clone()).await?;
+    for _ in 0..2 {
+        if attempt.1 {
+            break;
+        }
+        match store(inner, JOURNAL_POLICY, bytes.clone()).await {
+            // The short copy's `Uncommitted` is dropped here: its shards are deleted.
+            Ok(next) => attempt = next,
+            Err(e) => {
+                warn!(error = %e, "journal write retry failed; keeping the short copy");
+                break;
+            }
+        }
+    }
+    Ok(attempt)
+}
+
 impl VolumeEngine {
     /// Attaches `name`: takes the lease (refused while another server holds it), replays
     /// the journal left by an earlier holder into memory, and starts lease renewal and
@@ -342,7 +366,7 @@ impl VolumeEngine {
                 match piece {
                     Some(bytes) => {
                         let (stored, replicated, uncommitted) =
-                            store(&inner, JOURNAL_POLICY, bytes.clone()).await?;
+                            store_journal(&inner, bytes.clone()).await?;
                         Ok::<_, GatewayError>((
                             piece_offset,
                             n,
@@ -430,10 +454,56 @@ impl VolumeEngine {
         self.settle(&unreplicated).await
     }
 
+    /// Brings every journal entry of `extents` to three durable copies: an entry short of
+    /// a copy (a node failed during its write, or since: entries replayed at attach are
+    /// not trusted) is written again and its stripes swapped in place, keeping its order
+    /// in the journal. When three copies cannot be had, the extent is merged at full
+    /// erasure-coded redundancy instead, or the call fails.
     async fn settle(&self, extents: &[u64]) -> Result<(), VolumeError> {
         let _guard = self.merging.lock().await;
         for idx in extents {
-            if !self.merge_extent(*idx).await? {
+            let short: Vec<Pending> = {
+                let st = self.state.lock().expect("volume state lock");
+                st.pending
+                    .get(idx)
+                    .map(|ps| ps.iter().filter(|p| !p.replicated).cloned().collect())
+                    .unwrap_or_default()
+            };
+            let mut all_settled = true;
+            for p in short {
+                let Some(bytes) = p.data.clone() else {
+                    self.mark_replicated(*idx, p.seq);
+                    continue;
+                };
+                let (data, replicated, uncommitted) = store_journal(&self.inner, bytes).await?;
+                if !replicated {
+                    all_settled = false;
+                    continue;
+                }
+                let result = self
+                    .inner
+                    .meta
+                    .execute(&ObjectCommand::Volume(VolumeCommand::Rewrite {
+                        name: self.volume.name.clone(),
+                        epoch: self.epoch,
+                        seq: p.seq,
+                        data,
+                    }))
+                    .await;
+                match result {
+                    Ok(_) => {
+                        uncommitted.commit();
+                        self.mark_replicated(*idx, p.seq);
+                    }
+                    // Merged meanwhile: it is erasure-coded now.
+                    Err(GatewayError::Meta {
+                        kind: lauscha_proto::MetaErrorKind::Conflict,
+                        ..
+                    }) => {}
+                    Err(e) => return Err(meta_err(e)),
+                }
+            }
+            if !all_settled && !self.merge_extent(*idx).await? {
                 return Err(GatewayError::NotFullyRedundant(format!(
                     "volume {} extent {idx}",
                     self.volume.name
@@ -442,6 +512,17 @@ impl VolumeEngine {
             }
         }
         Ok(())
+    }
+
+    fn mark_replicated(&self, idx: u64, seq: u64) {
+        let mut st = self.state.lock().expect("volume state lock");
+        if let Some(p) = st
+            .pending
+            .get_mut(&idx)
+            .and_then(|ps| ps.iter_mut().find(|p| p.seq == seq))
+        {
+            p.replicated = true;
+        }
     }
 
     async fn wait_for_room(&self) -> Result<(), VolumeError> {

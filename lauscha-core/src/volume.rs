@@ -164,6 +164,35 @@ pub enum VolumeCommand {
         /// Journal sequence numbers folded in.
         merged: Vec<u64>,
     },
+    /// Replace a journal entry's stripes with a new copy of the same bytes (written at
+    /// full replication after a node loss); its place in the journal stays.
+    Rewrite {
+        /// Its name.
+        name: String,
+        /// The holder's epoch.
+        epoch: u64,
+        /// The entry.
+        seq: u64,
+        /// The new stripes.
+        data: ObjectData,
+    },
+}
+
+impl VolumeCommand {
+    /// The volume it is about.
+    pub fn volume(&self) -> &str {
+        match self {
+            VolumeCommand::Create { name, .. }
+            | VolumeCommand::Delete { name, .. }
+            | VolumeCommand::Resize { name, .. }
+            | VolumeCommand::Acquire { name, .. }
+            | VolumeCommand::Renew { name, .. }
+            | VolumeCommand::Release { name, .. }
+            | VolumeCommand::Append { name, .. }
+            | VolumeCommand::Merge { name, .. }
+            | VolumeCommand::Rewrite { name, .. } => name,
+        }
+    }
 }
 
 /// What a volume command answers.

@@ -341,3 +341,66 @@ async fn trim_frees_the_space_on_the_nodes() {
         empty
     );
 }
+
+#[test]
+fn flushed_writes_survive_the_loss_of_m_storage_nodes() {
+    let dev = Dev::start(&["--cluster"]);
+    let uri = volume(&dev, "m-loss", "64M");
+    // Generation 1, flushed; the detach merges it into 4+2 extents.
+    qemu_io(
+        &uri,
+        &["write -P 0x01 0 8M", "write -P 0x02 20M 4k", "flush"],
+    );
+    // m = 2 storage nodes die.
+    let nodes = dev.processes("storage");
+    for node in &nodes[..2] {
+        kill_pid(node["pid"].as_u64().unwrap());
+    }
+    // Generation 2 while they are gone: journaled on the four that are left, flushed.
+    qemu_io(
+        &uri,
+        &[
+            "read -P 0x01 0 8M",
+            "read -P 0x02 20M 4k",
+            "write -P 0x03 4M 4k",
+            "write -P 0x04 30M 1M",
+            "flush",
+            "read -P 0x03 4M 4k",
+        ],
+    );
+    // A new attach reads every flushed block back: extents rebuilt from parity, the
+    // journal (its merge waits for full redundancy) replayed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = Command::new("qemu-io")
+            .args([
+                "-f",
+                "raw",
+                "-c",
+                "read -P 0x01 0 4M",
+                "-c",
+                "read -P 0x03 4M 4k",
+                "-c",
+                "read -P 0x01 4198400 4190208",
+                "-c",
+                "read -P 0x02 20M 4k",
+                "-c",
+                "read -P 0x04 30M 1M",
+                "-c",
+                "read -P 0 40M 1M",
+                &uri,
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        if out.status.success() && !text.contains("can't open") {
+            assert!(!text.contains("Pattern verification failed"), "{text}");
+            assert!(!text.contains("failed"), "{text}");
+            break;
+        }
+        // Attach waits while the previous connection's detach finishes.
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}

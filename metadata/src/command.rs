@@ -347,7 +347,7 @@ impl fmt::Display for MetaCommand {
                 ObjectCommand::SetVersionAttr { bucket, key, .. } => {
                     write!(f, "set-attr {bucket}/{key}")
                 }
-                ObjectCommand::Volume(v) => write!(f, "volume {v:?}"),
+                ObjectCommand::Volume(v) => write!(f, "volume {}", v.volume()),
             },
             MetaCommand::CreateUpload { bucket, key, .. } => {
                 write!(f, "create-upload {bucket}/{key}")

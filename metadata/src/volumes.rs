@@ -283,6 +283,44 @@ pub fn apply_volume_command(
             put(out, keys::volume(name), &volume);
             Ok(Ok(VolumeReply::Appended { first_seq }))
         }
+        VolumeCommand::Rewrite {
+            name,
+            epoch,
+            seq,
+            data,
+        } => {
+            if let Err(e) = fenced(kv, name, *epoch)? {
+                return Ok(Err(e));
+            }
+            let key = keys::volume_journal(name, *seq);
+            let Some(mut entry) = read::<JournalEntry>(kv, &key)? else {
+                return Ok(Err(MetaError::Conflict(format!(
+                    "volume {name}: journal entry {seq} is gone (merged meanwhile)"
+                ))));
+            };
+            let old = entry.data.replace(data.clone());
+            if old.is_none() {
+                return Ok(Err(MetaError::InvalidArgument(format!(
+                    "volume {name}: journal entry {seq} holds zeros, not bytes"
+                ))));
+            }
+            let garbage = stripes(&old).to_vec();
+            for s in &garbage {
+                out.push(Mutation::Delete(keys::volume_stripe(s.id)));
+            }
+            for s in stripes(&entry.data) {
+                put(out, keys::volume_stripe(s.id), name);
+            }
+            put(out, key, &entry);
+            collect_stripes(
+                out,
+                garbage,
+                format!("volume {name} journal {seq}"),
+                now_ms,
+                log_index,
+            );
+            Ok(Ok(VolumeReply::Done))
+        }
         VolumeCommand::Merge {
             name,
             epoch,
