@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Benchmark, not a test: fio's nbd engine against a Lauscha volume (`lauscha dev`,
+# release build) and, in the same run, against qemu-nbd serving a raw file on the same
+# disk (`-f raw --cache=none --aio=io_uring`, falling back to native AIO where io_uring
+# is not allowed). Prints `name=value` lines and the ratio of each Lauscha number to
+# qemu-nbd's; then the bytes the storage layer wrote per client byte (/proc/PID/io
+# write_bytes of the dev process, which runs every role) for 4 KiB random and 1 MiB
+# sequential writes.
+#
+# Usage: benches/nbd.sh [SECONDS_PER_JOB]      Removes what it made.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/lauscha-target}"
+RUNTIME="${1:-15}"
+cargo build --release -q -p lauscha --bin lauscha
+BIN="$CARGO_TARGET_DIR/release/lauscha"
+DIR=$(mktemp -d /var/tmp/lauscha-nbd.XXXXXX)
+pid="" qpid=""
+cleanup() {
+    [[ -n $pid ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+    [[ -n $qpid ]] && kill "$qpid" 2>/dev/null && wait "$qpid" 2>/dev/null
+    rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+"$BIN" dev --data-dir "$DIR/data" --s3-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+    --nbd-listen 127.0.0.1:0 >"$DIR/dev.out" 2>"$DIR/dev.log" &
+pid=$!
+timeout 120 grep -m1 -q "Lauscha dev is running" <(tail -f "$DIR/dev.out")
+NBD=$(python3 -c "import json; print(json.load(open('$DIR/data/cluster.json'))['nbd_endpoint'])")
+"$BIN" admin --data-dir "$DIR/data" volume create bench --size 1G >/dev/null
+"$BIN" admin --data-dir "$DIR/data" volume create amp --size 1G >/dev/null
+
+truncate -s 1G "$DIR/raw.img"
+QPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+aio=io_uring
+qemu-nbd --help | grep -q io_uring || aio=native
+qemu-nbd -f raw --cache=none --aio=$aio -b 127.0.0.1 -p "$QPORT" -t "$DIR/raw.img" 2>"$DIR/qemu-nbd.log" &
+qpid=$!
+sleep 1
+if ! kill -0 "$qpid" 2>/dev/null; then
+    aio=native
+    qemu-nbd -f raw --cache=none --aio=$aio -b 127.0.0.1 -p "$QPORT" -t "$DIR/raw.img" 2>"$DIR/qemu-nbd.log" &
+    qpid=$!
+fi
+for _ in $(seq 50); do nbdinfo "nbd://127.0.0.1:$QPORT" >/dev/null 2>&1 && break; sleep 0.2; done
+echo "qemu_nbd_aio=$aio"
+
+job() { # URI NAME ARGS...; prints the IOPS or MB/s fio measured
+    local uri=$1 name=$2
+    shift 2
+    fio --name="$name" --ioengine=nbd --uri="$uri" --time_based --runtime="$RUNTIME" \
+        --size=512M --output-format=json "$@" >"$DIR/$name.json"
+    python3 - "$DIR/$name.json" <<'PY'
+import json, sys
+text = open(sys.argv[1]).read()
+j = json.loads(text[text.index("{"):])["jobs"][0]
+side = "write" if j["write"]["io_bytes"] > 0 else "read"
+print(f'{j[side]["iops"]:.0f} {j[side]["bw_bytes"] / 1e6:.1f}')
+PY
+}
+fill() { fio --name=fill --ioengine=nbd --uri="$1" --rw=write --bs=4M --size=512M >/dev/null; }
+fill "$NBD/bench"
+fill "nbd://127.0.0.1:$QPORT"
+declare -A unit=([randread4k]=iops [randwrite4k]=iops [seqread1m]=MBps [seqwrite1m]=MBps [writeflush4k]=iops)
+for name in randread4k randwrite4k seqread1m seqwrite1m writeflush4k; do
+    case $name in
+        randread4k) args=(--rw=randread --bs=4k --iodepth=32) ;;
+        randwrite4k) args=(--rw=randwrite --bs=4k --iodepth=32) ;;
+        seqread1m) args=(--rw=read --bs=1M --iodepth=4) ;;
+        seqwrite1m) args=(--rw=write --bs=1M --iodepth=4) ;;
+        writeflush4k) args=(--rw=randwrite --bs=4k --iodepth=1 --fsync=1) ;;
+    esac
+    read -r l_iops l_mbps < <(job "$NBD/bench" "lauscha-$name" "${args[@]}")
+    read -r q_iops q_mbps < <(job "nbd://127.0.0.1:$QPORT" "qemu-$name" "${args[@]}")
+    if [[ ${unit[$name]} == iops ]]; then l=$l_iops q=$q_iops; else l=$l_mbps q=$q_mbps; fi
+    echo "${name}_lauscha_${unit[$name]}=$l"
+    echo "${name}_qemu_nbd_${unit[$name]}=$q"
+    python3 -c "print(f'${name}_ratio={$l / $q:.2f}')"
+done
+
+written() { awk '/^write_bytes/ {print $2}' "/proc/$pid/io"; }
+amp() { # NAME FIO_ARGS...
+    local name=$1
+    shift
+    local before after
+    before=$(written)
+    fio --name="$name" --ioengine=nbd --uri="$NBD/amp" --size=64M "$@" >/dev/null
+    # Let the journal merge (the server detaches after the client has gone).
+    sleep 8
+    after=$(written)
+    python3 -c "print(f'${name}_storage_bytes_per_client_byte={($after - $before) / (64 << 20):.1f}')"
+}
+amp amp_randwrite4k --rw=randwrite --bs=4k --iodepth=32
+amp amp_seqwrite1m --rw=write --bs=1M --iodepth=4
