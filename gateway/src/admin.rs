@@ -546,11 +546,16 @@ struct VolumeBody {
     size_bytes: u64,
     #[serde(default)]
     policy: Option<String>,
+    /// Snapshot: the snapshot's own name; clone: the snapshot cloned (`VOLUME@SNAP`).
+    #[serde(default)]
+    snapshot: Option<String>,
 }
 
 /// `POST /v1/volumes {"name","tenant","size_bytes","policy"}` creates,
 /// `GET /v1/volumes[?tenant=T]` lists, `POST /v1/volumes/resize {"name","tenant",
-/// "size_bytes"}` grows, `POST /v1/volumes/delete {"name","tenant"}` deletes.
+/// "size_bytes"}` grows, `POST /v1/volumes/delete {"name","tenant"}` deletes,
+/// `POST /v1/volumes/snapshot {"name","tenant","snapshot"}` freezes `name@snapshot`,
+/// `POST /v1/volumes/clone {"name","tenant","snapshot"}` makes `name` from a snapshot.
 async fn volumes(
     inner: &Inner,
     method: &Method,
@@ -582,6 +587,7 @@ async fn volumes(
                         "size_bytes": v.size_bytes,
                         "policy": v.policy.to_string(),
                         "attached": v.lease.as_ref().is_some_and(|l| l.expires_ms > now_ms()),
+                        "snapshot": v.read_only,
                         "epoch": v.epoch,
                     })).collect::<Vec<_>>()
                 })),
@@ -635,6 +641,24 @@ async fn volumes(
             name: b.name.clone(),
             tenant,
         },
+        "/v1/volumes/snapshot" | "/v1/volumes/clone" => {
+            let Some(snapshot) = b.snapshot.clone() else {
+                return Some(json_error(StatusCode::BAD_REQUEST, "snapshot missing"));
+            };
+            if path.ends_with("snapshot") {
+                VolumeCommand::Snapshot {
+                    name: b.name.clone(),
+                    tenant,
+                    snapshot,
+                }
+            } else {
+                VolumeCommand::Clone {
+                    name: b.name.clone(),
+                    tenant,
+                    snapshot,
+                }
+            }
+        }
         _ => return None,
     };
     Some(

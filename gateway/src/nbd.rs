@@ -86,7 +86,13 @@ impl Exports {
             })
             .await?
         {
-            MetaQueryReply::VolumeState(Some(s)) => Ok(Some(info_of(s.volume.size_bytes))),
+            MetaQueryReply::VolumeState(Some(s)) => {
+                let mut info = info_of(s.volume.size_bytes);
+                if s.volume.read_only {
+                    info.flags |= nbd::TFLAG_READ_ONLY;
+                }
+                Ok(Some(info))
+            }
             MetaQueryReply::VolumeState(None) => Ok(None),
             other => Err(GatewayError::Internal(format!(
                 "metadata answered {other:?}"
@@ -326,7 +332,7 @@ async fn negotiate(
 
 fn errno(e: &VolumeError) -> u32 {
     match e {
-        VolumeError::Fenced => nbd::EPERM,
+        VolumeError::Fenced | VolumeError::ReadOnly => nbd::EPERM,
         VolumeError::Io(GatewayError::EntityTooLarge { .. }) => nbd::ENOSPC,
         VolumeError::Io(_) => nbd::EIO,
     }

@@ -80,6 +80,9 @@ pub enum VolumeError {
     /// The lease moved to another server: this one may not write any more.
     #[error("fenced: the volume's lease moved elsewhere")]
     Fenced,
+    /// A snapshot: read-only.
+    #[error("the volume is a snapshot: read-only")]
+    ReadOnly,
     /// Storage or metadata failed.
     #[error("{0}")]
     Io(#[from] GatewayError),
@@ -196,6 +199,19 @@ impl VolumeEngine {
         holder: &str,
     ) -> Result<Arc<VolumeEngine>, GatewayError> {
         let state = volume_state(&inner, name).await?;
+        if state.volume.read_only {
+            // A snapshot never changes: no lease, no merges, any number of readers.
+            let engine = Arc::new(VolumeEngine {
+                inner: inner.clone(),
+                volume: state.volume.clone(),
+                epoch: 0,
+                state: Mutex::new(EngineState::default()),
+                fenced: AtomicBool::new(false),
+                merging: tokio::sync::Mutex::new(()),
+            });
+            engine.load(&state).await?;
+            return Ok(engine);
+        }
         let reply = inner
             .meta
             .execute(&ObjectCommand::Volume(VolumeCommand::Acquire {
@@ -298,7 +314,7 @@ impl VolumeEngine {
 
     /// Gives the lease up (after the last connection closed).
     pub async fn detach(&self) {
-        if self.is_fenced() {
+        if self.is_fenced() || self.volume.read_only {
             return;
         }
         let _ = self.merge_due(true).await;
@@ -345,6 +361,9 @@ impl VolumeEngine {
         data: Option<Bytes>,
         fua: bool,
     ) -> Result<(), VolumeError> {
+        if self.volume.read_only {
+            return Err(VolumeError::ReadOnly);
+        }
         if self.is_fenced() {
             return Err(VolumeError::Fenced);
         }
@@ -440,6 +459,9 @@ impl VolumeEngine {
     /// Makes every acknowledged write survive the loss of any m storage nodes: extents
     /// with journal entries that lack a copy are merged (at full redundancy).
     pub async fn flush(&self) -> Result<(), VolumeError> {
+        if self.volume.read_only {
+            return Ok(());
+        }
         if self.is_fenced() {
             return Err(VolumeError::Fenced);
         }

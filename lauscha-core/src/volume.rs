@@ -39,6 +39,8 @@ pub struct Volume {
     pub lease: Option<Lease>,
     /// The next journal sequence number.
     pub next_seq: u64,
+    /// A snapshot (`VOLUME@SNAPSHOT`): served read-only, cloned into new volumes.
+    pub read_only: bool,
 }
 
 /// The right of one server to write a volume.
@@ -164,6 +166,27 @@ pub enum VolumeCommand {
         /// Journal sequence numbers folded in.
         merged: Vec<u64>,
     },
+    /// Freeze the volume's current contents as `NAME@SNAPSHOT` (read-only), instantly: the
+    /// snapshot shares the volume's stripes; a crash-consistent copy of every acknowledged
+    /// write.
+    Snapshot {
+        /// The volume.
+        name: String,
+        /// Owner.
+        tenant: TenantId,
+        /// The snapshot's own name (the part after `@`).
+        snapshot: String,
+    },
+    /// A new writable volume with a snapshot's contents (copy-on-write: it shares the
+    /// snapshot's stripes until it rewrites them).
+    Clone {
+        /// The new volume's name.
+        name: String,
+        /// Owner.
+        tenant: TenantId,
+        /// The snapshot (`VOLUME@SNAPSHOT`).
+        snapshot: String,
+    },
     /// Replace a journal entry's stripes with a new copy of the same bytes (written at
     /// full replication after a node loss); its place in the journal stays.
     Rewrite {
@@ -190,7 +213,9 @@ impl VolumeCommand {
             | VolumeCommand::Release { name, .. }
             | VolumeCommand::Append { name, .. }
             | VolumeCommand::Merge { name, .. }
-            | VolumeCommand::Rewrite { name, .. } => name,
+            | VolumeCommand::Rewrite { name, .. }
+            | VolumeCommand::Snapshot { name, .. }
+            | VolumeCommand::Clone { name, .. } => name,
         }
     }
 }

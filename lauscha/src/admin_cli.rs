@@ -113,9 +113,31 @@ pub enum VolumeCommand {
         #[arg(long, default_value = "root")]
         tenant: String,
     },
-    /// Delete a volume that no server has attached; its space is freed.
+    /// Delete a volume (or a snapshot, VOLUME@SNAP) that no server has attached; what no
+    /// snapshot or clone still shares is freed.
     Delete {
         /// Its name.
+        name: String,
+        /// Owning tenant.
+        #[arg(long, default_value = "root")]
+        tenant: String,
+    },
+    /// Freeze a volume's current contents, instantly and crash-consistently, as the
+    /// read-only volume VOLUME@SNAP (served over NBD under that name).
+    Snapshot {
+        /// The volume.
+        name: String,
+        /// The snapshot's name.
+        snapshot: String,
+        /// Owning tenant.
+        #[arg(long, default_value = "root")]
+        tenant: String,
+    },
+    /// A new writable volume from a snapshot (copy-on-write: the snapshot is unchanged).
+    Clone {
+        /// The snapshot, VOLUME@SNAP.
+        snapshot: String,
+        /// The new volume.
         name: String,
         /// Owning tenant.
         #[arg(long, default_value = "root")]
@@ -472,6 +494,28 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                     "POST",
                     "/v1/volumes/delete".into(),
                     serde_json::to_vec(&serde_json::json!({"name": name, "tenant": tenant}))?,
+                ),
+                VolumeCommand::Snapshot {
+                    name,
+                    snapshot,
+                    tenant,
+                } => (
+                    "POST",
+                    "/v1/volumes/snapshot".into(),
+                    serde_json::to_vec(
+                        &serde_json::json!({"name": name, "tenant": tenant, "snapshot": snapshot}),
+                    )?,
+                ),
+                VolumeCommand::Clone {
+                    snapshot,
+                    name,
+                    tenant,
+                } => (
+                    "POST",
+                    "/v1/volumes/clone".into(),
+                    serde_json::to_vec(
+                        &serde_json::json!({"name": name, "tenant": tenant, "snapshot": snapshot}),
+                    )?,
                 ),
             };
             let mut value = call(&target, method, &path, body).await?;

@@ -29,7 +29,18 @@ fn run(program: &str, args: &[&str]) -> String {
 /// qemu-io commands against a volume; every `read -P` checks its pattern.
 #[track_caller]
 fn qemu_io(uri: &str, commands: &[&str]) -> String {
-    let mut args = vec!["-f", "raw"];
+    qemu_io_with(&["-f", "raw"], uri, commands)
+}
+
+/// As [`qemu_io`], opening the export read-only (snapshots).
+#[track_caller]
+fn qemu_io_ro(uri: &str, commands: &[&str]) -> String {
+    qemu_io_with(&["-r", "-f", "raw"], uri, commands)
+}
+
+#[track_caller]
+fn qemu_io_with(flags: &[&str], uri: &str, commands: &[&str]) -> String {
+    let mut args = flags.to_vec();
     for c in commands {
         args.extend(["-c", c]);
     }
@@ -403,4 +414,70 @@ fn flushed_writes_survive_the_loss_of_m_storage_nodes() {
         assert!(std::time::Instant::now() < deadline, "{text}");
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
+}
+
+#[test]
+fn snapshots_stay_frozen_and_clones_write_apart() {
+    let dev = Dev::start(&[]);
+    let uri = volume(&dev, "base", "32M");
+    let addr = dev.nbd_addr();
+    qemu_io(&uri, &["write -P 0x0a 0 1M", "write -P 0x0b 6M 4k"]);
+    dev.admin(&["volume", "snapshot", "base", "monday"]);
+    // The volume goes on; the snapshot does not move.
+    qemu_io(&uri, &["write -P 0x1a 0 1M", "write -z 6M 4k"]);
+    let snap = format!("nbd://{addr}/base@monday");
+    qemu_io_ro(&snap, &["read -P 0x0a 0 1M", "read -P 0x0b 6M 4k"]);
+    let refused = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 1 0 4k", &snap])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&refused.stdout).to_string()
+        + &String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() || !text.contains("wrote"),
+        "a write to a snapshot went through: {text}"
+    );
+    // A clone starts as the snapshot and is written apart from it.
+    dev.admin(&["volume", "clone", "base@monday", "copy"]);
+    let clone = format!("nbd://{addr}/copy");
+    qemu_io(&clone, &["read -P 0x0a 0 1M", "write -P 0x2c 0 4k"]);
+    qemu_io(
+        &clone,
+        &[
+            "read -P 0x2c 0 4k",
+            "read -P 0x0a 4k 1020k",
+            "read -P 0x0b 6M 4k",
+        ],
+    );
+    qemu_io_ro(&snap, &["read -P 0x0a 0 1M", "read -P 0x0b 6M 4k"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = Command::new("qemu-io")
+            .args([
+                "-f",
+                "raw",
+                "-c",
+                "read -P 0x1a 0 1M",
+                "-c",
+                "read -P 0 6M 4k",
+                &uri,
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if out.status.success() {
+            assert!(!text.contains("Pattern verification failed"), "{text}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let listed = dev.admin(&["volume", "list"]);
+    let names: Vec<&str> = listed["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(names, ["base", "base@monday", "copy"]);
 }

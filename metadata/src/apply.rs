@@ -2282,4 +2282,193 @@ mod tests {
                 .is_none()
         );
     }
+
+    #[test]
+    fn snapshots_and_clones_share_stripes_until_nothing_references_them() {
+        use lauscha_core::volume::{JournalEntry, VolumeCommand as V, VolumeReply};
+        let mut sm = setup();
+        vol(
+            &mut sm,
+            0,
+            V::Create {
+                name: "vm".into(),
+                tenant: tenant("jena"),
+                size_bytes: 8 << 20,
+                policy: PlacementPolicy::DEFAULT,
+            },
+        )
+        .unwrap();
+        let Ok(VolumeReply::Leased { epoch }) = vol(
+            &mut sm,
+            0,
+            V::Acquire {
+                name: "vm".into(),
+                tenant: tenant("jena"),
+                holder: "h".into(),
+                ttl_ms: 10_000,
+            },
+        ) else {
+            panic!()
+        };
+        vol(
+            &mut sm,
+            0,
+            V::Merge {
+                name: "vm".into(),
+                epoch,
+                extent: 0,
+                data: Some(striped(4 << 20, 1).data),
+                merged: vec![],
+            },
+        )
+        .unwrap();
+        vol(
+            &mut sm,
+            0,
+            V::Append {
+                name: "vm".into(),
+                epoch,
+                entries: vec![JournalEntry {
+                    epoch,
+                    offset: 0,
+                    len: 4096,
+                    data: Some(striped(4096, 2).data),
+                }],
+            },
+        )
+        .unwrap();
+        // The snapshot has the extent and the journal entry, sharing their stripes.
+        vol(
+            &mut sm,
+            0,
+            V::Snapshot {
+                name: "vm".into(),
+                tenant: tenant("jena"),
+                snapshot: "monday".into(),
+            },
+        )
+        .unwrap();
+        let snap = crate::volumes::state(&sm.kv, "vm@monday").unwrap().unwrap();
+        assert!(snap.volume.read_only);
+        assert_eq!((snap.extents.len(), snap.journal.len()), (1, 1));
+        // The volume moves on: its merge replaces extent 0 and drops the entry, but the
+        // snapshot still holds the old stripes, so nothing becomes garbage.
+        vol(
+            &mut sm,
+            0,
+            V::Merge {
+                name: "vm".into(),
+                epoch,
+                extent: 0,
+                data: Some(striped(4 << 20, 3).data),
+                merged: vec![1],
+            },
+        )
+        .unwrap();
+        let in_garbage = |sm: &Sm, id: u128| {
+            query::garbage(&sm.kv, 100)
+                .unwrap()
+                .iter()
+                .any(|g| g.stripes.iter().any(|s| s.id == StripeId(id)))
+        };
+        assert!(!in_garbage(&sm, 1) && !in_garbage(&sm, 2));
+        // A clone of the snapshot shares them too; a clone of a volume is refused.
+        vol(
+            &mut sm,
+            0,
+            V::Clone {
+                name: "vm2".into(),
+                tenant: tenant("jena"),
+                snapshot: "vm@monday".into(),
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            vol(
+                &mut sm,
+                0,
+                V::Clone {
+                    name: "vm3".into(),
+                    tenant: tenant("jena"),
+                    snapshot: "vm".into()
+                }
+            ),
+            Err(MetaError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            vol(
+                &mut sm,
+                0,
+                V::Snapshot {
+                    name: "vm".into(),
+                    tenant: tenant("gera"),
+                    snapshot: "x".into()
+                }
+            ),
+            Err(MetaError::AccessDenied(_))
+        ));
+        // Snapshots are read-only.
+        assert!(matches!(
+            vol(
+                &mut sm,
+                0,
+                V::Acquire {
+                    name: "vm@monday".into(),
+                    tenant: tenant("jena"),
+                    holder: "h".into(),
+                    ttl_ms: 1
+                }
+            )
+            .and_then(|r| match r {
+                VolumeReply::Leased { epoch } => vol(
+                    &mut sm,
+                    0,
+                    V::Append {
+                        name: "vm@monday".into(),
+                        epoch,
+                        entries: vec![JournalEntry {
+                            epoch,
+                            offset: 0,
+                            len: 4096,
+                            data: None
+                        }]
+                    }
+                ),
+                other => Ok(other),
+            }),
+            Err(MetaError::InvalidArgument(_))
+        ));
+        // Deleting the snapshot frees nothing the clone holds; deleting the clone too
+        // frees the old stripes.
+        vol(
+            &mut sm,
+            0,
+            V::Release {
+                name: "vm@monday".into(),
+                epoch: 1,
+            },
+        )
+        .ok();
+        vol(
+            &mut sm,
+            100_000,
+            V::Delete {
+                name: "vm@monday".into(),
+                tenant: tenant("jena"),
+            },
+        )
+        .unwrap();
+        assert!(!in_garbage(&sm, 1) && !in_garbage(&sm, 2));
+        vol(
+            &mut sm,
+            100_000,
+            V::Delete {
+                name: "vm2".into(),
+                tenant: tenant("jena"),
+            },
+        )
+        .unwrap();
+        assert!(in_garbage(&sm, 1) && in_garbage(&sm, 2));
+        assert!(!in_garbage(&sm, 3), "the volume's current extent stays");
+    }
 }

@@ -31,6 +31,60 @@ fn stripes(data: &Option<ObjectData>) -> &[Stripe] {
     }
 }
 
+/// Reference counts of volume stripes (a snapshot or clone shares its source's stripes),
+/// changed by one command: the deltas are summed first, because a command's own writes
+/// are not visible to its reads. A stripe whose count reaches zero becomes garbage.
+#[derive(Default)]
+struct StripeRefs {
+    deltas: std::collections::BTreeMap<lauscha_core::StripeId, (i64, Stripe)>,
+}
+
+impl StripeRefs {
+    fn add(&mut self, data: &Option<ObjectData>, delta: i64) {
+        for s in stripes(data) {
+            self.deltas.entry(s.id).or_insert((0, s.clone())).0 += delta;
+        }
+    }
+
+    fn finish(
+        self,
+        kv: &impl KvRead,
+        out: &mut Vec<Mutation>,
+        origin: String,
+        now_ms: u64,
+        log_index: u64,
+    ) -> Result<(), KvError> {
+        let mut garbage = Vec::new();
+        for (id, (delta, stripe)) in self.deltas {
+            if delta == 0 {
+                continue;
+            }
+            let key = keys::volume_stripe(id);
+            let count = i64::from(read::<u32>(kv, &key)?.unwrap_or(0)) + delta;
+            if count <= 0 {
+                out.push(Mutation::Delete(key));
+                garbage.push(stripe);
+            } else {
+                put(out, key, &(count as u32));
+            }
+        }
+        collect_stripes(out, garbage, origin, now_ms, log_index);
+        Ok(())
+    }
+}
+
+/// Copies every extent and journal entry of `from` into `to` (sharing their stripes).
+fn copy_contents(out: &mut Vec<Mutation>, refs: &mut StripeRefs, from: &VolumeState, to: &str) {
+    for (idx, extent) in &from.extents {
+        refs.add(&Some(extent.data.clone()), 1);
+        put(out, keys::volume_extent(to, *idx), extent);
+    }
+    for (seq, entry) in &from.journal {
+        refs.add(&entry.data, 1);
+        put(out, keys::volume_journal(to, *seq), entry);
+    }
+}
+
 fn owned(kv: &impl KvRead, name: &str, tenant: &TenantId) -> Outcome<Volume> {
     Ok(match read::<Volume>(kv, &keys::volume(name))? {
         Some(v) if v.tenant == *tenant => Ok(v),
@@ -144,6 +198,66 @@ pub fn apply_volume_command(
                     epoch: 0,
                     lease: None,
                     next_seq: 1,
+                    read_only: false,
+                },
+            );
+            Ok(Ok(VolumeReply::Done))
+        }
+        VolumeCommand::Snapshot {
+            name,
+            tenant,
+            snapshot,
+        }
+        | VolumeCommand::Clone {
+            name,
+            tenant,
+            snapshot,
+        } => {
+            let is_snapshot = matches!(command, VolumeCommand::Snapshot { .. });
+            let (from, to) = if is_snapshot {
+                (name.clone(), format!("{name}@{snapshot}"))
+            } else {
+                (snapshot.clone(), name.clone())
+            };
+            if is_snapshot {
+                if let Err(e) = check_name(snapshot) {
+                    return Ok(Err(MetaError::InvalidArgument(e)));
+                }
+            } else if let Err(e) = check_name(&to) {
+                return Ok(Err(MetaError::InvalidArgument(e)));
+            }
+            let source = match owned(kv, &from, tenant)? {
+                Ok(v) => v,
+                Err(e) => return Ok(Err(e)),
+            };
+            if !is_snapshot && !source.read_only {
+                return Ok(Err(MetaError::InvalidArgument(format!(
+                    "{from} is a volume, not a snapshot: clone a snapshot (VOLUME@SNAPSHOT)"
+                ))));
+            }
+            if kv.get(&keys::volume(&to))?.is_some() {
+                return Ok(Err(MetaError::VolumeExists(to)));
+            }
+            // The source's extents and journal as of this log entry: a crash-consistent
+            // copy of every acknowledged write, made instantly by sharing stripes.
+            let contents = state(kv, &from)?.expect("source exists");
+            let mut refs = StripeRefs::default();
+            copy_contents(out, &mut refs, &contents, &to);
+            refs.finish(kv, out, format!("volume {to}"), now_ms, log_index)?;
+            put(
+                out,
+                keys::volume(&to),
+                &Volume {
+                    name: to.clone(),
+                    tenant: source.tenant.clone(),
+                    size_bytes: source.size_bytes,
+                    extent_bytes: source.extent_bytes,
+                    policy: source.policy,
+                    created_ms: now_ms,
+                    epoch: 0,
+                    lease: None,
+                    next_seq: source.next_seq,
+                    read_only: is_snapshot,
                 },
             );
             Ok(Ok(VolumeReply::Done))
@@ -160,19 +274,17 @@ pub fn apply_volume_command(
                 ))));
             }
             let state = state(kv, name)?.expect("volume exists");
-            let mut garbage = Vec::new();
+            let mut refs = StripeRefs::default();
             for (idx, extent) in &state.extents {
                 out.push(Mutation::Delete(keys::volume_extent(name, *idx)));
-                garbage.extend(stripes(&Some(extent.data.clone())).iter().cloned());
+                refs.add(&Some(extent.data.clone()), -1);
             }
             for (seq, entry) in &state.journal {
                 out.push(Mutation::Delete(keys::volume_journal(name, *seq)));
-                garbage.extend(stripes(&entry.data).iter().cloned());
+                refs.add(&entry.data, -1);
             }
-            for s in &garbage {
-                out.push(Mutation::Delete(keys::volume_stripe(s.id)));
-            }
-            collect_stripes(out, garbage, format!("volume {name}"), now_ms, log_index);
+            // Stripes a snapshot or clone still shares stay; the rest become garbage.
+            refs.finish(kv, out, format!("volume {name}"), now_ms, log_index)?;
             out.push(Mutation::Delete(keys::volume(name)));
             Ok(Ok(VolumeReply::Done))
         }
@@ -260,7 +372,13 @@ pub fn apply_volume_command(
                 Ok(v) => v,
                 Err(e) => return Ok(Err(e)),
             };
+            if volume.read_only {
+                return Ok(Err(MetaError::InvalidArgument(format!(
+                    "{name} is a snapshot: read-only"
+                ))));
+            }
             let first_seq = volume.next_seq;
+            let mut refs = StripeRefs::default();
             for entry in entries {
                 let end = entry.offset.checked_add(entry.len);
                 let ext = volume.extent_bytes;
@@ -274,12 +392,11 @@ pub fn apply_volume_command(
                         entry.offset, entry.len
                     ))));
                 }
-                for s in stripes(&entry.data) {
-                    put(out, keys::volume_stripe(s.id), name);
-                }
+                refs.add(&entry.data, 1);
                 put(out, keys::volume_journal(name, volume.next_seq), entry);
                 volume.next_seq += 1;
             }
+            refs.finish(kv, out, format!("volume {name}"), now_ms, log_index)?;
             put(out, keys::volume(name), &volume);
             Ok(Ok(VolumeReply::Appended { first_seq }))
         }
@@ -304,21 +421,17 @@ pub fn apply_volume_command(
                     "volume {name}: journal entry {seq} holds zeros, not bytes"
                 ))));
             }
-            let garbage = stripes(&old).to_vec();
-            for s in &garbage {
-                out.push(Mutation::Delete(keys::volume_stripe(s.id)));
-            }
-            for s in stripes(&entry.data) {
-                put(out, keys::volume_stripe(s.id), name);
-            }
+            let mut refs = StripeRefs::default();
+            refs.add(&old, -1);
+            refs.add(&entry.data, 1);
             put(out, key, &entry);
-            collect_stripes(
+            refs.finish(
+                kv,
                 out,
-                garbage,
                 format!("volume {name} journal {seq}"),
                 now_ms,
                 log_index,
-            );
+            )?;
             Ok(Ok(VolumeReply::Done))
         }
         VolumeCommand::Merge {
@@ -332,7 +445,7 @@ pub fn apply_volume_command(
                 Ok(v) => v,
                 Err(e) => return Ok(Err(e)),
             };
-            let mut garbage: Vec<Stripe> = Vec::new();
+            let mut refs = StripeRefs::default();
             for seq in merged {
                 let Some(entry) = read::<JournalEntry>(kv, &keys::volume_journal(name, *seq))?
                 else {
@@ -345,32 +458,25 @@ pub fn apply_volume_command(
                         "volume {name}: journal entry {seq} is not in extent {extent}"
                     ))));
                 }
-                garbage.extend(stripes(&entry.data).iter().cloned());
+                refs.add(&entry.data, -1);
                 out.push(Mutation::Delete(keys::volume_journal(name, *seq)));
             }
             let key = keys::volume_extent(name, *extent);
             if let Some(old) = read::<Extent>(kv, &key)? {
-                garbage.extend(stripes(&Some(old.data)).iter().cloned());
+                refs.add(&Some(old.data), -1);
             }
-            for s in &garbage {
-                out.push(Mutation::Delete(keys::volume_stripe(s.id)));
-            }
+            refs.add(data, 1);
             match data {
-                Some(d) => {
-                    for s in stripes(&Some(d.clone())) {
-                        put(out, keys::volume_stripe(s.id), name);
-                    }
-                    put(out, key, &Extent { data: d.clone() });
-                }
+                Some(d) => put(out, key, &Extent { data: d.clone() }),
                 None => out.push(Mutation::Delete(key)),
             }
-            collect_stripes(
+            refs.finish(
+                kv,
                 out,
-                garbage,
                 format!("volume {name} extent {extent}"),
                 now_ms,
                 log_index,
-            );
+            )?;
             Ok(Ok(VolumeReply::Done))
         }
     }
