@@ -1,10 +1,11 @@
 //! A block volume served by this process: reads, journaled writes, zeroing, flush, and
 //! the background merge of journal entries into erasure-coded extents.
 //!
-//! Write path: the bytes go to storage nodes as a replicated stripe (1 data + 2 parity
-//! shards, i.e. three copies, through the same `write_body` as objects), acknowledged by
-//! the write quorum (two copies); then one metadata command records the entry under the
-//! lease epoch. Only then is the write acknowledged: it survives a crash of this process
+//! Write path: writes of up to 64 KiB (per extent) travel inside the metadata command
+//! itself, so Raft replicates them and concurrent writes share its fsyncs; larger ones go
+//! to storage nodes as a replicated stripe (1 data + 2 parity shards, i.e. three copies,
+//! through the same `write_body` as objects), acknowledged by the write quorum (two
+//! copies). Then one metadata command records the entries under the lease epoch. Only then is the write acknowledged: it survives a crash of this process
 //! (the journal is in metadata and on the nodes) and, once all three copies are durable
 //! (checked by FLUSH and FUA), the loss of any two storage nodes.
 //!
@@ -42,6 +43,9 @@ pub const LEASE_TTL: Duration = Duration::from_secs(10);
 const MERGE_AFTER_ENTRIES: usize = 32;
 /// Unmerged journal bytes of one volume that make writers wait for merges.
 const MAX_PENDING_BYTES: u64 = 256 << 20;
+/// Writes up to this size are journaled inside the metadata entry (replicated by Raft)
+/// rather than as stripes on storage nodes.
+const INLINE_JOURNAL_BYTES: u64 = 64 * 1024;
 /// How old an extent's oldest journal entry may get before the extent is merged.
 const MERGE_AFTER: Duration = Duration::from_secs(2);
 
@@ -383,6 +387,17 @@ impl VolumeEngine {
             let n = *n;
             async move {
                 match piece {
+                    // Small writes travel in the Raft entry itself: replicated and fsync'd
+                    // on a majority of metadata voters with the commit, one shared fsync
+                    // for many concurrent writes instead of three shard files each.
+                    Some(bytes) if n <= INLINE_JOURNAL_BYTES => Ok((
+                        piece_offset,
+                        n,
+                        Some(bytes.clone()),
+                        Some(ObjectData::Inline(bytes.to_vec())),
+                        true,
+                        None,
+                    )),
                     Some(bytes) => {
                         let (stored, replicated, uncommitted) =
                             store_journal(&inner, bytes.clone()).await?;

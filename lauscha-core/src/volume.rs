@@ -2,9 +2,10 @@
 //!
 //! A volume is a sparse array of fixed-size extents. An extent's bytes are an immutable
 //! erasure-coded stripe set (like an object version); an absent extent reads as zeros.
-//! Writes first go to a journal: each write's bytes are stored as a small replicated
-//! stripe set (1 data + 2 parity shards, so three copies), acknowledged once two are
-//! durable, and recorded in metadata under the writer's lease epoch. A background merge
+//! Writes first go to a journal recorded in metadata under the writer's lease epoch:
+//! small writes carry their bytes in the entry (replicated by Raft), larger ones as a
+//! replicated stripe set (1 data + 2 parity shards, so three copies), acknowledged once
+//! two are durable. A background merge
 //! folds an extent's journal entries into a new extent version and swaps it in with one
 //! metadata command, so there is no write hole: an extent is either the old version plus
 //! its journal, or the new version.
