@@ -234,6 +234,29 @@ impl RawClient {
     }
 }
 
+impl RawClient {
+    fn read_block(&mut self, block: u64) -> Vec<u8> {
+        let r = nbd::Request {
+            flags: 0,
+            command: nbd::CMD_READ,
+            cookie: block,
+            offset: block * 4096,
+            len: 4096,
+        };
+        self.tcp.write_all(&nbd::encode_request(&r)).unwrap();
+        let mut reply = [0u8; 16];
+        self.tcp.read_exact(&mut reply).unwrap();
+        assert_eq!(
+            u32::from_be_bytes(reply[4..8].try_into().unwrap()),
+            0,
+            "read error"
+        );
+        let mut buf = vec![0u8; 4096];
+        self.tcp.read_exact(&mut buf).unwrap();
+        buf
+    }
+}
+
 fn read_option_reply(tcp: &mut TcpStream) -> (u32, Vec<u8>) {
     let mut header = [0u8; 20];
     tcp.read_exact(&mut header).unwrap();
@@ -480,4 +503,107 @@ fn snapshots_stay_frozen_and_clones_write_apart() {
         .filter_map(|v| v["name"].as_str())
         .collect();
     assert_eq!(names, ["base", "base@monday", "copy"]);
+}
+
+/// A 4 KiB block stamped with its generation and index in every 8-byte word, so that a
+/// read tells which write it came from and whether it is torn.
+fn stamped(generation: u64, block: u64) -> Vec<u8> {
+    let word = (generation << 32) | block;
+    (0..512).flat_map(|_| word.to_be_bytes()).collect()
+}
+
+/// (generation, block) of a stamped block; `None` for zeros; panics on a torn block.
+fn stamp_of(data: &[u8], block: u64) -> Option<u64> {
+    let first = u64::from_be_bytes(data[..8].try_into().unwrap());
+    assert!(
+        data.chunks(8)
+            .all(|w| u64::from_be_bytes(w.try_into().unwrap()) == first),
+        "block {block} is torn"
+    );
+    if first == 0 {
+        return None;
+    }
+    assert_eq!(
+        first & 0xffff_ffff,
+        block,
+        "block {block} holds another block's data"
+    );
+    Some(first >> 32)
+}
+
+#[test]
+fn every_write_acknowledged_before_a_kill_reads_back_untorn() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    const BLOCKS: u64 = 1024;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut dev = Dev::start_in(&data, &[]);
+    volume(&dev, "gen", "4M");
+    let addr = dev.nbd_addr();
+    let acked: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(vec![0; BLOCKS as usize]));
+    let n_acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (acked, n_acked, stop) = (acked.clone(), n_acked.clone(), stop.clone());
+        let mut client = RawClient::connect(&addr, "gen");
+        std::thread::spawn(move || {
+            let mut cookie = 0u64;
+            for generation in 1u64.. {
+                for i in 0..BLOCKS {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let block = (i * 2_654_435_761) % BLOCKS;
+                    cookie += 1;
+                    let body = stamped(generation, block);
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        client.request(nbd::CMD_WRITE, cookie, block * 4096, 4096, &body)
+                    })) {
+                        Ok(0) => {
+                            acked.lock().unwrap()[block as usize] = generation;
+                            n_acked.fetch_add(1, Ordering::SeqCst);
+                        }
+                        // The server died mid-request: this write is not acknowledged.
+                        _ => return,
+                    }
+                }
+            }
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    // Every block written once, some twice.
+    while n_acked.load(Ordering::SeqCst) < BLOCKS + 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "writes too slow: {} acknowledged",
+            n_acked.load(Ordering::SeqCst)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    dev.kill();
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    let acked = acked.lock().unwrap().clone();
+    let dev = Dev::start_in(&data, &[]);
+    let addr = dev.nbd_addr();
+    // The dead server's lease lapses within 10 s; then the volume attaches here.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut client = loop {
+        let attempt = std::panic::catch_unwind(|| RawClient::connect(&addr, "gen"));
+        if let Ok(c) = attempt {
+            break c;
+        }
+        assert!(std::time::Instant::now() < deadline, "no attach after 30 s");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    for block in 0..BLOCKS {
+        let data = client.read_block(block);
+        let found = stamp_of(&data, block).unwrap_or(0);
+        assert!(
+            found >= acked[block as usize],
+            "block {block}: generation {found} read back, {} was acknowledged",
+            acked[block as usize]
+        );
+    }
 }
