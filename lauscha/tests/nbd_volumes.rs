@@ -181,6 +181,9 @@ struct RawClient {
 impl RawClient {
     fn connect(addr: &str, export: &str) -> RawClient {
         let mut tcp = TcpStream::connect(addr).unwrap();
+        // A request is two writes (header, payload): without this, Nagle holds the
+        // payload for the server's delayed ACK, 40 ms a request.
+        tcp.set_nodelay(true).unwrap();
         let mut hello = [0u8; 18];
         tcp.read_exact(&mut hello).unwrap();
         assert_eq!(&hello[..8], &nbd::NBD_MAGIC.to_be_bytes());
@@ -572,8 +575,8 @@ fn every_write_acknowledged_before_a_kill_reads_back_untorn() {
         })
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    // Every block written once, some twice.
-    while n_acked.load(Ordering::SeqCst) < BLOCKS + 200 {
+    // Every block written at least once, most twice.
+    while n_acked.load(Ordering::SeqCst) < 2 * BLOCKS {
         assert!(
             std::time::Instant::now() < deadline,
             "writes too slow: {} acknowledged",
