@@ -1086,7 +1086,7 @@ fn plan_stripe(
 #[cfg(test)]
 mod tests {
     use lauscha_core::model::{ShardLocation, Stripe};
-    use lauscha_core::{BucketName, NodeInfo, ShardDigest, SpreadLevel};
+    use lauscha_core::{NodeInfo, ShardDigest, SpreadLevel};
 
     use super::*;
 
@@ -1108,8 +1108,7 @@ mod tests {
 
     fn stripe_on(nodes: &[u32]) -> MaintainedStripe {
         MaintainedStripe {
-            bucket: BucketName::parse("bucket").unwrap(),
-            key: "k".into(),
+            owner: "bucket/k".into(),
             stripe: Stripe {
                 id: StripeId(7),
                 len_bytes: 4096,

@@ -41,13 +41,11 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(300);
 /// A current stripe, as maintenance sees it.
 #[derive(Clone, Debug)]
 pub struct MaintainedStripe {
-    /// The bucket of its object.
-    pub bucket: BucketName,
-    /// Its object's key.
-    pub key: String,
+    /// What holds it, for logs (`bucket/key`, `volume NAME extent N`).
+    pub owner: String,
     /// The stripe and where its shards are.
     pub stripe: Stripe,
-    /// The bucket's policy.
+    /// The policy it is kept at.
     pub policy: PlacementPolicy,
 }
 
@@ -884,8 +882,11 @@ impl MetaClient {
             .into_iter()
             .map(|s| {
                 Ok(MaintainedStripe {
-                    bucket: lauscha_proto::bucket_name(&s.bucket).map_err(invalid_reply)?,
-                    key: s.key,
+                    owner: if s.bucket.is_empty() {
+                        s.key
+                    } else {
+                        format!("{}/{}", s.bucket, s.key)
+                    },
                     stripe: s
                         .stripe
                         .ok_or_else(|| GatewayError::Internal("stripe missing".into()))?

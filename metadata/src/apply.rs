@@ -862,8 +862,8 @@ fn apply_inner(
             from,
             to,
         } => {
-            let edit = |version: &mut ObjectVersion| -> Result<Result<(), MetaError>, KvError> {
-                let ObjectData::Striped { stripes, .. } = &mut version.data else {
+            let edit = |data: &mut ObjectData| -> Result<Result<(), MetaError>, KvError> {
+                let ObjectData::Striped { stripes, .. } = data else {
                     return Err(KvError(format!(
                         "stripe index names inline data ({stripe_id})"
                     )));
@@ -899,14 +899,20 @@ fn apply_inner(
                         owner.bucket, owner.key
                     )));
                 };
-                if let Err(e) = edit(&mut version)? {
+                if let Err(e) = edit(&mut version.data)? {
                     return Ok(Err(e));
                 }
                 put(out, object_key, &version);
             } else if let Some(owner) =
                 read::<versions::VersionOwner>(kv, &keys::version_stripe(*stripe_id))?
             {
-                if let Err(e) = versions::move_noncurrent_shard(kv, out, &owner, edit)? {
+                if let Err(e) =
+                    versions::move_noncurrent_shard(kv, out, &owner, |v| edit(&mut v.data))?
+                {
+                    return Ok(Err(e));
+                }
+            } else if kv.get(&keys::volume_stripe(*stripe_id))?.is_some() {
+                if let Err(e) = crate::volumes::edit_stripe(kv, out, *stripe_id, &edit)? {
                     return Ok(Err(e));
                 }
             } else {
@@ -2470,5 +2476,87 @@ mod tests {
         .unwrap();
         assert!(in_garbage(&sm, 1) && in_garbage(&sm, 2));
         assert!(!in_garbage(&sm, 3), "the volume's current extent stays");
+    }
+
+    #[test]
+    fn maintenance_sees_volume_stripes_and_moves_them_in_every_record() {
+        use lauscha_core::volume::{VolumeCommand as V, VolumeReply};
+        let mut sm = setup();
+        vol(
+            &mut sm,
+            0,
+            V::Create {
+                name: "vm".into(),
+                tenant: tenant("jena"),
+                size_bytes: 8 << 20,
+                policy: PlacementPolicy::DEFAULT,
+            },
+        )
+        .unwrap();
+        let Ok(VolumeReply::Leased { epoch }) = vol(
+            &mut sm,
+            0,
+            V::Acquire {
+                name: "vm".into(),
+                tenant: tenant("jena"),
+                holder: "h".into(),
+                ttl_ms: 10_000,
+            },
+        ) else {
+            panic!()
+        };
+        vol(
+            &mut sm,
+            0,
+            V::Merge {
+                name: "vm".into(),
+                epoch,
+                extent: 1,
+                data: Some(striped(4 << 20, 5).data),
+                merged: vec![],
+            },
+        )
+        .unwrap();
+        vol(
+            &mut sm,
+            0,
+            V::Snapshot {
+                name: "vm".into(),
+                tenant: tenant("jena"),
+                snapshot: "s".into(),
+            },
+        )
+        .unwrap();
+        let listed = query::list_stripes(&sm.kv, None, 10).unwrap();
+        assert_eq!(listed.len(), 1, "one stripe, shared");
+        assert_eq!(listed[0].stripe.id, StripeId(5));
+        assert!(
+            listed[0].owner.starts_with("volume vm"),
+            "{}",
+            listed[0].owner
+        );
+        // Repair moves the shard: both the volume's and the snapshot's record follow.
+        let r = sm.run(MetaCommand::MoveShard {
+            stripe_id: StripeId(5),
+            shard_idx: 0,
+            from: NodeId(1),
+            to: NodeId(9),
+        });
+        assert_eq!(r, MetaResponse::Maintained);
+        for name in ["vm", "vm@s"] {
+            let state = crate::volumes::state(&sm.kv, name).unwrap().unwrap();
+            let ObjectData::Striped { stripes, .. } = &state.extents[0].1.data else {
+                panic!()
+            };
+            assert_eq!(stripes[0].shards[0].node, NodeId(9), "{name}");
+        }
+        // A move from where the shard no longer is, is refused.
+        let r = sm.run(MetaCommand::MoveShard {
+            stripe_id: StripeId(5),
+            shard_idx: 0,
+            from: NodeId(1),
+            to: NodeId(8),
+        });
+        assert!(matches!(r, MetaResponse::Refused(MetaError::Conflict(_))));
     }
 }

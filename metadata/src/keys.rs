@@ -72,8 +72,12 @@ pub enum Table {
     VolumeExtent = 24,
     /// (volume, sequence number) -> JournalEntry not merged yet.
     VolumeJournal = 25,
-    /// Stripe id -> volume name: the stripe of an extent or a journal entry.
+    /// Stripe id -> u32: how many extent and journal records (of volumes, snapshots and
+    /// clones) reference the stripe.
     VolumeStripe = 26,
+    /// (stripe id, volume, kind, extent index or sequence number) -> empty: the records
+    /// that reference a volume stripe, so that moving a shard updates every one.
+    VolumeStripeHolder = 27,
 }
 
 /// The settings of a bucket, one key each.
@@ -387,6 +391,48 @@ pub fn volume_stripe(stripe: StripeId) -> Vec<u8> {
     let mut key = table_prefix(Table::VolumeStripe);
     key.extend_from_slice(&stripe.to_bytes());
     key
+}
+
+/// What a volume stripe holder record is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HolderKind {
+    /// An extent (by index).
+    Extent = 1,
+    /// A journal entry (by sequence number).
+    Journal = 2,
+}
+
+/// Prefix of the holders of one volume stripe.
+pub fn volume_stripe_holders_prefix(stripe: StripeId) -> Vec<u8> {
+    let mut key = table_prefix(Table::VolumeStripeHolder);
+    key.extend_from_slice(&stripe.to_bytes());
+    key
+}
+
+/// Key of one holder of a volume stripe.
+pub fn volume_stripe_holder(stripe: StripeId, volume: &str, kind: HolderKind, n: u64) -> Vec<u8> {
+    let mut key = volume_stripe_holders_prefix(stripe);
+    key.extend_from_slice(volume.as_bytes());
+    key.push(SEP);
+    key.push(kind as u8);
+    key.extend_from_slice(&n.to_be_bytes());
+    key
+}
+
+/// (volume, kind, n) of a holder key.
+pub fn parse_volume_stripe_holder(key: &[u8]) -> Option<(String, HolderKind, u64)> {
+    let rest = key.get(3 + 16..)?;
+    if rest.len() < 10 || rest[rest.len() - 10] != SEP {
+        return None;
+    }
+    let (name, tail) = rest.split_at(rest.len() - 10);
+    let kind = match tail[1] {
+        1 => HolderKind::Extent,
+        2 => HolderKind::Journal,
+        _ => return None,
+    };
+    let n = u64::from_be_bytes(tail[2..].try_into().ok()?);
+    Some((String::from_utf8(name.to_vec()).ok()?, kind, n))
 }
 
 /// Key of a part's stripe.

@@ -78,8 +78,8 @@ pub fn cluster_map(kv: &impl KvRead) -> Result<ClusterMap, KvError> {
 /// A stripe as maintenance sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StripeEntry {
-    /// The object holding it.
-    pub owner: StripeOwner,
+    /// What holds it, for logs: `bucket/key` or `volume NAME extent N`.
+    pub owner: String,
     /// The stripe and its shard locations.
     pub stripe: Stripe,
     /// The policy of the object's bucket.
@@ -88,6 +88,8 @@ pub struct StripeEntry {
 
 /// Where a stripe's version is.
 enum Holder {
+    /// A volume's extent or journal entry (the reference count).
+    Volume,
     Current(StripeOwner),
     Noncurrent(VersionOwner),
 }
@@ -146,6 +148,11 @@ pub fn list_stripes(
                 .into_iter()
                 .map(|(id, o)| (id, Holder::Noncurrent(o))),
             )
+            .chain(
+                scan_index::<u32>(kv, Table::VolumeStripe, keys::volume_stripe, after, limit)?
+                    .into_iter()
+                    .map(|(id, _)| (id, Holder::Volume)),
+            )
             .collect();
     index.sort_by_key(|(id, _)| *id);
     index.truncate(limit);
@@ -156,6 +163,16 @@ pub fn list_stripes(
     let mut out = Vec::with_capacity(index.len());
     for (id, holder) in index {
         let (owner, seq) = match holder {
+            Holder::Volume => {
+                if let Some((label, stripe, policy)) = crate::volumes::maintained_stripe(kv, id)? {
+                    out.push(StripeEntry {
+                        owner: label,
+                        stripe,
+                        policy,
+                    });
+                }
+                continue;
+            }
             Holder::Current(o) => (o, None),
             Holder::Noncurrent(v) => (
                 StripeOwner {
@@ -201,7 +218,7 @@ pub fn list_stripes(
             .cloned()
             .ok_or_else(|| KvError(format!("stripe {id} indexed but not in its version")))?;
         out.push(StripeEntry {
-            owner,
+            owner: format!("{}/{}", owner.bucket, owner.key),
             stripe,
             policy,
         });

@@ -779,8 +779,8 @@ impl MetaService for MetaServer {
                 .into_iter()
                 .take(limit)
                 .map(|e| pb::StripeInfo {
-                    bucket: e.owner.bucket.to_string(),
-                    key: e.owner.key,
+                    bucket: String::new(),
+                    key: e.owner,
                     stripe: Some(e.stripe.into()),
                     policy: Some(e.policy.into()),
                 })

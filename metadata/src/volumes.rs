@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::apply::{collect_stripes, read};
 use crate::command::MetaError;
-use crate::keys;
+use crate::keys::{self, HolderKind};
 use crate::kv::{KvError, KvRead, Mutation};
 use crate::value;
 
@@ -37,12 +37,20 @@ fn stripes(data: &Option<ObjectData>) -> &[Stripe] {
 #[derive(Default)]
 struct StripeRefs {
     deltas: std::collections::BTreeMap<lauscha_core::StripeId, (i64, Stripe)>,
+    holders: Vec<Mutation>,
 }
 
 impl StripeRefs {
-    fn add(&mut self, data: &Option<ObjectData>, delta: i64) {
+    /// The record (`volume`, `kind`, `n`) starts (+1) or stops (-1) referencing `data`.
+    fn add(&mut self, data: &Option<ObjectData>, delta: i64, holder: (&str, HolderKind, u64)) {
         for s in stripes(data) {
             self.deltas.entry(s.id).or_insert((0, s.clone())).0 += delta;
+            let key = keys::volume_stripe_holder(s.id, holder.0, holder.1, holder.2);
+            self.holders.push(if delta > 0 {
+                Mutation::Put(key, Vec::new())
+            } else {
+                Mutation::Delete(key)
+            });
         }
     }
 
@@ -54,6 +62,7 @@ impl StripeRefs {
         now_ms: u64,
         log_index: u64,
     ) -> Result<(), KvError> {
+        out.extend(self.holders);
         let mut garbage = Vec::new();
         for (id, (delta, stripe)) in self.deltas {
             if delta == 0 {
@@ -76,11 +85,15 @@ impl StripeRefs {
 /// Copies every extent and journal entry of `from` into `to` (sharing their stripes).
 fn copy_contents(out: &mut Vec<Mutation>, refs: &mut StripeRefs, from: &VolumeState, to: &str) {
     for (idx, extent) in &from.extents {
-        refs.add(&Some(extent.data.clone()), 1);
+        refs.add(
+            &Some(extent.data.clone()),
+            1,
+            (to, HolderKind::Extent, *idx),
+        );
         put(out, keys::volume_extent(to, *idx), extent);
     }
     for (seq, entry) in &from.journal {
-        refs.add(&entry.data, 1);
+        refs.add(&entry.data, 1, (to, HolderKind::Journal, *seq));
         put(out, keys::volume_journal(to, *seq), entry);
     }
 }
@@ -159,6 +172,106 @@ pub fn list(kv: &impl KvRead, tenant: Option<&TenantId>) -> Result<Vec<Volume>, 
         Some(e) => Err(e),
         None => Ok(out),
     }
+}
+
+/// A volume stripe as maintenance sees it: a label, the stripe, its policy (journal
+/// stripes: three copies over nodes; extents: the volume's policy).
+pub fn maintained_stripe(
+    kv: &impl KvRead,
+    id: lauscha_core::StripeId,
+) -> Result<Option<(String, Stripe, lauscha_core::PlacementPolicy)>, KvError> {
+    let prefix = keys::volume_stripe_holders_prefix(id);
+    let end = keys::prefix_end(&prefix).expect("stripe id prefix");
+    let mut holder = None;
+    kv.scan(&prefix, &end, &mut |k, _| {
+        holder = keys::parse_volume_stripe_holder(k);
+        false
+    })?;
+    let Some((name, kind, n)) = holder else {
+        return Ok(None);
+    };
+    let Some(volume) = read::<Volume>(kv, &keys::volume(&name))? else {
+        return Ok(None);
+    };
+    let (data, policy) = match kind {
+        HolderKind::Extent => (
+            read::<Extent>(kv, &keys::volume_extent(&name, n))?.map(|e| e.data),
+            volume.policy,
+        ),
+        HolderKind::Journal => (
+            read::<JournalEntry>(kv, &keys::volume_journal(&name, n))?.and_then(|e| e.data),
+            lauscha_core::PlacementPolicy {
+                n_data_shards: 1,
+                n_parity_shards: 2,
+                spread: lauscha_core::SpreadLevel::Node,
+            },
+        ),
+    };
+    let stripe = stripes(&data).iter().find(|s| s.id == id).cloned();
+    Ok(stripe.map(|s| {
+        let label = match kind {
+            HolderKind::Extent => format!("volume {name} extent {n}"),
+            HolderKind::Journal => format!("volume {name} journal {n}"),
+        };
+        (label, s, policy)
+    }))
+}
+
+/// Applies `edit` to the stripe `id` in every record that references it (a shard moved).
+pub fn edit_stripe(
+    kv: &impl KvRead,
+    out: &mut Vec<Mutation>,
+    id: lauscha_core::StripeId,
+    edit: &dyn Fn(&mut ObjectData) -> Outcome<()>,
+) -> Outcome<()> {
+    let prefix = keys::volume_stripe_holders_prefix(id);
+    let end = keys::prefix_end(&prefix).expect("stripe id prefix");
+    let mut holders = Vec::new();
+    kv.scan(&prefix, &end, &mut |k, _| {
+        if let Some(h) = keys::parse_volume_stripe_holder(k) {
+            holders.push(h);
+        }
+        true
+    })?;
+    if holders.is_empty() {
+        return Ok(Err(MetaError::Conflict(format!(
+            "stripe {id} is no longer part of a volume"
+        ))));
+    }
+    for (name, kind, n) in holders {
+        match kind {
+            HolderKind::Extent => {
+                let key = keys::volume_extent(&name, n);
+                let Some(mut extent) = read::<Extent>(kv, &key)? else {
+                    return Err(KvError(format!(
+                        "holder index names missing extent {name}/{n}"
+                    )));
+                };
+                if let Err(e) = edit(&mut extent.data)? {
+                    return Ok(Err(e));
+                }
+                put(out, key, &extent);
+            }
+            HolderKind::Journal => {
+                let key = keys::volume_journal(&name, n);
+                let Some(mut entry) = read::<JournalEntry>(kv, &key)? else {
+                    return Err(KvError(format!(
+                        "holder index names missing journal {name}/{n}"
+                    )));
+                };
+                let Some(data) = entry.data.as_mut() else {
+                    return Err(KvError(format!(
+                        "holder index names a zero entry {name}/{n}"
+                    )));
+                };
+                if let Err(e) = edit(data)? {
+                    return Ok(Err(e));
+                }
+                put(out, key, &entry);
+            }
+        }
+    }
+    Ok(Ok(()))
 }
 
 /// Applies a volume command.
@@ -277,11 +390,15 @@ pub fn apply_volume_command(
             let mut refs = StripeRefs::default();
             for (idx, extent) in &state.extents {
                 out.push(Mutation::Delete(keys::volume_extent(name, *idx)));
-                refs.add(&Some(extent.data.clone()), -1);
+                refs.add(
+                    &Some(extent.data.clone()),
+                    -1,
+                    (name, HolderKind::Extent, *idx),
+                );
             }
             for (seq, entry) in &state.journal {
                 out.push(Mutation::Delete(keys::volume_journal(name, *seq)));
-                refs.add(&entry.data, -1);
+                refs.add(&entry.data, -1, (name, HolderKind::Journal, *seq));
             }
             // Stripes a snapshot or clone still shares stay; the rest become garbage.
             refs.finish(kv, out, format!("volume {name}"), now_ms, log_index)?;
@@ -392,7 +509,7 @@ pub fn apply_volume_command(
                         entry.offset, entry.len
                     ))));
                 }
-                refs.add(&entry.data, 1);
+                refs.add(&entry.data, 1, (name, HolderKind::Journal, volume.next_seq));
                 put(out, keys::volume_journal(name, volume.next_seq), entry);
                 volume.next_seq += 1;
             }
@@ -422,8 +539,8 @@ pub fn apply_volume_command(
                 ))));
             }
             let mut refs = StripeRefs::default();
-            refs.add(&old, -1);
-            refs.add(&entry.data, 1);
+            refs.add(&old, -1, (name, HolderKind::Journal, *seq));
+            refs.add(&entry.data, 1, (name, HolderKind::Journal, *seq));
             put(out, key, &entry);
             refs.finish(
                 kv,
@@ -458,14 +575,14 @@ pub fn apply_volume_command(
                         "volume {name}: journal entry {seq} is not in extent {extent}"
                     ))));
                 }
-                refs.add(&entry.data, -1);
+                refs.add(&entry.data, -1, (name, HolderKind::Journal, *seq));
                 out.push(Mutation::Delete(keys::volume_journal(name, *seq)));
             }
             let key = keys::volume_extent(name, *extent);
             if let Some(old) = read::<Extent>(kv, &key)? {
-                refs.add(&Some(old.data), -1);
+                refs.add(&Some(old.data), -1, (name, HolderKind::Extent, *extent));
             }
-            refs.add(data, 1);
+            refs.add(data, 1, (name, HolderKind::Extent, *extent));
             match data {
                 Some(d) => put(out, key, &Extent { data: d.clone() }),
                 None => out.push(Mutation::Delete(key)),
