@@ -610,3 +610,50 @@ fn every_write_acknowledged_before_a_kill_reads_back_untorn() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_node_s_volume_shards_are_rebuilt_elsewhere() {
+    let _lock = cluster_lock().await;
+    let dev = Dev::start_env(
+        &["--cluster", "--storage-nodes", "7"],
+        &[("LAUSCHA__GATEWAY__MAINTENANCE__NODE_OUT_AFTER_S", "1")],
+    );
+    let uri = volume(&dev, "healing", "64M");
+    let writes = ["write -P 0x31 0 8M", "write -P 0x32 16M 8M", "flush"];
+    qemu_io(&uri, &writes);
+    let referenced = |node: u64| {
+        dev.admin(&["node", "shards", &node.to_string()])["referenced_shards"]
+            .as_u64()
+            .unwrap()
+    };
+    // The detach merges the journal into extents spread over the seven nodes.
+    assert!(
+        eventually(std::time::Duration::from_secs(60), async || referenced(2)
+            > 0)
+        .await,
+        "no volume shard on node 2"
+    );
+    let storage = dev.processes("storage");
+    kill_pid(storage[1]["pid"].as_u64().unwrap());
+    assert!(
+        eventually(std::time::Duration::from_secs(90), async || {
+            dev.admin(&["repair"]);
+            referenced(2) == 0
+        })
+        .await,
+        "the volume's shards on node 2 were not rebuilt elsewhere"
+    );
+    let degraded = dev.admin(&["degraded"]);
+    assert_eq!(degraded["stripes_degraded"], 0, "{degraded}");
+    // Every extent is whole on the other six nodes: two more can go.
+    kill_pid(storage[0]["pid"].as_u64().unwrap());
+    kill_pid(storage[5]["pid"].as_u64().unwrap());
+    qemu_io(
+        &uri,
+        &[
+            "read -P 0x31 0 8M",
+            "read -P 0 8M 8M",
+            "read -P 0x32 16M 8M",
+        ],
+    );
+}
