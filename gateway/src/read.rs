@@ -136,11 +136,14 @@ async fn read_stripe(
     let n_pieces = read.pieces.len();
     let mut got: Vec<Option<Bytes>> = vec![None; n_pieces];
     let mut failed: BTreeSet<usize> = BTreeSet::new();
+    // Pieces on nodes that failed or were slow a moment ago: rebuilt from the others, but
+    // their shards stay eligible for the rebuild when too few others remain.
+    let mut skipped: BTreeSet<usize> = BTreeSet::new();
     let mut pending = FuturesUnordered::new();
     for (i, piece) in read.pieces.iter().enumerate() {
         let loc = &stripe.shards[piece.shard_idx];
         if inner.nodes.is_suspect(loc.node) {
-            failed.insert(i);
+            skipped.insert(i);
             continue;
         }
         let shard = shard_ref(stripe, piece.shard_idx, shard_len);
@@ -170,12 +173,17 @@ async fn read_stripe(
     }
     // Still pending after the hedge delay (or after a failure): slow.
     let slow: Vec<usize> = (0..n_pieces)
-        .filter(|i| got[*i].is_none() && !failed.contains(i))
+        .filter(|i| got[*i].is_none() && !failed.contains(i) && !skipped.contains(i))
         .collect();
-    if failed.is_empty() && slow.is_empty() {
+    if failed.is_empty() && slow.is_empty() && skipped.is_empty() {
         return Ok(concat(got));
     }
-    let rebuild: Vec<usize> = failed.iter().copied().chain(slow.iter().copied()).collect();
+    let rebuild: Vec<usize> = failed
+        .iter()
+        .chain(skipped.iter())
+        .chain(slow.iter())
+        .copied()
+        .collect();
     // The rebuild avoids the failed shards and, when enough others remain, the slow ones.
     let mut avoid: BTreeSet<usize> = failed.iter().map(|i| read.pieces[*i].shard_idx).collect();
     let slow_shards: BTreeSet<usize> = slow.iter().map(|i| read.pieces[*i].shard_idx).collect();
@@ -309,12 +317,24 @@ async fn rebuild_pieces(
         .map(|i| read.pieces[*i].offset_in_shard + read.pieces[*i].len_bytes)
         .max()
         .expect("pieces");
-    // Every other shard may help; the first k to answer are used.
+    // Every other shard may help; the first k to answer are used. Nodes that failed or
+    // were slow a moment ago are left out only while enough others remain: under load a
+    // slow answer beats a failed read.
+    let candidates: Vec<usize> = (0..stripe.shards.len())
+        .filter(|i| !avoid.contains(i))
+        .collect();
+    let trusted: Vec<usize> = candidates
+        .iter()
+        .copied()
+        .filter(|i| !inner.nodes.is_suspect(stripe.shards[*i].node))
+        .collect();
+    let chosen = if trusted.len() >= k {
+        trusted
+    } else {
+        candidates
+    };
     let mut reads = FuturesUnordered::new();
-    for idx in 0..stripe.shards.len() {
-        if avoid.contains(&idx) || inner.nodes.is_suspect(stripe.shards[idx].node) {
-            continue;
-        }
+    for idx in chosen {
         let shard = shard_ref(stripe, idx, shard_len);
         reads.push(async move { (idx, inner.nodes.read_shard(map, shard, lo, hi - lo).await) });
     }
