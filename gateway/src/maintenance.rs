@@ -830,20 +830,7 @@ impl Maintenance {
                     key: &upload.key,
                     upload_id: &upload.upload_id,
                 };
-                match self.inner.meta.abort_upload(&name).await {
-                    Ok(()) => {
-                        info!(bucket = %bucket, key = %upload.key, upload_id = %upload.upload_id, "upload aborted by a lifecycle rule");
-                        report.uploads_aborted += 1;
-                    }
-                    Err(GatewayError::Meta {
-                        kind: lauscha_proto::MetaErrorKind::NoSuchUpload,
-                        ..
-                    }) => {}
-                    Err(e) => {
-                        warn!(bucket = %bucket, upload_id = %upload.upload_id, error = %e, "lifecycle abort failed");
-                        report.errors += 1;
-                    }
-                }
+                self.abort_upload(&name, "a lifecycle rule", report).await;
             }
             match uploads.last() {
                 Some(last) if truncated => {
@@ -853,6 +840,30 @@ impl Maintenance {
             }
         }
         Ok(())
+    }
+
+    /// Aborts one upload for `why`, counting it; one completed or aborted by its client
+    /// meanwhile is fine.
+    async fn abort_upload(
+        &self,
+        name: &crate::meta_client::UploadName<'_>,
+        why: &str,
+        report: &mut PassReport,
+    ) {
+        match self.inner.meta.abort_upload(name).await {
+            Ok(()) => {
+                info!(bucket = %name.bucket, key = %name.key, upload_id = %name.upload_id, why, "multipart upload aborted");
+                report.uploads_aborted += 1;
+            }
+            Err(GatewayError::Meta {
+                kind: lauscha_proto::MetaErrorKind::NoSuchUpload,
+                ..
+            }) => {}
+            Err(e) => {
+                warn!(bucket = %name.bucket, upload_id = %name.upload_id, why, error = %e, "could not abort an upload");
+                report.errors += 1;
+            }
+        }
     }
 
     async fn abort_stale_uploads(&self, report: &mut PassReport) -> Result<(), GatewayError> {
@@ -869,21 +880,8 @@ impl Maintenance {
                 key: &upload.key,
                 upload_id: &upload.upload_id,
             };
-            match self.inner.meta.abort_upload(&name).await {
-                Ok(()) => {
-                    info!(bucket = %bucket, key = %upload.key, upload_id = %upload.upload_id, "stale multipart upload aborted");
-                    report.uploads_aborted += 1;
-                }
-                // Completed or aborted by its client meanwhile.
-                Err(GatewayError::Meta {
-                    kind: lauscha_proto::MetaErrorKind::NoSuchUpload,
-                    ..
-                }) => {}
-                Err(e) => {
-                    warn!(bucket = %bucket, upload_id = %upload.upload_id, error = %e, "could not abort a stale upload");
-                    report.errors += 1;
-                }
-            }
+            self.abort_upload(&name, "it was left open too long", report)
+                .await;
         }
         Ok(())
     }

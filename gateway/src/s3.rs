@@ -1967,16 +1967,7 @@ impl S3 for S3Gateway {
             set_lock_headers!(output, d.lock);
         }
         if with_checksums {
-            for (alg, value) in &version.checksums {
-                let value = Some(value.clone());
-                match alg {
-                    ChecksumAlgorithm::Crc32 => output.checksum_crc32 = value,
-                    ChecksumAlgorithm::Crc32c => output.checksum_crc32c = value,
-                    ChecksumAlgorithm::Crc64Nvme => output.checksum_crc64nvme = value,
-                    ChecksumAlgorithm::Sha1 => output.checksum_sha1 = value,
-                    ChecksumAlgorithm::Sha256 => output.checksum_sha256 = value,
-                }
-            }
+            set_checksums!(output, version.checksums.clone());
             output.checksum_type = checksum_type(&version.checksums);
         }
         Ok(S3Response::new(output))
@@ -2043,16 +2034,7 @@ impl S3 for S3Gateway {
             .as_ref()
             .is_some_and(|m| m.as_str().eq_ignore_ascii_case("enabled"))
         {
-            for (alg, value) in &version.checksums {
-                let value = Some(value.clone());
-                match alg {
-                    ChecksumAlgorithm::Crc32 => output.checksum_crc32 = value,
-                    ChecksumAlgorithm::Crc32c => output.checksum_crc32c = value,
-                    ChecksumAlgorithm::Crc64Nvme => output.checksum_crc64nvme = value,
-                    ChecksumAlgorithm::Sha1 => output.checksum_sha1 = value,
-                    ChecksumAlgorithm::Sha256 => output.checksum_sha256 = value,
-                }
-            }
+            set_checksums!(output, version.checksums.clone());
             output.checksum_type = checksum_type(&version.checksums);
         }
         Ok(S3Response::new(output))

@@ -311,6 +311,16 @@ impl VolumeEngine {
         }
     }
 
+    /// The error of a metadata command under the lease; a fenced one marks the engine
+    /// fenced, so that later writes fail at once.
+    fn command_error(&self, e: GatewayError) -> VolumeError {
+        let e = meta_err(e);
+        if matches!(e, VolumeError::Fenced) {
+            self.fenced.store(true, Ordering::SeqCst);
+        }
+        e
+    }
+
     /// Whether another server took the volume over.
     pub fn is_fenced(&self) -> bool {
         self.fenced.load(Ordering::SeqCst)
@@ -433,13 +443,7 @@ impl VolumeEngine {
                 entries,
             }))
             .await
-            .map_err(|e| {
-                let e = meta_err(e);
-                if matches!(e, VolumeError::Fenced) {
-                    self.fenced.store(true, Ordering::SeqCst);
-                }
-                e
-            })?;
+            .map_err(|e| self.command_error(e))?;
         let ObjectCommandReply::Volume(VolumeReply::Appended { first_seq }) = reply else {
             return Err(GatewayError::Internal(format!("append answered {reply:?}")).into());
         };
@@ -537,7 +541,7 @@ impl VolumeEngine {
                         kind: lauscha_proto::MetaErrorKind::Conflict,
                         ..
                     }) => {}
-                    Err(e) => return Err(meta_err(e)),
+                    Err(e) => return Err(self.command_error(e)),
                 }
             }
             if !all_settled && !self.merge_extent(*idx).await? {
@@ -647,13 +651,7 @@ impl VolumeEngine {
                 merged: merged.clone(),
             }))
             .await
-            .map_err(|e| {
-                let e = meta_err(e);
-                if matches!(e, VolumeError::Fenced) {
-                    self.fenced.store(true, Ordering::SeqCst);
-                }
-                e
-            })?;
+            .map_err(|e| self.command_error(e))?;
         if let Some(u) = uncommitted {
             u.commit();
         }

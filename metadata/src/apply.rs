@@ -246,6 +246,13 @@ fn drop_upload(
     out.push(Mutation::Delete(keys::upload_extras(upload_id)));
 }
 
+/// Lock and tags of a PutObject that carries none (the older command variants).
+const NO_EXTRAS: VersionExtras = VersionExtras {
+    retention: None,
+    legal_hold: false,
+    tags: None,
+};
+
 /// The arguments of a PutObject, whichever command variant carried them.
 struct PutArgs<'a> {
     bucket: &'a BucketName,
@@ -451,58 +458,32 @@ fn apply_inner(
             version,
             now_ms,
             missing,
-        } => {
-            let extras = VersionExtras::default();
-            let put = PutArgs {
-                bucket,
-                tenant,
-                key,
-                version,
-                now_ms: *now_ms,
-                missing,
-                condition: None,
-                extras: &extras,
-            };
-            match put_object(kv, out, put, log_index)? {
-                Ok(r) => r,
-                Err(e) => return Ok(Err(e)),
-            }
         }
-        MetaCommand::PutObjectIf {
+        | MetaCommand::PutObjectIf {
             bucket,
             tenant,
             key,
             version,
             now_ms,
             missing,
-            condition,
-        } => {
-            let extras = VersionExtras::default();
-            let put = PutArgs {
-                bucket,
-                tenant,
-                key,
-                version,
-                now_ms: *now_ms,
-                missing,
-                condition: Some(condition),
-                extras: &extras,
-            };
-            match put_object(kv, out, put, log_index)? {
-                Ok(r) => r,
-                Err(e) => return Ok(Err(e)),
-            }
+            ..
         }
-        MetaCommand::PutObjectWith {
+        | MetaCommand::PutObjectWith {
             bucket,
             tenant,
             key,
             version,
             now_ms,
             missing,
-            condition,
-            extras,
+            ..
         } => {
+            let (condition, extras) = match cmd {
+                MetaCommand::PutObjectIf { condition, .. } => (Some(condition), &NO_EXTRAS),
+                MetaCommand::PutObjectWith {
+                    condition, extras, ..
+                } => (condition.as_ref(), extras),
+                _ => (None, &NO_EXTRAS),
+            };
             let put = PutArgs {
                 bucket,
                 tenant,
@@ -510,7 +491,7 @@ fn apply_inner(
                 version,
                 now_ms: *now_ms,
                 missing,
-                condition: condition.as_ref(),
+                condition,
                 extras,
             };
             match put_object(kv, out, put, log_index)? {
