@@ -1,0 +1,438 @@
+//! A two-site cluster of real `lauscha server` processes, one per network namespace:
+//! three metadata voters (two in site A), six storage nodes (three per site) and a
+//! gateway serving S3, the admin API and NBD.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use lauscha_core::config::{
+    GatewayConfig, MetadataConfig, PolicyConfig, ServerConfig, StorageNodeConfig, VoterAddress,
+};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdout, Command};
+
+use crate::topology::{Host, Network, Site};
+
+/// A process's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// A metadata voter.
+    Metadata,
+    /// A storage node.
+    Storage,
+    /// The gateway (S3, admin, NBD).
+    Gateway,
+}
+
+const META_PORT: u16 = 7000;
+const STORAGE_PORT: u16 = 7100;
+/// Storage nodes, three per site.
+pub const STORAGE_NODES: u32 = 6;
+/// Parity shards of the default policy (4+2): the number of storage nodes that may die.
+pub const PARITY_SHARDS: u8 = 2;
+
+/// One process of the cluster.
+pub struct Proc {
+    /// Host name, e.g. `m1`, `s4`, `gw`.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// Metadata node id or storage node id; 0 for the gateway.
+    pub id: u64,
+    /// Where it runs.
+    pub host: Host,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    first_config: PathBuf,
+    restart_config: PathBuf,
+    started_once: bool,
+    child: Option<Child>,
+    // Held so that the child never writes into a closed pipe.
+    _stdout: Option<BufReader<ChildStdout>>,
+    log: PathBuf,
+    /// Run under `fiu-run -x`, so that POSIX calls can be made to fail at run time.
+    pub under_fiu: bool,
+}
+
+impl Proc {
+    /// Its pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// Whether it was started and not killed.
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// The cluster of one scenario. Dropping it kills every process, then removes the
+/// network.
+pub struct Cluster {
+    /// Where configs, data and logs live.
+    pub dir: PathBuf,
+    /// Every process.
+    pub procs: Vec<Proc>,
+    /// The network namespaces (dropped after the processes).
+    pub net: Network,
+    /// Root access key id.
+    pub access_key: String,
+    /// Root secret.
+    pub secret_key: String,
+    /// `http://10.77.1.30:9000`.
+    pub s3_endpoint: String,
+    /// `http://10.77.1.30:9001`.
+    pub admin_endpoint: String,
+    /// `10.77.1.30:10809`.
+    pub nbd_addr: String,
+    lauscha: PathBuf,
+}
+
+fn hosts() -> Vec<(Host, Role, u64)> {
+    let host = |name: &str, site: Site, last: u8| Host {
+        name: name.to_string(),
+        site,
+        ip: Ipv4Addr::new(
+            10,
+            77,
+            match site {
+                Site::A => 1,
+                Site::B => 2,
+            },
+            last,
+        ),
+    };
+    let mut all = vec![
+        (host("m1", Site::A, 11), Role::Metadata, 1),
+        (host("m2", Site::B, 12), Role::Metadata, 2),
+        (host("m3", Site::A, 13), Role::Metadata, 3),
+    ];
+    for id in 1..=STORAGE_NODES {
+        let site = if id <= STORAGE_NODES / 2 {
+            Site::A
+        } else {
+            Site::B
+        };
+        all.push((
+            host(&format!("s{id}"), site, 20 + id as u8),
+            Role::Storage,
+            u64::from(id),
+        ));
+    }
+    all.push((host("gw", Site::A, 30), Role::Gateway, 0));
+    all
+}
+
+fn write_config(path: &Path, config: &ServerConfig) -> anyhow::Result<()> {
+    std::fs::write(path, toml::to_string_pretty(config)?)
+        .with_context(|| format!("write {}", path.display()))
+}
+
+impl Cluster {
+    /// Writes the configs, builds the network and starts every process; returns once the
+    /// gateway serves. `fiu_hosts` run under libfiu.
+    pub async fn start(
+        dir: &Path,
+        lauscha: &Path,
+        seed: u64,
+        fiu_hosts: &[&str],
+    ) -> anyhow::Result<Cluster> {
+        std::fs::create_dir_all(dir)?;
+        let dir = dir.canonicalize()?;
+        let layout = hosts();
+        let net = Network::create(layout.iter().map(|(h, _, _)| h.clone()).collect())?;
+        let voter_ips: Vec<(u64, Ipv4Addr)> = layout
+            .iter()
+            .filter(|(_, r, _)| *r == Role::Metadata)
+            .map(|(h, _, id)| (*id, h.ip))
+            .collect();
+        let meta_addr = |id: u64| {
+            let (_, ip) = voter_ips.iter().find(|(i, _)| *i == id).expect("voter");
+            format!("{ip}:{META_PORT}")
+        };
+        let meta_endpoints: Vec<String> = (1..=3)
+            .map(|id| format!("http://{}", meta_addr(id)))
+            .collect();
+        let access_key = format!("LKCHAOS{:013}", seed % 10_000_000_000_000);
+        let secret_key = format!(
+            "chaos-secret-{seed:020}-{:08x}",
+            seed.rotate_left(17) as u32
+        );
+        let gw_ip = layout
+            .iter()
+            .find(|(_, r, _)| *r == Role::Gateway)
+            .expect("gateway")
+            .0
+            .ip;
+        let mut procs = Vec::new();
+        for (host, role, id) in layout {
+            let data_dir = dir.join(&host.name);
+            std::fs::create_dir_all(&data_dir)?;
+            let (first, restart) = match role {
+                Role::Metadata => {
+                    let base = MetadataConfig {
+                        node_id: id,
+                        data_dir: data_dir.display().to_string(),
+                        listen: meta_addr(id),
+                        advertise: None,
+                        bootstrap: false,
+                        root_access_key: None,
+                        root_secret_key: None,
+                        initial_voters: Vec::new(),
+                    };
+                    let mut first = base.clone();
+                    if id == 1 {
+                        first.bootstrap = true;
+                        first.root_access_key = Some(access_key.clone());
+                        first.root_secret_key = Some(secret_key.clone());
+                        first.initial_voters = (2..=3)
+                            .map(|node_id| VoterAddress {
+                                node_id,
+                                addr: meta_addr(node_id),
+                            })
+                            .collect();
+                    }
+                    let wrap = |m: MetadataConfig| ServerConfig {
+                        metadata: Some(m),
+                        ..Default::default()
+                    };
+                    (wrap(first), wrap(base))
+                }
+                Role::Storage => {
+                    let config = ServerConfig {
+                        storage: vec![StorageNodeConfig {
+                            node_id: id as u32,
+                            data_dir: data_dir.display().to_string(),
+                            listen: format!("{}:{STORAGE_PORT}", host.ip),
+                            advertise: None,
+                            site: host.site.name().into(),
+                            host: Some(format!("host-{}", host.name)),
+                            capacity_bytes: 1 << 40,
+                            metadata_endpoints: meta_endpoints.clone(),
+                            scrub_bytes_per_s: 50_000_000,
+                            scrub_interval_s: 86_400,
+                        }],
+                        ..Default::default()
+                    };
+                    (config.clone(), config)
+                }
+                Role::Gateway => {
+                    let mut gateway = GatewayConfig::with_metadata(meta_endpoints.clone());
+                    gateway.s3_listen = format!("{gw_ip}:9000");
+                    gateway.admin_listen = format!("{gw_ip}:9001");
+                    gateway.nbd_listen = Some(format!("{gw_ip}:10809"));
+                    gateway.default_policy = PolicyConfig {
+                        data_shards: 4,
+                        parity_shards: PARITY_SHARDS,
+                        ..PolicyConfig::default()
+                    };
+                    // Repair within seconds of a fault ending, so heal time is measured.
+                    gateway.maintenance.interval_s = 2;
+                    let config = ServerConfig {
+                        gateway: Some(gateway),
+                        ..Default::default()
+                    };
+                    (config.clone(), config)
+                }
+            };
+            let first_config = dir.join(format!("{}.toml", host.name));
+            let restart_config = dir.join(format!("{}.restart.toml", host.name));
+            write_config(&first_config, &first)?;
+            write_config(&restart_config, &restart)?;
+            procs.push(Proc {
+                under_fiu: fiu_hosts.contains(&host.name.as_str()),
+                name: host.name.clone(),
+                log: dir.join(format!("{}.log", host.name)),
+                role,
+                id,
+                host,
+                data_dir,
+                first_config,
+                restart_config,
+                started_once: false,
+                child: None,
+                _stdout: None,
+            });
+        }
+        let mut cluster = Cluster {
+            s3_endpoint: format!("http://{gw_ip}:9000"),
+            admin_endpoint: format!("http://{gw_ip}:9001"),
+            nbd_addr: format!("{gw_ip}:10809"),
+            dir,
+            procs,
+            net,
+            access_key,
+            secret_key,
+            lauscha: lauscha.to_path_buf(),
+        };
+        // Voters 2 and 3 first, so that voter 1 can found the group with them; then the
+        // nodes, then the gateway.
+        let order = ["m2", "m3", "m1", "s1", "s2", "s3", "s4", "s5", "s6", "gw"];
+        for name in order {
+            cluster.start_proc(name).await?;
+        }
+        Ok(cluster)
+    }
+
+    /// The process called `name`.
+    pub fn proc(&self, name: &str) -> &Proc {
+        self.procs
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no process {name}"))
+    }
+
+    fn proc_mut(&mut self, name: &str) -> &mut Proc {
+        self.procs
+            .iter_mut()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no process {name}"))
+    }
+
+    /// Starts (or restarts) a process and waits until it reports ready.
+    pub async fn start_proc(&mut self, name: &str) -> anyhow::Result<()> {
+        let lauscha = self.lauscha.clone();
+        let p = self.proc_mut(name);
+        assert!(p.child.is_none(), "{name} already runs");
+        let config = if p.started_once {
+            p.restart_config.clone()
+        } else {
+            p.first_config.clone()
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p.log)?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &p.host.netns()]);
+        if p.under_fiu {
+            cmd.args(["fiu-run", "-x"]);
+        }
+        cmd.arg(&lauscha)
+            .arg("server")
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("start {name} ({})", lauscha.display()))?;
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let mut line = String::new();
+        let ready =
+            tokio::time::timeout(Duration::from_secs(90), stdout.read_line(&mut line)).await;
+        match ready {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => {
+                let _ = child.kill().await;
+                bail!(
+                    "{name} did not report ready within 90 s; see {}",
+                    p.log.display()
+                );
+            }
+        }
+        p.started_once = true;
+        p.child = Some(child);
+        p._stdout = Some(stdout);
+        Ok(())
+    }
+
+    /// Sends `signal` to a running process.
+    pub fn signal(&self, name: &str, signal: Signal) -> anyhow::Result<()> {
+        let pid = self
+            .proc(name)
+            .pid()
+            .with_context(|| format!("{name} is not running"))?;
+        nix::sys::signal::kill(Pid::from_raw(pid as i32), signal)
+            .with_context(|| format!("signal {signal} to {name}"))
+    }
+
+    /// SIGKILL, and wait until the process is gone (its port and files are free).
+    pub async fn kill(&mut self, name: &str) -> anyhow::Result<()> {
+        let p = self.proc_mut(name);
+        let Some(mut child) = p.child.take() else {
+            return Ok(());
+        };
+        p._stdout = None;
+        child.start_kill()?;
+        child.wait().await?;
+        Ok(())
+    }
+
+    /// Runs `lauscha admin --json ARGS` against the cluster and parses its output.
+    pub async fn admin(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let out = tokio::time::timeout(
+            Duration::from_secs(30),
+            Command::new(&self.lauscha)
+                .arg("admin")
+                .arg("--json")
+                .args(args)
+                .env("LAUSCHA_ADMIN_ENDPOINT", &self.admin_endpoint)
+                .env("LAUSCHA_ACCESS_KEY", &self.access_key)
+                .env("LAUSCHA_SECRET_KEY", &self.secret_key)
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .with_context(|| format!("lauscha admin {} timed out", args.join(" ")))??;
+        if !out.status.success() {
+            bail!(
+                "lauscha admin {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("parse the output of lauscha admin {}", args.join(" ")))
+    }
+
+    /// The metadata leader most voters name, as a host name (`m1`..`m3`).
+    pub async fn leader(&self) -> anyhow::Result<String> {
+        let status = self.admin(&["status"]).await?;
+        let mut votes = std::collections::BTreeMap::<u64, usize>::new();
+        for voter in status["metadata"].as_array().into_iter().flatten() {
+            if let Some(id) = voter["leader_id"].as_u64() {
+                *votes.entry(id).or_default() += 1;
+            }
+        }
+        let (id, _) = votes
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .context("no voter knows a leader")?;
+        Ok(format!("m{id}"))
+    }
+
+    /// Storage data directories, for bit flips.
+    pub fn storage_dirs(&self) -> Vec<(String, PathBuf)> {
+        self.procs
+            .iter()
+            .filter(|p| p.role == Role::Storage)
+            .map(|p| (p.name.clone(), p.data_dir.clone()))
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            if let Some(child) = &mut p.child {
+                let _ = child.start_kill();
+            }
+        }
+        // Reap synchronously: the namespaces are removed right after, and a process
+        // still inside one would keep it alive.
+        for p in &mut self.procs {
+            if let Some(pid) = p.child.as_ref().and_then(Child::id) {
+                let _ = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None);
+            }
+        }
+    }
+}

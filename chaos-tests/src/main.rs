@@ -1,0 +1,170 @@
+//! `lauscha-chaos`: the chaos suite operators run before production and after upgrades.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use lauscha_chaos::report;
+use lauscha_chaos::scenario::{self, Outcome, RunEnv, SCENARIOS};
+
+/// Builds a two-site cluster of real lauscha processes (one network namespace each; needs
+/// root), runs a self-checking S3 and NBD workload, injects faults on a seeded schedule and
+/// reports lost, corrupt and non-linearizable results.
+#[derive(Parser)]
+#[command(name = "lauscha-chaos")]
+struct Args {
+    /// The lauscha binary (default: next to this one).
+    #[arg(long, global = true)]
+    lauscha: Option<PathBuf>,
+    /// Where scenario directories (data, logs) go; a failed scenario's stays.
+    #[arg(long, global = true, default_value = "/var/tmp/lauscha-chaos")]
+    work_dir: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Every scenario once, each with a fresh seed (or --seed): what CI runs.
+    Ci {
+        /// Base seed; scenario N runs with seed + N.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Scenarios round after round with fresh seeds until the time is up.
+    Soak {
+        /// How long, hours (fractions allowed).
+        #[arg(long)]
+        hours: f64,
+    },
+    /// One scenario with one seed: the same fault schedule as the run that printed it.
+    Replay {
+        /// The seed from the report.
+        #[arg(long)]
+        seed: u64,
+        /// The scenario number from the report (1-based).
+        #[arg(long)]
+        scenario: usize,
+    },
+    /// The scenarios and their numbers.
+    List,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Cmd::List = args.command {
+        for (i, s) in SCENARIOS.iter().enumerate() {
+            println!("{:>2} {}", i + 1, s.name);
+        }
+        return Ok(());
+    }
+    let lauscha = match args.lauscha {
+        Some(p) => p,
+        None => std::env::current_exe()?
+            .parent()
+            .context("executable has no directory")?
+            .join("lauscha"),
+    };
+    if !lauscha.exists() {
+        bail!(
+            "no lauscha binary at {}: build it (cargo build -p lauscha) or pass --lauscha PATH",
+            lauscha.display()
+        );
+    }
+    let env = RunEnv {
+        lauscha,
+        work_dir: args.work_dir,
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let started = Instant::now();
+    // On SIGINT/SIGTERM the run is dropped, which kills the cluster's processes and
+    // removes its namespaces, before the exit.
+    let finished = runtime.block_on(async {
+        tokio::select! {
+            outcomes = run(&env, args.command) => Some(outcomes),
+            _ = interrupted() => None,
+        }
+    });
+    let Some(outcomes) = finished else {
+        eprintln!("lauscha-chaos: interrupted; processes and namespaces removed");
+        std::process::exit(130);
+    };
+    let outcomes = outcomes?;
+    print!(
+        "{}",
+        report::render(&outcomes, started.elapsed().as_secs_f64())
+    );
+    if outcomes.iter().all(|(_, o)| o.passed()) {
+        Ok(())
+    } else {
+        std::process::exit(1)
+    }
+}
+
+async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn fresh_seed() -> u64 {
+    rand::random::<u64>() >> 1
+}
+
+async fn run_one(env: &RunEnv, index: usize, seed: u64) -> (usize, Outcome) {
+    let s = &SCENARIOS[index];
+    eprintln!(
+        "lauscha-chaos: scenario {} {} seed {seed}: {}",
+        index + 1,
+        s.name,
+        scenario::Schedule::of(s.fault, seed).describe(s.fault)
+    );
+    let outcome = scenario::run(env, s, seed).await;
+    eprintln!(
+        "lauscha-chaos: {} {}",
+        s.name,
+        if outcome.passed() { "passed" } else { "FAILED" }
+    );
+    if outcome.passed() {
+        let _ = std::fs::remove_dir_all(&outcome.dir);
+    }
+    (index, outcome)
+}
+
+async fn run(env: &RunEnv, command: Cmd) -> anyhow::Result<Vec<(usize, Outcome)>> {
+    let mut outcomes = Vec::new();
+    match command {
+        Cmd::Ci { seed } => {
+            let base = seed.unwrap_or_else(fresh_seed);
+            for i in 0..SCENARIOS.len() {
+                outcomes.push(run_one(env, i, base.wrapping_add(i as u64)).await);
+            }
+        }
+        Cmd::Soak { hours } => {
+            let until = Instant::now() + Duration::from_secs_f64(hours * 3600.0);
+            'rounds: loop {
+                for i in 0..SCENARIOS.len() {
+                    if Instant::now() >= until {
+                        break 'rounds;
+                    }
+                    outcomes.push(run_one(env, i, fresh_seed()).await);
+                }
+            }
+        }
+        Cmd::Replay { seed, scenario } => {
+            if scenario == 0 || scenario > SCENARIOS.len() {
+                bail!(
+                    "no scenario {scenario}: there are {} (lauscha-chaos list)",
+                    SCENARIOS.len()
+                );
+            }
+            outcomes.push(run_one(env, scenario - 1, seed).await);
+        }
+        Cmd::List => unreachable!("handled before the runtime starts"),
+    }
+    Ok(outcomes)
+}

@@ -1,0 +1,632 @@
+//! Scenarios: a fault, a schedule derived from the seed alone (so `replay` repeats it),
+//! the run against a fresh cluster, and the verdict.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use nix::sys::signal::Signal;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use crate::check::{self, RegKind, RegOp};
+use crate::cluster::{Cluster, PARITY_SHARDS, STORAGE_NODES};
+use crate::payload::ValueId;
+use crate::workload::{self, Clock, S3Shape};
+
+/// The faults the suite injects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// SIGKILL the metadata leader, restart it.
+    LeaderKill,
+    /// SIGSTOP a process (the leader or a storage node), then SIGCONT.
+    GrayFailure,
+    /// The leader's link down: every packet to and from it lost.
+    LeaderIsolated,
+    /// The leader cannot send to the other voters; they can send to it.
+    AsymmetricPartition,
+    /// SIGKILL m storage nodes, restart them.
+    StorageKill,
+    /// The router drops everything between site A and site B.
+    SitePartition,
+    /// Bits flipped in shard files on up to m nodes.
+    BitRot,
+    /// fsync and fdatasync fail with an error on one storage node (libfiu).
+    FsyncError,
+    /// SIGKILL the gateway (the NBD server) during block writes, restart it.
+    NbdServerKill,
+    /// Each voter restarted in turn, under load.
+    RollingRestart,
+}
+
+/// A named scenario.
+#[derive(Clone, Copy, Debug)]
+pub struct Scenario {
+    /// Name in the report.
+    pub name: &'static str,
+    /// Its fault.
+    pub fault: Fault,
+}
+
+/// The scenarios, in the order `ci` runs them; `replay --scenario N` counts from 1.
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "leader-kill",
+        fault: Fault::LeaderKill,
+    },
+    Scenario {
+        name: "gray-failure",
+        fault: Fault::GrayFailure,
+    },
+    Scenario {
+        name: "leader-isolated",
+        fault: Fault::LeaderIsolated,
+    },
+    Scenario {
+        name: "asymmetric-partition",
+        fault: Fault::AsymmetricPartition,
+    },
+    Scenario {
+        name: "storage-kill-m",
+        fault: Fault::StorageKill,
+    },
+    Scenario {
+        name: "site-partition",
+        fault: Fault::SitePartition,
+    },
+    Scenario {
+        name: "bit-rot",
+        fault: Fault::BitRot,
+    },
+    Scenario {
+        name: "fsync-error",
+        fault: Fault::FsyncError,
+    },
+    Scenario {
+        name: "nbd-server-kill",
+        fault: Fault::NbdServerKill,
+    },
+    Scenario {
+        name: "rolling-restart",
+        fault: Fault::RollingRestart,
+    },
+];
+
+/// When and on what a fault acts: a function of the scenario and the seed only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    /// Workload before the fault, ms.
+    pub fault_at_ms: u64,
+    /// How long the fault lasts, ms.
+    pub fault_for_ms: u64,
+    /// Workload after the fault healed, ms.
+    pub after_ms: u64,
+    /// Storage nodes the fault acts on (ids), where it acts on nodes.
+    pub nodes: Vec<u32>,
+    /// For a gray failure: stop the leader (else `nodes[0]`).
+    pub target_leader: bool,
+    /// Bit flips per node, for bit rot.
+    pub flips_per_node: u32,
+}
+
+impl Schedule {
+    /// The schedule of `fault` under `seed`.
+    pub fn of(fault: Fault, seed: u64) -> Schedule {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0xc4a0_5000);
+        let mut ids: Vec<u32> = (1..=STORAGE_NODES).collect();
+        ids.shuffle(&mut rng);
+        let n_nodes = match fault {
+            Fault::StorageKill | Fault::BitRot => usize::from(PARITY_SHARDS),
+            Fault::GrayFailure | Fault::FsyncError => 1,
+            _ => 0,
+        };
+        ids.truncate(n_nodes);
+        ids.sort_unstable();
+        Schedule {
+            fault_at_ms: rng.random_range(3_000..6_000),
+            fault_for_ms: match fault {
+                // The server comes back quickly; the volume's lease (10 s) still has to lapse.
+                Fault::NbdServerKill => rng.random_range(500..3_000),
+                Fault::BitRot => 0,
+                _ => rng.random_range(6_000..10_000),
+            },
+            after_ms: 6_000,
+            nodes: ids,
+            target_leader: rng.random_bool(0.5),
+            flips_per_node: rng.random_range(5..30),
+        }
+    }
+
+    /// One line for the report.
+    pub fn describe(&self, fault: Fault) -> String {
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|n| format!("s{n}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let what = match fault {
+            Fault::LeaderKill => "kill -9 the metadata leader".to_string(),
+            Fault::GrayFailure if self.target_leader => "SIGSTOP the metadata leader".into(),
+            Fault::GrayFailure => format!("SIGSTOP {nodes}"),
+            Fault::LeaderIsolated => "the leader's link down".into(),
+            Fault::AsymmetricPartition => "the leader cannot send to the other voters".into(),
+            Fault::StorageKill => format!("kill -9 {nodes}"),
+            Fault::SitePartition => "site A and site B cut apart".into(),
+            Fault::BitRot => format!(
+                "{} bit flips in shard files on {nodes}",
+                self.flips_per_node
+            ),
+            Fault::FsyncError => format!("fsync/fdatasync fail on {nodes}"),
+            Fault::NbdServerKill => "kill -9 the gateway (NBD server)".into(),
+            Fault::RollingRestart => "each voter killed and restarted in turn".into(),
+        };
+        format!(
+            "at {:.1} s for {:.1} s: {what}",
+            self.fault_at_ms as f64 / 1e3,
+            self.fault_for_ms as f64 / 1e3
+        )
+    }
+}
+
+/// What one scenario run found.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// Scenario name.
+    pub name: String,
+    /// Its seed.
+    pub seed: u64,
+    /// The schedule, described.
+    pub schedule: String,
+    /// Operations sent (S3 and NBD).
+    pub ops: u64,
+    /// Operations acknowledged.
+    pub acked: u64,
+    /// Reads and lists that failed (they change nothing).
+    pub failed: u64,
+    /// Writes whose outcome is unknown.
+    pub indeterminate: u64,
+    /// Acknowledged writes lost (S3 and NBD).
+    pub lost_acked: u64,
+    /// Corrupt reads (S3 bodies, torn or foreign blocks).
+    pub corrupt: u64,
+    /// Keys whose history is not linearizable, and LIST violations.
+    pub violations: u64,
+    /// Longest time without a successful operation, s.
+    pub max_unavailable_s: f64,
+    /// From the fault's end to full redundancy, s; `None` if it never got there.
+    pub heal_s: Option<f64>,
+    /// The first problems found, for the report.
+    pub details: Vec<String>,
+    /// Error that stopped the run before it could check anything.
+    pub error: Option<String>,
+    /// Where its logs are.
+    pub dir: PathBuf,
+}
+
+impl Outcome {
+    /// Whether the scenario passed.
+    pub fn passed(&self) -> bool {
+        self.error.is_none()
+            && self.lost_acked == 0
+            && self.corrupt == 0
+            && self.violations == 0
+            && self.heal_s.is_some()
+    }
+}
+
+/// What a run needs beyond the scenario.
+pub struct RunEnv {
+    /// The `lauscha` binary.
+    pub lauscha: PathBuf,
+    /// Where scenario directories go.
+    pub work_dir: PathBuf,
+}
+
+/// Runs one scenario against a fresh cluster. The cluster (processes, namespaces) is gone
+/// when this returns, also on error; the directory with the logs stays.
+pub async fn run(env: &RunEnv, scenario: &Scenario, seed: u64) -> Outcome {
+    let schedule = Schedule::of(scenario.fault, seed);
+    let dir = env.work_dir.join(format!("{}-{seed}", scenario.name));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut outcome = Outcome {
+        name: scenario.name.to_string(),
+        seed,
+        schedule: schedule.describe(scenario.fault),
+        dir: dir.clone(),
+        ..Outcome::default()
+    };
+    if let Err(e) = run_inner(env, scenario, seed, &schedule, &dir, &mut outcome).await {
+        outcome.error = Some(format!("{e:#}"));
+    }
+    outcome
+}
+
+async fn run_inner(
+    env: &RunEnv,
+    scenario: &Scenario,
+    seed: u64,
+    schedule: &Schedule,
+    dir: &Path,
+    outcome: &mut Outcome,
+) -> anyhow::Result<()> {
+    let fiu: Vec<String> = if scenario.fault == Fault::FsyncError {
+        schedule.nodes.iter().map(|n| format!("s{n}")).collect()
+    } else {
+        Vec::new()
+    };
+    let fiu: Vec<&str> = fiu.iter().map(String::as_str).collect();
+    let mut cluster = Cluster::start(dir, &env.lauscha, seed, &fiu).await?;
+    let client = workload::s3_client(
+        &cluster.s3_endpoint,
+        &cluster.access_key,
+        &cluster.secret_key,
+    );
+    retry("create the bucket", Duration::from_secs(60), || async {
+        client
+            .create_bucket()
+            .bucket(workload::BUCKET)
+            .send()
+            .await?;
+        Ok(())
+    })
+    .await?;
+    retry("create the volume", Duration::from_secs(60), || async {
+        cluster
+            .admin(&["volume", "create", workload::VOLUME, "--size", "16M"])
+            .await
+            .map(drop)
+    })
+    .await?;
+
+    let clock = Clock::start();
+    let stop = Arc::new(AtomicBool::new(false));
+    let shape = S3Shape {
+        keys: 200,
+        workers: 4,
+    };
+    let workers: Vec<_> = (0..shape.workers)
+        .map(|w| {
+            tokio::spawn(workload::s3_worker(
+                client.clone(),
+                w,
+                seed,
+                shape,
+                clock,
+                stop.clone(),
+            ))
+        })
+        .collect();
+    let nbd = tokio::spawn(workload::nbd_writer(
+        cluster.nbd_addr.clone(),
+        seed,
+        clock,
+        stop.clone(),
+    ));
+
+    tokio::time::sleep(Duration::from_millis(schedule.fault_at_ms)).await;
+    let fault_result = inject(&mut cluster, scenario.fault, schedule).await;
+    let fault_end = Instant::now();
+    tokio::time::sleep(Duration::from_millis(schedule.after_ms)).await;
+    stop.store(true, Ordering::SeqCst);
+    let end_ns = clock.now_ns();
+    let mut records = Vec::new();
+    for w in workers {
+        records.push(w.await.context("S3 worker panicked")?);
+    }
+    let nbd = nbd.await.context("NBD writer panicked")?;
+    fault_result.context("inject the fault")?;
+
+    // Heal: back to full redundancy.
+    let heal_deadline = fault_end + Duration::from_secs(120);
+    outcome.heal_s = loop {
+        if let Ok(report) = cluster.admin(&["degraded"]).await
+            && report["stripes_degraded"].as_u64() == Some(0)
+        {
+            break Some(fault_end.elapsed().as_secs_f64());
+        }
+        if Instant::now() > heal_deadline {
+            outcome
+                .details
+                .push("still degraded 120 s after the fault ended".into());
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+
+    // The histories.
+    let mut histories: BTreeMap<String, Vec<RegOp>> = BTreeMap::new();
+    let mut successes = nbd.successes_ns.clone();
+    for r in &records {
+        outcome.ops += r.invoked;
+        successes.extend(&r.successes_ns);
+        for (key, what) in &r.corrupt {
+            outcome.corrupt += 1;
+            outcome
+                .details
+                .push(format!("corrupt read of {key}: {what}"));
+        }
+        for (key, op) in &r.ops {
+            histories.entry(key.clone()).or_default().push(op.clone());
+            if op.complete_ns.is_none() {
+                outcome.indeterminate += 1;
+            }
+        }
+    }
+    outcome.ops += nbd.invoked;
+    outcome.acked = successes.len() as u64;
+    // A failed read or LIST changed nothing; a failed write (or NBD write or FLUSH) may
+    // have happened.
+    let s3_failed: u64 = records.iter().map(|r| r.failed).sum();
+    outcome.failed = s3_failed.saturating_sub(outcome.indeterminate);
+    outcome.indeterminate += nbd.failed;
+    outcome.max_unavailable_s = check::max_unavailability_ns(successes, 0, end_ns) as f64 / 1e9;
+
+    // Final read-back of every key written.
+    for (key, ops) in histories.iter_mut() {
+        let invoke_ns = clock.now_ns();
+        let read = retry_value(&format!("final GET {key}"), Duration::from_secs(60), || {
+            workload::get(&client, key)
+        })
+        .await;
+        match read {
+            Ok(Ok(value)) => {
+                let lost = check::lost_acked_writes(ops, value);
+                outcome.lost_acked += lost.len() as u64;
+                outcome
+                    .details
+                    .extend(lost.into_iter().map(|l| format!("{key}: lost {l}")));
+                ops.push(RegOp {
+                    invoke_ns,
+                    complete_ns: Some(clock.now_ns()),
+                    kind: RegKind::Get(value),
+                });
+            }
+            Ok(Err(what)) => {
+                outcome.corrupt += 1;
+                outcome.details.push(format!("final read of {key}: {what}"));
+            }
+            Err(e) => {
+                let acked_writes = ops.iter().filter(|o| o.complete_ns.is_some()).count();
+                outcome.lost_acked += acked_writes as u64;
+                outcome.details.push(format!("{key} unreadable: {e:#}"));
+            }
+        }
+    }
+    for (key, ops) in &histories {
+        if !check::linearizable(ops) {
+            outcome.violations += 1;
+            outcome.details.push(format!(
+                "{key}: not linearizable: {}",
+                describe_history(ops)
+            ));
+        }
+    }
+    for list in records.iter().flat_map(|r| &r.lists) {
+        let problems = check::list_violations(list, &histories);
+        outcome.violations += problems.len() as u64;
+        outcome
+            .details
+            .extend(problems.into_iter().map(|p| format!("LIST: {p}")));
+    }
+
+    // The volume, block by block.
+    let blocks = workload::nbd_read_all(&cluster.nbd_addr).await?;
+    let verdict = check::check_blocks(&nbd.acked, &nbd.flushed, &blocks);
+    outcome.lost_acked += verdict.lost_acked.len() as u64;
+    outcome.corrupt += verdict.corrupt.len() as u64;
+    outcome
+        .details
+        .extend(verdict.lost_acked.into_iter().map(|b| format!("NBD {b}")));
+    outcome
+        .details
+        .extend(verdict.corrupt.into_iter().map(|b| format!("NBD {b}")));
+    drop(cluster);
+    Ok(())
+}
+
+fn describe_history(ops: &[RegOp]) -> String {
+    let mut ops: Vec<&RegOp> = ops.iter().collect();
+    ops.sort_by_key(|o| o.invoke_ns);
+    ops.iter()
+        .map(|o| {
+            let what = match o.kind {
+                RegKind::Put(v) => format!("put {v}"),
+                RegKind::Delete => "delete".into(),
+                RegKind::Get(v) => format!(
+                    "get={}",
+                    v.map_or("none".into(), |v: ValueId| v.to_string())
+                ),
+            };
+            let end = o
+                .complete_ns
+                .map_or("?".to_string(), |c| format!("{:.3}", c as f64 / 1e9));
+            format!("[{:.3}..{end} {what}]", o.invoke_ns as f64 / 1e9)
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Retries `f` until it succeeds or `within` has passed.
+async fn retry<F, Fut>(what: &str, within: Duration, mut f: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    retry_value(what, within, &mut f).await
+}
+
+async fn retry_value<T, F, Fut>(what: &str, within: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() > deadline => {
+                return Err(e.context(format!("{what}: still failing after {within:?}")));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    }
+}
+
+async fn inject(cluster: &mut Cluster, fault: Fault, s: &Schedule) -> anyhow::Result<()> {
+    let hold = Duration::from_millis(s.fault_for_ms);
+    let nodes: Vec<String> = s.nodes.iter().map(|n| format!("s{n}")).collect();
+    match fault {
+        Fault::LeaderKill => {
+            let leader = cluster.leader().await?;
+            cluster.kill(&leader).await?;
+            tokio::time::sleep(hold).await;
+            cluster.start_proc(&leader).await?;
+        }
+        Fault::GrayFailure => {
+            let target = if s.target_leader {
+                cluster.leader().await?
+            } else {
+                nodes[0].clone()
+            };
+            cluster.signal(&target, Signal::SIGSTOP)?;
+            tokio::time::sleep(hold).await;
+            cluster.signal(&target, Signal::SIGCONT)?;
+        }
+        Fault::LeaderIsolated => {
+            let leader = cluster.leader().await?;
+            cluster.net.set_isolated(&leader, true)?;
+            tokio::time::sleep(hold).await;
+            cluster.net.set_isolated(&leader, false)?;
+        }
+        Fault::AsymmetricPartition => {
+            let leader = cluster.leader().await?;
+            let others: Vec<String> = ["m1", "m2", "m3"]
+                .iter()
+                .filter(|m| **m != leader)
+                .map(|m| m.to_string())
+                .collect();
+            for o in &others {
+                cluster.net.set_blocked(&leader, o, true)?;
+            }
+            tokio::time::sleep(hold).await;
+            for o in &others {
+                cluster.net.set_blocked(&leader, o, false)?;
+            }
+        }
+        Fault::StorageKill => {
+            for n in &nodes {
+                cluster.kill(n).await?;
+            }
+            tokio::time::sleep(hold).await;
+            for n in &nodes {
+                cluster.start_proc(n).await?;
+            }
+        }
+        Fault::SitePartition => {
+            cluster.net.set_sites_partitioned(true)?;
+            tokio::time::sleep(hold).await;
+            cluster.net.set_sites_partitioned(false)?;
+        }
+        Fault::BitRot => {
+            let mut rng = StdRng::seed_from_u64(s.fault_at_ms ^ 0xb17);
+            for n in &nodes {
+                let dir = cluster.proc(n).data_dir.clone();
+                flip_bits(&dir, s.flips_per_node, &mut rng)?;
+            }
+        }
+        Fault::FsyncError => {
+            let pid = cluster.proc(&nodes[0]).pid().context("node not running")?;
+            fiu_ctrl(pid, "enable name=posix/io/sync/*")?;
+            tokio::time::sleep(hold).await;
+            fiu_ctrl(pid, "disable name=posix/io/sync/*")?;
+        }
+        Fault::NbdServerKill => {
+            cluster.kill("gw").await?;
+            tokio::time::sleep(hold).await;
+            cluster.start_proc("gw").await?;
+        }
+        Fault::RollingRestart => {
+            let per_voter = hold / 3;
+            for m in ["m1", "m2", "m3"] {
+                cluster.kill(m).await?;
+                tokio::time::sleep(per_voter / 2).await;
+                cluster.start_proc(m).await?;
+                tokio::time::sleep(per_voter / 2).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn fiu_ctrl(pid: u32, command: &str) -> anyhow::Result<()> {
+    let out = std::process::Command::new("fiu-ctrl")
+        .args(["-c", command, &pid.to_string()])
+        .output()
+        .context("run fiu-ctrl (apt-get install fiu-utils)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "fiu-ctrl -c {command:?} {pid}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// Flips one bit in each of up to `flips` shard files under `dir` (in the second half of
+/// the file, where the data is).
+fn flip_bits(dir: &Path, flips: u32, rng: &mut StdRng) -> anyhow::Result<()> {
+    fn walk(p: &Path, in_shards: bool, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(p) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                let shards = in_shards || e.file_name() == "shards";
+                walk(&path, shards, out);
+            } else if in_shards {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(dir, false, &mut files);
+    files.sort();
+    files.shuffle(rng);
+    for file in files.into_iter().take(flips as usize) {
+        let mut bytes = std::fs::read(&file)?;
+        if bytes.len() < 2 {
+            continue;
+        }
+        let at = rng.random_range(bytes.len() / 2..bytes.len());
+        bytes[at] ^= 1 << rng.random_range(0..8);
+        std::fs::write(&file, bytes)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_always_gives_the_same_schedule() {
+        for s in SCENARIOS {
+            for seed in [0, 1, 42, u64::MAX] {
+                assert_eq!(Schedule::of(s.fault, seed), Schedule::of(s.fault, seed));
+            }
+        }
+        let kill = Schedule::of(Fault::StorageKill, 7);
+        assert_eq!(kill.nodes.len(), usize::from(PARITY_SHARDS));
+        assert!(kill.nodes.iter().all(|n| (1..=STORAGE_NODES).contains(n)));
+        // Different seeds spread over the nodes.
+        let picks: std::collections::BTreeSet<Vec<u32>> = (0..50)
+            .map(|seed| Schedule::of(Fault::StorageKill, seed).nodes)
+            .collect();
+        assert!(picks.len() > 5);
+    }
+}
