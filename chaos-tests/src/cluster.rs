@@ -57,6 +57,8 @@ pub struct Proc {
     log: PathBuf,
     /// Run under `fiu-run -x`, so that POSIX calls can be made to fail at run time.
     pub under_fiu: bool,
+    /// Its own ext4 filesystem on a loop device (for power loss), mounted here.
+    pub disk: Option<PathBuf>,
 }
 
 impl Proc {
@@ -141,9 +143,11 @@ impl Cluster {
         lauscha: &Path,
         seed: u64,
         fiu_hosts: &[&str],
+        disk_hosts: &[&str],
     ) -> anyhow::Result<Cluster> {
         std::fs::create_dir_all(dir)?;
         let dir = dir.canonicalize()?;
+        unmount_under(&dir);
         let layout = hosts();
         let net = Network::create(layout.iter().map(|(h, _, _)| h.clone()).collect())?;
         let voter_ips: Vec<(u64, Ipv4Addr)> = layout
@@ -171,7 +175,14 @@ impl Cluster {
             .ip;
         let mut procs = Vec::new();
         for (host, role, id) in layout {
-            let data_dir = dir.join(&host.name);
+            let mut data_dir = dir.join(&host.name);
+            let mut disk = None;
+            if disk_hosts.contains(&host.name.as_str()) {
+                let mount = dir.join(format!("{}-disk", host.name));
+                make_disk(&mount.with_extension("img"), &mount)?;
+                data_dir = mount.join("data");
+                disk = Some(mount);
+            }
             std::fs::create_dir_all(&data_dir)?;
             let (first, restart) = match role {
                 Role::Metadata => {
@@ -246,6 +257,7 @@ impl Cluster {
             write_config(&restart_config, &restart)?;
             procs.push(Proc {
                 under_fiu: fiu_hosts.contains(&host.name.as_str()),
+                disk,
                 name: host.name.clone(),
                 log: dir.join(format!("{}.log", host.name)),
                 role,
@@ -259,7 +271,7 @@ impl Cluster {
                 _stdout: None,
             });
         }
-        let mut cluster = Cluster {
+        let cluster = Cluster {
             s3_endpoint: format!("http://{gw_ip}:9000"),
             admin_endpoint: format!("http://{gw_ip}:9001"),
             nbd_addr: format!("{gw_ip}:10809"),
@@ -272,6 +284,7 @@ impl Cluster {
         };
         // Voters 2 and 3 first, so that voter 1 can found the group with them; then the
         // nodes, then the gateway.
+        let mut cluster = cluster;
         let order = ["m2", "m3", "m1", "s1", "s2", "s3", "s4", "s5", "s6", "gw"];
         for name in order {
             cluster.start_proc(name).await?;
@@ -310,6 +323,20 @@ impl Cluster {
             .open(&p.log)?;
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &p.host.netns()]);
+        if let Some(mount) = &p.disk {
+            // Mounted inside the process's own mount namespace (`ip netns exec` made it), so
+            // that when the process dies nothing else holds the filesystem and the next
+            // mount replays its journal. Other processes' namespaces would otherwise keep
+            // the shut-down instance alive.
+            let image = mount.with_extension("img");
+            cmd.args([
+                "sh",
+                "-c",
+                "mount -o loop \"$1\" \"$2\" && mkdir -p \"$2/data\" && shift 2 && exec \"$@\"",
+                "sh",
+            ]);
+            cmd.arg(&image).arg(mount);
+        }
         if p.under_fiu {
             cmd.args(["fiu-run", "-x"]);
         }
@@ -367,31 +394,73 @@ impl Cluster {
         Ok(())
     }
 
+    /// Power loss: the process is frozen, its filesystem shut down without flushing its
+    /// journal (what was not fsynced is gone, as when the power fails), and the process
+    /// killed, which unmounts the filesystem with its mount namespace. [`Cluster::power_on`]
+    /// brings it back.
+    pub async fn power_loss(&mut self, name: &str) -> anyhow::Result<()> {
+        let mount = self
+            .proc(name)
+            .disk
+            .clone()
+            .with_context(|| format!("{name} has no disk of its own"))?;
+        let pid = self.proc(name).pid().context("not running")?;
+        self.signal(name, Signal::SIGSTOP)?;
+        run(
+            "nsenter",
+            &[
+                "-t",
+                &pid.to_string(),
+                "-m",
+                "xfs_io",
+                "-x",
+                "-c",
+                "shutdown",
+                &mount.display().to_string(),
+            ],
+        )
+        .context("shut the filesystem down (apt-get install xfsprogs)")?;
+        self.kill(name).await
+    }
+
+    /// Starts the process again once its old filesystem instance is gone (the journal is
+    /// replayed at mount).
+    pub async fn power_on(&mut self, name: &str) -> anyhow::Result<()> {
+        let mount = self.proc(name).disk.clone().context("no disk")?;
+        let image = mount.with_extension("img");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = std::process::Command::new("losetup")
+                .arg("-j")
+                .arg(&image)
+                .output()?;
+            if out.stdout.is_empty() {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "{} still attached to a loop device 30 s after the kill",
+                    image.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.start_proc(name).await
+    }
+
     /// Runs `lauscha admin --json ARGS` against the cluster and parses its output.
     pub async fn admin(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
-        let out = tokio::time::timeout(
-            Duration::from_secs(30),
-            Command::new(&self.lauscha)
-                .arg("admin")
-                .arg("--json")
-                .args(args)
-                .env("LAUSCHA_ADMIN_ENDPOINT", &self.admin_endpoint)
-                .env("LAUSCHA_ACCESS_KEY", &self.access_key)
-                .env("LAUSCHA_SECRET_KEY", &self.secret_key)
-                .kill_on_drop(true)
-                .output(),
-        )
-        .await
-        .with_context(|| format!("lauscha admin {} timed out", args.join(" ")))??;
-        if !out.status.success() {
-            bail!(
-                "lauscha admin {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+        self.admin_client().call(args).await
+    }
+
+    /// A handle for admin calls that outlives borrows of the cluster.
+    pub fn admin_client(&self) -> Admin {
+        Admin {
+            lauscha: self.lauscha.clone(),
+            endpoint: self.admin_endpoint.clone(),
+            access_key: self.access_key.clone(),
+            secret_key: self.secret_key.clone(),
         }
-        serde_json::from_slice(&out.stdout)
-            .with_context(|| format!("parse the output of lauscha admin {}", args.join(" ")))
     }
 
     /// The metadata leader most voters name, as a host name (`m1`..`m3`).
@@ -420,6 +489,44 @@ impl Cluster {
     }
 }
 
+/// The admin API, through `lauscha admin --json`.
+#[derive(Clone)]
+pub struct Admin {
+    lauscha: PathBuf,
+    endpoint: String,
+    access_key: String,
+    secret_key: String,
+}
+
+impl Admin {
+    /// Runs `lauscha admin --json ARGS` against the cluster and parses its output.
+    pub async fn call(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let out = tokio::time::timeout(
+            Duration::from_secs(30),
+            Command::new(&self.lauscha)
+                .arg("admin")
+                .arg("--json")
+                .args(args)
+                .env("LAUSCHA_ADMIN_ENDPOINT", &self.endpoint)
+                .env("LAUSCHA_ACCESS_KEY", &self.access_key)
+                .env("LAUSCHA_SECRET_KEY", &self.secret_key)
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .with_context(|| format!("lauscha admin {} timed out", args.join(" ")))??;
+        if !out.status.success() {
+            bail!(
+                "lauscha admin {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("parse the output of lauscha admin {}", args.join(" ")))
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for p in &mut self.procs {
@@ -433,6 +540,47 @@ impl Drop for Cluster {
             if let Some(pid) = p.child.as_ref().and_then(Child::id) {
                 let _ = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None);
             }
+        }
+        unmount_under(&self.dir);
+    }
+}
+
+/// Runs a command, failing with its stderr.
+fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("run {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A 512 MiB sparse image with ext4, to be mounted at `mount` by the process's start.
+fn make_disk(image: &Path, mount: &Path) -> anyhow::Result<()> {
+    std::fs::File::create(image)?.set_len(512 << 20)?;
+    run("mkfs.ext4", &["-q", "-F", &image.display().to_string()])
+        .context("make the power-loss filesystem (apt-get install e2fsprogs)")?;
+    std::fs::create_dir_all(mount)?;
+    Ok(())
+}
+
+/// Unmounts whatever is mounted under `dir` (ours, also from a crashed run).
+fn unmount_under(dir: &Path) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else {
+        return;
+    };
+    let prefix = dir.display().to_string();
+    for line in mounts.lines() {
+        if let Some(point) = line.split_whitespace().nth(1)
+            && point.starts_with(&prefix)
+        {
+            let _ = std::process::Command::new("umount").arg(point).output();
         }
     }
 }

@@ -20,6 +20,9 @@ struct Args {
     /// Where scenario directories (data, logs) go; a failed scenario's stays.
     #[arg(long, global = true, default_value = "/var/tmp/lauscha-chaos")]
     work_dir: PathBuf,
+    /// Keep every scenario's directory (logs, data), not only the failed ones'.
+    #[arg(long, global = true)]
+    keep: bool,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -46,6 +49,10 @@ enum Cmd {
         /// The scenario number from the report (1-based).
         #[arg(long)]
         scenario: usize,
+        /// Succeed only if the run reports lost acknowledged writes: the self-test against
+        /// a deliberately broken build (`--features chaos-ack-before-durable`).
+        #[arg(long)]
+        expect_lost: bool,
     },
     /// The scenarios and their numbers.
     List,
@@ -72,10 +79,28 @@ fn main() -> anyhow::Result<()> {
             lauscha.display()
         );
     }
+    // Namespaces and links are machine-wide and a run removes stale `lch*` ones: two
+    // runs at once would tear down each other's clusters.
+    let lock_path = std::env::temp_dir().join("lauscha-chaos.lock");
+    let lock = std::fs::File::create(&lock_path)?;
+    if lock.try_lock().is_err() {
+        bail!(
+            "another lauscha-chaos run holds {}; wait for it to finish",
+            lock_path.display()
+        );
+    }
     let env = RunEnv {
         lauscha,
         work_dir: args.work_dir,
+        keep: args.keep,
     };
+    let expect_lost = matches!(
+        args.command,
+        Cmd::Replay {
+            expect_lost: true,
+            ..
+        }
+    );
     let runtime = tokio::runtime::Runtime::new()?;
     let started = Instant::now();
     // On SIGINT/SIGTERM the run is dropped, which kills the cluster's processes and
@@ -91,10 +116,22 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(130);
     };
     let outcomes = outcomes?;
+    drop(lock);
     print!(
         "{}",
         report::render(&outcomes, started.elapsed().as_secs_f64())
     );
+    if expect_lost {
+        let lost: u64 = outcomes.iter().map(|(_, o)| o.lost_acked).sum();
+        if lost > 0 {
+            println!(
+                "chaos self-test: the broken build lost {lost} acknowledged writes, and the suite saw it"
+            );
+            return Ok(());
+        }
+        println!("chaos self-test FAILED: no lost acknowledged writes reported");
+        std::process::exit(1);
+    }
     if outcomes.iter().all(|(_, o)| o.passed()) {
         Ok(())
     } else {
@@ -129,7 +166,7 @@ async fn run_one(env: &RunEnv, index: usize, seed: u64) -> (usize, Outcome) {
         s.name,
         if outcome.passed() { "passed" } else { "FAILED" }
     );
-    if outcome.passed() {
+    if outcome.passed() && !env.keep {
         let _ = std::fs::remove_dir_all(&outcome.dir);
     }
     (index, outcome)
@@ -155,7 +192,7 @@ async fn run(env: &RunEnv, command: Cmd) -> anyhow::Result<Vec<(usize, Outcome)>
                 }
             }
         }
-        Cmd::Replay { seed, scenario } => {
+        Cmd::Replay { seed, scenario, .. } => {
             if scenario == 0 || scenario > SCENARIOS.len() {
                 bail!(
                     "no scenario {scenario}: there are {} (lauscha-chaos list)",

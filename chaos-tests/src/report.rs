@@ -26,7 +26,7 @@ pub fn render(outcomes: &[(usize, Outcome)], total_s: f64) -> String {
     for (_, o) in outcomes {
         let _ = writeln!(
             out,
-            "{:<22} {:>20} {:>6} {:>6} {:>6} {:>6} {:>5} {:>7} {:>5} {:>7.1}s {:>7}  {}",
+            "{:<22} {:>20} {:>6} {:>6} {:>6} {:>6} {:>5} {:>7} {:>5} {:>7.1}s {:>7} {:>5.0}s  {}",
             o.name,
             o.seed,
             o.ops,
@@ -38,6 +38,7 @@ pub fn render(outcomes: &[(usize, Outcome)], total_s: f64) -> String {
             o.violations,
             o.max_unavailable_s,
             o.heal_s.map_or("never".to_string(), |h| format!("{h:.1}s")),
+            o.run_s,
             if o.passed() { "PASS" } else { "FAIL" }
         );
     }

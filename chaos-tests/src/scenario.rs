@@ -41,6 +41,8 @@ pub enum Fault {
     NbdServerKill,
     /// Each voter restarted in turn, under load.
     RollingRestart,
+    /// Power loss on a metadata voter: what it had not fsynced is gone.
+    MetadataPowerLoss,
 }
 
 /// A named scenario.
@@ -93,6 +95,10 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "rolling-restart",
         fault: Fault::RollingRestart,
+    },
+    Scenario {
+        name: "metadata-power-loss",
+        fault: Fault::MetadataPowerLoss,
     },
 ];
 
@@ -164,6 +170,10 @@ impl Schedule {
             Fault::FsyncError => format!("fsync/fdatasync fail on {nodes}"),
             Fault::NbdServerKill => "kill -9 the gateway (NBD server)".into(),
             Fault::RollingRestart => "each voter killed and restarted in turn".into(),
+            Fault::MetadataPowerLoss if self.target_leader => {
+                "power loss on the metadata leader".into()
+            }
+            Fault::MetadataPowerLoss => "power loss on a metadata follower".into(),
         };
         format!(
             "at {:.1} s for {:.1} s: {what}",
@@ -206,6 +216,8 @@ pub struct Outcome {
     pub error: Option<String>,
     /// Where its logs are.
     pub dir: PathBuf,
+    /// Wall time of the whole scenario (cluster start to teardown), s.
+    pub run_s: f64,
 }
 
 impl Outcome {
@@ -225,6 +237,8 @@ pub struct RunEnv {
     pub lauscha: PathBuf,
     /// Where scenario directories go.
     pub work_dir: PathBuf,
+    /// Keep the directories of passed scenarios too.
+    pub keep: bool,
 }
 
 /// Runs one scenario against a fresh cluster. The cluster (processes, namespaces) is gone
@@ -240,9 +254,11 @@ pub async fn run(env: &RunEnv, scenario: &Scenario, seed: u64) -> Outcome {
         dir: dir.clone(),
         ..Outcome::default()
     };
+    let started = Instant::now();
     if let Err(e) = run_inner(env, scenario, seed, &schedule, &dir, &mut outcome).await {
         outcome.error = Some(format!("{e:#}"));
     }
+    outcome.run_s = started.elapsed().as_secs_f64();
     outcome
 }
 
@@ -260,7 +276,14 @@ async fn run_inner(
         Vec::new()
     };
     let fiu: Vec<&str> = fiu.iter().map(String::as_str).collect();
-    let mut cluster = Cluster::start(dir, &env.lauscha, seed, &fiu).await?;
+    // Every voter has a filesystem of its own in the power-loss scenario: which one loses
+    // power is decided at run time (leader or follower).
+    let disks: &[&str] = if scenario.fault == Fault::MetadataPowerLoss {
+        &["m1", "m2", "m3"]
+    } else {
+        &[]
+    };
+    let mut cluster = Cluster::start(dir, &env.lauscha, seed, &fiu, disks).await?;
     let client = workload::s3_client(
         &cluster.s3_endpoint,
         &cluster.access_key,
@@ -311,6 +334,22 @@ async fn run_inner(
     tokio::time::sleep(Duration::from_millis(schedule.fault_at_ms)).await;
     let fault_result = inject(&mut cluster, scenario.fault, schedule).await;
     let fault_end = Instant::now();
+    // Heal time: from the fault's end until a maintenance dry run finds nothing degraded,
+    // watched while the workload goes on.
+    let admin = cluster.admin_client();
+    let heal = tokio::spawn(async move {
+        loop {
+            if let Ok(report) = admin.call(&["degraded"]).await
+                && report["stripes_degraded"].as_u64() == Some(0)
+            {
+                return Some(fault_end.elapsed().as_secs_f64());
+            }
+            if fault_end.elapsed() > Duration::from_secs(120) {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
     tokio::time::sleep(Duration::from_millis(schedule.after_ms)).await;
     stop.store(true, Ordering::SeqCst);
     let end_ns = clock.now_ns();
@@ -321,22 +360,12 @@ async fn run_inner(
     let nbd = nbd.await.context("NBD writer panicked")?;
     fault_result.context("inject the fault")?;
 
-    // Heal: back to full redundancy.
-    let heal_deadline = fault_end + Duration::from_secs(120);
-    outcome.heal_s = loop {
-        if let Ok(report) = cluster.admin(&["degraded"]).await
-            && report["stripes_degraded"].as_u64() == Some(0)
-        {
-            break Some(fault_end.elapsed().as_secs_f64());
-        }
-        if Instant::now() > heal_deadline {
-            outcome
-                .details
-                .push("still degraded 120 s after the fault ended".into());
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    outcome.heal_s = heal.await.context("heal watcher panicked")?;
+    if outcome.heal_s.is_none() {
+        outcome
+            .details
+            .push("still degraded 120 s after the fault ended".into());
+    }
 
     // The histories.
     let mut histories: BTreeMap<String, Vec<RegOp>> = BTreeMap::new();
@@ -366,10 +395,13 @@ async fn run_inner(
     outcome.indeterminate += nbd.failed;
     outcome.max_unavailable_s = check::max_unavailability_ns(successes, 0, end_ns) as f64 / 1e9;
 
-    // Final read-back of every key written.
+    // Final read-back of every key written; one budget for all of them, so that a
+    // cluster that stays down fails the scenario in minutes, not hours.
+    let reads_deadline = Instant::now() + Duration::from_secs(120);
     for (key, ops) in histories.iter_mut() {
         let invoke_ns = clock.now_ns();
-        let read = retry_value(&format!("final GET {key}"), Duration::from_secs(60), || {
+        let budget = reads_deadline.saturating_duration_since(Instant::now());
+        let read = retry_value(&format!("final GET {key}"), budget, || {
             workload::get(&client, key)
         })
         .await;
@@ -397,23 +429,6 @@ async fn run_inner(
             }
         }
     }
-    for (key, ops) in &histories {
-        if !check::linearizable(ops) {
-            outcome.violations += 1;
-            outcome.details.push(format!(
-                "{key}: not linearizable: {}",
-                describe_history(ops)
-            ));
-        }
-    }
-    for list in records.iter().flat_map(|r| &r.lists) {
-        let problems = check::list_violations(list, &histories);
-        outcome.violations += problems.len() as u64;
-        outcome
-            .details
-            .extend(problems.into_iter().map(|p| format!("LIST: {p}")));
-    }
-
     // The volume, block by block.
     let blocks = workload::nbd_read_all(&cluster.nbd_addr).await?;
     let verdict = check::check_blocks(&nbd.acked, &nbd.flushed, &blocks);
@@ -425,7 +440,30 @@ async fn run_inner(
     outcome
         .details
         .extend(verdict.corrupt.into_iter().map(|b| format!("NBD {b}")));
+    // Everything is read: the cluster can go before the slow checks, which run off the
+    // runtime's threads so that SIGINT/SIGTERM still end the run at once.
     drop(cluster);
+    let lists: Vec<_> = records.into_iter().flat_map(|r| r.lists).collect();
+    let (violations, details) = tokio::task::spawn_blocking(move || {
+        let mut details = Vec::new();
+        for (key, ops) in &histories {
+            if !check::linearizable(ops) {
+                details.push(format!(
+                    "{key}: not linearizable: {}",
+                    describe_history(ops)
+                ));
+            }
+        }
+        for list in &lists {
+            let problems = check::list_violations(list, &histories);
+            details.extend(problems.into_iter().map(|p| format!("LIST: {p}")));
+        }
+        (details.len() as u64, details)
+    })
+    .await
+    .context("checker panicked")?;
+    outcome.violations += violations;
+    outcome.details.extend(details);
     Ok(())
 }
 
@@ -536,7 +574,8 @@ async fn inject(cluster: &mut Cluster, fault: Fault, s: &Schedule) -> anyhow::Re
             let mut rng = StdRng::seed_from_u64(s.fault_at_ms ^ 0xb17);
             for n in &nodes {
                 let dir = cluster.proc(n).data_dir.clone();
-                flip_bits(&dir, s.flips_per_node, &mut rng)?;
+                let flipped = flip_bits(&dir, s.flips_per_node, &mut rng)?;
+                anyhow::ensure!(flipped > 0, "no shard files on {n} to flip bits in");
             }
         }
         Fault::FsyncError => {
@@ -549,6 +588,21 @@ async fn inject(cluster: &mut Cluster, fault: Fault, s: &Schedule) -> anyhow::Re
             cluster.kill("gw").await?;
             tokio::time::sleep(hold).await;
             cluster.start_proc("gw").await?;
+        }
+        Fault::MetadataPowerLoss => {
+            let leader = cluster.leader().await?;
+            let target = if s.target_leader {
+                leader
+            } else {
+                ["m1", "m2", "m3"]
+                    .into_iter()
+                    .find(|m| *m != leader)
+                    .expect("three voters")
+                    .to_string()
+            };
+            cluster.power_loss(&target).await?;
+            tokio::time::sleep(hold).await;
+            cluster.power_on(&target).await?;
         }
         Fault::RollingRestart => {
             let per_voter = hold / 3;
@@ -578,7 +632,7 @@ fn fiu_ctrl(pid: u32, command: &str) -> anyhow::Result<()> {
 
 /// Flips one bit in each of up to `flips` shard files under `dir` (in the second half of
 /// the file, where the data is).
-fn flip_bits(dir: &Path, flips: u32, rng: &mut StdRng) -> anyhow::Result<()> {
+fn flip_bits(dir: &Path, flips: u32, rng: &mut StdRng) -> anyhow::Result<usize> {
     fn walk(p: &Path, in_shards: bool, out: &mut Vec<PathBuf>) {
         let Ok(entries) = std::fs::read_dir(p) else {
             return;
@@ -597,16 +651,17 @@ fn flip_bits(dir: &Path, flips: u32, rng: &mut StdRng) -> anyhow::Result<()> {
     walk(dir, false, &mut files);
     files.sort();
     files.shuffle(rng);
-    for file in files.into_iter().take(flips as usize) {
-        let mut bytes = std::fs::read(&file)?;
+    files.truncate(flips as usize);
+    for file in &files {
+        let mut bytes = std::fs::read(file)?;
         if bytes.len() < 2 {
             continue;
         }
         let at = rng.random_range(bytes.len() / 2..bytes.len());
         bytes[at] ^= 1 << rng.random_range(0..8);
-        std::fs::write(&file, bytes)?;
+        std::fs::write(file, bytes)?;
     }
-    Ok(())
+    Ok(files.len())
 }
 
 #[cfg(test)]

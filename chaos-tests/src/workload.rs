@@ -382,7 +382,7 @@ pub async fn nbd_connect_retrying(
 /// The NBD writer: stamped 4 KiB blocks in seeded order, a FLUSH every 32 writes,
 /// reconnecting when the server goes away, until `stop`.
 pub async fn nbd_writer(addr: String, seed: u64, clock: Clock, stop: Arc<AtomicBool>) -> NbdRecord {
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x6e62_64);
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x006e_6264);
     let mut record = NbdRecord {
         acked: vec![0; BLOCKS as usize],
         flushed: vec![0; BLOCKS as usize],

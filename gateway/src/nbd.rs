@@ -384,6 +384,17 @@ async fn transmission(
         let permit = slots.clone().acquire_owned().await.expect("semaphore open");
         let (engine, tx) = (engine.clone(), tx.clone());
         tokio::spawn(async move {
+            // A deliberately broken build, for the chaos suite's proof that it notices:
+            // a write-back cache that acknowledges a write at once and makes it durable
+            // 50 ms later.
+            #[cfg(feature = "chaos-ack-before-durable")]
+            if request.command == nbd::CMD_WRITE {
+                let _ = tx.send((0, request.cookie, None)).await;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                let _ = execute(&engine, &info, &request, payload).await;
+                drop(permit);
+                return;
+            }
             let reply = execute(&engine, &info, &request, payload).await;
             let (error, data) = match reply {
                 Ok(data) => (0, data),
