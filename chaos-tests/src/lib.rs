@@ -12,5 +12,6 @@ pub mod cluster;
 pub mod payload;
 pub mod report;
 pub mod scenario;
+pub mod simulation;
 pub mod topology;
 pub mod workload;

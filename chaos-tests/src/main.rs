@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use lauscha_chaos::report;
 use lauscha_chaos::scenario::{self, Outcome, RunEnv, SCENARIOS};
+use lauscha_chaos::simulation::{self, SimSummary};
 
 /// Builds a two-site cluster of real lauscha processes (one network namespace each; needs
 /// root), runs a self-checking S3 and NBD workload, injects faults on a seeded schedule and
@@ -31,9 +32,21 @@ struct Args {
 enum Cmd {
     /// Every scenario once, each with a fresh seed (or --seed): what CI runs.
     Ci {
-        /// Base seed; scenario N runs with seed + N.
+        /// Base seed; scenario N runs with seed + N, simulation seeds from seed on.
         #[arg(long)]
         seed: Option<u64>,
+        /// Seeds of the metadata simulation tier.
+        #[arg(long, default_value_t = 200)]
+        sim_seeds: u64,
+    },
+    /// Only the metadata simulation tier (no root needed): seeds SEED..SEED+SEEDS.
+    Sim {
+        /// First seed (default: a fresh one).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// How many seeds.
+        #[arg(long, default_value_t = 200)]
+        seeds: u64,
     },
     /// Scenarios round after round with fresh seeds until the time is up.
     Soak {
@@ -63,6 +76,18 @@ fn main() -> anyhow::Result<()> {
     if let Cmd::List = args.command {
         for (i, s) in SCENARIOS.iter().enumerate() {
             println!("{:>2} {}", i + 1, s.name);
+        }
+        return Ok(());
+    }
+    if let Cmd::Sim { seed, seeds } = args.command {
+        let started = Instant::now();
+        let summary = simulation::run_seeds(seed.unwrap_or_else(fresh_seed), seeds, &args.work_dir);
+        print!(
+            "{}",
+            report::render(&[], Some(&summary), started.elapsed().as_secs_f64())
+        );
+        if !summary.passed() {
+            std::process::exit(1);
         }
         return Ok(());
     }
@@ -115,11 +140,11 @@ fn main() -> anyhow::Result<()> {
         eprintln!("lauscha-chaos: interrupted; processes and namespaces removed");
         std::process::exit(130);
     };
-    let outcomes = outcomes?;
+    let (outcomes, sim) = outcomes?;
     drop(lock);
     print!(
         "{}",
-        report::render(&outcomes, started.elapsed().as_secs_f64())
+        report::render(&outcomes, sim.as_ref(), started.elapsed().as_secs_f64())
     );
     if expect_lost {
         let lost: u64 = outcomes.iter().map(|(_, o)| o.lost_acked).sum();
@@ -132,7 +157,7 @@ fn main() -> anyhow::Result<()> {
         println!("chaos self-test FAILED: no lost acknowledged writes reported");
         std::process::exit(1);
     }
-    if outcomes.iter().all(|(_, o)| o.passed()) {
+    if outcomes.iter().all(|(_, o)| o.passed()) && sim.is_none_or(|s| s.passed()) {
         Ok(())
     } else {
         std::process::exit(1)
@@ -172,14 +197,26 @@ async fn run_one(env: &RunEnv, index: usize, seed: u64) -> (usize, Outcome) {
     (index, outcome)
 }
 
-async fn run(env: &RunEnv, command: Cmd) -> anyhow::Result<Vec<(usize, Outcome)>> {
+type Results = (Vec<(usize, Outcome)>, Option<SimSummary>);
+
+async fn run(env: &RunEnv, command: Cmd) -> anyhow::Result<Results> {
     let mut outcomes = Vec::new();
+    let mut sim = None;
     match command {
-        Cmd::Ci { seed } => {
+        Cmd::Ci { seed, sim_seeds } => {
             let base = seed.unwrap_or_else(fresh_seed);
             for i in 0..SCENARIOS.len() {
                 outcomes.push(run_one(env, i, base.wrapping_add(i as u64)).await);
             }
+            eprintln!("lauscha-chaos: metadata simulation, {sim_seeds} seeds from {base}");
+            // Each seed runs its own runtime: on a plain thread, not one of ours.
+            let work_dir = env.work_dir.clone();
+            let thread =
+                std::thread::spawn(move || simulation::run_seeds(base, sim_seeds, &work_dir));
+            let summary = tokio::task::spawn_blocking(move || thread.join())
+                .await?
+                .map_err(|_| anyhow::anyhow!("the simulation panicked"))?;
+            sim = Some(summary);
         }
         Cmd::Soak { hours } => {
             let until = Instant::now() + Duration::from_secs_f64(hours * 3600.0);
@@ -201,7 +238,7 @@ async fn run(env: &RunEnv, command: Cmd) -> anyhow::Result<Vec<(usize, Outcome)>
             }
             outcomes.push(run_one(env, scenario - 1, seed).await);
         }
-        Cmd::List => unreachable!("handled before the runtime starts"),
+        Cmd::List | Cmd::Sim { .. } => unreachable!("handled before the runtime starts"),
     }
-    Ok(outcomes)
+    Ok((outcomes, sim))
 }

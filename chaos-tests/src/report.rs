@@ -4,9 +4,10 @@
 use std::fmt::Write;
 
 use crate::scenario::Outcome;
+use crate::simulation::SimSummary;
 
 /// The table and the closing line.
-pub fn render(outcomes: &[(usize, Outcome)], total_s: f64) -> String {
+pub fn render(outcomes: &[(usize, Outcome)], sim: Option<&SimSummary>, total_s: f64) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -64,13 +65,33 @@ pub fn render(outcomes: &[(usize, Outcome)], total_s: f64) -> String {
             o.dir.display()
         );
     }
-    let passed = outcomes.iter().filter(|(_, o)| o.passed()).count();
+    let mut passed = outcomes.iter().filter(|(_, o)| o.passed()).count();
+    let mut total = outcomes.len();
+    if let Some(s) = sim {
+        total += 1;
+        passed += usize::from(s.passed());
+        let _ = writeln!(
+            out,
+            "\nmetadata simulation: {} seeds from {}, {} client ops ({} answered), {} entries \
+             committed, {} fault changes, {} seeds failed, {:.0} s  {}",
+            s.seeds,
+            s.first_seed,
+            s.ops,
+            s.acked,
+            s.committed,
+            s.faults,
+            s.failed_seeds.len(),
+            s.run_s,
+            if s.passed() { "PASS" } else { "FAIL" }
+        );
+        for p in s.problems.iter().take(20) {
+            let _ = writeln!(out, "  {p}");
+        }
+        if let Some(seed) = s.failed_seeds.first() {
+            let _ = writeln!(out, "  replay: lauscha-chaos sim --seed {seed} --seeds 1");
+        }
+    }
     let _ = writeln!(out, "\ntotal time {total_s:.0} s");
-    let _ = writeln!(
-        out,
-        "chaos: {} passed, {} failed",
-        passed,
-        outcomes.len() - passed
-    );
+    let _ = writeln!(out, "chaos: {} passed, {} failed", passed, total - passed);
     out
 }

@@ -17,6 +17,7 @@ mod node;
 pub mod query;
 mod raft_types;
 mod service;
+pub mod sim;
 mod store;
 pub mod value;
 pub mod versions;

@@ -45,8 +45,8 @@ pub struct MetaNodeOptions {
 #[derive(Clone)]
 pub struct MetaNode {
     node_id: u64,
-    raft: Raft,
-    db: Arc<DB>,
+    pub(crate) raft: Raft,
+    pub(crate) db: Arc<DB>,
     snapshot_dir: PathBuf,
     appends: Arc<AppendCounters>,
     forward_clients: Arc<Mutex<HashMap<String, RaftServiceClient<Channel>>>>,
@@ -84,8 +84,26 @@ pub struct MetaStatus {
 }
 
 impl MetaNode {
-    /// Opens the voter's storage and starts Raft.
+    /// Opens the voter's storage and starts Raft, talking to the other voters over gRPC.
     pub async fn start(options: MetaNodeOptions) -> Result<MetaNode, MetaError> {
+        let network = NetworkFactory {
+            snapshot_timeout: Duration::from_secs(600),
+        };
+        Self::start_with_network(options, network).await
+    }
+
+    /// Like [`MetaNode::start`] with another Raft transport (the simulation's).
+    pub(crate) async fn start_with_network<N>(
+        options: MetaNodeOptions,
+        network: N,
+    ) -> Result<MetaNode, MetaError>
+    where
+        N: openraft::network::RaftNetworkFactory<TypeConfig>,
+        N::Network: openraft::network::NetSnapshot<
+                TypeConfig,
+                SnapshotData = crate::raft_types::SnapshotFile,
+            >,
+    {
         let internal =
             |what: &str, e: &dyn std::fmt::Display| MetaError::Internal(format!("{what}: {e}"));
         std::fs::create_dir_all(&options.data_dir)
@@ -107,9 +125,6 @@ impl MetaNode {
         }
         .validate()
         .map_err(|e| internal("raft config", &e))?;
-        let network = NetworkFactory {
-            snapshot_timeout: Duration::from_secs(600),
-        };
         let log_store = LogStore::new(db.clone());
         let appends = log_store.counters();
         let raft = Raft::new(options.node_id, Arc::new(config), network, log_store, sm)
