@@ -30,6 +30,8 @@ pub enum Role {
 }
 
 const META_PORT: u16 = 7000;
+/// Debian's libfaketime (package faketime).
+const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 const STORAGE_PORT: u16 = 7100;
 /// Storage nodes, three per site.
 pub const STORAGE_NODES: u32 = 6;
@@ -57,6 +59,9 @@ pub struct Proc {
     log: PathBuf,
     /// Run under `fiu-run -x`, so that POSIX calls can be made to fail at run time.
     pub under_fiu: bool,
+    /// libfaketime's `FAKETIME` for this process (wall clock only; monotonic time is
+    /// left alone, as a skewed NTP client would).
+    pub faketime: Option<String>,
     /// Its own ext4 filesystem on a loop device (for power loss), mounted here.
     pub disk: Option<PathBuf>,
 }
@@ -113,6 +118,9 @@ fn hosts() -> Vec<(Host, Role, u64)> {
         (host("m1", Site::A, 11), Role::Metadata, 1),
         (host("m2", Site::B, 12), Role::Metadata, 2),
         (host("m3", Site::A, 13), Role::Metadata, 3),
+        // A spare voter: its namespace and config exist, the process starts only when a
+        // scenario adds it to the group.
+        (host("m4", Site::B, 14), Role::Metadata, 4),
     ];
     for id in 1..=STORAGE_NODES {
         let site = if id <= STORAGE_NODES / 2 {
@@ -137,13 +145,15 @@ fn write_config(path: &Path, config: &ServerConfig) -> anyhow::Result<()> {
 
 impl Cluster {
     /// Writes the configs, builds the network and starts every process; returns once the
-    /// gateway serves. `fiu_hosts` run under libfiu.
+    /// gateway serves. `fiu_hosts` run under libfiu, `disk_hosts` on a filesystem of
+    /// their own, `skewed` with a wall clock off by the given libfaketime offset.
     pub async fn start(
         dir: &Path,
         lauscha: &Path,
         seed: u64,
         fiu_hosts: &[&str],
         disk_hosts: &[&str],
+        skewed: &[(&str, &str)],
     ) -> anyhow::Result<Cluster> {
         std::fs::create_dir_all(dir)?;
         let dir = dir.canonicalize()?;
@@ -257,6 +267,10 @@ impl Cluster {
             write_config(&restart_config, &restart)?;
             procs.push(Proc {
                 under_fiu: fiu_hosts.contains(&host.name.as_str()),
+                faketime: skewed
+                    .iter()
+                    .find(|(h, _)| *h == host.name)
+                    .map(|(_, offset)| offset.to_string()),
                 disk,
                 name: host.name.clone(),
                 log: dir.join(format!("{}.log", host.name)),
@@ -336,6 +350,11 @@ impl Cluster {
                 "sh",
             ]);
             cmd.arg(&image).arg(mount);
+        }
+        if let Some(offset) = &p.faketime {
+            cmd.env("LD_PRELOAD", FAKETIME_LIB)
+                .env("FAKETIME", offset)
+                .env("DONT_FAKE_MONOTONIC", "1");
         }
         if p.under_fiu {
             cmd.args(["fiu-run", "-x"]);
@@ -446,6 +465,33 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         self.start_proc(name).await
+    }
+
+    /// Fills the process's own filesystem to the last block (a ballast file), or frees
+    /// it again.
+    pub fn set_disk_full(&self, name: &str, full: bool) -> anyhow::Result<()> {
+        let p = self.proc(name);
+        let mount = p.disk.clone().context("no disk of its own")?;
+        let pid = p.pid().context("not running")?.to_string();
+        let script = if full {
+            // dd stops at ENOSPC, which is the point.
+            "dd if=/dev/zero of=\"$1/ballast\" bs=1M 2>/dev/null; sync; test -s \"$1/ballast\""
+        } else {
+            "rm -f \"$1/ballast\""
+        };
+        run(
+            "nsenter",
+            &[
+                "-t",
+                &pid,
+                "-m",
+                "sh",
+                "-c",
+                script,
+                "sh",
+                &mount.display().to_string(),
+            ],
+        )
     }
 
     /// Runs `lauscha admin --json ARGS` against the cluster and parses its output.

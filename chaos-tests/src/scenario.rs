@@ -43,6 +43,15 @@ pub enum Fault {
     RollingRestart,
     /// Power loss on a metadata voter: what it had not fsynced is gone.
     MetadataPowerLoss,
+    /// A storage node's filesystem full to the last block, then freed.
+    DiskFull,
+    /// A fourth voter added (learner, caught up, promoted) and a founding voter removed,
+    /// under load.
+    MembershipChange,
+    /// Wall clocks skewed (a voter +2 h, a storage node -1 h, the gateway +4 min: inside
+    /// the admin API's 5 min signing window) while
+    /// the metadata leader is killed.
+    ClockSkew,
 }
 
 /// A named scenario.
@@ -100,6 +109,18 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "metadata-power-loss",
         fault: Fault::MetadataPowerLoss,
     },
+    Scenario {
+        name: "disk-full",
+        fault: Fault::DiskFull,
+    },
+    Scenario {
+        name: "clock-skew",
+        fault: Fault::ClockSkew,
+    },
+    Scenario {
+        name: "membership-change",
+        fault: Fault::MembershipChange,
+    },
 ];
 
 /// When and on what a fault acts: a function of the scenario and the seed only.
@@ -127,7 +148,7 @@ impl Schedule {
         ids.shuffle(&mut rng);
         let n_nodes = match fault {
             Fault::StorageKill | Fault::BitRot => usize::from(PARITY_SHARDS),
-            Fault::GrayFailure | Fault::FsyncError => 1,
+            Fault::GrayFailure | Fault::FsyncError | Fault::DiskFull => 1,
             _ => 0,
         };
         ids.truncate(n_nodes);
@@ -174,6 +195,14 @@ impl Schedule {
                 "power loss on the metadata leader".into()
             }
             Fault::MetadataPowerLoss => "power loss on a metadata follower".into(),
+            Fault::DiskFull => format!("the filesystem of {nodes} full"),
+            Fault::MembershipChange if self.target_leader => {
+                "voter 4 added and promoted, then the leader removed".into()
+            }
+            Fault::MembershipChange => "voter 4 added and promoted, then a follower removed".into(),
+            Fault::ClockSkew => {
+                "clocks skewed (m2 +2 h, s3 -1 h, gateway +4 min); kill -9 the leader".into()
+            }
         };
         format!(
             "at {:.1} s for {:.1} s: {what}",
@@ -283,7 +312,22 @@ async fn run_inner(
     } else {
         &[]
     };
-    let mut cluster = Cluster::start(dir, &env.lauscha, seed, &fiu, disks).await?;
+    let node_disk: Vec<String> = if scenario.fault == Fault::DiskFull {
+        schedule.nodes.iter().map(|n| format!("s{n}")).collect()
+    } else {
+        Vec::new()
+    };
+    let disks: Vec<&str> = disks
+        .iter()
+        .copied()
+        .chain(node_disk.iter().map(String::as_str))
+        .collect();
+    let skewed: &[(&str, &str)] = if scenario.fault == Fault::ClockSkew {
+        &[("m2", "+2h"), ("s3", "-1h"), ("gw", "+4m")]
+    } else {
+        &[]
+    };
+    let mut cluster = Cluster::start(dir, &env.lauscha, seed, &fiu, &disks, skewed).await?;
     let client = workload::s3_client(
         &cluster.s3_endpoint,
         &cluster.access_key,
@@ -603,6 +647,39 @@ async fn inject(cluster: &mut Cluster, fault: Fault, s: &Schedule) -> anyhow::Re
             cluster.power_loss(&target).await?;
             tokio::time::sleep(hold).await;
             cluster.power_on(&target).await?;
+        }
+        Fault::MembershipChange => {
+            cluster.start_proc("m4").await?;
+            cluster
+                .admin(&["meta", "add", "4", "10.77.2.14:7000"])
+                .await?;
+            cluster.admin(&["meta", "promote", "4"]).await?;
+            let leader = cluster.leader().await?;
+            let target = if s.target_leader {
+                leader
+            } else {
+                ["m1", "m2", "m3"]
+                    .into_iter()
+                    .find(|m| *m != leader)
+                    .expect("three voters")
+                    .to_string()
+            };
+            let id = target.trim_start_matches('m').to_string();
+            cluster.admin(&["meta", "remove", &id]).await?;
+            // Out of the group, it may as well be gone.
+            cluster.kill(&target).await?;
+            tokio::time::sleep(hold).await;
+        }
+        Fault::DiskFull => {
+            cluster.set_disk_full(&nodes[0], true)?;
+            tokio::time::sleep(hold).await;
+            cluster.set_disk_full(&nodes[0], false)?;
+        }
+        Fault::ClockSkew => {
+            let leader = cluster.leader().await?;
+            cluster.kill(&leader).await?;
+            tokio::time::sleep(hold).await;
+            cluster.start_proc(&leader).await?;
         }
         Fault::RollingRestart => {
             let per_voter = hold / 3;
