@@ -445,10 +445,14 @@ async fn run_inner(
     for (key, ops) in histories.iter_mut() {
         let invoke_ns = clock.now_ns();
         let budget = reads_deadline.saturating_duration_since(Instant::now());
-        let read = retry_value(&format!("final GET {key}"), budget, || {
-            workload::get(&client, key)
-        })
-        .await;
+        let read = if budget.is_zero() {
+            Err(anyhow::anyhow!("the final reads' 120 s budget was spent"))
+        } else {
+            retry_value(&format!("final GET {key}"), budget, || {
+                workload::get(&client, key)
+            })
+            .await
+        };
         match read {
             Ok(Ok(value)) => {
                 let lost = check::lost_acked_writes(ops, value);
@@ -467,7 +471,10 @@ async fn run_inner(
                 outcome.details.push(format!("final read of {key}: {what}"));
             }
             Err(e) => {
-                let acked_writes = ops.iter().filter(|o| o.complete_ns.is_some()).count();
+                let acked_writes = ops
+                    .iter()
+                    .filter(|o| o.complete_ns.is_some() && !matches!(o.kind, RegKind::Get(_)))
+                    .count();
                 outcome.lost_acked += acked_writes as u64;
                 outcome.details.push(format!("{key} unreadable: {e:#}"));
             }

@@ -107,6 +107,7 @@ pub async fn s3_worker(
     let mut record = S3Record::default();
     let mut seq = 0u64;
     while !stop.load(Ordering::SeqCst) {
+        let failed_before = record.failed;
         let key = key_name(rng.random_range(0..shape.keys));
         let dice = rng.random_range(0..100);
         record.invoked += 1;
@@ -190,6 +191,11 @@ pub async fn s3_worker(
                 Err(_) => record.failed += 1,
             }
         }
+        if record.failed > failed_before {
+            // Back off a little after a failure: an outage should not turn into tens of
+            // thousands of refused requests (each a "maybe happened" write to check).
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     record
 }
@@ -199,7 +205,11 @@ pub async fn s3_worker(
 pub async fn get(client: &Client, key: &str) -> anyhow::Result<Result<Option<ValueId>, String>> {
     match client.get_object().bucket(BUCKET).key(key).send().await {
         Ok(out) => {
-            let body = out.body.collect().await.context("read body")?.into_bytes();
+            let body = tokio::time::timeout(Duration::from_secs(15), out.body.collect())
+                .await
+                .context("body timed out")?
+                .context("read body")?
+                .into_bytes();
             Ok(payload::verify_object(key, &body).map(Some))
         }
         Err(e) => {
@@ -215,14 +225,16 @@ pub async fn get(client: &Client, key: &str) -> anyhow::Result<Result<Option<Val
 /// Every key under `k/`, all pages.
 async fn list(client: &Client) -> anyhow::Result<Vec<String>> {
     let mut keys = Vec::new();
-    let mut token = None;
-    loop {
+    let mut token: Option<String> = None;
+    // 200 keys are 2 pages; a server that keeps saying "truncated" must not hold a
+    // worker forever.
+    for _ in 0..50 {
         let out = client
             .list_objects_v2()
             .bucket(BUCKET)
             .prefix("k/")
             .max_keys(100)
-            .set_continuation_token(token)
+            .set_continuation_token(token.clone())
             .send()
             .await?;
         keys.extend(
@@ -231,10 +243,16 @@ async fn list(client: &Client) -> anyhow::Result<Vec<String>> {
                 .filter_map(|o| o.key().map(String::from)),
         );
         match out.next_continuation_token() {
-            Some(t) if out.is_truncated() == Some(true) => token = Some(t.to_string()),
+            Some(t) if out.is_truncated() == Some(true) => {
+                if token.as_deref() == Some(t) {
+                    bail!("LIST returned the same continuation token twice");
+                }
+                token = Some(t.to_string());
+            }
             _ => return Ok(keys),
         }
     }
+    bail!("LIST still truncated after 50 pages of 100 keys")
 }
 
 /// A minimal NBD client: fixed newstyle handshake with NBD_OPT_GO, then one request at a

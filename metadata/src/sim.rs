@@ -515,10 +515,11 @@ pub async fn run(config: &SimConfig, dir: &Path) -> Result<SimOutcome, MetaError
 
     // Healed: every voter must catch up, and a final read of every key goes in the
     // history.
-    let leader = nodes[&1].wait_for_leader(Duration::from_secs(30)).await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     for key in 1..=config.keys {
         loop {
+            // Asked each time: leadership may still move right after the faults clear.
+            let leader = nodes[&1].wait_for_leader(Duration::from_secs(30)).await?;
             let invoke_ns = now_ns();
             let read = nodes[&leader]
                 .read(move |kv| {
@@ -542,6 +543,7 @@ pub async fn run(config: &SimConfig, dir: &Path) -> Result<SimOutcome, MetaError
             }
         }
     }
+    let leader = nodes[&1].wait_for_leader(Duration::from_secs(30)).await?;
     let last = nodes[&leader]
         .raft
         .metrics()
