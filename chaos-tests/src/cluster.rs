@@ -158,6 +158,7 @@ impl Cluster {
         std::fs::create_dir_all(dir)?;
         let dir = dir.canonicalize()?;
         unmount_under(&dir);
+        remove_stale_cgroups();
         let layout = hosts();
         let net = Network::create(layout.iter().map(|(h, _, _)| h.clone()).collect())?;
         let voter_ips: Vec<(u64, Ipv4Addr)> = layout
@@ -494,6 +495,36 @@ impl Cluster {
         )
     }
 
+    /// Slows the process's own disk (its loop device) to [`SLOW_DISK`], through a blkio
+    /// cgroup the process is moved into, or lifts the limits again. The cgroup is removed
+    /// when the cluster goes.
+    pub fn set_disk_slow(&self, name: &str, slow: bool) -> anyhow::Result<()> {
+        let p = self.proc(name);
+        let mount = p.disk.clone().context("no disk of its own")?;
+        let device = loop_device_of(&mount.with_extension("img"))?;
+        let cgroup = BlkioCgroup::find()?;
+        let dir = cgroup.dir(name);
+        if slow {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("create the cgroup {}", dir.display()))?;
+            cgroup.set_limits(&dir, &device, Some(SLOW_DISK))?;
+            let pid = p.pid().context("not running")?;
+            write_file(&dir.join("cgroup.procs"), &pid.to_string())?;
+        } else {
+            cgroup.set_limits(&dir, &device, None)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes the process wrote to its own disk through the slow-disk cgroup: proof that
+    /// the throttle was in the I/O path.
+    pub fn throttled_write_bytes(&self, name: &str) -> anyhow::Result<u64> {
+        let mount = self.proc(name).disk.clone().context("no disk of its own")?;
+        let device = loop_device_of(&mount.with_extension("img"))?;
+        let cgroup = BlkioCgroup::find()?;
+        cgroup.written_bytes(&cgroup.dir(name), &device)
+    }
+
     /// Runs `lauscha admin --json ARGS` against the cluster and parses its output.
     pub async fn admin(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
         self.admin_client().call(args).await
@@ -588,7 +619,172 @@ impl Drop for Cluster {
             }
         }
         unmount_under(&self.dir);
+        remove_stale_cgroups();
     }
+}
+
+/// Limits of the slow-disk scenario, per device.
+#[derive(Clone, Copy, Debug)]
+pub struct DiskLimits {
+    /// Bytes per second read.
+    pub read_bytes_per_s: u64,
+    /// Bytes per second written.
+    pub write_bytes_per_s: u64,
+    /// Read requests per second.
+    pub read_iops: u64,
+    /// Write requests per second (every fsync is at least one).
+    pub write_iops: u64,
+}
+
+/// A disk like a failing one: a few hundred KiB/s and a few dozen requests per second.
+pub const SLOW_DISK: DiskLimits = DiskLimits {
+    read_bytes_per_s: 2 << 20,
+    write_bytes_per_s: 512 << 10,
+    read_iops: 50,
+    write_iops: 20,
+};
+
+/// Prefix of the cgroups the harness makes (removed by [`remove_stale_cgroups`]).
+const CGROUP_PREFIX: &str = "lch-slow-";
+
+/// The blkio controller: cgroup v1's `blkio` hierarchy where it is mounted (limits in
+/// `blkio.throttle.*`), else cgroup v2's `io` controller (limits in `io.max`).
+enum BlkioCgroup {
+    V1(PathBuf),
+    V2(PathBuf),
+}
+
+impl BlkioCgroup {
+    fn find() -> anyhow::Result<BlkioCgroup> {
+        let v1 = Path::new("/sys/fs/cgroup/blkio");
+        if v1.join("blkio.throttle.write_bps_device").exists() {
+            return Ok(BlkioCgroup::V1(v1.to_path_buf()));
+        }
+        let v2 = Path::new("/sys/fs/cgroup");
+        let controllers =
+            std::fs::read_to_string(v2.join("cgroup.controllers")).unwrap_or_default();
+        if controllers.split_whitespace().any(|c| c == "io") {
+            // Children get the io controller only when the root hands it down.
+            write_file(&v2.join("cgroup.subtree_control"), "+io")?;
+            return Ok(BlkioCgroup::V2(v2.to_path_buf()));
+        }
+        bail!(
+            "no blkio cgroup controller (neither /sys/fs/cgroup/blkio nor the io controller \
+             of cgroup v2): the slow-disk scenario needs one"
+        )
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        match self {
+            BlkioCgroup::V1(root) | BlkioCgroup::V2(root) => {
+                root.join(format!("{CGROUP_PREFIX}{name}"))
+            }
+        }
+    }
+
+    /// Sets `limits` on `device` (`MAJ:MIN`) for the cgroup at `dir`; `None` lifts them.
+    fn set_limits(
+        &self,
+        dir: &Path,
+        device: &str,
+        limits: Option<DiskLimits>,
+    ) -> anyhow::Result<()> {
+        match self {
+            BlkioCgroup::V1(_) => {
+                // 0 removes a v1 rule.
+                let l = limits.unwrap_or(DiskLimits {
+                    read_bytes_per_s: 0,
+                    write_bytes_per_s: 0,
+                    read_iops: 0,
+                    write_iops: 0,
+                });
+                for (file, value) in [
+                    ("blkio.throttle.read_bps_device", l.read_bytes_per_s),
+                    ("blkio.throttle.write_bps_device", l.write_bytes_per_s),
+                    ("blkio.throttle.read_iops_device", l.read_iops),
+                    ("blkio.throttle.write_iops_device", l.write_iops),
+                ] {
+                    write_file(&dir.join(file), &format!("{device} {value}"))?;
+                }
+            }
+            BlkioCgroup::V2(_) => {
+                let line = match limits {
+                    Some(l) => format!(
+                        "{device} rbps={} wbps={} riops={} wiops={}",
+                        l.read_bytes_per_s, l.write_bytes_per_s, l.read_iops, l.write_iops
+                    ),
+                    None => format!("{device} rbps=max wbps=max riops=max wiops=max"),
+                };
+                write_file(&dir.join("io.max"), &line)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn written_bytes(&self, dir: &Path, device: &str) -> anyhow::Result<u64> {
+        let read = |file: &str| {
+            std::fs::read_to_string(dir.join(file))
+                .with_context(|| format!("read {}", dir.join(file).display()))
+        };
+        let found = match self {
+            // "7:3 Write 8388608"
+            BlkioCgroup::V1(_) => read("blkio.throttle.io_service_bytes")?
+                .lines()
+                .find_map(|l| {
+                    let mut f = l.split_whitespace();
+                    (f.next() == Some(device) && f.next() == Some("Write"))
+                        .then(|| f.next()?.parse().ok())
+                        .flatten()
+                }),
+            // "7:3 rbytes=.. wbytes=8388608 ..."
+            BlkioCgroup::V2(_) => read("io.stat")?.lines().find_map(|l| {
+                let mut f = l.split_whitespace();
+                if f.next() != Some(device) {
+                    return None;
+                }
+                f.find_map(|kv| kv.strip_prefix("wbytes=")?.parse().ok())
+            }),
+        };
+        Ok(found.unwrap_or(0))
+    }
+}
+
+/// Removes the harness's cgroups (they must be empty: their processes are gone).
+pub fn remove_stale_cgroups() {
+    for root in ["/sys/fs/cgroup/blkio", "/sys/fs/cgroup"] {
+        let Ok(entries) = std::fs::read_dir(root) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(CGROUP_PREFIX) {
+                let _ = std::fs::remove_dir(e.path());
+            }
+        }
+    }
+}
+
+/// `MAJ:MIN` of the loop device `image` is attached to.
+fn loop_device_of(image: &Path) -> anyhow::Result<String> {
+    let out = std::process::Command::new("losetup")
+        .arg("-j")
+        .arg(image)
+        .output()
+        .context("run losetup")?;
+    // "/dev/loop3: []: (/var/tmp/.../s2-disk.img)"
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let dev = stdout
+        .split(':')
+        .next()
+        .and_then(|d| d.trim().strip_prefix("/dev/"))
+        .filter(|d| !d.is_empty())
+        .with_context(|| format!("{} is not attached to a loop device", image.display()))?;
+    let numbers = std::fs::read_to_string(format!("/sys/block/{dev}/dev"))
+        .with_context(|| format!("read /sys/block/{dev}/dev"))?;
+    Ok(numbers.trim().to_string())
+}
+
+fn write_file(path: &Path, value: &str) -> anyhow::Result<()> {
+    std::fs::write(path, value).with_context(|| format!("write {value:?} to {}", path.display()))
 }
 
 /// Runs a command, failing with its stderr.

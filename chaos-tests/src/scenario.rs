@@ -14,7 +14,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use crate::check::{self, RegKind, RegOp};
-use crate::cluster::{Cluster, PARITY_SHARDS, STORAGE_NODES};
+use crate::cluster::{Cluster, PARITY_SHARDS, SLOW_DISK, STORAGE_NODES};
 use crate::payload::ValueId;
 use crate::workload::{self, Clock, S3Shape};
 
@@ -45,6 +45,8 @@ pub enum Fault {
     MetadataPowerLoss,
     /// A storage node's filesystem full to the last block, then freed.
     DiskFull,
+    /// A storage node's disk throttled to a crawl (blkio cgroup), then released.
+    SlowDisk,
     /// A fourth voter added (learner, caught up, promoted) and a founding voter removed,
     /// under load.
     MembershipChange,
@@ -121,6 +123,10 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "membership-change",
         fault: Fault::MembershipChange,
     },
+    Scenario {
+        name: "slow-disk",
+        fault: Fault::SlowDisk,
+    },
 ];
 
 /// When and on what a fault acts: a function of the scenario and the seed only.
@@ -148,7 +154,7 @@ impl Schedule {
         ids.shuffle(&mut rng);
         let n_nodes = match fault {
             Fault::StorageKill | Fault::BitRot => usize::from(PARITY_SHARDS),
-            Fault::GrayFailure | Fault::FsyncError | Fault::DiskFull => 1,
+            Fault::GrayFailure | Fault::FsyncError | Fault::DiskFull | Fault::SlowDisk => 1,
             _ => 0,
         };
         ids.truncate(n_nodes);
@@ -196,6 +202,16 @@ impl Schedule {
             }
             Fault::MetadataPowerLoss => "power loss on a metadata follower".into(),
             Fault::DiskFull => format!("the filesystem of {nodes} full"),
+            Fault::SlowDisk => {
+                let l = SLOW_DISK;
+                format!(
+                    "the disk of {nodes} slowed to {} KiB/s and {} IOPS written, {} KiB/s and {} IOPS read",
+                    l.write_bytes_per_s >> 10,
+                    l.write_iops,
+                    l.read_bytes_per_s >> 10,
+                    l.read_iops
+                )
+            }
             Fault::MembershipChange if self.target_leader => {
                 "voter 4 added and promoted, then the leader removed".into()
             }
@@ -312,7 +328,7 @@ async fn run_inner(
     } else {
         &[]
     };
-    let node_disk: Vec<String> = if scenario.fault == Fault::DiskFull {
+    let node_disk: Vec<String> = if matches!(scenario.fault, Fault::DiskFull | Fault::SlowDisk) {
         schedule.nodes.iter().map(|n| format!("s{n}")).collect()
     } else {
         Vec::new()
@@ -681,6 +697,24 @@ async fn inject(cluster: &mut Cluster, fault: Fault, s: &Schedule) -> anyhow::Re
             cluster.set_disk_full(&nodes[0], true)?;
             tokio::time::sleep(hold).await;
             cluster.set_disk_full(&nodes[0], false)?;
+        }
+        Fault::SlowDisk => {
+            cluster.set_disk_slow(&nodes[0], true)?;
+            tokio::time::sleep(hold).await;
+            cluster.set_disk_slow(&nodes[0], false)?;
+            // Every stripe of the 4+2 policy has a shard on every node, so a throttle that
+            // saw no writes was not in the I/O path and the scenario proved nothing.
+            let written = cluster.throttled_write_bytes(&nodes[0])?;
+            anyhow::ensure!(
+                written > 0,
+                "the slow-disk throttle on {} saw no writes",
+                nodes[0]
+            );
+            eprintln!(
+                "lauscha-chaos: {} wrote {} KiB through the slow-disk throttle",
+                nodes[0],
+                written >> 10
+            );
         }
         Fault::ClockSkew => {
             let leader = cluster.leader().await?;
