@@ -449,14 +449,7 @@ impl Cluster {
         let mount = self.proc(name).disk.clone().context("no disk")?;
         let image = mount.with_extension("img");
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let out = std::process::Command::new("losetup")
-                .arg("-j")
-                .arg(&image)
-                .output()?;
-            if out.stdout.is_empty() {
-                break;
-            }
+        while attached_loop_device(&image)?.is_some() {
             if std::time::Instant::now() > deadline {
                 bail!(
                     "{} still attached to a loop device 30 s after the kill",
@@ -499,16 +492,12 @@ impl Cluster {
     /// cgroup the process is moved into, or lifts the limits again. The cgroup is removed
     /// when the cluster goes.
     pub fn set_disk_slow(&self, name: &str, slow: bool) -> anyhow::Result<()> {
-        let p = self.proc(name);
-        let mount = p.disk.clone().context("no disk of its own")?;
-        let device = loop_device_of(&mount.with_extension("img"))?;
-        let cgroup = BlkioCgroup::find()?;
-        let dir = cgroup.dir(name);
+        let (cgroup, dir, device) = self.slow_disk_cgroup(name)?;
         if slow {
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("create the cgroup {}", dir.display()))?;
             cgroup.set_limits(&dir, &device, Some(SLOW_DISK))?;
-            let pid = p.pid().context("not running")?;
+            let pid = self.proc(name).pid().context("not running")?;
             write_file(&dir.join("cgroup.procs"), &pid.to_string())?;
         } else {
             cgroup.set_limits(&dir, &device, None)?;
@@ -519,10 +508,22 @@ impl Cluster {
     /// Bytes the process wrote to its own disk through the slow-disk cgroup: proof that
     /// the throttle was in the I/O path.
     pub fn throttled_write_bytes(&self, name: &str) -> anyhow::Result<u64> {
+        let (cgroup, dir, device) = self.slow_disk_cgroup(name)?;
+        cgroup.written_bytes(&dir, &device)
+    }
+
+    /// The blkio controller, the slow-disk cgroup directory of `name` and the `MAJ:MIN`
+    /// of its own loop device.
+    fn slow_disk_cgroup(&self, name: &str) -> anyhow::Result<(BlkioCgroup, PathBuf, String)> {
         let mount = self.proc(name).disk.clone().context("no disk of its own")?;
-        let device = loop_device_of(&mount.with_extension("img"))?;
+        let image = mount.with_extension("img");
+        let loop_dev = attached_loop_device(&image)?
+            .with_context(|| format!("{} is not attached to a loop device", image.display()))?;
+        let numbers = std::fs::read_to_string(format!("/sys/block/{loop_dev}/dev"))
+            .with_context(|| format!("read /sys/block/{loop_dev}/dev"))?;
         let cgroup = BlkioCgroup::find()?;
-        cgroup.written_bytes(&cgroup.dir(name), &device)
+        let dir = cgroup.dir(name);
+        Ok((cgroup, dir, numbers.trim().to_string()))
     }
 
     /// Runs `lauscha admin --json ARGS` against the cluster and parses its output.
@@ -763,24 +764,21 @@ pub fn remove_stale_cgroups() {
     }
 }
 
-/// `MAJ:MIN` of the loop device `image` is attached to.
-fn loop_device_of(image: &Path) -> anyhow::Result<String> {
+/// The loop device (`loop3`) `image` is attached to, if any.
+fn attached_loop_device(image: &Path) -> anyhow::Result<Option<String>> {
     let out = std::process::Command::new("losetup")
         .arg("-j")
         .arg(image)
         .output()
         .context("run losetup")?;
-    // "/dev/loop3: []: (/var/tmp/.../s2-disk.img)"
+    // "/dev/loop3: []: (/var/tmp/.../s2-disk.img)", or nothing when not attached.
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let dev = stdout
+    Ok(stdout
         .split(':')
         .next()
         .and_then(|d| d.trim().strip_prefix("/dev/"))
         .filter(|d| !d.is_empty())
-        .with_context(|| format!("{} is not attached to a loop device", image.display()))?;
-    let numbers = std::fs::read_to_string(format!("/sys/block/{dev}/dev"))
-        .with_context(|| format!("read /sys/block/{dev}/dev"))?;
-    Ok(numbers.trim().to_string())
+        .map(str::to_string))
 }
 
 fn write_file(path: &Path, value: &str) -> anyhow::Result<()> {
