@@ -82,6 +82,9 @@ pub enum GatewayError {
     /// be (a block volume's FLUSH).
     #[error("not enough storage nodes for full redundancy: {0}")]
     NotFullyRedundant(String),
+    /// The NBD TLS settings cannot be used (unreadable or mismatched PEM files).
+    #[error("NBD TLS: {0}")]
+    NbdTls(String),
     /// A bug or an unexpected failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -154,7 +157,7 @@ impl From<GatewayError> for S3Error {
             GatewayError::StripeCorrupt(_) => S3ErrorCode::InternalError,
             GatewayError::SlowDown(_) => S3ErrorCode::SlowDown,
             GatewayError::NotFullyRedundant(_) => S3ErrorCode::ServiceUnavailable,
-            GatewayError::Internal(_) => S3ErrorCode::InternalError,
+            GatewayError::Internal(_) | GatewayError::NbdTls(_) => S3ErrorCode::InternalError,
         };
         S3Error::with_message(code, e.to_string())
     }

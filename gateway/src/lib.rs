@@ -22,6 +22,7 @@ mod lifecycle;
 mod maintenance;
 mod meta_client;
 mod nbd;
+mod nbd_tls;
 mod nodes;
 mod policy;
 mod read;
@@ -36,6 +37,7 @@ use std::sync::Arc;
 pub use error::GatewayError;
 use lauscha_core::config::GatewayConfig;
 pub use meta_client::MetaClient;
+pub use nbd_tls::NbdTls;
 use s3s::service::S3ServiceBuilder;
 use tokio::net::TcpListener;
 
@@ -101,13 +103,21 @@ impl Gateway {
         http::serve_s3(self.inner.clone(), builder.build(), listener, shutdown).await
     }
 
-    /// Serves NBD (block volumes) on `listener` until `shutdown` resolves.
+    /// Serves NBD (block volumes) on `listener` until `shutdown` resolves; with `tls`
+    /// (see [`NbdTls::load`]), only over TLS and per tenant.
     pub async fn serve_nbd(
         &self,
         listener: TcpListener,
+        tls: Option<Arc<NbdTls>>,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        nbd::serve_nbd(nbd::Exports::new(self.inner.clone()), listener, shutdown).await
+        nbd::serve_nbd(
+            nbd::Exports::new(self.inner.clone()),
+            tls,
+            listener,
+            shutdown,
+        )
+        .await
     }
 
     /// Serves the admin API on `listener` until `shutdown` resolves.

@@ -3,25 +3,33 @@
 //! a malformed request gets an error reply (or, when the stream is out of step, the
 //! connection is closed), never a panic, and never holds up other connections.
 //!
-//! Trust model: NBD has no authentication. The export name is the volume name, and
-//! whoever can reach the NBD address can attach any volume: serve it only on the VM
-//! hosts' storage network (`gateway.nbd_listen`), never on a tenant network.
+//! Trust model. Plain NBD has no authentication: the export name is the volume name, and
+//! whoever can reach the NBD address can attach any volume, so without TLS serve it only
+//! on the VM hosts' storage network (`gateway.nbd_listen`), never on a tenant network.
+//! With `gateway.nbd_tls`, every option but NBD_OPT_STARTTLS and NBD_OPT_ABORT is refused
+//! (NBD_REP_ERR_TLS_REQD) until the client has completed TLS with a certificate from the
+//! configured client CA; the certificate's subject CN names a tenant, and the connection
+//! then lists, inspects and attaches that tenant's volumes only (`nbd_tls.rs`).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use lauscha_core::TenantId;
 use lauscha_core::nbd::{self, ExportInfo, Request};
 use lauscha_core::versioning::{MetaQuery, MetaQueryReply};
 use lauscha_core::volume::VOLUME_BLOCK_BYTES;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{
+    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Semaphore, mpsc};
 use tracing::{debug, info, warn};
 
 use crate::GatewayError;
 use crate::gateway::Inner;
+use crate::nbd_tls::NbdTls;
 use crate::volume::{VolumeEngine, VolumeError};
 
 /// Largest READ or WRITE payload, bytes.
@@ -77,7 +85,14 @@ impl Exports {
         }
     }
 
-    async fn export_info(&self, name: &str) -> Result<Option<ExportInfo>, GatewayError> {
+    /// The export `name` as `session` may see it: `None` when there is no such volume or
+    /// it belongs to another tenant (the two answers are the same, so a client learns
+    /// nothing about other tenants' volumes).
+    async fn export_info(
+        &self,
+        session: &Session,
+        name: &str,
+    ) -> Result<Option<ExportInfo>, GatewayError> {
         match self
             .inner
             .meta
@@ -86,31 +101,69 @@ impl Exports {
             })
             .await?
         {
-            MetaQueryReply::VolumeState(Some(s)) => {
+            MetaQueryReply::VolumeState(Some(s)) if session.may_see(&s.volume.tenant) => {
                 let mut info = info_of(s.volume.size_bytes);
                 if s.volume.read_only {
                     info.flags |= nbd::TFLAG_READ_ONLY;
                 }
                 Ok(Some(info))
             }
-            MetaQueryReply::VolumeState(None) => Ok(None),
+            MetaQueryReply::VolumeState(_) => Ok(None),
             other => Err(GatewayError::Internal(format!(
                 "metadata answered {other:?}"
             ))),
         }
     }
 
-    async fn names(&self) -> Result<Vec<String>, GatewayError> {
+    async fn names(&self, session: &Session) -> Result<Vec<String>, GatewayError> {
+        let tenant = match &session.client {
+            Client::Trusted => None,
+            Client::Tenant(t) => Some(t.clone()),
+            // Not reached: `negotiate` refuses such a client before it asks.
+            Client::Unauthenticated | Client::Refused(_) => return Ok(Vec::new()),
+        };
         match self
             .inner
             .meta
-            .query(&MetaQuery::ListVolumes { tenant: None })
+            .query(&MetaQuery::ListVolumes { tenant })
             .await?
         {
             MetaQueryReply::Volumes(v) => Ok(v.into_iter().map(|v| v.name).collect()),
             other => Err(GatewayError::Internal(format!(
                 "metadata answered {other:?}"
             ))),
+        }
+    }
+}
+
+/// Who is at the other end of a connection, as far as volumes are concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Client {
+    /// Plain NBD (no `gateway.nbd_tls`): the network is the boundary; every volume.
+    Trusted,
+    /// TLS is required and not yet started: no volume.
+    Unauthenticated,
+    /// TLS with a certificate naming this tenant: its volumes only.
+    Tenant(TenantId),
+    /// TLS with a valid certificate that names no tenant: no volume, and this reason.
+    Refused(String),
+}
+
+/// A connection's negotiation state.
+struct Session {
+    client: Client,
+}
+
+impl Session {
+    fn tls_active(&self) -> bool {
+        matches!(self.client, Client::Tenant(_) | Client::Refused(_))
+    }
+
+    fn may_see(&self, owner: &TenantId) -> bool {
+        match &self.client {
+            Client::Trusted => true,
+            Client::Tenant(t) => t == owner,
+            Client::Unauthenticated | Client::Refused(_) => false,
         }
     }
 }
@@ -129,9 +182,11 @@ fn info_of(size_bytes: u64) -> ExportInfo {
     }
 }
 
-/// Serves NBD on `listener` until `shutdown` resolves.
+/// Serves NBD on `listener` until `shutdown` resolves; with `tls`, only over TLS and only
+/// the volumes of the tenant each client certificate names.
 pub async fn serve_nbd(
     exports: Arc<Exports>,
+    tls: Option<Arc<NbdTls>>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
@@ -149,9 +204,9 @@ pub async fn serve_nbd(
             () = shutdown.as_mut() => return Ok(()),
         };
         let _ = tcp.set_nodelay(true);
-        let exports = exports.clone();
+        let (exports, tls) = (exports.clone(), tls.clone());
         tokio::spawn(async move {
-            match connection(exports, tcp).await {
+            match connection(exports, tls, tcp).await {
                 Ok(()) => debug!(%peer, "NBD connection closed"),
                 Err(e) => debug!(%peer, error = %e, "NBD connection ended"),
             }
@@ -159,59 +214,148 @@ pub async fn serve_nbd(
     }
 }
 
+/// A byte stream NBD runs over: TCP, or TLS on TCP after NBD_OPT_STARTTLS.
+trait NbdStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> NbdStream for T {}
+
+/// The connection during negotiation: reads buffered, writes straight through.
+type Stream = BufReader<Box<dyn NbdStream>>;
+
 /// What negotiation ended with.
 enum Negotiated {
     /// Transmission on this volume.
     Go(String, ExportInfo, Arc<VolumeEngine>),
-    /// The client left (NBD_OPT_ABORT or hang-up).
+    /// The client asked for TLS and was answered with NBD_REP_ACK: the handshake is next.
+    StartTls,
+    /// The client left (NBD_OPT_ABORT or hang-up), or must be cut off.
     Done,
 }
 
-async fn connection(exports: Arc<Exports>, tcp: TcpStream) -> std::io::Result<()> {
-    let (rd, mut wr) = tcp.into_split();
-    let mut rd = BufReader::new(rd);
+async fn connection(
+    exports: Arc<Exports>,
+    tls: Option<Arc<NbdTls>>,
+    tcp: TcpStream,
+) -> std::io::Result<()> {
+    let mut stream: Stream = BufReader::new(Box::new(tcp));
     let mut hello = Vec::with_capacity(18);
     hello.extend_from_slice(&nbd::NBD_MAGIC.to_be_bytes());
     hello.extend_from_slice(&nbd::IHAVEOPT.to_be_bytes());
     hello.extend_from_slice(&(nbd::FLAG_FIXED_NEWSTYLE | nbd::FLAG_NO_ZEROES).to_be_bytes());
-    wr.write_all(&hello).await?;
-    let client_flags = rd.read_u32().await?;
+    stream.write_all(&hello).await?;
+    let client_flags = stream.read_u32().await?;
     if client_flags & !(nbd::CLIENT_FIXED_NEWSTYLE | nbd::CLIENT_NO_ZEROES) != 0 {
         return Err(std::io::Error::other("unknown client flags"));
     }
     let no_zeroes = client_flags & nbd::CLIENT_NO_ZEROES != 0;
-    let (name, info, engine) = match negotiate(&exports, &mut rd, &mut wr, no_zeroes).await? {
-        Negotiated::Go(name, info, engine) => (name, info, engine),
-        Negotiated::Done => return Ok(()),
+    let mut session = Session {
+        client: match tls {
+            Some(_) => Client::Unauthenticated,
+            None => Client::Trusted,
+        },
     };
-    info!(volume = %name, epoch = engine.epoch, "NBD client attached");
+    let (name, info, engine) = loop {
+        match negotiate(&exports, &mut stream, &session, tls.is_some(), no_zeroes).await? {
+            Negotiated::Go(name, info, engine) => break (name, info, engine),
+            Negotiated::Done => return Ok(()),
+            Negotiated::StartTls => {
+                let Some(tls) = &tls else {
+                    unreachable!("tls_gate answers StartTls only with TLS configured")
+                };
+                // The client waits for our ACK before its ClientHello, so nothing may be
+                // buffered; bytes here would be plaintext spliced into the TLS stream.
+                if !stream.buffer().is_empty() {
+                    return Err(std::io::Error::other(
+                        "client sent data after NBD_OPT_STARTTLS before the TLS handshake",
+                    ));
+                }
+                let (tls_stream, tenant) = tls.accept(stream.into_inner()).await?;
+                session.client = match tenant {
+                    Ok(t) => {
+                        debug!(tenant = %t, "NBD client authenticated by certificate");
+                        Client::Tenant(t)
+                    }
+                    Err(reason) => {
+                        warn!(%reason, "NBD client certificate names no tenant");
+                        Client::Refused(reason)
+                    }
+                };
+                stream = BufReader::new(Box::new(tls_stream));
+            }
+        }
+    };
+    let tenant = match &session.client {
+        Client::Tenant(t) => t.to_string(),
+        _ => String::new(),
+    };
+    info!(volume = %name, %tenant, epoch = engine.epoch, "NBD client attached");
+    let (rd, wr) = tokio::io::split(stream);
     let result = transmission(engine, info, rd, wr).await;
     exports.detach(&name).await;
     result
 }
 
+/// Writes one negotiation reply and pushes it out (TLS buffers until flushed).
+async fn reply(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
+}
+
 async fn negotiate(
     exports: &Exports,
-    rd: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
-    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    stream: &mut Stream,
+    session: &Session,
+    tls_configured: bool,
     no_zeroes: bool,
 ) -> std::io::Result<Negotiated> {
     loop {
         let mut header = [0u8; 16];
-        rd.read_exact(&mut header).await?;
+        stream.read_exact(&mut header).await?;
         let opt = nbd::parse_option(&header)
             .map_err(|e| std::io::Error::other(format!("option: {e}")))?;
         let mut data = vec![0u8; opt.len as usize];
-        rd.read_exact(&mut data).await?;
+        stream.read_exact(&mut data).await?;
+        match nbd::tls_gate(opt.option, opt.len, tls_configured, session.tls_active()) {
+            nbd::TlsGate::Proceed => {}
+            nbd::TlsGate::StartTls => {
+                reply(stream, &nbd::option_reply(opt.option, nbd::REP_ACK, &[])).await?;
+                return Ok(Negotiated::StartTls);
+            }
+            nbd::TlsGate::Refuse(error) => {
+                let msg = match error {
+                    nbd::REP_ERR_TLS_REQD => "this server requires TLS: send NBD_OPT_STARTTLS",
+                    nbd::REP_ERR_UNSUP => "TLS is not configured on this server",
+                    _ => "NBD_OPT_STARTTLS takes no data and is accepted once",
+                };
+                reply(
+                    stream,
+                    &nbd::option_reply(opt.option, error, msg.as_bytes()),
+                )
+                .await?;
+                continue;
+            }
+            nbd::TlsGate::Close => return Ok(Negotiated::Done),
+        }
+        if let Client::Refused(reason) = &session.client
+            && opt.option != nbd::OPT_ABORT
+        {
+            if opt.option == nbd::OPT_EXPORT_NAME {
+                return Ok(Negotiated::Done);
+            }
+            reply(
+                stream,
+                &nbd::option_reply(opt.option, nbd::REP_ERR_POLICY, reason.as_bytes()),
+            )
+            .await?;
+            continue;
+        }
         match opt.option {
             nbd::OPT_ABORT => {
-                wr.write_all(&nbd::option_reply(opt.option, nbd::REP_ACK, &[]))
-                    .await?;
+                reply(stream, &nbd::option_reply(opt.option, nbd::REP_ACK, &[])).await?;
                 return Ok(Negotiated::Done);
             }
             nbd::OPT_LIST => {
                 let mut out = Vec::new();
-                match exports.names().await {
+                match exports.names(session).await {
                     Ok(names) => {
                         for n in names {
                             let mut d = (n.len() as u32).to_be_bytes().to_vec();
@@ -222,16 +366,16 @@ async fn negotiate(
                     }
                     Err(e) => out.extend(nbd::option_reply(
                         opt.option,
-                        nbd::REP_ERR_UNSUP + 3, // NBD_REP_ERR_PLATFORM
+                        nbd::REP_ERR_PLATFORM,
                         e.to_string().as_bytes(),
                     )),
                 }
-                wr.write_all(&out).await?;
+                reply(stream, &out).await?;
             }
             nbd::OPT_EXPORT_NAME => {
                 let name = String::from_utf8_lossy(&data).to_string();
                 // No error reply exists for EXPORT_NAME: a refusal closes the connection.
-                let info = match exports.export_info(&name).await {
+                let info = match exports.export_info(session, &name).await {
                     Ok(Some(info)) => info,
                     _ => return Ok(Negotiated::Done),
                 };
@@ -247,83 +391,84 @@ async fn negotiate(
                 if !no_zeroes {
                     out.extend_from_slice(&[0u8; 124]);
                 }
-                wr.write_all(&out).await?;
+                reply(stream, &out).await?;
                 return Ok(Negotiated::Go(name, info, engine));
             }
             nbd::OPT_INFO | nbd::OPT_GO => {
                 let request = match nbd::parse_info_request(&data) {
                     Ok(r) => r,
                     Err(e) => {
-                        wr.write_all(&nbd::option_reply(
-                            opt.option,
-                            nbd::REP_ERR_INVALID,
-                            e.to_string().as_bytes(),
-                        ))
+                        reply(
+                            stream,
+                            &nbd::option_reply(
+                                opt.option,
+                                nbd::REP_ERR_INVALID,
+                                e.to_string().as_bytes(),
+                            ),
+                        )
                         .await?;
                         continue;
                     }
                 };
-                let info = match exports.export_info(&request.name).await {
+                let info = match exports.export_info(session, &request.name).await {
                     Ok(Some(info)) => info,
                     Ok(None) => {
-                        let msg = format!("no volume {:?}", request.name);
-                        wr.write_all(&nbd::option_reply(
-                            opt.option,
-                            nbd::REP_ERR_UNKNOWN,
-                            msg.as_bytes(),
-                        ))
+                        let msg = match &session.client {
+                            Client::Tenant(t) => {
+                                format!("no volume {:?} for tenant {t}", request.name)
+                            }
+                            _ => format!("no volume {:?}", request.name),
+                        };
+                        reply(
+                            stream,
+                            &nbd::option_reply(opt.option, nbd::REP_ERR_UNKNOWN, msg.as_bytes()),
+                        )
                         .await?;
                         continue;
                     }
                     Err(e) => {
-                        wr.write_all(&nbd::option_reply(
-                            opt.option,
-                            nbd::REP_ERR_UNSUP + 3,
-                            e.to_string().as_bytes(),
-                        ))
+                        reply(
+                            stream,
+                            &nbd::option_reply(
+                                opt.option,
+                                nbd::REP_ERR_PLATFORM,
+                                e.to_string().as_bytes(),
+                            ),
+                        )
                         .await?;
                         continue;
                     }
                 };
+                let answer = nbd::info_replies(opt.option, &request.name, &info, &request.requests);
                 if opt.option == nbd::OPT_INFO {
-                    wr.write_all(&nbd::info_replies(
-                        opt.option,
-                        &request.name,
-                        &info,
-                        &request.requests,
-                    ))
-                    .await?;
+                    reply(stream, &answer).await?;
                     continue;
                 }
                 match exports.attach(&request.name).await {
                     Ok(engine) => {
-                        wr.write_all(&nbd::info_replies(
-                            opt.option,
-                            &request.name,
-                            &info,
-                            &request.requests,
-                        ))
-                        .await?;
+                        reply(stream, &answer).await?;
                         return Ok(Negotiated::Go(request.name, info, engine));
                     }
                     Err(e) => {
                         // Attached elsewhere (a live lease) or metadata down.
-                        wr.write_all(&nbd::option_reply(
-                            opt.option,
-                            nbd::REP_ERR_POLICY,
-                            e.to_string().as_bytes(),
-                        ))
+                        reply(
+                            stream,
+                            &nbd::option_reply(
+                                opt.option,
+                                nbd::REP_ERR_POLICY,
+                                e.to_string().as_bytes(),
+                            ),
+                        )
                         .await?;
                     }
                 }
             }
             other => {
                 let msg = format!("option {other} is not supported");
-                wr.write_all(&nbd::option_reply(
-                    other,
-                    nbd::REP_ERR_UNSUP,
-                    msg.as_bytes(),
-                ))
+                reply(
+                    stream,
+                    &nbd::option_reply(other, nbd::REP_ERR_UNSUP, msg.as_bytes()),
+                )
                 .await?;
             }
         }
@@ -341,8 +486,8 @@ fn errno(e: &VolumeError) -> u32 {
 async fn transmission(
     engine: Arc<VolumeEngine>,
     info: ExportInfo,
-    mut rd: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rd: ReadHalf<Stream>,
+    mut wr: WriteHalf<Stream>,
 ) -> std::io::Result<()> {
     let (tx, mut rx) = mpsc::channel::<(u32, u64, Option<Bytes>)>(MAX_IN_FLIGHT);
     let writer = tokio::spawn(async move {
@@ -350,6 +495,10 @@ async fn transmission(
             wr.write_all(&nbd::simple_reply(error, cookie)).await?;
             if let Some(d) = data {
                 wr.write_all(&d).await?;
+            }
+            if rx.is_empty() {
+                // Replies queued behind this one go out with it; TLS needs the flush.
+                wr.flush().await?;
             }
         }
         wr.shutdown().await

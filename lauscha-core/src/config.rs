@@ -4,6 +4,7 @@
 //! start-up so that a bad config fails before anything listens.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -247,6 +248,25 @@ pub struct GatewayConfig {
     /// it to the VM hosts' storage network only). Default: no NBD server.
     #[serde(default)]
     pub nbd_listen: Option<String>,
+    /// NBD over TLS (NBD_OPT_STARTTLS) with client certificates. When set, the NBD server
+    /// refuses every export until the client has started TLS with a certificate signed by
+    /// `client_ca`, and serves only the volumes of the tenant named by that certificate's
+    /// subject common name. Default: plain NBD, every volume to every client.
+    #[serde(default)]
+    pub nbd_tls: Option<NbdTlsConfig>,
+}
+
+/// Certificates for NBD over TLS; PEM files, read when the gateway starts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NbdTlsConfig {
+    /// The server's certificate chain (its own certificate first).
+    pub cert: PathBuf,
+    /// The server certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// The certificate authorities whose client certificates are accepted; a client
+    /// certificate's subject CN names its tenant (`CN=stadt-jena`).
+    pub client_ca: PathBuf,
 }
 
 /// Background maintenance run by a gateway: repair, rebalance, drain, garbage collection.
@@ -389,6 +409,7 @@ impl GatewayConfig {
             maintenance: MaintenanceConfig::default(),
             allow_sigv2: false,
             nbd_listen: None,
+            nbd_tls: None,
         }
     }
 
@@ -398,6 +419,12 @@ impl GatewayConfig {
         check_socket_addr("gateway.admin_listen", &self.admin_listen)?;
         if let Some(nbd) = &self.nbd_listen {
             check_socket_addr("gateway.nbd_listen", nbd)?;
+        }
+        if self.nbd_tls.is_some() && self.nbd_listen.is_none() {
+            return Err(CoreError::Config(
+                "gateway.nbd_tls is set but gateway.nbd_listen is not: set the NBD address too"
+                    .into(),
+            ));
         }
         if self.metadata_endpoints.is_empty() {
             return Err(CoreError::Config(

@@ -44,6 +44,8 @@ pub const OPT_EXPORT_NAME: u32 = 1;
 pub const OPT_ABORT: u32 = 2;
 /// List exports.
 pub const OPT_LIST: u32 = 3;
+/// Upgrade the connection to TLS.
+pub const OPT_STARTTLS: u32 = 5;
 /// Ask for an export's details.
 pub const OPT_INFO: u32 = 6;
 /// Ask for an export's details and start transmission.
@@ -61,6 +63,10 @@ pub const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
 pub const REP_ERR_POLICY: u32 = (1 << 31) + 2;
 /// Malformed option.
 pub const REP_ERR_INVALID: u32 = (1 << 31) + 3;
+/// The server could not do it (e.g. metadata unreachable).
+pub const REP_ERR_PLATFORM: u32 = (1 << 31) + 4;
+/// TLS is required before this option.
+pub const REP_ERR_TLS_REQD: u32 = (1 << 31) + 5;
 /// No such export.
 pub const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
 
@@ -93,6 +99,44 @@ pub const ESHUTDOWN: u32 = 108;
 
 /// Longest option payload a server reads (an export name is at most 4 KiB).
 pub const MAX_OPTION_BYTES: u32 = 64 * 1024;
+
+/// What the connection's TLS state makes of one option during negotiation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsGate {
+    /// Handle the option as usual.
+    Proceed,
+    /// Reply NBD_REP_ACK, then hand the stream to the TLS handshake.
+    StartTls,
+    /// Reply with this error type and go on negotiating.
+    Refuse(u32),
+    /// Close the connection without a reply: NBD_OPT_EXPORT_NAME has no error reply.
+    Close,
+}
+
+/// Decides what happens to `option` (with `payload_len` bytes of data) before the
+/// server looks at any export, so that with TLS configured nothing about a volume is
+/// revealed or attached before the client has authenticated with its certificate.
+/// `tls_configured`: the server requires TLS; `tls_active`: the handshake is done.
+pub fn tls_gate(option: u32, payload_len: u32, tls_configured: bool, tls_active: bool) -> TlsGate {
+    if option == OPT_STARTTLS {
+        return if !tls_configured {
+            TlsGate::Refuse(REP_ERR_UNSUP)
+        } else if tls_active || payload_len != 0 {
+            // proto.md: a second STARTTLS, or one with data, is NBD_REP_ERR_INVALID.
+            TlsGate::Refuse(REP_ERR_INVALID)
+        } else {
+            TlsGate::StartTls
+        };
+    }
+    if tls_configured && !tls_active {
+        return match option {
+            OPT_ABORT => TlsGate::Proceed,
+            OPT_EXPORT_NAME => TlsGate::Close,
+            _ => TlsGate::Refuse(REP_ERR_TLS_REQD),
+        };
+    }
+    TlsGate::Proceed
+}
 
 /// An option request header: `IHAVEOPT, option, length`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -330,6 +374,37 @@ mod tests {
     }
 
     #[test]
+    fn tls_gate_follows_the_protocol() {
+        use TlsGate::*;
+        // Without TLS configured: STARTTLS is unsupported, everything else proceeds.
+        assert_eq!(
+            tls_gate(OPT_STARTTLS, 0, false, false),
+            Refuse(REP_ERR_UNSUP)
+        );
+        assert_eq!(tls_gate(OPT_GO, 10, false, false), Proceed);
+        assert_eq!(tls_gate(OPT_EXPORT_NAME, 3, false, false), Proceed);
+        // Configured, before the handshake: only STARTTLS and ABORT.
+        assert_eq!(tls_gate(OPT_STARTTLS, 0, true, false), StartTls);
+        assert_eq!(
+            tls_gate(OPT_STARTTLS, 4, true, false),
+            Refuse(REP_ERR_INVALID)
+        );
+        assert_eq!(tls_gate(OPT_ABORT, 0, true, false), Proceed);
+        assert_eq!(tls_gate(OPT_EXPORT_NAME, 3, true, false), Close);
+        for option in [OPT_LIST, OPT_INFO, OPT_GO, 8, 10] {
+            assert_eq!(tls_gate(option, 0, true, false), Refuse(REP_ERR_TLS_REQD));
+        }
+        // After the handshake: a second STARTTLS is invalid, the rest proceeds.
+        assert_eq!(
+            tls_gate(OPT_STARTTLS, 0, true, true),
+            Refuse(REP_ERR_INVALID)
+        );
+        for option in [OPT_LIST, OPT_INFO, OPT_GO, OPT_EXPORT_NAME, OPT_ABORT] {
+            assert_eq!(tls_gate(option, 0, true, true), Proceed);
+        }
+    }
+
+    #[test]
     fn ranges_are_checked() {
         let req = |command, offset, len| Request {
             flags: 0,
@@ -387,6 +462,13 @@ mod tests {
 
         /// Any request inside the export, aligned and small enough, passes the checks;
         /// anything past the end does not.
+        #[test]
+        fn nothing_but_starttls_and_abort_passes_before_tls(option in any::<u32>(), len in any::<u32>()) {
+            let gate = tls_gate(option, len, true, false);
+            let allowed = option == OPT_ABORT || (option == OPT_STARTTLS && len == 0);
+            prop_assert_eq!(matches!(gate, TlsGate::Proceed | TlsGate::StartTls), allowed);
+        }
+
         #[test]
         fn in_range_requests_pass(block in 0u64..(1 << 18), blocks in 1u32..256, command in 0u16..2) {
             let r = Request { flags: 0, command, cookie: 0, offset: block * 4096, len: blocks * 4096 };

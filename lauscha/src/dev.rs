@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use lauscha_core::SpreadLevel;
 use lauscha_core::config::{
-    GatewayConfig, MetadataConfig, PolicyConfig, ServerConfig, StorageNodeConfig,
+    GatewayConfig, MetadataConfig, NbdTlsConfig, PolicyConfig, ServerConfig, StorageNodeConfig,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -35,6 +35,17 @@ pub struct DevArgs {
     /// the VM hosts' network).
     #[arg(long, default_value = "127.0.0.1:10809")]
     pub nbd_listen: String,
+    /// Serve NBD only over TLS (NBD_OPT_STARTTLS): the server's certificate chain, PEM.
+    /// Needs --nbd-tls-key and --nbd-tls-client-ca.
+    #[arg(long, requires_all = ["nbd_tls_key", "nbd_tls_client_ca"])]
+    pub nbd_tls_cert: Option<PathBuf>,
+    /// The private key of --nbd-tls-cert, PEM.
+    #[arg(long, requires = "nbd_tls_cert")]
+    pub nbd_tls_key: Option<PathBuf>,
+    /// The CA whose client certificates are accepted, PEM; a client certificate's subject
+    /// CN names the tenant whose volumes it may attach.
+    #[arg(long, requires = "nbd_tls_cert")]
+    pub nbd_tls_client_ca: Option<PathBuf>,
     /// The region clients sign for.
     #[arg(long, default_value = "us-east-1")]
     pub region: String,
@@ -97,7 +108,7 @@ pub struct ClusterFile {
     pub s3_endpoint: String,
     /// Admin API URL.
     pub admin_endpoint: String,
-    /// NBD address (`nbd://host:port`), if block volumes are served.
+    /// NBD address (`nbd://host:port`, `nbds://` with TLS), if block volumes are served.
     pub nbd_endpoint: Option<String>,
     /// The region.
     pub region: String,
@@ -220,6 +231,19 @@ fn gateway_config(args: &DevArgs, meta: &[SocketAddr]) -> GatewayConfig {
     config.s3_listen = args.s3_listen.clone();
     config.admin_listen = args.admin_listen.clone();
     config.nbd_listen = Some(args.nbd_listen.clone());
+    if let (Some(cert), Some(key), Some(client_ca)) = (
+        &args.nbd_tls_cert,
+        &args.nbd_tls_key,
+        &args.nbd_tls_client_ca,
+    ) {
+        // Absolute, since --cluster hands the config to processes in other directories.
+        let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+        config.nbd_tls = Some(NbdTlsConfig {
+            cert: abs(cert),
+            key: abs(key),
+            client_ca: abs(client_ca),
+        });
+    }
     config.region = args.region.clone();
     config.max_object_bytes = args.max_object_bytes;
     if args.storage_nodes < 6 {
@@ -365,7 +389,7 @@ async fn run_in_process(args: DevArgs, data_dir: &Path) -> anyhow::Result<()> {
             "http://{}",
             gateway.admin_listen.expect("gateway has admin")
         ),
-        nbd_endpoint: gateway.nbd_listen.map(|a| format!("nbd://{a}")),
+        nbd_endpoint: gateway.nbd_listen.map(|a| nbd_endpoint(&args, a)),
         region: args.region.clone(),
         processes: roles
             .started
@@ -567,7 +591,7 @@ async fn run_cluster(args: DevArgs, data_dir: &Path) -> anyhow::Result<()> {
             "http://{}",
             gateway.admin_listen.expect("gateway has admin")
         ),
-        nbd_endpoint: gateway.nbd_listen.map(|a| format!("nbd://{a}")),
+        nbd_endpoint: gateway.nbd_listen.map(|a| nbd_endpoint(&args, a)),
         region: args.region.clone(),
         processes: children
             .iter()
@@ -605,4 +629,14 @@ async fn stop_children(children: &mut [Supervised]) {
         }
     }
     info!("all children stopped");
+}
+
+/// The NBD URI clients use: `nbds://` when only TLS is served (libnbd's scheme for it).
+fn nbd_endpoint(args: &DevArgs, addr: SocketAddr) -> String {
+    let scheme = if args.nbd_tls_cert.is_some() {
+        "nbds"
+    } else {
+        "nbd"
+    };
+    format!("{scheme}://{addr}")
 }

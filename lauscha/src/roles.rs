@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use lauscha_core::config::{GatewayConfig, MetadataConfig, StorageNodeConfig};
 use lauscha_core::{NodeInfo, NodeState};
-use lauscha_gateway::{Gateway, GatewayError, MetaClient};
+use lauscha_gateway::{Gateway, GatewayError, MetaClient, NbdTls};
 use lauscha_metadata::{MetaNode, MetaNodeOptions, MetaServer};
 use lauscha_storage_node::{DiskShardStore, ScrubConfig, ScrubStats, Scrubber, ShardServer};
 use serde::Serialize;
@@ -242,13 +242,17 @@ impl Roles {
         });
         let mut nbd_listen = None;
         if let Some(addr) = &config.nbd_listen {
+            let tls = match &config.nbd_tls {
+                Some(tls) => Some(Arc::new(NbdTls::load(tls)?)),
+                None => None,
+            };
             let nbd = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("listen for NBD on {addr}"))?;
             nbd_listen = Some(nbd.local_addr()?);
             let (g, shutdown) = (gateway.clone(), self.shutdown.clone());
             self.tasks.spawn(async move {
-                g.serve_nbd(nbd, shutdown.cancelled_owned())
+                g.serve_nbd(nbd, tls, shutdown.cancelled_owned())
                     .await
                     .context("NBD server")
             });

@@ -109,6 +109,7 @@ impl Dev {
         self.cluster["nbd_endpoint"]
             .as_str()
             .expect("NBD served")
+            .trim_start_matches("nbds://")
             .trim_start_matches("nbd://")
             .to_string()
     }

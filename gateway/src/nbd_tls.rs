@@ -1,0 +1,194 @@
+//! NBD over TLS: the server side of NBD_OPT_STARTTLS, with client certificates that name
+//! a tenant.
+//!
+//! Trust model with `gateway.nbd_tls` set: the server presents `cert`; a client must
+//! present a certificate that chains to `client_ca` (verified by rustls/webpki, with its
+//! validity period and the clientAuth purpose), and the subject common name of that
+//! certificate is the tenant whose volumes the connection may list and attach. The
+//! operator's CA is the whole authority: whoever holds a key certified for `CN=stadt-jena`
+//! acts for stadt-jena on the NBD port. Revocation is by replacing `client_ca` (or the
+//! certificates it signed) and restarting the gateway; there is no CRL check.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lauscha_core::TenantId;
+use lauscha_core::config::NbdTlsConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
+
+use crate::GatewayError;
+
+/// Longest a client may take for the TLS handshake before the connection is closed.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The TLS side of the NBD server, loaded once when the gateway starts.
+pub struct NbdTls {
+    acceptor: TlsAcceptor,
+}
+
+/// Who the client is after the handshake: the tenant its certificate names, or why the
+/// certificate names none (the connection then gets NBD_REP_ERR_POLICY with that reason).
+pub type ClientTenant = Result<TenantId, String>;
+
+impl NbdTls {
+    /// Reads the PEM files of `config`; every error names the setting and the file.
+    pub fn load(config: &NbdTlsConfig) -> Result<NbdTls, GatewayError> {
+        let certs = read_certs("gateway.nbd_tls.cert", &config.cert)?;
+        let key = PrivateKeyDer::from_pem_file(&config.key).map_err(|e| {
+            GatewayError::NbdTls(format!(
+                "gateway.nbd_tls.key {}: {e} (expected a PEM private key)",
+                config.key.display()
+            ))
+        })?;
+        let mut roots = RootCertStore::empty();
+        for ca in read_certs("gateway.nbd_tls.client_ca", &config.client_ca)? {
+            roots.add(ca).map_err(|e| {
+                GatewayError::NbdTls(format!(
+                    "gateway.nbd_tls.client_ca {}: {e}",
+                    config.client_ca.display()
+                ))
+            })?;
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| GatewayError::NbdTls(format!("client certificate verifier: {e}")))?;
+        let server = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| GatewayError::NbdTls(format!("TLS versions: {e}")))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .map_err(|e| {
+                GatewayError::NbdTls(format!(
+                    "gateway.nbd_tls.cert {} and key {} do not make a server identity: {e}",
+                    config.cert.display(),
+                    config.key.display()
+                ))
+            })?;
+        Ok(NbdTls {
+            acceptor: TlsAcceptor::from(Arc::new(server)),
+        })
+    }
+
+    /// Runs the server side of the handshake on `stream` (right after the ACK to
+    /// NBD_OPT_STARTTLS) and says which tenant the client certificate names.
+    pub async fn accept<S>(
+        &self,
+        stream: S,
+    ) -> std::io::Result<(tokio_rustls::server::TlsStream<S>, ClientTenant)>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream))
+            .await
+            .map_err(|_| std::io::Error::other("TLS handshake timed out"))??;
+        let tenant = match tls.get_ref().1.peer_certificates() {
+            Some([leaf, ..]) => tenant_of(leaf),
+            // The verifier requires a certificate; this is only reached if that changes.
+            _ => Err("no client certificate".to_string()),
+        };
+        Ok((tls, tenant))
+    }
+}
+
+fn read_certs(setting: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, GatewayError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| GatewayError::NbdTls(format!("{setting} {}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(GatewayError::NbdTls(format!(
+            "{setting} {}: no PEM certificate in the file",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+/// The tenant a client certificate (DER) names: its one subject common name, which must
+/// be a valid tenant name.
+pub fn tenant_of(cert_der: &[u8]) -> ClientTenant {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|e| format!("client certificate unreadable: {e}"))?;
+    let mut names = cert.subject().iter_common_name();
+    let cn = names
+        .next()
+        .ok_or("the client certificate has no subject CN naming a tenant")?;
+    if names.next().is_some() {
+        return Err("the client certificate has more than one subject CN".into());
+    }
+    let cn = cn
+        .as_str()
+        .map_err(|e| format!("the client certificate's CN is not a string: {e}"))?;
+    TenantId::parse(cn).map_err(|_| {
+        format!("the client certificate's CN {cn:?} is not a tenant name ([a-z0-9-], 1 to 64)")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert_with(names: &[&str]) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Landesrechenzentrum");
+        for n in names {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, *n);
+        }
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn the_common_name_is_the_tenant() {
+        assert_eq!(
+            tenant_of(&cert_with(&["stadt-jena"])),
+            Ok(TenantId("stadt-jena".into()))
+        );
+        assert!(
+            tenant_of(&cert_with(&[]))
+                .unwrap_err()
+                .contains("no subject CN")
+        );
+        assert!(
+            tenant_of(&cert_with(&["Stadt Jena"]))
+                .unwrap_err()
+                .contains("not a tenant name")
+        );
+        assert!(
+            tenant_of(b"not a certificate")
+                .unwrap_err()
+                .contains("unreadable")
+        );
+    }
+
+    #[test]
+    fn missing_or_wrong_files_are_named_in_the_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let config = NbdTlsConfig {
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+            client_ca: dir.join("ca.pem"),
+        };
+        let err = NbdTls::load(&config).err().unwrap().to_string();
+        assert!(
+            err.contains("gateway.nbd_tls.cert") && err.contains("server.pem"),
+            "{err}"
+        );
+        std::fs::write(&config.cert, "not pem").unwrap();
+        let err = NbdTls::load(&config).err().unwrap().to_string();
+        assert!(err.contains("no PEM certificate"), "{err}");
+    }
+}

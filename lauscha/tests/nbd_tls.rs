@@ -1,0 +1,388 @@
+//! NBD over TLS with client certificates, through real GnuTLS clients (nbdinfo, nbdcopy,
+//! qemu-io): a certificate's CN names a tenant, and a connection sees and attaches that
+//! tenant's volumes only; without TLS, or with a certificate from another CA, nothing.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+use lauscha_core::nbd;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair,
+};
+
+/// A test PKI: a CA, the server's certificate for 127.0.0.1, and client certificate
+/// directories in the layout libnbd and qemu read (`ca-cert.pem`, `client-cert.pem`,
+/// `client-key.pem`).
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca("Lauscha test CA");
+        std::fs::write(dir.path().join("ca-cert.pem"), ca.pem()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut server =
+            CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+        server
+            .distinguished_name
+            .push(DnType::CommonName, "lauscha-gateway");
+        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = server.signed_by(&key, &ca).unwrap();
+        std::fs::write(dir.path().join("server-cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("server-key.pem"), key.serialize_pem()).unwrap();
+        Pki { dir, ca }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The `lauscha dev` flags serving NBD only over TLS with this PKI.
+    fn dev_flags(&self) -> Vec<String> {
+        let p = |n: &str| self.path(n).display().to_string();
+        vec![
+            "--nbd-tls-cert".into(),
+            p("server-cert.pem"),
+            "--nbd-tls-key".into(),
+            p("server-key.pem"),
+            "--nbd-tls-client-ca".into(),
+            p("ca-cert.pem"),
+        ]
+    }
+
+    /// A client directory whose certificate says `CN=common_name`, signed by `issuer`
+    /// (this PKI's CA unless given another).
+    fn client(
+        &self,
+        dir_name: &str,
+        common_name: &str,
+        issuer: Option<&CertifiedIssuer<'static, KeyPair>>,
+    ) -> PathBuf {
+        let issuer = issuer.unwrap_or(&self.ca);
+        let dir = self.path(dir_name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, issuer).unwrap();
+        // The client verifies the server against our CA, whoever signed its own.
+        std::fs::write(dir.join("ca-cert.pem"), self.ca.pem()).unwrap();
+        std::fs::write(dir.join("client-cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("client-key.pem"), key.serialize_pem()).unwrap();
+        dir
+    }
+}
+
+fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+}
+
+fn output(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} could not run (install it: see .ci/run): {e}"))
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[track_caller]
+fn must(program: &str, args: &[&str]) -> String {
+    let out = output(program, args);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed:\n{}",
+        text(&out)
+    );
+    text(&out)
+}
+
+#[track_caller]
+fn must_fail(program: &str, args: &[&str]) -> String {
+    let out = output(program, args);
+    assert!(
+        !out.status.success(),
+        "{program} {args:?} succeeded:\n{}",
+        text(&out)
+    );
+    text(&out)
+}
+
+/// libnbd's URI for `export` with the certificates in `certs`.
+fn uri(addr: &str, export: &str, certs: &Path) -> String {
+    format!(
+        "nbds://{addr}/{export}?tls-certificates={}",
+        certs.display()
+    )
+}
+
+/// qemu-io on `export` over TLS with the certificates in `certs`.
+fn qemu_io(addr: &str, export: &str, certs: &Path, commands: &[&str]) -> Output {
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let object = format!(
+        "tls-creds-x509,id=tls0,dir={},endpoint=client",
+        certs.display()
+    );
+    let image = format!(
+        "driver=nbd,server.type=inet,server.host={host},server.port={port},export={export},tls-creds=tls0"
+    );
+    let mut args = vec!["--object", &object, "--image-opts"];
+    for c in commands {
+        args.extend(["-c", c]);
+    }
+    args.push(&image);
+    output("qemu-io", &args)
+}
+
+#[test]
+fn each_tenant_s_certificate_reaches_its_volumes_only() {
+    let pki = Pki::new();
+    let flags = pki.dev_flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let dev = Dev::start(&flags);
+    assert!(
+        dev.cluster["nbd_endpoint"]
+            .as_str()
+            .unwrap()
+            .starts_with("nbds://"),
+        "{}",
+        dev.cluster
+    );
+    let addr = dev.nbd_addr();
+    for tenant in ["stadt-jena", "stadt-gera"] {
+        dev.admin(&["tenant", "create", tenant]);
+    }
+    dev.admin(&[
+        "volume",
+        "create",
+        "jena-disk",
+        "--size",
+        "64M",
+        "--tenant",
+        "stadt-jena",
+    ]);
+    dev.admin(&[
+        "volume",
+        "create",
+        "jena-backup",
+        "--size",
+        "16M",
+        "--tenant",
+        "stadt-jena",
+    ]);
+    dev.admin(&[
+        "volume",
+        "create",
+        "gera-disk",
+        "--size",
+        "32M",
+        "--tenant",
+        "stadt-gera",
+    ]);
+    let jena = pki.client("jena", "stadt-jena", None);
+    let gera = pki.client("gera", "stadt-gera", None);
+
+    // LIST shows the certificate's tenant's volumes, and only those.
+    let list = must("nbdinfo", &["--list", "--json", &uri(&addr, "", &jena)]);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let mut names: Vec<&str> = list["exports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["export-name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["jena-backup", "jena-disk"], "{list}");
+    let info = must("nbdinfo", &["--json", &uri(&addr, "jena-disk", &jena)]);
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["exports"][0]["export-size"], 64 << 20, "{info}");
+    assert_eq!(info["exports"][0]["can_flush"], true, "{info}");
+
+    // Data through TLS: qemu-io patterns, and nbdcopy both ways.
+    let out = qemu_io(
+        &addr,
+        "jena-disk",
+        &jena,
+        &[
+            "write -P 0xab 0 1M",
+            "write -P 0xcd -f 8M 64k",
+            "flush",
+            "read -P 0xab 0 1M",
+            "read -P 0xcd 8M 64k",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !text(&out).contains("Pattern verification failed"),
+        "{}",
+        text(&out)
+    );
+    let image = pki.path("random.img");
+    let data = payload(7, 4 << 20);
+    std::fs::write(&image, &data).unwrap();
+    must(
+        "nbdcopy",
+        &[image.to_str().unwrap(), &uri(&addr, "jena-backup", &jena)],
+    );
+    let back = pki.path("back.img");
+    must(
+        "nbdcopy",
+        &[&uri(&addr, "jena-backup", &jena), back.to_str().unwrap()],
+    );
+    let back = std::fs::read(&back).unwrap();
+    assert_eq!(back.len(), 16 << 20);
+    assert!(
+        back[..data.len()] == data[..],
+        "nbdcopy round trip over TLS differs"
+    );
+    assert!(back[data.len()..].iter().all(|&b| b == 0));
+
+    // Another tenant's certificate: the volume does not exist for it, in every client.
+    let refused = must_fail("nbdinfo", &["--json", &uri(&addr, "jena-disk", &gera)]);
+    // NBD_REP_ERR_UNKNOWN, which libnbd reports as ENOENT: the same as a missing volume.
+    assert!(refused.contains("No such file"), "{refused}");
+    let missing = must_fail("nbdinfo", &["--json", &uri(&addr, "no-such-disk", &gera)]);
+    assert!(missing.contains("No such file"), "{missing}");
+    let out = qemu_io(&addr, "jena-disk", &gera, &["read -P 0xab 0 4k"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("no volume \"jena-disk\" for tenant stadt-gera"),
+        "{}",
+        text(&out)
+    );
+    let list = must("nbdinfo", &["--list", "--json", &uri(&addr, "", &gera)]);
+    assert!(!list.contains("jena"), "{list}");
+    let out = qemu_io(&addr, "gera-disk", &gera, &["read -P 0 0 1M"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // A certificate from another CA fails the handshake; one whose CN names no tenant
+    // is refused by policy with the reason.
+    let rogue_ca = ca("Rogue CA");
+    let rogue = pki.client("rogue", "stadt-jena", Some(&rogue_ca));
+    must_fail("nbdinfo", &["--json", &uri(&addr, "jena-disk", &rogue)]);
+    let nameless = pki.client("nameless", "Stadt Jena", None);
+    let refused = must_fail("nbdinfo", &["--json", &uri(&addr, "jena-disk", &nameless)]);
+    assert!(!refused.contains("No such file"), "{refused}");
+    // NBD_REP_ERR_POLICY; qemu shows the server's reason.
+    let out = qemu_io(&addr, "jena-disk", &nameless, &["read 0 4k"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("not a tenant name"), "{}", text(&out));
+
+    // Plain NBD gets nothing: every client refuses or is refused.
+    must_fail("nbdinfo", &["--json", &format!("nbd://{addr}/jena-disk")]);
+    let mut tcp = TcpStream::connect(&addr).unwrap();
+    let mut hello = [0u8; 18];
+    tcp.read_exact(&mut hello).unwrap();
+    tcp.write_all(&(nbd::CLIENT_FIXED_NEWSTYLE | nbd::CLIENT_NO_ZEROES).to_be_bytes())
+        .unwrap();
+    let mut payload = 9u32.to_be_bytes().to_vec();
+    payload.extend_from_slice(b"jena-disk");
+    payload.extend_from_slice(&0u16.to_be_bytes());
+    for (option, data) in [
+        (nbd::OPT_GO, &payload[..]),
+        (nbd::OPT_INFO, &payload[..]),
+        (nbd::OPT_LIST, &[][..]),
+    ] {
+        send_option(&mut tcp, option, data);
+        let (reply, message) = read_option_reply(&mut tcp);
+        assert_eq!(reply, nbd::REP_ERR_TLS_REQD, "option {option}");
+        assert!(String::from_utf8_lossy(&message).contains("requires TLS"));
+    }
+    send_option(&mut tcp, nbd::OPT_STARTTLS, b"junk");
+    assert_eq!(read_option_reply(&mut tcp).0, nbd::REP_ERR_INVALID);
+    // EXPORT_NAME has no error reply: the server hangs up.
+    send_option(&mut tcp, nbd::OPT_EXPORT_NAME, b"jena-disk");
+    let mut buf = [0u8; 1];
+    assert_eq!(tcp.read(&mut buf).unwrap_or(0), 0, "closed");
+
+    // Through all of that the owner's data stayed as written.
+    let out = qemu_io(
+        &addr,
+        "jena-disk",
+        &jena,
+        &["read -P 0xab 0 1M", "read -P 0 1M 1M"],
+    );
+    assert!(
+        out.status.success() && !text(&out).contains("Pattern verification failed"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn unusable_tls_files_stop_the_start_with_the_setting_named() {
+    let pki = Pki::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("missing.pem");
+    let out = Command::new(env!("CARGO_BIN_EXE_lauscha"))
+        .args(["dev", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .args([
+            "--s3-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--nbd-listen", "127.0.0.1:0", "--nbd-tls-cert"])
+        .arg(&missing)
+        .arg("--nbd-tls-key")
+        .arg(pki.path("server-key.pem"))
+        .arg("--nbd-tls-client-ca")
+        .arg(pki.path("ca-cert.pem"))
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let text = text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("gateway.nbd_tls.cert") && text.contains("missing.pem"),
+        "{text}"
+    );
+    // Half the flags is a usage error from the command line itself.
+    let out = Command::new(env!("CARGO_BIN_EXE_lauscha"))
+        .args(["dev", "--nbd-tls-cert", "x.pem"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--nbd-tls-key"));
+}
+
+fn send_option(tcp: &mut TcpStream, option: u32, data: &[u8]) {
+    let mut out = nbd::IHAVEOPT.to_be_bytes().to_vec();
+    out.extend_from_slice(&option.to_be_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(data);
+    tcp.write_all(&out).unwrap();
+}
+
+fn read_option_reply(tcp: &mut TcpStream) -> (u32, Vec<u8>) {
+    let mut header = [0u8; 20];
+    tcp.read_exact(&mut header).unwrap();
+    assert_eq!(&header[..8], &nbd::OPT_REPLY_MAGIC.to_be_bytes());
+    let reply_type = u32::from_be_bytes(header[12..16].try_into().unwrap());
+    let len = u32::from_be_bytes(header[16..20].try_into().unwrap());
+    let mut data = vec![0u8; len as usize];
+    tcp.read_exact(&mut data).unwrap();
+    (reply_type, data)
+}
