@@ -30,20 +30,27 @@ use tracing::{debug, info, warn};
 use crate::GatewayError;
 use crate::gateway::Inner;
 use crate::nbd_tls::NbdTls;
-use crate::volume::{VolumeEngine, VolumeError};
+use crate::volume::{VolumeEngine, VolumeError, VolumeIdentity};
 
 /// Largest READ or WRITE payload, bytes.
 const MAX_REQUEST_BYTES: u32 = 32 << 20;
+/// With TLS required: how long a client may negotiate before it has started TLS.
+const UNAUTHENTICATED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Requests of one connection in flight at once.
 const MAX_IN_FLIGHT: usize = 64;
+
+/// A volume name and which volume of that name it denoted when it was attached.
+type AttachedKey = (String, VolumeIdentity);
 
 /// Attached volumes, shared by the connections that use them.
 pub struct Exports {
     inner: Arc<Inner>,
     /// This server's lease holder id.
     holder: String,
-    /// Volume name -> (its engine, connections using it).
-    attached: Mutex<HashMap<String, (Arc<VolumeEngine>, usize)>>,
+    /// (Volume name, which volume of that name) -> (its engine, connections using it).
+    /// The identity is part of the key so that a name deleted and created again (by
+    /// another tenant, say) is never served by the engine of the volume it replaced.
+    attached: Mutex<HashMap<AttachedKey, (Arc<VolumeEngine>, usize)>>,
 }
 
 impl Exports {
@@ -56,27 +63,35 @@ impl Exports {
         })
     }
 
-    async fn attach(&self, name: &str) -> Result<Arc<VolumeEngine>, GatewayError> {
+    /// The engine of `name`, which must still be the volume `identity` describes (the one
+    /// the connection was allowed to see).
+    async fn attach(
+        &self,
+        name: &str,
+        identity: &VolumeIdentity,
+    ) -> Result<Arc<VolumeEngine>, GatewayError> {
+        let key = (name.to_string(), identity.clone());
         let mut attached = self.attached.lock().await;
-        if let Some((engine, n)) = attached.get_mut(name)
+        if let Some((engine, n)) = attached.get_mut(&key)
             && !engine.is_fenced()
         {
             *n += 1;
             return Ok(engine.clone());
         }
-        let engine = VolumeEngine::attach(self.inner.clone(), name, &self.holder).await?;
-        attached.insert(name.to_string(), (engine.clone(), 1));
+        let engine = VolumeEngine::attach(self.inner.clone(), name, identity, &self.holder).await?;
+        attached.insert(key, (engine.clone(), 1));
         Ok(engine)
     }
 
-    async fn detach(&self, name: &str) {
+    async fn detach(&self, name: &str, identity: &VolumeIdentity) {
+        let key = (name.to_string(), identity.clone());
         let mut attached = self.attached.lock().await;
-        let last = match attached.get_mut(name) {
+        let last = match attached.get_mut(&key) {
             Some((_, n)) if *n > 1 => {
                 *n -= 1;
                 None
             }
-            Some(_) => attached.remove(name).map(|(e, _)| e),
+            Some(_) => attached.remove(&key).map(|(e, _)| e),
             None => None,
         };
         drop(attached);
@@ -92,7 +107,7 @@ impl Exports {
         &self,
         session: &Session,
         name: &str,
-    ) -> Result<Option<ExportInfo>, GatewayError> {
+    ) -> Result<Option<(ExportInfo, VolumeIdentity)>, GatewayError> {
         match self
             .inner
             .meta
@@ -106,7 +121,7 @@ impl Exports {
                 if s.volume.read_only {
                     info.flags |= nbd::TFLAG_READ_ONLY;
                 }
-                Ok(Some(info))
+                Ok(Some((info, VolumeIdentity::of(&s.volume))))
             }
             MetaQueryReply::VolumeState(_) => Ok(None),
             other => Err(GatewayError::Internal(format!(
@@ -224,7 +239,7 @@ type Stream = BufReader<Box<dyn NbdStream>>;
 /// What negotiation ended with.
 enum Negotiated {
     /// Transmission on this volume.
-    Go(String, ExportInfo, Arc<VolumeEngine>),
+    Go(String, VolumeIdentity, ExportInfo, Arc<VolumeEngine>),
     /// The client asked for TLS and was answered with NBD_REP_ACK: the handshake is next.
     StartTls,
     /// The client left (NBD_OPT_ABORT or hang-up), or must be cut off.
@@ -246,6 +261,12 @@ async fn connection(
     if client_flags & !(nbd::CLIENT_FIXED_NEWSTYLE | nbd::CLIENT_NO_ZEROES) != 0 {
         return Err(std::io::Error::other("unknown client flags"));
     }
+    if tls.is_some() && client_flags & nbd::CLIENT_FIXED_NEWSTYLE == 0 {
+        // proto.md: a server that requires TLS must drop a client that cannot negotiate it.
+        return Err(std::io::Error::other(
+            "client does not speak fixed newstyle, so it cannot start TLS",
+        ));
+    }
     let no_zeroes = client_flags & nbd::CLIENT_NO_ZEROES != 0;
     let mut session = Session {
         client: match tls {
@@ -253,9 +274,19 @@ async fn connection(
             None => Client::Trusted,
         },
     };
-    let (name, info, engine) = loop {
-        match negotiate(&exports, &mut stream, &session, tls.is_some(), no_zeroes).await? {
-            Negotiated::Go(name, info, engine) => break (name, info, engine),
+    let (name, identity, info, engine) = loop {
+        let negotiated = negotiate(&exports, &mut stream, &session, tls.is_some(), no_zeroes);
+        let negotiated = if session.client == Client::Unauthenticated {
+            // A port that may face tenant networks: a client that does not authenticate
+            // in time is dropped instead of holding a connection open.
+            tokio::time::timeout(UNAUTHENTICATED_TIMEOUT, negotiated)
+                .await
+                .map_err(|_| std::io::Error::other("no TLS handshake in time"))?
+        } else {
+            negotiated.await
+        };
+        match negotiated? {
+            Negotiated::Go(name, identity, info, engine) => break (name, identity, info, engine),
             Negotiated::Done => return Ok(()),
             Negotiated::StartTls => {
                 let Some(tls) = &tls else {
@@ -290,7 +321,7 @@ async fn connection(
     info!(volume = %name, %tenant, epoch = engine.epoch, "NBD client attached");
     let (rd, wr) = tokio::io::split(stream);
     let result = transmission(engine, info, rd, wr).await;
-    exports.detach(&name).await;
+    exports.detach(&name, &identity).await;
     result
 }
 
@@ -375,11 +406,11 @@ async fn negotiate(
             nbd::OPT_EXPORT_NAME => {
                 let name = String::from_utf8_lossy(&data).to_string();
                 // No error reply exists for EXPORT_NAME: a refusal closes the connection.
-                let info = match exports.export_info(session, &name).await {
-                    Ok(Some(info)) => info,
+                let (info, identity) = match exports.export_info(session, &name).await {
+                    Ok(Some(found)) => found,
                     _ => return Ok(Negotiated::Done),
                 };
-                let engine = match exports.attach(&name).await {
+                let engine = match exports.attach(&name, &identity).await {
                     Ok(e) => e,
                     Err(e) => {
                         warn!(volume = %name, error = %e, "attach refused");
@@ -392,7 +423,7 @@ async fn negotiate(
                     out.extend_from_slice(&[0u8; 124]);
                 }
                 reply(stream, &out).await?;
-                return Ok(Negotiated::Go(name, info, engine));
+                return Ok(Negotiated::Go(name, identity, info, engine));
             }
             nbd::OPT_INFO | nbd::OPT_GO => {
                 let request = match nbd::parse_info_request(&data) {
@@ -410,8 +441,8 @@ async fn negotiate(
                         continue;
                     }
                 };
-                let info = match exports.export_info(session, &request.name).await {
-                    Ok(Some(info)) => info,
+                let (info, identity) = match exports.export_info(session, &request.name).await {
+                    Ok(Some(found)) => found,
                     Ok(None) => {
                         let msg = match &session.client {
                             Client::Tenant(t) => {
@@ -444,10 +475,10 @@ async fn negotiate(
                     reply(stream, &answer).await?;
                     continue;
                 }
-                match exports.attach(&request.name).await {
+                match exports.attach(&request.name, &identity).await {
                     Ok(engine) => {
                         reply(stream, &answer).await?;
-                        return Ok(Negotiated::Go(request.name, info, engine));
+                        return Ok(Negotiated::Go(request.name, identity, info, engine));
                     }
                     Err(e) => {
                         // Attached elsewhere (a live lease) or metadata down.

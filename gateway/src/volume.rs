@@ -28,7 +28,7 @@ use lauscha_core::versioning::{MetaQuery, MetaQueryReply, ObjectCommand, ObjectC
 use lauscha_core::volume::{
     JournalEntry, Volume, VolumeCommand, VolumeReply, VolumeState, extents_of,
 };
-use lauscha_core::{ObjectData, ObjectVersion, PlacementPolicy, SpreadLevel};
+use lauscha_core::{ObjectData, ObjectVersion, PlacementPolicy, SpreadLevel, TenantId};
 use s3s::checksum::ChecksumHasher;
 use s3s::dto::StreamingBlob;
 use tracing::{info, warn};
@@ -193,16 +193,53 @@ async fn store_journal(
     Ok(attempt)
 }
 
+/// Which volume a name denoted when a client was allowed to use it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct VolumeIdentity {
+    /// The owner.
+    pub tenant: TenantId,
+    /// Its creation time, Unix ms: tells a volume from a later one of the same name.
+    pub created_ms: u64,
+}
+
+impl VolumeIdentity {
+    /// The identity of `volume`.
+    pub fn of(volume: &Volume) -> VolumeIdentity {
+        VolumeIdentity {
+            tenant: volume.tenant.clone(),
+            created_ms: volume.created_ms,
+        }
+    }
+
+    /// Refuses a volume that is not this one.
+    pub fn check(&self, volume: &Volume) -> Result<(), GatewayError> {
+        if VolumeIdentity::of(volume) == *self {
+            Ok(())
+        } else {
+            Err(GatewayError::AccessDenied(format!(
+                "volume {} was replaced since it was looked up; connect again",
+                volume.name
+            )))
+        }
+    }
+}
+
 impl VolumeEngine {
     /// Attaches `name`: takes the lease (refused while another server holds it), replays
     /// the journal left by an earlier holder into memory, and starts lease renewal and
     /// merging. The returned engine is shared by every connection to the volume.
+    ///
+    /// `identity` is the volume the caller checked (its owner and creation time): if the
+    /// name now denotes another volume (deleted and created again, perhaps by another
+    /// tenant), the attach is refused rather than handing that volume to the caller.
     pub async fn attach(
         inner: Arc<Inner>,
         name: &str,
+        identity: &VolumeIdentity,
         holder: &str,
     ) -> Result<Arc<VolumeEngine>, GatewayError> {
         let state = volume_state(&inner, name).await?;
+        identity.check(&state.volume)?;
         if state.volume.read_only {
             // A snapshot never changes: no lease, no merges, any number of readers.
             let engine = Arc::new(VolumeEngine {
@@ -220,7 +257,8 @@ impl VolumeEngine {
             .meta
             .execute(&ObjectCommand::Volume(VolumeCommand::Acquire {
                 name: name.to_string(),
-                tenant: state.volume.tenant.clone(),
+                // The checked owner: metadata refuses the lease if the name changed hands.
+                tenant: identity.tenant.clone(),
                 holder: holder.to_string(),
                 ttl_ms: LEASE_TTL.as_millis() as u64,
             }))
@@ -232,6 +270,7 @@ impl VolumeEngine {
         };
         // Read the state again under the new epoch: nothing can change it any more.
         let state = volume_state(&inner, name).await?;
+        identity.check(&state.volume)?;
         let engine = Arc::new(VolumeEngine {
             inner: inner.clone(),
             volume: state.volume.clone(),

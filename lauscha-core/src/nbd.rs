@@ -460,8 +460,8 @@ mod tests {
             }
         }
 
-        /// Any request inside the export, aligned and small enough, passes the checks;
-        /// anything past the end does not.
+        /// With TLS required and not yet started, no option but ABORT and an empty
+        /// STARTTLS gets past the gate, whatever its number and length.
         #[test]
         fn nothing_but_starttls_and_abort_passes_before_tls(option in any::<u32>(), len in any::<u32>()) {
             let gate = tls_gate(option, len, true, false);
@@ -469,6 +469,8 @@ mod tests {
             prop_assert_eq!(matches!(gate, TlsGate::Proceed | TlsGate::StartTls), allowed);
         }
 
+        /// Any request inside the export, aligned and small enough, passes the checks;
+        /// anything past the end does not.
         #[test]
         fn in_range_requests_pass(block in 0u64..(1 << 18), blocks in 1u32..256, command in 0u16..2) {
             let r = Request { flags: 0, command, cookie: 0, offset: block * 4096, len: blocks * 4096 };

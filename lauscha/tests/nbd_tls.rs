@@ -148,6 +148,9 @@ fn qemu_io(addr: &str, export: &str, certs: &Path, commands: &[&str]) -> Output 
         "driver=nbd,server.type=inet,server.host={host},server.port={port},export={export},tls-creds=tls0"
     );
     let mut args = vec!["--object", &object, "--image-opts"];
+    if export.contains('@') {
+        args.push("-r"); // a snapshot is served read-only
+    }
     for c in commands {
         args.extend(["-c", c]);
     }
@@ -204,16 +207,7 @@ fn each_tenant_s_certificate_reaches_its_volumes_only() {
     let gera = pki.client("gera", "stadt-gera", None);
 
     // LIST shows the certificate's tenant's volumes, and only those.
-    let list = must("nbdinfo", &["--list", "--json", &uri(&addr, "", &jena)]);
-    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
-    let mut names: Vec<&str> = list["exports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["export-name"].as_str().unwrap())
-        .collect();
-    names.sort();
-    assert_eq!(names, ["jena-backup", "jena-disk"], "{list}");
+    assert_eq!(export_names(&addr, &jena), ["jena-backup", "jena-disk"]);
     let info = must("nbdinfo", &["--json", &uri(&addr, "jena-disk", &jena)]);
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert_eq!(info["exports"][0]["export-size"], 64 << 20, "{info}");
@@ -271,10 +265,26 @@ fn each_tenant_s_certificate_reaches_its_volumes_only() {
         "{}",
         text(&out)
     );
-    let list = must("nbdinfo", &["--list", "--json", &uri(&addr, "", &gera)]);
-    assert!(!list.contains("jena"), "{list}");
+    assert_eq!(export_names(&addr, &gera), ["gera-disk"]);
     let out = qemu_io(&addr, "gera-disk", &gera, &["read -P 0 0 1M"]);
     assert!(out.status.success(), "{}", text(&out));
+    // Snapshots belong to their volume's tenant.
+    dev.admin(&[
+        "volume",
+        "snapshot",
+        "jena-disk",
+        "mon",
+        "--tenant",
+        "stadt-jena",
+    ]);
+    let refused = must_fail("nbdinfo", &["--json", &uri(&addr, "jena-disk@mon", &gera)]);
+    assert!(refused.contains("No such file"), "{refused}");
+    let out = qemu_io(&addr, "jena-disk@mon", &jena, &["read -P 0xab 0 1M"]);
+    assert!(
+        out.status.success() && !text(&out).contains("Pattern verification failed"),
+        "{}",
+        text(&out)
+    );
 
     // A certificate from another CA fails the handshake; one whose CN names no tenant
     // is refused by policy with the reason.
@@ -290,8 +300,44 @@ fn each_tenant_s_certificate_reaches_its_volumes_only() {
     assert!(text(&out).contains("not a tenant name"), "{}", text(&out));
 
     // Plain NBD gets nothing: every client refuses or is refused.
-    must_fail("nbdinfo", &["--json", &format!("nbd://{addr}/jena-disk")]);
+    let refused = must_fail("nbdinfo", &["--json", &format!("nbd://{addr}/jena-disk")]);
+    assert!(refused.contains("TLS"), "{refused}");
+    // A client that cannot negotiate TLS (no fixed newstyle) is dropped at once.
     let mut tcp = TcpStream::connect(&addr).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut hello = [0u8; 18];
+    tcp.read_exact(&mut hello).unwrap();
+    tcp.write_all(&0u32.to_be_bytes()).unwrap();
+    assert_closed(&mut tcp);
+    // Plaintext sent behind STARTTLS never reaches negotiation: the server hangs up.
+    let mut tcp = TcpStream::connect(&addr).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    tcp.read_exact(&mut hello).unwrap();
+    tcp.write_all(&nbd::CLIENT_FIXED_NEWSTYLE.to_be_bytes())
+        .unwrap();
+    let mut smuggled = option_bytes(nbd::OPT_STARTTLS, &[]);
+    smuggled.extend(option_bytes(nbd::OPT_LIST, &[]));
+    tcp.write_all(&smuggled).unwrap();
+    assert_eq!(read_option_reply(&mut tcp).0, nbd::REP_ACK);
+    // Refused before the handshake (bytes already buffered), or by the handshake itself
+    // (a TLS alert at most): never an NBD reply.
+    let mut rest = Vec::new();
+    tcp.read_to_end(&mut rest)
+        .or_else(|e| match e.kind() {
+            std::io::ErrorKind::ConnectionReset => Ok(0),
+            _ => Err(e),
+        })
+        .expect("the server closes the connection");
+    assert!(
+        !rest.starts_with(&nbd::OPT_REPLY_MAGIC.to_be_bytes()),
+        "{rest:?}"
+    );
+
+    let mut tcp = TcpStream::connect(&addr).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
     let mut hello = [0u8; 18];
     tcp.read_exact(&mut hello).unwrap();
     tcp.write_all(&(nbd::CLIENT_FIXED_NEWSTYLE | nbd::CLIENT_NO_ZEROES).to_be_bytes())
@@ -313,8 +359,7 @@ fn each_tenant_s_certificate_reaches_its_volumes_only() {
     assert_eq!(read_option_reply(&mut tcp).0, nbd::REP_ERR_INVALID);
     // EXPORT_NAME has no error reply: the server hangs up.
     send_option(&mut tcp, nbd::OPT_EXPORT_NAME, b"jena-disk");
-    let mut buf = [0u8; 1];
-    assert_eq!(tcp.read(&mut buf).unwrap_or(0), 0, "closed");
+    assert_closed(&mut tcp);
 
     // Through all of that the owner's data stayed as written.
     let out = qemu_io(
@@ -368,12 +413,41 @@ fn unusable_tls_files_stop_the_start_with_the_setting_named() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--nbd-tls-key"));
 }
 
-fn send_option(tcp: &mut TcpStream, option: u32, data: &[u8]) {
+/// The names `nbdinfo --list` shows with the certificates in `certs`, sorted.
+fn export_names(addr: &str, certs: &Path) -> Vec<String> {
+    let list = must("nbdinfo", &["--list", "--json", &uri(addr, "", certs)]);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let mut names: Vec<String> = list["exports"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{list}"))
+        .iter()
+        .map(|e| e["export-name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The server closed the connection (end of stream or reset; a timeout fails).
+#[track_caller]
+fn assert_closed(tcp: &mut TcpStream) {
+    let mut buf = [0u8; 64];
+    match tcp.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("expected the server to close the connection, got {other:?}"),
+    }
+}
+
+fn option_bytes(option: u32, data: &[u8]) -> Vec<u8> {
     let mut out = nbd::IHAVEOPT.to_be_bytes().to_vec();
     out.extend_from_slice(&option.to_be_bytes());
     out.extend_from_slice(&(data.len() as u32).to_be_bytes());
     out.extend_from_slice(data);
-    tcp.write_all(&out).unwrap();
+    out
+}
+
+fn send_option(tcp: &mut TcpStream, option: u32, data: &[u8]) {
+    tcp.write_all(&option_bytes(option, data)).unwrap();
 }
 
 fn read_option_reply(tcp: &mut TcpStream) -> (u32, Vec<u8>) {

@@ -657,3 +657,44 @@ async fn a_lost_node_s_volume_shards_are_rebuilt_elsewhere() {
         ],
     );
 }
+
+#[test]
+fn a_name_created_again_is_never_served_by_the_engine_of_the_volume_it_replaced() {
+    let dev = Dev::start(&[]);
+    let addr = dev.nbd_addr();
+    for tenant in ["stadt-jena", "stadt-gera"] {
+        dev.admin(&["tenant", "create", tenant]);
+    }
+    dev.admin(&[
+        "volume",
+        "create",
+        "v",
+        "--size",
+        "16M",
+        "--tenant",
+        "stadt-jena",
+    ]);
+    qemu_io(
+        &format!("nbd://{addr}/v"),
+        &["write -P 0xaa 0 64k", "flush"],
+    );
+    dev.admin(&["volume", "snapshot", "v", "s", "--tenant", "stadt-jena"]);
+    // A reader keeps stadt-jena's snapshot attached on this gateway ...
+    let mut reader = RawClient::connect(&addr, "v@s");
+    assert!(reader.read_block(0).iter().all(|&b| b == 0xaa));
+    // ... while both names are deleted and created again by another tenant.
+    dev.admin(&["volume", "delete", "v@s", "--tenant", "stadt-jena"]);
+    dev.admin(&["volume", "delete", "v", "--tenant", "stadt-jena"]);
+    dev.admin(&[
+        "volume",
+        "create",
+        "v",
+        "--size",
+        "16M",
+        "--tenant",
+        "stadt-gera",
+    ]);
+    dev.admin(&["volume", "snapshot", "v", "s", "--tenant", "stadt-gera"]);
+    // The new snapshot reads as its own (zeros), not as the attached old one.
+    qemu_io_ro(&format!("nbd://{addr}/v@s"), &["read -P 0 0 64k"]);
+}
