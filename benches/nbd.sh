@@ -7,6 +7,8 @@
 # write_bytes of the dev process, which runs every role) for 4 KiB random and 1 MiB
 # sequential writes.
 #
+# Then the cost of NBD over TLS (certificates made with openssl) as ratios to plain NBD.
+#
 # Usage: benches/nbd.sh [SECONDS_PER_JOB]      Removes what it made.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,9 +17,10 @@ RUNTIME="${1:-15}"
 cargo build --release -q -p lauscha --bin lauscha
 BIN="$CARGO_TARGET_DIR/release/lauscha"
 DIR=$(mktemp -d /var/tmp/lauscha-nbd.XXXXXX)
-pid="" qpid=""
+pid="" qpid="" tpid=""
 cleanup() {
     [[ -n $pid ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+    [[ -n $tpid ]] && kill "$tpid" 2>/dev/null && wait "$tpid" 2>/dev/null
     [[ -n $qpid ]] && kill "$qpid" 2>/dev/null && wait "$qpid" 2>/dev/null
     rm -rf "$DIR"
 }
@@ -62,6 +65,7 @@ PY
 fill() { fio --name=fill --ioengine=nbd --uri="$1" --rw=write --bs=4M --size=512M >/dev/null; }
 fill "$NBD/bench"
 fill "nbd://127.0.0.1:$QPORT"
+declare -A plain_iops
 declare -A unit=([randread4k]=iops [randwrite4k]=iops [seqread1m]=MBps [seqwrite1m]=MBps [writeflush4k]=iops)
 for name in randread4k randwrite4k seqread1m seqwrite1m writeflush4k; do
     case $name in
@@ -72,12 +76,52 @@ for name in randread4k randwrite4k seqread1m seqwrite1m writeflush4k; do
         writeflush4k) args=(--rw=randwrite --bs=4k --iodepth=1 --fsync=1) ;;
     esac
     read -r l_iops l_mbps < <(job "$NBD/bench" "lauscha-$name" "${args[@]}")
+    plain_iops[$name]=$l_iops
     read -r q_iops q_mbps < <(job "nbd://127.0.0.1:$QPORT" "qemu-$name" "${args[@]}")
     if [[ ${unit[$name]} == iops ]]; then l=$l_iops q=$q_iops; else l=$l_mbps q=$q_mbps; fi
     echo "${name}_lauscha_${unit[$name]}=$l"
     echo "${name}_qemu_nbd_${unit[$name]}=$q"
     python3 -c "print(f'${name}_ratio={$l / $q:.2f}')"
 done
+
+# The cost of TLS (NBD_OPT_STARTTLS, client certificate CN=root): a second server with
+# --nbd-tls-*, some of the same jobs over nbds://, as ratios to the plain server's numbers.
+openssl_ec() { openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "$@" 2>/dev/null; }
+mkdir -p "$DIR/pki/client"
+(
+    cd "$DIR/pki"
+    openssl_ec -x509 -keyout ca-key.pem -out ca-cert.pem -subj /CN=bench-ca -days 2 \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign
+    for who in server client; do
+        openssl_ec -keyout "$who-key.pem" -out "$who.csr" -subj "/CN=$([[ $who == client ]] && echo root || echo localhost)"
+        eku=$([[ $who == client ]] && echo clientAuth || echo serverAuth)
+        openssl x509 -req -in "$who.csr" -CA ca-cert.pem -CAkey ca-key.pem -CAcreateserial -days 2 \
+            -out "$who-cert.pem" -extfile <(printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=%s\n' "$eku") 2>/dev/null
+    done
+    cp ca-cert.pem client-cert.pem client-key.pem client/
+)
+"$BIN" dev --data-dir "$DIR/tls" --s3-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+    --nbd-listen 127.0.0.1:0 --nbd-tls-cert "$DIR/pki/server-cert.pem" \
+    --nbd-tls-key "$DIR/pki/server-key.pem" --nbd-tls-client-ca "$DIR/pki/ca-cert.pem" \
+    >"$DIR/tls.out" 2>"$DIR/tls.log" &
+tpid=$!
+timeout 120 grep -m1 -q "Lauscha dev is running" <(tail -f "$DIR/tls.out")
+NBDS=$(python3 -c "import json; print(json.load(open('$DIR/tls/cluster.json'))['nbd_endpoint'])")
+"$BIN" admin --data-dir "$DIR/tls" volume create bench --size 1G >/dev/null
+TLS_URI="$NBDS/bench?tls-certificates=$DIR/pki/client"
+fill "$TLS_URI"
+for name in randread4k seqread1m seqwrite1m; do
+    case $name in
+        randread4k) args=(--rw=randread --bs=4k --iodepth=32) ;;
+        seqread1m) args=(--rw=read --bs=1M --iodepth=4) ;;
+        seqwrite1m) args=(--rw=write --bs=1M --iodepth=4) ;;
+    esac
+    read -r t_iops t_mbps < <(job "$TLS_URI" "tls-$name" "${args[@]}")
+    echo "${name}_tls_iops=$t_iops ${name}_tls_MBps=$t_mbps"
+    python3 -c "print(f'${name}_tls_to_plain_ratio={$t_iops / ${plain_iops[$name]}:.2f}')"
+done
+kill "$tpid" && wait "$tpid" 2>/dev/null || true
+tpid=""
 
 written() { awk '/^write_bytes/ {print $2}' "/proc/$pid/io"; }
 amp() { # NAME FIO_ARGS...
