@@ -682,7 +682,18 @@ fn a_name_created_again_is_never_served_by_the_engine_of_the_volume_it_replaced(
     // A reader keeps stadt-jena's snapshot attached on this gateway ...
     let mut reader = RawClient::connect(&addr, "v@s");
     assert!(reader.read_block(0).iter().all(|&b| b == 0xaa));
-    // ... while both names are deleted and created again by another tenant.
+    // ... while both names are deleted and created again by another tenant (once the
+    // writer's detach, which follows qemu-io's exit, has released v's lease).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while dev.admin(&["volume", "list"])["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|vol| vol["name"] == "v" && vol["attached"] == true)
+    {
+        assert!(std::time::Instant::now() < deadline, "v stays attached");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     dev.admin(&["volume", "delete", "v@s", "--tenant", "stadt-jena"]);
     dev.admin(&["volume", "delete", "v", "--tenant", "stadt-jena"]);
     dev.admin(&[
