@@ -92,41 +92,15 @@ fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
     CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
 }
 
-fn output(program: &str, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} could not run (install it: see .ci/run): {e}"))
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-#[track_caller]
-fn must(program: &str, args: &[&str]) -> String {
-    let out = output(program, args);
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed:\n{}",
-        text(&out)
-    );
-    text(&out)
-}
-
 #[track_caller]
 fn must_fail(program: &str, args: &[&str]) -> String {
-    let out = output(program, args);
+    let out = tool_output(program, args);
     assert!(
         !out.status.success(),
         "{program} {args:?} succeeded:\n{}",
-        text(&out)
+        output_text(&out)
     );
-    text(&out)
+    output_text(&out)
 }
 
 /// libnbd's URI for `export` with the certificates in `certs`.
@@ -155,7 +129,7 @@ fn qemu_io(addr: &str, export: &str, certs: &Path, commands: &[&str]) -> Output 
         args.extend(["-c", c]);
     }
     args.push(&image);
-    output("qemu-io", &args)
+    tool_output("qemu-io", &args)
 }
 
 #[test]
@@ -208,7 +182,7 @@ fn each_tenant_s_certificate_reaches_its_volumes_only() {
 
     // LIST shows the certificate's tenant's volumes, and only those.
     assert_eq!(export_names(&addr, &jena), ["jena-backup", "jena-disk"]);
-    let info = must("nbdinfo", &["--json", &uri(&addr, "jena-disk", &jena)]);
+    let info = run("nbdinfo", &["--json", &uri(&addr, "jena-disk", &jena)]);
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert_eq!(info["exports"][0]["export-size"], 64 << 20, "{info}");
     assert_eq!(info["exports"][0]["can_flush"], true, "{info}");
@@ -226,21 +200,21 @@ fn each_tenant_s_certificate_reaches_its_volumes_only() {
             "read -P 0xcd 8M 64k",
         ],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     assert!(
-        !text(&out).contains("Pattern verification failed"),
+        !output_text(&out).contains("Pattern verification failed"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     let image = pki.path("random.img");
     let data = payload(7, 4 << 20);
     std::fs::write(&image, &data).unwrap();
-    must(
+    run(
         "nbdcopy",
         &[image.to_str().unwrap(), &uri(&addr, "jena-backup", &jena)],
     );
     let back = pki.path("back.img");
-    must(
+    run(
         "nbdcopy",
         &[&uri(&addr, "jena-backup", &jena), back.to_str().unwrap()],
     );
@@ -259,15 +233,15 @@ fn each_tenant_s_certificate_reaches_its_volumes_only() {
     let missing = must_fail("nbdinfo", &["--json", &uri(&addr, "no-such-disk", &gera)]);
     assert!(missing.contains("No such file"), "{missing}");
     let out = qemu_io(&addr, "jena-disk", &gera, &["read -P 0xab 0 4k"]);
-    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!out.status.success(), "{}", output_text(&out));
     assert!(
-        text(&out).contains("no volume \"jena-disk\" for tenant stadt-gera"),
+        output_text(&out).contains("no volume \"jena-disk\" for tenant stadt-gera"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     assert_eq!(export_names(&addr, &gera), ["gera-disk"]);
     let out = qemu_io(&addr, "gera-disk", &gera, &["read -P 0 0 1M"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     // Snapshots belong to their volume's tenant.
     dev.admin(&[
         "volume",
@@ -281,9 +255,9 @@ fn each_tenant_s_certificate_reaches_its_volumes_only() {
     assert!(refused.contains("No such file"), "{refused}");
     let out = qemu_io(&addr, "jena-disk@mon", &jena, &["read -P 0xab 0 1M"]);
     assert!(
-        out.status.success() && !text(&out).contains("Pattern verification failed"),
+        out.status.success() && !output_text(&out).contains("Pattern verification failed"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 
     // A certificate from another CA fails the handshake; one whose CN names no tenant
@@ -296,31 +270,25 @@ fn each_tenant_s_certificate_reaches_its_volumes_only() {
     assert!(!refused.contains("No such file"), "{refused}");
     // NBD_REP_ERR_POLICY; qemu shows the server's reason.
     let out = qemu_io(&addr, "jena-disk", &nameless, &["read 0 4k"]);
-    assert!(!out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("not a tenant name"), "{}", text(&out));
+    assert!(!out.status.success(), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("not a tenant name"),
+        "{}",
+        output_text(&out)
+    );
 
     // Plain NBD gets nothing: every client refuses or is refused.
     let refused = must_fail("nbdinfo", &["--json", &format!("nbd://{addr}/jena-disk")]);
     assert!(refused.contains("TLS"), "{refused}");
     // A client that cannot negotiate TLS (no fixed newstyle) is dropped at once.
-    let mut tcp = TcpStream::connect(&addr).unwrap();
-    tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
-    let mut hello = [0u8; 18];
-    tcp.read_exact(&mut hello).unwrap();
-    tcp.write_all(&0u32.to_be_bytes()).unwrap();
+    let mut tcp = raw_connect(&addr, 0);
     assert_closed(&mut tcp);
     // Plaintext sent behind STARTTLS never reaches negotiation: the server hangs up.
-    let mut tcp = TcpStream::connect(&addr).unwrap();
-    tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
-    tcp.read_exact(&mut hello).unwrap();
-    tcp.write_all(&nbd::CLIENT_FIXED_NEWSTYLE.to_be_bytes())
-        .unwrap();
-    let mut smuggled = option_bytes(nbd::OPT_STARTTLS, &[]);
-    smuggled.extend(option_bytes(nbd::OPT_LIST, &[]));
+    let mut tcp = raw_connect(&addr, nbd::CLIENT_FIXED_NEWSTYLE);
+    let mut smuggled = nbd_option(nbd::OPT_STARTTLS, &[]);
+    smuggled.extend(nbd_option(nbd::OPT_LIST, &[]));
     tcp.write_all(&smuggled).unwrap();
-    assert_eq!(read_option_reply(&mut tcp).0, nbd::REP_ACK);
+    assert_eq!(read_nbd_option_reply(&mut tcp).0, nbd::REP_ACK);
     // Refused before the handshake (bytes already buffered), or by the handshake itself
     // (a TLS alert at most): never an NBD reply.
     let mut rest = Vec::new();
@@ -335,28 +303,20 @@ fn each_tenant_s_certificate_reaches_its_volumes_only() {
         "{rest:?}"
     );
 
-    let mut tcp = TcpStream::connect(&addr).unwrap();
-    tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
-    let mut hello = [0u8; 18];
-    tcp.read_exact(&mut hello).unwrap();
-    tcp.write_all(&(nbd::CLIENT_FIXED_NEWSTYLE | nbd::CLIENT_NO_ZEROES).to_be_bytes())
-        .unwrap();
-    let mut payload = 9u32.to_be_bytes().to_vec();
-    payload.extend_from_slice(b"jena-disk");
-    payload.extend_from_slice(&0u16.to_be_bytes());
+    let mut tcp = raw_connect(&addr, nbd::CLIENT_FIXED_NEWSTYLE | nbd::CLIENT_NO_ZEROES);
+    let go = nbd_info_request("jena-disk");
     for (option, data) in [
-        (nbd::OPT_GO, &payload[..]),
-        (nbd::OPT_INFO, &payload[..]),
+        (nbd::OPT_GO, &go[..]),
+        (nbd::OPT_INFO, &go[..]),
         (nbd::OPT_LIST, &[][..]),
     ] {
         send_option(&mut tcp, option, data);
-        let (reply, message) = read_option_reply(&mut tcp);
+        let (reply, message) = read_nbd_option_reply(&mut tcp);
         assert_eq!(reply, nbd::REP_ERR_TLS_REQD, "option {option}");
         assert!(String::from_utf8_lossy(&message).contains("requires TLS"));
     }
     send_option(&mut tcp, nbd::OPT_STARTTLS, b"junk");
-    assert_eq!(read_option_reply(&mut tcp).0, nbd::REP_ERR_INVALID);
+    assert_eq!(read_nbd_option_reply(&mut tcp).0, nbd::REP_ERR_INVALID);
     // EXPORT_NAME has no error reply: the server hangs up.
     send_option(&mut tcp, nbd::OPT_EXPORT_NAME, b"jena-disk");
     assert_closed(&mut tcp);
@@ -369,9 +329,9 @@ fn each_tenant_s_certificate_reaches_its_volumes_only() {
         &["read -P 0xab 0 1M", "read -P 0 1M 1M"],
     );
     assert!(
-        out.status.success() && !text(&out).contains("Pattern verification failed"),
+        out.status.success() && !output_text(&out).contains("Pattern verification failed"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 }
 
@@ -398,7 +358,7 @@ fn unusable_tls_files_stop_the_start_with_the_setting_named() {
         .env("RUST_BACKTRACE", "0")
         .output()
         .unwrap();
-    let text = text(&out);
+    let text = output_text(&out);
     assert!(!out.status.success(), "{text}");
     assert!(
         text.contains("gateway.nbd_tls.cert") && text.contains("missing.pem"),
@@ -415,7 +375,7 @@ fn unusable_tls_files_stop_the_start_with_the_setting_named() {
 
 /// The names `nbdinfo --list` shows with the certificates in `certs`, sorted.
 fn export_names(addr: &str, certs: &Path) -> Vec<String> {
-    let list = must("nbdinfo", &["--list", "--json", &uri(addr, "", certs)]);
+    let list = run("nbdinfo", &["--list", "--json", &uri(addr, "", certs)]);
     let list: serde_json::Value = serde_json::from_str(&list).unwrap();
     let mut names: Vec<String> = list["exports"]
         .as_array()
@@ -438,25 +398,19 @@ fn assert_closed(tcp: &mut TcpStream) {
     }
 }
 
-fn option_bytes(option: u32, data: &[u8]) -> Vec<u8> {
-    let mut out = nbd::IHAVEOPT.to_be_bytes().to_vec();
-    out.extend_from_slice(&option.to_be_bytes());
-    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    out.extend_from_slice(data);
-    out
+/// A plain TCP connection past the server's greeting, having sent `client_flags`; reads
+/// time out after 30 s, so a server that neither answers nor hangs up fails the test.
+fn raw_connect(addr: &str, client_flags: u32) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut hello = [0u8; 18];
+    tcp.read_exact(&mut hello).unwrap();
+    assert_eq!(&hello[..8], &nbd::NBD_MAGIC.to_be_bytes());
+    tcp.write_all(&client_flags.to_be_bytes()).unwrap();
+    tcp
 }
 
 fn send_option(tcp: &mut TcpStream, option: u32, data: &[u8]) {
-    tcp.write_all(&option_bytes(option, data)).unwrap();
-}
-
-fn read_option_reply(tcp: &mut TcpStream) -> (u32, Vec<u8>) {
-    let mut header = [0u8; 20];
-    tcp.read_exact(&mut header).unwrap();
-    assert_eq!(&header[..8], &nbd::OPT_REPLY_MAGIC.to_be_bytes());
-    let reply_type = u32::from_be_bytes(header[12..16].try_into().unwrap());
-    let len = u32::from_be_bytes(header[16..20].try_into().unwrap());
-    let mut data = vec![0u8; len as usize];
-    tcp.read_exact(&mut data).unwrap();
-    (reply_type, data)
+    tcp.write_all(&nbd_option(option, data)).unwrap();
 }

@@ -10,22 +10,6 @@ use std::process::Command;
 use common::*;
 use lauscha_core::nbd;
 
-/// Runs a client tool; panics with its output when it fails.
-#[track_caller]
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} could not run (install it: see .ci/run): {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{program} {args:?} failed:\n{text}");
-    text
-}
-
 /// qemu-io commands against a volume; every `read -P` checks its pattern.
 #[track_caller]
 fn qemu_io(uri: &str, commands: &[&str]) -> String {
@@ -190,22 +174,13 @@ impl RawClient {
         tcp.write_all(&(nbd::CLIENT_FIXED_NEWSTYLE | nbd::CLIENT_NO_ZEROES).to_be_bytes())
             .unwrap();
         // An option the server does not know is answered, not fatal.
-        let mut opt = nbd::IHAVEOPT.to_be_bytes().to_vec();
-        opt.extend_from_slice(&99u32.to_be_bytes());
-        opt.extend_from_slice(&0u32.to_be_bytes());
-        tcp.write_all(&opt).unwrap();
-        let (reply_type, _) = read_option_reply(&mut tcp);
+        tcp.write_all(&nbd_option(99, &[])).unwrap();
+        let (reply_type, _) = read_nbd_option_reply(&mut tcp);
         assert_eq!(reply_type, nbd::REP_ERR_UNSUP);
-        let mut payload = (export.len() as u32).to_be_bytes().to_vec();
-        payload.extend_from_slice(export.as_bytes());
-        payload.extend_from_slice(&0u16.to_be_bytes());
-        let mut go = nbd::IHAVEOPT.to_be_bytes().to_vec();
-        go.extend_from_slice(&nbd::OPT_GO.to_be_bytes());
-        go.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        go.extend_from_slice(&payload);
-        tcp.write_all(&go).unwrap();
+        tcp.write_all(&nbd_option(nbd::OPT_GO, &nbd_info_request(export)))
+            .unwrap();
         loop {
-            let (reply_type, _) = read_option_reply(&mut tcp);
+            let (reply_type, _) = read_nbd_option_reply(&mut tcp);
             if reply_type == nbd::REP_ACK {
                 break;
             }
@@ -260,17 +235,6 @@ impl RawClient {
     }
 }
 
-fn read_option_reply(tcp: &mut TcpStream) -> (u32, Vec<u8>) {
-    let mut header = [0u8; 20];
-    tcp.read_exact(&mut header).unwrap();
-    assert_eq!(&header[..8], &nbd::OPT_REPLY_MAGIC.to_be_bytes());
-    let reply_type = u32::from_be_bytes(header[12..16].try_into().unwrap());
-    let len = u32::from_be_bytes(header[16..20].try_into().unwrap());
-    let mut data = vec![0u8; len as usize];
-    tcp.read_exact(&mut data).unwrap();
-    (reply_type, data)
-}
-
 #[test]
 fn bad_requests_get_error_replies_and_hurt_no_one_else() {
     let dev = Dev::start(&[]);
@@ -306,14 +270,9 @@ fn bad_requests_get_error_replies_and_hurt_no_one_else() {
     tcp.read_exact(&mut hello).unwrap();
     tcp.write_all(&nbd::CLIENT_FIXED_NEWSTYLE.to_be_bytes())
         .unwrap();
-    let mut go = nbd::IHAVEOPT.to_be_bytes().to_vec();
-    go.extend_from_slice(&nbd::OPT_GO.to_be_bytes());
-    go.extend_from_slice(&9u32.to_be_bytes());
-    go.extend_from_slice(&3u32.to_be_bytes());
-    go.extend_from_slice(b"zzz");
-    go.extend_from_slice(&0u16.to_be_bytes());
-    tcp.write_all(&go).unwrap();
-    assert_eq!(read_option_reply(&mut tcp).0, nbd::REP_ERR_UNKNOWN);
+    tcp.write_all(&nbd_option(nbd::OPT_GO, &nbd_info_request("zzz")))
+        .unwrap();
+    assert_eq!(read_nbd_option_reply(&mut tcp).0, nbd::REP_ERR_UNKNOWN);
     // Garbage where a request header belongs: that connection is closed ...
     let mut broken = RawClient::connect(&addr, "raw");
     broken.tcp.write_all(&[0xffu8; 28]).unwrap();
@@ -665,15 +624,10 @@ fn a_name_created_again_is_never_served_by_the_engine_of_the_volume_it_replaced(
     for tenant in ["stadt-jena", "stadt-gera"] {
         dev.admin(&["tenant", "create", tenant]);
     }
-    dev.admin(&[
-        "volume",
-        "create",
-        "v",
-        "--size",
-        "16M",
-        "--tenant",
-        "stadt-jena",
-    ]);
+    let create_v = |tenant: &str| {
+        dev.admin(&["volume", "create", "v", "--size", "16M", "--tenant", tenant]);
+    };
+    create_v("stadt-jena");
     qemu_io(
         &format!("nbd://{addr}/v"),
         &["write -P 0xaa 0 64k", "flush"],
@@ -696,15 +650,7 @@ fn a_name_created_again_is_never_served_by_the_engine_of_the_volume_it_replaced(
     }
     dev.admin(&["volume", "delete", "v@s", "--tenant", "stadt-jena"]);
     dev.admin(&["volume", "delete", "v", "--tenant", "stadt-jena"]);
-    dev.admin(&[
-        "volume",
-        "create",
-        "v",
-        "--size",
-        "16M",
-        "--tenant",
-        "stadt-gera",
-    ]);
+    create_v("stadt-gera");
     dev.admin(&["volume", "snapshot", "v", "s", "--tenant", "stadt-gera"]);
     // The new snapshot reads as its own (zeros), not as the attached old one.
     qemu_io_ro(&format!("nbd://{addr}/v@s"), &["read -P 0 0 64k"]);

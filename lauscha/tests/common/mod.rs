@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::Client;
@@ -499,4 +499,63 @@ pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str
         .iter()
         .find(|(n, _)| n == name)
         .map(|(_, v)| v.as_str())
+}
+
+/// Runs a client tool (qemu-io, nbdinfo, ...) and returns what it did, success or not.
+pub fn tool_output(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} could not run (install it: see .ci/run): {e}"))
+}
+
+/// A tool's stdout and stderr, as one text.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs a client tool; panics with its output when it fails.
+#[track_caller]
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = tool_output(program, args);
+    let text = output_text(&out);
+    assert!(out.status.success(), "{program} {args:?} failed:\n{text}");
+    text
+}
+
+/// An NBD option request: `IHAVEOPT, option, length, data`.
+pub fn nbd_option(option: u32, data: &[u8]) -> Vec<u8> {
+    let mut out = lauscha_core::nbd::IHAVEOPT.to_be_bytes().to_vec();
+    out.extend_from_slice(&option.to_be_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+/// The data of NBD_OPT_GO / NBD_OPT_INFO for `export`, asking for no extra information.
+pub fn nbd_info_request(export: &str) -> Vec<u8> {
+    let mut data = (export.len() as u32).to_be_bytes().to_vec();
+    data.extend_from_slice(export.as_bytes());
+    data.extend_from_slice(&0u16.to_be_bytes());
+    data
+}
+
+/// Reads one NBD option reply: its type and data.
+pub fn read_nbd_option_reply(tcp: &mut std::net::TcpStream) -> (u32, Vec<u8>) {
+    use std::io::Read;
+    let mut header = [0u8; 20];
+    tcp.read_exact(&mut header).unwrap();
+    assert_eq!(
+        &header[..8],
+        &lauscha_core::nbd::OPT_REPLY_MAGIC.to_be_bytes()
+    );
+    let reply_type = u32::from_be_bytes(header[12..16].try_into().unwrap());
+    let len = u32::from_be_bytes(header[16..20].try_into().unwrap());
+    let mut data = vec![0u8; len as usize];
+    tcp.read_exact(&mut data).unwrap();
+    (reply_type, data)
 }
