@@ -100,12 +100,12 @@ impl Exports {
         }
     }
 
-    /// The export `name` as `session` may see it: `None` when there is no such volume or
+    /// The export `name` as `client` may see it: `None` when there is no such volume or
     /// it belongs to another tenant (the two answers are the same, so a client learns
     /// nothing about other tenants' volumes).
     async fn export_info(
         &self,
-        session: &Session,
+        client: &Client,
         name: &str,
     ) -> Result<Option<(ExportInfo, VolumeIdentity)>, GatewayError> {
         match self
@@ -116,7 +116,7 @@ impl Exports {
             })
             .await?
         {
-            MetaQueryReply::VolumeState(Some(s)) if session.may_see(&s.volume.tenant) => {
+            MetaQueryReply::VolumeState(Some(s)) if client.may_see(&s.volume.tenant) => {
                 let mut info = info_of(s.volume.size_bytes);
                 if s.volume.read_only {
                     info.flags |= nbd::TFLAG_READ_ONLY;
@@ -130,8 +130,8 @@ impl Exports {
         }
     }
 
-    async fn names(&self, session: &Session) -> Result<Vec<String>, GatewayError> {
-        let tenant = match &session.client {
+    async fn names(&self, client: &Client) -> Result<Vec<String>, GatewayError> {
+        let tenant = match client {
             Client::Trusted => None,
             Client::Tenant(t) => Some(t.clone()),
             // Not reached: `negotiate` refuses such a client before it asks.
@@ -164,18 +164,19 @@ enum Client {
     Refused(String),
 }
 
-/// A connection's negotiation state.
-struct Session {
-    client: Client,
-}
+impl Client {
+    /// The server requires TLS (it was configured with `gateway.nbd_tls`).
+    fn tls_required(&self) -> bool {
+        !matches!(self, Client::Trusted)
+    }
 
-impl Session {
+    /// The TLS handshake is done.
     fn tls_active(&self) -> bool {
-        matches!(self.client, Client::Tenant(_) | Client::Refused(_))
+        matches!(self, Client::Tenant(_) | Client::Refused(_))
     }
 
     fn may_see(&self, owner: &TenantId) -> bool {
-        match &self.client {
+        match self {
             Client::Trusted => true,
             Client::Tenant(t) => t == owner,
             Client::Unauthenticated | Client::Refused(_) => false,
@@ -268,15 +269,13 @@ async fn connection(
         ));
     }
     let no_zeroes = client_flags & nbd::CLIENT_NO_ZEROES != 0;
-    let mut session = Session {
-        client: match tls {
-            Some(_) => Client::Unauthenticated,
-            None => Client::Trusted,
-        },
+    let mut client = match tls {
+        Some(_) => Client::Unauthenticated,
+        None => Client::Trusted,
     };
     let (name, identity, info, engine) = loop {
-        let negotiated = negotiate(&exports, &mut stream, &session, tls.is_some(), no_zeroes);
-        let negotiated = if session.client == Client::Unauthenticated {
+        let negotiated = negotiate(&exports, &mut stream, &client, no_zeroes);
+        let negotiated = if client == Client::Unauthenticated {
             // A port that may face tenant networks: a client that does not authenticate
             // in time is dropped instead of holding a connection open.
             tokio::time::timeout(UNAUTHENTICATED_TIMEOUT, negotiated)
@@ -300,7 +299,7 @@ async fn connection(
                     ));
                 }
                 let (tls_stream, tenant) = tls.accept(stream.into_inner()).await?;
-                session.client = match tenant {
+                client = match tenant {
                     Ok(t) => {
                         debug!(tenant = %t, "NBD client authenticated by certificate");
                         Client::Tenant(t)
@@ -314,7 +313,7 @@ async fn connection(
             }
         }
     };
-    let tenant = match &session.client {
+    let tenant = match &client {
         Client::Tenant(t) => t.to_string(),
         _ => String::new(),
     };
@@ -334,8 +333,7 @@ async fn reply(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
 async fn negotiate(
     exports: &Exports,
     stream: &mut Stream,
-    session: &Session,
-    tls_configured: bool,
+    client: &Client,
     no_zeroes: bool,
 ) -> std::io::Result<Negotiated> {
     loop {
@@ -345,7 +343,12 @@ async fn negotiate(
             .map_err(|e| std::io::Error::other(format!("option: {e}")))?;
         let mut data = vec![0u8; opt.len as usize];
         stream.read_exact(&mut data).await?;
-        match nbd::tls_gate(opt.option, opt.len, tls_configured, session.tls_active()) {
+        match nbd::tls_gate(
+            opt.option,
+            opt.len,
+            client.tls_required(),
+            client.tls_active(),
+        ) {
             nbd::TlsGate::Proceed => {}
             nbd::TlsGate::StartTls => {
                 reply(stream, &nbd::option_reply(opt.option, nbd::REP_ACK, &[])).await?;
@@ -366,7 +369,7 @@ async fn negotiate(
             }
             nbd::TlsGate::Close => return Ok(Negotiated::Done),
         }
-        if let Client::Refused(reason) = &session.client
+        if let Client::Refused(reason) = client
             && opt.option != nbd::OPT_ABORT
         {
             if opt.option == nbd::OPT_EXPORT_NAME {
@@ -386,7 +389,7 @@ async fn negotiate(
             }
             nbd::OPT_LIST => {
                 let mut out = Vec::new();
-                match exports.names(session).await {
+                match exports.names(client).await {
                     Ok(names) => {
                         for n in names {
                             let mut d = (n.len() as u32).to_be_bytes().to_vec();
@@ -406,7 +409,7 @@ async fn negotiate(
             nbd::OPT_EXPORT_NAME => {
                 let name = String::from_utf8_lossy(&data).to_string();
                 // No error reply exists for EXPORT_NAME: a refusal closes the connection.
-                let (info, identity) = match exports.export_info(session, &name).await {
+                let (info, identity) = match exports.export_info(client, &name).await {
                     Ok(Some(found)) => found,
                     _ => return Ok(Negotiated::Done),
                 };
@@ -441,10 +444,10 @@ async fn negotiate(
                         continue;
                     }
                 };
-                let (info, identity) = match exports.export_info(session, &request.name).await {
+                let (info, identity) = match exports.export_info(client, &request.name).await {
                     Ok(Some(found)) => found,
                     Ok(None) => {
-                        let msg = match &session.client {
+                        let msg = match client {
                             Client::Tenant(t) => {
                                 format!("no volume {:?} for tenant {t}", request.name)
                             }
