@@ -3,16 +3,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use lauscha_proto::meta::raft_service_client::RaftServiceClient;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ReadPolicy, ServerState, SnapshotPolicy};
-use rocksdb::DB;
 use tonic::transport::Channel;
 use tracing::info;
 
@@ -20,10 +19,13 @@ use crate::command::{MetaCommand, MetaError, MetaResponse, Proposal, RequestId};
 use crate::kv::KvError;
 use crate::network::{NetworkFactory, RaftServer, SnapshotLimits};
 use crate::raft_types::{Raft, TypeConfig};
-use crate::store::{AppendCounters, LogStore, RocksKv, StateMachineStore, open_db};
+use crate::store::{AppendCounters, Db, DbClosed, LogStore, RocksKv, StateMachineStore, open_db};
 
 /// How long a write or read waits for Raft before answering Unavailable.
 const RAFT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long shutdown waits for the last storage task to let go of RocksDB.
+const DB_CLOSE_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Start-up options of a voter.
 #[derive(Clone, Debug)]
@@ -46,7 +48,10 @@ pub struct MetaNodeOptions {
 pub struct MetaNode {
     node_id: u64,
     pub(crate) raft: Raft,
-    pub(crate) db: Arc<DB>,
+    /// Raft's log store and state machine own the database; the voter only borrows it for
+    /// reads, so that it closes once Raft has stopped (see [`MetaNode::shutdown`]).
+    db: Weak<Db>,
+    db_closed: DbClosed,
     snapshot_dir: PathBuf,
     appends: Arc<AppendCounters>,
     forward_clients: Arc<Mutex<HashMap<String, RaftServiceClient<Channel>>>>,
@@ -148,7 +153,8 @@ impl MetaNode {
         Ok(MetaNode {
             node_id: options.node_id,
             raft,
-            db,
+            db_closed: db.closed(),
+            db: Arc::downgrade(&db),
             snapshot_dir,
             appends,
             forward_clients: Arc::default(),
@@ -261,7 +267,7 @@ impl MetaNode {
         if let Err(e) = result {
             return Err(read_error(e));
         }
-        let db = self.db.clone();
+        let db = self.db()?;
         tokio::task::spawn_blocking(move || query(&RocksKv::new(&db)))
             .await
             .map_err(|e| MetaError::Internal(e.to_string()))?
@@ -466,10 +472,30 @@ impl MetaNode {
         Ok(snapshot_index)
     }
 
-    /// Stops Raft; pending requests fail with Unavailable.
+    /// The database, while Raft runs.
+    pub(crate) fn db(&self) -> Result<Arc<Db>, MetaError> {
+        self.db
+            .upgrade()
+            .ok_or_else(|| MetaError::Unavailable("metadata voter has shut down".into()))
+    }
+
+    /// Stops Raft and returns once RocksDB is closed, so the same directory can be opened
+    /// again; pending and later requests fail with Unavailable.
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
-            tracing::warn!(error = %e, "raft shutdown");
+            tracing::warn!(node_id = self.node_id, error = %e, "raft shutdown");
+        }
+        // openraft's state machine worker and our blocking storage tasks end after the Raft
+        // core does, each holding the database until then.
+        let closed = self.db_closed.clone().wait();
+        if tokio::time::timeout(DB_CLOSE_DEADLINE, closed)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                node_id = self.node_id,
+                "RocksDB still open {DB_CLOSE_DEADLINE:?} after raft shutdown"
+            );
         }
     }
 }

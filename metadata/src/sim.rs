@@ -333,7 +333,7 @@ pub async fn run(config: &SimConfig, dir: &Path) -> Result<SimOutcome, MetaError
                     if applied == 0 {
                         continue;
                     }
-                    let mut reader = LogStore::new(node.db.clone());
+                    let mut reader = LogStore::new(node.db()?);
                     let entries = reader
                         .try_get_log_entries(1..=applied)
                         .await
@@ -476,8 +476,10 @@ pub async fn run(config: &SimConfig, dir: &Path) -> Result<SimOutcome, MetaError
                         )
                     };
                     let read: Result<Option<u64>, MetaError> = if stale_reads {
-                        query(&crate::store::RocksKv::new(&node.db))
-                            .map_err(|e| MetaError::Internal(e.to_string()))
+                        node.db().and_then(|db| {
+                            query(&crate::store::RocksKv::new(&db))
+                                .map_err(|e| MetaError::Internal(e.to_string()))
+                        })
                     } else {
                         node.read(query).await
                     };

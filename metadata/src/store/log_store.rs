@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use openraft::OptionalSend;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
-use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
+use rocksdb::{Direction, IteratorMode, WriteBatch};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{CF_LOG, CF_RAFT_META, blocking, decode_err, io_err, sync_write};
+use super::{CF_LOG, CF_RAFT_META, Db, blocking, decode_err, io_err, sync_write};
 use crate::raft_types::{Entry, LogId, TypeConfig, Vote};
 use crate::value;
 
@@ -37,13 +37,13 @@ pub struct AppendCounters {
 /// The log store; cheap to clone (readers share the database).
 #[derive(Clone, Debug)]
 pub struct LogStore {
-    db: Arc<DB>,
+    db: Arc<Db>,
     counters: Arc<AppendCounters>,
 }
 
 impl LogStore {
     /// A log store on an open database.
-    pub fn new(db: Arc<DB>) -> LogStore {
+    pub fn new(db: Arc<Db>) -> LogStore {
         LogStore {
             db,
             counters: Arc::default(),

@@ -20,6 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rocksdb::{ColumnFamilyDescriptor, DB, Options, WriteOptions};
+use tokio::sync::watch;
 
 pub use log_store::{AppendCounters, LogStore};
 pub use state_machine::{RocksKv, StateMachineStore};
@@ -29,8 +30,55 @@ pub(crate) const CF_RAFT_META: &str = "raft_meta";
 pub(crate) const CF_SM: &str = "sm";
 pub(crate) const CF_SM_META: &str = "sm_meta";
 
+/// The voter's RocksDB, shared by the log store, the state machine and readers.
+///
+/// RocksDB closes when the last handle drops, and until then its directory stays locked:
+/// a voter reopened in the same process fails with "lock hold by current process". The
+/// last handle is often not the voter's own but one in a blocking task or in openraft's
+/// state machine worker, which outlive `Raft::shutdown`. [`DbClosed`] lets shutdown wait
+/// for the close itself instead of guessing when it happens.
+pub struct Db {
+    // Declared before `closed`, so it is dropped (RocksDB closed, LOCK released) first.
+    db: DB,
+    closed: watch::Sender<()>,
+}
+
+impl std::ops::Deref for Db {
+    type Target = DB;
+
+    fn deref(&self) -> &DB {
+        &self.db
+    }
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("path", &self.db.path()).finish()
+    }
+}
+
+impl Db {
+    /// Resolves once this database has been closed.
+    pub fn closed(&self) -> DbClosed {
+        DbClosed(self.closed.subscribe())
+    }
+}
+
+/// A database's close, to wait for; see [`Db`].
+#[derive(Clone, Debug)]
+pub struct DbClosed(watch::Receiver<()>);
+
+impl DbClosed {
+    /// Waits until the last handle to the database has dropped and RocksDB has closed.
+    pub async fn wait(mut self) {
+        // Nothing is ever sent: `changed` fails exactly when the sender, dropped after the
+        // DB, is gone.
+        while self.0.changed().await.is_ok() {}
+    }
+}
+
 /// Opens (or creates) the voter's database.
-pub fn open_db(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
+pub fn open_db(path: &Path) -> Result<Arc<Db>, rocksdb::Error> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
@@ -42,7 +90,11 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
         ColumnFamilyDescriptor::new(name, cf_opts)
     };
     let cfs = [CF_LOG, CF_RAFT_META, CF_SM, CF_SM_META].map(cf);
-    Ok(Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?))
+    let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+    Ok(Arc::new(Db {
+        db,
+        closed: watch::Sender::new(()),
+    }))
 }
 
 pub(crate) fn io_err(e: rocksdb::Error) -> io::Error {

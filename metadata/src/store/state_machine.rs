@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::snapshot::{SnapshotWriter, read_meta, read_records};
-use super::{CF_SM, CF_SM_META, blocking, decode_err, io_err, sync_write};
+use super::{CF_SM, CF_SM_META, Db, blocking, decode_err, io_err, sync_write};
 use crate::command::MetaResponse;
 use crate::kv::{KvError, KvRead, Mutation};
 use crate::raft_types::{
@@ -77,7 +77,7 @@ impl KvRead for RocksKv<'_> {
 
 /// The state machine; openraft owns it, reads go to the database directly.
 pub struct StateMachineStore {
-    db: Arc<DB>,
+    db: Arc<Db>,
     snapshot_dir: PathBuf,
     applied: AppliedState,
     /// Serialises replacing `current.snap` between the builder task and installs.
@@ -86,7 +86,7 @@ pub struct StateMachineStore {
 
 impl StateMachineStore {
     /// Opens the state machine on `db`, keeping snapshots in `snapshot_dir`.
-    pub fn open(db: Arc<DB>, snapshot_dir: &Path) -> io::Result<StateMachineStore> {
+    pub fn open(db: Arc<Db>, snapshot_dir: &Path) -> io::Result<StateMachineStore> {
         fs::create_dir_all(snapshot_dir)?;
         // Leftovers of interrupted builds or transfers.
         for entry in fs::read_dir(snapshot_dir)? {
