@@ -83,10 +83,15 @@ impl Exports {
         Ok(engine)
     }
 
-    async fn detach(&self, name: &str, identity: &VolumeIdentity) {
+    /// One connection using `engine` is done with it.
+    async fn detach(&self, name: &str, identity: &VolumeIdentity, engine: &Arc<VolumeEngine>) {
         let key = (name.to_string(), identity.clone());
         let mut attached = self.attached.lock().await;
         let last = match attached.get_mut(&key) {
+            // Ours was fenced and `attach` put a new engine in its place: the new one's
+            // connections are not ours to count down (and a fenced engine has no lease to
+            // give back).
+            Some((current, _)) if !Arc::ptr_eq(current, engine) => None,
             Some((_, n)) if *n > 1 => {
                 *n -= 1;
                 None
@@ -319,8 +324,8 @@ async fn connection(
     };
     info!(volume = %name, %tenant, epoch = engine.epoch, "NBD client attached");
     let (rd, wr) = tokio::io::split(stream);
-    let result = transmission(engine, info, rd, wr).await;
-    exports.detach(&name, &identity).await;
+    let result = transmission(engine.clone(), info, rd, wr).await;
+    exports.detach(&name, &identity, &engine).await;
     result
 }
 
@@ -425,7 +430,10 @@ async fn negotiate(
                 if !no_zeroes {
                     out.extend_from_slice(&[0u8; 124]);
                 }
-                reply(stream, &out).await?;
+                if let Err(e) = reply(stream, &out).await {
+                    exports.detach(&name, &identity, &engine).await;
+                    return Err(e);
+                }
                 return Ok(Negotiated::Go(name, identity, info, engine));
             }
             nbd::OPT_INFO | nbd::OPT_GO => {
@@ -480,7 +488,12 @@ async fn negotiate(
                 }
                 match exports.attach(&request.name, &identity).await {
                     Ok(engine) => {
-                        reply(stream, &answer).await?;
+                        // Attached means leased and counted: a client gone before the
+                        // reply must not keep the volume attached on this gateway.
+                        if let Err(e) = reply(stream, &answer).await {
+                            exports.detach(&request.name, &identity, &engine).await;
+                            return Err(e);
+                        }
                         return Ok(Negotiated::Go(request.name, identity, info, engine));
                     }
                     Err(e) => {
