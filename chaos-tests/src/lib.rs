@@ -2,7 +2,8 @@
 //! namespaces, runs a self-checking S3 and NBD workload, injects faults on a schedule
 //! derived from a seed, checks the recorded history and prints a verdict.
 //!
-//! Map: [`topology`] (namespaces, links, partitions), [`cluster`] (configs, processes,
+//! Map: [`topology`] (namespaces, links, partitions), [`wan`] (a delaying, lossy link
+//! between the sites), [`cluster`] (configs, processes,
 //! signals), [`workload`] (S3 and NBD clients recording a history), [`payload`]
 //! (self-verifying bodies, stamped blocks), [`check`] (pure checkers), [`scenario`]
 //! (faults, schedules, one run), [`report`] (the table).
@@ -14,4 +15,5 @@ pub mod report;
 pub mod scenario;
 pub mod simulation;
 pub mod topology;
+pub mod wan;
 pub mod workload;

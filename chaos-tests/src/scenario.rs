@@ -16,6 +16,7 @@ use rand::{Rng, SeedableRng};
 use crate::check::{self, RegKind, RegOp};
 use crate::cluster::{Cluster, PARITY_SHARDS, SLOW_DISK, STORAGE_NODES};
 use crate::payload::ValueId;
+use crate::wan::{WanImpairment, WanLink};
 use crate::workload::{self, Clock, S3Shape};
 
 /// The faults the suite injects.
@@ -43,6 +44,12 @@ pub enum Fault {
     RollingRestart,
     /// Power loss on a metadata voter: what it had not fsynced is gone.
     MetadataPowerLoss,
+    /// The link between the sites delays every packet and loses some (a TUN device in the
+    /// router, see [`crate::wan`]).
+    WanDegraded,
+    /// Power loss on m storage nodes at once: shards and journal entries they had not
+    /// fsynced are gone, and files may be left empty or short.
+    StoragePowerLoss,
     /// A storage node's filesystem full to the last block, then freed.
     DiskFull,
     /// A storage node's disk throttled to a crawl (blkio cgroup), then released.
@@ -127,6 +134,14 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "slow-disk",
         fault: Fault::SlowDisk,
     },
+    Scenario {
+        name: "storage-power-loss",
+        fault: Fault::StoragePowerLoss,
+    },
+    Scenario {
+        name: "wan-delay-loss",
+        fault: Fault::WanDegraded,
+    },
 ];
 
 /// When and on what a fault acts: a function of the scenario and the seed only.
@@ -144,6 +159,8 @@ pub struct Schedule {
     pub target_leader: bool,
     /// Bit flips per node, for bit rot.
     pub flips_per_node: u32,
+    /// What the degraded link between the sites does.
+    pub wan: WanImpairment,
 }
 
 impl Schedule {
@@ -153,7 +170,9 @@ impl Schedule {
         let mut ids: Vec<u32> = (1..=STORAGE_NODES).collect();
         ids.shuffle(&mut rng);
         let n_nodes = match fault {
-            Fault::StorageKill | Fault::BitRot => usize::from(PARITY_SHARDS),
+            Fault::StorageKill | Fault::BitRot | Fault::StoragePowerLoss => {
+                usize::from(PARITY_SHARDS)
+            }
             Fault::GrayFailure | Fault::FsyncError | Fault::DiskFull | Fault::SlowDisk => 1,
             _ => 0,
         };
@@ -171,6 +190,11 @@ impl Schedule {
             nodes: ids,
             target_leader: rng.random_bool(0.5),
             flips_per_node: rng.random_range(5..30),
+            // A long line between cities, then a bad one: 0.5 % to 3 % of packets lost.
+            wan: WanImpairment {
+                one_way_delay_ms: rng.random_range(10..40),
+                loss_per_mille: rng.random_range(5..30),
+            },
         }
     }
 
@@ -201,6 +225,12 @@ impl Schedule {
                 "power loss on the metadata leader".into()
             }
             Fault::MetadataPowerLoss => "power loss on a metadata follower".into(),
+            Fault::StoragePowerLoss => format!("power loss on {nodes}"),
+            Fault::WanDegraded => format!(
+                "the link between the sites delays {} ms each way and loses {:.1} % of packets",
+                self.wan.one_way_delay_ms,
+                f64::from(self.wan.loss_per_mille) / 10.0
+            ),
             Fault::DiskFull => format!("the filesystem of {nodes} full"),
             Fault::SlowDisk => {
                 let l = SLOW_DISK;
@@ -328,7 +358,10 @@ async fn run_inner(
     } else {
         &[]
     };
-    let node_disk: Vec<String> = if matches!(scenario.fault, Fault::DiskFull | Fault::SlowDisk) {
+    let node_disk: Vec<String> = if matches!(
+        scenario.fault,
+        Fault::DiskFull | Fault::SlowDisk | Fault::StoragePowerLoss
+    ) {
         schedule.nodes.iter().map(|n| format!("s{n}")).collect()
     } else {
         Vec::new()
@@ -670,6 +703,35 @@ async fn inject(cluster: &mut Cluster, fault: Fault, s: &Schedule) -> anyhow::Re
             cluster.power_loss(&target).await?;
             tokio::time::sleep(hold).await;
             cluster.power_on(&target).await?;
+        }
+        Fault::WanDegraded => {
+            let link = WanLink::start(s.wan, s.fault_at_ms ^ 0x3a4)?;
+            tokio::time::sleep(hold).await;
+            let counts = link.counts();
+            drop(link);
+            // Gateway, voters and storage nodes sit on both sites, so a link that carried
+            // nothing was not between them and the scenario proved nothing.
+            anyhow::ensure!(
+                counts.forwarded > 0,
+                "the degraded WAN link carried no packets"
+            );
+            eprintln!(
+                "lauscha-chaos: the degraded WAN link carried {} packets and lost {}",
+                counts.forwarded, counts.lost
+            );
+        }
+        Fault::StoragePowerLoss => {
+            // Frozen together first, so that neither writes on while the other loses power.
+            for n in &nodes {
+                cluster.signal(n, Signal::SIGSTOP)?;
+            }
+            for n in &nodes {
+                cluster.power_loss(n).await?;
+            }
+            tokio::time::sleep(hold).await;
+            for n in &nodes {
+                cluster.power_on(n).await?;
+            }
         }
         Fault::MembershipChange => {
             cluster.start_proc("m4").await?;

@@ -47,7 +47,8 @@ impl Site {
         }
     }
 
-    fn bridge(self) -> &'static str {
+    /// The site's bridge in the root namespace (the router's interface to it).
+    pub(crate) fn bridge(self) -> &'static str {
         match self {
             Site::A => "lchbr-a",
             Site::B => "lchbr-b",
@@ -86,7 +87,7 @@ impl Host {
 }
 
 /// Runs `ip` with `args`, failing with its stderr.
-fn ip(args: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn ip(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new("ip")
         .args(args)
         .output()
@@ -251,6 +252,7 @@ pub fn cleanup_stale() {
     for _ in 0..4 {
         quiet(&["rule", "del", "priority", RULE_PRIORITY]);
     }
+    crate::wan::remove_wan_rules();
     if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let name = line.split_whitespace().next().unwrap_or("");
