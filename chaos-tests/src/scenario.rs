@@ -708,7 +708,11 @@ async fn inject(cluster: &mut Cluster, fault: Fault, s: &Schedule) -> anyhow::Re
             let link = WanLink::start(s.wan, s.fault_at_ms ^ 0x3a4)?;
             tokio::time::sleep(hold).await;
             let counts = link.counts();
+            let failure = link.failure();
             drop(link);
+            if let Some(failure) = failure {
+                anyhow::bail!("the degraded WAN link broke down: {failure}");
+            }
             // Gateway, voters and storage nodes sit on both sites, so a link that carried
             // nothing was not between them and the scenario proved nothing.
             anyhow::ensure!(

@@ -14,10 +14,11 @@
 //! Dropping the [`WanLink`] removes the rules first, so the sites talk directly again,
 //! then closes the device, which the kernel then removes with its routes. A crashed run
 //! leaves no device (it goes with the process's file descriptor); its rules are removed by
-//! [`crate::topology::cleanup_stale`].
+//! [`crate::topology::cleanup_stale`]. It does leave `net.ipv4.conf.all.rp_filter` at 0
+//! if it had to switch strict reverse-path filtering off (see [`WanLink::start`]).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -51,6 +52,9 @@ pub struct WanImpairment {
 pub struct WanLink {
     forwarded: Arc<AtomicU64>,
     lost: Arc<AtomicU64>,
+    /// Why the link stopped carrying packets, if it did: with the rules still in place,
+    /// that would be a site partition, not a slow line.
+    failure: Arc<Mutex<Option<String>>>,
     tasks: Vec<JoinHandle<()>>,
     rp_filter_before: Option<String>,
 }
@@ -71,13 +75,26 @@ impl WanLink {
     /// through the impaired link. Must run inside a tokio runtime.
     pub fn start(impairment: WanImpairment, seed: u64) -> anyhow::Result<WanLink> {
         let mut config = tun::Configuration::default();
-        config.tun_name(DEVICE).mtu(1500).up();
+        config.tun_name(DEVICE).mtu(1500);
         let device = tun::create_as_async(&config)
             .context("create the TUN device of the WAN link (needs /dev/net/tun and root)")?;
         let device = Arc::new(device);
+        // Up with IPv6, the kernel would send its own solicitations into the device; only
+        // the sites' packets belong there. (No IPv6 in this kernel: nothing to switch off.)
+        match std::fs::write(
+            format!("/proc/sys/net/ipv6/conf/{DEVICE}/disable_ipv6"),
+            "1",
+        ) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).context("switch IPv6 off on the WAN device");
+            }
+            _ => {}
+        }
+        ip(&["link", "set", DEVICE, "up"])?;
         let mut link = WanLink {
             forwarded: Arc::default(),
             lost: Arc::default(),
+            failure: Arc::default(),
             tasks: Vec::new(),
             rp_filter_before: None,
         };
@@ -101,10 +118,22 @@ impl WanLink {
         let reader = {
             let device = device.clone();
             let lost = link.lost.clone();
+            let failure = link.failure.clone();
             tokio::spawn(async move {
                 let mut rng = StdRng::seed_from_u64(seed);
                 let mut buf = vec![0u8; MAX_PACKET_BYTES];
-                while let Ok(n) = device.recv(&mut buf).await {
+                loop {
+                    let n = match device.recv(&mut buf).await {
+                        Ok(n) => n,
+                        Err(e) => {
+                            *failure.lock().expect("failure lock") =
+                                Some(format!("read from {DEVICE}: {e}"));
+                            return;
+                        }
+                    };
+                    if !is_inter_site(&buf[..n]) {
+                        continue;
+                    }
                     if rng.random_bool(loss) {
                         lost.fetch_add(1, Ordering::Relaxed);
                         continue;
@@ -120,11 +149,14 @@ impl WanLink {
         };
         let writer = {
             let forwarded = link.forwarded.clone();
+            let failure = link.failure.clone();
             tokio::spawn(async move {
                 while let Some((due, packet)) = from_reader.recv().await {
                     // The delay is the emulated line itself, not a wait for some event.
                     tokio::time::sleep_until(due).await;
-                    if device.send(&packet).await.is_err() {
+                    if let Err(e) = device.send(&packet).await {
+                        *failure.lock().expect("failure lock") =
+                            Some(format!("write to {DEVICE}: {e}"));
                         return;
                     }
                     forwarded.fetch_add(1, Ordering::Relaxed);
@@ -159,6 +191,11 @@ impl WanLink {
         Ok(link)
     }
 
+    /// Why the link stopped carrying packets, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().expect("failure lock").clone()
+    }
+
     /// What the link has done so far.
     pub fn counts(&self) -> WanCounts {
         WanCounts {
@@ -180,11 +217,46 @@ impl Drop for WanLink {
     }
 }
 
+/// Whether `packet` is IPv4 from one site to the other (10.77.1.0/24 and 10.77.2.0/24):
+/// what the rules divert, and all the link carries.
+fn is_inter_site(packet: &[u8]) -> bool {
+    packet.len() >= 20
+        && packet[0] >> 4 == 4
+        && packet[12..14] == [10, 77]
+        && packet[16..18] == [10, 77]
+        && packet[14] != packet[18]
+}
+
 /// Removes the diverting rules (those of a crashed run too). Best effort.
 pub fn remove_wan_rules() {
     for _ in 0..4 {
         let _ = std::process::Command::new("ip")
             .args(["rule", "del", "priority", WAN_RULE_PRIORITY])
             .output();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ipv4(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+        let mut p = vec![0u8; 40];
+        p[0] = 0x45;
+        p[12..16].copy_from_slice(&src);
+        p[16..20].copy_from_slice(&dst);
+        p
+    }
+
+    #[test]
+    fn only_ipv4_between_the_sites_is_carried() {
+        assert!(is_inter_site(&ipv4([10, 77, 1, 11], [10, 77, 2, 24])));
+        assert!(is_inter_site(&ipv4([10, 77, 2, 12], [10, 77, 1, 30])));
+        assert!(!is_inter_site(&ipv4([10, 77, 1, 11], [10, 77, 1, 13])));
+        assert!(!is_inter_site(&ipv4([192, 168, 1, 1], [10, 77, 2, 24])));
+        let mut v6 = ipv4([10, 77, 1, 11], [10, 77, 2, 24]);
+        v6[0] = 0x60;
+        assert!(!is_inter_site(&v6));
+        assert!(!is_inter_site(&[0x45; 12]));
     }
 }

@@ -37,6 +37,7 @@ use std::sync::Arc;
 pub use error::GatewayError;
 use lauscha_core::config::GatewayConfig;
 pub use meta_client::MetaClient;
+pub use nbd::MAX_UNAUTHENTICATED_CONNECTIONS;
 pub use nbd_tls::NbdTls;
 use s3s::service::S3ServiceBuilder;
 use tokio::net::TcpListener;

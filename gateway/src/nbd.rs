@@ -24,7 +24,7 @@ use tokio::io::{
     AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf,
 };
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Mutex, Semaphore, mpsc};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{debug, info, warn};
 
 use crate::GatewayError;
@@ -36,6 +36,12 @@ use crate::volume::{VolumeEngine, VolumeError, VolumeIdentity};
 const MAX_REQUEST_BYTES: u32 = 32 << 20;
 /// With TLS required: how long a client may negotiate before it has started TLS.
 const UNAUTHENTICATED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// With TLS required: connections that have not finished the TLS handshake at once. More
+/// are closed at accept, so that a flood from a tenant network costs the gateway at most
+/// this many connections for at most [`UNAUTHENTICATED_TIMEOUT`] (plus the handshake's
+/// own limit) each. The trade-off: while a flood goes on, genuine clients are refused
+/// too (the limit is not per source address); they get through once it stops.
+pub const MAX_UNAUTHENTICATED_CONNECTIONS: usize = 128;
 /// Requests of one connection in flight at once.
 const MAX_IN_FLIGHT: usize = 64;
 
@@ -212,6 +218,10 @@ pub async fn serve_nbd(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let mut shutdown = std::pin::pin!(shutdown);
+    let unauthenticated = Arc::new(Semaphore::new(MAX_UNAUTHENTICATED_CONNECTIONS));
+    // Whether the last connection was refused for the cap: warn once per episode, not
+    // once per connection of a flood.
+    let mut at_cap = false;
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -224,10 +234,31 @@ pub async fn serve_nbd(
             },
             () = shutdown.as_mut() => return Ok(()),
         };
+        let permit = match &tls {
+            None => None,
+            Some(_) => match unauthenticated.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    at_cap = false;
+                    Some(permit)
+                }
+                Err(_) => {
+                    if !at_cap {
+                        warn!(
+                            %peer,
+                            limit = MAX_UNAUTHENTICATED_CONNECTIONS,
+                            "NBD connections without TLS yet at the limit: closing new ones until some finish"
+                        );
+                        at_cap = true;
+                    }
+                    drop(tcp);
+                    continue;
+                }
+            },
+        };
         let _ = tcp.set_nodelay(true);
         let (exports, tls) = (exports.clone(), tls.clone());
         tokio::spawn(async move {
-            match connection(exports, tls, tcp).await {
+            match connection(exports, tls, tcp, permit).await {
                 Ok(()) => debug!(%peer, "NBD connection closed"),
                 Err(e) => debug!(%peer, error = %e, "NBD connection ended"),
             }
@@ -252,18 +283,31 @@ enum Negotiated {
     Done,
 }
 
+/// One client. `unauthenticated` (with TLS required) is its place among the connections
+/// that have not finished the TLS handshake, given back once it has.
 async fn connection(
     exports: Arc<Exports>,
     tls: Option<Arc<NbdTls>>,
     tcp: TcpStream,
+    mut unauthenticated: Option<OwnedSemaphorePermit>,
 ) -> std::io::Result<()> {
+    // A port that may face tenant networks: a client that does not authenticate in time
+    // is dropped instead of holding a connection (and a place under the cap) open.
+    let tls_deadline = tokio::time::Instant::now() + UNAUTHENTICATED_TIMEOUT;
+    let no_tls_in_time = |_| std::io::Error::other("no TLS handshake in time");
     let mut stream: Stream = BufReader::new(Box::new(tcp));
     let mut hello = Vec::with_capacity(18);
     hello.extend_from_slice(&nbd::NBD_MAGIC.to_be_bytes());
     hello.extend_from_slice(&nbd::IHAVEOPT.to_be_bytes());
     hello.extend_from_slice(&(nbd::FLAG_FIXED_NEWSTYLE | nbd::FLAG_NO_ZEROES).to_be_bytes());
     stream.write_all(&hello).await?;
-    let client_flags = stream.read_u32().await?;
+    let client_flags = if tls.is_some() {
+        tokio::time::timeout_at(tls_deadline, stream.read_u32())
+            .await
+            .map_err(no_tls_in_time)??
+    } else {
+        stream.read_u32().await?
+    };
     if client_flags & !(nbd::CLIENT_FIXED_NEWSTYLE | nbd::CLIENT_NO_ZEROES) != 0 {
         return Err(std::io::Error::other("unknown client flags"));
     }
@@ -280,12 +324,12 @@ async fn connection(
     };
     let (name, identity, info, engine) = loop {
         let negotiated = negotiate(&exports, &mut stream, &client, no_zeroes);
-        let negotiated = if client == Client::Unauthenticated {
-            // A port that may face tenant networks: a client that does not authenticate
-            // in time is dropped instead of holding a connection open.
-            tokio::time::timeout(UNAUTHENTICATED_TIMEOUT, negotiated)
+        // A certificate that names no tenant authenticates nobody: such a client keeps
+        // the deadline (it can list nothing and attach nothing anyway).
+        let negotiated = if matches!(client, Client::Unauthenticated | Client::Refused(_)) {
+            tokio::time::timeout_at(tls_deadline, negotiated)
                 .await
-                .map_err(|_| std::io::Error::other("no TLS handshake in time"))?
+                .map_err(no_tls_in_time)?
         } else {
             negotiated.await
         };
@@ -304,6 +348,7 @@ async fn connection(
                     ));
                 }
                 let (tls_stream, tenant) = tls.accept(stream.into_inner()).await?;
+                drop(unauthenticated.take());
                 client = match tenant {
                     Ok(t) => {
                         debug!(tenant = %t, "NBD client authenticated by certificate");

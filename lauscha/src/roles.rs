@@ -80,7 +80,9 @@ impl Roles {
             }
         }
         for node in &self.meta_nodes {
-            node.shutdown().await;
+            if let Err(e) = node.shutdown().await {
+                warn!(error = %e, "metadata voter shutdown");
+            }
         }
         outcome
     }

@@ -8,9 +8,11 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use common::*;
 use lauscha_core::nbd;
+use lauscha_gateway::MAX_UNAUTHENTICATED_CONNECTIONS;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair,
@@ -333,6 +335,39 @@ fn each_tenant_s_certificate_reaches_its_volumes_only() {
         "{}",
         output_text(&out)
     );
+
+    // A flood of connections that never start TLS holds at most
+    // MAX_UNAUTHENTICATED_CONNECTIONS places: one more is closed without a greeting, and
+    // a place is free again once one of them leaves. (Last, so that no client above
+    // depends on when the server notices a departure.)
+    let connect = || {
+        let tcp = TcpStream::connect(&addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        tcp
+    };
+    let greeted = |tcp: &mut TcpStream| {
+        let mut hello = [0u8; 18];
+        tcp.read_exact(&mut hello).is_ok() && hello[..8] == nbd::NBD_MAGIC.to_be_bytes()
+    };
+    let mut waiting = Vec::new();
+    for i in 0..MAX_UNAUTHENTICATED_CONNECTIONS {
+        let mut tcp = connect();
+        assert!(
+            greeted(&mut tcp),
+            "connection {i} under the limit got no greeting"
+        );
+        waiting.push(tcp);
+    }
+    assert_closed(&mut connect());
+    drop(waiting.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !greeted(&mut connect()) {
+        assert!(
+            Instant::now() < deadline,
+            "no place came free 10 s after a waiting client left"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

@@ -283,7 +283,8 @@ fn bad_requests_get_error_replies_and_hurt_no_one_else() {
     qemu_io(&format!("nbd://{addr}/raw"), &["read -P 9 0 4k"]);
 }
 
-/// Bytes of shard files under a dev data directory.
+/// Bytes of shard files under a dev data directory, while the server runs: a file listed
+/// and then deleted (merges and garbage collection go on) counts as gone.
 fn shard_bytes(dir: &std::path::Path) -> u64 {
     fn walk(p: &std::path::Path, in_shards: bool) -> u64 {
         let Ok(entries) = std::fs::read_dir(p) else {
@@ -293,7 +294,11 @@ fn shard_bytes(dir: &std::path::Path) -> u64 {
             .flatten()
             .map(|e| {
                 let path = e.path();
-                let meta = e.metadata().unwrap();
+                let meta = match e.metadata() {
+                    Ok(meta) => meta,
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => return 0,
+                    Err(err) => panic!("stat {}: {err}", path.display()),
+                };
                 let here = in_shards || e.file_name() == "shards";
                 if meta.is_dir() {
                     walk(&path, here)

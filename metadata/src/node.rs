@@ -480,23 +480,23 @@ impl MetaNode {
     }
 
     /// Stops Raft and returns once RocksDB is closed, so the same directory can be opened
-    /// again; pending and later requests fail with Unavailable.
-    pub async fn shutdown(&self) {
+    /// again; pending and later requests fail with Unavailable. An error says RocksDB was
+    /// still open after [`DB_CLOSE_DEADLINE`] (a storage task still running: reopening the
+    /// directory in this process would fail on its lock).
+    pub async fn shutdown(&self) -> Result<(), MetaError> {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(node_id = self.node_id, error = %e, "raft shutdown");
         }
         // openraft's state machine worker and our blocking storage tasks end after the Raft
         // core does, each holding the database until then.
         let closed = self.db_closed.clone().wait();
-        if tokio::time::timeout(DB_CLOSE_DEADLINE, closed)
+        tokio::time::timeout(DB_CLOSE_DEADLINE, closed)
             .await
-            .is_err()
-        {
-            tracing::warn!(
-                node_id = self.node_id,
-                "RocksDB still open {DB_CLOSE_DEADLINE:?} after raft shutdown"
-            );
-        }
+            .map_err(|_| {
+                MetaError::Unavailable(format!(
+                    "RocksDB still open {DB_CLOSE_DEADLINE:?} after raft shutdown"
+                ))
+            })
     }
 }
 

@@ -99,7 +99,7 @@ async fn state_survives_restart_and_snapshots() {
         .await
         .unwrap_err();
     assert_eq!(err, MetaError::TenantAlreadyExists("t".into()));
-    node.shutdown().await;
+    node.shutdown().await.expect("RocksDB closed");
     drop(node);
 
     let node = must_start(dir.path()).await;
@@ -128,7 +128,7 @@ async fn state_survives_restart_and_snapshots() {
     // Writes continue after the restart.
     must_put(&node, "after", b"restart").await;
     assert_eq!(must_get(&node, "after").await, b"restart");
-    node.shutdown().await;
+    node.shutdown().await.expect("RocksDB closed");
 }
 
 /// Concurrent proposals share log appends, and so fsyncs: openraft queues client writes and
@@ -167,5 +167,5 @@ async fn concurrent_writes_share_fsyncs() {
         appends * 2 <= entries,
         "{entries} entries took {appends} appends: proposals are not batched"
     );
-    node.shutdown().await;
+    node.shutdown().await.expect("RocksDB closed");
 }
