@@ -14,7 +14,7 @@ use lauscha_core::{ClusterMap, NodeId, ShardDigest, ShardId};
 use lauscha_proto::storage::shard_service_client::ShardServiceClient;
 use lauscha_proto::storage::{self as pb, get_shard_reply, put_shard_request};
 use tonic::transport::{Channel, Endpoint};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::GatewayError;
 use crate::meta_client::MetaClient;
@@ -131,8 +131,12 @@ pub struct NodePool {
     rpc_timeout: Duration,
 }
 
-/// How long a node that reported a full disk gets no new shards.
+/// How long a node that reported a full disk gets no new shards, unless it reports room
+/// again sooner.
 const FULL_FOR: Duration = Duration::from_secs(30);
+/// Free space at which a node marked full takes shards again: room for many stripes' shards
+/// (an extent's shard is 1 MiB, a journal copy at most 4 MiB).
+const ROOM_AGAIN_BYTES: u64 = 64 << 20;
 
 impl NodePool {
     /// A pool that learns the cluster map from `meta`.
@@ -437,6 +441,14 @@ impl NodePool {
             Ok(Err(s)) => Err(ShardIoError::Unreachable(node, s.message().to_string())),
             Ok(Ok(reply)) => {
                 let reply = reply.into_inner();
+                // Space freed (by an operator, or garbage collection) ends the mark now,
+                // not when it times out: until then repair cannot put the node's missing
+                // shards back, so the cluster stays degraded for no reason.
+                if reply.free_bytes >= ROOM_AGAIN_BYTES
+                    && self.full.lock().expect("full lock").remove(&node).is_some()
+                {
+                    info!(node_id = %node, free_bytes = reply.free_bytes, "node has room again");
+                }
                 Ok(NodeUsage {
                     n_shards: reply.n_shards,
                     used_bytes: reply.used_bytes,
