@@ -24,24 +24,18 @@ use tokio::io::{
     AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf,
 };
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Mutex, Semaphore, mpsc};
 use tracing::{debug, info, warn};
 
 use crate::GatewayError;
 use crate::gateway::Inner;
-use crate::nbd_tls::NbdTls;
+use crate::nbd_tls::{NbdTls, NoPlace, UnauthenticatedPlace, UnauthenticatedPlaces};
 use crate::volume::{VolumeEngine, VolumeError, VolumeIdentity};
 
 /// Largest READ or WRITE payload, bytes.
 const MAX_REQUEST_BYTES: u32 = 32 << 20;
 /// With TLS required: how long a client may negotiate before it has started TLS.
 const UNAUTHENTICATED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-/// With TLS required: connections that have not finished the TLS handshake at once. More
-/// are closed at accept, so that a flood from a tenant network costs the gateway at most
-/// this many connections for at most [`UNAUTHENTICATED_TIMEOUT`] (plus the handshake's
-/// own limit) each. The trade-off: while a flood goes on, genuine clients are refused
-/// too (the limit is not per source address); they get through once it stops.
-pub const MAX_UNAUTHENTICATED_CONNECTIONS: usize = 128;
 /// Requests of one connection in flight at once.
 const MAX_IN_FLIGHT: usize = 64;
 
@@ -218,10 +212,10 @@ pub async fn serve_nbd(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let mut shutdown = std::pin::pin!(shutdown);
-    let unauthenticated = Arc::new(Semaphore::new(MAX_UNAUTHENTICATED_CONNECTIONS));
-    // Whether the last connection was refused for the cap: warn once per episode, not
+    let unauthenticated = Arc::new(UnauthenticatedPlaces::default());
+    // Whether the last connection was refused for a limit: warn once per episode, not
     // once per connection of a flood.
-    let mut at_cap = false;
+    let mut at_limit = false;
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -234,21 +228,25 @@ pub async fn serve_nbd(
             },
             () = shutdown.as_mut() => return Ok(()),
         };
-        let permit = match &tls {
+        let place = match &tls {
             None => None,
-            Some(_) => match unauthenticated.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    at_cap = false;
-                    Some(permit)
+            Some(_) => match unauthenticated.take(peer.ip()) {
+                Ok(place) => {
+                    at_limit = false;
+                    Some(place)
                 }
-                Err(_) => {
-                    if !at_cap {
+                Err(no_place) => {
+                    if !at_limit {
+                        let limit = match no_place {
+                            NoPlace::InAll => "in all",
+                            NoPlace::FromThisAddress => "from this address",
+                        };
                         warn!(
                             %peer,
-                            limit = MAX_UNAUTHENTICATED_CONNECTIONS,
+                            limit,
                             "NBD connections without TLS yet at the limit: closing new ones until some finish"
                         );
-                        at_cap = true;
+                        at_limit = true;
                     }
                     drop(tcp);
                     continue;
@@ -258,7 +256,7 @@ pub async fn serve_nbd(
         let _ = tcp.set_nodelay(true);
         let (exports, tls) = (exports.clone(), tls.clone());
         tokio::spawn(async move {
-            match connection(exports, tls, tcp, permit).await {
+            match connection(exports, tls, tcp, place).await {
                 Ok(()) => debug!(%peer, "NBD connection closed"),
                 Err(e) => debug!(%peer, error = %e, "NBD connection ended"),
             }
@@ -289,7 +287,7 @@ async fn connection(
     exports: Arc<Exports>,
     tls: Option<Arc<NbdTls>>,
     tcp: TcpStream,
-    mut unauthenticated: Option<OwnedSemaphorePermit>,
+    mut unauthenticated: Option<UnauthenticatedPlace>,
 ) -> std::io::Result<()> {
     // A port that may face tenant networks: a client that does not authenticate in time
     // is dropped instead of holding a connection (and a place under the cap) open.

@@ -9,8 +9,10 @@
 //! acts for stadt-jena on the NBD port. Revocation is by replacing `client_ca` (or the
 //! certificates it signed) and restarting the gateway; there is no CRL check.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lauscha_core::TenantId;
@@ -131,6 +133,84 @@ pub fn tenant_of(cert_der: &[u8]) -> ClientTenant {
     })
 }
 
+/// Connections that have not finished the TLS handshake, at once: a port that may face
+/// tenant networks must not let a flood hold unbounded connections. With the 30 s limit
+/// on negotiating before TLS, a flood costs at most this many connections for that long.
+pub const MAX_UNAUTHENTICATED_CONNECTIONS: usize = 256;
+/// Of those, from one address: so that one flooding machine cannot take every place and
+/// lock out the others (a VM host reconnecting all its volumes at once needs each place
+/// for only its handshake's milliseconds).
+pub const MAX_UNAUTHENTICATED_PER_ADDRESS: usize = 64;
+
+/// The places for connections that have not finished the TLS handshake (pure counting;
+/// the server takes one at accept and drops it after the handshake).
+#[derive(Debug, Default)]
+pub struct UnauthenticatedPlaces {
+    state: Mutex<PlacesState>,
+}
+
+#[derive(Debug, Default)]
+struct PlacesState {
+    total: usize,
+    by_address: HashMap<IpAddr, usize>,
+}
+
+/// Why a connection got no place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoPlace {
+    /// [`MAX_UNAUTHENTICATED_CONNECTIONS`] are taken.
+    InAll,
+    /// [`MAX_UNAUTHENTICATED_PER_ADDRESS`] are taken by connections from this address.
+    FromThisAddress,
+}
+
+/// One connection's place, given back when dropped.
+#[derive(Debug)]
+pub struct UnauthenticatedPlace {
+    places: Arc<UnauthenticatedPlaces>,
+    address: IpAddr,
+}
+
+impl UnauthenticatedPlaces {
+    /// A place for a connection from `address`, if both limits allow one.
+    pub fn take(self: &Arc<Self>, address: IpAddr) -> Result<UnauthenticatedPlace, NoPlace> {
+        let mut state = self.state.lock().expect("places lock");
+        if state.total >= MAX_UNAUTHENTICATED_CONNECTIONS {
+            return Err(NoPlace::InAll);
+        }
+        let from_address = state.by_address.entry(address).or_default();
+        if *from_address >= MAX_UNAUTHENTICATED_PER_ADDRESS {
+            return Err(NoPlace::FromThisAddress);
+        }
+        *from_address += 1;
+        state.total += 1;
+        Ok(UnauthenticatedPlace {
+            places: self.clone(),
+            address,
+        })
+    }
+
+    #[cfg(test)]
+    fn taken(&self) -> usize {
+        self.state.lock().expect("places lock").total
+    }
+}
+
+impl Drop for UnauthenticatedPlace {
+    fn drop(&mut self) {
+        let mut state = self.places.state.lock().expect("places lock");
+        state.total -= 1;
+        let from_address = state
+            .by_address
+            .get_mut(&self.address)
+            .expect("a taken place is counted under its address");
+        *from_address -= 1;
+        if *from_address == 0 {
+            state.by_address.remove(&self.address);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,5 +270,32 @@ mod tests {
         std::fs::write(&config.cert, "not pem").unwrap();
         let err = NbdTls::load(&config).err().unwrap().to_string();
         assert!(err.contains("no PEM certificate"), "{err}");
+    }
+
+    #[test]
+    fn places_are_limited_in_all_and_per_address_and_given_back() {
+        let places = Arc::new(UnauthenticatedPlaces::default());
+        let address = |i: usize| IpAddr::from([10, 0, (i >> 8) as u8, i as u8]);
+        let mut held: Vec<UnauthenticatedPlace> = (0..MAX_UNAUTHENTICATED_PER_ADDRESS)
+            .map(|_| places.take(address(0)).unwrap())
+            .collect();
+        assert_eq!(
+            places.take(address(0)).unwrap_err(),
+            NoPlace::FromThisAddress
+        );
+        // Another address still gets in, until all places are taken.
+        let mut i = 1;
+        while places.taken() < MAX_UNAUTHENTICATED_CONNECTIONS {
+            held.push(places.take(address(i)).unwrap());
+            i += 1;
+        }
+        assert_eq!(places.take(address(i)).unwrap_err(), NoPlace::InAll);
+        // A place given back is free again, for its own address too.
+        drop(held.swap_remove(0));
+        assert_eq!(places.taken(), MAX_UNAUTHENTICATED_CONNECTIONS - 1);
+        held.push(places.take(address(0)).unwrap());
+        drop(held);
+        assert_eq!(places.taken(), 0);
+        assert!(places.state.lock().unwrap().by_address.is_empty());
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use lauscha_core::nbd;
-use lauscha_gateway::MAX_UNAUTHENTICATED_CONNECTIONS;
+use lauscha_gateway::MAX_UNAUTHENTICATED_PER_ADDRESS;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair,
@@ -336,10 +336,10 @@ fn each_tenant_s_certificate_reaches_its_volumes_only() {
         output_text(&out)
     );
 
-    // A flood of connections that never start TLS holds at most
-    // MAX_UNAUTHENTICATED_CONNECTIONS places: one more is closed without a greeting, and
+    // A flood of connections from one address that never start TLS holds at most
+    // MAX_UNAUTHENTICATED_PER_ADDRESS places: one more is closed without a greeting, and
     // a place is free again once one of them leaves. (Last, so that no client above
-    // depends on when the server notices a departure.)
+    // depends on when the server notices a departure. The limit in all is unit-tested.)
     let connect = || {
         let tcp = TcpStream::connect(&addr).unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -350,7 +350,7 @@ fn each_tenant_s_certificate_reaches_its_volumes_only() {
         tcp.read_exact(&mut hello).is_ok() && hello[..8] == nbd::NBD_MAGIC.to_be_bytes()
     };
     let mut waiting = Vec::new();
-    for i in 0..MAX_UNAUTHENTICATED_CONNECTIONS {
+    for i in 0..MAX_UNAUTHENTICATED_PER_ADDRESS {
         let mut tcp = connect();
         assert!(
             greeted(&mut tcp),
