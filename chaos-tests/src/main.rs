@@ -9,9 +9,10 @@ use lauscha_chaos::report;
 use lauscha_chaos::scenario::{self, Outcome, RunEnv, SCENARIOS};
 use lauscha_chaos::simulation::{self, SimSummary};
 
-/// Builds a two-site cluster of real lauscha processes (one network namespace each; needs
-/// root), runs a self-checking S3 and NBD workload, injects faults on a seeded schedule and
-/// reports lost, corrupt and non-linearizable results.
+/// Builds a two-site cluster of real lauscha processes (one network namespace each), runs a
+/// self-checking S3 and NBD workload, injects faults on a seeded schedule and reports lost,
+/// corrupt and non-linearizable results. Without root it runs in a user namespace of its
+/// own, where the scenarios that need loop devices or cgroups are not run.
 #[derive(Parser)]
 #[command(name = "lauscha-chaos")]
 struct Args {
@@ -84,12 +85,19 @@ fn main() -> anyhow::Result<()> {
         let summary = simulation::run_seeds(seed.unwrap_or_else(fresh_seed), seeds, &args.work_dir);
         print!(
             "{}",
-            report::render(&[], Some(&summary), started.elapsed().as_secs_f64())
+            report::render(&[], &[], Some(&summary), started.elapsed().as_secs_f64())
         );
         if !summary.passed() {
             std::process::exit(1);
         }
         return Ok(());
+    }
+    let in_user_namespace = std::env::var_os(IN_USER_NAMESPACE).is_some();
+    if !lauscha_chaos::topology::Network::available() && !in_user_namespace {
+        return run_in_user_namespace();
+    }
+    if in_user_namespace {
+        prepare_user_namespace()?;
     }
     let lauscha = match args.lauscha {
         Some(p) => p,
@@ -105,19 +113,26 @@ fn main() -> anyhow::Result<()> {
         );
     }
     // Namespaces and links are machine-wide and a run removes stale `lch*` ones: two
-    // runs at once would tear down each other's clusters.
-    let lock_path = std::env::temp_dir().join("lauscha-chaos.lock");
-    let lock = std::fs::File::create(&lock_path)?;
-    if lock.try_lock().is_err() {
-        bail!(
-            "another lauscha-chaos run holds {}; wait for it to finish",
-            lock_path.display()
-        );
-    }
+    // runs at once would tear down each other's clusters. (In a user namespace of its own
+    // a run sees only its own.)
+    let lock = if in_user_namespace {
+        None
+    } else {
+        let lock_path = std::env::temp_dir().join("lauscha-chaos.lock");
+        let lock = std::fs::File::create(&lock_path)?;
+        if lock.try_lock().is_err() {
+            bail!(
+                "another lauscha-chaos run holds {}; wait for it to finish",
+                lock_path.display()
+            );
+        }
+        Some(lock)
+    };
     let env = RunEnv {
         lauscha,
         work_dir: args.work_dir,
         keep: args.keep,
+        in_user_namespace,
     };
     let expect_lost = matches!(
         args.command,
@@ -140,11 +155,16 @@ fn main() -> anyhow::Result<()> {
         eprintln!("lauscha-chaos: interrupted; processes and namespaces removed");
         std::process::exit(130);
     };
-    let (outcomes, sim) = outcomes?;
+    let (outcomes, not_run, sim) = outcomes?;
     drop(lock);
     print!(
         "{}",
-        report::render(&outcomes, sim.as_ref(), started.elapsed().as_secs_f64())
+        report::render(
+            &outcomes,
+            &not_run,
+            sim.as_ref(),
+            started.elapsed().as_secs_f64()
+        )
     );
     if expect_lost {
         let lost: u64 = outcomes.iter().map(|(_, o)| o.lost_acked).sum();
@@ -162,6 +182,59 @@ fn main() -> anyhow::Result<()> {
     } else {
         std::process::exit(1)
     }
+}
+
+/// Set in the harness's environment when it runs in its own user namespace.
+const IN_USER_NAMESPACE: &str = "LAUSCHA_CHAOS_IN_USER_NAMESPACE";
+
+/// Runs this same command again as root of a user namespace of its own, with its own
+/// network and mount namespaces (`unshare -Urnm`): namespaces, bridges, routes and rules
+/// are then its own to make, and all of them vanish with it.
+fn run_in_user_namespace() -> anyhow::Result<()> {
+    let unshare = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("unshare");
+        cmd.args(["--user", "--map-root-user", "--net", "--mount"])
+            .args(args);
+        cmd
+    };
+    let probe = unshare(&["true"])
+        .output()
+        .context("run unshare (apt-get install util-linux)")?;
+    if !probe.status.success() {
+        bail!(
+            "not root, and this kernel refuses an unprivileged user namespace ({}): allow \
+             them (sysctl kernel.unprivileged_userns_clone=1, or the AppArmor profile that \
+             restricts them) or run lauscha-chaos as root",
+            String::from_utf8_lossy(&probe.stderr).trim()
+        );
+    }
+    eprintln!(
+        "lauscha-chaos: not root: running in a user namespace of its own; \
+         scenarios that need loop devices or cgroups are not run"
+    );
+    let status = unshare(&["--fork", "--"])
+        .arg(std::env::current_exe()?)
+        .args(std::env::args_os().skip(1))
+        .env(IN_USER_NAMESPACE, "1")
+        .status()
+        .context("run unshare")?;
+    std::process::exit(status.code().unwrap_or(1));
+}
+
+/// In the user namespace: `ip netns` keeps its namespaces under /run/netns, which only
+/// the real root may create; a tmpfs on /run, in this mount namespace only, is ours.
+fn prepare_user_namespace() -> anyhow::Result<()> {
+    let out = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs", "/run"])
+        .output()
+        .context("run mount")?;
+    if !out.status.success() {
+        bail!(
+            "mount a tmpfs on /run in the user namespace: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 async fn interrupted() {
@@ -197,15 +270,24 @@ async fn run_one(env: &RunEnv, index: usize, seed: u64) -> (usize, Outcome) {
     (index, outcome)
 }
 
-type Results = (Vec<(usize, Outcome)>, Option<SimSummary>);
+type Results = (
+    Vec<(usize, Outcome)>,
+    Vec<(&'static str, String)>,
+    Option<SimSummary>,
+);
 
 async fn run(env: &RunEnv, command: Cmd) -> anyhow::Result<Results> {
     let mut outcomes = Vec::new();
+    let not_run: Vec<(&'static str, String)> = SCENARIOS
+        .iter()
+        .filter_map(|s| env.cannot_run(s).map(|why| (s.name, why)))
+        .collect();
+    let runnable = |i: usize| env.cannot_run(&SCENARIOS[i]).is_none();
     let mut sim = None;
     match command {
         Cmd::Ci { seed, sim_seeds } => {
             let base = seed.unwrap_or_else(fresh_seed);
-            for i in 0..SCENARIOS.len() {
+            for i in (0..SCENARIOS.len()).filter(|i| runnable(*i)) {
                 outcomes.push(run_one(env, i, base.wrapping_add(i as u64)).await);
             }
             eprintln!("lauscha-chaos: metadata simulation, {sim_seeds} seeds from {base}");
@@ -221,7 +303,7 @@ async fn run(env: &RunEnv, command: Cmd) -> anyhow::Result<Results> {
         Cmd::Soak { hours } => {
             let until = Instant::now() + Duration::from_secs_f64(hours * 3600.0);
             'rounds: loop {
-                for i in 0..SCENARIOS.len() {
+                for i in (0..SCENARIOS.len()).filter(|i| runnable(*i)) {
                     if Instant::now() >= until {
                         break 'rounds;
                     }
@@ -236,9 +318,16 @@ async fn run(env: &RunEnv, command: Cmd) -> anyhow::Result<Results> {
                     SCENARIOS.len()
                 );
             }
+            if let Some(why) = env.cannot_run(&SCENARIOS[scenario - 1]) {
+                bail!(
+                    "scenario {scenario} ({}) {why}: run lauscha-chaos as root",
+                    SCENARIOS[scenario - 1].name
+                );
+            }
             outcomes.push(run_one(env, scenario - 1, seed).await);
+            return Ok((outcomes, Vec::new(), sim));
         }
         Cmd::List | Cmd::Sim { .. } => unreachable!("handled before the runtime starts"),
     }
-    Ok((outcomes, sim))
+    Ok((outcomes, not_run, sim))
 }

@@ -7,7 +7,12 @@ use crate::scenario::Outcome;
 use crate::simulation::SimSummary;
 
 /// The table and the closing line.
-pub fn render(outcomes: &[(usize, Outcome)], sim: Option<&SimSummary>, total_s: f64) -> String {
+pub fn render(
+    outcomes: &[(usize, Outcome)],
+    not_run: &[(&str, String)],
+    sim: Option<&SimSummary>,
+    total_s: f64,
+) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -42,6 +47,9 @@ pub fn render(outcomes: &[(usize, Outcome)], sim: Option<&SimSummary>, total_s: 
             o.run_s,
             if o.passed() { "PASS" } else { "FAIL" }
         );
+    }
+    for (name, why) in not_run {
+        let _ = writeln!(out, "{name:<22} not run: {why}");
     }
     for (index, o) in outcomes {
         let _ = writeln!(out, "\n{} (seed {}): {}", o.name, o.seed, o.schedule);
@@ -92,6 +100,30 @@ pub fn render(outcomes: &[(usize, Outcome)], sim: Option<&SimSummary>, total_s: 
         }
     }
     let _ = writeln!(out, "\ntotal time {total_s:.0} s");
-    let _ = writeln!(out, "chaos: {} passed, {} failed", passed, total - passed);
+    if not_run.is_empty() {
+        let _ = writeln!(out, "chaos: {} passed, {} failed", passed, total - passed);
+    } else {
+        let _ = writeln!(
+            out,
+            "chaos: {} passed, {} failed, {} not run (need root)",
+            passed,
+            total - passed,
+            not_run.len()
+        );
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenarios_not_run_are_listed_and_counted_apart() {
+        let not_run = [("disk-full", "needs root (a loop device)".to_string())];
+        let out = render(&[], &not_run, None, 1.0);
+        assert!(out.contains("disk-full              not run: needs root (a loop device)"));
+        assert!(out.ends_with("chaos: 0 passed, 0 failed, 1 not run (need root)\n"));
+        assert!(render(&[], &[], None, 1.0).ends_with("chaos: 0 passed, 0 failed\n"));
+    }
 }

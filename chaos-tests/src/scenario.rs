@@ -63,6 +63,23 @@ pub enum Fault {
     ClockSkew,
 }
 
+impl Fault {
+    /// What this fault needs that a user namespace of the harness's own does not give
+    /// (`None`: it runs without root). Network namespaces, links, routes, rules, signals,
+    /// libfiu and libfaketime all work there; loop devices and cgroups do not, and
+    /// `/dev/net/tun` only where its mode lets everyone open it.
+    pub fn needs_real_root(self) -> Option<&'static str> {
+        match self {
+            Fault::MetadataPowerLoss | Fault::StoragePowerLoss | Fault::DiskFull => {
+                Some("an ext4 filesystem on a loop device")
+            }
+            Fault::SlowDisk => Some("a loop device throttled in a blkio cgroup"),
+            Fault::WanDegraded => Some("/dev/net/tun"),
+            _ => None,
+        }
+    }
+}
+
 /// A named scenario.
 #[derive(Clone, Copy, Debug)]
 pub struct Scenario {
@@ -314,6 +331,32 @@ pub struct RunEnv {
     pub work_dir: PathBuf,
     /// Keep the directories of passed scenarios too.
     pub keep: bool,
+    /// Running as an unprivileged user, in a user namespace of its own (see
+    /// [`Fault::needs_real_root`]).
+    pub in_user_namespace: bool,
+}
+
+impl RunEnv {
+    /// Why `scenario` cannot run here (`None`: it can).
+    pub fn cannot_run(&self, scenario: &Scenario) -> Option<String> {
+        if !self.in_user_namespace {
+            return None;
+        }
+        let tun_opens = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/net/tun")
+                .is_ok()
+        };
+        if scenario.fault == Fault::WanDegraded && tun_opens() {
+            return None;
+        }
+        scenario
+            .fault
+            .needs_real_root()
+            .map(|what| format!("needs root ({what})"))
+    }
 }
 
 /// Runs one scenario against a fresh cluster. The cluster (processes, namespaces) is gone
