@@ -282,7 +282,8 @@ async fn run(env: &RunEnv, command: Cmd) -> anyhow::Result<Results> {
         .iter()
         .filter_map(|s| env.cannot_run(s).map(|why| (s.name, why)))
         .collect();
-    let runnable = |i: usize| env.cannot_run(&SCENARIOS[i]).is_none();
+    // Decided once above (it may open /dev/net/tun), not again per scenario and round.
+    let runnable = |i: usize| !not_run.iter().any(|(name, _)| *name == SCENARIOS[i].name);
     let mut sim = None;
     match command {
         Cmd::Ci { seed, sim_seeds } => {
