@@ -82,7 +82,7 @@ fn main() -> anyhow::Result<()> {
     }
     if let Cmd::Sim { seed, seeds } = args.command {
         let started = Instant::now();
-        let summary = simulation::run_seeds(seed.unwrap_or_else(fresh_seed), seeds, &args.work_dir);
+        let summary = simulation::run_seeds(seed.unwrap_or_else(fresh_seed), seeds);
         print!(
             "{}",
             report::render(&[], &[], Some(&summary), started.elapsed().as_secs_f64())
@@ -292,10 +292,8 @@ async fn run(env: &RunEnv, command: Cmd) -> anyhow::Result<Results> {
                 outcomes.push(run_one(env, i, base.wrapping_add(i as u64)).await);
             }
             eprintln!("lauscha-chaos: metadata simulation, {sim_seeds} seeds from {base}");
-            // Each seed runs its own runtime: on a plain thread, not one of ours.
-            let work_dir = env.work_dir.clone();
-            let thread =
-                std::thread::spawn(move || simulation::run_seeds(base, sim_seeds, &work_dir));
+            // turmoil runs each seed on runtimes of its own: on a plain thread, not ours.
+            let thread = std::thread::spawn(move || simulation::run_seeds(base, sim_seeds));
             let summary = tokio::task::spawn_blocking(move || thread.join())
                 .await?
                 .map_err(|_| anyhow::anyhow!("the simulation panicked"))?;

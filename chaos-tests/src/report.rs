@@ -81,13 +81,16 @@ pub fn render(
         let _ = writeln!(
             out,
             "\nmetadata simulation: {} seeds from {}, {} client ops ({} answered), {} entries \
-             committed, {} fault changes, {} seeds failed, {:.0} s  {}",
+             committed, {} fault changes ({} voter crashes), {} snapshots installed, {} seeds failed, \
+             {:.0} s  {}",
             s.seeds,
             s.first_seed,
             s.ops,
             s.acked,
             s.committed,
             s.faults,
+            s.crashes,
+            s.snapshots_installed,
             s.failed_seeds.len(),
             s.run_s,
             if s.passed() { "PASS" } else { "FAIL" }

@@ -1,9 +1,9 @@
-//! The simulation tier: many seeds of the metadata Raft group in one process on virtual
-//! time (see `lauscha_metadata::sim`), each history checked for per-key
-//! linearizability here, with the same checker as the real-process scenarios.
+//! The simulation tier: many seeds of the metadata Raft group under turmoil, on simulated
+//! time and network with the in-memory store (see `lauscha_metadata::sim`), each history
+//! checked for per-key linearizability here, with the same checker as the real-process
+//! scenarios.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use lauscha_metadata::sim::{self, SimConfig, SimOpKind};
@@ -26,6 +26,10 @@ pub struct SimSummary {
     pub committed: u64,
     /// Fault changes over all seeds.
     pub faults: u64,
+    /// Voter crashes among them.
+    pub crashes: u64,
+    /// Snapshots a leader sent to a voter that was too far behind for its log.
+    pub snapshots_installed: u64,
     /// Problems, each naming its seed.
     pub problems: Vec<String>,
     /// Seeds with a problem.
@@ -41,35 +45,21 @@ impl SimSummary {
     }
 }
 
-/// Where voters' data goes: tmpfs when there is one (fsync is the cost of a seed).
-fn scratch(work_dir: &Path) -> PathBuf {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        shm.join(format!("lauscha-sim-{}", std::process::id()))
-    } else {
-        work_dir.join("sim")
-    }
+/// Runs seeds `first..first + n`. Blocking (turmoil steps its own runtimes): call it off
+/// the async threads.
+pub fn run_seeds(first: u64, n: u64) -> SimSummary {
+    run_seeds_with(first, n, false)
 }
 
-/// Runs seeds `first..first + n`, each on its own paused current-thread runtime.
-/// Blocking: call it off the async threads.
-pub fn run_seeds(first: u64, n: u64, work_dir: &Path) -> SimSummary {
-    run_seeds_with(first, n, work_dir, false)
-}
-
-fn run_seeds_with(first: u64, n: u64, work_dir: &Path, stale_reads: bool) -> SimSummary {
+fn run_seeds_with(first: u64, n: u64, stale_reads: bool) -> SimSummary {
     let started = Instant::now();
     let mut summary = SimSummary {
         first_seed: first,
         seeds: n,
         ..SimSummary::default()
     };
-    let root = scratch(work_dir);
     for seed in first..first + n {
-        let dir = root.join(seed.to_string());
-        let _ = std::fs::remove_dir_all(&dir);
-        let problems = run_seed(seed, &dir, stale_reads, &mut summary);
-        let _ = std::fs::remove_dir_all(&dir);
+        let problems = run_seed(seed, stale_reads, &mut summary);
         if !problems.is_empty() {
             summary.failed_seeds.push(seed);
             summary
@@ -77,25 +67,16 @@ fn run_seeds_with(first: u64, n: u64, work_dir: &Path, stale_reads: bool) -> Sim
                 .extend(problems.into_iter().map(|p| format!("seed {seed}: {p}")));
         }
     }
-    let _ = std::fs::remove_dir_all(&root);
     summary.run_s = started.elapsed().as_secs_f64();
     summary
 }
 
-fn run_seed(seed: u64, dir: &Path, stale_reads: bool, summary: &mut SimSummary) -> Vec<String> {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => return vec![format!("runtime: {e}")],
-    };
+fn run_seed(seed: u64, stale_reads: bool, summary: &mut SimSummary) -> Vec<String> {
     let config = SimConfig {
         stale_reads,
         ..SimConfig::standard(seed)
     };
-    let outcome = match runtime.block_on(sim::run(&config, dir)) {
+    let outcome = match sim::run(&config) {
         Ok(o) => o,
         Err(e) => return vec![format!("run failed: {e}")],
     };
@@ -107,6 +88,8 @@ fn run_seed(seed: u64, dir: &Path, stale_reads: bool, summary: &mut SimSummary) 
         .count() as u64;
     summary.committed += outcome.committed;
     summary.faults += outcome.faults;
+    summary.crashes += outcome.crashes;
+    summary.snapshots_installed += outcome.snapshots_installed;
     let mut problems = outcome.violations;
     let mut by_key: BTreeMap<u64, Vec<RegOp>> = BTreeMap::new();
     for op in &outcome.ops {
@@ -136,13 +119,12 @@ mod tests {
 
     #[test]
     fn the_simulation_passes_and_catches_stale_reads() {
-        let work = std::env::temp_dir();
-        let good = run_seeds(7, 3, &work);
+        let good = run_seeds(7, 3);
         assert!(good.passed(), "{:?}", good.problems);
         assert!(good.acked > 100);
         // Reads of a voter's local state, without Raft's check that it is current, must
         // be seen as non-linearizable in at least one of these seeds.
-        let broken = run_seeds_with(7, 10, &work, true);
+        let broken = run_seeds_with(7, 10, true);
         assert!(!broken.passed(), "stale reads went unnoticed");
         assert!(
             broken

@@ -5,8 +5,8 @@
 //! `store`, openraft behind `node` and `network`. openraft types never leave this crate.
 //!
 //! Architecture Invariant: every change goes through the Raft log (`MetaNode::write`);
-//! every read first confirms leadership through a read index (`MetaNode::read`), so a
-//! deposed leader never answers from stale state.
+//! every read first confirms leadership through the leader lease or a read index
+//! (`node::ensure_linearizable`), so a deposed leader never answers from stale state.
 
 pub mod apply;
 pub mod command;
@@ -17,6 +17,7 @@ mod node;
 pub mod query;
 mod raft_types;
 mod service;
+#[cfg(feature = "sim")]
 pub mod sim;
 mod store;
 pub mod value;

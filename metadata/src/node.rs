@@ -11,6 +11,7 @@ use std::time::Duration;
 use lauscha_proto::meta::raft_service_client::RaftServiceClient;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::storage::RaftStateMachine;
 use openraft::{BasicNode, ChangeMembers, ReadPolicy, ServerState, SnapshotPolicy};
 use tonic::transport::Channel;
 use tracing::info;
@@ -242,31 +243,7 @@ impl MetaNode {
         &self,
         query: impl FnOnce(&RocksKv<'_>) -> Result<T, KvError> + Send + 'static,
     ) -> Result<T, MetaError> {
-        // The leader lease first: a quorum acknowledged this leader within the lease, so
-        // no other leader can exist and the local state is current (monotonic clocks, as
-        // every lease read assumes). When the lease is stale (a leader that was paused, a
-        // quiet cluster) fall back to a read index, which asks a quorum now.
-        let lease = self.raft.ensure_linearizable(ReadPolicy::LeaseRead).await;
-        let result = match lease {
-            Ok(read) => Ok(Ok(read)),
-            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
-                return Err(MetaError::NotLeader {
-                    leader: leader_address(&f),
-                });
-            }
-            Err(_) => {
-                tokio::time::timeout(
-                    RAFT_DEADLINE,
-                    self.raft.ensure_linearizable(ReadPolicy::ReadIndex),
-                )
-                .await
-            }
-        };
-        let result =
-            result.map_err(|_| MetaError::Unavailable("metadata read timed out".into()))?;
-        if let Err(e) = result {
-            return Err(read_error(e));
-        }
+        ensure_linearizable(&self.raft).await?;
         let db = self.db()?;
         tokio::task::spawn_blocking(move || query(&RocksKv::new(&db)))
             .await
@@ -500,8 +477,43 @@ impl MetaNode {
     }
 }
 
+/// Returns once `raft` may answer reads from its local state linearizably: every write
+/// committed before this call is applied there. NotLeader on a follower.
+pub(crate) async fn ensure_linearizable<SM: RaftStateMachine<TypeConfig>>(
+    raft: &openraft::Raft<TypeConfig, SM>,
+) -> Result<(), MetaError> {
+    // The leader lease first: a quorum acknowledged this leader within the lease, so
+    // no other leader can exist and the local state is current (monotonic clocks, as
+    // every lease read assumes). When the lease is stale (a leader that was paused, a
+    // quiet cluster) fall back to a read index, which asks a quorum now.
+    let lease = raft.ensure_linearizable(ReadPolicy::LeaseRead).await;
+    let result = match lease {
+        Ok(read) => Ok(Ok(read)),
+        Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+            return Err(MetaError::NotLeader {
+                leader: leader_address(&f),
+            });
+        }
+        Err(_) => {
+            tokio::time::timeout(
+                RAFT_DEADLINE,
+                raft.ensure_linearizable(ReadPolicy::ReadIndex),
+            )
+            .await
+        }
+    };
+    let result = result.map_err(|_| MetaError::Unavailable("metadata read timed out".into()))?;
+    if let Err(e) = result {
+        return Err(read_error(e));
+    }
+    Ok(())
+}
+
 /// Proposes on this voter's Raft; NotLeader if it is not the leader.
-pub(crate) async fn propose(raft: &Raft, proposal: Proposal) -> Result<MetaResponse, MetaError> {
+pub(crate) async fn propose<SM: RaftStateMachine<TypeConfig>>(
+    raft: &openraft::Raft<TypeConfig, SM>,
+    proposal: Proposal,
+) -> Result<MetaResponse, MetaError> {
     let result = tokio::time::timeout(RAFT_DEADLINE, raft.client_write(proposal))
         .await
         .map_err(|_| MetaError::Unavailable("metadata write timed out".into()))?;

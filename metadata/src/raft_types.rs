@@ -30,6 +30,9 @@ pub type StoredMembership = a::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = a::SnapshotMetaOf<TypeConfig>;
 /// A snapshot: its meta and its file.
 pub type Snapshot = a::SnapshotOf<TypeConfig, SnapshotFile>;
+/// A snapshot of the simulation's in-memory state machine: its meta and encoded pairs.
+#[cfg(any(test, feature = "sim"))]
+pub type MemSnapshot = a::SnapshotOf<TypeConfig, Vec<u8>>;
 /// The Raft handle.
 pub type Raft = openraft::Raft<TypeConfig, crate::store::StateMachineStore>;
 

@@ -12,6 +12,8 @@
 //! from the applied id that was persisted with the data.
 
 mod log_store;
+#[cfg(any(test, feature = "sim"))]
+mod mem;
 mod snapshot;
 mod state_machine;
 
@@ -23,6 +25,8 @@ use rocksdb::{ColumnFamilyDescriptor, DB, Options, WriteOptions};
 use tokio::sync::watch;
 
 pub use log_store::{AppendCounters, LogStore};
+#[cfg(any(test, feature = "sim"))]
+pub use mem::{MemDisk, MemLogStore, MemState, MemStateMachine};
 pub use state_machine::{RocksKv, StateMachineStore};
 
 pub(crate) const CF_LOG: &str = "raft_log";

@@ -18,7 +18,7 @@ use super::{CF_SM, CF_SM_META, Db, blocking, decode_err, io_err, sync_write};
 use crate::command::MetaResponse;
 use crate::kv::{KvError, KvRead, Mutation};
 use crate::raft_types::{
-    LogId, Snapshot, SnapshotFile, SnapshotMeta, StoredMembership, TypeConfig,
+    Entry, LogId, Snapshot, SnapshotFile, SnapshotMeta, StoredMembership, TypeConfig,
 };
 use crate::{apply, value};
 
@@ -27,9 +27,30 @@ const CURRENT_SNAPSHOT: &str = "current.snap";
 
 /// The applied position and membership, persisted in one value with the data they cover.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct AppliedState {
-    last_applied: Option<LogId>,
-    last_membership: StoredMembership,
+pub(crate) struct AppliedState {
+    pub(crate) last_applied: Option<LogId>,
+    pub(crate) last_membership: StoredMembership,
+}
+
+/// What applying `entry` to the state `kv` (at `applied`) answers and changes: the pure
+/// step both state machines (RocksDB and the simulation's in-memory one) take.
+pub(crate) fn apply_entry(
+    kv: &impl KvRead,
+    applied: &AppliedState,
+    entry: &Entry,
+) -> io::Result<(AppliedState, MetaResponse, Vec<Mutation>)> {
+    let mut applied = applied.clone();
+    applied.last_applied = Some(entry.log_id);
+    let (response, mutations) = match &entry.payload {
+        EntryPayload::Blank => (MetaResponse::Done, Vec::new()),
+        EntryPayload::Membership(membership) => {
+            applied.last_membership = StoredMembership::new(Some(entry.log_id), membership.clone());
+            (MetaResponse::Done, Vec::new())
+        }
+        EntryPayload::Normal(proposal) => apply::apply_proposal(kv, proposal, entry.log_id.index)
+            .map_err(|e| io::Error::other(e.to_string()))?,
+    };
+    Ok((applied, response, mutations))
 }
 
 /// Reads of the `sm` column family, for `apply` and the queries.
@@ -236,20 +257,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
         while let Some((entry, responder)) = entries.try_next().await? {
-            let mut applied = self.applied.clone();
-            applied.last_applied = Some(entry.log_id);
-            let (response, mutations) = match &entry.payload {
-                EntryPayload::Blank => (MetaResponse::Done, Vec::new()),
-                EntryPayload::Membership(membership) => {
-                    applied.last_membership =
-                        StoredMembership::new(Some(entry.log_id), membership.clone());
-                    (MetaResponse::Done, Vec::new())
-                }
-                EntryPayload::Normal(proposal) => {
-                    apply::apply_proposal(&RocksKv::new(&self.db), proposal, entry.log_id.index)
-                        .map_err(|e| io::Error::other(e.to_string()))?
-                }
-            };
+            let (applied, response, mutations) =
+                apply_entry(&RocksKv::new(&self.db), &self.applied, &entry)?;
             self.write_entry(mutations, &applied)?;
             self.applied = applied;
             if let Some(responder) = responder {
