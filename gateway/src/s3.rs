@@ -644,30 +644,6 @@ macro_rules! set_lock_headers {
     }};
 }
 
-/// Settles the shards of a write by the outcome of its metadata commit: kept when it
-/// committed, and also when the outcome is unknown (metadata unavailable mid-commit:
-/// deleting them could destroy a committed object; GC reclaims them if it did not);
-/// deleted when metadata refused.
-fn settle<T>(result: Result<T, GatewayError>, uncommitted: write::Uncommitted) -> S3Result<T> {
-    match result {
-        Ok(value) => {
-            uncommitted.commit();
-            Ok(value)
-        }
-        Err(
-            e @ GatewayError::Meta {
-                kind:
-                    MetaErrorKind::Unavailable | MetaErrorKind::Internal | MetaErrorKind::NotLeader,
-                ..
-            },
-        ) => {
-            uncommitted.commit();
-            Err(e.into())
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Parses `x-amz-copy-source-range: bytes=first-last` (both given, inside the object).
 fn copy_source_range(text: &str, size_bytes: u64) -> S3Result<std::ops::Range<u64>> {
     let parsed = text
@@ -1149,21 +1125,17 @@ impl S3 for S3Gateway {
             data: written.data,
         };
         self.check_upload_time(started, "the upload")?;
-        let (version_id, _) = settle(
-            self.inner
-                .meta
-                .put_object(
-                    &name,
-                    &caller.tenant,
-                    &input.key,
-                    version,
-                    &missing,
-                    condition.as_ref(),
-                    &extras,
-                )
-                .await,
-            uncommitted,
-        )?;
+        let (version_id, _) = uncommitted
+            .settle(self.inner.meta.put_object(
+                &name,
+                &caller.tenant,
+                &input.key,
+                version,
+                &missing,
+                condition.as_ref(),
+                &extras,
+            ))
+            .await?;
         let mut output = dto::PutObjectOutput {
             e_tag: Some(ETag::Strong(etag)),
             version_id: shown_version_id(version_id),
@@ -1335,21 +1307,17 @@ impl S3 for S3Gateway {
             data: written.data,
         };
         let source_version_id = source.version_id.clone();
-        let (version_id, last_modified_ms) = settle(
-            self.inner
-                .meta
-                .put_object(
-                    &dest_name,
-                    &caller.tenant,
-                    &input.key,
-                    version,
-                    &missing,
-                    None,
-                    &extras,
-                )
-                .await,
-            uncommitted,
-        )?;
+        let (version_id, last_modified_ms) = uncommitted
+            .settle(self.inner.meta.put_object(
+                &dest_name,
+                &caller.tenant,
+                &input.key,
+                version,
+                &missing,
+                None,
+                &extras,
+            ))
+            .await?;
         let mut result = dto::CopyObjectResult {
             e_tag: Some(ETag::Strong(etag)),
             last_modified: Some(timestamp(last_modified_ms)),
@@ -1488,7 +1456,9 @@ impl S3 for S3Gateway {
         let etag = hex::encode(written.md5);
         self.check_upload_time(started, "the part")?;
         let part = uploaded_part(part_number, written, etag.clone(), checksums.clone());
-        settle(self.inner.meta.put_part(&upload, part).await, uncommitted)?;
+        uncommitted
+            .settle(self.inner.meta.put_part(&upload, part))
+            .await?;
         let mut output = dto::UploadPartOutput {
             e_tag: Some(ETag::Strong(etag)),
             ..Default::default()
@@ -1558,7 +1528,9 @@ impl S3 for S3Gateway {
         .await?;
         let etag = hex::encode(written.md5);
         let part = uploaded_part(part_number, written, etag.clone(), BTreeMap::new());
-        let last_modified_ms = settle(self.inner.meta.put_part(&upload, part).await, uncommitted)?;
+        let last_modified_ms = uncommitted
+            .settle(self.inner.meta.put_part(&upload, part))
+            .await?;
         Ok(S3Response::new(dto::UploadPartCopyOutput {
             copy_part_result: Some(dto::CopyPartResult {
                 e_tag: Some(ETag::Strong(etag)),

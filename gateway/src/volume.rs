@@ -463,7 +463,13 @@ impl VolumeEngine {
                 }
             }
         });
-        let stored: Vec<_> = futures::future::try_join_all(stores).await?;
+        let mut stored: Vec<_> = futures::future::try_join_all(stores).await?;
+        let mut uncommitted = write::Uncommitted::none(self.inner.clone());
+        for piece in &mut stored {
+            if let Some(u) = piece.5.take() {
+                uncommitted.absorb(u);
+            }
+        }
         let entries = stored
             .iter()
             .map(|(o, n, _, d, _, _)| JournalEntry {
@@ -473,14 +479,13 @@ impl VolumeEngine {
                 data: d.clone(),
             })
             .collect();
-        let reply = self
-            .inner
-            .meta
-            .execute(&ObjectCommand::Volume(VolumeCommand::Append {
-                name: self.volume.name.clone(),
-                epoch: self.epoch,
-                entries,
-            }))
+        let append = ObjectCommand::Volume(VolumeCommand::Append {
+            name: self.volume.name.clone(),
+            epoch: self.epoch,
+            entries,
+        });
+        let reply = uncommitted
+            .settle(self.inner.meta.execute(&append))
             .await
             .map_err(|e| self.command_error(e))?;
         let ObjectCommandReply::Volume(VolumeReply::Appended { first_seq }) = reply else {
@@ -501,11 +506,6 @@ impl VolumeEngine {
                     *piece_replicated,
                 );
                 extents_touched.push(o / self.volume.extent_bytes);
-            }
-        }
-        for (_, _, _, _, _, uncommitted) in stored {
-            if let Some(u) = uncommitted {
-                u.commit();
             }
         }
         if fua && !replicated {
@@ -560,21 +560,14 @@ impl VolumeEngine {
                     all_settled = false;
                     continue;
                 }
-                let result = self
-                    .inner
-                    .meta
-                    .execute(&ObjectCommand::Volume(VolumeCommand::Rewrite {
-                        name: self.volume.name.clone(),
-                        epoch: self.epoch,
-                        seq: p.seq,
-                        data,
-                    }))
-                    .await;
-                match result {
-                    Ok(_) => {
-                        uncommitted.commit();
-                        self.mark_replicated(*idx, p.seq);
-                    }
+                let rewrite = ObjectCommand::Volume(VolumeCommand::Rewrite {
+                    name: self.volume.name.clone(),
+                    epoch: self.epoch,
+                    seq: p.seq,
+                    data,
+                });
+                match uncommitted.settle(self.inner.meta.execute(&rewrite)).await {
+                    Ok(_) => self.mark_replicated(*idx, p.seq),
                     // Merged meanwhile: it is erasure-coded now.
                     Err(GatewayError::Meta {
                         kind: lauscha_proto::MetaErrorKind::Conflict,
@@ -680,20 +673,19 @@ impl VolumeEngine {
             seqs.dedup();
             seqs
         };
-        self.inner
-            .meta
-            .execute(&ObjectCommand::Volume(VolumeCommand::Merge {
-                name: self.volume.name.clone(),
-                epoch: self.epoch,
-                extent: idx,
-                data: data.clone(),
-                merged: merged.clone(),
-            }))
-            .await
-            .map_err(|e| self.command_error(e))?;
-        if let Some(u) = uncommitted {
-            u.commit();
+        let merge = ObjectCommand::Volume(VolumeCommand::Merge {
+            name: self.volume.name.clone(),
+            epoch: self.epoch,
+            extent: idx,
+            data: data.clone(),
+            merged: merged.clone(),
+        });
+        let commit = self.inner.meta.execute(&merge);
+        match uncommitted {
+            Some(u) => u.settle(commit).await,
+            None => commit.await,
         }
+        .map_err(|e| self.command_error(e))?;
         let mut st = self.state.lock().expect("volume state lock");
         match data {
             Some(d) => {

@@ -2,6 +2,7 @@
 //! written to k+m nodes in parallel. Nothing is committed here; the caller commits the
 //! returned stripes through metadata only after every check passed.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,12 +15,13 @@ use lauscha_core::{
     ClusterMap, ErasureCodec, NodeId, PlacementPolicy, ShardDigest, ShardId, StripeId,
     place_avoiding,
 };
+use lauscha_proto::MetaErrorKind;
 use md5::Digest as _;
 use s3s::checksum::ChecksumHasher;
 use s3s::dto::StreamingBlob;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::GatewayError;
 use crate::gateway::Inner;
@@ -46,22 +48,99 @@ pub struct WrittenBody {
     pub missing: Vec<(StripeId, u8)>,
 }
 
-/// Stripes written but not yet committed: deleted if the PUT fails after all.
+/// Stripes written but not yet committed: deleted if the write fails before its commit,
+/// or when metadata refuses the commit.
+///
+/// Architecture Invariant: once the commit that references the stripes has been sent, they
+/// are never deleted unless metadata answered with a definite refusal. A commit whose
+/// outcome is unknown (metadata unavailable mid-commit, a reply lost) may have been
+/// applied, and so may one whose caller went away while it was in flight: a client that
+/// disconnects drops the request's future, and with it this value. Deleting then would
+/// leave a committed version whose shards are gone (seen in the chaos site-partition
+/// scenario: a PUT that timed out on the client left an object unreadable on every node).
+/// Such stripes are left to the orphan GC, which deletes them only if no stripe map
+/// points at them.
 pub struct Uncommitted {
     inner: Arc<Inner>,
     stripes: Vec<Stripe>,
+    /// The commit has been sent and not answered with a refusal.
+    commit_sent: bool,
+}
+
+/// What becomes of written stripes after their commit returned `result`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AfterCommit {
+    /// Referenced (committed) or perhaps referenced (outcome unknown): kept.
+    Keep,
+    /// Metadata refused: nothing references them.
+    Delete,
+}
+
+fn after_commit<T>(result: &Result<T, GatewayError>) -> AfterCommit {
+    match result {
+        Ok(_) => AfterCommit::Keep,
+        Err(GatewayError::Meta { kind, .. })
+            if !matches!(
+                kind,
+                MetaErrorKind::Unavailable | MetaErrorKind::Internal | MetaErrorKind::NotLeader
+            ) =>
+        {
+            AfterCommit::Delete
+        }
+        // Unavailable or internal on the metadata side, or an error here after sending
+        // (a reply that does not decode): the command may have been applied.
+        Err(_) => AfterCommit::Keep,
+    }
 }
 
 impl Uncommitted {
-    /// Forgets the stripes: they are now referenced by a committed version.
-    pub fn commit(mut self) {
-        self.stripes.clear();
+    /// Nothing written yet.
+    pub fn none(inner: Arc<Inner>) -> Uncommitted {
+        Uncommitted {
+            inner,
+            stripes: Vec::new(),
+            commit_sent: false,
+        }
+    }
+
+    /// Takes on `other`'s stripes, to settle them with one commit.
+    pub fn absorb(&mut self, mut other: Uncommitted) {
+        self.stripes.append(&mut other.stripes);
+    }
+
+    /// Awaits `commit`, the metadata command that makes something reference these
+    /// stripes, and settles them by its answer: kept when it committed or when its outcome
+    /// is unknown (GC reclaims them if it did not commit), deleted when metadata refused.
+    /// If this future is dropped while the command is in flight, they are kept as well.
+    pub async fn settle<T>(
+        mut self,
+        commit: impl Future<Output = Result<T, GatewayError>>,
+    ) -> Result<T, GatewayError> {
+        self.commit_sent = true;
+        let result = commit.await;
+        match after_commit(&result) {
+            AfterCommit::Keep => {
+                if let Err(e) = &result {
+                    debug!(n_stripes = self.stripes.len(), error = %e, "commit outcome unknown; stripes left to GC");
+                }
+                self.stripes.clear();
+            }
+            AfterCommit::Delete => self.commit_sent = false,
+        }
+        result
     }
 }
 
 impl Drop for Uncommitted {
     fn drop(&mut self) {
         if self.stripes.is_empty() {
+            return;
+        }
+        if self.commit_sent {
+            info!(
+                n_stripes = self.stripes.len(),
+                "write abandoned while its commit was in flight; stripes left to GC"
+            );
             return;
         }
         let stripes = std::mem::take(&mut self.stripes);
@@ -141,10 +220,7 @@ pub async fn write_body(
         shard_size_bytes: inner.config.shard_size_bytes,
     };
     let capacity = layout.stripe_capacity_bytes() as usize;
-    let mut uncommitted = Uncommitted {
-        inner: inner.clone(),
-        stripes: Vec::new(),
-    };
+    let mut uncommitted = Uncommitted::none(inner.clone());
     let mut in_flight: FuturesOrdered<JoinHandle<StripeResult>> = FuturesOrdered::new();
     let mut md5 = md5::Md5::new();
     let mut missing = Vec::new();
@@ -475,4 +551,51 @@ fn encode(
     };
     let digests = shards.iter().map(|s| ShardDigest::of(s)).collect();
     Ok((shards, digests))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(kind: MetaErrorKind) -> Result<(), GatewayError> {
+        Err(GatewayError::Meta {
+            kind,
+            message: String::new(),
+        })
+    }
+
+    /// Stripes are deleted only on a definite refusal from metadata; every answer that
+    /// leaves the commit's outcome open keeps them for GC.
+    #[test]
+    fn only_a_refusal_deletes_written_stripes() {
+        assert_eq!(after_commit(&Ok(())), AfterCommit::Keep);
+        for unknown in [
+            MetaErrorKind::Unavailable,
+            MetaErrorKind::Internal,
+            MetaErrorKind::NotLeader,
+        ] {
+            assert_eq!(
+                after_commit(&meta(unknown)),
+                AfterCommit::Keep,
+                "{unknown:?}"
+            );
+        }
+        assert_eq!(
+            after_commit::<()>(&Err(GatewayError::Internal("reply did not decode".into()))),
+            AfterCommit::Keep
+        );
+        for refused in [
+            MetaErrorKind::Conflict,
+            MetaErrorKind::PreconditionFailed,
+            MetaErrorKind::Fenced,
+            MetaErrorKind::NoSuchBucket,
+            MetaErrorKind::ObjectLocked,
+        ] {
+            assert_eq!(
+                after_commit(&meta(refused)),
+                AfterCommit::Delete,
+                "{refused:?}"
+            );
+        }
+    }
 }
