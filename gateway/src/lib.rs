@@ -6,13 +6,15 @@
 //!
 //! Architecture Invariant: a PUT is acknowledged only after every shard of every stripe is
 //! durable on its node and the version is committed through Raft; shards of a PUT that
-//! fails before its commit are deleted (or left to GC when the commit's outcome is unknown).
+//! fails before its commit are deleted; once the commit is sent, only a refusal deletes them
+//! (unknown outcome or an abandoned request: left to GC, see `write::Uncommitted`).
 //!
 //! Architecture Invariant: no byte reaches a client unverified. Every block read from a
 //! node is checked against the block hashes, which are checked against the shard digest in
 //! metadata; a stripe that cannot be verified is rebuilt from parity or the read fails.
 
 mod admin;
+mod attachments;
 mod auth;
 mod cors;
 mod error;

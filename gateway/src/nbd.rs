@@ -11,7 +11,6 @@
 //! configured client CA; the certificate's subject CN names a tenant, and the connection
 //! then lists, inspects and attaches that tenant's volumes only (`nbd_tls.rs`).
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -24,10 +23,11 @@ use tokio::io::{
     AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf,
 };
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Mutex, Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, warn};
 
 use crate::GatewayError;
+use crate::attachments::Attachments;
 use crate::gateway::Inner;
 use crate::nbd_tls::{NbdTls, NoPlace, UnauthenticatedPlace, UnauthenticatedPlaces};
 use crate::volume::{VolumeEngine, VolumeError, VolumeIdentity};
@@ -47,10 +47,10 @@ pub struct Exports {
     inner: Arc<Inner>,
     /// This server's lease holder id.
     holder: String,
-    /// (Volume name, which volume of that name) -> (its engine, connections using it).
-    /// The identity is part of the key so that a name deleted and created again (by
+    /// (Volume name, which volume of that name) -> its engine and the connections using
+    /// it. The identity is part of the key so that a name deleted and created again (by
     /// another tenant, say) is never served by the engine of the volume it replaced.
-    attached: Mutex<HashMap<AttachedKey, (Arc<VolumeEngine>, usize)>>,
+    attached: Attachments<AttachedKey, VolumeEngine>,
 }
 
 impl Exports {
@@ -59,7 +59,7 @@ impl Exports {
         Arc::new(Exports {
             inner,
             holder: format!("gateway-{:016x}", rand::random::<u64>()),
-            attached: Mutex::new(HashMap::new()),
+            attached: Attachments::new(),
         })
     }
 
@@ -71,38 +71,21 @@ impl Exports {
         identity: &VolumeIdentity,
     ) -> Result<Arc<VolumeEngine>, GatewayError> {
         let key = (name.to_string(), identity.clone());
-        let mut attached = self.attached.lock().await;
-        if let Some((engine, n)) = attached.get_mut(&key)
-            && !engine.is_fenced()
-        {
-            *n += 1;
-            return Ok(engine.clone());
-        }
-        let engine = VolumeEngine::attach(self.inner.clone(), name, identity, &self.holder).await?;
-        attached.insert(key, (engine.clone(), 1));
-        Ok(engine)
+        self.attached
+            .attach(
+                key,
+                |engine| !engine.is_fenced(),
+                || VolumeEngine::attach(self.inner.clone(), name, identity, &self.holder),
+            )
+            .await
     }
 
-    /// One connection using `engine` is done with it.
+    /// One connection using `engine` is done with it; the last one gives the lease back.
     async fn detach(&self, name: &str, identity: &VolumeIdentity, engine: &Arc<VolumeEngine>) {
         let key = (name.to_string(), identity.clone());
-        let mut attached = self.attached.lock().await;
-        let last = match attached.get_mut(&key) {
-            // Ours was fenced and `attach` put a new engine in its place: the new one's
-            // connections are not ours to count down (and a fenced engine has no lease to
-            // give back).
-            Some((current, _)) if !Arc::ptr_eq(current, engine) => None,
-            Some((_, n)) if *n > 1 => {
-                *n -= 1;
-                None
-            }
-            Some(_) => attached.remove(&key).map(|(e, _)| e),
-            None => None,
-        };
-        drop(attached);
-        if let Some(engine) = last {
-            engine.detach().await;
-        }
+        self.attached
+            .detach(&key, engine, |engine| async move { engine.detach().await })
+            .await;
     }
 
     /// The export `name` as `client` may see it: `None` when there is no such volume or
