@@ -28,6 +28,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::command::{MetaError, MetaResponse, Proposal};
+use crate::node::VoteSilence;
 use crate::raft_types::{Raft, Snapshot, SnapshotFile, SnapshotMeta, TypeConfig, Vote};
 use crate::value;
 
@@ -209,6 +210,7 @@ impl RaftNetworkV2<TypeConfig> for NetworkClient {
 #[derive(Clone)]
 pub struct RaftServer {
     raft: Raft,
+    vote_silence: VoteSilence,
     snapshot_dir: PathBuf,
     limits: Arc<SnapshotLimits>,
 }
@@ -224,9 +226,15 @@ pub struct SnapshotLimits {
 
 impl RaftServer {
     /// A server for `raft`, receiving snapshots into `snapshot_dir`.
-    pub fn new(raft: Raft, snapshot_dir: PathBuf, limits: SnapshotLimits) -> RaftServer {
+    pub(crate) fn new(
+        raft: Raft,
+        vote_silence: VoteSilence,
+        snapshot_dir: PathBuf,
+        limits: SnapshotLimits,
+    ) -> RaftServer {
         RaftServer {
             raft,
+            vote_silence,
             snapshot_dir,
             limits: Arc::new(limits),
         }
@@ -349,6 +357,9 @@ fn reply<T: Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
 #[tonic::async_trait]
 impl RaftService for RaftServer {
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.vote_silence
+            .check()
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         reply(&self.raft.vote(parse(request)?).await)
     }
 

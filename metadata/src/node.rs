@@ -25,6 +25,10 @@ use crate::store::{AppendCounters, Db, DbClosed, LogStore, RocksKv, StateMachine
 /// How long a write or read waits for Raft before answering Unavailable.
 const RAFT_DEADLINE: Duration = Duration::from_secs(10);
 
+/// The longest election timeout, ms; also openraft's leader lease (a leader answers
+/// lease reads while a quorum acknowledged it within this time).
+pub(crate) const ELECTION_TIMEOUT_MAX_MS: u64 = 1000;
+
 /// How long shutdown waits for the last storage task to let go of RocksDB.
 const DB_CLOSE_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -55,6 +59,8 @@ pub struct MetaNode {
     db_closed: DbClosed,
     snapshot_dir: PathBuf,
     appends: Arc<AppendCounters>,
+    /// Set when this voter started on an existing Raft state; see [`VoteSilence`].
+    vote_silence: VoteSilence,
     forward_clients: Arc<Mutex<HashMap<String, RaftServiceClient<Channel>>>>,
 }
 
@@ -122,7 +128,7 @@ impl MetaNode {
             cluster_name: "lauscha-metadata".into(),
             heartbeat_interval: 100,
             election_timeout_min: 500,
-            election_timeout_max: 1000,
+            election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(20_000),
             max_in_snapshot_log_to_keep: 1_000,
             purge_batch_size: 256,
@@ -158,6 +164,7 @@ impl MetaNode {
             db: Arc::downgrade(&db),
             snapshot_dir,
             appends,
+            vote_silence: VoteSilence::after_start(initialized),
             forward_clients: Arc::default(),
         })
     }
@@ -390,6 +397,7 @@ impl MetaNode {
     pub fn raft_server(&self) -> RaftServer {
         RaftServer::new(
             self.raft.clone(),
+            self.vote_silence,
             self.snapshot_dir.clone(),
             SnapshotLimits {
                 max_bytes: 64 << 30,
@@ -507,6 +515,41 @@ pub(crate) async fn ensure_linearizable<SM: RaftStateMachine<TypeConfig>>(
         return Err(read_error(e));
     }
     Ok(())
+}
+
+/// Whether this voter may answer vote requests yet.
+///
+/// A leader serves lease reads while a quorum acknowledged it within the lease, because a
+/// voter that acknowledged it refuses to vote for anyone else until the lease has run
+/// out. That memory is not persisted: openraft starts a restarted voter with an expired
+/// lease (its `storage/helper.rs` says the restarted node must wait before serving). A
+/// voter that restarts within the lease could then help elect a second leader while the
+/// first still answers reads from its lease: stale reads. So a restarted voter answers no
+/// vote requests (pre-votes included, they share the RPC) for one leader lease.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct VoteSilence {
+    until: Option<tokio::time::Instant>,
+}
+
+impl VoteSilence {
+    /// Silence for a voter starting now: one lease if it has Raft state from before.
+    pub(crate) fn after_start(restarted: bool) -> VoteSilence {
+        VoteSilence {
+            until: restarted.then(|| {
+                tokio::time::Instant::now() + Duration::from_millis(ELECTION_TIMEOUT_MAX_MS)
+            }),
+        }
+    }
+
+    /// Unavailable while the silence lasts.
+    pub(crate) fn check(&self) -> Result<(), MetaError> {
+        match self.until {
+            Some(until) if tokio::time::Instant::now() < until => Err(MetaError::Unavailable(
+                "restarted less than a leader lease ago: answering no vote requests yet".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Proposes on this voter's Raft; NotLeader if it is not the leader.

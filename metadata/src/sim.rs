@@ -7,7 +7,8 @@
 //! one connection per request, so a message lost to a fault is a timeout, as on a real
 //! network. A seeded schedule partitions (whole voters, one direction, one side against
 //! the other), makes links flap and slow, and crashes voters: a crash drops everything
-//! the voter had in memory except its [`MemDisk`], and the voter starts again from there.
+//! the voter had in memory except its [`MemDisk`], and the voter starts again from there
+//! (silent to vote requests for one leader lease, as a real voter: `VoteSilence`).
 //!
 //! Clients use the storage-node register of the cluster map as a key-value register: a
 //! write is `UpsertNode` with a unique capacity, a read asks Raft whether the voter may
@@ -20,6 +21,7 @@
 //! - state machines agree: a voter's state after applying index i is compared, byte for
 //!   byte, with any voter's state after i seen before (every 100 ms and at the end);
 //! - every voter catches up once the faults end;
+//! - nothing inside a voter panics (turmoil would swallow a panic of a spawned task);
 //! - the client history, returned for the caller's per-key linearizability checker.
 //!
 //! The fault schedule, the workload and turmoil's network are functions of the seed;
@@ -45,7 +47,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use turmoil::net::{TcpListener, TcpStream};
 
 use crate::command::{MetaCommand, MetaError, Proposal};
-use crate::node::{ensure_linearizable, propose};
+use crate::node::{VoteSilence, ensure_linearizable, propose};
 use crate::raft_types::{MemSnapshot, SnapshotMeta, TypeConfig, Vote};
 use crate::store::{MemDisk, MemLogStore, MemState, MemStateMachine};
 use crate::value;
@@ -366,12 +368,14 @@ async fn voter(
         sm,
     )
     .await?;
-    if id == 1 && !raft.is_initialized().await? {
+    let restarted = raft.is_initialized().await?;
+    if id == 1 && !restarted {
         let members: BTreeMap<u64, BasicNode> = (1..=voters)
             .map(|v| (v, BasicNode::new(host_name(v))))
             .collect();
         raft.initialize(members).await?;
     }
+    let vote_silence = VoteSilence::after_start(restarted);
     registry.lock().expect("registry").insert(
         id,
         Running {
@@ -381,17 +385,37 @@ async fn voter(
         },
     );
     let listener = TcpListener::bind(("0.0.0.0", PORT)).await?;
+    let mut handlers = tokio::task::JoinSet::new();
+    // turmoil reports a panic only of the host's own task (unless tokio_unstable), so
+    // Raft's and the handlers' are looked for here: an assertion inside openraft must fail
+    // the run, not leave a silent voter.
+    let mut health = tokio::time::interval(Duration::from_millis(100));
     loop {
-        let (mut stream, _) = listener.accept().await?;
-        let (raft, state, installs) = (raft.clone(), state.clone(), installs.clone());
-        tokio::spawn(async move {
-            let Ok(request) = receive_message::<Request>(&mut stream).await else {
-                return;
-            };
-            let reply = serve(&raft, &state, request, stale_reads, &installs).await;
-            // The caller may have given up; nothing to do about a failed send.
-            let _ = send_message(&mut stream, &reply).await;
-        });
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (mut stream, _) = accepted?;
+                let (raft, state, installs) = (raft.clone(), state.clone(), installs.clone());
+                handlers.spawn(async move {
+                    let Ok(request) = receive_message::<Request>(&mut stream).await else {
+                        return;
+                    };
+                    let reply =
+                        serve(&raft, &state, request, stale_reads, vote_silence, &installs).await;
+                    // The caller may have given up; nothing to do about a failed send.
+                    let _ = send_message(&mut stream, &reply).await;
+                });
+            }
+            Some(done) = handlers.join_next() => {
+                if let Err(e) = done && e.is_panic() {
+                    return Err(format!("voter {id}: a request handler panicked: {e}").into());
+                }
+            }
+            _ = health.tick() => {
+                raft.with_raft_state(|_| ())
+                    .await
+                    .map_err(|e| format!("voter {id}: Raft stopped: {e}"))?;
+            }
+        }
     }
 }
 
@@ -400,6 +424,7 @@ async fn serve(
     state: &Mutex<MemState>,
     request: Request,
     stale_reads: bool,
+    vote_silence: VoteSilence,
     installs: &std::sync::atomic::AtomicU64,
 ) -> Reply {
     let failed = |e: &dyn std::fmt::Display| Reply::Failed(e.to_string());
@@ -412,10 +437,13 @@ async fn serve(
             .append_entries(rpc)
             .await
             .map_or_else(|e| failed(&e), Reply::AppendEntries),
-        Request::Vote(rpc) => raft
-            .vote(rpc)
-            .await
-            .map_or_else(|e| failed(&e), Reply::Vote),
+        Request::Vote(rpc) => match vote_silence.check() {
+            Ok(()) => raft
+                .vote(rpc)
+                .await
+                .map_or_else(|e| failed(&e), Reply::Vote),
+            Err(e) => failed(&e),
+        },
         Request::Snapshot { vote, meta, data } => {
             let snapshot = MemSnapshot {
                 meta,
@@ -534,6 +562,9 @@ async fn final_reads(
     let mut target = 1;
     for key in 1..=config.keys {
         loop {
+            if turmoil::sim_elapsed().unwrap_or_default() > give_up {
+                return Err(format!("no read of register {key} after healing").into());
+            }
             let invoke_ns = now_ns();
             match call(target, &Request::Read { key }, CLIENT_TIMEOUT).await {
                 Ok(Reply::Read(value)) => {
@@ -546,9 +577,6 @@ async fn final_reads(
                     break;
                 }
                 Ok(Reply::NotLeader(Some(leader))) => target = leader,
-                _ if turmoil::sim_elapsed().unwrap_or_default() > give_up => {
-                    return Err(format!("no read of register {key} after healing").into());
-                }
                 _ => {
                     target = target % config.voters + 1;
                     tokio::time::sleep(Duration::from_millis(100)).await;
