@@ -419,12 +419,7 @@ impl MetaNode {
     /// covers; returns the snapshot's last index. A voter that later needs purged entries
     /// gets the snapshot instead.
     pub async fn compact_log(&self) -> Result<u64, MetaError> {
-        let applied = self
-            .raft
-            .metrics()
-            .borrow_watched()
-            .last_applied
-            .map_or(0, |l| l.index);
+        let applied = applied_index(&self.raft);
         self.trigger_snapshot().await?;
         let metrics = self
             .raft
@@ -550,6 +545,16 @@ impl VoteSilence {
             _ => Ok(()),
         }
     }
+}
+
+/// The index of the last entry `raft` has applied (0: none), as its metrics say.
+pub(crate) fn applied_index<SM: RaftStateMachine<TypeConfig>>(
+    raft: &openraft::Raft<TypeConfig, SM>,
+) -> u64 {
+    raft.metrics()
+        .borrow_watched()
+        .last_applied
+        .map_or(0, |l| l.index)
 }
 
 /// Proposes on this voter's Raft; NotLeader if it is not the leader.

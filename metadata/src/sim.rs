@@ -47,7 +47,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use turmoil::net::{TcpListener, TcpStream};
 
 use crate::command::{MetaCommand, MetaError, Proposal};
-use crate::node::{VoteSilence, ensure_linearizable, propose};
+use crate::node::{VoteSilence, applied_index, ensure_linearizable, propose};
 use crate::raft_types::{MemSnapshot, SnapshotMeta, TypeConfig, Vote};
 use crate::store::{MemDisk, MemLogStore, MemState, MemStateMachine};
 use crate::value;
@@ -624,12 +624,7 @@ impl Checks {
 
     fn entries_and_states_agree(&mut self, registry: &Registry) {
         for (id, running) in registry.lock().expect("registry").iter() {
-            let applied = running
-                .raft
-                .metrics()
-                .borrow_watched()
-                .last_applied
-                .map_or(0, |l| l.index);
+            let applied = applied_index(&running.raft);
             let (index, bytes) = {
                 let state = running.state.lock().expect("state");
                 (state.applied_index(), value::encode(&state.kv.map))
@@ -664,16 +659,7 @@ fn first_or_same(seen: &mut BTreeMap<u64, Vec<u8>>, index: u64, bytes: Vec<u8>) 
 
 fn highest_applied(registry: &Registry) -> (u64, u64) {
     let registry = registry.lock().expect("registry");
-    let applied: Vec<u64> = registry
-        .values()
-        .map(|r| {
-            r.raft
-                .metrics()
-                .borrow_watched()
-                .last_applied
-                .map_or(0, |l| l.index)
-        })
-        .collect();
+    let applied: Vec<u64> = registry.values().map(|r| applied_index(&r.raft)).collect();
     (
         applied.iter().copied().max().unwrap_or(0),
         applied.iter().copied().min().unwrap_or(0),

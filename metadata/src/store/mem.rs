@@ -47,6 +47,18 @@ impl MemDiskState {
     pub fn entries(&self, range: impl RangeBounds<u64>) -> Vec<Entry> {
         self.log.range(range).map(|(_, e)| e.clone()).collect()
     }
+
+    /// Makes `meta`'s snapshot the current one, unless a newer one is already kept (a
+    /// snapshot built while a newer one was installed, or the other way round).
+    fn keep_snapshot(&mut self, meta: &SnapshotMeta, bytes: Vec<u8>) {
+        let newer_kept = self
+            .snapshot
+            .as_ref()
+            .is_some_and(|(m, _)| m.last_log_id > meta.last_log_id);
+        if !newer_kept {
+            self.snapshot = Some((meta.clone(), bytes));
+        }
+    }
 }
 
 /// A voter's disk, shared by its log store, its state machine and the simulation's
@@ -226,14 +238,9 @@ impl RaftSnapshotBuilder<TypeConfig> for MemSnapshotBuilder {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> Result<MemSnapshot, io::Error> {
-        let mut disk = self.disk.lock();
-        let newer_installed = disk
-            .snapshot
-            .as_ref()
-            .is_some_and(|(m, _)| m.last_log_id > self.meta.last_log_id);
-        if !newer_installed {
-            disk.snapshot = Some((self.meta.clone(), self.bytes.clone()));
-        }
+        self.disk
+            .lock()
+            .keep_snapshot(&self.meta, self.bytes.clone());
         Ok(MemSnapshot {
             meta: self.meta.clone(),
             snapshot: self.bytes.clone(),
@@ -292,16 +299,7 @@ impl RaftStateMachine<TypeConfig> for MemStateMachine {
     ) -> Result<(), io::Error> {
         // Decoded before anything changes: a damaged snapshot leaves the state as it was.
         let kv = decode_pairs(&snapshot)?;
-        {
-            let mut disk = self.disk.lock();
-            let newer_kept = disk
-                .snapshot
-                .as_ref()
-                .is_some_and(|(m, _)| m.last_log_id > meta.last_log_id);
-            if !newer_kept {
-                disk.snapshot = Some((meta.clone(), snapshot));
-            }
-        }
+        self.disk.lock().keep_snapshot(meta, snapshot);
         *lock_state(&self.state) = MemState {
             kv,
             applied: AppliedState {
