@@ -1,6 +1,6 @@
-//! A two-site cluster of real `lauscha server` processes, one per network namespace:
-//! three metadata voters (two in site A), six storage nodes (three per site) and a
-//! gateway serving S3, the admin API and NBD.
+//! A two-site cluster of real `lauscha server` processes, one per network namespace (or
+//! per loopback address, see [`TopologyKind`]): three metadata voters (two in site A), six
+//! storage nodes (three per site) and a gateway serving S3, the admin API and NBD.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -16,7 +16,8 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 
-use crate::topology::{Host, Network, Site};
+use crate::proxy::{FaultProxy, ProxiedHost};
+use crate::topology::{Host, Net, Network, Site, TopologyKind};
 
 /// A process's role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,13 +86,13 @@ pub struct Cluster {
     pub dir: PathBuf,
     /// Every process.
     pub procs: Vec<Proc>,
-    /// The network namespaces (dropped after the processes).
-    pub net: Network,
+    /// The network: namespaces or the proxy (dropped after the processes).
+    pub net: Net,
     /// Root access key id.
     pub access_key: String,
     /// Root secret.
     pub secret_key: String,
-    /// `http://10.77.1.30:9000`.
+    /// `http://10.77.1.30:9000` (the gateway's listen address).
     pub s3_endpoint: String,
     /// `http://10.77.1.30:9001`.
     pub admin_endpoint: String,
@@ -100,19 +101,15 @@ pub struct Cluster {
     lauscha: PathBuf,
 }
 
-fn hosts() -> Vec<(Host, Role, u64)> {
-    let host = |name: &str, site: Site, last: u8| Host {
-        name: name.to_string(),
-        site,
-        ip: Ipv4Addr::new(
-            10,
-            77,
-            match site {
-                Site::A => 1,
-                Site::B => 2,
-            },
-            last,
-        ),
+fn hosts(topology: TopologyKind) -> Vec<(Host, Role, u64)> {
+    let host = |name: &str, site: Site, last: u8| {
+        let (ip, listen_ip) = topology.addresses(site, last);
+        Host {
+            name: name.to_string(),
+            site,
+            ip,
+            listen_ip,
+        }
     };
     let mut all = vec![
         (host("m1", Site::A, 11), Role::Metadata, 1),
@@ -146,8 +143,11 @@ fn write_config(path: &Path, config: &ServerConfig) -> anyhow::Result<()> {
 impl Cluster {
     /// Writes the configs, builds the network and starts every process; returns once the
     /// gateway serves. `fiu_hosts` run under libfiu, `disk_hosts` on a filesystem of
-    /// their own, `skewed` with a wall clock off by the given libfaketime offset.
+    /// their own (namespaces only), `skewed` with a wall clock off by the given libfaketime
+    /// offset.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
+        topology: TopologyKind,
         dir: &Path,
         lauscha: &Path,
         seed: u64,
@@ -159,8 +159,41 @@ impl Cluster {
         let dir = dir.canonicalize()?;
         unmount_under(&dir);
         remove_stale_cgroups();
-        let layout = hosts();
-        let net = Network::create(layout.iter().map(|(h, _, _)| h.clone()).collect())?;
+        let layout = hosts(topology);
+        if topology == TopologyKind::Loopback && !disk_hosts.is_empty() {
+            bail!("a filesystem of a process's own needs the namespace topology");
+        }
+        let net = match topology {
+            TopologyKind::Namespaces => Net::Namespaces(Network::create(
+                layout.iter().map(|(h, _, _)| h.clone()).collect(),
+            )?),
+            TopologyKind::Loopback => {
+                let proxied = layout
+                    .iter()
+                    .map(|(h, role, _)| ProxiedHost {
+                        name: h.name.clone(),
+                        site: h.site,
+                        front: h.ip,
+                        real: h.listen_ip,
+                        // No role connects to the gateway (the harness does, directly),
+                        // but its connections go through the proxy like everyone's.
+                        ports: match role {
+                            Role::Metadata => vec![META_PORT],
+                            Role::Storage => vec![STORAGE_PORT],
+                            Role::Gateway => Vec::new(),
+                        },
+                    })
+                    .collect();
+                Net::Loopback(FaultProxy::start(proxied, seed).await?)
+            }
+        };
+        // Where each process listens, and, in the loopback topology, where it is known to
+        // the others (the proxy) and what its connections come from.
+        let source_ip = |h: &Host| {
+            (topology == TopologyKind::Loopback).then_some(std::net::IpAddr::V4(h.listen_ip))
+        };
+        let advertise =
+            |h: &Host, port: u16| (h.ip != h.listen_ip).then(|| format!("{}:{port}", h.ip));
         let voter_ips: Vec<(u64, Ipv4Addr)> = layout
             .iter()
             .filter(|(_, r, _)| *r == Role::Metadata)
@@ -178,12 +211,13 @@ impl Cluster {
             "chaos-secret-{seed:020}-{:08x}",
             seed.rotate_left(17) as u32
         );
+        // The harness reaches the gateway directly, in either topology.
         let gw_ip = layout
             .iter()
             .find(|(_, r, _)| *r == Role::Gateway)
             .expect("gateway")
             .0
-            .ip;
+            .listen_ip;
         let mut procs = Vec::new();
         for (host, role, id) in layout {
             let mut data_dir = dir.join(&host.name);
@@ -200,8 +234,9 @@ impl Cluster {
                     let base = MetadataConfig {
                         node_id: id,
                         data_dir: data_dir.display().to_string(),
-                        listen: meta_addr(id),
-                        advertise: None,
+                        listen: format!("{}:{META_PORT}", host.listen_ip),
+                        advertise: advertise(&host, META_PORT),
+                        source_ip: source_ip(&host),
                         bootstrap: false,
                         root_access_key: None,
                         root_secret_key: None,
@@ -230,8 +265,9 @@ impl Cluster {
                         storage: vec![StorageNodeConfig {
                             node_id: id as u32,
                             data_dir: data_dir.display().to_string(),
-                            listen: format!("{}:{STORAGE_PORT}", host.ip),
-                            advertise: None,
+                            listen: format!("{}:{STORAGE_PORT}", host.listen_ip),
+                            advertise: advertise(&host, STORAGE_PORT),
+                            source_ip: source_ip(&host),
                             site: host.site.name().into(),
                             host: Some(format!("host-{}", host.name)),
                             capacity_bytes: 1 << 40,
@@ -245,6 +281,7 @@ impl Cluster {
                 }
                 Role::Gateway => {
                     let mut gateway = GatewayConfig::with_metadata(meta_endpoints.clone());
+                    gateway.source_ip = source_ip(&host);
                     gateway.s3_listen = format!("{gw_ip}:9000");
                     gateway.admin_listen = format!("{gw_ip}:9001");
                     gateway.nbd_listen = Some(format!("{gw_ip}:10809"));
@@ -325,6 +362,7 @@ impl Cluster {
     /// Starts (or restarts) a process and waits until it reports ready.
     pub async fn start_proc(&mut self, name: &str) -> anyhow::Result<()> {
         let lauscha = self.lauscha.clone();
+        let in_namespace = matches!(self.net, Net::Namespaces(_));
         let p = self.proc_mut(name);
         assert!(p.child.is_none(), "{name} already runs");
         let config = if p.started_once {
@@ -336,35 +374,48 @@ impl Cluster {
             .create(true)
             .append(true)
             .open(&p.log)?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &p.host.netns()]);
+        // The command line: what wraps the process (its namespace, its mount, libfiu),
+        // then lauscha itself.
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        if in_namespace {
+            argv.extend(["ip", "netns", "exec"].map(Into::into));
+            argv.push(p.host.netns().into());
+        }
         if let Some(mount) = &p.disk {
             // Mounted inside the process's own mount namespace (`ip netns exec` made it), so
             // that when the process dies nothing else holds the filesystem and the next
             // mount replays its journal. Other processes' namespaces would otherwise keep
             // the shut-down instance alive.
             let image = mount.with_extension("img");
-            cmd.args([
-                "sh",
-                "-c",
-                "mount -o loop \"$1\" \"$2\" && mkdir -p \"$2/data\" && shift 2 && exec \"$@\"",
-                "sh",
-            ]);
-            cmd.arg(&image).arg(mount);
+            argv.extend(
+                [
+                    "sh",
+                    "-c",
+                    "mount -o loop \"$1\" \"$2\" && mkdir -p \"$2/data\" && shift 2 && exec \"$@\"",
+                    "sh",
+                ]
+                .map(Into::into),
+            );
+            argv.push(image.into());
+            argv.push(mount.as_os_str().to_owned());
         }
+        if p.under_fiu {
+            argv.extend(["fiu-run", "-x"].map(Into::into));
+        }
+        argv.extend([
+            lauscha.clone().into(),
+            "server".into(),
+            "--config".into(),
+            config.into(),
+        ]);
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
         if let Some(offset) = &p.faketime {
             cmd.env("LD_PRELOAD", FAKETIME_LIB)
                 .env("FAKETIME", offset)
                 .env("DONT_FAKE_MONOTONIC", "1");
         }
-        if p.under_fiu {
-            cmd.args(["fiu-run", "-x"]);
-        }
-        cmd.arg(&lauscha)
-            .arg("server")
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info")
+        cmd.env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -555,6 +606,11 @@ impl Cluster {
             .max_by_key(|(_, n)| *n)
             .context("no voter knows a leader")?;
         Ok(format!("m{id}"))
+    }
+
+    /// The address a voter is known by (the one to add it to the group with).
+    pub fn voter_address(&self, name: &str) -> String {
+        format!("{}:{META_PORT}", self.proc(name).host.ip)
     }
 
     /// Storage data directories, for bit flips.

@@ -8,11 +8,13 @@ use clap::{Parser, Subcommand};
 use lauscha_chaos::report;
 use lauscha_chaos::scenario::{self, Outcome, RunEnv, SCENARIOS};
 use lauscha_chaos::simulation::{self, SimSummary};
+use lauscha_chaos::topology::TopologyKind;
 
 /// Builds a two-site cluster of real lauscha processes (one network namespace each), runs a
 /// self-checking S3 and NBD workload, injects faults on a seeded schedule and reports lost,
 /// corrupt and non-linearizable results. Without root it runs in a user namespace of its
-/// own, where the scenarios that need loop devices or cgroups are not run.
+/// own, where the scenarios that need loop devices or cgroups are not run; where the kernel
+/// allows no user namespace, on 127.0.0.0/8 with a fault-injecting proxy (--topology).
 #[derive(Parser)]
 #[command(name = "lauscha-chaos")]
 struct Args {
@@ -25,8 +27,21 @@ struct Args {
     /// Keep every scenario's directory (logs, data), not only the failed ones'.
     #[arg(long, global = true)]
     keep: bool,
+    /// How the processes are connected: `auto` builds namespaces (as root, or in a user
+    /// namespace of its own) and falls back to `loopback` where neither is possible;
+    /// `loopback` puts every process on 127.0.0.0/8 behind a fault-injecting TCP proxy,
+    /// as any user, without the scenarios that need a filesystem of their own.
+    #[arg(long, global = true, value_enum, default_value_t = TopologyChoice::Auto)]
+    topology: TopologyChoice,
     #[command(subcommand)]
     command: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TopologyChoice {
+    Auto,
+    Namespaces,
+    Loopback,
 }
 
 #[derive(Subcommand)]
@@ -36,7 +51,7 @@ enum Cmd {
         /// Base seed; scenario N runs with seed + N, simulation seeds from seed on.
         #[arg(long)]
         seed: Option<u64>,
-        /// Seeds of the metadata simulation tier.
+        /// Seeds of the metadata simulation tier (0: none).
         #[arg(long, default_value_t = 200)]
         sim_seeds: u64,
     },
@@ -93,9 +108,29 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let in_user_namespace = std::env::var_os(IN_USER_NAMESPACE).is_some();
-    if !lauscha_chaos::topology::Network::available() && !in_user_namespace {
-        return run_in_user_namespace();
-    }
+    let topology = if args.topology == TopologyChoice::Loopback {
+        TopologyKind::Loopback
+    } else if lauscha_chaos::topology::Network::available() || in_user_namespace {
+        TopologyKind::Namespaces
+    } else {
+        match user_namespace_refused()? {
+            None => return run_in_user_namespace(),
+            Some(why) if args.topology == TopologyChoice::Auto => {
+                eprintln!(
+                    "lauscha-chaos: not root, and no user namespace allowed ({why}): running \
+                     on 127.0.0.0/8 behind a fault-injecting proxy (--topology loopback); \
+                     scenarios that need a filesystem of their own are not run"
+                );
+                TopologyKind::Loopback
+            }
+            Some(why) => bail!(
+                "not root, and this kernel refuses an unprivileged user namespace ({why}): \
+                 allow them (sysctl kernel.unprivileged_userns_clone=1, or the AppArmor \
+                 profile that restricts them), run lauscha-chaos as root, or use \
+                 --topology loopback"
+            ),
+        }
+    };
     if in_user_namespace {
         prepare_user_namespace()?;
     }
@@ -114,12 +149,22 @@ fn main() -> anyhow::Result<()> {
     }
     // Namespaces and links are machine-wide and a run removes stale `lch*` ones: two
     // runs at once would tear down each other's clusters. (In a user namespace of its own
-    // a run sees only its own.)
+    // a run sees only its own.) Two loopback runs would want the same addresses.
     let lock = if in_user_namespace {
         None
     } else {
-        let lock_path = std::env::temp_dir().join("lauscha-chaos.lock");
-        let lock = std::fs::File::create(&lock_path)?;
+        let lock_path = std::env::temp_dir().join(match topology {
+            TopologyKind::Namespaces => "lauscha-chaos.lock",
+            TopologyKind::Loopback => "lauscha-chaos-loopback.lock",
+        });
+        // Another user's lock file is ours to lock, not to write.
+        let lock = match std::fs::File::create(&lock_path) {
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                std::fs::File::open(&lock_path)
+            }
+            other => other,
+        }
+        .with_context(|| format!("open {}", lock_path.display()))?;
         if lock.try_lock().is_err() {
             bail!(
                 "another lauscha-chaos run holds {}; wait for it to finish",
@@ -133,6 +178,7 @@ fn main() -> anyhow::Result<()> {
         work_dir: args.work_dir,
         keep: args.keep,
         in_user_namespace,
+        topology,
     };
     let expect_lost = matches!(
         args.command,
@@ -187,27 +233,28 @@ fn main() -> anyhow::Result<()> {
 /// Set in the harness's environment when it runs in its own user namespace.
 const IN_USER_NAMESPACE: &str = "LAUSCHA_CHAOS_IN_USER_NAMESPACE";
 
+fn unshare(args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--user", "--map-root-user", "--net", "--mount"])
+        .args(args);
+    cmd
+}
+
+/// Why this kernel refuses an unprivileged user namespace (`None`: it allows one).
+fn user_namespace_refused() -> anyhow::Result<Option<String>> {
+    let probe = unshare(&["true"])
+        .output()
+        .context("run unshare (apt-get install util-linux)")?;
+    Ok(
+        (!probe.status.success())
+            .then(|| String::from_utf8_lossy(&probe.stderr).trim().to_string()),
+    )
+}
+
 /// Runs this same command again as root of a user namespace of its own, with its own
 /// network and mount namespaces (`unshare -Urnm`): namespaces, bridges, routes and rules
 /// are then its own to make, and all of them vanish with it.
 fn run_in_user_namespace() -> anyhow::Result<()> {
-    let unshare = |args: &[&str]| {
-        let mut cmd = std::process::Command::new("unshare");
-        cmd.args(["--user", "--map-root-user", "--net", "--mount"])
-            .args(args);
-        cmd
-    };
-    let probe = unshare(&["true"])
-        .output()
-        .context("run unshare (apt-get install util-linux)")?;
-    if !probe.status.success() {
-        bail!(
-            "not root, and this kernel refuses an unprivileged user namespace ({}): allow \
-             them (sysctl kernel.unprivileged_userns_clone=1, or the AppArmor profile that \
-             restricts them) or run lauscha-chaos as root",
-            String::from_utf8_lossy(&probe.stderr).trim()
-        );
-    }
     eprintln!(
         "lauscha-chaos: not root: running in a user namespace of its own; \
          scenarios that need loop devices or cgroups are not run"
@@ -291,13 +338,15 @@ async fn run(env: &RunEnv, command: Cmd) -> anyhow::Result<Results> {
             for i in (0..SCENARIOS.len()).filter(|i| runnable(*i)) {
                 outcomes.push(run_one(env, i, base.wrapping_add(i as u64)).await);
             }
-            eprintln!("lauscha-chaos: metadata simulation, {sim_seeds} seeds from {base}");
-            // turmoil runs each seed on runtimes of its own: on a plain thread, not ours.
-            let thread = std::thread::spawn(move || simulation::run_seeds(base, sim_seeds));
-            let summary = tokio::task::spawn_blocking(move || thread.join())
-                .await?
-                .map_err(|_| anyhow::anyhow!("the simulation panicked"))?;
-            sim = Some(summary);
+            if sim_seeds > 0 {
+                eprintln!("lauscha-chaos: metadata simulation, {sim_seeds} seeds from {base}");
+                // turmoil runs each seed on runtimes of its own: on a plain thread, not ours.
+                let thread = std::thread::spawn(move || simulation::run_seeds(base, sim_seeds));
+                let summary = tokio::task::spawn_blocking(move || thread.join())
+                    .await?
+                    .map_err(|_| anyhow::anyhow!("the simulation panicked"))?;
+                sim = Some(summary);
+            }
         }
         Cmd::Soak { hours } => {
             let until = Instant::now() + Duration::from_secs_f64(hours * 3600.0);
@@ -319,7 +368,7 @@ async fn run(env: &RunEnv, command: Cmd) -> anyhow::Result<Results> {
             }
             if let Some(why) = env.cannot_run(&SCENARIOS[scenario - 1]) {
                 bail!(
-                    "scenario {scenario} ({}) {why}: run lauscha-chaos as root",
+                    "scenario {scenario} ({}) cannot run here: it {why}",
                     SCENARIOS[scenario - 1].name
                 );
             }

@@ -16,6 +16,7 @@ use rand::{Rng, SeedableRng};
 use crate::check::{self, RegKind, RegOp};
 use crate::cluster::{Cluster, PARITY_SHARDS, SLOW_DISK, STORAGE_NODES};
 use crate::payload::ValueId;
+use crate::topology::{Net, TopologyKind};
 use crate::wan::{WanImpairment, WanLink};
 use crate::workload::{self, Clock, S3Shape};
 
@@ -75,6 +76,19 @@ impl Fault {
             }
             Fault::SlowDisk => Some("a loop device throttled in a blkio cgroup"),
             Fault::WanDegraded => Some("/dev/net/tun"),
+            _ => None,
+        }
+    }
+
+    /// What this fault needs that the loopback topology does not give (`None`: it runs
+    /// there). The network faults are the proxy's; a filesystem of a process's own needs
+    /// the mount namespace each process gets in the namespace topology.
+    pub fn needs_namespaces(self) -> Option<&'static str> {
+        match self {
+            Fault::MetadataPowerLoss | Fault::StoragePowerLoss | Fault::DiskFull => {
+                Some("an ext4 filesystem on a loop device, in the process's own mount namespace")
+            }
+            Fault::SlowDisk => Some("a loop device throttled in a blkio cgroup"),
             _ => None,
         }
     }
@@ -334,11 +348,21 @@ pub struct RunEnv {
     /// Running as an unprivileged user, in a user namespace of its own (see
     /// [`Fault::needs_real_root`]).
     pub in_user_namespace: bool,
+    /// Namespaces, or the proxy on 127.0.0.0/8 (see [`Fault::needs_namespaces`]).
+    pub topology: TopologyKind,
 }
 
 impl RunEnv {
     /// Why `scenario` cannot run here (`None`: it can).
     pub fn cannot_run(&self, scenario: &Scenario) -> Option<String> {
+        if self.topology == TopologyKind::Loopback {
+            return scenario.fault.needs_namespaces().map(|what| {
+                format!(
+                    "needs the namespace topology ({what}): run as root, or where user \
+                     namespaces are allowed"
+                )
+            });
+        }
         if !self.in_user_namespace {
             return None;
         }
@@ -419,7 +443,8 @@ async fn run_inner(
     } else {
         &[]
     };
-    let mut cluster = Cluster::start(dir, &env.lauscha, seed, &fiu, &disks, skewed).await?;
+    let mut cluster =
+        Cluster::start(env.topology, dir, &env.lauscha, seed, &fiu, &disks, skewed).await?;
     let client = workload::s3_client(
         &cluster.s3_endpoint,
         &cluster.access_key,
@@ -495,6 +520,9 @@ async fn run_inner(
     }
     let nbd = nbd.await.context("NBD writer panicked")?;
     fault_result.context("inject the fault")?;
+    if let Some(failure) = cluster.net.failure() {
+        anyhow::bail!("the network stopped carrying connections: {failure}");
+    }
 
     outcome.heal_s = heal.await.context("heal watcher panicked")?;
     if outcome.heal_s.is_none() {
@@ -770,22 +798,39 @@ async fn inject(cluster: &mut Cluster, fault: Fault, s: &Schedule) -> anyhow::Re
             cluster.power_on(&target).await?;
         }
         Fault::WanDegraded => {
-            let link = WanLink::start(s.wan, s.fault_at_ms ^ 0x3a4)?;
-            tokio::time::sleep(hold).await;
-            let counts = link.counts();
-            let failure = link.failure();
-            drop(link);
-            if let Some(failure) = failure {
-                anyhow::bail!("the degraded WAN link broke down: {failure}");
-            }
+            let (counts, unit) = match &cluster.net {
+                Net::Namespaces(_) => {
+                    let link = WanLink::start(s.wan, s.fault_at_ms ^ 0x3a4)?;
+                    tokio::time::sleep(hold).await;
+                    let counts = link.counts();
+                    let failure = link.failure();
+                    drop(link);
+                    if let Some(failure) = failure {
+                        anyhow::bail!("the degraded WAN link broke down: {failure}");
+                    }
+                    (counts, "packets")
+                }
+                Net::Loopback(proxy) => {
+                    let before = proxy.wan_counts();
+                    proxy.set_wan(Some(s.wan));
+                    tokio::time::sleep(hold).await;
+                    proxy.set_wan(None);
+                    let after = proxy.wan_counts();
+                    let counts = crate::wan::WanCounts {
+                        forwarded: after.forwarded - before.forwarded,
+                        lost: after.lost - before.lost,
+                    };
+                    (counts, "chunks")
+                }
+            };
             // Gateway, voters and storage nodes sit on both sites, so a link that carried
             // nothing was not between them and the scenario proved nothing.
             anyhow::ensure!(
                 counts.forwarded > 0,
-                "the degraded WAN link carried no packets"
+                "the degraded WAN link carried no {unit}"
             );
             eprintln!(
-                "lauscha-chaos: the degraded WAN link carried {} packets and lost {}",
+                "lauscha-chaos: the degraded WAN link carried {} {unit} and lost {}",
                 counts.forwarded, counts.lost
             );
         }
@@ -804,9 +849,8 @@ async fn inject(cluster: &mut Cluster, fault: Fault, s: &Schedule) -> anyhow::Re
         }
         Fault::MembershipChange => {
             cluster.start_proc("m4").await?;
-            cluster
-                .admin(&["meta", "add", "4", "10.77.2.14:7000"])
-                .await?;
+            let address = cluster.voter_address("m4");
+            cluster.admin(&["meta", "add", "4", &address]).await?;
             cluster.admin(&["meta", "promote", "4"]).await?;
             let leader = cluster.leader().await?;
             let target = if s.target_leader {

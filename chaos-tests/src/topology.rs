@@ -10,6 +10,10 @@
 //!                            runs the harness and its clients _________/
 //! ```
 //!
+//! Without namespaces (no root, no user namespace), [`TopologyKind::Loopback`] puts every
+//! host on addresses of its own in 127.0.0.0/8 with a fault-injecting TCP proxy between
+//! them ([`crate::proxy`]); [`Net`] makes the same faults in either.
+//!
 //! Faults are made with the kernel's own tools, so they are real: a host's link set down
 //! (every packet to and from it silently lost), a blackhole route in one namespace (that
 //! host cannot send to another: an asymmetric partition; both ways: symmetric), and
@@ -64,6 +68,33 @@ impl Site {
     }
 }
 
+/// How the hosts are connected, and so how network faults are made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TopologyKind {
+    /// One network namespace per host, two site bridges and a router: real packets lost
+    /// (needs root, or a user namespace of the harness's own).
+    Namespaces,
+    /// Every host on 127.0.0.0/8 with a fault-injecting TCP proxy between them: runs as
+    /// any user, faults act on byte streams ([`crate::proxy`]).
+    Loopback,
+}
+
+impl TopologyKind {
+    /// Where the others reach the host with this site and last octet, and where it listens.
+    pub fn addresses(self, site: Site, last: u8) -> (Ipv4Addr, Ipv4Addr) {
+        match self {
+            TopologyKind::Namespaces => {
+                let ip = Ipv4Addr::new(10, 77, site.octet(), last);
+                (ip, ip)
+            }
+            TopologyKind::Loopback => (
+                Ipv4Addr::new(127, 77, site.octet(), last),
+                Ipv4Addr::new(127, 78, site.octet(), last),
+            ),
+        }
+    }
+}
+
 /// One host (network namespace) of the topology.
 #[derive(Clone, Debug)]
 pub struct Host {
@@ -71,8 +102,11 @@ pub struct Host {
     pub name: String,
     /// Its site.
     pub site: Site,
-    /// Its address.
+    /// Its address, as the others reach it.
     pub ip: Ipv4Addr,
+    /// The address it listens on and connects from: `ip`, except in the loopback
+    /// topology, where `ip` is the proxy's.
+    pub listen_ip: Ipv4Addr,
 }
 
 impl Host {
@@ -112,6 +146,57 @@ fn ip_in(netns: &str, args: &[&str]) -> anyhow::Result<()> {
 const FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 /// Priority of the router's partition rules (below the main table's 32766).
 const RULE_PRIORITY: &str = "100";
+
+/// The network of one run, either kind; dropping it removes what it made.
+pub enum Net {
+    /// Namespaces, bridges and the router.
+    Namespaces(Network),
+    /// The proxy on 127.0.0.0/8.
+    Loopback(crate::proxy::FaultProxy),
+}
+
+impl Net {
+    /// Cuts a host off completely, or heals it.
+    pub fn set_isolated(&self, name: &str, isolated: bool) -> anyhow::Result<()> {
+        match self {
+            Net::Namespaces(n) => n.set_isolated(name, isolated),
+            Net::Loopback(p) => {
+                p.set_isolated(name, isolated);
+                Ok(())
+            }
+        }
+    }
+
+    /// `from` can no longer send to `to` (or can again).
+    pub fn set_blocked(&self, from: &str, to: &str, blocked: bool) -> anyhow::Result<()> {
+        match self {
+            Net::Namespaces(n) => n.set_blocked(from, to, blocked),
+            Net::Loopback(p) => {
+                p.set_blocked(from, to, blocked);
+                Ok(())
+            }
+        }
+    }
+
+    /// Cuts the two sites apart, or heals that.
+    pub fn set_sites_partitioned(&self, partitioned: bool) -> anyhow::Result<()> {
+        match self {
+            Net::Namespaces(n) => n.set_sites_partitioned(partitioned),
+            Net::Loopback(p) => {
+                p.set_sites_partitioned(partitioned);
+                Ok(())
+            }
+        }
+    }
+
+    /// Why the network stopped working as built, if it did (the proxy's listeners).
+    pub fn failure(&self) -> Option<String> {
+        match self {
+            Net::Namespaces(_) => None,
+            Net::Loopback(p) => p.failure(),
+        }
+    }
+}
 
 /// The namespaces, links and bridges of one run. Dropping it removes them.
 pub struct Network {

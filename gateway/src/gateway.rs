@@ -61,10 +61,11 @@ impl Inner {
         config
             .validate()
             .map_err(|e| GatewayError::InvalidArgument(e.to_string()))?;
-        let meta = MetaClient::new(&config.metadata_endpoints)?;
+        let meta = MetaClient::new(&config.metadata_endpoints, config.source_ip)?;
         let nodes = Arc::new(NodePool::new(
             meta.clone(),
             Duration::from_millis(config.shard_rpc_timeout_ms),
+            config.source_ip,
         ));
         Ok(Inner {
             config,

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -77,6 +78,8 @@ struct ClientInner {
     /// Random per process, the first half of every request id.
     client_id: u64,
     next_seq: AtomicU64,
+    /// Source address of connections to the voters.
+    source_ip: Option<IpAddr>,
 }
 
 fn shard_ref(stripe: StripeId, shard_idx: u8) -> pb::ShardRef {
@@ -203,9 +206,13 @@ impl UploadName<'_> {
 }
 
 impl MetaClient {
-    /// A client of the voters at `endpoints` (`http://ip:port`). Connects lazily: voters
-    /// that are not up yet are tried on each call.
-    pub fn new(endpoints: &[String]) -> Result<MetaClient, GatewayError> {
+    /// A client of the voters at `endpoints` (`http://ip:port`), connecting from
+    /// `source_ip` (default: the kernel's choice). Connects lazily: voters that are not up
+    /// yet are tried on each call.
+    pub fn new(
+        endpoints: &[String],
+        source_ip: Option<IpAddr>,
+    ) -> Result<MetaClient, GatewayError> {
         let first = endpoints.first().ok_or_else(|| {
             GatewayError::InvalidArgument("no metadata endpoint configured".into())
         })?;
@@ -221,6 +228,7 @@ impl MetaClient {
                 preferred: Mutex::new(first.clone()),
                 client_id: rand::random(),
                 next_seq: AtomicU64::new(1),
+                source_ip,
             }),
         })
     }
@@ -230,10 +238,8 @@ impl MetaClient {
         if let Some(client) = channels.get(endpoint) {
             return Ok(client.clone());
         }
-        let channel = Endpoint::from_shared(endpoint.to_string())
+        let channel = lauscha_proto::role_endpoint(endpoint.to_string(), self.inner.source_ip)
             .map_err(|e| GatewayError::Internal(format!("metadata endpoint {endpoint:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
             .connect_lazy();
         let client = MetaServiceClient::new(channel)
             .max_decoding_message_size(MAX_META_MESSAGE_BYTES)

@@ -2,6 +2,7 @@
 //! node, which nodes failed recently, and verified shard I/O.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,7 @@ use lauscha_core::checksum::{
 use lauscha_core::{ClusterMap, NodeId, ShardDigest, ShardId};
 use lauscha_proto::storage::shard_service_client::ShardServiceClient;
 use lauscha_proto::storage::{self as pb, get_shard_reply, put_shard_request};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
 use crate::GatewayError;
@@ -129,6 +130,8 @@ pub struct NodePool {
     suspects: Mutex<HashMap<NodeId, Instant>>,
     full: Mutex<HashMap<NodeId, Instant>>,
     rpc_timeout: Duration,
+    /// Source address of connections to the nodes (`gateway.source_ip`).
+    source_ip: Option<IpAddr>,
 }
 
 /// How long a node that reported a full disk gets no new shards, unless it reports room
@@ -139,8 +142,9 @@ const FULL_FOR: Duration = Duration::from_secs(30);
 const ROOM_AGAIN_BYTES: u64 = 64 << 20;
 
 impl NodePool {
-    /// A pool that learns the cluster map from `meta`.
-    pub fn new(meta: MetaClient, rpc_timeout: Duration) -> NodePool {
+    /// A pool that learns the cluster map from `meta` and connects to nodes from
+    /// `source_ip` (default: the kernel's choice).
+    pub fn new(meta: MetaClient, rpc_timeout: Duration, source_ip: Option<IpAddr>) -> NodePool {
         NodePool {
             meta,
             map: RwLock::new(None),
@@ -149,6 +153,7 @@ impl NodePool {
             suspects: Mutex::new(HashMap::new()),
             full: Mutex::new(HashMap::new()),
             rpc_timeout,
+            source_ip,
         }
     }
 
@@ -189,10 +194,8 @@ impl NodePool {
         {
             return Ok(client.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        let endpoint = lauscha_proto::role_endpoint(format!("http://{addr}"), self.source_ip)
             .map_err(|e| ShardIoError::Failed(node, format!("bad address {addr:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
             .initial_stream_window_size(Some(4 << 20))
             .initial_connection_window_size(Some(16 << 20));
         let client = ShardServiceClient::new(endpoint.connect_lazy())

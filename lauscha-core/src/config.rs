@@ -4,6 +4,7 @@
 //! start-up so that a bad config fails before anything listens.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -57,6 +58,12 @@ pub struct MetadataConfig {
     pub listen: String,
     /// Address other roles use to reach this voter; default: `listen`.
     pub advertise: Option<String>,
+    /// Source address of the connections this role opens to other roles. Set it on a
+    /// host with several addresses, so that peers and firewalls see the one they expect
+    /// (the chaos suite's loopback topology tells processes apart by it). Default: the
+    /// kernel chooses.
+    #[serde(default)]
+    pub source_ip: Option<IpAddr>,
     /// Initialise a new cluster when the data directory is empty. Set on one voter of a new
     /// cluster, once. Default false.
     #[serde(default)]
@@ -129,6 +136,12 @@ pub struct StorageNodeConfig {
     pub listen: String,
     /// Address gateways use to reach it; default: `listen`.
     pub advertise: Option<String>,
+    /// Source address of the connections this role opens to other roles. Set it on a
+    /// host with several addresses, so that peers and firewalls see the one they expect
+    /// (the chaos suite's loopback topology tells processes apart by it). Default: the
+    /// kernel chooses.
+    #[serde(default)]
+    pub source_ip: Option<IpAddr>,
     /// Failure domain: site. No default.
     pub site: String,
     /// Failure domain: host. Default: the node id as `node-<id>`.
@@ -205,6 +218,12 @@ pub struct GatewayConfig {
     pub region: String,
     /// Metadata endpoints, `http://ip:port`. No default.
     pub metadata_endpoints: Vec<String>,
+    /// Source address of the connections this role opens to other roles. Set it on a
+    /// host with several addresses, so that peers and firewalls see the one they expect
+    /// (the chaos suite's loopback topology tells processes apart by it). Default: the
+    /// kernel chooses.
+    #[serde(default)]
+    pub source_ip: Option<IpAddr>,
     /// Largest object a single PUT may carry, bytes. Default 5 GiB (as S3).
     #[serde(default = "default_max_object_bytes")]
     pub max_object_bytes: u64,
@@ -397,6 +416,7 @@ impl GatewayConfig {
             admin_listen: default_admin_listen(),
             region: default_region(),
             metadata_endpoints,
+            source_ip: None,
             max_object_bytes: default_max_object_bytes(),
             inline_max_bytes: default_inline_max_bytes(),
             shard_size_bytes: default_shard_size_bytes(),

@@ -221,6 +221,22 @@ mod tests {
     }
 
     #[test]
+    fn a_source_ip_is_an_ip_address() {
+        let with = |value: &str| {
+            let text = include_str!("../../deploy/storage.toml")
+                .replace("[[storage]]", &format!("[[storage]]\nsource_ip = {value}"));
+            toml::from_str::<ServerConfig>(&text)
+        };
+        let config = with("\"10.1.0.21\"").unwrap();
+        assert_eq!(
+            config.storage[0].source_ip,
+            Some("10.1.0.21".parse().unwrap())
+        );
+        let err = with("\"10.1.0.21:7203\"").unwrap_err();
+        assert!(err.to_string().contains("source_ip"), "{err}");
+    }
+
+    #[test]
     fn bad_overrides_say_what_is_wrong() {
         let mut value: toml::Value = toml::from_str(EXAMPLE).unwrap();
         let err = apply_env_overrides(

@@ -104,6 +104,7 @@ impl Roles {
             node_id: config.node_id,
             data_dir: data_dir.clone(),
             advertise,
+            source_ip: config.source_ip,
             bootstrap: config.bootstrap,
             initial_voters: config
                 .initial_voters
@@ -203,7 +204,7 @@ impl Roles {
             state: NodeState::Up,
         };
         if !config.metadata_endpoints.is_empty() {
-            register(&config.metadata_endpoints, node.clone()).await?;
+            register(&config.metadata_endpoints, config.source_ip, node.clone()).await?;
         }
         info!(node_id, %listen, site = %config.site, "storage node serving");
         let info = RoleInfo {
@@ -290,8 +291,12 @@ fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
 
 /// Registers a storage node, retrying while metadata is not reachable yet (processes of a
 /// cluster start in any order).
-async fn register(endpoints: &[String], node: NodeInfo) -> anyhow::Result<()> {
-    let client = MetaClient::new(endpoints).context("metadata endpoints")?;
+async fn register(
+    endpoints: &[String],
+    source_ip: Option<std::net::IpAddr>,
+    node: NodeInfo,
+) -> anyhow::Result<()> {
+    let client = MetaClient::new(endpoints, source_ip).context("metadata endpoints")?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut backoff = Duration::from_millis(50);
     loop {

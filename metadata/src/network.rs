@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +25,7 @@ use openraft::raft::{
 use openraft::{BasicNode, OptionalSend};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::command::{MetaError, MetaResponse, Proposal};
@@ -42,17 +43,16 @@ pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 << 20;
 pub struct NetworkFactory {
     /// Deadline for a whole snapshot transfer.
     pub snapshot_timeout: Duration,
+    /// Source address of connections to the other voters (`metadata.source_ip`).
+    pub source_ip: Option<IpAddr>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = NetworkClient;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> NetworkClient {
-        let channel = Endpoint::from_shared(format!("http://{}", node.addr)).map(|e| {
-            e.connect_timeout(Duration::from_secs(1))
-                .tcp_nodelay(true)
-                .connect_lazy()
-        });
+        let channel = lauscha_proto::role_endpoint(format!("http://{}", node.addr), self.source_ip)
+            .map(|e| e.connect_lazy());
         NetworkClient {
             target,
             client: channel.ok().map(|ch| {

@@ -41,6 +41,8 @@ pub struct MetaNodeOptions {
     pub data_dir: PathBuf,
     /// The gRPC address other voters and clients use.
     pub advertise: String,
+    /// Source address of connections to the other voters; `None`: the kernel's choice.
+    pub source_ip: Option<std::net::IpAddr>,
     /// Initialise a new cluster if this voter has never been initialised.
     pub bootstrap: bool,
     /// With `bootstrap`: the other voters of the new cluster (id, address); empty for a
@@ -62,6 +64,8 @@ pub struct MetaNode {
     /// Set when this voter started on an existing Raft state; see [`VoteSilence`].
     vote_silence: VoteSilence,
     forward_clients: Arc<Mutex<HashMap<String, RaftServiceClient<Channel>>>>,
+    /// Source address of the connections that forward proposals to the leader.
+    source_ip: Option<std::net::IpAddr>,
 }
 
 /// What `status` reports.
@@ -100,6 +104,7 @@ impl MetaNode {
     pub async fn start(options: MetaNodeOptions) -> Result<MetaNode, MetaError> {
         let network = NetworkFactory {
             snapshot_timeout: Duration::from_secs(600),
+            source_ip: options.source_ip,
         };
         Self::start_with_network(options, network).await
     }
@@ -166,6 +171,7 @@ impl MetaNode {
             appends,
             vote_silence: VoteSilence::after_start(initialized),
             forward_clients: Arc::default(),
+            source_ip: options.source_ip,
         })
     }
 
@@ -227,12 +233,10 @@ impl MetaNode {
                 Some(c) => c.clone(),
                 None => {
                     let channel =
-                        tonic::transport::Endpoint::from_shared(format!("http://{leader}"))
+                        lauscha_proto::role_endpoint(format!("http://{leader}"), self.source_ip)
                             .map_err(|e| {
                                 MetaError::Internal(format!("leader address {leader:?}: {e}"))
                             })?
-                            .connect_timeout(Duration::from_secs(1))
-                            .tcp_nodelay(true)
                             .connect_lazy();
                     let c = RaftServiceClient::new(channel)
                         .max_decoding_message_size(crate::network::MAX_RAFT_MESSAGE_BYTES)

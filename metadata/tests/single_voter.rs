@@ -12,6 +12,7 @@ async fn must_start(dir: &std::path::Path) -> MetaNode {
         node_id: 1,
         data_dir: dir.to_path_buf(),
         advertise: "127.0.0.1:1".into(),
+        source_ip: None,
         bootstrap: true,
         initial_voters: Vec::new(),
     })

@@ -83,6 +83,25 @@ impl TryFrom<storage::ShardId> for ShardId {
     }
 }
 
+// ---- connections ----
+
+/// How long a client waits for a TCP connection to another role.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The endpoint of a connection from one Lauscha role to another at `uri`
+/// (`http://ip:port`), with what every such connection shares: connected within
+/// [`CONNECT_TIMEOUT`], Nagle off (a request ends in a partial segment that would wait for
+/// the peer's delayed ACK), and leaving from `source_ip` when the role's config sets one.
+pub fn role_endpoint(
+    uri: String,
+    source_ip: Option<std::net::IpAddr>,
+) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    Ok(tonic::transport::Endpoint::from_shared(uri)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .local_address(source_ip))
+}
+
 /// Converts an optional shard id, as every shard request carries one.
 pub fn shard_id_from(pb: Option<storage::ShardId>) -> Result<ShardId, ProtoError> {
     pb.ok_or_else(|| missing("id"))?.try_into()
