@@ -99,8 +99,7 @@ impl LinkFaults {
         match (from, to) {
             (Some((from, from_site)), Some((to, to_site))) => {
                 let across_the_partition = self.sites_partitioned && from_site != to_site;
-                !across_the_partition
-                    && !self.blocked.contains(&(from.to_string(), to.to_string()))
+                !across_the_partition && !self.blocked.contains(&(from.to_string(), to.to_string()))
             }
             // The harness sits at the router, as in the namespace topology: only a host's
             // isolation cuts it off.

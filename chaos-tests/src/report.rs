@@ -108,7 +108,7 @@ pub fn render(
     } else {
         let _ = writeln!(
             out,
-            "chaos: {} passed, {} failed, {} not run (need root)",
+            "chaos: {} passed, {} failed, {} not run (see above)",
             passed,
             total - passed,
             not_run.len()
@@ -126,7 +126,7 @@ mod tests {
         let not_run = [("disk-full", "needs root (a loop device)".to_string())];
         let out = render(&[], &not_run, None, 1.0);
         assert!(out.contains("disk-full              not run: needs root (a loop device)"));
-        assert!(out.ends_with("chaos: 0 passed, 0 failed, 1 not run (need root)\n"));
+        assert!(out.ends_with("chaos: 0 passed, 0 failed, 1 not run (see above)\n"));
         assert!(render(&[], &[], None, 1.0).ends_with("chaos: 0 passed, 0 failed\n"));
     }
 }
