@@ -24,8 +24,15 @@
 //!
 //! These are faults of byte streams, not of packets: the kernel's TCP between a process
 //! and the proxy stays healthy, so a peer's silence is never noticed sooner than by the
-//! process's own timeouts, as on a real dead link. Processes outside the cluster (the
-//! harness's clients) reach the gateway directly, not through the proxy.
+//! process's own timeouts, as on a real dead link. The harness's own clients reach the
+//! gateway directly, not through the proxy. A connection from an address that is no
+//! host's (a role that ignores `source_ip`) would escape every fault: the proxy refuses
+//! it and reports a failure, which fails the scenario.
+//!
+//! Differences from the namespace topology, by design: loss is per chunk, not per
+//! packet; under a one-way cut the other direction keeps flowing (over a blackhole route
+//! its ACKs would be lost too); a connection across a cut is reset after a connect
+//! timeout instead of failing at once.
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -71,9 +78,8 @@ pub struct ProxiedHost {
     pub ports: Vec<u16>,
 }
 
-/// One end of a proxied connection: a host (its name and site), or `None` for a process
-/// outside the cluster.
-type End<'a> = Option<(&'a str, Site)>;
+/// One end of a proxied connection: a host's name and site.
+type End<'a> = (&'a str, Site);
 
 /// The network faults in force. Pure: what the proxy does with a chunk follows from
 /// [`LinkFaults::carries`] and [`LinkFaults::wan_between`].
@@ -91,29 +97,21 @@ pub struct LinkFaults {
 
 impl LinkFaults {
     /// Whether bytes sent by `from` reach `to` now.
-    pub fn carries(&self, from: End<'_>, to: End<'_>) -> bool {
-        let isolated = |end: End<'_>| end.is_some_and(|(name, _)| self.isolated.contains(name));
-        if isolated(from) || isolated(to) {
-            return false;
-        }
-        match (from, to) {
-            (Some((from, from_site)), Some((to, to_site))) => {
-                let across_the_partition = self.sites_partitioned && from_site != to_site;
-                !across_the_partition && !self.blocked.contains(&(from.to_string(), to.to_string()))
-            }
-            // The harness sits at the router, as in the namespace topology: only a host's
-            // isolation cuts it off.
-            _ => true,
-        }
+    pub fn carries(&self, (from, from_site): End<'_>, (to, to_site): End<'_>) -> bool {
+        let isolated = self.isolated.contains(from) || self.isolated.contains(to);
+        let across_the_partition = self.sites_partitioned && from_site != to_site;
+        let blocked = self.blocked.contains(&(from.to_string(), to.to_string()));
+        !isolated && !across_the_partition && !blocked
     }
 
     /// The impairment bytes from `from` to `to` suffer, if they cross between the sites
     /// while the WAN is degraded.
-    pub fn wan_between(&self, from: End<'_>, to: End<'_>) -> Option<WanImpairment> {
-        match (from, to) {
-            (Some((_, a)), Some((_, b))) if a != b => self.wan,
-            _ => None,
-        }
+    pub fn wan_between(
+        &self,
+        (_, from_site): End<'_>,
+        (_, to_site): End<'_>,
+    ) -> Option<WanImpairment> {
+        self.wan.filter(|_| from_site != to_site)
     }
 }
 
@@ -122,22 +120,34 @@ struct Shared {
     hosts: Vec<ProxiedHost>,
     faults: watch::Receiver<LinkFaults>,
     rng: Mutex<StdRng>,
-    /// Chunks carried between the sites while the WAN was degraded.
+    /// Chunks carried between the sites while the WAN was degraded (the lost included:
+    /// they are only held longer).
     wan_forwarded: AtomicU64,
     /// Of those, chunks held back as lost.
     wan_lost: AtomicU64,
-    /// Why a listener stopped, if one did.
+    /// Chunks and new connections that found their direction cut: proof that a cut
+    /// reached the cluster.
+    held: AtomicU64,
+    /// The first thing that went wrong, if anything did.
     failure: Mutex<Option<String>>,
 }
 
 impl Shared {
-    fn end_of(&self, index: Option<usize>) -> End<'_> {
-        index.map(|i| (self.hosts[i].name.as_str(), self.hosts[i].site))
+    fn end_of(&self, index: usize) -> End<'_> {
+        (self.hosts[index].name.as_str(), self.hosts[index].site)
+    }
+
+    fn fail(&self, what: String) {
+        self.failure
+            .lock()
+            .expect("failure lock")
+            .get_or_insert(what);
     }
 }
 
-/// The running proxy. Dropping it stops its listeners and releases every connection held
-/// at a cut (their tasks end with the fault state's sender).
+/// The running proxy. Dropping it aborts its listeners (they close when their tasks next
+/// run: [`FaultProxy::start`] waits out one still bound) and releases every connection
+/// held at a cut (their tasks end with the fault state's sender).
 pub struct FaultProxy {
     faults: watch::Sender<LinkFaults>,
     shared: Arc<Shared>,
@@ -154,6 +164,7 @@ impl FaultProxy {
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
             wan_forwarded: AtomicU64::new(0),
             wan_lost: AtomicU64::new(0),
+            held: AtomicU64::new(0),
             failure: Mutex::new(None),
         });
         let mut proxy = FaultProxy {
@@ -164,7 +175,7 @@ impl FaultProxy {
         for (to, host) in shared.hosts.iter().enumerate() {
             for &port in &host.ports {
                 let front = SocketAddr::from((host.front, port));
-                let listener = TcpListener::bind(front)
+                let listener = bind(front)
                     .await
                     .with_context(|| format!("proxy: listen on {front} for {}", host.name))?;
                 let upstream = SocketAddr::from((host.real, port));
@@ -224,7 +235,13 @@ impl FaultProxy {
         }
     }
 
-    /// Why the proxy stopped carrying connections, if it did.
+    /// Chunks and new connections held back at a cut so far.
+    pub fn held(&self) -> u64 {
+        self.shared.held.load(Ordering::Relaxed)
+    }
+
+    /// What went wrong in the proxy, if anything did: a listener that failed, or a
+    /// connection from an address that is no host's.
     pub fn failure(&self) -> Option<String> {
         self.shared.failure.lock().expect("failure lock").clone()
     }
@@ -238,34 +255,64 @@ impl Drop for FaultProxy {
     }
 }
 
+/// Binds a listener, waiting out one of the previous proxy whose aborted task has not
+/// run yet to close it.
+async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match TcpListener::bind(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, to: usize, upstream: SocketAddr) {
     loop {
         let (client, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
+            // The client gave up before it was accepted.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => continue,
             Err(e) => {
-                *shared.failure.lock().expect("failure lock") =
-                    Some(format!("accept for {}: {e}", shared.hosts[to].name));
-                return;
+                // Out of file descriptors, say: the scenario fails, but the proxy goes on
+                // (as a server backs off), so that it fails for this reason and not for
+                // connections refused afterwards.
+                shared.fail(format!("accept for {}: {e}", shared.hosts[to].name));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
         };
-        let from = shared
+        let Some(from) = shared
             .hosts
             .iter()
-            .position(|h| std::net::IpAddr::V4(h.real) == peer.ip());
+            .position(|h| std::net::IpAddr::V4(h.real) == peer.ip())
+        else {
+            shared.fail(format!(
+                "a connection to {} from {peer}, which is no host's address: a role that \
+                 does not connect from its source_ip would escape every fault",
+                shared.hosts[to].name
+            ));
+            continue;
+        };
         tokio::spawn(carry(shared.clone(), client, from, to, upstream));
     }
 }
 
-/// One connection from `from` (a host's index, or `None`) to host `to`.
+/// One connection from host `from` to host `to` (indexes into the hosts).
 async fn carry(
     shared: Arc<Shared>,
     client: TcpStream,
-    from: Option<usize>,
+    from: usize,
     to: usize,
     upstream: SocketAddr,
 ) {
     let mut faults = shared.faults.clone();
-    let (a, b) = (shared.end_of(from), shared.end_of(Some(to)));
+    let (a, b) = (shared.end_of(from), shared.end_of(to));
+    if !faults.borrow_and_update().carries(a, b) || !faults.borrow().carries(b, a) {
+        shared.held.fetch_add(1, Ordering::Relaxed);
+    }
     // The handshake needs both directions. Across a dead link it never completes and the
     // client gives up after its connect timeout; here the proxy has already accepted, so
     // it resets the connection then instead, unless the cut heals first.
@@ -279,8 +326,11 @@ async fn carry(
             return;
         }
     }
-    // Refused (the host is down): dropping the client's socket tells it so.
-    let Ok(server) = TcpStream::connect(upstream).await else {
+    // Refused (the host is down), or not accepted in time (frozen by SIGSTOP with a
+    // full backlog): dropping the client's socket tells it so.
+    let Ok(Ok(server)) =
+        tokio::time::timeout(HANDSHAKE_GIVE_UP, TcpStream::connect(upstream)).await
+    else {
         return;
     };
     let _ = client.set_nodelay(true);
@@ -288,8 +338,8 @@ async fn carry(
     let (client_rd, client_wr) = client.into_split();
     let (server_rd, server_wr) = server.into_split();
     tokio::join!(
-        pump(&shared, client_rd, server_wr, from, Some(to)),
-        pump(&shared, server_rd, client_wr, Some(to), from),
+        pump(&shared, client_rd, server_wr, from, to),
+        pump(&shared, server_rd, client_wr, to, from),
     );
 }
 
@@ -299,18 +349,21 @@ async fn pump(
     shared: &Arc<Shared>,
     mut rd: OwnedReadHalf,
     mut wr: OwnedWriteHalf,
-    from: Option<usize>,
-    to: Option<usize>,
+    from: usize,
+    to: usize,
 ) {
     let (chunks_tx, mut chunks) = mpsc::channel::<(Instant, Vec<u8>)>(CHUNKS_IN_FLIGHT);
     let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; CHUNK_BYTES];
         loop {
-            let mut buf = vec![0u8; CHUNK_BYTES];
             match rd.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
-                    buf.truncate(n);
-                    if chunks_tx.send((Instant::now(), buf)).await.is_err() {
+                    if chunks_tx
+                        .send((Instant::now(), buf[..n].to_vec()))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -321,6 +374,9 @@ async fn pump(
     let (a, b) = (shared.end_of(from), shared.end_of(to));
     let mut last_due = Instant::now();
     while let Some((read_at, chunk)) = chunks.recv().await {
+        if !faults.borrow_and_update().carries(a, b) {
+            shared.held.fetch_add(1, Ordering::Relaxed);
+        }
         let wan = match faults.wait_for(|f| f.carries(a, b)).await {
             Ok(f) => f.wan_between(a, b),
             Err(_) => break,
@@ -354,15 +410,14 @@ async fn pump(
 mod tests {
     use super::*;
 
-    const M1: End<'static> = Some(("m1", Site::A));
-    const M2: End<'static> = Some(("m2", Site::B));
-    const M3: End<'static> = Some(("m3", Site::A));
-    const HARNESS: End<'static> = None;
+    const M1: End<'static> = ("m1", Site::A);
+    const M2: End<'static> = ("m2", Site::B);
+    const M3: End<'static> = ("m3", Site::A);
 
     #[test]
     fn faults_cut_what_they_name_and_nothing_else() {
         let mut f = LinkFaults::default();
-        assert!(f.carries(M1, M2) && f.carries(HARNESS, M1));
+        assert!(f.carries(M1, M2) && f.carries(M2, M1));
 
         f.blocked.insert(("m1".into(), "m2".into()));
         assert!(!f.carries(M1, M2), "the blocked direction");
@@ -371,11 +426,7 @@ mod tests {
 
         let mut f = LinkFaults::default();
         f.isolated.insert("m1".into());
-        assert!(!f.carries(M1, M3) && !f.carries(M3, M1));
-        assert!(
-            !f.carries(HARNESS, M1),
-            "an isolated host is cut off from all"
-        );
+        assert!(!f.carries(M1, M3) && !f.carries(M3, M1) && !f.carries(M2, M1));
         assert!(f.carries(M2, M3));
 
         let f = LinkFaults {
@@ -384,7 +435,6 @@ mod tests {
         };
         assert!(!f.carries(M1, M2) && !f.carries(M2, M1));
         assert!(f.carries(M1, M3), "inside a site");
-        assert!(f.carries(HARNESS, M2), "the harness is not in a site");
     }
 
     #[test]
@@ -400,7 +450,6 @@ mod tests {
         assert_eq!(f.wan_between(M1, M2), Some(wan));
         assert_eq!(f.wan_between(M2, M1), Some(wan));
         assert_eq!(f.wan_between(M1, M3), None);
-        assert_eq!(f.wan_between(HARNESS, M2), None);
     }
 
     /// An echo server (host `e`, site A) behind the proxy, and a client connecting from
@@ -472,7 +521,26 @@ mod tests {
         proxy.set_sites_partitioned(false);
         client.read_exact(&mut back).await.unwrap();
         assert_eq!(back[0], 3);
+        assert!(proxy.held() >= 2, "held {}", proxy.held());
         assert_eq!(proxy.failure(), None);
+    }
+
+    #[tokio::test]
+    async fn a_connection_from_no_hosts_address_is_refused_and_reported() {
+        let (proxy, port) = echo_behind_proxy().await;
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.78.9.99:0".parse().unwrap()).unwrap();
+        let mut client = socket
+            .connect(SocketAddr::from(([127, 77, 9, 1], port)))
+            .await
+            .unwrap();
+        let mut buf = [0u8];
+        let read = tokio::time::timeout(Duration::from_secs(30), client.read(&mut buf))
+            .await
+            .expect("the proxy neither closed nor carried the connection");
+        assert!(matches!(read, Ok(0) | Err(_)), "carried: {read:?}");
+        let failure = proxy.failure().expect("a failure reported");
+        assert!(failure.contains("no host's address"), "{failure}");
     }
 
     #[tokio::test]

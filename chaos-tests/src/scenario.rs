@@ -521,7 +521,7 @@ async fn run_inner(
     let nbd = nbd.await.context("NBD writer panicked")?;
     fault_result.context("inject the fault")?;
     if let Some(failure) = cluster.net.failure() {
-        anyhow::bail!("the network stopped carrying connections: {failure}");
+        anyhow::bail!("the network did not work as built: {failure}");
     }
 
     outcome.heal_s = heal.await.context("heal watcher panicked")?;
@@ -633,6 +633,11 @@ async fn run_inner(
     outcome
         .details
         .extend(verdict.corrupt.into_iter().map(|b| format!("NBD {b}")));
+    // A proxy that failed during the final reads would have made keys unreadable: that is
+    // the harness's failure, not lost data.
+    if let Some(failure) = cluster.net.failure() {
+        anyhow::bail!("the network did not work as built: {failure}");
+    }
     // Everything is read: the cluster can go before the slow checks, which run off the
     // runtime's threads so that SIGINT/SIGTERM still end the run at once.
     drop(cluster);
@@ -730,9 +735,11 @@ async fn inject(cluster: &mut Cluster, fault: Fault, s: &Schedule) -> anyhow::Re
         }
         Fault::LeaderIsolated => {
             let leader = cluster.leader().await?;
+            let held = cluster.net.held();
             cluster.net.set_isolated(&leader, true)?;
             tokio::time::sleep(hold).await;
             cluster.net.set_isolated(&leader, false)?;
+            ensure_cut_held(&cluster.net, held)?;
         }
         Fault::AsymmetricPartition => {
             let leader = cluster.leader().await?;
@@ -741,6 +748,7 @@ async fn inject(cluster: &mut Cluster, fault: Fault, s: &Schedule) -> anyhow::Re
                 .filter(|m| **m != leader)
                 .map(|m| m.to_string())
                 .collect();
+            let held = cluster.net.held();
             for o in &others {
                 cluster.net.set_blocked(&leader, o, true)?;
             }
@@ -748,6 +756,7 @@ async fn inject(cluster: &mut Cluster, fault: Fault, s: &Schedule) -> anyhow::Re
             for o in &others {
                 cluster.net.set_blocked(&leader, o, false)?;
             }
+            ensure_cut_held(&cluster.net, held)?;
         }
         Fault::StorageKill => {
             for n in &nodes {
@@ -759,9 +768,11 @@ async fn inject(cluster: &mut Cluster, fault: Fault, s: &Schedule) -> anyhow::Re
             }
         }
         Fault::SitePartition => {
+            let held = cluster.net.held();
             cluster.net.set_sites_partitioned(true)?;
             tokio::time::sleep(hold).await;
             cluster.net.set_sites_partitioned(false)?;
+            ensure_cut_held(&cluster.net, held)?;
         }
         Fault::BitRot => {
             let mut rng = StdRng::seed_from_u64(s.fault_at_ms ^ 0xb17);
@@ -798,7 +809,7 @@ async fn inject(cluster: &mut Cluster, fault: Fault, s: &Schedule) -> anyhow::Re
             cluster.power_on(&target).await?;
         }
         Fault::WanDegraded => {
-            let (counts, unit) = match &cluster.net {
+            let (counts, unit, lost_means) = match &cluster.net {
                 Net::Namespaces(_) => {
                     let link = WanLink::start(s.wan, s.fault_at_ms ^ 0x3a4)?;
                     tokio::time::sleep(hold).await;
@@ -808,7 +819,7 @@ async fn inject(cluster: &mut Cluster, fault: Fault, s: &Schedule) -> anyhow::Re
                     if let Some(failure) = failure {
                         anyhow::bail!("the degraded WAN link broke down: {failure}");
                     }
-                    (counts, "packets")
+                    (counts, "packets", "dropped")
                 }
                 Net::Loopback(proxy) => {
                     let before = proxy.wan_counts();
@@ -820,7 +831,9 @@ async fn inject(cluster: &mut Cluster, fault: Fault, s: &Schedule) -> anyhow::Re
                         forwarded: after.forwarded - before.forwarded,
                         lost: after.lost - before.lost,
                     };
-                    (counts, "chunks")
+                    // The proxy cannot drop bytes; a lost chunk is held 200 ms longer, as
+                    // TCP's retransmission would deliver it.
+                    (counts, "chunks", "delayed as lost")
                 }
             };
             // Gateway, voters and storage nodes sit on both sites, so a link that carried
@@ -830,7 +843,7 @@ async fn inject(cluster: &mut Cluster, fault: Fault, s: &Schedule) -> anyhow::Re
                 "the degraded WAN link carried no {unit}"
             );
             eprintln!(
-                "lauscha-chaos: the degraded WAN link carried {} {unit} and lost {}",
+                "lauscha-chaos: the degraded WAN link carried {} {unit}; {} of them {lost_means}",
                 counts.forwarded, counts.lost
             );
         }
@@ -906,6 +919,23 @@ async fn inject(cluster: &mut Cluster, fault: Fault, s: &Schedule) -> anyhow::Re
                 tokio::time::sleep(per_voter / 2).await;
             }
         }
+    }
+    Ok(())
+}
+
+/// In the loopback topology, that a cut held something back: Raft's heartbeats cross
+/// every cut the scenarios make, so a cut that held nothing never reached the cluster
+/// and the scenario proved nothing. (`before` is `None` in namespaces.)
+fn ensure_cut_held(net: &Net, before: Option<u64>) -> anyhow::Result<()> {
+    if let (Some(before), Some(after)) = (before, net.held()) {
+        anyhow::ensure!(
+            after > before,
+            "the proxy held nothing back during the cut: it never reached the cluster"
+        );
+        eprintln!(
+            "lauscha-chaos: the proxy held back {} chunks and connections at the cut",
+            after - before
+        );
     }
     Ok(())
 }

@@ -14,7 +14,8 @@
 //! host on addresses of its own in 127.0.0.0/8 with a fault-injecting TCP proxy between
 //! them ([`crate::proxy`]); [`Net`] makes the same faults in either.
 //!
-//! Faults are made with the kernel's own tools, so they are real: a host's link set down
+//! In the namespace topology, faults are made with the kernel's own tools, so they are
+//! real: a host's link set down
 //! (every packet to and from it silently lost), a blackhole route in one namespace (that
 //! host cannot send to another: an asymmetric partition; both ways: symmetric), and
 //! policy rules in the router dropping everything between the sites. Everything made is
@@ -189,7 +190,16 @@ impl Net {
         }
     }
 
-    /// Why the network stopped working as built, if it did (the proxy's listeners).
+    /// In the loopback topology, how many chunks and connections the proxy has held back
+    /// at cuts so far (`None` in namespaces, where the kernel drops packets).
+    pub fn held(&self) -> Option<u64> {
+        match self {
+            Net::Namespaces(_) => None,
+            Net::Loopback(p) => Some(p.held()),
+        }
+    }
+
+    /// Why the network stopped working as built, if it did (the proxy's failures).
     pub fn failure(&self) -> Option<String> {
         match self {
             Net::Namespaces(_) => None,

@@ -59,7 +59,9 @@ pub struct WanLink {
     rp_filter_before: Option<String>,
 }
 
-/// Packets the link carried and lost.
+/// What the link carried and lost: packets through the TUN device (lost ones are dropped
+/// and not in `forwarded`), or the proxy's chunks (lost ones are only held longer, and
+/// counted in both).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WanCounts {
     /// Written back towards the other site.
