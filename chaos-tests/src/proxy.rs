@@ -104,6 +104,12 @@ impl LinkFaults {
         !isolated && !across_the_partition && !blocked
     }
 
+    /// Whether a connection between the two can be set up and used: a handshake needs
+    /// both directions.
+    pub fn connects(&self, a: End<'_>, b: End<'_>) -> bool {
+        self.carries(a, b) && self.carries(b, a)
+    }
+
     /// The impairment bytes from `from` to `to` suffer, if they cross between the sites
     /// while the WAN is degraded.
     pub fn wan_between(
@@ -310,13 +316,13 @@ async fn carry(
 ) {
     let mut faults = shared.faults.clone();
     let (a, b) = (shared.end_of(from), shared.end_of(to));
-    if !faults.borrow_and_update().carries(a, b) || !faults.borrow().carries(b, a) {
+    if !faults.borrow_and_update().connects(a, b) {
         shared.held.fetch_add(1, Ordering::Relaxed);
     }
-    // The handshake needs both directions. Across a dead link it never completes and the
-    // client gives up after its connect timeout; here the proxy has already accepted, so
-    // it resets the connection then instead, unless the cut heals first.
-    let both_ways = faults.wait_for(|f| f.carries(a, b) && f.carries(b, a));
+    // Across a dead link the handshake never completes and the client gives up after its
+    // connect timeout; here the proxy has already accepted, so it resets the connection
+    // then instead, unless the cut heals first.
+    let both_ways = faults.wait_for(|f| f.connects(a, b));
     match tokio::time::timeout(HANDSHAKE_GIVE_UP, both_ways).await {
         Ok(Ok(_)) => {}
         // The proxy is gone.

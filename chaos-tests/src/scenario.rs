@@ -520,9 +520,7 @@ async fn run_inner(
     }
     let nbd = nbd.await.context("NBD writer panicked")?;
     fault_result.context("inject the fault")?;
-    if let Some(failure) = cluster.net.failure() {
-        anyhow::bail!("the network did not work as built: {failure}");
-    }
+    cluster.net.ensure_working()?;
 
     outcome.heal_s = heal.await.context("heal watcher panicked")?;
     if outcome.heal_s.is_none() {
@@ -635,9 +633,7 @@ async fn run_inner(
         .extend(verdict.corrupt.into_iter().map(|b| format!("NBD {b}")));
     // A proxy that failed during the final reads would have made keys unreadable: that is
     // the harness's failure, not lost data.
-    if let Some(failure) = cluster.net.failure() {
-        anyhow::bail!("the network did not work as built: {failure}");
-    }
+    cluster.net.ensure_working()?;
     // Everything is read: the cluster can go before the slow checks, which run off the
     // runtime's threads so that SIGINT/SIGTERM still end the run at once.
     drop(cluster);

@@ -199,11 +199,15 @@ impl Net {
         }
     }
 
-    /// Why the network stopped working as built, if it did (the proxy's failures).
-    pub fn failure(&self) -> Option<String> {
+    /// Fails if the network stopped working as built (the proxy's failures): the run's
+    /// results would then be the harness's fault, not the cluster's.
+    pub fn ensure_working(&self) -> anyhow::Result<()> {
         match self {
-            Net::Namespaces(_) => None,
-            Net::Loopback(p) => p.failure(),
+            Net::Namespaces(_) => Ok(()),
+            Net::Loopback(p) => match p.failure() {
+                Some(failure) => bail!("the network did not work as built: {failure}"),
+                None => Ok(()),
+            },
         }
     }
 }
