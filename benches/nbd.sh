@@ -7,6 +7,8 @@
 # write_bytes of the dev process, which runs every role) for 4 KiB random and 1 MiB
 # sequential writes.
 #
+# Then the read cache's hits and misses, and 4 KiB random reads with the cache off.
+#
 # Then the cost of NBD over TLS (certificates made with openssl) as ratios to plain NBD.
 #
 # Usage: benches/nbd.sh [SECONDS_PER_JOB]      Removes what it made.
@@ -77,10 +79,29 @@ for name in randread4k randwrite4k seqread1m seqwrite1m writeflush4k; do
     read -r l_iops l_mbps < <(job "$NBD/bench" "lauscha-$name" "${args[@]}")
     read -r q_iops q_mbps < <(job "nbd://127.0.0.1:$QPORT" "qemu-$name" "${args[@]}")
     if [[ ${unit[$name]} == iops ]]; then l=$l_iops q=$q_iops; else l=$l_mbps q=$q_mbps; fi
+    [[ $name == randread4k ]] && randread_q=$q_iops
     echo "${name}_lauscha_${unit[$name]}=$l"
     echo "${name}_qemu_nbd_${unit[$name]}=$q"
     python3 -c "print(f'${name}_ratio={$l / $q:.2f}')"
 done
+
+# The read cache (gateway.read_cache_bytes, default 256 MiB, over a 512 MiB working set):
+# its hits and misses in the jobs above, and the 4 KiB random reads again on a second
+# server with the cache off, as a ratio to the same qemu-nbd number.
+ADMIN=$(python3 -c "import json; print(json.load(open('$DIR/data/cluster.json'))['admin_endpoint'])")
+curl -fsS "$ADMIN/metrics" | awk '/^lauscha_read_cache_(hits|misses)_total/ {print $1 "=" $2}'
+"$BIN" dev --data-dir "$DIR/nocache" --s3-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+    --nbd-listen 127.0.0.1:0 --read-cache-bytes 0 >"$DIR/nocache.out" 2>"$DIR/nocache.log" &
+tpid=$!
+timeout 120 grep -m1 -q "Lauscha dev is running" <(tail -f "$DIR/nocache.out")
+NBD0=$(python3 -c "import json; print(json.load(open('$DIR/nocache/cluster.json'))['nbd_endpoint'])")
+"$BIN" admin --data-dir "$DIR/nocache" volume create bench --size 1G >/dev/null
+fill "$NBD0/bench"
+read -r l_iops _ < <(job "$NBD0/bench" lauscha-randread4k-nocache --rw=randread --bs=4k --iodepth=32)
+echo "randread4k_nocache_lauscha_iops=$l_iops"
+python3 -c "print(f'randread4k_nocache_ratio={$l_iops / $randread_q:.2f}')"
+kill "$tpid" && wait "$tpid" 2>/dev/null || true
+tpid=""
 
 # The cost of TLS (NBD_OPT_STARTTLS, client certificate CN=root): a second server with
 # --nbd-tls-*, sequential copies over nbds:// as ratios to the same copies over nbd://.

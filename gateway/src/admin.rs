@@ -470,10 +470,21 @@ async fn maintenance_routes(
 }
 
 /// Prometheus text format, unauthenticated like every scrape target.
-fn metrics(maintenance: &Maintenance) -> Response<Full<Bytes>> {
+fn metrics(inner: &Inner, maintenance: &Maintenance) -> Response<Full<Bytes>> {
     let s = &maintenance.stats;
+    let cache = inner.nodes.read_cache_stats();
     let mut out = String::new();
     for (name, help, value) in [
+        (
+            "lauscha_read_cache_hits_total",
+            "Small shard reads answered from the gateway's block cache.",
+            cache.map_or(0, |c| c.hits),
+        ),
+        (
+            "lauscha_read_cache_misses_total",
+            "Small shard reads the block cache sent to a node.",
+            cache.map_or(0, |c| c.misses),
+        ),
         (
             "lauscha_maintenance_passes_total",
             "Maintenance passes completed.",
@@ -822,7 +833,7 @@ pub async fn handle(
         return full(StatusCode::OK, "text/plain", "ok\n");
     }
     if parts.method == Method::GET && parts.uri.path() == "/metrics" {
-        return metrics(maintenance);
+        return metrics(inner, maintenance);
     }
     if let Err(response) = authorize(inner, &parts, &body).await {
         return response;

@@ -66,6 +66,7 @@ impl Inner {
             meta.clone(),
             Duration::from_millis(config.shard_rpc_timeout_ms),
             config.source_ip,
+            config.read_cache_bytes,
         ));
         Ok(Inner {
             config,

@@ -16,6 +16,7 @@
 mod admin;
 mod attachments;
 mod auth;
+mod block_cache;
 mod cors;
 mod error;
 mod gateway;

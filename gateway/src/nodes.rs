@@ -18,6 +18,7 @@ use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
 use crate::GatewayError;
+use crate::block_cache::{BlockCache, BlockCacheStats};
 use crate::meta_client::MetaClient;
 
 /// How long a cached cluster map is used before it is fetched again.
@@ -132,6 +133,8 @@ pub struct NodePool {
     rpc_timeout: Duration,
     /// Source address of connections to the nodes (`gateway.source_ip`).
     source_ip: Option<IpAddr>,
+    /// Verified blocks of small reads (`gateway.read_cache_bytes`; `None`: off).
+    block_cache: Option<BlockCache>,
 }
 
 /// How long a node that reported a full disk gets no new shards, unless it reports room
@@ -143,8 +146,14 @@ const ROOM_AGAIN_BYTES: u64 = 64 << 20;
 
 impl NodePool {
     /// A pool that learns the cluster map from `meta` and connects to nodes from
-    /// `source_ip` (default: the kernel's choice).
-    pub fn new(meta: MetaClient, rpc_timeout: Duration, source_ip: Option<IpAddr>) -> NodePool {
+    /// `source_ip` (default: the kernel's choice), keeping up to `read_cache_bytes` of
+    /// verified blocks for small reads.
+    pub fn new(
+        meta: MetaClient,
+        rpc_timeout: Duration,
+        source_ip: Option<IpAddr>,
+        read_cache_bytes: u64,
+    ) -> NodePool {
         NodePool {
             meta,
             map: RwLock::new(None),
@@ -154,7 +163,13 @@ impl NodePool {
             full: Mutex::new(HashMap::new()),
             rpc_timeout,
             source_ip,
+            block_cache: BlockCache::new(read_cache_bytes),
         }
+    }
+
+    /// How often the read cache answered (`None`: it is off).
+    pub fn read_cache_stats(&self) -> Option<BlockCacheStats> {
+        self.block_cache.as_ref().map(BlockCache::stats)
     }
 
     /// The cluster map, at most [`MAP_MAX_AGE`] old.
@@ -301,9 +316,21 @@ impl NodePool {
         len_bytes: u64,
     ) -> Result<Bytes, ShardIoError> {
         let node = shard.node;
+        let (start, len) = if len_bytes == 0 {
+            (0, shard.shard_len_bytes)
+        } else {
+            (offset, len_bytes)
+        };
+        let cache = self
+            .block_cache
+            .as_ref()
+            .filter(|_| BlockCache::takes(&covering_blocks(start, len)));
+        if let Some(bytes) = cache.and_then(|c| c.get(shard.digest, start, len)) {
+            return Ok(bytes);
+        }
         let result = tokio::time::timeout(
             self.rpc_timeout,
-            self.read_shard_inner(map, shard, offset, len_bytes),
+            self.read_shard_inner(map, shard, offset, len_bytes, cache),
         )
         .await
         .unwrap_or_else(|_| Err(ShardIoError::Unreachable(node, "read timed out".into())));
@@ -317,6 +344,7 @@ impl NodePool {
         shard: ShardRef<'_>,
         offset: u64,
         len_bytes: u64,
+        cache: Option<&BlockCache>,
     ) -> Result<Bytes, ShardIoError> {
         let ShardRef {
             node,
@@ -392,6 +420,9 @@ impl NodePool {
             }
             if !verify_block(&block, &hashes[block_idx as usize]) {
                 return Err(corrupt(&format!("block {block_idx} failed its hash")));
+            }
+            if let Some(cache) = cache {
+                cache.insert(digest, block_idx, &block);
             }
             out.extend_from_slice(&block);
             block_idx += 1;

@@ -91,11 +91,17 @@ pub async fn open_range(
         let bytes = read_stripe(inner, &map, policy, &stripes[first.stripe_idx], &first).await?;
         tx.try_send(Ok(bytes)).expect("empty channel has room");
     }
+    let rest: Vec<StripeRead> = plan.collect();
+    if rest.is_empty() {
+        // One stripe (every small read): no task for the rest. Dropping `tx` ends the
+        // stream after the stripe already in it.
+        return Ok(ReceiverStream::new(rx));
+    }
     let inner = inner.clone();
     let stripes = Arc::new(stripes);
     tokio::spawn(async move {
         // Several stripes are read at once, delivered in order.
-        let mut reads = futures::stream::iter(plan)
+        let mut reads = futures::stream::iter(rest)
             .map(|read| {
                 let (inner, map, stripes) = (inner.clone(), map.clone(), stripes.clone());
                 async move {

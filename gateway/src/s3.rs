@@ -757,7 +757,7 @@ fn verify_written(
         }
     }
     if let Some(md5) = content_md5
-        && md5 != written.md5
+        && Some(md5) != written.md5
     {
         return Err(GatewayError::BadDigest(
             "the Content-MD5 you specified did not match what we received".into(),
@@ -1102,7 +1102,7 @@ impl S3 for S3Gateway {
             )
             .await?;
 
-        let etag = hex::encode(written.md5);
+        let etag = hex::encode(written.md5.expect("object bodies are hashed"));
         let missing = written.missing.clone();
         let version = ObjectVersion {
             version_id: String::new(),
@@ -1246,7 +1246,7 @@ impl S3 for S3Gateway {
             write::Storage::InlineWhenSmall,
         )
         .await?;
-        let etag = hex::encode(written.md5);
+        let etag = hex::encode(written.md5.expect("object bodies are hashed"));
         if written.size_bytes != source.size_bytes {
             return Err(GatewayError::Internal(format!(
                 "the copy of {src_name}/{src_key} has {} bytes, the source {}",
@@ -1453,7 +1453,7 @@ impl S3 for S3Gateway {
                 write::Storage::Striped,
             )
             .await?;
-        let etag = hex::encode(written.md5);
+        let etag = hex::encode(written.md5.expect("object bodies are hashed"));
         self.check_upload_time(started, "the part")?;
         let part = uploaded_part(part_number, written, etag.clone(), checksums.clone());
         uncommitted
@@ -1526,7 +1526,7 @@ impl S3 for S3Gateway {
             write::Storage::Striped,
         )
         .await?;
-        let etag = hex::encode(written.md5);
+        let etag = hex::encode(written.md5.expect("object bodies are hashed"));
         let part = uploaded_part(part_number, written, etag.clone(), BTreeMap::new());
         let last_modified_ms = uncommitted
             .settle(self.inner.meta.put_part(&upload, part))

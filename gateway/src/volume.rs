@@ -3,19 +3,25 @@
 //!
 //! Write path: writes of up to 64 KiB (per extent) travel inside the metadata command
 //! itself, so Raft replicates them and concurrent writes share its fsyncs; larger ones go
-//! to storage nodes as a replicated stripe (1 data + 2 parity shards, i.e. three copies,
-//! through the same `write_body` as objects), acknowledged by the write quorum (two
-//! copies). Then one metadata command records the entries under the lease epoch. Only then is the write acknowledged: it survives a crash of this process
-//! (the journal is in metadata and on the nodes) and, once all three copies are durable
-//! (checked by FLUSH and FUA), the loss of any two storage nodes.
+//! to storage nodes as a stripe at the volume's own policy (k+m, through the same
+//! `write_body` as objects, acknowledged by the write quorum k+1), or as three copies
+//! (1 data + 2 parity shards) when that policy cannot be placed or written now. Then one
+//! metadata command records the entries under the lease epoch. Only then is the write
+//! acknowledged: it survives a crash of this process (the journal is in metadata and on
+//! the nodes) and, once every shard is durable (checked by FLUSH and FUA), the loss of
+//! any m storage nodes.
 //!
 //! Read path: an extent's merged bytes (erasure-coded, read through `read::open_range`),
 //! with the unmerged journal entries laid over them in sequence order. Journal bytes are
 //! kept in memory until merged, so reads never wait for the journal's stripes.
 //!
-//! Merge: an extent with journal entries gets a new version made of its old bytes plus the
-//! entries, written at full redundancy (k+m shards) or not at all, and swapped in with one
-//! metadata command that also drops the entries, under the lease epoch.
+//! Merge (a task of its own, woken by the write that makes an extent due): an extent with
+//! journal entries gets a new version made of its old bytes plus the entries, written at
+//! full redundancy (k+m shards) or not at all, and swapped in with one metadata command
+//! that also drops the entries, under the lease epoch. `MERGE_LIMITS` say when: an extent
+//! whose entries cover it whole (a sequential writer: the merge reads nothing), that has
+//! many or old entries, and, while the volume's journal is over a soft limit, those with
+//! the most journal bytes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +32,8 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use lauscha_core::versioning::{MetaQuery, MetaQueryReply, ObjectCommand, ObjectCommandReply};
 use lauscha_core::volume::{
-    JournalEntry, Volume, VolumeCommand, VolumeReply, VolumeState, extents_of,
+    ExtentJournal, JournalEntry, MergeLimits, Volume, VolumeCommand, VolumeReply, VolumeState,
+    covers, extents_of, plan_merges,
 };
 use lauscha_core::{ObjectData, ObjectVersion, PlacementPolicy, SpreadLevel, TenantId};
 use s3s::checksum::ChecksumHasher;
@@ -39,15 +46,26 @@ use crate::{read, write};
 
 /// How long a lease lasts unless renewed.
 pub const LEASE_TTL: Duration = Duration::from_secs(10);
-/// Journal entries of one extent that trigger its merge.
-const MERGE_AFTER_ENTRIES: usize = 32;
+/// When extents are merged (`lauscha_core::volume::plan_merges`). The journal is allowed
+/// to grow, because a merge rewrites the whole extent however little it absorbs: for
+/// random small writes, the bytes written per client byte fall as the journal grows.
+const MERGE_LIMITS: MergeLimits = MergeLimits {
+    max_age_ms: 10_000,
+    max_entries: 1024,
+    soft_bytes: 128 << 20,
+    soft_inline_bytes: 16 << 20,
+};
 /// Unmerged journal bytes of one volume that make writers wait for merges.
 const MAX_PENDING_BYTES: u64 = 256 << 20;
+/// Unmerged journal bytes of one volume carried inline in metadata that make writers wait
+/// for merges: the whole journal is one metadata message at attach, and those are at most
+/// 64 MiB.
+const MAX_INLINE_PENDING_BYTES: u64 = 24 << 20;
+/// How often the merger looks for extents whose journal got old, when no write woke it.
+const MERGE_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Writes up to this size are journaled inside the metadata entry (replicated by Raft)
 /// rather than as stripes on storage nodes.
 const INLINE_JOURNAL_BYTES: u64 = 64 * 1024;
-/// How old an extent's oldest journal entry may get before the extent is merged.
-const MERGE_AFTER: Duration = Duration::from_secs(2);
 
 /// Three copies of each journaled write.
 const JOURNAL_POLICY: PlacementPolicy = PlacementPolicy {
@@ -65,8 +83,10 @@ struct Pending {
     len: u64,
     /// The bytes; `None` for zeros.
     data: Option<Bytes>,
-    /// All three copies are durable.
+    /// Every shard (k+m, or all three copies) is durable.
     replicated: bool,
+    /// Carried inline in the metadata entry.
+    inline: bool,
     /// When it was written (old entries get merged).
     since: Instant,
 }
@@ -76,6 +96,34 @@ struct EngineState {
     extents: HashMap<u64, ObjectData>,
     pending: BTreeMap<u64, Vec<Pending>>,
     pending_bytes: u64,
+    inline_pending_bytes: u64,
+}
+
+impl EngineState {
+    /// Extent `idx`'s journal, for the merge planner.
+    fn extent_journal(&self, idx: u64, extent_len: u64) -> Option<ExtentJournal> {
+        let ps = self.pending.get(&idx).filter(|ps| !ps.is_empty())?;
+        Some(ExtentJournal {
+            extent: idx,
+            entries: ps.len(),
+            bytes: ps.iter().map(|p| p.len).sum(),
+            inline_bytes: ps.iter().filter(|p| p.inline).map(|p| p.len).sum(),
+            covered: covers(extent_len, ps.iter().map(|p| (p.within, p.len))),
+            oldest_age_ms: ps
+                .iter()
+                .map(|p| p.since.elapsed().as_millis() as u64)
+                .max()
+                .unwrap_or(0),
+        })
+    }
+
+    /// Whether the merger should look now: `extent` became due, or the volume's journal
+    /// went over a soft limit.
+    fn merge_wanted(&self, extent: Option<ExtentJournal>) -> bool {
+        self.pending_bytes > MERGE_LIMITS.soft_bytes
+            || self.inline_pending_bytes > MERGE_LIMITS.soft_inline_bytes
+            || extent.is_some_and(|j| !plan_merges(&[j], &MERGE_LIMITS).is_empty())
+    }
 }
 
 /// Why a volume operation failed, as NBD reports it.
@@ -102,6 +150,8 @@ pub struct VolumeEngine {
     state: Mutex<EngineState>,
     fenced: AtomicBool,
     merging: tokio::sync::Mutex<()>,
+    /// Wakes the merger: a write made an extent due.
+    merge_wanted: Arc<tokio::sync::Notify>,
 }
 
 fn meta_err(e: GatewayError) -> VolumeError {
@@ -163,25 +213,41 @@ async fn store(
         body,
         Some(len),
         ChecksumHasher::default(),
-        write::Storage::Striped,
+        write::Storage::Volume,
     )
     .await?;
     Ok((written.data, written.missing.is_empty(), uncommitted))
 }
 
-/// Stores journal bytes, trying again (the node pool then avoids the nodes that just
-/// failed) while fewer than all three copies are durable: a FLUSH needs all three, and
-/// settling a short entry later would mean a merge at full erasure-coded redundancy.
+/// Stores journal bytes at the volume's own policy (k+m erasure-coded, (k+m)/k bytes
+/// per byte instead of three copies), or as three copies where that policy cannot be
+/// placed or written now (nodes down: a degraded cluster still takes writes, as it did
+/// before). Tries again (the node pool then avoids the nodes that just failed) while
+/// not every shard is durable: a FLUSH needs them all, and settling a short entry later
+/// would mean a merge at full erasure-coded redundancy.
 async fn store_journal(
     inner: &Arc<Inner>,
+    policy: PlacementPolicy,
     bytes: Bytes,
 ) -> Result<(ObjectData, bool, write::Uncommitted), GatewayError> {
-    let mut attempt = store(inner, JOURNAL_POLICY, bytes.clone()).await?;
+    let (policy, mut attempt) = match store(inner, policy, bytes.clone()).await {
+        Ok(stored) => (policy, stored),
+        Err(e @ (GatewayError::Placement(_) | GatewayError::BelowWriteQuorum { .. }))
+            if policy != JOURNAL_POLICY =>
+        {
+            warn!(error = %e, "journal write at the volume's policy failed; three copies instead");
+            (
+                JOURNAL_POLICY,
+                store(inner, JOURNAL_POLICY, bytes.clone()).await?,
+            )
+        }
+        Err(e) => return Err(e),
+    };
     for _ in 0..2 {
         if attempt.1 {
             break;
         }
-        match store(inner, JOURNAL_POLICY, bytes.clone()).await {
+        match store(inner, policy, bytes.clone()).await {
             // The short copy's `Uncommitted` is dropped here: its shards are deleted.
             Ok(next) => attempt = next,
             Err(e) => {
@@ -249,6 +315,7 @@ impl VolumeEngine {
                 state: Mutex::new(EngineState::default()),
                 fenced: AtomicBool::new(false),
                 merging: tokio::sync::Mutex::new(()),
+                merge_wanted: Arc::new(tokio::sync::Notify::new()),
             });
             engine.load(&state).await?;
             return Ok(engine);
@@ -278,9 +345,12 @@ impl VolumeEngine {
             state: Mutex::new(EngineState::default()),
             fenced: AtomicBool::new(false),
             merging: tokio::sync::Mutex::new(()),
+            merge_wanted: Arc::new(tokio::sync::Notify::new()),
         });
         engine.load(&state).await?;
         info!(volume = %name, epoch, journal_entries = state.journal.len(), "volume attached");
+        // Renewal and merging are separate tasks, so that a long merge never lets the
+        // lease lapse.
         let weak = Arc::downgrade(&engine);
         tokio::spawn(async move {
             loop {
@@ -289,8 +359,24 @@ impl VolumeEngine {
                 if !engine.renew().await {
                     return;
                 }
-                if let Err(e) = engine.merge_due(false).await {
-                    warn!(volume = %engine.volume.name, error = %e, "merge failed; retried later");
+            }
+        });
+        let (weak, wanted) = (Arc::downgrade(&engine), engine.merge_wanted.clone());
+        tokio::spawn(async move {
+            loop {
+                {
+                    let Some(engine) = weak.upgrade() else { return };
+                    if engine.is_fenced() {
+                        return;
+                    }
+                    if let Err(e) = engine.merge_due(false).await {
+                        warn!(volume = %engine.volume.name, error = %e, "merge failed; retried later");
+                    }
+                }
+                // A wake-up while merging left a permit: nothing is missed.
+                tokio::select! {
+                    () = wanted.notified() => {}
+                    () = tokio::time::sleep(MERGE_CHECK_EVERY) => {}
                 }
             }
         });
@@ -304,13 +390,14 @@ impl VolumeEngine {
                 Some(d) => Some(read_data(&self.inner, d, entry.len, 0..entry.len).await?),
                 None => None,
             };
-            loaded.push((*seq, entry.offset, entry.len, data));
+            let inline = matches!(entry.data, Some(ObjectData::Inline(_)));
+            loaded.push((*seq, entry.offset, entry.len, data, inline));
         }
         let mut st = self.state.lock().expect("volume state lock");
         for (idx, extent) in &state.extents {
             st.extents.insert(*idx, extent.data.clone());
         }
-        for (seq, offset, len, data) in loaded {
+        for (seq, offset, len, data, inline) in loaded {
             // Whether every copy survived is unknown: treat as not replicated, so that
             // the next FLUSH or merge settles it.
             insert_pending(
@@ -320,7 +407,7 @@ impl VolumeEngine {
                 offset,
                 len,
                 data,
-                false,
+                (false, inline),
             );
         }
         Ok(())
@@ -365,6 +452,12 @@ impl VolumeEngine {
         self.fenced.load(Ordering::SeqCst)
     }
 
+    /// The part of extent `idx` inside the volume (the last extent may be shorter).
+    fn extent_len(&self, idx: u64) -> u64 {
+        let ext = self.volume.extent_bytes;
+        ext.min(self.volume.size_bytes.saturating_sub(idx * ext))
+    }
+
     /// Gives the lease up (after the last connection closed).
     pub async fn detach(&self) {
         if self.is_fenced() || self.volume.read_only {
@@ -389,7 +482,15 @@ impl VolumeEngine {
         for (idx, within, n) in extents_of(offset, len, ext) {
             let (base, pending) = {
                 let st = self.state.lock().expect("volume state lock");
-                (st.extents.get(&idx).cloned(), st.pending.get(&idx).cloned())
+                let overlapping: Vec<Pending> = st
+                    .pending
+                    .get(&idx)
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| p.within < within + n && within < p.within + p.len)
+                    .cloned()
+                    .collect();
+                (st.extents.get(&idx).cloned(), overlapping)
             };
             let mut buf = match base {
                 Some(data) => BytesMut::from(
@@ -397,7 +498,7 @@ impl VolumeEngine {
                 ),
                 None => BytesMut::zeroed(n as usize),
             };
-            for p in pending.iter().flatten() {
+            for p in &pending {
                 overlay(&mut buf, within, p);
             }
             out.extend_from_slice(&buf);
@@ -432,6 +533,7 @@ impl VolumeEngine {
                 .map(|d| d.slice(at as usize..(at + n) as usize));
             at += n;
             let inner = self.inner.clone();
+            let policy = self.volume.policy;
             let piece_offset = idx * self.volume.extent_bytes + within;
             let n = *n;
             async move {
@@ -449,7 +551,7 @@ impl VolumeEngine {
                     )),
                     Some(bytes) => {
                         let (stored, replicated, uncommitted) =
-                            store_journal(&inner, bytes.clone()).await?;
+                            store_journal(&inner, policy, bytes.clone()).await?;
                         Ok::<_, GatewayError>((
                             piece_offset,
                             n,
@@ -493,9 +595,9 @@ impl VolumeEngine {
         };
         let replicated = stored.iter().all(|s| s.4);
         let mut extents_touched = Vec::with_capacity(stored.len());
-        {
+        let merge_now = {
             let mut st = self.state.lock().expect("volume state lock");
-            for (i, (o, n, bytes, _, piece_replicated, _)) in stored.iter().enumerate() {
+            for (i, (o, n, bytes, data, piece_replicated, _)) in stored.iter().enumerate() {
                 insert_pending(
                     &mut st,
                     self.volume.extent_bytes,
@@ -503,10 +605,19 @@ impl VolumeEngine {
                     *o,
                     *n,
                     bytes.clone(),
-                    *piece_replicated,
+                    (
+                        *piece_replicated,
+                        matches!(data, Some(ObjectData::Inline(_))),
+                    ),
                 );
                 extents_touched.push(o / self.volume.extent_bytes);
             }
+            extents_touched
+                .iter()
+                .any(|idx| st.merge_wanted(st.extent_journal(*idx, self.extent_len(*idx))))
+        };
+        if merge_now {
+            self.merge_wanted.notify_one();
         }
         if fua && !replicated {
             self.settle(&extents_touched).await?;
@@ -534,11 +645,11 @@ impl VolumeEngine {
         self.settle(&unreplicated).await
     }
 
-    /// Brings every journal entry of `extents` to three durable copies: an entry short of
-    /// a copy (a node failed during its write, or since: entries replayed at attach are
+    /// Brings every journal entry of `extents` to all its shards durable: an entry short
+    /// of one (a node failed during its write, or since: entries replayed at attach are
     /// not trusted) is written again and its stripes swapped in place, keeping its order
-    /// in the journal. When three copies cannot be had, the extent is merged at full
-    /// erasure-coded redundancy instead, or the call fails.
+    /// in the journal. When that cannot be had, the extent is merged at full erasure-coded
+    /// redundancy instead, or the call fails.
     async fn settle(&self, extents: &[u64]) -> Result<(), VolumeError> {
         let _guard = self.merging.lock().await;
         for idx in extents {
@@ -555,7 +666,8 @@ impl VolumeEngine {
                     self.mark_replicated(*idx, p.seq);
                     continue;
                 };
-                let (data, replicated, uncommitted) = store_journal(&self.inner, bytes).await?;
+                let (data, replicated, uncommitted) =
+                    store_journal(&self.inner, self.volume.policy, bytes).await?;
                 if !replicated {
                     all_settled = false;
                     continue;
@@ -602,9 +714,11 @@ impl VolumeEngine {
         let full = {
             let st = self.state.lock().expect("volume state lock");
             st.pending_bytes > MAX_PENDING_BYTES
+                || st.inline_pending_bytes > MAX_INLINE_PENDING_BYTES
         };
         if full {
-            self.merge_due(true).await?;
+            // Above the hard limits, over the soft ones: the plan brings the journal under.
+            self.merge_due(false).await?;
         }
         Ok(())
     }
@@ -614,15 +728,16 @@ impl VolumeEngine {
         let _guard = self.merging.lock().await;
         let due: Vec<u64> = {
             let st = self.state.lock().expect("volume state lock");
-            st.pending
-                .iter()
-                .filter(|(_, ps)| {
-                    everything
-                        || ps.len() >= MERGE_AFTER_ENTRIES
-                        || ps.iter().any(|p| p.since.elapsed() >= MERGE_AFTER)
-                })
-                .map(|(i, _)| *i)
-                .collect()
+            if everything {
+                st.pending.keys().copied().collect()
+            } else {
+                let journal: Vec<ExtentJournal> = st
+                    .pending
+                    .keys()
+                    .filter_map(|idx| st.extent_journal(*idx, self.extent_len(*idx)))
+                    .collect();
+                plan_merges(&journal, &MERGE_LIMITS)
+            }
         };
         for idx in due {
             if self.is_fenced() {
@@ -644,13 +759,14 @@ impl VolumeEngine {
         let Some(pending) = pending.filter(|p| !p.is_empty()) else {
             return Ok(true);
         };
-        // The part of the extent inside the volume (the last extent may be shorter).
-        let extent_len = ext.min(self.volume.size_bytes - idx * ext);
+        let extent_len = self.extent_len(idx);
+        // Entries that cover the extent whole replace every byte of it: nothing to read.
+        let covered = covers(extent_len, pending.iter().map(|p| (p.within, p.len)));
         let mut buf = match &base {
-            Some(data) => {
+            Some(data) if !covered => {
                 BytesMut::from(&read_data(&self.inner, data, ext, 0..extent_len).await?[..])
             }
-            None => BytesMut::zeroed(extent_len as usize),
+            _ => BytesMut::zeroed(extent_len as usize),
         };
         for p in &pending {
             overlay(&mut buf, 0, p);
@@ -695,12 +811,15 @@ impl VolumeEngine {
                 st.extents.remove(&idx);
             }
         }
-        let mut freed = 0;
+        let (mut freed, mut freed_inline) = (0, 0);
         if let Some(ps) = st.pending.get_mut(&idx) {
             ps.retain(|p| {
                 let gone = merged.contains(&p.seq);
                 if gone {
                     freed += p.len;
+                    if p.inline {
+                        freed_inline += p.len;
+                    }
                 }
                 !gone
             });
@@ -709,6 +828,7 @@ impl VolumeEngine {
             }
         }
         st.pending_bytes = st.pending_bytes.saturating_sub(freed);
+        st.inline_pending_bytes = st.inline_pending_bytes.saturating_sub(freed_inline);
         Ok(true)
     }
 }
@@ -740,7 +860,7 @@ fn insert_pending(
     offset: u64,
     len: u64,
     data: Option<Bytes>,
-    replicated: bool,
+    (replicated, inline): (bool, bool),
 ) {
     let mut consumed = 0u64;
     for (idx, within, n) in extents_of(offset, len, extent_bytes) {
@@ -754,9 +874,13 @@ fn insert_pending(
             len: n,
             data: slice,
             replicated,
+            inline,
             since: Instant::now(),
         });
         st.pending_bytes += n;
+        if inline {
+            st.inline_pending_bytes += n;
+        }
     }
 }
 
@@ -785,6 +909,7 @@ mod tests {
             len,
             data: data.map(Bytes::copy_from_slice),
             replicated: true,
+            inline: true,
             since: Instant::now(),
         }
     }
@@ -803,11 +928,20 @@ mod tests {
     #[test]
     fn a_write_across_extents_is_split_in_order() {
         let mut st = EngineState::default();
-        insert_pending(&mut st, 8, 7, 6, 4, Some(Bytes::from_static(b"WXYZ")), true);
+        insert_pending(
+            &mut st,
+            8,
+            7,
+            6,
+            4,
+            Some(Bytes::from_static(b"WXYZ")),
+            (true, true),
+        );
         assert_eq!(st.pending[&0][0].within, 6);
         assert_eq!(st.pending[&0][0].data.as_deref(), Some(&b"WX"[..]));
         assert_eq!(st.pending[&1][0].within, 0);
         assert_eq!(st.pending[&1][0].data.as_deref(), Some(&b"YZ"[..]));
         assert_eq!(st.pending_bytes, 4);
+        assert_eq!(st.inline_pending_bytes, 4);
     }
 }

@@ -38,8 +38,9 @@ type StripeResult = Result<(Stripe, Vec<u8>), GatewayError>;
 pub struct WrittenBody {
     /// Bytes received.
     pub size_bytes: u64,
-    /// MD5 of the body.
-    pub md5: [u8; 16],
+    /// MD5 of the body (the ETag of an object); `None` for `Storage::Volume`, whose
+    /// bytes have no ETag and would pay for the hash on every merge.
+    pub md5: Option<[u8; 16]>,
     /// The checksums the client asked for, computed over the body (base64).
     pub checksums: s3s::dto::Checksum,
     /// Inline bytes or durable stripes.
@@ -194,6 +195,8 @@ pub enum Storage {
     InlineWhenSmall,
     /// Always erasure-coded (parts of multipart uploads, which must concatenate).
     Striped,
+    /// Always erasure-coded, no MD5: block volume extents and journal entries.
+    Volume,
 }
 
 /// Streams `body` into the store under `policy`. `declared_len_bytes`, when known, must be
@@ -222,7 +225,7 @@ pub async fn write_body(
     let capacity = layout.stripe_capacity_bytes() as usize;
     let mut uncommitted = Uncommitted::none(inner.clone());
     let mut in_flight: FuturesOrdered<JoinHandle<StripeResult>> = FuturesOrdered::new();
-    let mut md5 = md5::Md5::new();
+    let mut md5 = (storage != Storage::Volume).then(md5::Md5::new);
     let mut missing = Vec::new();
     let mut buf = BytesMut::new();
     let mut total_bytes = 0u64;
@@ -244,7 +247,9 @@ pub async fn write_body(
                     "more bytes than Content-Length declared".into(),
                 ));
             }
-            md5.update(&chunk);
+            if let Some(md5) = &mut md5 {
+                md5.update(&chunk);
+            }
             checksum.update(&chunk);
             while chunk.has_remaining() {
                 let take = (capacity - buf.len()).min(chunk.len());
@@ -312,7 +317,7 @@ pub async fn write_body(
     };
     let written = WrittenBody {
         size_bytes: total_bytes,
-        md5: md5.finalize().into(),
+        md5: md5.map(|m| m.finalize().into()),
         checksums: checksum.finalize(),
         data,
         missing,

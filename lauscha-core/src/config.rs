@@ -255,6 +255,11 @@ pub struct GatewayConfig {
     /// Default 100.
     #[serde(default = "default_hedge_delay_ms")]
     pub hedge_delay_ms: u64,
+    /// Memory for verified shard blocks of small reads (a 4 KiB NBD read, a small S3
+    /// range), bytes; 0 turns the cache off. Blocks are content-addressed, so the cache
+    /// is never stale. Default 256 MiB.
+    #[serde(default = "default_read_cache_bytes")]
+    pub read_cache_bytes: u64,
     /// Background repair, rebalance and garbage collection.
     #[serde(default)]
     pub maintenance: MaintenanceConfig,
@@ -382,6 +387,9 @@ fn default_write_quorum_extra() -> u8 {
 fn default_hedge_delay_ms() -> u64 {
     100
 }
+fn default_read_cache_bytes() -> u64 {
+    256 << 20
+}
 
 fn default_s3_listen() -> String {
     "127.0.0.1:9000".into()
@@ -426,6 +434,7 @@ impl GatewayConfig {
             shard_rpc_timeout_ms: default_shard_rpc_timeout_ms(),
             write_quorum_extra: default_write_quorum_extra(),
             hedge_delay_ms: default_hedge_delay_ms(),
+            read_cache_bytes: default_read_cache_bytes(),
             maintenance: MaintenanceConfig::default(),
             allow_sigv2: false,
             nbd_listen: None,

@@ -4,8 +4,8 @@
 //! erasure-coded stripe set (like an object version); an absent extent reads as zeros.
 //! Writes first go to a journal recorded in metadata under the writer's lease epoch:
 //! small writes carry their bytes in the entry (replicated by Raft), larger ones as a
-//! replicated stripe set (1 data + 2 parity shards, so three copies), acknowledged once
-//! two are durable. A background merge
+//! stripe set at the volume's policy (or three copies, 1 data + 2 parity shards, while
+//! that policy cannot be placed), acknowledged at the write quorum. A background merge
 //! folds an extent's journal entries into a new extent version and swaps it in with one
 //! metadata command, so there is no write hole: an extent is either the old version plus
 //! its journal, or the new version.
@@ -255,6 +255,94 @@ pub fn extents_of(offset: u64, len: u64, extent_bytes: u64) -> Vec<(u64, u64, u6
     out
 }
 
+/// Whether writes at `pieces` (offset in the extent, length) together cover every byte of
+/// `[0, len_bytes)`: merging such an extent needs no read of its old version.
+pub fn covers(len_bytes: u64, pieces: impl IntoIterator<Item = (u64, u64)>) -> bool {
+    let mut pieces: Vec<(u64, u64)> = pieces.into_iter().filter(|(_, n)| *n > 0).collect();
+    pieces.sort_unstable();
+    let mut covered_to = 0u64;
+    for (start, n) in pieces {
+        if covered_to >= len_bytes {
+            break;
+        }
+        if start > covered_to {
+            return false;
+        }
+        covered_to = covered_to.max(start + n);
+    }
+    covered_to >= len_bytes
+}
+
+/// One extent's unmerged journal, as the merge planner sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExtentJournal {
+    /// The extent's index.
+    pub extent: u64,
+    /// Its journal entries.
+    pub entries: usize,
+    /// Their bytes (overlapping writes counted each time).
+    pub bytes: u64,
+    /// Of those, the bytes carried inline in metadata.
+    pub inline_bytes: u64,
+    /// The entries together cover every byte of the extent.
+    pub covered: bool,
+    /// Age of the oldest entry, milliseconds.
+    pub oldest_age_ms: u64,
+}
+
+/// When extents get merged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MergeLimits {
+    /// An extent whose oldest entry is this old is merged, milliseconds.
+    pub max_age_ms: u64,
+    /// An extent with this many entries is merged (reads lay every entry over the extent).
+    pub max_entries: usize,
+    /// Above this many journal bytes in the volume, the extents with the most are merged
+    /// until three quarters remain.
+    pub soft_bytes: u64,
+    /// The same for the bytes carried inline in metadata.
+    pub soft_inline_bytes: u64,
+}
+
+/// The extents to merge now, in order: those due on their own (covered whole, which makes
+/// the merge read nothing; old; many entries), then, while the volume's journal is above
+/// a soft limit, those holding the most of it. A merge rewrites the whole extent whatever
+/// it absorbs, so under pressure the biggest journals go first: each merge then frees the
+/// most for its cost.
+pub fn plan_merges(journal: &[ExtentJournal], limits: &MergeLimits) -> Vec<u64> {
+    let due = |j: &ExtentJournal| {
+        j.covered || j.oldest_age_ms >= limits.max_age_ms || j.entries >= limits.max_entries
+    };
+    let mut plan: Vec<u64> = journal
+        .iter()
+        .filter(|j| due(j))
+        .map(|j| j.extent)
+        .collect();
+    let mut rest: Vec<&ExtentJournal> = journal.iter().filter(|j| !due(j)).collect();
+    let mut bytes: u64 = rest.iter().map(|j| j.bytes).sum();
+    let mut inline: u64 = rest.iter().map(|j| j.inline_bytes).sum();
+    let inline_pressure = inline > limits.soft_inline_bytes;
+    if bytes <= limits.soft_bytes && !inline_pressure {
+        return plan;
+    }
+    if inline_pressure {
+        rest.sort_by_key(|j| std::cmp::Reverse((j.inline_bytes, j.bytes)));
+    } else {
+        rest.sort_by_key(|j| std::cmp::Reverse(j.bytes));
+    }
+    let (target_bytes, target_inline) =
+        (limits.soft_bytes / 4 * 3, limits.soft_inline_bytes / 4 * 3);
+    for j in rest {
+        if bytes <= target_bytes && inline <= target_inline {
+            break;
+        }
+        plan.push(j.extent);
+        bytes -= j.bytes;
+        inline -= j.inline_bytes;
+    }
+    plan
+}
+
 /// Checks a volume size: positive, a multiple of the block size, at most 64 TiB.
 pub fn check_size(size_bytes: u64) -> Result<(), String> {
     if size_bytes == 0 || !size_bytes.is_multiple_of(u64::from(VOLUME_BLOCK_BYTES)) {
@@ -324,7 +412,125 @@ mod tests {
         assert!(check_size(0).is_err());
     }
 
+    #[test]
+    fn coverage_needs_every_byte() {
+        assert!(covers(8, [(4, 4), (0, 4)]));
+        assert!(covers(8, [(0, 5), (3, 2), (5, 3)]));
+        assert!(!covers(8, [(0, 4), (5, 3)]), "byte 4 is missing");
+        assert!(!covers(8, [(0, 7)]));
+        assert!(covers(0, []));
+        assert!(!covers(1, [(0, 0)]));
+    }
+
+    const LIMITS: MergeLimits = MergeLimits {
+        max_age_ms: 10_000,
+        max_entries: 1024,
+        soft_bytes: 1000,
+        soft_inline_bytes: 100,
+    };
+
+    fn journal(extent: u64, bytes: u64, inline_bytes: u64) -> ExtentJournal {
+        ExtentJournal {
+            extent,
+            entries: 1,
+            bytes,
+            inline_bytes,
+            covered: false,
+            oldest_age_ms: 0,
+        }
+    }
+
+    #[test]
+    fn under_pressure_the_biggest_journals_go_first() {
+        // Nothing due, under both limits: nothing.
+        assert!(plan_merges(&[journal(0, 500, 50), journal(1, 400, 40)], &LIMITS).is_empty());
+        // Covered, old, or many entries: due on their own.
+        let mut covered = journal(7, 1, 0);
+        covered.covered = true;
+        let mut old = journal(8, 1, 0);
+        old.oldest_age_ms = 10_000;
+        let mut many = journal(9, 1, 0);
+        many.entries = 1024;
+        assert_eq!(plan_merges(&[covered, old, many], &LIMITS), vec![7, 8, 9]);
+        // 1200 bytes: merged by size until at most 750 remain.
+        let over = [journal(0, 300, 0), journal(1, 500, 0), journal(2, 400, 0)];
+        assert_eq!(plan_merges(&over, &LIMITS), vec![1]);
+        // Inline pressure goes by inline bytes, whatever the total.
+        let inline = [journal(0, 300, 10), journal(1, 100, 90), journal(2, 50, 30)];
+        assert_eq!(plan_merges(&inline, &LIMITS), vec![1]);
+    }
+
+    fn arb_journal() -> impl Strategy<Value = Vec<ExtentJournal>> {
+        proptest::collection::vec(
+            (
+                0u64..400,
+                0u64..100,
+                any::<bool>(),
+                0u64..20_000,
+                1usize..2000,
+            ),
+            0..24,
+        )
+        .prop_map(|js| {
+            js.into_iter()
+                .enumerate()
+                .map(
+                    |(i, (bytes, inline, covered, age, entries))| ExtentJournal {
+                        extent: i as u64,
+                        entries,
+                        bytes: bytes + inline,
+                        inline_bytes: inline,
+                        covered,
+                        oldest_age_ms: age,
+                    },
+                )
+                .collect()
+        })
+    }
+
     proptest! {
+        /// Every due extent is planned, once; what is left is under the limits, and if
+        /// everything was under them and nothing was due, nothing is planned.
+        #[test]
+        fn a_plan_leaves_the_journal_under_its_limits(js in arb_journal()) {
+            let plan = plan_merges(&js, &LIMITS);
+            let mut seen = std::collections::BTreeSet::new();
+            for extent in &plan {
+                prop_assert!(seen.insert(*extent), "planned twice");
+                prop_assert!(js.iter().any(|j| j.extent == *extent));
+            }
+            let left: Vec<&ExtentJournal> = js.iter().filter(|j| !seen.contains(&j.extent)).collect();
+            for j in &left {
+                prop_assert!(!j.covered && j.oldest_age_ms < LIMITS.max_age_ms && j.entries < LIMITS.max_entries);
+            }
+            let bytes: u64 = left.iter().map(|j| j.bytes).sum();
+            let inline: u64 = left.iter().map(|j| j.inline_bytes).sum();
+            prop_assert!(bytes <= LIMITS.soft_bytes && inline <= LIMITS.soft_inline_bytes);
+            let all_bytes: u64 = js.iter().map(|j| j.bytes).sum();
+            let all_inline: u64 = js.iter().map(|j| j.inline_bytes).sum();
+            if all_bytes <= LIMITS.soft_bytes && all_inline <= LIMITS.soft_inline_bytes {
+                prop_assert!(plan.iter().all(|e| {
+                    let j = js.iter().find(|j| j.extent == *e).expect("planned from the input");
+                    j.covered || j.oldest_age_ms >= LIMITS.max_age_ms || j.entries >= LIMITS.max_entries
+                }), "no pressure merges under the limits");
+            }
+        }
+
+        /// `covers` agrees with marking every byte.
+        #[test]
+        fn coverage_agrees_with_a_byte_map(
+            len in 0u64..64,
+            pieces in proptest::collection::vec((0u64..64, 0u64..32), 0..8),
+        ) {
+            let mut marked = vec![false; len as usize];
+            for (start, n) in &pieces {
+                for at in *start..(start + n).min(len) {
+                    marked[at as usize] = true;
+                }
+            }
+            prop_assert_eq!(covers(len, pieces), marked.iter().all(|m| *m));
+        }
+
         /// The pieces of a range tile it exactly, each inside one extent.
         #[test]
         fn extents_tile_the_range(offset in 0u64..1 << 30, len in 0u64..1 << 26, shift in 12u32..24) {

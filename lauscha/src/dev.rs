@@ -61,6 +61,9 @@ pub struct DevArgs {
     /// Largest object a single PUT may carry, bytes.
     #[arg(long, default_value_t = 5 << 30)]
     pub max_object_bytes: u64,
+    /// The gateway's cache of verified shard blocks for small reads, bytes; 0 turns it off.
+    #[arg(long, default_value_t = 256 << 20)]
+    pub read_cache_bytes: u64,
 }
 
 /// Root credentials, as written to `DATA_DIR/credentials.json`.
@@ -248,6 +251,7 @@ fn gateway_config(args: &DevArgs, meta: &[SocketAddr]) -> GatewayConfig {
     }
     config.region = args.region.clone();
     config.max_object_bytes = args.max_object_bytes;
+    config.read_cache_bytes = args.read_cache_bytes;
     if args.storage_nodes < 6 {
         // Fewer nodes than 4+2 needs: the best protection the nodes allow.
         let m = u8::from(args.storage_nodes >= 2).max((args.storage_nodes / 3) as u8);

@@ -174,8 +174,9 @@ pub fn list(kv: &impl KvRead, tenant: Option<&TenantId>) -> Result<Vec<Volume>, 
     }
 }
 
-/// A volume stripe as maintenance sees it: a label, the stripe, its policy (journal
-/// stripes: three copies over nodes; extents: the volume's policy).
+/// A volume stripe as maintenance sees it: a label, the stripe, its policy (extents and
+/// most journal stripes: the volume's policy; journal stripes written while it could not
+/// be placed: three copies over nodes).
 pub fn maintained_stripe(
     kv: &impl KvRead,
     id: lauscha_core::StripeId,
@@ -198,14 +199,28 @@ pub fn maintained_stripe(
             read::<Extent>(kv, &keys::volume_extent(&name, n))?.map(|e| e.data),
             volume.policy,
         ),
-        HolderKind::Journal => (
-            read::<JournalEntry>(kv, &keys::volume_journal(&name, n))?.and_then(|e| e.data),
-            lauscha_core::PlacementPolicy {
-                n_data_shards: 1,
-                n_parity_shards: 2,
-                spread: lauscha_core::SpreadLevel::Node,
-            },
-        ),
+        HolderKind::Journal => {
+            let data =
+                read::<JournalEntry>(kv, &keys::volume_journal(&name, n))?.and_then(|e| e.data);
+            // A journal entry is at the volume's policy, or three copies where that could
+            // not be written (nodes down).
+            let at_volume_policy = matches!(
+                &data,
+                Some(ObjectData::Striped { n_data_shards, n_parity_shards, .. })
+                    if (*n_data_shards, *n_parity_shards)
+                        == (volume.policy.n_data_shards, volume.policy.n_parity_shards)
+            );
+            let policy = if at_volume_policy {
+                volume.policy
+            } else {
+                lauscha_core::PlacementPolicy {
+                    n_data_shards: 1,
+                    n_parity_shards: 2,
+                    spread: lauscha_core::SpreadLevel::Node,
+                }
+            };
+            (data, policy)
+        }
     };
     let stripe = stripes(&data).iter().find(|s| s.id == id).cloned();
     Ok(stripe.map(|s| {
