@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use lauscha_core::checksum::{
     BlockHash, SHARD_BLOCK_BYTES, covering_blocks, n_blocks, verify_block,
@@ -401,8 +401,7 @@ impl NodePool {
             ));
         }
         let span_start = blocks.start * SHARD_BLOCK_BYTES;
-        let mut out =
-            BytesMut::with_capacity(((blocks.end - blocks.start) * SHARD_BLOCK_BYTES) as usize);
+        let mut received = Vec::with_capacity((blocks.end - blocks.start) as usize);
         let mut block_idx = blocks.start;
         while let Some(message) = stream.next().await {
             let message = message.map_err(|s| ShardIoError::from_status(s, id, node))?;
@@ -424,7 +423,7 @@ impl NodePool {
             if let Some(cache) = cache {
                 cache.insert(digest, block_idx, &block);
             }
-            out.extend_from_slice(&block);
+            received.push(block);
             block_idx += 1;
         }
         if block_idx != blocks.end {
@@ -434,7 +433,7 @@ impl NodePool {
             ));
         }
         let start = (offset - span_start) as usize;
-        Ok(out.freeze().slice(start..start + len_bytes as usize))
+        Ok(crate::read::concat_bytes(received).slice(start..start + len_bytes as usize))
     }
 
     /// Deletes a shard, logging (not returning) a failure: used to clean up after a write

@@ -240,9 +240,22 @@ async fn read_stripe(
 }
 
 fn concat(pieces: Vec<Option<Bytes>>) -> Bytes {
-    let mut out = BytesMut::new();
-    for piece in pieces {
-        out.extend_from_slice(&piece.expect("every piece present"));
+    concat_bytes(
+        pieces
+            .into_iter()
+            .map(|p| p.expect("every piece present"))
+            .collect(),
+    )
+}
+
+/// The bytes of `pieces` in order; a single piece (most small reads) is not copied.
+pub(crate) fn concat_bytes(mut pieces: Vec<Bytes>) -> Bytes {
+    if pieces.len() == 1 {
+        return pieces.pop().expect("one piece");
+    }
+    let mut out = BytesMut::with_capacity(pieces.iter().map(Bytes::len).sum());
+    for piece in &pieces {
+        out.extend_from_slice(piece);
     }
     out.freeze()
 }

@@ -183,10 +183,11 @@ async fn read_data(
         data: data.clone(),
     };
     let mut stream = read::open_range(inner, &version, range.clone()).await?;
-    let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
+    let mut chunks = Vec::with_capacity(1);
     while let Some(chunk) = stream.next().await {
-        out.extend_from_slice(&chunk.map_err(|e| GatewayError::Internal(e.to_string()))?);
+        chunks.push(chunk.map_err(|e| GatewayError::Internal(e.to_string()))?);
     }
+    let out = read::concat_bytes(chunks);
     if out.len() as u64 != range.end - range.start {
         return Err(GatewayError::Internal(format!(
             "short read: {} of {} bytes",
@@ -194,7 +195,7 @@ async fn read_data(
             range.end - range.start
         )));
     }
-    Ok(out.freeze())
+    Ok(out)
 }
 
 /// Writes `bytes` under `policy`; returns the stripes and whether every shard is durable.
@@ -478,7 +479,7 @@ impl VolumeEngine {
     /// Reads `len` bytes at `offset`.
     pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes, VolumeError> {
         let ext = self.volume.extent_bytes;
-        let mut out = BytesMut::with_capacity(len as usize);
+        let mut pieces = Vec::with_capacity(1);
         for (idx, within, n) in extents_of(offset, len, ext) {
             let (base, pending) = {
                 let st = self.state.lock().expect("volume state lock");
@@ -492,18 +493,22 @@ impl VolumeEngine {
                     .collect();
                 (st.extents.get(&idx).cloned(), overlapping)
             };
-            let mut buf = match base {
-                Some(data) => BytesMut::from(
-                    &read_data(&self.inner, &data, ext, within..within + n).await?[..],
-                ),
-                None => BytesMut::zeroed(n as usize),
+            let stored = match base {
+                Some(data) => read_data(&self.inner, &data, ext, within..within + n).await?,
+                None => Bytes::from(vec![0u8; n as usize]),
             };
-            for p in &pending {
-                overlay(&mut buf, within, p);
-            }
-            out.extend_from_slice(&buf);
+            let piece = if pending.is_empty() {
+                stored
+            } else {
+                let mut buf = BytesMut::from(&stored[..]);
+                for p in &pending {
+                    overlay(&mut buf, within, p);
+                }
+                buf.freeze()
+            };
+            pieces.push(piece);
         }
-        Ok(out.freeze())
+        Ok(read::concat_bytes(pieces))
     }
 
     /// Writes `data` at `offset` (`None`: zeros). With `fua`, returns only once the

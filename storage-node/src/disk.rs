@@ -245,18 +245,39 @@ impl ShardStore for DiskShardStore {
                 }
                 covering_blocks(offset, len_bytes)
             };
+            let data_offset = format::header_len_bytes(shard_len_bytes);
+            // A range of one batch (every small read) is read here, in the same trip to
+            // the blocking pool as the header.
+            let (ready, prefetch_error, next_block_idx) =
+                if blocks.end - blocks.start <= READ_BATCH_BLOCKS {
+                    let expected = &block_hashes[blocks.start as usize..blocks.end as usize];
+                    match read_verified_blocks(
+                        &file,
+                        id,
+                        data_offset,
+                        shard_len_bytes,
+                        blocks.clone(),
+                        expected,
+                    ) {
+                        Ok(read) => (read.into(), None, blocks.end),
+                        Err(e) => (Default::default(), Some(e), blocks.end),
+                    }
+                } else {
+                    (Default::default(), None, blocks.start)
+                };
             Ok(DiskBlockReader {
                 id,
                 file: Arc::new(file),
-                data_offset: format::header_len_bytes(shard_len_bytes),
+                data_offset,
                 header: ShardHeader {
                     shard_len_bytes,
                     block_hashes,
                 },
-                next_block_idx: blocks.start,
+                next_block_idx,
                 first_block_idx: blocks.start,
                 end_block_idx: blocks.end,
-                ready: std::collections::VecDeque::new(),
+                ready,
+                prefetch_error,
                 failed: false,
             })
         })
@@ -521,7 +542,44 @@ pub struct DiskBlockReader {
     end_block_idx: u64,
     /// Verified blocks of the current batch not handed out yet.
     ready: std::collections::VecDeque<Bytes>,
+    /// The failure of the batch read at open, handed out after its good blocks.
+    prefetch_error: Option<ShardError>,
     failed: bool,
+}
+
+/// Reads blocks `first..end` of a shard and checks each against its hash.
+fn read_verified_blocks(
+    file: &File,
+    id: ShardId,
+    data_offset: u64,
+    shard_len: u64,
+    blocks: std::ops::Range<u64>,
+    expected: &[BlockHash],
+) -> Result<Vec<Bytes>, ShardError> {
+    let first = blocks.start;
+    let len: u64 = blocks.clone().map(|b| block_len_bytes(shard_len, b)).sum();
+    let mut buf = vec![0u8; len as usize];
+    read_exact_at_or_corrupt(
+        file,
+        id,
+        &mut buf,
+        data_offset + first * SHARD_BLOCK_BYTES,
+        "data",
+    )?;
+    let buf = Bytes::from(buf);
+    let mut out = Vec::with_capacity(expected.len());
+    for (i, hash) in expected.iter().enumerate() {
+        let start = i * SHARD_BLOCK_BYTES as usize;
+        let block = buf.slice(start..(start + SHARD_BLOCK_BYTES as usize).min(buf.len()));
+        if !lauscha_core::checksum::verify_block(&block, hash) {
+            return Err(ShardError::Corrupt {
+                id,
+                what: format!("block {}", first + i as u64),
+            });
+        }
+        out.push(block);
+    }
+    Ok(out)
 }
 
 impl BlockReader for DiskBlockReader {
@@ -537,6 +595,10 @@ impl BlockReader for DiskBlockReader {
         if let Some(block) = self.ready.pop_front() {
             return Some(Ok(block));
         }
+        if let Some(e) = self.prefetch_error.take() {
+            self.failed = true;
+            return Some(Err(e));
+        }
         if self.failed || self.next_block_idx >= self.end_block_idx {
             return None;
         }
@@ -547,26 +609,9 @@ impl BlockReader for DiskBlockReader {
         let shard_len = self.header.shard_len_bytes;
         let expected: Vec<BlockHash> =
             self.header.block_hashes[first as usize..end as usize].to_vec();
-        let (file, id) = (self.file.clone(), self.id);
-        let offset = self.data_offset + first * SHARD_BLOCK_BYTES;
+        let (file, id, data_offset) = (self.file.clone(), self.id, self.data_offset);
         let result = blocking(move || {
-            let len: u64 = (first..end).map(|b| block_len_bytes(shard_len, b)).sum();
-            let mut buf = vec![0u8; len as usize];
-            read_exact_at_or_corrupt(&file, id, &mut buf, offset, "data")?;
-            let buf = Bytes::from(buf);
-            let mut blocks = Vec::with_capacity(expected.len());
-            for (i, hash) in expected.iter().enumerate() {
-                let start = i * SHARD_BLOCK_BYTES as usize;
-                let block = buf.slice(start..(start + SHARD_BLOCK_BYTES as usize).min(buf.len()));
-                if !lauscha_core::checksum::verify_block(&block, hash) {
-                    return Err(ShardError::Corrupt {
-                        id,
-                        what: format!("block {}", first + i as u64),
-                    });
-                }
-                blocks.push(block);
-            }
-            Ok(blocks)
+            read_verified_blocks(&file, id, data_offset, shard_len, first..end, &expected)
         })
         .await;
         match result {
