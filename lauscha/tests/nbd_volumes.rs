@@ -660,3 +660,66 @@ fn a_name_created_again_is_never_served_by_the_engine_of_the_volume_it_replaced(
     // The new snapshot reads as its own (zeros), not as the attached old one.
     qemu_io_ro(&format!("nbd://{addr}/v@s"), &["read -P 0 0 64k"]);
 }
+
+/// The gateway's block cache (`/metrics`): (hits, misses).
+fn read_cache_counts(dev: &Dev) -> (u64, u64) {
+    let admin = dev.cluster["admin_endpoint"]
+        .as_str()
+        .expect("admin endpoint");
+    let (status, _, body) = raw_http(admin, "GET", "/metrics", &[], b"");
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body).unwrap();
+    let value = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+    };
+    (
+        value("lauscha_read_cache_hits_total"),
+        value("lauscha_read_cache_misses_total"),
+    )
+}
+
+/// Small reads come from the block cache once read, and a rewritten block is never
+/// answered from the cache with its old bytes (each qemu-io run attaches and, when it
+/// detaches, merges its writes into a new extent version).
+#[test]
+fn the_read_cache_answers_repeated_reads_and_never_with_old_bytes() {
+    let dev = Dev::start(&[]);
+    let uri = volume(&dev, "cached", "64M");
+    qemu_io(&uri, &["write -P 0x11 0 8M"]);
+    let before = read_cache_counts(&dev);
+    qemu_io(
+        &uri,
+        &[
+            "read -P 0x11 4k 4k",
+            "read -P 0x11 4k 4k",
+            "read -P 0x11 5M 4k",
+        ],
+    );
+    let after = read_cache_counts(&dev);
+    assert!(
+        after.1 > before.1,
+        "the first reads went to the nodes: {after:?}"
+    );
+    assert!(after.0 > before.0, "the repeated read was a hit: {after:?}");
+    // Rewritten and merged: the same offsets now hold other bytes in another stripe.
+    qemu_io(&uri, &["write -P 0x22 4k 4k", "write -P 0x33 5M 1M"]);
+    qemu_io(
+        &uri,
+        &[
+            "read -P 0x22 4k 4k",
+            "read -P 0x11 0 4k",
+            "read -P 0x11 8k 4k",
+            "read -P 0x33 5M 4k",
+            "read -P 0x22 4k 4k",
+        ],
+    );
+    // With the cache off every read goes to the nodes, and the bytes are the same.
+    drop(dev);
+    let dev = Dev::start(&["--read-cache-bytes", "0"]);
+    let uri = volume(&dev, "uncached", "64M");
+    qemu_io(&uri, &["write -P 0x44 0 4M"]);
+    qemu_io(&uri, &["read -P 0x44 4k 4k", "read -P 0x44 4k 4k"]);
+    assert_eq!(read_cache_counts(&dev), (0, 0));
+}
