@@ -399,8 +399,10 @@ impl VolumeEngine {
             st.extents.insert(*idx, extent.data.clone());
         }
         for (seq, offset, len, data, inline) in loaded {
-            // Whether every copy survived is unknown: treat as not replicated, so that
-            // the next FLUSH or merge settles it.
+            // An inline entry is in Raft, committed on a majority of voters. Whether every
+            // shard of a stored one survived is unknown: treat it as short, so that the
+            // next FLUSH or merge settles it.
+            let replicated = inline;
             insert_pending(
                 &mut st,
                 self.volume.extent_bytes,
@@ -408,7 +410,7 @@ impl VolumeEngine {
                 offset,
                 len,
                 data,
-                (false, inline),
+                (replicated, inline),
             );
         }
         Ok(())
