@@ -71,22 +71,26 @@ impl BlockCache {
                 .map(|idx| cache.get(&(*digest, idx)).cloned())
                 .collect()
         };
-        let Some(found) = found else {
-            self.misses.fetch_add(1, Ordering::Relaxed);
-            return None;
-        };
-        self.hits.fetch_add(1, Ordering::Relaxed);
         let start = (offset - blocks.start * SHARD_BLOCK_BYTES) as usize;
         let end = start + len_bytes as usize;
-        if let [block] = found.as_slice() {
-            // The common case (a 4 KiB read): no copy.
-            return (end <= block.len()).then(|| block.slice(start..end));
-        }
-        let mut joined = BytesMut::with_capacity(found.iter().map(Bytes::len).sum());
-        for block in &found {
-            joined.extend_from_slice(block);
-        }
-        (end <= joined.len()).then(|| joined.freeze().slice(start..end))
+        let answer = found.and_then(|found| {
+            if let [block] = found.as_slice() {
+                // The common case (a 4 KiB read): no copy.
+                return (end <= block.len()).then(|| block.slice(start..end));
+            }
+            let mut joined = BytesMut::with_capacity(found.iter().map(Bytes::len).sum());
+            for block in &found {
+                joined.extend_from_slice(block);
+            }
+            (end <= joined.len()).then(|| joined.freeze().slice(start..end))
+        });
+        let counter = if answer.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        answer
     }
 
     /// Keeps a block that matched its hash, in a block table that matched `digest`. It is
@@ -148,6 +152,7 @@ mod tests {
         cache.insert(&short, 2, &block(9, 5000));
         assert!(cache.get(&short, 2 * B, 5000).is_some());
         assert_eq!(cache.get(&short, 2 * B + 4096, 4096), None);
+        assert_eq!(cache.stats(), BlockCacheStats { hits: 1, misses: 2 });
     }
 
     #[test]

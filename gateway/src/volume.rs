@@ -226,11 +226,16 @@ async fn store(
 /// before). Tries again (the node pool then avoids the nodes that just failed) while
 /// not every shard is durable: a FLUSH needs them all, and settling a short entry later
 /// would mean a merge at full erasure-coded redundancy.
+///
+/// The flag returned says whether the bytes survive the loss of any m nodes (m of the
+/// volume's policy): every shard durable, and as much parity as the volume's. Three
+/// copies of a volume with m = 3 are not enough; FLUSH then merges the extent.
 async fn store_journal(
     inner: &Arc<Inner>,
     policy: PlacementPolicy,
     bytes: Bytes,
 ) -> Result<(ObjectData, bool, write::Uncommitted), GatewayError> {
+    let volume_parity = policy.n_parity_shards;
     let (policy, mut attempt) = match store(inner, policy, bytes.clone()).await {
         Ok(stored) => (policy, stored),
         Err(e @ (GatewayError::Placement(_) | GatewayError::BelowWriteQuorum { .. }))
@@ -257,6 +262,7 @@ async fn store_journal(
             }
         }
     }
+    attempt.1 &= policy.n_parity_shards >= volume_parity;
     Ok(attempt)
 }
 
@@ -365,14 +371,23 @@ impl VolumeEngine {
         let (weak, wanted) = (Arc::downgrade(&engine), engine.merge_wanted.clone());
         tokio::spawn(async move {
             loop {
-                {
+                let all_merged = {
                     let Some(engine) = weak.upgrade() else { return };
                     if engine.is_fenced() {
                         return;
                     }
-                    if let Err(e) = engine.merge_due(false).await {
-                        warn!(volume = %engine.volume.name, error = %e, "merge failed; retried later");
+                    match engine.merge_due(false).await {
+                        Ok(all_merged) => all_merged,
+                        Err(e) => {
+                            warn!(volume = %engine.volume.name, error = %e, "merge failed; retried later");
+                            false
+                        }
                     }
+                };
+                if !all_merged {
+                    // Nodes are missing: writes keep waking the merger, but trying again
+                    // at once would write and delete whole extents in a loop.
+                    tokio::time::sleep(MERGE_CHECK_EVERY).await;
                 }
                 // A wake-up while merging left a permit: nothing is missed.
                 tokio::select! {
@@ -632,8 +647,8 @@ impl VolumeEngine {
         Ok(())
     }
 
-    /// Makes every acknowledged write survive the loss of any m storage nodes: extents
-    /// with journal entries that lack a copy are merged (at full redundancy).
+    /// Makes every acknowledged write survive the loss of any m storage nodes: journal
+    /// entries short of that are written again (`settle`), or their extents merged.
     pub async fn flush(&self) -> Result<(), VolumeError> {
         if self.volume.read_only {
             return Ok(());
@@ -649,6 +664,10 @@ impl VolumeEngine {
                 .map(|(i, _)| *i)
                 .collect()
         };
+        if unreplicated.is_empty() {
+            // Every entry is already safe: no need to wait for a merge in progress.
+            return Ok(());
+        }
         self.settle(&unreplicated).await
     }
 
@@ -673,8 +692,20 @@ impl VolumeEngine {
                     self.mark_replicated(*idx, p.seq);
                     continue;
                 };
-                let (data, replicated, uncommitted) =
-                    store_journal(&self.inner, self.volume.policy, bytes).await?;
+                let (data, replicated, uncommitted) = match store_journal(
+                    &self.inner,
+                    self.volume.policy,
+                    bytes,
+                )
+                .await
+                {
+                    Ok(stored) => stored,
+                    Err(e) => {
+                        warn!(volume = %self.volume.name, extent = idx, error = %e, "journal rewrite failed; merging the extent instead");
+                        all_settled = false;
+                        continue;
+                    }
+                };
                 if !replicated {
                     all_settled = false;
                     continue;
@@ -717,22 +748,37 @@ impl VolumeEngine {
         }
     }
 
+    /// Waits while the journal is over a hard limit, merging (above the hard limits means
+    /// over the soft ones, so the plan brings it under). Fails when merges make no room:
+    /// the inline limit keeps the volume attachable, so it is never exceeded.
     async fn wait_for_room(&self) -> Result<(), VolumeError> {
-        let full = {
+        let journal_bytes = || {
             let st = self.state.lock().expect("volume state lock");
-            st.pending_bytes > MAX_PENDING_BYTES
-                || st.inline_pending_bytes > MAX_INLINE_PENDING_BYTES
+            (st.pending_bytes, st.inline_pending_bytes)
         };
-        if full {
-            // Above the hard limits, over the soft ones: the plan brings the journal under.
-            self.merge_due(false).await?;
+        loop {
+            let before = journal_bytes();
+            if before.0 <= MAX_PENDING_BYTES && before.1 <= MAX_INLINE_PENDING_BYTES {
+                return Ok(());
+            }
+            let all_merged = self.merge_due(false).await?;
+            let after = journal_bytes();
+            if !all_merged && after.0 >= before.0 && after.1 >= before.1 {
+                return Err(GatewayError::NotFullyRedundant(format!(
+                    "volume {}: the journal is full and its extents cannot be merged at full \
+                     redundancy now",
+                    self.volume.name
+                ))
+                .into());
+            }
         }
-        Ok(())
     }
 
-    /// Merges the extents that are due (or all with `everything`).
-    pub async fn merge_due(&self, everything: bool) -> Result<(), VolumeError> {
-        let _guard = self.merging.lock().await;
+    /// Merges the extents that are due (or all with `everything`), one at a time under the
+    /// merge lock, so that a FLUSH waits for one merge, not a whole plan. Returns false
+    /// when a merge could not write at full redundancy (the rest of the plan is left for
+    /// later: nodes are missing, and the others would fail alike).
+    pub async fn merge_due(&self, everything: bool) -> Result<bool, VolumeError> {
         let due: Vec<u64> = {
             let st = self.state.lock().expect("volume state lock");
             if everything {
@@ -750,9 +796,12 @@ impl VolumeEngine {
             if self.is_fenced() {
                 return Err(VolumeError::Fenced);
             }
-            self.merge_extent(idx).await?;
+            let _guard = self.merging.lock().await;
+            if !self.merge_extent(idx).await? {
+                return Ok(false);
+            }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Folds an extent's journal entries into a new extent version. Returns false when the
@@ -875,15 +924,22 @@ fn insert_pending(
             .as_ref()
             .map(|d| d.slice(consumed as usize..(consumed + n) as usize));
         consumed += n;
-        st.pending.entry(idx).or_default().push(Pending {
-            seq,
-            within,
-            len: n,
-            data: slice,
-            replicated,
-            inline,
-            since: Instant::now(),
-        });
+        // In sequence order, as the journal is replayed at attach and copied by snapshots:
+        // two overlapping writes in flight at once may be answered in the other order.
+        let list = st.pending.entry(idx).or_default();
+        let at = list.partition_point(|p| p.seq < seq);
+        list.insert(
+            at,
+            Pending {
+                seq,
+                within,
+                len: n,
+                data: slice,
+                replicated,
+                inline,
+                since: Instant::now(),
+            },
+        );
         st.pending_bytes += n;
         if inline {
             st.inline_pending_bytes += n;

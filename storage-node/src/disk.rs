@@ -542,7 +542,8 @@ pub struct DiskBlockReader {
     end_block_idx: u64,
     /// Verified blocks of the current batch not handed out yet.
     ready: std::collections::VecDeque<Bytes>,
-    /// The failure of the batch read at open, handed out after its good blocks.
+    /// The failure of the batch read at open (none of its blocks are handed out), given
+    /// as the first block, as a read after the header would have failed.
     prefetch_error: Option<ShardError>,
     failed: bool,
 }
