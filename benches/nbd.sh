@@ -28,6 +28,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
+: >"$DIR/dev.out" # tail -f below must find it even before the server starts
 "$BIN" dev --data-dir "$DIR/data" --s3-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
     --nbd-listen 127.0.0.1:0 >"$DIR/dev.out" 2>"$DIR/dev.log" &
 pid=$!
@@ -90,6 +91,7 @@ done
 # server with the cache off, as a ratio to the same qemu-nbd number.
 ADMIN=$(python3 -c "import json; print(json.load(open('$DIR/data/cluster.json'))['admin_endpoint'])")
 curl -fsS "$ADMIN/metrics" | awk '/^lauscha_read_cache_(hits|misses)_total/ {print $1 "=" $2}'
+: >"$DIR/nocache.out" # tail -f below must find it even before the server starts
 "$BIN" dev --data-dir "$DIR/nocache" --s3-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
     --nbd-listen 127.0.0.1:0 --read-cache-bytes 0 >"$DIR/nocache.out" 2>"$DIR/nocache.log" &
 tpid=$!
@@ -119,6 +121,7 @@ mkdir -p "$DIR/pki/client"
     done
     cp ca-cert.pem client-cert.pem client-key.pem client/
 )
+: >"$DIR/tls.out" # tail -f below must find it even before the server starts
 "$BIN" dev --data-dir "$DIR/tls" --s3-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
     --nbd-listen 127.0.0.1:0 --nbd-tls-cert "$DIR/pki/server-cert.pem" \
     --nbd-tls-key "$DIR/pki/server-key.pem" --nbd-tls-client-ca "$DIR/pki/ca-cert.pem" \
@@ -159,9 +162,16 @@ amp() { # NAME FIO_ARGS...
     local before after
     before=$(written)
     fio --name="$name" --ioengine=nbd --uri="$NBD/amp" --size=64M "$@" >/dev/null
-    # Let the journal merge (the server detaches after the client has gone).
-    sleep 8
-    after=$(written)
+    # The server merges the journal when the client has gone: wait until it has written
+    # nothing for 2 s (at most 120 s).
+    local last=-1 quiet=0
+    for _ in $(seq 240); do
+        after=$(written)
+        if [[ $after == "$last" ]]; then quiet=$((quiet + 1)); else quiet=0; fi
+        ((quiet >= 4)) && break
+        last=$after
+        sleep 0.5
+    done
     python3 -c "print(f'${name}_storage_bytes_per_client_byte={($after - $before) / (64 << 20):.1f}')"
 }
 amp amp_randwrite4k --rw=randwrite --bs=4k --iodepth=32
