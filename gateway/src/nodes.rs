@@ -316,7 +316,8 @@ impl NodePool {
         len_bytes: u64,
     ) -> Result<Bytes, ShardIoError> {
         let node = shard.node;
-        let (start, len) = if len_bytes == 0 {
+        let whole = len_bytes == 0;
+        let (start, len) = if whole {
             (0, shard.shard_len_bytes)
         } else {
             (offset, len_bytes)
@@ -330,7 +331,7 @@ impl NodePool {
         }
         let result = tokio::time::timeout(
             self.rpc_timeout,
-            self.read_shard_inner(map, shard, offset, len_bytes, cache),
+            self.read_shard_inner(map, shard, start, len, whole, cache),
         )
         .await
         .unwrap_or_else(|_| Err(ShardIoError::Unreachable(node, "read timed out".into())));
@@ -344,6 +345,7 @@ impl NodePool {
         shard: ShardRef<'_>,
         offset: u64,
         len_bytes: u64,
+        whole: bool,
         cache: Option<&BlockCache>,
     ) -> Result<Bytes, ShardIoError> {
         let ShardRef {
@@ -352,12 +354,6 @@ impl NodePool {
             digest,
             shard_len_bytes,
         } = shard;
-        let whole = len_bytes == 0;
-        let (offset, len_bytes) = if whole {
-            (0, shard_len_bytes)
-        } else {
-            (offset, len_bytes)
-        };
         if len_bytes == 0 {
             return Ok(Bytes::new());
         }
@@ -365,7 +361,8 @@ impl NodePool {
         let mut client = self.client(node, map)?;
         let request = pb::GetShardRequest {
             id: Some(id.into()),
-            offset: if whole { 0 } else { offset },
+            // (0, 0) asks the node for the whole shard.
+            offset,
             len_bytes: if whole { 0 } else { len_bytes },
         };
         let mut stream = client

@@ -32,10 +32,10 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use lauscha_core::versioning::{MetaQuery, MetaQueryReply, ObjectCommand, ObjectCommandReply};
 use lauscha_core::volume::{
-    ExtentJournal, JournalEntry, MergeLimits, Volume, VolumeCommand, VolumeReply, VolumeState,
-    covers, extents_of, plan_merges,
+    ExtentJournal, JOURNAL_COPIES_POLICY, JournalEntry, MergeLimits, Volume, VolumeCommand,
+    VolumeReply, VolumeState, covers, extents_of, plan_merges,
 };
-use lauscha_core::{ObjectData, ObjectVersion, PlacementPolicy, SpreadLevel, TenantId};
+use lauscha_core::{ObjectData, ObjectVersion, PlacementPolicy, TenantId};
 use s3s::checksum::ChecksumHasher;
 use s3s::dto::StreamingBlob;
 use tracing::{info, warn};
@@ -67,13 +67,6 @@ const MERGE_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// rather than as stripes on storage nodes.
 const INLINE_JOURNAL_BYTES: u64 = 64 * 1024;
 
-/// Three copies of each journaled write.
-const JOURNAL_POLICY: PlacementPolicy = PlacementPolicy {
-    n_data_shards: 1,
-    n_parity_shards: 2,
-    spread: SpreadLevel::Node,
-};
-
 /// One unmerged write, as it applies to one extent.
 #[derive(Clone, Debug)]
 struct Pending {
@@ -103,17 +96,14 @@ impl EngineState {
     /// Extent `idx`'s journal, for the merge planner.
     fn extent_journal(&self, idx: u64, extent_len: u64) -> Option<ExtentJournal> {
         let ps = self.pending.get(&idx).filter(|ps| !ps.is_empty())?;
+        let oldest = ps.iter().map(|p| p.since).min()?;
         Some(ExtentJournal {
             extent: idx,
             entries: ps.len(),
             bytes: ps.iter().map(|p| p.len).sum(),
             inline_bytes: ps.iter().filter(|p| p.inline).map(|p| p.len).sum(),
             covered: covers(extent_len, ps.iter().map(|p| (p.within, p.len))),
-            oldest_age_ms: ps
-                .iter()
-                .map(|p| p.since.elapsed().as_millis() as u64)
-                .max()
-                .unwrap_or(0),
+            oldest_age_ms: oldest.elapsed().as_millis() as u64,
         })
     }
 
@@ -122,7 +112,7 @@ impl EngineState {
     fn merge_wanted(&self, extent: Option<ExtentJournal>) -> bool {
         self.pending_bytes > MERGE_LIMITS.soft_bytes
             || self.inline_pending_bytes > MERGE_LIMITS.soft_inline_bytes
-            || extent.is_some_and(|j| !plan_merges(&[j], &MERGE_LIMITS).is_empty())
+            || extent.is_some_and(|j| j.is_due(&MERGE_LIMITS))
     }
 }
 
@@ -239,12 +229,12 @@ async fn store_journal(
     let (policy, mut attempt) = match store(inner, policy, bytes.clone()).await {
         Ok(stored) => (policy, stored),
         Err(e @ (GatewayError::Placement(_) | GatewayError::BelowWriteQuorum { .. }))
-            if policy != JOURNAL_POLICY =>
+            if policy != JOURNAL_COPIES_POLICY =>
         {
             warn!(error = %e, "journal write at the volume's policy failed; three copies instead");
             (
-                JOURNAL_POLICY,
-                store(inner, JOURNAL_POLICY, bytes.clone()).await?,
+                JOURNAL_COPIES_POLICY,
+                store(inner, JOURNAL_COPIES_POLICY, bytes.clone()).await?,
             )
         }
         Err(e) => return Err(e),
@@ -406,7 +396,7 @@ impl VolumeEngine {
                 Some(d) => Some(read_data(&self.inner, d, entry.len, 0..entry.len).await?),
                 None => None,
             };
-            let inline = matches!(entry.data, Some(ObjectData::Inline(_)));
+            let inline = is_inline(&entry.data);
             loaded.push((*seq, entry.offset, entry.len, data, inline));
         }
         let mut st = self.state.lock().expect("volume state lock");
@@ -627,10 +617,7 @@ impl VolumeEngine {
                     *o,
                     *n,
                     bytes.clone(),
-                    (
-                        *piece_replicated,
-                        matches!(data, Some(ObjectData::Inline(_))),
-                    ),
+                    (*piece_replicated, is_inline(data)),
                 );
                 extents_touched.push(o / self.volume.extent_bytes);
             }
@@ -906,6 +893,11 @@ async fn volume_state(inner: &Inner, name: &str) -> Result<VolumeState, GatewayE
             "metadata answered {other:?}"
         ))),
     }
+}
+
+/// Whether a journal entry's bytes travel inside its metadata record.
+fn is_inline(data: &Option<ObjectData>) -> bool {
+    matches!(data, Some(ObjectData::Inline(_)))
 }
 
 /// Records a write in the per-extent pending lists.

@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ObjectData, PlacementPolicy, TenantId};
+use crate::{ObjectData, PlacementPolicy, SpreadLevel, TenantId};
 
 /// Block size the NBD server advertises and every request must be aligned to.
 pub const VOLUME_BLOCK_BYTES: u32 = 4096;
@@ -255,6 +255,14 @@ pub fn extents_of(offset: u64, len: u64, extent_bytes: u64) -> Vec<(u64, u64, u6
     out
 }
 
+/// Three copies (1 data + 2 parity shards over nodes): the policy of a journal stripe
+/// written while the volume's own policy could not be placed.
+pub const JOURNAL_COPIES_POLICY: PlacementPolicy = PlacementPolicy {
+    n_data_shards: 1,
+    n_parity_shards: 2,
+    spread: SpreadLevel::Node,
+};
+
 /// Whether writes at `pieces` (offset in the extent, length) together cover every byte of
 /// `[0, len_bytes)`: merging such an extent needs no read of its old version.
 pub fn covers(len_bytes: u64, pieces: impl IntoIterator<Item = (u64, u64)>) -> bool {
@@ -290,6 +298,16 @@ pub struct ExtentJournal {
     pub oldest_age_ms: u64,
 }
 
+impl ExtentJournal {
+    /// Due on its own, whatever the rest of the volume holds: covered whole (the merge
+    /// then reads nothing), old, or many entries.
+    pub fn is_due(&self, limits: &MergeLimits) -> bool {
+        self.covered
+            || self.oldest_age_ms >= limits.max_age_ms
+            || self.entries >= limits.max_entries
+    }
+}
+
 /// When extents get merged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MergeLimits {
@@ -310,15 +328,9 @@ pub struct MergeLimits {
 /// it absorbs, so under pressure the biggest journals go first: each merge then frees the
 /// most for its cost.
 pub fn plan_merges(journal: &[ExtentJournal], limits: &MergeLimits) -> Vec<u64> {
-    let due = |j: &ExtentJournal| {
-        j.covered || j.oldest_age_ms >= limits.max_age_ms || j.entries >= limits.max_entries
-    };
-    let mut plan: Vec<u64> = journal
-        .iter()
-        .filter(|j| due(j))
-        .map(|j| j.extent)
-        .collect();
-    let mut rest: Vec<&ExtentJournal> = journal.iter().filter(|j| !due(j)).collect();
+    let (due, mut rest): (Vec<&ExtentJournal>, Vec<&ExtentJournal>) =
+        journal.iter().partition(|j| j.is_due(limits));
+    let mut plan: Vec<u64> = due.iter().map(|j| j.extent).collect();
     let mut bytes: u64 = rest.iter().map(|j| j.bytes).sum();
     let mut inline: u64 = rest.iter().map(|j| j.inline_bytes).sum();
     let inline_pressure = inline > limits.soft_inline_bytes;

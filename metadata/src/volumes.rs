@@ -213,11 +213,7 @@ pub fn maintained_stripe(
             let policy = if at_volume_policy {
                 volume.policy
             } else {
-                lauscha_core::PlacementPolicy {
-                    n_data_shards: 1,
-                    n_parity_shards: 2,
-                    spread: lauscha_core::SpreadLevel::Node,
-                }
+                lauscha_core::volume::JOURNAL_COPIES_POLICY
             };
             (data, policy)
         }
