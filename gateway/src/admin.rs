@@ -486,6 +486,16 @@ fn metrics(inner: &Inner, maintenance: &Maintenance) -> Response<Full<Bytes>> {
             cache.map_or(0, |c| c.misses),
         ),
         (
+            "lauscha_volume_merges_adopted_total",
+            "Volume extent merges that adopted the journal's stripes, writing nothing.",
+            inner.merges.adopted.load(Ordering::Relaxed),
+        ),
+        (
+            "lauscha_volume_merges_rewritten_total",
+            "Volume extent merges that wrote the extent again.",
+            inner.merges.rewritten.load(Ordering::Relaxed),
+        ),
+        (
             "lauscha_maintenance_passes_total",
             "Maintenance passes completed.",
             s.passes.load(Ordering::Relaxed),

@@ -43,6 +43,17 @@ pub struct Inner {
     stripe_memory: Arc<Semaphore>,
     keys: Mutex<HashMap<AccessKeyId, (KeyEntry, Instant)>>,
     buckets: Mutex<HashMap<lauscha_core::BucketName, (BucketView, Instant)>>,
+    /// Block volume merges of this process, by kind (for `/metrics`).
+    pub merges: MergeStats,
+}
+
+/// Counts of block volume merges (`VolumeEngine::merge_extent`).
+#[derive(Debug, Default)]
+pub struct MergeStats {
+    /// Merges that adopted the journal's own stripes as the extent: nothing written.
+    pub adopted: std::sync::atomic::AtomicU64,
+    /// Merges that wrote the extent again (or removed it, all zeros).
+    pub rewritten: std::sync::atomic::AtomicU64,
 }
 
 /// An access key and what it may do (`grants: None`: everything in its tenant).
@@ -73,6 +84,7 @@ impl Inner {
             meta,
             nodes,
             codecs: Mutex::new(HashMap::new()),
+            merges: MergeStats::default(),
             stripe_memory: Arc::new(Semaphore::new(
                 STRIPE_MEMORY_BUDGET_BYTES / MEMORY_UNIT_BYTES,
             )),

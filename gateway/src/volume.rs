@@ -33,7 +33,7 @@ use futures::StreamExt;
 use lauscha_core::versioning::{MetaQuery, MetaQueryReply, ObjectCommand, ObjectCommandReply};
 use lauscha_core::volume::{
     ExtentJournal, JOURNAL_COPIES_POLICY, JournalEntry, MergeLimits, Volume, VolumeCommand,
-    VolumeReply, VolumeState, covers, extents_of, plan_merges,
+    VolumeReply, VolumeState, covers, extents_of, plan_merges, tiling,
 };
 use lauscha_core::{ObjectData, ObjectVersion, PlacementPolicy, TenantId};
 use s3s::checksum::ChecksumHasher;
@@ -80,6 +80,9 @@ struct Pending {
     replicated: bool,
     /// Carried inline in the metadata entry.
     inline: bool,
+    /// Its stripes on storage nodes, when it has some of its own (a journal entry stored
+    /// as one piece of one extent): a merge may adopt them as the extent's bytes.
+    stripes: Option<ObjectData>,
     /// When it was written (old entries get merged).
     since: Instant,
 }
@@ -396,26 +399,24 @@ impl VolumeEngine {
                 Some(d) => Some(read_data(&self.inner, d, entry.len, 0..entry.len).await?),
                 None => None,
             };
-            let inline = is_inline(&entry.data);
-            loaded.push((*seq, entry.offset, entry.len, data, inline));
+            loaded.push((*seq, entry.offset, entry.len, data, entry.data.clone()));
         }
         let mut st = self.state.lock().expect("volume state lock");
         for (idx, extent) in &state.extents {
             st.extents.insert(*idx, extent.data.clone());
         }
-        for (seq, offset, len, data, inline) in loaded {
+        for (seq, offset, len, data, stored) in loaded {
             // An inline entry is in Raft, committed on a majority of voters. Whether every
             // shard of a stored one survived is unknown: treat it as short, so that the
             // next FLUSH or merge settles it.
-            let replicated = inline;
+            let replicated = is_inline(&stored);
             insert_pending(
                 &mut st,
                 self.volume.extent_bytes,
-                seq,
-                offset,
-                len,
+                (seq, offset, len),
                 data,
-                (replicated, inline),
+                stored,
+                replicated,
             );
         }
         Ok(())
@@ -613,11 +614,10 @@ impl VolumeEngine {
                 insert_pending(
                     &mut st,
                     self.volume.extent_bytes,
-                    first_seq + i as u64,
-                    *o,
-                    *n,
+                    (first_seq + i as u64, *o, *n),
                     bytes.clone(),
-                    (*piece_replicated, is_inline(data)),
+                    data.clone(),
+                    *piece_replicated,
                 );
                 extents_touched.push(o / self.volume.extent_bytes);
             }
@@ -676,7 +676,7 @@ impl VolumeEngine {
             let mut all_settled = true;
             for p in short {
                 let Some(bytes) = p.data.clone() else {
-                    self.mark_replicated(*idx, p.seq);
+                    self.mark_replicated(*idx, p.seq, None);
                     continue;
                 };
                 let (data, replicated, uncommitted) = match store_journal(
@@ -701,10 +701,11 @@ impl VolumeEngine {
                     name: self.volume.name.clone(),
                     epoch: self.epoch,
                     seq: p.seq,
-                    data,
+                    data: data.clone(),
                 });
                 match uncommitted.settle(self.inner.meta.execute(&rewrite)).await {
-                    Ok(_) => self.mark_replicated(*idx, p.seq),
+                    // The old stripes are garbage now: a merge must adopt the new ones.
+                    Ok(_) => self.mark_replicated(*idx, p.seq, Some(data)),
                     // Merged meanwhile: it is erasure-coded now.
                     Err(GatewayError::Meta {
                         kind: lauscha_proto::MetaErrorKind::Conflict,
@@ -724,7 +725,8 @@ impl VolumeEngine {
         Ok(())
     }
 
-    fn mark_replicated(&self, idx: u64, seq: u64) {
+    /// Marks a journal entry as surviving m losses; `rewritten` are its new stripes.
+    fn mark_replicated(&self, idx: u64, seq: u64, rewritten: Option<ObjectData>) {
         let mut st = self.state.lock().expect("volume state lock");
         if let Some(p) = st
             .pending
@@ -732,6 +734,9 @@ impl VolumeEngine {
             .and_then(|ps| ps.iter_mut().find(|p| p.seq == seq))
         {
             p.replicated = true;
+            if let Some(data) = rewritten {
+                p.stripes = own_stripes(Some(data));
+            }
         }
     }
 
@@ -791,6 +796,41 @@ impl VolumeEngine {
         Ok(true)
     }
 
+    /// The stripes of the journal entries that tile extent `idx` (`tiling`), as its new
+    /// version, when each is stored at the volume's own policy and survives m losses, and
+    /// the extent is whole (a shorter last extent is padded when it is rewritten, and a
+    /// resize may lengthen it later).
+    fn adoptable(&self, pending: &[Pending], extent_len: u64) -> Option<ObjectData> {
+        let policy = self.volume.policy;
+        if extent_len != self.volume.extent_bytes {
+            return None;
+        }
+        let ranges: Vec<(u64, u64)> = pending.iter().map(|p| (p.within, p.len)).collect();
+        let mut stripes = Vec::new();
+        for i in tiling(extent_len, &ranges)? {
+            match (&pending[i].stripes, pending[i].replicated) {
+                (
+                    Some(ObjectData::Striped {
+                        n_data_shards,
+                        n_parity_shards,
+                        stripes: own,
+                    }),
+                    true,
+                ) if *n_data_shards == policy.n_data_shards
+                    && *n_parity_shards == policy.n_parity_shards =>
+                {
+                    stripes.extend(own.iter().cloned());
+                }
+                _ => return None,
+            }
+        }
+        Some(ObjectData::Striped {
+            n_data_shards: policy.n_data_shards,
+            n_parity_shards: policy.n_parity_shards,
+            stripes,
+        })
+    }
+
     /// Folds an extent's journal entries into a new extent version. Returns false when the
     /// new version could not be written at full redundancy (nothing changed then).
     async fn merge_extent(&self, idx: u64) -> Result<bool, VolumeError> {
@@ -803,30 +843,35 @@ impl VolumeEngine {
             return Ok(true);
         };
         let extent_len = self.extent_len(idx);
-        // Entries that cover the extent whole replace every byte of it: nothing to read.
-        let covered = covers(extent_len, pending.iter().map(|p| (p.within, p.len)));
-        let mut buf = match &base {
-            Some(data) if !covered => {
-                BytesMut::from(&read_data(&self.inner, data, ext, 0..extent_len).await?[..])
-            }
-            _ => BytesMut::zeroed(extent_len as usize),
-        };
-        for p in &pending {
-            overlay(&mut buf, 0, p);
-        }
-        buf.resize(ext as usize, 0);
-        let all_zero = buf.iter().all(|b| *b == 0);
-        let (data, uncommitted) = if all_zero {
-            (None, None)
-        } else {
-            let (data, complete, uncommitted) =
-                store(&self.inner, self.volume.policy, buf.freeze()).await?;
-            if !complete {
-                // Dropping `uncommitted` deletes what was written; the journal stays.
-                return Ok(false);
-            }
-            (Some(data), Some(uncommitted))
-        };
+        let (adopted, data, uncommitted) =
+            if let Some(stripes) = self.adoptable(&pending, extent_len) {
+                // Nothing to write: the journal's own stripes become the extent.
+                (true, Some(stripes), None)
+            } else {
+                // Entries that cover the extent whole replace every byte of it: nothing to read.
+                let covered = covers(extent_len, pending.iter().map(|p| (p.within, p.len)));
+                let mut buf = match &base {
+                    Some(data) if !covered => {
+                        BytesMut::from(&read_data(&self.inner, data, ext, 0..extent_len).await?[..])
+                    }
+                    _ => BytesMut::zeroed(extent_len as usize),
+                };
+                for p in &pending {
+                    overlay(&mut buf, 0, p);
+                }
+                buf.resize(ext as usize, 0);
+                if buf.iter().all(|b| *b == 0) {
+                    (false, None, None)
+                } else {
+                    let (data, complete, uncommitted) =
+                        store(&self.inner, self.volume.policy, buf.freeze()).await?;
+                    if !complete {
+                        // Dropping `uncommitted` deletes what was written; the journal stays.
+                        return Ok(false);
+                    }
+                    (false, Some(data), Some(uncommitted))
+                }
+            };
         let merged: Vec<u64> = {
             let mut seqs: Vec<u64> = pending.iter().map(|p| p.seq).collect();
             seqs.dedup();
@@ -845,6 +890,12 @@ impl VolumeEngine {
             None => commit.await,
         }
         .map_err(|e| self.command_error(e))?;
+        let counter = if adopted {
+            &self.inner.merges.adopted
+        } else {
+            &self.inner.merges.rewritten
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         let mut st = self.state.lock().expect("volume state lock");
         match data {
             Some(d) => {
@@ -900,18 +951,32 @@ fn is_inline(data: &Option<ObjectData>) -> bool {
     matches!(data, Some(ObjectData::Inline(_)))
 }
 
-/// Records a write in the per-extent pending lists.
+/// `data` when it is stripes (not inline bytes, not zeros).
+fn own_stripes(data: Option<ObjectData>) -> Option<ObjectData> {
+    data.filter(|d| matches!(d, ObjectData::Striped { .. }))
+}
+
+/// Records journal entry `(seq, offset, len)` in the per-extent pending lists: its bytes
+/// (`None`: zeros), how it is stored, and whether that survives m losses.
 fn insert_pending(
     st: &mut EngineState,
     extent_bytes: u64,
-    seq: u64,
-    offset: u64,
-    len: u64,
+    (seq, offset, len): (u64, u64, u64),
     data: Option<Bytes>,
-    (replicated, inline): (bool, bool),
+    stored: Option<ObjectData>,
+    replicated: bool,
 ) {
+    let inline = is_inline(&stored);
+    let pieces = extents_of(offset, len, extent_bytes);
+    // Stripes belong to a piece only when the entry is that one piece (as the write path
+    // makes them); an entry across extents could not be adopted by one of them.
+    let stripes = if pieces.len() == 1 {
+        own_stripes(stored)
+    } else {
+        None
+    };
     let mut consumed = 0u64;
-    for (idx, within, n) in extents_of(offset, len, extent_bytes) {
+    for (idx, within, n) in pieces {
         let slice = data
             .as_ref()
             .map(|d| d.slice(consumed as usize..(consumed + n) as usize));
@@ -929,6 +994,7 @@ fn insert_pending(
                 data: slice,
                 replicated,
                 inline,
+                stripes: stripes.clone(),
                 since: Instant::now(),
             },
         );
@@ -965,6 +1031,7 @@ mod tests {
             data: data.map(Bytes::copy_from_slice),
             replicated: true,
             inline: true,
+            stripes: None,
             since: Instant::now(),
         }
     }
@@ -986,11 +1053,10 @@ mod tests {
         insert_pending(
             &mut st,
             8,
-            7,
-            6,
-            4,
+            (7, 6, 4),
             Some(Bytes::from_static(b"WXYZ")),
-            (true, true),
+            Some(ObjectData::Inline(b"WXYZ".to_vec())),
+            true,
         );
         assert_eq!(st.pending[&0][0].within, 6);
         assert_eq!(st.pending[&0][0].data.as_deref(), Some(&b"WX"[..]));

@@ -281,6 +281,53 @@ pub fn covers(len_bytes: u64, pieces: impl IntoIterator<Item = (u64, u64)>) -> b
     covered_to >= len_bytes
 }
 
+/// Which journal entries can become an extent as they are, without rewriting a byte.
+///
+/// `entries` are (offset in the extent, length), oldest first. The answer is `Some`
+/// exactly when their union covers `[0, len_bytes)` and every entry is either wholly
+/// visible (no later entry overlaps it) or wholly hidden by later ones: the visible
+/// entries, in offset order, then tile the extent, and laying out their bytes one after
+/// another gives what replaying the whole journal would. A merge can then adopt their
+/// stripes as the new extent version instead of reading and writing the extent again,
+/// which is what sequential writes smaller than an extent produce.
+pub fn tiling(len_bytes: u64, entries: &[(u64, u64)]) -> Option<Vec<usize>> {
+    // Disjoint, sorted and merged where adjacent: what later visible entries cover.
+    let mut covered: Vec<(u64, u64)> = Vec::new();
+    let mut visible = Vec::new();
+    for (idx, &(start, n)) in entries.iter().enumerate().rev() {
+        let end = start.checked_add(n)?;
+        if end > len_bytes {
+            return None;
+        }
+        if n == 0 {
+            continue;
+        }
+        // The first covered interval that ends after `start`.
+        let at = covered.partition_point(|(_, e)| *e <= start);
+        match covered.get(at) {
+            Some(&(s, e)) if s <= start && end <= e => continue, // hidden
+            Some(&(s, _)) if s < end => return None,             // partly visible
+            _ => {}
+        }
+        visible.push(idx);
+        covered.insert(at, (start, end));
+        // Merge with the neighbours it touches, so that containment is one lookup.
+        if at + 1 < covered.len() && covered[at + 1].0 == end {
+            covered[at].1 = covered[at + 1].1;
+            covered.remove(at + 1);
+        }
+        if at > 0 && covered[at - 1].1 == start {
+            covered[at - 1].1 = covered[at].1;
+            covered.remove(at);
+        }
+    }
+    if covered != [(0, len_bytes)] && !(len_bytes == 0 && covered.is_empty()) {
+        return None;
+    }
+    visible.sort_unstable_by_key(|idx| entries[*idx].0);
+    Some(visible)
+}
+
 /// One extent's unmerged journal, as the merge planner sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExtentJournal {
@@ -434,6 +481,23 @@ mod tests {
         assert!(!covers(1, [(0, 0)]));
     }
 
+    #[test]
+    fn sequential_pieces_tile_and_partly_hidden_ones_do_not() {
+        // Four sequential quarters, written out of order.
+        assert_eq!(
+            tiling(16, &[(4, 4), (0, 4), (12, 4), (8, 4)]),
+            Some(vec![1, 0, 3, 2])
+        );
+        // The first quarter written twice: the older copy is hidden whole.
+        assert_eq!(tiling(16, &[(0, 4), (0, 8), (8, 8)]), Some(vec![1, 2]));
+        // A later write over half of an earlier one: rewriting needed.
+        assert_eq!(tiling(16, &[(0, 8), (4, 8), (12, 4)]), None);
+        // A gap.
+        assert_eq!(tiling(16, &[(0, 8), (12, 4)]), None);
+        // Past the end.
+        assert_eq!(tiling(8, &[(0, 12)]), None);
+    }
+
     const LIMITS: MergeLimits = MergeLimits {
         max_age_ms: 10_000,
         max_entries: 1024,
@@ -541,6 +605,71 @@ mod tests {
                 }
             }
             prop_assert_eq!(covers(len, pieces), marked.iter().all(|m| *m));
+        }
+
+        /// `tiling` answers exactly when every entry is wholly visible or wholly hidden
+        /// and together they cover the extent; its entries then give every byte the
+        /// value replaying the journal would.
+        #[test]
+        fn a_tiling_replays_the_journal(
+            len in 0u64..48,
+            entries in proptest::collection::vec((0u64..48, 0u64..24), 0..8),
+        ) {
+            let mut owner: Vec<Option<usize>> = vec![None; len as usize];
+            let mut fits = true;
+            for (idx, (start, n)) in entries.iter().enumerate() {
+                if start + n > len {
+                    fits = false;
+                    continue;
+                }
+                for at in *start..start + n {
+                    owner[at as usize] = Some(idx);
+                }
+            }
+            let shown = |idx: usize| owner.iter().filter(|o| **o == Some(idx)).count() as u64;
+            let expected = fits
+                && owner.iter().all(|o| o.is_some())
+                && entries.iter().enumerate().all(|(i, (_, n))| shown(i) == 0 || shown(i) == *n);
+            let got = tiling(len, &entries);
+            prop_assert_eq!(got.is_some(), expected, "{:?}", got);
+            if let Some(order) = got {
+                let mut at = 0u64;
+                for idx in order {
+                    let (start, n) = entries[idx];
+                    prop_assert_eq!(start, at);
+                    prop_assert!(n > 0);
+                    for b in start..start + n {
+                        prop_assert_eq!(owner[b as usize], Some(idx));
+                    }
+                    at += n;
+                }
+                prop_assert_eq!(at, len);
+            }
+        }
+
+        /// Sequential pieces in any order, after older copies of any of them, tile.
+        #[test]
+        fn rewritten_pieces_in_any_order_tile(
+            cuts in proptest::collection::btree_set(1u64..64, 0..6),
+            order in any::<u64>(),
+            older in proptest::collection::vec(any::<prop::sample::Index>(), 0..4),
+        ) {
+            let mut bounds: Vec<u64> = vec![0];
+            bounds.extend(cuts);
+            bounds.push(64);
+            let mut pieces: Vec<(u64, u64)> =
+                bounds.windows(2).map(|w| (w[0], w[1] - w[0])).collect();
+            // A deterministic shuffle from the drawn seed.
+            let n = pieces.len();
+            for i in (1..n).rev() {
+                pieces.swap(i, (order.rotate_left(i as u32) % (i as u64 + 1)) as usize);
+            }
+            let mut entries: Vec<(u64, u64)> = older.iter().map(|ix| pieces[ix.index(n)]).collect();
+            let n_older = entries.len();
+            entries.extend(&pieces);
+            let got = tiling(64, &entries).expect("a tiling");
+            prop_assert_eq!(got.len(), n);
+            prop_assert!(got.iter().all(|idx| *idx >= n_older), "the newer copies are used");
         }
 
         /// The pieces of a range tile it exactly, each inside one extent.

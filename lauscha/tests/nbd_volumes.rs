@@ -661,23 +661,108 @@ fn a_name_created_again_is_never_served_by_the_engine_of_the_volume_it_replaced(
     qemu_io_ro(&format!("nbd://{addr}/v@s"), &["read -P 0 0 64k"]);
 }
 
-/// The gateway's block cache (`/metrics`): (hits, misses).
-fn read_cache_counts(dev: &Dev) -> (u64, u64) {
+/// Counters from the gateway's `/metrics`, in the order of `names`.
+fn metrics(dev: &Dev, names: &[&str]) -> Vec<u64> {
     let admin = dev.cluster["admin_endpoint"]
         .as_str()
         .expect("admin endpoint");
     let (status, _, body) = raw_http(admin, "GET", "/metrics", &[], b"");
     assert_eq!(status, 200);
     let text = String::from_utf8(body).unwrap();
-    let value = |name: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+    names
+        .iter()
+        .map(|name| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+        })
+        .collect()
+}
+
+/// The gateway's block cache (`/metrics`): (hits, misses).
+fn read_cache_counts(dev: &Dev) -> (u64, u64) {
+    let v = metrics(
+        dev,
+        &[
+            "lauscha_read_cache_hits_total",
+            "lauscha_read_cache_misses_total",
+        ],
+    );
+    (v[0], v[1])
+}
+
+/// Sequential writes smaller than an extent become the extent as they were written: the
+/// merge adopts their stripes instead of writing the extent again. The adopted stripes
+/// must then belong to the extent: garbage collection of the merged journal leaves them,
+/// and a new attach reads them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_writes_become_extents_without_being_written_again() {
+    // The read cache off: the last reads must come from the nodes.
+    let dev = Dev::start_env(
+        &["--read-cache-bytes", "0"],
+        &[("LAUSCHA__GATEWAY__MAINTENANCE__GC_GRACE_S", "1")],
+    );
+    let uri = volume(&dev, "seq", "8M");
+    let empty = shard_bytes(&dev.data_dir);
+    let merges = || {
+        metrics(
+            &dev,
+            &[
+                "lauscha_volume_merges_adopted_total",
+                "lauscha_volume_merges_rewritten_total",
+            ],
+        )
     };
-    (
-        value("lauscha_read_cache_hits_total"),
-        value("lauscha_read_cache_misses_total"),
-    )
+    assert_eq!(merges(), [0, 0]);
+    // Extent 0: the first 1 MiB piece written twice, then the others out of order. It is
+    // covered (so due) with the last one, and the visible pieces then tile it: its final
+    // version is the adopted one. Extent 1: two halves, then a 4 KiB block inside one of
+    // them, which no tiling can take: written again, whenever the merges run.
+    qemu_io(
+        &uri,
+        &[
+            "write -P 0x50 0 1M",
+            "write -P 0x54 0 1M",
+            "write -P 0x52 2M 1M",
+            "write -P 0x51 1M 1M",
+            "write -P 0x53 3M 1M",
+            "write -P 0x60 4M 2M",
+            "write -P 0x61 6M 2M",
+            "write -P 0x62 5M 4k",
+        ],
+    );
+    // The server merges what is left when the client has gone, after qemu-io exits.
+    let both = eventually(std::time::Duration::from_secs(30), async || {
+        merges().iter().all(|n| *n >= 1)
+    })
+    .await;
+    assert!(both, "merges adopted and rewritten: {:?}", merges());
+    let expected = [
+        "read -P 0x54 0 1M",
+        "read -P 0x51 1M 1M",
+        "read -P 0x52 2M 1M",
+        "read -P 0x53 3M 1M",
+        "read -P 0x60 4M 1M",
+        "read -P 0x62 5M 4k",
+        "read -P 0x60 5124k 1020k",
+        "read -P 0x61 6M 2M",
+    ];
+    qemu_io(&uri, &expected);
+    // Once the journal's leftovers are collected, 8 MiB at 4+2 is 12 MiB of shards (and
+    // their headers).
+    let written: u64 = 12 << 20;
+    let settled = eventually(std::time::Duration::from_secs(60), async || {
+        dev.admin(&["repair"]);
+        let b = shard_bytes(&dev.data_dir);
+        b >= empty + written && b < empty + written + (1 << 20)
+    })
+    .await;
+    assert!(
+        settled,
+        "{} bytes of shards, {empty} before writing",
+        shard_bytes(&dev.data_dir)
+    );
+    qemu_io(&uri, &expected);
 }
 
 /// Small reads come from the block cache once read, and a rewritten block is never

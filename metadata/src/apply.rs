@@ -2268,6 +2268,47 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+        // A merge that adopts a journal entry's stripes as the extent: they move from the
+        // entry to the extent and stay live; only the old extent becomes garbage.
+        let Ok(VolumeReply::Appended { first_seq }) = vol(
+            &mut sm,
+            0,
+            V::Append {
+                name: "d".into(),
+                epoch,
+                entries: vec![JournalEntry {
+                    epoch,
+                    offset: 0,
+                    len: 4 << 20,
+                    data: Some(striped(4 << 20, 99).data),
+                }],
+            },
+        ) else {
+            panic!()
+        };
+        vol(
+            &mut sm,
+            0,
+            V::Merge {
+                name: "d".into(),
+                epoch,
+                extent: 0,
+                data: Some(striped(4 << 20, 99).data),
+                merged: vec![first_seq],
+            },
+        )
+        .unwrap();
+        let garbage: Vec<StripeId> = query::garbage(&sm.kv, 10)
+            .unwrap()
+            .iter()
+            .flat_map(|g| g.stripes.iter().map(|s| s.id))
+            .collect();
+        assert!(garbage.contains(&StripeId(88)), "{garbage:?}");
+        assert!(!garbage.contains(&StripeId(99)), "{garbage:?}");
+        assert_eq!(
+            read::<u32>(&sm.kv, &keys::volume_stripe(StripeId(99))).unwrap(),
+            Some(1)
+        );
     }
 
     #[test]
