@@ -6,32 +6,60 @@
 //! validity period and the clientAuth purpose), and the subject common name of that
 //! certificate is the tenant whose volumes the connection may list and attach. The
 //! operator's CA is the whole authority: whoever holds a key certified for `CN=stadt-jena`
-//! acts for stadt-jena on the NBD port. Revocation is by replacing `client_ca` (or the
-//! certificates it signed) and restarting the gateway; there is no CRL check.
+//! acts for stadt-jena on the NBD port. With `client_crl`, a certificate its issuer has
+//! revoked is refused, and so is one whose issuer has no CRL there (fail closed); the file
+//! is read again when it changes, so a revocation takes effect at the next handshake
+//! without a restart. Without it, revocation means replacing `client_ca` and restarting.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use std::os::unix::fs::MetadataExt;
 
 use lauscha_core::TenantId;
 use lauscha_core::config::NbdTlsConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer,
+};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
+
+use tracing::{info, warn};
 
 use crate::GatewayError;
 
 /// Longest a client may take for the TLS handshake before the connection is closed.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The TLS side of the NBD server, loaded once when the gateway starts.
+/// The TLS side of the NBD server, loaded when the gateway starts (and again when the
+/// client CRL file changes).
 pub struct NbdTls {
+    config: NbdTlsConfig,
+    current: Mutex<Loaded>,
+}
+
+/// The acceptor in force, and the CRL file version it was built from.
+struct Loaded {
     acceptor: TlsAcceptor,
+    /// The CRL file's version when it was read (`None`: no CRL configured).
+    crl_version: Option<FileVersion>,
+    /// A version that could not be used (logged once, not retried).
+    crl_failed: Option<FileVersion>,
+}
+
+/// What tells one version of a file from the next: modification time (a coarse clock:
+/// two writes in one tick share it), length, and inode (a file renamed into place).
+type FileVersion = (SystemTime, u64, u64);
+
+fn file_version(path: &Path) -> std::io::Result<FileVersion> {
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.modified()?, meta.len(), meta.ino()))
 }
 
 /// Who the client is after the handshake: the tenant its certificate names, or why the
@@ -41,42 +69,42 @@ pub type ClientTenant = Result<TenantId, String>;
 impl NbdTls {
     /// Reads the PEM files of `config`; every error names the setting and the file.
     pub fn load(config: &NbdTlsConfig) -> Result<NbdTls, GatewayError> {
-        let certs = read_certs("gateway.nbd_tls.cert", &config.cert)?;
-        let key = PrivateKeyDer::from_pem_file(&config.key).map_err(|e| {
-            GatewayError::NbdTls(format!(
-                "gateway.nbd_tls.key {}: {e} (expected a PEM private key)",
-                config.key.display()
-            ))
-        })?;
-        let mut roots = RootCertStore::empty();
-        for ca in read_certs("gateway.nbd_tls.client_ca", &config.client_ca)? {
-            roots.add(ca).map_err(|e| {
-                GatewayError::NbdTls(format!(
-                    "gateway.nbd_tls.client_ca {}: {e}",
-                    config.client_ca.display()
-                ))
-            })?;
-        }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(|e| GatewayError::NbdTls(format!("client certificate verifier: {e}")))?;
-        let server = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| GatewayError::NbdTls(format!("TLS versions: {e}")))?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(certs, key)
-            .map_err(|e| {
-                GatewayError::NbdTls(format!(
-                    "gateway.nbd_tls.cert {} and key {} do not make a server identity: {e}",
-                    config.cert.display(),
-                    config.key.display()
-                ))
-            })?;
+        let (acceptor, crl_version) = build(config)?;
         Ok(NbdTls {
-            acceptor: TlsAcceptor::from(Arc::new(server)),
+            config: config.clone(),
+            current: Mutex::new(Loaded {
+                acceptor,
+                crl_version,
+                crl_failed: None,
+            }),
         })
+    }
+
+    /// The acceptor for a new handshake, rebuilt first if the CRL file changed. A changed
+    /// file that cannot be used leaves the last good one in force (a revocation list
+    /// half-copied into place must not drop every revocation, nor lock every client out).
+    fn acceptor(&self) -> TlsAcceptor {
+        let mut current = self.current.lock().expect("nbd tls lock");
+        if let Some(crl) = &self.config.client_crl {
+            let version = file_version(crl).ok();
+            if version != current.crl_version && version != current.crl_failed {
+                match build(&self.config) {
+                    Ok((acceptor, crl_version)) => {
+                        info!(file = %crl.display(), "client CRL file changed: read again");
+                        *current = Loaded {
+                            acceptor,
+                            crl_version,
+                            crl_failed: None,
+                        };
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "client CRL file changed but cannot be used; the previous lists stay in force");
+                        current.crl_failed = version;
+                    }
+                }
+            }
+        }
+        current.acceptor.clone()
     }
 
     /// Runs the server side of the handshake on `stream` (right after the ACK to
@@ -88,7 +116,8 @@ impl NbdTls {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream))
+        let acceptor = self.acceptor();
+        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
             .await
             .map_err(|_| std::io::Error::other("TLS handshake timed out"))??;
         let tenant = match tls.get_ref().1.peer_certificates() {
@@ -98,6 +127,63 @@ impl NbdTls {
         };
         Ok((tls, tenant))
     }
+}
+
+/// The acceptor `config` describes, and the CRL file's version, taken before the file is
+/// read (a change while it is read is seen at the next handshake).
+fn build(config: &NbdTlsConfig) -> Result<(TlsAcceptor, Option<FileVersion>), GatewayError> {
+    let certs = read_certs("gateway.nbd_tls.cert", &config.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&config.key).map_err(|e| {
+        GatewayError::NbdTls(format!(
+            "gateway.nbd_tls.key {}: {e} (expected a PEM private key)",
+            config.key.display()
+        ))
+    })?;
+    let mut roots = RootCertStore::empty();
+    for ca in read_certs("gateway.nbd_tls.client_ca", &config.client_ca)? {
+        roots.add(ca).map_err(|e| {
+            GatewayError::NbdTls(format!(
+                "gateway.nbd_tls.client_ca {}: {e}",
+                config.client_ca.display()
+            ))
+        })?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    let mut crl_version = None;
+    if let Some(path) = &config.client_crl {
+        let setting = "gateway.nbd_tls.client_crl";
+        let named = |e: &dyn std::fmt::Display| {
+            GatewayError::NbdTls(format!("{setting} {}: {e}", path.display()))
+        };
+        crl_version = Some(file_version(path).map_err(|e| named(&e))?);
+        let crls = CertificateRevocationListDer::pem_file_iter(path)
+            .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| named(&e))?;
+        if crls.is_empty() {
+            return Err(named(&"no PEM X509 CRL in the file"));
+        }
+        // Only the client's own certificate is checked: its issuer must have a CRL in
+        // the file, or the client is refused (unknown status is not trusted).
+        verifier = verifier.with_crls(crls).only_check_end_entity_revocation();
+    }
+    let verifier = verifier
+        .build()
+        .map_err(|e| GatewayError::NbdTls(format!("client certificate verifier: {e}")))?;
+    let server = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| GatewayError::NbdTls(format!("TLS versions: {e}")))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            GatewayError::NbdTls(format!(
+                "gateway.nbd_tls.cert {} and key {} do not make a server identity: {e}",
+                config.cert.display(),
+                config.key.display()
+            ))
+        })?;
+    Ok((TlsAcceptor::from(Arc::new(server)), crl_version))
 }
 
 fn read_certs(setting: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, GatewayError> {
@@ -261,6 +347,7 @@ mod tests {
             cert: dir.join("server.pem"),
             key: dir.join("server.key"),
             client_ca: dir.join("ca.pem"),
+            client_crl: None,
         };
         let err = NbdTls::load(&config).err().unwrap().to_string();
         assert!(
@@ -270,6 +357,35 @@ mod tests {
         std::fs::write(&config.cert, "not pem").unwrap();
         let err = NbdTls::load(&config).err().unwrap().to_string();
         assert!(err.contains("no PEM certificate"), "{err}");
+    }
+
+    #[test]
+    fn an_unusable_crl_file_stops_the_start_with_the_setting_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+        let mut config = NbdTlsConfig {
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+            client_ca: dir.join("server.pem"),
+            client_crl: None,
+        };
+        assert!(NbdTls::load(&config).is_ok());
+        config.client_crl = Some(dir.join("crl.pem"));
+        let err = NbdTls::load(&config).err().unwrap().to_string();
+        assert!(
+            err.contains("gateway.nbd_tls.client_crl") && err.contains("crl.pem"),
+            "{err}"
+        );
+        std::fs::write(dir.join("crl.pem"), cert.pem()).unwrap();
+        let err = NbdTls::load(&config).err().unwrap().to_string();
+        assert!(err.contains("no PEM X509 CRL"), "{err}");
     }
 
     #[test]

@@ -291,6 +291,13 @@ pub struct NbdTlsConfig {
     /// The certificate authorities whose client certificates are accepted; a client
     /// certificate's subject CN names its tenant (`CN=stadt-jena`).
     pub client_ca: PathBuf,
+    /// Certificate revocation lists, PEM: one from every CA that issues client
+    /// certificates. A client certificate listed there is refused, and so is one whose
+    /// issuer has no CRL in the file. Read again when the file's modification time
+    /// changes (checked at each handshake); a new file that cannot be used leaves the last
+    /// good lists in force and is logged. Default: no revocation check.
+    #[serde(default)]
+    pub client_crl: Option<PathBuf>,
 }
 
 /// Background maintenance run by a gateway: repair, rebalance, drain, garbage collection.

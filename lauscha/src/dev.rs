@@ -46,6 +46,10 @@ pub struct DevArgs {
     /// CN names the tenant whose volumes it may attach.
     #[arg(long, requires = "nbd_tls_cert")]
     pub nbd_tls_client_ca: Option<PathBuf>,
+    /// Revoked client certificates: CRLs in PEM from every CA that issues them. Read
+    /// again when the file changes.
+    #[arg(long, requires = "nbd_tls_cert")]
+    pub nbd_tls_client_crl: Option<PathBuf>,
     /// The region clients sign for.
     #[arg(long, default_value = "us-east-1")]
     pub region: String,
@@ -247,6 +251,7 @@ fn gateway_config(args: &DevArgs, meta: &[SocketAddr]) -> GatewayConfig {
             cert: abs(cert),
             key: abs(key),
             client_ca: abs(client_ca),
+            client_crl: args.nbd_tls_client_crl.as_ref().map(abs),
         });
     }
     config.region = args.region.clone();

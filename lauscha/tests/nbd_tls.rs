@@ -14,8 +14,8 @@ use common::*;
 use lauscha_core::nbd;
 use lauscha_gateway::MAX_UNAUTHENTICATED_PER_ADDRESS;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, RevocationReason, RevokedCertParams, SerialNumber,
 };
 
 /// A test PKI: a CA, the server's certificate for 127.0.0.1, and client certificate
@@ -78,6 +78,7 @@ impl Pki {
             .distinguished_name
             .push(DnType::CommonName, common_name);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.serial_number = Some(serial_of(dir_name));
         let cert = params.signed_by(&key, issuer).unwrap();
         // The client verifies the server against our CA, whoever signed its own.
         std::fs::write(dir.join("ca-cert.pem"), self.ca.pem()).unwrap();
@@ -85,6 +86,35 @@ impl Pki {
         std::fs::write(dir.join("client-key.pem"), key.serialize_pem()).unwrap();
         dir
     }
+}
+
+impl Pki {
+    /// Writes this CA's CRL revoking the client certificates of `dir_names` to `path`.
+    fn write_crl(&self, path: &Path, dir_names: &[&str]) {
+        let params = CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2025, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: SerialNumber::from(dir_names.len() as u64 + 1),
+            issuing_distribution_point: None,
+            revoked_certs: dir_names
+                .iter()
+                .map(|name| RevokedCertParams {
+                    serial_number: serial_of(name),
+                    revocation_time: rcgen::date_time_ymd(2025, 6, 1),
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.ca).unwrap();
+        std::fs::write(path, crl.pem().unwrap()).unwrap();
+    }
+}
+
+/// A client certificate's serial number, from its directory name (unique in a test).
+fn serial_of(dir_name: &str) -> SerialNumber {
+    SerialNumber::from_slice(dir_name.as_bytes())
 }
 
 fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
@@ -368,6 +398,58 @@ fn each_tenant_s_certificate_reaches_its_volumes_only() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// With a CRL file, a revoked client certificate is refused at the handshake, and a new
+/// list takes effect at the next handshake without a restart; a file that is not a CRL
+/// in its place leaves the last good list in force.
+#[test]
+fn revoked_certificates_are_refused_from_the_next_handshake() {
+    let pki = Pki::new();
+    let crl = pki.path("crl.pem");
+    pki.write_crl(&crl, &[]);
+    let mut flags = pki.dev_flags();
+    flags.extend(["--nbd-tls-client-crl".into(), crl.display().to_string()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let dev = Dev::start(&flags);
+    let addr = dev.nbd_addr();
+    dev.admin(&["tenant", "create", "stadt-jena"]);
+    dev.admin(&[
+        "volume",
+        "create",
+        "jena-disk",
+        "--size",
+        "16M",
+        "--tenant",
+        "stadt-jena",
+    ]);
+    let laptop = pki.client("laptop", "stadt-jena", None);
+    let host = pki.client("host", "stadt-jena", None);
+    assert_eq!(export_names(&addr, &laptop), ["jena-disk"]);
+    assert_eq!(export_names(&addr, &host), ["jena-disk"]);
+
+    // The laptop is lost: its certificate is revoked, and the next handshake fails.
+    pki.write_crl(&crl, &["laptop"]);
+    let refused = must_fail("nbdinfo", &["--json", &uri(&addr, "jena-disk", &laptop)]);
+    assert!(!refused.contains("No such file"), "{refused}");
+    let out = qemu_io(&addr, "jena-disk", &laptop, &["read 0 4k"]);
+    assert!(!out.status.success(), "{}", output_text(&out));
+    assert_eq!(export_names(&addr, &host), ["jena-disk"]);
+
+    // Garbage in the file's place: the last good list stays in force.
+    std::fs::write(&crl, "not a CRL").unwrap();
+    must_fail("nbdinfo", &["--json", &uri(&addr, "jena-disk", &laptop)]);
+    assert_eq!(export_names(&addr, &host), ["jena-disk"]);
+
+    // A list from a CA that issued neither: the clients' issuer has no CRL, so nobody
+    // gets in (an unknown revocation status is not trusted).
+    let other = Pki::new();
+    other.write_crl(&crl, &[]);
+    must_fail("nbdinfo", &["--json", &uri(&addr, "jena-disk", &host)]);
+    // The CA's own list again, revoking nothing: both are back.
+    pki.write_crl(&crl, &[]);
+    assert_eq!(export_names(&addr, &laptop), ["jena-disk"]);
+    assert_eq!(export_names(&addr, &host), ["jena-disk"]);
 }
 
 #[test]
