@@ -488,12 +488,25 @@ fn metrics(inner: &Inner, maintenance: &Maintenance) -> Response<Full<Bytes>> {
         (
             "lauscha_volume_merges_adopted_total",
             "Volume extent merges that adopted the journal's stripes, writing nothing.",
-            inner.merges.adopted.load(Ordering::Relaxed),
+            inner.volume_stats.merges_adopted.load(Ordering::Relaxed),
         ),
         (
             "lauscha_volume_merges_rewritten_total",
             "Volume extent merges that wrote the extent again.",
-            inner.merges.rewritten.load(Ordering::Relaxed),
+            inner.volume_stats.merges_rewritten.load(Ordering::Relaxed),
+        ),
+        (
+            "lauscha_volume_journal_batches_total",
+            "Batches of small volume writes journaled as one stripe set.",
+            inner.volume_stats.journal_batches.load(Ordering::Relaxed),
+        ),
+        (
+            "lauscha_volume_journal_batched_writes_total",
+            "Small volume writes journaled in those batches.",
+            inner
+                .volume_stats
+                .journal_batched_writes
+                .load(Ordering::Relaxed),
         ),
         (
             "lauscha_maintenance_passes_total",

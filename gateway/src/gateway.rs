@@ -43,17 +43,21 @@ pub struct Inner {
     stripe_memory: Arc<Semaphore>,
     keys: Mutex<HashMap<AccessKeyId, (KeyEntry, Instant)>>,
     buckets: Mutex<HashMap<lauscha_core::BucketName, (BucketView, Instant)>>,
-    /// Block volume merges of this process, by kind (for `/metrics`).
-    pub merges: MergeStats,
+    /// Block volume journal and merge counts of this process (for `/metrics`).
+    pub volume_stats: VolumeStats,
 }
 
-/// Counts of block volume merges (`VolumeEngine::merge_extent`).
+/// Counts of block volume journal batches and merges (`volume::VolumeEngine`).
 #[derive(Debug, Default)]
-pub struct MergeStats {
+pub struct VolumeStats {
     /// Merges that adopted the journal's own stripes as the extent: nothing written.
-    pub adopted: std::sync::atomic::AtomicU64,
+    pub merges_adopted: std::sync::atomic::AtomicU64,
     /// Merges that wrote the extent again (or removed it, all zeros).
-    pub rewritten: std::sync::atomic::AtomicU64,
+    pub merges_rewritten: std::sync::atomic::AtomicU64,
+    /// Batches of small writes journaled as one stripe set (`AppendBatch`).
+    pub journal_batches: std::sync::atomic::AtomicU64,
+    /// Small writes journaled in those batches.
+    pub journal_batched_writes: std::sync::atomic::AtomicU64,
 }
 
 /// An access key and what it may do (`grants: None`: everything in its tenant).
@@ -84,7 +88,7 @@ impl Inner {
             meta,
             nodes,
             codecs: Mutex::new(HashMap::new()),
-            merges: MergeStats::default(),
+            volume_stats: VolumeStats::default(),
             stripe_memory: Arc::new(Semaphore::new(
                 STRIPE_MEMORY_BUDGET_BYTES / MEMORY_UNIT_BYTES,
             )),

@@ -633,7 +633,7 @@ async fn transmission(
 }
 
 async fn execute(
-    engine: &VolumeEngine,
+    engine: &Arc<VolumeEngine>,
     info: &ExportInfo,
     r: &Request,
     payload: Option<Bytes>,

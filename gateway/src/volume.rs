@@ -32,10 +32,10 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use lauscha_core::versioning::{MetaQuery, MetaQueryReply, ObjectCommand, ObjectCommandReply};
 use lauscha_core::volume::{
-    ExtentJournal, JOURNAL_COPIES_POLICY, JournalEntry, MergeLimits, Volume, VolumeCommand,
-    VolumeReply, VolumeState, covers, extents_of, plan_merges, tiling,
+    BatchedWrite, ExtentJournal, JOURNAL_COPIES_POLICY, JournalEntry, MergeLimits, Volume,
+    VolumeCommand, VolumeReply, VolumeState, covers, extents_of, plan_merges, tiling,
 };
-use lauscha_core::{ObjectData, ObjectVersion, PlacementPolicy, TenantId};
+use lauscha_core::{ObjectData, ObjectVersion, PlacementPolicy, StripeId, TenantId};
 use s3s::checksum::ChecksumHasher;
 use s3s::dto::StreamingBlob;
 use tracing::{info, warn};
@@ -63,9 +63,20 @@ const MAX_PENDING_BYTES: u64 = 256 << 20;
 const MAX_INLINE_PENDING_BYTES: u64 = 24 << 20;
 /// How often the merger looks for extents whose journal got old, when no write woke it.
 const MERGE_CHECK_EVERY: Duration = Duration::from_secs(1);
-/// Writes up to this size are journaled inside the metadata entry (replicated by Raft)
-/// rather than as stripes on storage nodes.
+/// Writes up to this size are small: they go through the batch queue (`BatchQueue`), or
+/// inside the metadata entry (replicated by Raft) if they are not part of a batch.
 const INLINE_JOURNAL_BYTES: u64 = 64 * 1024;
+/// A batch of small writes of at least this many bytes is written as one journal stripe
+/// set on storage nodes (`AppendBatch`); a smaller one travels inline in one `Append`.
+/// Inline entries are cheaper for a lone writer (one Raft commit, no shard files) but are
+/// bounded tightly (`MAX_INLINE_PENDING_BYTES`); batches keep the journal on the nodes,
+/// where it may grow, so that merges of random writes absorb more.
+const BATCH_STRIPE_MIN_BYTES: u64 = 64 * 1024;
+/// The most bytes one batch takes from the queue. Every entry of a batch carries the
+/// batch's stripe list in its metadata record, and the whole journal is one message at
+/// attach (at most 64 MiB): a batch of at most one stripe keeps an entry's record near
+/// 300 bytes, so even 65,536 entries of 4 KiB (the 256 MiB limit) stay far below it.
+const BATCH_MAX_BYTES: u64 = 1 << 20;
 
 /// One unmerged write, as it applies to one extent.
 #[derive(Clone, Debug)]
@@ -80,6 +91,8 @@ struct Pending {
     replicated: bool,
     /// Carried inline in the metadata entry.
     inline: bool,
+    /// A slice of a batch's stripes (settled by merging its extent, not one by one).
+    sliced: bool,
     /// Its stripes on storage nodes, when it has some of its own (a journal entry stored
     /// as one piece of one extent): a merge may adopt them as the extent's bytes.
     stripes: Option<ObjectData>,
@@ -145,6 +158,46 @@ pub struct VolumeEngine {
     merging: tokio::sync::Mutex<()>,
     /// Wakes the merger: a write made an extent due.
     merge_wanted: Arc<tokio::sync::Notify>,
+    /// Small writes waiting for the next journal batch.
+    batch: Mutex<BatchQueue>,
+}
+
+/// Group commit of small writes: while one batch is being written, the writes that arrive
+/// wait here, and go together in the next.
+#[derive(Default)]
+struct BatchQueue {
+    waiting: Vec<QueuedWrite>,
+    /// A task is writing batches (it takes what waits until nothing does).
+    writing: bool,
+}
+
+/// Resets the queue if its writer task ends other than by finding it empty (a panic):
+/// the writes waiting get an error instead of waiting for ever, and the next small write
+/// starts a new writer.
+struct BatchWriterGuard<'a> {
+    queue: &'a Mutex<BatchQueue>,
+    finished: bool,
+}
+
+impl Drop for BatchWriterGuard<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            let mut queue = self
+                .queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            queue.writing = false;
+            // Dropping their answer channels tells their writers.
+            queue.waiting.clear();
+        }
+    }
+}
+
+struct QueuedWrite {
+    offset: u64,
+    bytes: Bytes,
+    /// Answered when the write is journaled: whether it survives m losses already.
+    done: tokio::sync::oneshot::Sender<Result<bool, VolumeError>>,
 }
 
 fn meta_err(e: GatewayError) -> VolumeError {
@@ -316,6 +369,7 @@ impl VolumeEngine {
                 fenced: AtomicBool::new(false),
                 merging: tokio::sync::Mutex::new(()),
                 merge_wanted: Arc::new(tokio::sync::Notify::new()),
+                batch: Mutex::new(BatchQueue::default()),
             });
             engine.load(&state).await?;
             return Ok(engine);
@@ -346,6 +400,7 @@ impl VolumeEngine {
             fenced: AtomicBool::new(false),
             merging: tokio::sync::Mutex::new(()),
             merge_wanted: Arc::new(tokio::sync::Notify::new()),
+            batch: Mutex::new(BatchQueue::default()),
         });
         engine.load(&state).await?;
         info!(volume = %name, epoch, journal_entries = state.journal.len(), "volume attached");
@@ -393,13 +448,58 @@ impl VolumeEngine {
     }
 
     async fn load(&self, state: &VolumeState) -> Result<(), GatewayError> {
+        let slices: HashMap<u64, u64> = state.slices.iter().copied().collect();
+        // A batch most of whose bytes are still journal is read once, whole; of one that
+        // is mostly merged, only the entries left.
+        let mut needed: HashMap<StripeId, u64> = HashMap::new();
+        for (seq, entry) in &state.journal {
+            if let (Some(d), true) = (&entry.data, slices.contains_key(seq))
+                && let Some(first) = stripe_list(d).first()
+            {
+                *needed.entry(first.id).or_default() += entry.len;
+            }
+        }
+        let mut batches: HashMap<StripeId, Bytes> = HashMap::new();
         let mut loaded = Vec::new();
         for (seq, entry) in &state.journal {
-            let data = match &entry.data {
-                Some(d) => Some(read_data(&self.inner, d, entry.len, 0..entry.len).await?),
-                None => None,
+            let at = slices.get(seq).copied();
+            let data = match (&entry.data, at) {
+                (Some(d), Some(at)) => {
+                    let batch_len: u64 = stripe_list(d).iter().map(|s| s.len_bytes).sum();
+                    let end = at.checked_add(entry.len).filter(|e| *e <= batch_len);
+                    let Some(end) = end else {
+                        return Err(GatewayError::Internal(format!(
+                            "volume {}: journal entry {seq} is outside its batch",
+                            self.volume.name
+                        )));
+                    };
+                    let first = stripe_list(d).first().map(|s| s.id);
+                    let whole = match first {
+                        Some(id) if needed.get(&id).is_some_and(|n| n * 2 >= batch_len) => {
+                            if let Some(bytes) = batches.get(&id) {
+                                Some(bytes.clone())
+                            } else {
+                                let bytes =
+                                    read_data(&self.inner, d, batch_len, 0..batch_len).await?;
+                                batches.insert(id, bytes.clone());
+                                Some(bytes)
+                            }
+                        }
+                        _ => None,
+                    };
+                    // Copied out: a pending entry must not keep a whole batch in memory.
+                    Some(match whole {
+                        Some(b) => Bytes::copy_from_slice(&b[at as usize..end as usize]),
+                        None => Bytes::copy_from_slice(
+                            &read_data(&self.inner, d, batch_len, at..end).await?,
+                        ),
+                    })
+                }
+                (Some(d), None) => Some(read_data(&self.inner, d, entry.len, 0..entry.len).await?),
+                (None, _) => None,
             };
-            loaded.push((*seq, entry.offset, entry.len, data, entry.data.clone()));
+            let stored = Stored::of(&entry.data, at.is_some());
+            loaded.push((*seq, entry.offset, entry.len, data, stored));
         }
         let mut st = self.state.lock().expect("volume state lock");
         for (idx, extent) in &state.extents {
@@ -409,7 +509,7 @@ impl VolumeEngine {
             // An inline entry is in Raft, committed on a majority of voters. Whether every
             // shard of a stored one survived is unknown: treat it as short, so that the
             // next FLUSH or merge settles it.
-            let replicated = is_inline(&stored);
+            let replicated = matches!(stored, Stored::Inline);
             insert_pending(
                 &mut st,
                 self.volume.extent_bytes,
@@ -522,7 +622,7 @@ impl VolumeEngine {
     /// Writes `data` at `offset` (`None`: zeros). With `fua`, returns only once the
     /// write survives the loss of any m storage nodes.
     pub async fn write(
-        &self,
+        self: &Arc<Self>,
         offset: u64,
         len: u64,
         data: Option<Bytes>,
@@ -539,6 +639,15 @@ impl VolumeEngine {
         // that merging one extent drops exactly its entries and nothing another extent
         // still needs.
         let pieces = extents_of(offset, len, self.volume.extent_bytes);
+        if let (Some(bytes), [(idx, _, _)]) = (&data, &pieces[..])
+            && len <= INLINE_JOURNAL_BYTES
+        {
+            let replicated = self.write_batched(offset, bytes.clone()).await?;
+            if fua && !replicated {
+                self.settle(&[*idx]).await?;
+            }
+            return Ok(());
+        }
         let mut at = 0u64;
         let stores = pieces.iter().map(|(idx, within, n)| {
             let piece = data
@@ -616,7 +725,7 @@ impl VolumeEngine {
                     self.volume.extent_bytes,
                     (first_seq + i as u64, *o, *n),
                     bytes.clone(),
-                    data.clone(),
+                    Stored::of(data, false),
                     *piece_replicated,
                 );
                 extents_touched.push(o / self.volume.extent_bytes);
@@ -632,6 +741,198 @@ impl VolumeEngine {
             self.settle(&extents_touched).await?;
         }
         Ok(())
+    }
+
+    /// Queues a small write (inside one extent) for the next batch and waits until it is
+    /// journaled; answers whether it survives m losses already.
+    async fn write_batched(
+        self: &Arc<Self>,
+        offset: u64,
+        bytes: Bytes,
+    ) -> Result<bool, VolumeError> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let start_writer = {
+            let mut queue = self.batch.lock().expect("batch lock");
+            queue.waiting.push(QueuedWrite {
+                offset,
+                bytes,
+                done,
+            });
+            !std::mem::replace(&mut queue.writing, true)
+        };
+        if start_writer {
+            // A task of its own: a client that goes away must not strand the queue.
+            let engine = self.clone();
+            tokio::spawn(async move { engine.write_batches().await });
+        }
+        answer.await.map_err(|_| {
+            VolumeError::Io(GatewayError::Internal("the batch writer went away".into()))
+        })?
+    }
+
+    /// Writes batches while writes wait, each with everything that waited when it began.
+    async fn write_batches(&self) {
+        let mut guard = BatchWriterGuard {
+            queue: &self.batch,
+            finished: false,
+        };
+        loop {
+            let batch: Vec<QueuedWrite> = {
+                let mut queue = self.batch.lock().expect("batch lock");
+                if queue.waiting.is_empty() {
+                    queue.writing = false;
+                    guard.finished = true;
+                    return;
+                }
+                let mut n_bytes = 0u64;
+                let n = queue
+                    .waiting
+                    .iter()
+                    .take_while(|w| {
+                        n_bytes += w.bytes.len() as u64;
+                        n_bytes <= BATCH_MAX_BYTES
+                    })
+                    .count()
+                    .max(1);
+                queue.waiting.drain(..n).collect()
+            };
+            match self.write_batch(&batch).await {
+                Ok(replicated) => {
+                    for w in batch {
+                        let _ = w.done.send(Ok(replicated));
+                    }
+                }
+                Err(e) => {
+                    warn!(volume = %self.volume.name, n_writes = batch.len(), error = %e, "journal batch failed");
+                    for w in batch {
+                        let _ = w.done.send(Err(match &e {
+                            VolumeError::Fenced => VolumeError::Fenced,
+                            VolumeError::ReadOnly => VolumeError::ReadOnly,
+                            VolumeError::Io(io) => {
+                                VolumeError::Io(GatewayError::Internal(io.to_string()))
+                            }
+                        }));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stores the bytes of `batch`, one after another, as one journal stripe set.
+    async fn store_batch(
+        &self,
+        batch: &[QueuedWrite],
+    ) -> Result<(ObjectData, bool, write::Uncommitted), GatewayError> {
+        let n_bytes: usize = batch.iter().map(|w| w.bytes.len()).sum();
+        let mut buf = BytesMut::with_capacity(n_bytes);
+        for w in batch {
+            buf.extend_from_slice(&w.bytes);
+        }
+        store_journal(&self.inner, self.volume.policy, buf.freeze()).await
+    }
+
+    /// Whether `n_bytes` more of inline journal stay within the inline limit.
+    fn inline_room(&self, n_bytes: u64) -> bool {
+        let st = self.state.lock().expect("volume state lock");
+        st.inline_pending_bytes + n_bytes <= MAX_INLINE_PENDING_BYTES
+    }
+
+    /// Journals `batch` with one metadata command: as one stripe set (`AppendBatch`) when
+    /// it has several writes and is big enough, otherwise inline. Answers whether it
+    /// survives m losses already.
+    async fn write_batch(&self, batch: &[QueuedWrite]) -> Result<bool, VolumeError> {
+        if self.is_fenced() {
+            return Err(VolumeError::Fenced);
+        }
+        let n_bytes: u64 = batch.iter().map(|w| w.bytes.len() as u64).sum();
+        let stripes = if batch.len() > 1 && n_bytes >= BATCH_STRIPE_MIN_BYTES {
+            match self.store_batch(batch).await {
+                Ok(stored) => Some(stored),
+                // Nodes missing: inline entries do not need them, while the inline
+                // journal has room (it keeps the volume attachable).
+                Err(e) if self.inline_room(n_bytes) => {
+                    warn!(volume = %self.volume.name, error = %e, "journal batch could not be stored; inline instead");
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            None
+        };
+        let (command, stored, replicated, uncommitted) =
+            if let Some((data, replicated, uncommitted)) = stripes {
+                let mut writes = Vec::with_capacity(batch.len());
+                let mut at = 0u64;
+                for w in batch {
+                    let len = w.bytes.len() as u64;
+                    writes.push(BatchedWrite {
+                        offset: w.offset,
+                        len,
+                        at,
+                    });
+                    at += len;
+                }
+                let stats = &self.inner.volume_stats;
+                stats.journal_batches.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .journal_batched_writes
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                let command = VolumeCommand::AppendBatch {
+                    name: self.volume.name.clone(),
+                    epoch: self.epoch,
+                    data,
+                    writes,
+                };
+                (command, Stored::Slice, replicated, Some(uncommitted))
+            } else {
+                let entries = batch
+                    .iter()
+                    .map(|w| JournalEntry {
+                        epoch: self.epoch,
+                        offset: w.offset,
+                        len: w.bytes.len() as u64,
+                        data: Some(ObjectData::Inline(w.bytes.to_vec())),
+                    })
+                    .collect();
+                let command = VolumeCommand::Append {
+                    name: self.volume.name.clone(),
+                    epoch: self.epoch,
+                    entries,
+                };
+                (command, Stored::Inline, true, None)
+            };
+        let command = ObjectCommand::Volume(command);
+        let commit = self.inner.meta.execute(&command);
+        let reply = match uncommitted {
+            Some(u) => u.settle(commit).await,
+            None => commit.await,
+        }
+        .map_err(|e| self.command_error(e))?;
+        let ObjectCommandReply::Volume(VolumeReply::Appended { first_seq }) = reply else {
+            return Err(GatewayError::Internal(format!("append answered {reply:?}")).into());
+        };
+        let merge_now = {
+            let mut st = self.state.lock().expect("volume state lock");
+            let mut due = false;
+            for (i, w) in batch.iter().enumerate() {
+                let len = w.bytes.len() as u64;
+                insert_pending(
+                    &mut st,
+                    self.volume.extent_bytes,
+                    (first_seq + i as u64, w.offset, len),
+                    Some(w.bytes.clone()),
+                    stored.clone(),
+                    replicated,
+                );
+                let idx = w.offset / self.volume.extent_bytes;
+                due |= st.merge_wanted(st.extent_journal(idx, self.extent_len(idx)));
+            }
+            due
+        };
+        if merge_now {
+            self.merge_wanted.notify_one();
+        }
+        Ok(replicated)
     }
 
     /// Makes every acknowledged write survive the loss of any m storage nodes: journal
@@ -679,6 +980,12 @@ impl VolumeEngine {
                     self.mark_replicated(*idx, p.seq, None);
                     continue;
                 };
+                if p.sliced {
+                    // Batched writes are many and small: one merge of the extent settles
+                    // them all, where rewriting each would cost a stripe and a commit.
+                    all_settled = false;
+                    continue;
+                }
                 let (data, replicated, uncommitted) = match store_journal(
                     &self.inner,
                     self.volume.policy,
@@ -735,7 +1042,11 @@ impl VolumeEngine {
         {
             p.replicated = true;
             if let Some(data) = rewritten {
-                p.stripes = own_stripes(Some(data));
+                // A rewrite's stripes are the entry's own, and metadata dropped any slice.
+                p.stripes = match Stored::of(&Some(data), false) {
+                    Stored::Own(d) => Some(d),
+                    _ => None,
+                };
             }
         }
     }
@@ -890,10 +1201,11 @@ impl VolumeEngine {
             None => commit.await,
         }
         .map_err(|e| self.command_error(e))?;
+        let stats = &self.inner.volume_stats;
         let counter = if adopted {
-            &self.inner.merges.adopted
+            &stats.merges_adopted
         } else {
-            &self.inner.merges.rewritten
+            &stats.merges_rewritten
         };
         counter.fetch_add(1, Ordering::Relaxed);
         let mut st = self.state.lock().expect("volume state lock");
@@ -946,14 +1258,37 @@ async fn volume_state(inner: &Inner, name: &str) -> Result<VolumeState, GatewayE
     }
 }
 
-/// Whether a journal entry's bytes travel inside its metadata record.
-fn is_inline(data: &Option<ObjectData>) -> bool {
-    matches!(data, Some(ObjectData::Inline(_)))
+/// The stripes of `data` (none for inline bytes).
+fn stripe_list(data: &ObjectData) -> &[lauscha_core::Stripe] {
+    match data {
+        ObjectData::Striped { stripes, .. } => stripes,
+        ObjectData::Inline(_) => &[],
+    }
 }
 
-/// `data` when it is stripes (not inline bytes, not zeros).
-fn own_stripes(data: Option<ObjectData>) -> Option<ObjectData> {
-    data.filter(|d| matches!(d, ObjectData::Striped { .. }))
+/// How a journal entry's bytes are kept, as far as the journal limits and merges care.
+#[derive(Clone, Debug)]
+enum Stored {
+    /// In its metadata record (counts against the inline limit).
+    Inline,
+    /// Stripes of its own, all of them its bytes: a merge may adopt them.
+    Own(ObjectData),
+    /// A slice of a batch's stripes (shared with the batch's other entries).
+    Slice,
+    /// Zeros: nothing stored.
+    Zeros,
+}
+
+impl Stored {
+    /// How an entry with `data` is kept; `sliced`: it has a slice record (a batch).
+    fn of(data: &Option<ObjectData>, sliced: bool) -> Stored {
+        match data {
+            Some(ObjectData::Inline(_)) => Stored::Inline,
+            Some(ObjectData::Striped { .. }) if sliced => Stored::Slice,
+            Some(d @ ObjectData::Striped { .. }) => Stored::Own(d.clone()),
+            None => Stored::Zeros,
+        }
+    }
 }
 
 /// Records journal entry `(seq, offset, len)` in the per-extent pending lists: its bytes
@@ -963,17 +1298,17 @@ fn insert_pending(
     extent_bytes: u64,
     (seq, offset, len): (u64, u64, u64),
     data: Option<Bytes>,
-    stored: Option<ObjectData>,
+    stored: Stored,
     replicated: bool,
 ) {
-    let inline = is_inline(&stored);
+    let inline = matches!(stored, Stored::Inline);
+    let sliced = matches!(stored, Stored::Slice);
     let pieces = extents_of(offset, len, extent_bytes);
     // Stripes belong to a piece only when the entry is that one piece (as the write path
     // makes them); an entry across extents could not be adopted by one of them.
-    let stripes = if pieces.len() == 1 {
-        own_stripes(stored)
-    } else {
-        None
+    let stripes = match stored {
+        Stored::Own(d) if pieces.len() == 1 => Some(d),
+        _ => None,
     };
     let mut consumed = 0u64;
     for (idx, within, n) in pieces {
@@ -994,6 +1329,7 @@ fn insert_pending(
                 data: slice,
                 replicated,
                 inline,
+                sliced,
                 stripes: stripes.clone(),
                 since: Instant::now(),
             },
@@ -1031,6 +1367,7 @@ mod tests {
             data: data.map(Bytes::copy_from_slice),
             replicated: true,
             inline: true,
+            sliced: false,
             stripes: None,
             since: Instant::now(),
         }
@@ -1055,7 +1392,7 @@ mod tests {
             8,
             (7, 6, 4),
             Some(Bytes::from_static(b"WXYZ")),
-            Some(ObjectData::Inline(b"WXYZ".to_vec())),
+            Stored::Inline,
             true,
         );
         assert_eq!(st.pending[&0][0].within, 6);

@@ -84,6 +84,9 @@ pub struct VolumeState {
     pub extents: Vec<(u64, Extent)>,
     /// (sequence number, entry) of every journal entry not merged yet, in order.
     pub journal: Vec<(u64, JournalEntry)>,
+    /// (sequence number, offset) of the journal entries written in a batch: their bytes
+    /// are `len` bytes from that offset of their data, not all of it.
+    pub slices: Vec<(u64, u64)>,
 }
 
 /// Changes to volumes (carried inside `ObjectCommand::Volume`).
@@ -200,6 +203,32 @@ pub enum VolumeCommand {
         /// The new stripes.
         data: ObjectData,
     },
+    /// Record journaled writes whose bytes are one stripe set written together (group
+    /// commit: the small writes that arrived while the previous batch was being written).
+    /// Each becomes a journal entry whose data is the whole batch and whose bytes are its
+    /// slice of it (`VolumeState::slices`); the batch's stripes are referenced once per
+    /// entry, so they become garbage when the last of its entries is merged.
+    AppendBatch {
+        /// Its name.
+        name: String,
+        /// The holder's epoch.
+        epoch: u64,
+        /// The batch's stripes.
+        data: ObjectData,
+        /// The writes, in order.
+        writes: Vec<BatchedWrite>,
+    },
+}
+
+/// One write of an `AppendBatch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchedWrite {
+    /// Byte offset in the volume.
+    pub offset: u64,
+    /// Byte length.
+    pub len: u64,
+    /// Where its bytes start in the batch.
+    pub at: u64,
 }
 
 impl VolumeCommand {
@@ -213,6 +242,7 @@ impl VolumeCommand {
             | VolumeCommand::Renew { name, .. }
             | VolumeCommand::Release { name, .. }
             | VolumeCommand::Append { name, .. }
+            | VolumeCommand::AppendBatch { name, .. }
             | VolumeCommand::Merge { name, .. }
             | VolumeCommand::Rewrite { name, .. }
             | VolumeCommand::Snapshot { name, .. }

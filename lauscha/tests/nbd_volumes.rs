@@ -213,6 +213,32 @@ impl RawClient {
 }
 
 impl RawClient {
+    /// Sends every write before reading any reply (pipelined, as qemu does); returns the
+    /// error of each, in the order given.
+    fn pipelined_writes(&mut self, writes: &[(u64, Vec<u8>)]) -> Vec<u32> {
+        let mut out = Vec::new();
+        for (i, (offset, data)) in writes.iter().enumerate() {
+            out.extend_from_slice(&nbd::encode_request(&nbd::Request {
+                flags: 0,
+                command: nbd::CMD_WRITE,
+                cookie: i as u64,
+                offset: *offset,
+                len: data.len() as u32,
+            }));
+            out.extend_from_slice(data);
+        }
+        self.tcp.write_all(&out).unwrap();
+        let mut errors = vec![u32::MAX; writes.len()];
+        for _ in writes {
+            let mut reply = [0u8; 16];
+            self.tcp.read_exact(&mut reply).unwrap();
+            assert_eq!(&reply[..4], &nbd::SIMPLE_REPLY_MAGIC.to_be_bytes());
+            let cookie = u64::from_be_bytes(reply[8..16].try_into().unwrap()) as usize;
+            errors[cookie] = u32::from_be_bytes(reply[4..8].try_into().unwrap());
+        }
+        errors
+    }
+
     fn read_block(&mut self, block: u64) -> Vec<u8> {
         let r = nbd::Request {
             flags: 0,
@@ -233,6 +259,91 @@ impl RawClient {
         self.tcp.read_exact(&mut buf).unwrap();
         buf
     }
+}
+
+/// Small writes in flight together are journaled as batches (one stripe set on the nodes
+/// and one metadata command for many writes, each entry a slice of its batch). Once
+/// acknowledged they read back through a snapshot taken while they are unmerged, and
+/// after the server is killed with its client still connected (so nothing was merged at
+/// detach). Batched writes that cover an extent are merged by rewriting it: a slice of a
+/// batch is never adopted as an extent's stripes (those hold the whole batch).
+#[test]
+fn concurrent_small_writes_are_batched_and_survive_a_crash_of_the_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut dev = Dev::start_in(&data, &[]);
+    volume(&dev, "batched", "64M");
+    let addr = dev.nbd_addr();
+    let mut client = RawClient::connect(&addr, "batched");
+    // 48 writes of 32 KiB over 12 extents, each of its own byte value, and 64 of 64 KiB
+    // that cover extent 15 in order.
+    let mut writes: Vec<(u64, Vec<u8>)> = (0..48u64)
+        .map(|i| {
+            let offset = (i % 12) * (4 << 20) + (i / 12) * (256 << 10);
+            (offset, vec![i as u8 + 1; 32 << 10])
+        })
+        .collect();
+    writes.extend((0..64u64).map(|i| ((60 << 20) + i * (64 << 10), vec![100 + i as u8; 64 << 10])));
+    let errors = client.pipelined_writes(&writes);
+    assert!(errors.iter().all(|e| *e == 0), "{errors:?}");
+    let merges = || {
+        metrics(
+            &dev,
+            &[
+                "lauscha_volume_merges_adopted_total",
+                "lauscha_volume_merges_rewritten_total",
+            ],
+        )
+    };
+    // Extent 15 is covered, so due: its merge runs now.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while merges()[1] == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "extent 15 not merged after 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(merges()[0], 0, "no batch slice is adopted as an extent");
+    let counts = metrics(
+        &dev,
+        &[
+            "lauscha_volume_journal_batches_total",
+            "lauscha_volume_journal_batched_writes_total",
+        ],
+    );
+    assert!(
+        counts[0] >= 1 && counts[1] > counts[0],
+        "some batch carried several writes: {counts:?}"
+    );
+    let reads: Vec<String> = writes
+        .iter()
+        .map(|(offset, bytes)| format!("read -P {} {offset} {}", bytes[0], bytes.len()))
+        .collect();
+    let reads: Vec<&str> = reads.iter().map(String::as_str).collect();
+    dev.admin(&["volume", "snapshot", "batched", "s1"]);
+    qemu_io_ro(&format!("nbd://{addr}/batched@s1"), &reads);
+    dev.kill();
+    drop(client);
+    let dev = Dev::start_in(&data, &[]);
+    let uri = format!("nbd://{}/batched", dev.nbd_addr());
+    // The dead server's lease blocks the attach until it lapses, as in the test above.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "read 0 4k", &uri])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "attach still refused after 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    qemu_io(&uri, &reads);
+    qemu_io(&uri, &["read -P 0 32k 224k", "read -P 0 56M 4M"]);
 }
 
 #[test]

@@ -2312,6 +2312,140 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_is_referenced_once_per_entry_and_sliced() {
+        use lauscha_core::volume::{BatchedWrite, VolumeCommand as V, VolumeReply};
+        let mut sm = setup();
+        vol(
+            &mut sm,
+            0,
+            V::Create {
+                name: "b".into(),
+                tenant: tenant("jena"),
+                size_bytes: 8 << 20,
+                policy: PlacementPolicy::DEFAULT,
+            },
+        )
+        .unwrap();
+        let Ok(VolumeReply::Leased { epoch }) = vol(
+            &mut sm,
+            0,
+            V::Acquire {
+                name: "b".into(),
+                tenant: tenant("jena"),
+                holder: "h".into(),
+                ttl_ms: 10_000,
+            },
+        ) else {
+            panic!()
+        };
+        let batch = |writes: Vec<BatchedWrite>, data: ObjectData| V::AppendBatch {
+            name: "b".into(),
+            epoch,
+            data,
+            writes,
+        };
+        let w = |offset: u64, at: u64| BatchedWrite {
+            offset,
+            len: 4096,
+            at,
+        };
+        // Slices past the batch's end, inline bytes, or no writes are refused.
+        for bad in [
+            batch(vec![w(0, 0), w(4096, 4096)], striped(4096, 50).data),
+            batch(vec![w(0, 0)], ObjectData::Inline(vec![1; 4096])),
+            batch(vec![], striped(4096, 50).data),
+            batch(vec![w(8 << 20, 0)], striped(4096, 50).data),
+        ] {
+            assert!(
+                matches!(vol(&mut sm, 0, bad), Err(MetaError::InvalidArgument(_))),
+                "refused"
+            );
+        }
+        let Ok(VolumeReply::Appended { first_seq }) = vol(
+            &mut sm,
+            0,
+            batch(vec![w(0, 0), w(5 << 20, 4096)], striped(8192, 51).data),
+        ) else {
+            panic!()
+        };
+        let count = |sm: &Sm| read::<u32>(&sm.kv, &keys::volume_stripe(StripeId(51))).unwrap();
+        assert_eq!(count(&sm), Some(2), "one reference per entry");
+        let state = crate::volumes::state(&sm.kv, "b").unwrap().unwrap();
+        assert_eq!(state.journal.len(), 2);
+        assert_eq!(state.slices, vec![(first_seq, 0), (first_seq + 1, 4096)]);
+        // A snapshot copies the slices with the entries.
+        vol(
+            &mut sm,
+            0,
+            V::Snapshot {
+                name: "b".into(),
+                tenant: tenant("jena"),
+                snapshot: "s".into(),
+            },
+        )
+        .unwrap();
+        let snap = crate::volumes::state(&sm.kv, "b@s").unwrap().unwrap();
+        assert_eq!(snap.slices, state.slices);
+        assert_eq!(count(&sm), Some(4));
+        // Merging one entry drops its reference and its slice; the batch stays live.
+        vol(
+            &mut sm,
+            0,
+            V::Merge {
+                name: "b".into(),
+                epoch,
+                extent: 0,
+                data: Some(striped(4 << 20, 52).data),
+                merged: vec![first_seq],
+            },
+        )
+        .unwrap();
+        assert_eq!(count(&sm), Some(3));
+        // Rewriting the other gives it its own stripes and no slice.
+        vol(
+            &mut sm,
+            0,
+            V::Rewrite {
+                name: "b".into(),
+                epoch,
+                seq: first_seq + 1,
+                data: striped(4096, 53).data,
+            },
+        )
+        .unwrap();
+        assert_eq!(count(&sm), Some(2), "the snapshot's two entries");
+        let state = crate::volumes::state(&sm.kv, "b").unwrap().unwrap();
+        assert!(state.slices.is_empty(), "{:?}", state.slices);
+        // Deleting the snapshot frees the batch.
+        vol(
+            &mut sm,
+            0,
+            V::Delete {
+                name: "b@s".into(),
+                tenant: tenant("jena"),
+            },
+        )
+        .unwrap();
+        assert_eq!(count(&sm), None);
+        let garbage: Vec<StripeId> = query::garbage(&sm.kv, 10)
+            .unwrap()
+            .iter()
+            .flat_map(|g| g.stripes.iter().map(|s| s.id))
+            .collect();
+        assert!(garbage.contains(&StripeId(51)), "{garbage:?}");
+        assert!(crate::volumes::state(&sm.kv, "b@s").unwrap().is_none());
+        let prefix = keys::volume_journal_slices_prefix("b@s");
+        let mut leftover = 0;
+        sm.kv
+            .scan(&prefix, &keys::prefix_end(&prefix).unwrap(), &mut |_, _| {
+                leftover += 1;
+                true
+            })
+            .unwrap();
+        assert_eq!(leftover, 0, "the snapshot's slices are deleted with it");
+    }
+
+    #[test]
     fn snapshots_and_clones_share_stripes_until_nothing_references_them() {
         use lauscha_core::volume::{JournalEntry, VolumeCommand as V, VolumeReply};
         let mut sm = setup();

@@ -78,6 +78,9 @@ pub enum Table {
     /// (stripe id, volume, kind, extent index or sequence number) -> empty: the records
     /// that reference a volume stripe, so that moving a shard updates every one.
     VolumeStripeHolder = 27,
+    /// (volume, sequence number) -> u64: where a journal entry written in a batch starts
+    /// in its data (the batch); absent for an entry whose data is its own.
+    VolumeJournalSlice = 28,
 }
 
 /// The settings of a bucket, one key each.
@@ -376,6 +379,21 @@ pub fn volume_journal_prefix(name: &str) -> Vec<u8> {
 /// Key of one journal entry.
 pub fn volume_journal(name: &str, seq: u64) -> Vec<u8> {
     let mut key = volume_journal_prefix(name);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// Prefix of a volume's journal slice records.
+pub fn volume_journal_slices_prefix(name: &str) -> Vec<u8> {
+    let mut key = table_prefix(Table::VolumeJournalSlice);
+    key.extend_from_slice(name.as_bytes());
+    key.push(SEP);
+    key
+}
+
+/// Key of a journal entry's slice record.
+pub fn volume_journal_slice(name: &str, seq: u64) -> Vec<u8> {
+    let mut key = volume_journal_slices_prefix(name);
     key.extend_from_slice(&seq.to_be_bytes());
     key
 }

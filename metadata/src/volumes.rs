@@ -96,6 +96,9 @@ fn copy_contents(out: &mut Vec<Mutation>, refs: &mut StripeRefs, from: &VolumeSt
         refs.add(&entry.data, 1, (to, HolderKind::Journal, *seq));
         put(out, keys::volume_journal(to, *seq), entry);
     }
+    for (seq, at) in &from.slices {
+        put(out, keys::volume_journal_slice(to, *seq), at);
+    }
 }
 
 fn owned(kv: &impl KvRead, name: &str, tenant: &TenantId) -> Outcome<Volume> {
@@ -145,6 +148,16 @@ pub fn state(kv: &impl KvRead, name: &str) -> Result<Option<VolumeState>, KvErro
         }
         error.is_none()
     })?;
+    let mut slices = Vec::new();
+    let prefix = keys::volume_journal_slices_prefix(name);
+    let end = keys::prefix_end(&prefix).expect("NUL in prefix");
+    kv.scan(&prefix, &end, &mut |k, v| {
+        match (keys::trailing_u64(k), value::decode::<u64>(v)) {
+            (Some(seq), Ok(at)) => slices.push((seq, at)),
+            _ => error = Some(KvError(format!("bad journal slice entry {k:?}"))),
+        }
+        error.is_none()
+    })?;
     if let Some(e) = error {
         return Err(e);
     }
@@ -152,6 +165,7 @@ pub fn state(kv: &impl KvRead, name: &str) -> Result<Option<VolumeState>, KvErro
         volume,
         extents,
         journal,
+        slices,
     }))
 }
 
@@ -285,6 +299,30 @@ pub fn edit_stripe(
     Ok(Ok(()))
 }
 
+/// Checks a journal write of `len` bytes at `offset`: inside the volume, and inside one
+/// extent (merging an extent then drops exactly its entries).
+fn check_entry(volume: &Volume, offset: u64, len: u64) -> Result<(), MetaError> {
+    let end = offset.checked_add(len);
+    let ext = volume.extent_bytes;
+    let one_extent = len > 0 && offset / ext == (offset + len - 1) / ext;
+    if end.is_none_or(|e| e > volume.size_bytes) || !one_extent {
+        return Err(MetaError::InvalidArgument(format!(
+            "journal entry {offset}+{len}: outside volume {} or across extents",
+            volume.name
+        )));
+    }
+    Ok(())
+}
+
+fn same_epoch(entry: u64, command: u64) -> Result<(), MetaError> {
+    if entry != command {
+        return Err(MetaError::InvalidArgument(format!(
+            "journal entry of epoch {entry} in a command of epoch {command}"
+        )));
+    }
+    Ok(())
+}
+
 /// Applies a volume command.
 pub fn apply_volume_command(
     kv: &impl KvRead,
@@ -411,6 +449,9 @@ pub fn apply_volume_command(
                 out.push(Mutation::Delete(keys::volume_journal(name, *seq)));
                 refs.add(&entry.data, -1, (name, HolderKind::Journal, *seq));
             }
+            for (seq, _) in &state.slices {
+                out.push(Mutation::Delete(keys::volume_journal_slice(name, *seq)));
+            }
             // Stripes a snapshot or clone still shares stay; the rest become garbage.
             refs.finish(kv, out, format!("volume {name}"), now_ms, log_index)?;
             out.push(Mutation::Delete(keys::volume(name)));
@@ -508,17 +549,10 @@ pub fn apply_volume_command(
             let first_seq = volume.next_seq;
             let mut refs = StripeRefs::default();
             for entry in entries {
-                let end = entry.offset.checked_add(entry.len);
-                let ext = volume.extent_bytes;
-                // One entry, one extent: merging an extent then drops exactly its entries.
-                let one_extent =
-                    entry.len > 0 && entry.offset / ext == (entry.offset + entry.len - 1) / ext;
-                if end.is_none_or(|e| e > volume.size_bytes) || entry.epoch != *epoch || !one_extent
+                if let Err(e) = check_entry(&volume, entry.offset, entry.len)
+                    .and_then(|()| same_epoch(entry.epoch, *epoch))
                 {
-                    return Ok(Err(MetaError::InvalidArgument(format!(
-                        "journal entry {}+{}: outside volume {name}, across extents or of another epoch",
-                        entry.offset, entry.len
-                    ))));
+                    return Ok(Err(e));
                 }
                 refs.add(&entry.data, 1, (name, HolderKind::Journal, volume.next_seq));
                 put(out, keys::volume_journal(name, volume.next_seq), entry);
@@ -553,6 +587,8 @@ pub fn apply_volume_command(
             refs.add(&old, -1, (name, HolderKind::Journal, *seq));
             refs.add(&entry.data, 1, (name, HolderKind::Journal, *seq));
             put(out, key, &entry);
+            // Its bytes are the whole new data now, not a slice of a batch.
+            out.push(Mutation::Delete(keys::volume_journal_slice(name, *seq)));
             refs.finish(
                 kv,
                 out,
@@ -561,6 +597,58 @@ pub fn apply_volume_command(
                 log_index,
             )?;
             Ok(Ok(VolumeReply::Done))
+        }
+        VolumeCommand::AppendBatch {
+            name,
+            epoch,
+            data,
+            writes,
+        } => {
+            let mut volume = match fenced(kv, name, *epoch)? {
+                Ok(v) => v,
+                Err(e) => return Ok(Err(e)),
+            };
+            if volume.read_only {
+                return Ok(Err(MetaError::InvalidArgument(format!(
+                    "{name} is a snapshot: read-only"
+                ))));
+            }
+            let batch_len: u64 = stripes(&Some(data.clone()))
+                .iter()
+                .map(|s| s.len_bytes)
+                .sum();
+            if !matches!(data, ObjectData::Striped { .. }) || writes.is_empty() {
+                return Ok(Err(MetaError::InvalidArgument(format!(
+                    "volume {name}: a batch is stripes with at least one write"
+                ))));
+            }
+            let first_seq = volume.next_seq;
+            let mut refs = StripeRefs::default();
+            for w in writes {
+                if let Err(e) = check_entry(&volume, w.offset, w.len) {
+                    return Ok(Err(e));
+                }
+                if w.at.checked_add(w.len).is_none_or(|end| end > batch_len) {
+                    return Ok(Err(MetaError::InvalidArgument(format!(
+                        "volume {name}: batched write {}+{} at {} is outside its {batch_len}-byte batch",
+                        w.offset, w.len, w.at
+                    ))));
+                }
+                let seq = volume.next_seq;
+                let entry = JournalEntry {
+                    epoch: *epoch,
+                    offset: w.offset,
+                    len: w.len,
+                    data: Some(data.clone()),
+                };
+                refs.add(&entry.data, 1, (name, HolderKind::Journal, seq));
+                put(out, keys::volume_journal(name, seq), &entry);
+                put(out, keys::volume_journal_slice(name, seq), &w.at);
+                volume.next_seq += 1;
+            }
+            refs.finish(kv, out, format!("volume {name}"), now_ms, log_index)?;
+            put(out, keys::volume(name), &volume);
+            Ok(Ok(VolumeReply::Appended { first_seq }))
         }
         VolumeCommand::Merge {
             name,
@@ -588,6 +676,7 @@ pub fn apply_volume_command(
                 }
                 refs.add(&entry.data, -1, (name, HolderKind::Journal, *seq));
                 out.push(Mutation::Delete(keys::volume_journal(name, *seq)));
+                out.push(Mutation::Delete(keys::volume_journal_slice(name, *seq)));
             }
             let key = keys::volume_extent(name, *extent);
             if let Some(old) = read::<Extent>(kv, &key)? {
