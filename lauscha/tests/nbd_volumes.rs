@@ -480,6 +480,22 @@ fn flushed_writes_survive_the_loss_of_m_storage_nodes() {
             "read -P 0x03 4M 4k",
         ],
     );
+    // Small writes in flight together while they are gone: batches, which cannot be
+    // placed at 4+2 on four nodes and fall back to three copies; then a FLUSH.
+    let batch: Vec<(u64, Vec<u8>)> = (0..16u64)
+        .map(|i| ((44 << 20) + i * (128 << 10), vec![0x10 + i as u8; 32 << 10]))
+        .collect();
+    let mut client = RawClient::connect(&dev.nbd_addr(), "m-loss");
+    let errors = client.pipelined_writes(&batch);
+    assert!(errors.iter().all(|e| *e == 0), "{errors:?}");
+    assert_eq!(client.request(nbd::CMD_FLUSH, 99, 0, 0, &[]), 0, "FLUSH");
+    drop(client);
+    let batches = metrics(&dev, &["lauscha_volume_journal_batches_total"]);
+    assert!(batches[0] >= 1, "the writes went as a batch: {batches:?}");
+    let batch_reads: Vec<String> = batch
+        .iter()
+        .map(|(offset, bytes)| format!("read -P {} {offset} 32k", bytes[0]))
+        .collect();
     // A new attach reads every flushed block back: extents rebuilt from parity, the
     // journal (its merge waits for full redundancy) replayed.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -500,8 +516,9 @@ fn flushed_writes_survive_the_loss_of_m_storage_nodes() {
                 "read -P 0x04 30M 1M",
                 "-c",
                 "read -P 0 40M 1M",
-                &uri,
             ])
+            .args(batch_reads.iter().flat_map(|r| ["-c", r.as_str()]))
+            .arg(&uri)
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string()
