@@ -40,8 +40,18 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The TLS side of the NBD server, loaded when the gateway starts (and again when the
 /// client CRL file changes).
 pub struct NbdTls {
-    config: NbdTlsConfig,
+    /// Server certificate, key and client CAs, read at start.
+    identity: Identity,
+    /// `gateway.nbd_tls.client_crl`.
+    crl_path: Option<std::path::PathBuf>,
     current: Mutex<Loaded>,
+}
+
+struct Identity {
+    config: NbdTlsConfig,
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    roots: Arc<RootCertStore>,
 }
 
 /// The acceptor in force, and the CRL file version it was built from.
@@ -49,8 +59,9 @@ struct Loaded {
     acceptor: TlsAcceptor,
     /// The CRL file's version when it was read (`None`: no CRL configured).
     crl_version: Option<FileVersion>,
-    /// A version that could not be used (logged once, not retried).
-    crl_failed: Option<FileVersion>,
+    /// The last version that could not be used (`Some(None)`: the file could not be
+    /// looked at), logged once and not tried again until the file changes.
+    crl_failed: Option<Option<FileVersion>>,
 }
 
 /// What tells one version of a file from the next: modification time (a coarse clock:
@@ -69,9 +80,12 @@ pub type ClientTenant = Result<TenantId, String>;
 impl NbdTls {
     /// Reads the PEM files of `config`; every error names the setting and the file.
     pub fn load(config: &NbdTlsConfig) -> Result<NbdTls, GatewayError> {
-        let (acceptor, crl_version) = build(config)?;
+        let identity = Identity::read(config)?;
+        let crl_path = config.client_crl.clone();
+        let (acceptor, crl_version) = identity.acceptor(crl_path.as_deref())?;
         Ok(NbdTls {
-            config: config.clone(),
+            identity,
+            crl_path,
             current: Mutex::new(Loaded {
                 acceptor,
                 crl_version,
@@ -81,14 +95,15 @@ impl NbdTls {
     }
 
     /// The acceptor for a new handshake, rebuilt first if the CRL file changed. A changed
-    /// file that cannot be used leaves the last good one in force (a revocation list
-    /// half-copied into place must not drop every revocation, nor lock every client out).
+    /// file that cannot be used (or a file gone) leaves the last good lists in force: a
+    /// revocation list half-copied into place must not drop every revocation, nor lock
+    /// every client out. It is logged once per version.
     fn acceptor(&self) -> TlsAcceptor {
         let mut current = self.current.lock().expect("nbd tls lock");
-        if let Some(crl) = &self.config.client_crl {
+        if let Some(crl) = &self.crl_path {
             let version = file_version(crl).ok();
-            if version != current.crl_version && version != current.crl_failed {
-                match build(&self.config) {
+            if version != current.crl_version && Some(version) != current.crl_failed {
+                match self.identity.acceptor(Some(crl)) {
                     Ok((acceptor, crl_version)) => {
                         info!(file = %crl.display(), "client CRL file changed: read again");
                         *current = Loaded {
@@ -99,7 +114,7 @@ impl NbdTls {
                     }
                     Err(e) => {
                         warn!(error = %e, "client CRL file changed but cannot be used; the previous lists stay in force");
-                        current.crl_failed = version;
+                        current.crl_failed = Some(version);
                     }
                 }
             }
@@ -129,61 +144,78 @@ impl NbdTls {
     }
 }
 
-/// The acceptor `config` describes, and the CRL file's version, taken before the file is
-/// read (a change while it is read is seen at the next handshake).
-fn build(config: &NbdTlsConfig) -> Result<(TlsAcceptor, Option<FileVersion>), GatewayError> {
-    let certs = read_certs("gateway.nbd_tls.cert", &config.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&config.key).map_err(|e| {
-        GatewayError::NbdTls(format!(
-            "gateway.nbd_tls.key {}: {e} (expected a PEM private key)",
-            config.key.display()
-        ))
-    })?;
-    let mut roots = RootCertStore::empty();
-    for ca in read_certs("gateway.nbd_tls.client_ca", &config.client_ca)? {
-        roots.add(ca).map_err(|e| {
+impl Identity {
+    fn read(config: &NbdTlsConfig) -> Result<Identity, GatewayError> {
+        let certs = read_certs("gateway.nbd_tls.cert", &config.cert)?;
+        let key = PrivateKeyDer::from_pem_file(&config.key).map_err(|e| {
             GatewayError::NbdTls(format!(
-                "gateway.nbd_tls.client_ca {}: {e}",
-                config.client_ca.display()
-            ))
-        })?;
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
-    let mut crl_version = None;
-    if let Some(path) = &config.client_crl {
-        let setting = "gateway.nbd_tls.client_crl";
-        let named = |e: &dyn std::fmt::Display| {
-            GatewayError::NbdTls(format!("{setting} {}: {e}", path.display()))
-        };
-        crl_version = Some(file_version(path).map_err(|e| named(&e))?);
-        let crls = CertificateRevocationListDer::pem_file_iter(path)
-            .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| named(&e))?;
-        if crls.is_empty() {
-            return Err(named(&"no PEM X509 CRL in the file"));
-        }
-        // Only the client's own certificate is checked: its issuer must have a CRL in
-        // the file, or the client is refused (unknown status is not trusted).
-        verifier = verifier.with_crls(crls).only_check_end_entity_revocation();
-    }
-    let verifier = verifier
-        .build()
-        .map_err(|e| GatewayError::NbdTls(format!("client certificate verifier: {e}")))?;
-    let server = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| GatewayError::NbdTls(format!("TLS versions: {e}")))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .map_err(|e| {
-            GatewayError::NbdTls(format!(
-                "gateway.nbd_tls.cert {} and key {} do not make a server identity: {e}",
-                config.cert.display(),
+                "gateway.nbd_tls.key {}: {e} (expected a PEM private key)",
                 config.key.display()
             ))
         })?;
-    Ok((TlsAcceptor::from(Arc::new(server)), crl_version))
+        let mut roots = RootCertStore::empty();
+        for ca in read_certs("gateway.nbd_tls.client_ca", &config.client_ca)? {
+            roots.add(ca).map_err(|e| {
+                GatewayError::NbdTls(format!(
+                    "gateway.nbd_tls.client_ca {}: {e}",
+                    config.client_ca.display()
+                ))
+            })?;
+        }
+        Ok(Identity {
+            config: config.clone(),
+            certs,
+            key,
+            roots: Arc::new(roots),
+        })
+    }
+
+    /// An acceptor with this identity and the CRLs in `crl_path`, and the CRL file's
+    /// version, taken before the file is read (a change while it is read is seen at the
+    /// next handshake).
+    fn acceptor(
+        &self,
+        crl_path: Option<&Path>,
+    ) -> Result<(TlsAcceptor, Option<FileVersion>), GatewayError> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut verifier =
+            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider.clone());
+        let mut crl_version = None;
+        if let Some(path) = crl_path {
+            let setting = "gateway.nbd_tls.client_crl";
+            let named = |e: &dyn std::fmt::Display| {
+                GatewayError::NbdTls(format!("{setting} {}: {e}", path.display()))
+            };
+            crl_version = Some(file_version(path).map_err(|e| named(&e))?);
+            let crls = CertificateRevocationListDer::pem_file_iter(path)
+                .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| named(&e))?;
+            if crls.is_empty() {
+                return Err(named(&"no PEM X509 CRL in the file"));
+            }
+            // Only the client's own certificate is checked: its issuer must have a CRL
+            // in the file, or the client is refused (unknown status is not trusted). A
+            // CRL past its next update is still used (rustls' default): refresh the file.
+            verifier = verifier.with_crls(crls).only_check_end_entity_revocation();
+        }
+        let verifier = verifier
+            .build()
+            .map_err(|e| GatewayError::NbdTls(format!("client certificate verifier: {e}")))?;
+        let config = &self.config;
+        let server = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| GatewayError::NbdTls(format!("TLS versions: {e}")))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.certs.clone(), self.key.clone_key())
+            .map_err(|e| {
+                GatewayError::NbdTls(format!(
+                    "gateway.nbd_tls.cert {} and key {} do not make a server identity: {e}",
+                    config.cert.display(),
+                    config.key.display()
+                ))
+            })?;
+        Ok((TlsAcceptor::from(Arc::new(server)), crl_version))
+    }
 }
 
 fn read_certs(setting: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, GatewayError> {

@@ -1,8 +1,11 @@
 //! A block volume served by this process: reads, journaled writes, zeroing, flush, and
 //! the background merge of journal entries into erasure-coded extents.
 //!
-//! Write path: writes of up to 64 KiB (per extent) travel inside the metadata command
-//! itself, so Raft replicates them and concurrent writes share its fsyncs; larger ones go
+//! Write path: a small write (up to 64 KiB, inside one extent) joins a queue, and one task
+//! journals everything waiting with one metadata command (group commit): several writes
+//! of 64 KiB or more as one stripe set on the storage nodes (`AppendBatch`, each entry a
+//! slice of it), fewer inside the command itself. Other writes of up to 64 KiB per extent
+//! travel inside the metadata command, so Raft replicates them; larger ones go
 //! to storage nodes as a stripe at the volume's own policy (k+m, through the same
 //! `write_body` as objects, acknowledged by the write quorum k+1), or as three copies
 //! (1 data + 2 parity shards) when that policy cannot be placed or written now. Then one
@@ -17,7 +20,8 @@
 //!
 //! Merge (a task of its own, woken by the write that makes an extent due): an extent with
 //! journal entries gets a new version made of its old bytes plus the entries, written at
-//! full redundancy (k+m shards) or not at all, and swapped in with one metadata command
+//! full redundancy (k+m shards) or not at all (or, when the entries' own stripes tile it,
+//! those stripes adopted as they are), and swapped in with one metadata command
 //! that also drops the entries, under the lease epoch. `MERGE_LIMITS` say when: an extent
 //! whose entries cover it whole (a sequential writer: the merge reads nothing), that has
 //! many or old entries, and, while the volume's journal is over a soft limit, those with
@@ -72,9 +76,10 @@ const INLINE_JOURNAL_BYTES: u64 = 64 * 1024;
 /// bounded tightly (`MAX_INLINE_PENDING_BYTES`); batches keep the journal on the nodes,
 /// where it may grow, so that merges of random writes absorb more.
 const BATCH_STRIPE_MIN_BYTES: u64 = 64 * 1024;
-/// The most bytes one batch takes from the queue. Every entry of a batch carries the
-/// batch's stripe list in its metadata record, and the whole journal is one message at
-/// attach (at most 64 MiB): a batch of at most one stripe keeps an entry's record near
+/// The most bytes one batch takes from the queue, and never more than one shard's size
+/// (`gateway.shard_size_bytes`: one stripe even as three copies). Every entry of a batch
+/// carries the batch's stripe list in its metadata record, and the whole journal is one
+/// message at attach (at most 64 MiB): a batch of one stripe keeps an entry's record near
 /// 300 bytes, so even 65,536 entries of 4 KiB (the 256 MiB limit) stay far below it.
 const BATCH_MAX_BYTES: u64 = 1 << 20;
 
@@ -784,13 +789,14 @@ impl VolumeEngine {
                     guard.finished = true;
                     return;
                 }
+                let max_bytes = BATCH_MAX_BYTES.min(u64::from(self.inner.config.shard_size_bytes));
                 let mut n_bytes = 0u64;
                 let n = queue
                     .waiting
                     .iter()
                     .take_while(|w| {
                         n_bytes += w.bytes.len() as u64;
-                        n_bytes <= BATCH_MAX_BYTES
+                        n_bytes <= max_bytes
                     })
                     .count()
                     .max(1);
@@ -962,11 +968,13 @@ impl VolumeEngine {
     /// Brings every journal entry of `extents` to all its shards durable: an entry short
     /// of one (a node failed during its write, or since: entries replayed at attach are
     /// not trusted) is written again and its stripes swapped in place, keeping its order
-    /// in the journal. When that cannot be had, the extent is merged at full erasure-coded
-    /// redundancy instead, or the call fails.
+    /// in the journal. When that cannot be had, or the entry is a slice of a batch, the
+    /// extent is merged at full erasure-coded redundancy instead, or the call fails.
     async fn settle(&self, extents: &[u64]) -> Result<(), VolumeError> {
-        let _guard = self.merging.lock().await;
         for idx in extents {
+            // One extent at a time, like merges: writers waiting for room and the merger
+            // get their turn between extents.
+            let _guard = self.merging.lock().await;
             let short: Vec<Pending> = {
                 let st = self.state.lock().expect("volume state lock");
                 st.pending

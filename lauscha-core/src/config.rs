@@ -293,9 +293,11 @@ pub struct NbdTlsConfig {
     pub client_ca: PathBuf,
     /// Certificate revocation lists, PEM: one from every CA that issues client
     /// certificates. A client certificate listed there is refused, and so is one whose
-    /// issuer has no CRL in the file. Read again when the file's modification time
-    /// changes (checked at each handshake); a new file that cannot be used leaves the last
-    /// good lists in force and is logged. Default: no revocation check.
+    /// issuer has no CRL in the file. Only the client's own certificate is checked (not
+    /// intermediate CAs), and a CRL past its next update is still used. Read again when
+    /// the file changes (modification time, length or inode; checked at each handshake); a
+    /// changed file that cannot be used, or a file gone, leaves the last good lists in
+    /// force and is logged. Default: no revocation check.
     #[serde(default)]
     pub client_crl: Option<PathBuf>,
 }

@@ -2286,6 +2286,22 @@ mod tests {
         ) else {
             panic!()
         };
+        // Repair moves one of its shards meanwhile; the writer's copy of the stripe list
+        // still names the old node.
+        let stale = striped(4 << 20, 99).data;
+        let ObjectData::Striped { stripes: old, .. } = &stale else {
+            panic!()
+        };
+        let from = old[0].shards[0].node;
+        assert_eq!(
+            sm.run(MetaCommand::MoveShard {
+                stripe_id: StripeId(99),
+                shard_idx: 0,
+                from,
+                to: NodeId(42),
+            }),
+            MetaResponse::Maintained
+        );
         vol(
             &mut sm,
             0,
@@ -2293,11 +2309,20 @@ mod tests {
                 name: "d".into(),
                 epoch,
                 extent: 0,
-                data: Some(striped(4 << 20, 99).data),
+                data: Some(stale),
                 merged: vec![first_seq],
             },
         )
         .unwrap();
+        let state = crate::volumes::state(&sm.kv, "d").unwrap().unwrap();
+        let ObjectData::Striped { stripes, .. } = &state.extents[0].1.data else {
+            panic!()
+        };
+        assert_eq!(
+            stripes[0].shards[0].node,
+            NodeId(42),
+            "adopted as it is now"
+        );
         let garbage: Vec<StripeId> = query::garbage(&sm.kv, 10)
             .unwrap()
             .iter()
@@ -2387,6 +2412,21 @@ mod tests {
         let snap = crate::volumes::state(&sm.kv, "b@s").unwrap().unwrap();
         assert_eq!(snap.slices, state.slices);
         assert_eq!(count(&sm), Some(4));
+        // A merge never adopts a batch's stripes as an extent: they hold other bytes too.
+        assert!(matches!(
+            vol(
+                &mut sm,
+                0,
+                V::Merge {
+                    name: "b".into(),
+                    epoch,
+                    extent: 0,
+                    data: Some(striped(8192, 51).data),
+                    merged: vec![first_seq],
+                },
+            ),
+            Err(MetaError::InvalidArgument(_))
+        ));
         // Merging one entry drops its reference and its slice; the batch stays live.
         vol(
             &mut sm,

@@ -662,6 +662,11 @@ pub fn apply_volume_command(
                 Err(e) => return Ok(Err(e)),
             };
             let mut refs = StripeRefs::default();
+            // Stripes of the merged entries as metadata has them now: repair and drain
+            // move shards (`edit_stripe`) without the writer knowing.
+            let mut current: std::collections::HashMap<lauscha_core::StripeId, Stripe> =
+                Default::default();
+            let mut sliced = std::collections::HashSet::new();
             for seq in merged {
                 let Some(entry) = read::<JournalEntry>(kv, &keys::volume_journal(name, *seq))?
                 else {
@@ -674,10 +679,34 @@ pub fn apply_volume_command(
                         "volume {name}: journal entry {seq} is not in extent {extent}"
                     ))));
                 }
+                let is_slice = kv.get(&keys::volume_journal_slice(name, *seq))?.is_some();
+                for s in stripes(&entry.data) {
+                    if is_slice {
+                        sliced.insert(s.id);
+                    }
+                    current.insert(s.id, s.clone());
+                }
                 refs.add(&entry.data, -1, (name, HolderKind::Journal, *seq));
                 out.push(Mutation::Delete(keys::volume_journal(name, *seq)));
                 out.push(Mutation::Delete(keys::volume_journal_slice(name, *seq)));
             }
+            // A merge may adopt an entry's own stripes as the extent, never a batch (whose
+            // stripes hold other entries' bytes too); adopted ones are taken as they are now.
+            let mut data = data.clone();
+            if let Some(ObjectData::Striped { stripes: new, .. }) = &mut data {
+                for s in new.iter_mut() {
+                    if sliced.contains(&s.id) {
+                        return Ok(Err(MetaError::InvalidArgument(format!(
+                            "volume {name}: extent {extent} cannot adopt batch stripe {}",
+                            s.id
+                        ))));
+                    }
+                    if let Some(now) = current.get(&s.id) {
+                        *s = now.clone();
+                    }
+                }
+            }
+            let data = &data;
             let key = keys::volume_extent(name, *extent);
             if let Some(old) = read::<Extent>(kv, &key)? {
                 refs.add(&Some(old.data), -1, (name, HolderKind::Extent, *extent));
