@@ -459,7 +459,7 @@ impl VolumeEngine {
         let mut needed: HashMap<StripeId, u64> = HashMap::new();
         for (seq, entry) in &state.journal {
             if let (Some(d), true) = (&entry.data, slices.contains_key(seq))
-                && let Some(first) = stripe_list(d).first()
+                && let Some(first) = d.stripes().first()
             {
                 *needed.entry(first.id).or_default() += entry.len;
             }
@@ -470,7 +470,7 @@ impl VolumeEngine {
             let at = slices.get(seq).copied();
             let data = match (&entry.data, at) {
                 (Some(d), Some(at)) => {
-                    let batch_len: u64 = stripe_list(d).iter().map(|s| s.len_bytes).sum();
+                    let batch_len: u64 = d.stripes().iter().map(|s| s.len_bytes).sum();
                     let end = at.checked_add(entry.len).filter(|e| *e <= batch_len);
                     let Some(end) = end else {
                         return Err(GatewayError::Internal(format!(
@@ -478,7 +478,7 @@ impl VolumeEngine {
                             self.volume.name
                         )));
                     };
-                    let first = stripe_list(d).first().map(|s| s.id);
+                    let first = d.stripes().first().map(|s| s.id);
                     let whole = match first {
                         Some(id) if needed.get(&id).is_some_and(|n| n * 2 >= batch_len) => {
                             if let Some(bytes) = batches.get(&id) {
@@ -1263,14 +1263,6 @@ async fn volume_state(inner: &Inner, name: &str) -> Result<VolumeState, GatewayE
         other => Err(GatewayError::Internal(format!(
             "metadata answered {other:?}"
         ))),
-    }
-}
-
-/// The stripes of `data` (none for inline bytes).
-fn stripe_list(data: &ObjectData) -> &[lauscha_core::Stripe] {
-    match data {
-        ObjectData::Striped { stripes, .. } => stripes,
-        ObjectData::Inline(_) => &[],
     }
 }
 

@@ -236,7 +236,14 @@ pub struct ObjectVersion {
 impl ObjectVersion {
     /// All stripes of this version (none for inline data).
     pub fn stripes(&self) -> &[Stripe] {
-        match &self.data {
+        self.data.stripes()
+    }
+}
+
+impl ObjectData {
+    /// Its stripes (none for inline data).
+    pub fn stripes(&self) -> &[Stripe] {
+        match self {
             ObjectData::Inline(_) => &[],
             ObjectData::Striped { stripes, .. } => stripes,
         }

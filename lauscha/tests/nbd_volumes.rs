@@ -129,11 +129,27 @@ fn acknowledged_writes_survive_a_crash_of_the_server() {
     dev.kill();
     let dev = Dev::start_in(&data, &[]);
     let uri = format!("nbd://{}/vm1", dev.nbd_addr());
-    // The dead server's lease blocks a new attach until it lapses (10 s), as it would
-    // block a second host; a client retries, as qemu does with reconnect-delay.
+    wait_until_attachable(&uri);
+    qemu_io(
+        &uri,
+        &[
+            "read -P 0x5a 0 4k",
+            "read -P 0 4k 8k",
+            "read -P 0x6b 12k 8k",
+            "read -P 0 5M 64k",
+            "read -P 0x7c 5308416 960k",
+        ],
+    );
+}
+
+/// Waits until `uri` can be attached. After a server is killed, its lease blocks a new
+/// attach until it lapses (10 s), as it would block a second host; a client retries, as
+/// qemu does with reconnect-delay.
+#[track_caller]
+fn wait_until_attachable(uri: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !Command::new("qemu-io")
-        .args(["-f", "raw", "-c", "read 0 4k", &uri])
+        .args(["-f", "raw", "-c", "read 0 4k", uri])
         .output()
         .unwrap()
         .status
@@ -145,16 +161,6 @@ fn acknowledged_writes_survive_a_crash_of_the_server() {
         );
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
-    qemu_io(
-        &uri,
-        &[
-            "read -P 0x5a 0 4k",
-            "read -P 0 4k 8k",
-            "read -P 0x6b 12k 8k",
-            "read -P 0 5M 64k",
-            "read -P 0x7c 5308416 960k",
-        ],
-    );
 }
 
 /// A raw client: handshake, NBD_OPT_GO, then requests.
@@ -327,21 +333,7 @@ fn concurrent_small_writes_are_batched_and_survive_a_crash_of_the_server() {
     drop(client);
     let dev = Dev::start_in(&data, &[]);
     let uri = format!("nbd://{}/batched", dev.nbd_addr());
-    // The dead server's lease blocks the attach until it lapses, as in the test above.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !Command::new("qemu-io")
-        .args(["-f", "raw", "-c", "read 0 4k", &uri])
-        .output()
-        .unwrap()
-        .status
-        .success()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "attach still refused after 30 s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
+    wait_until_attachable(&uri);
     qemu_io(&uri, &reads);
     qemu_io(&uri, &["read -P 0 32k 224k", "read -P 0 56M 4M"]);
 }

@@ -2336,15 +2336,14 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_batch_is_referenced_once_per_entry_and_sliced() {
-        use lauscha_core::volume::{BatchedWrite, VolumeCommand as V, VolumeReply};
-        let mut sm = setup();
+    /// A new 8 MiB volume of jena, leased by holder "h": its epoch.
+    fn leased_volume(sm: &mut Sm, name: &str) -> u64 {
+        use lauscha_core::volume::{VolumeCommand as V, VolumeReply};
         vol(
-            &mut sm,
+            sm,
             0,
             V::Create {
-                name: "b".into(),
+                name: name.into(),
                 tenant: tenant("jena"),
                 size_bytes: 8 << 20,
                 policy: PlacementPolicy::DEFAULT,
@@ -2352,10 +2351,10 @@ mod tests {
         )
         .unwrap();
         let Ok(VolumeReply::Leased { epoch }) = vol(
-            &mut sm,
+            sm,
             0,
             V::Acquire {
-                name: "b".into(),
+                name: name.into(),
                 tenant: tenant("jena"),
                 holder: "h".into(),
                 ttl_ms: 10_000,
@@ -2363,6 +2362,14 @@ mod tests {
         ) else {
             panic!()
         };
+        epoch
+    }
+
+    #[test]
+    fn a_batch_is_referenced_once_per_entry_and_sliced() {
+        use lauscha_core::volume::{BatchedWrite, VolumeCommand as V, VolumeReply};
+        let mut sm = setup();
+        let epoch = leased_volume(&mut sm, "b");
         let batch = |writes: Vec<BatchedWrite>, data: ObjectData| V::AppendBatch {
             name: "b".into(),
             epoch,
@@ -2489,29 +2496,7 @@ mod tests {
     fn snapshots_and_clones_share_stripes_until_nothing_references_them() {
         use lauscha_core::volume::{JournalEntry, VolumeCommand as V, VolumeReply};
         let mut sm = setup();
-        vol(
-            &mut sm,
-            0,
-            V::Create {
-                name: "vm".into(),
-                tenant: tenant("jena"),
-                size_bytes: 8 << 20,
-                policy: PlacementPolicy::DEFAULT,
-            },
-        )
-        .unwrap();
-        let Ok(VolumeReply::Leased { epoch }) = vol(
-            &mut sm,
-            0,
-            V::Acquire {
-                name: "vm".into(),
-                tenant: tenant("jena"),
-                holder: "h".into(),
-                ttl_ms: 10_000,
-            },
-        ) else {
-            panic!()
-        };
+        let epoch = leased_volume(&mut sm, "vm");
         vol(
             &mut sm,
             0,
@@ -2676,31 +2661,9 @@ mod tests {
 
     #[test]
     fn maintenance_sees_volume_stripes_and_moves_them_in_every_record() {
-        use lauscha_core::volume::{VolumeCommand as V, VolumeReply};
+        use lauscha_core::volume::VolumeCommand as V;
         let mut sm = setup();
-        vol(
-            &mut sm,
-            0,
-            V::Create {
-                name: "vm".into(),
-                tenant: tenant("jena"),
-                size_bytes: 8 << 20,
-                policy: PlacementPolicy::DEFAULT,
-            },
-        )
-        .unwrap();
-        let Ok(VolumeReply::Leased { epoch }) = vol(
-            &mut sm,
-            0,
-            V::Acquire {
-                name: "vm".into(),
-                tenant: tenant("jena"),
-                holder: "h".into(),
-                ttl_ms: 10_000,
-            },
-        ) else {
-            panic!()
-        };
+        let epoch = leased_volume(&mut sm, "vm");
         vol(
             &mut sm,
             0,

@@ -25,10 +25,7 @@ fn put<T: Serialize>(out: &mut Vec<Mutation>, key: Vec<u8>, v: &T) {
 }
 
 fn stripes(data: &Option<ObjectData>) -> &[Stripe] {
-    match data {
-        Some(ObjectData::Striped { stripes, .. }) => stripes,
-        _ => &[],
-    }
+    data.as_ref().map_or(&[], ObjectData::stripes)
 }
 
 /// Reference counts of volume stripes (a snapshot or clone shares its source's stripes),
@@ -107,6 +104,20 @@ fn owned(kv: &impl KvRead, name: &str, tenant: &TenantId) -> Outcome<Volume> {
         Some(_) => Err(MetaError::AccessDenied(format!("volume {name}"))),
         None => Err(MetaError::NoSuchVolume(name.to_string())),
     })
+}
+
+/// The volume, if `epoch` holds its lease and it is not a snapshot: what a journal append
+/// needs.
+fn writable(kv: &impl KvRead, name: &str, epoch: u64) -> Outcome<Volume> {
+    Ok(fenced(kv, name, epoch)?.and_then(|v| {
+        if v.read_only {
+            Err(MetaError::InvalidArgument(format!(
+                "{name} is a snapshot: read-only"
+            )))
+        } else {
+            Ok(v)
+        }
+    }))
 }
 
 fn fenced(kv: &impl KvRead, name: &str, epoch: u64) -> Outcome<Volume> {
@@ -537,15 +548,10 @@ pub fn apply_volume_command(
             epoch,
             entries,
         } => {
-            let mut volume = match fenced(kv, name, *epoch)? {
+            let mut volume = match writable(kv, name, *epoch)? {
                 Ok(v) => v,
                 Err(e) => return Ok(Err(e)),
             };
-            if volume.read_only {
-                return Ok(Err(MetaError::InvalidArgument(format!(
-                    "{name} is a snapshot: read-only"
-                ))));
-            }
             let first_seq = volume.next_seq;
             let mut refs = StripeRefs::default();
             for entry in entries {
@@ -604,19 +610,11 @@ pub fn apply_volume_command(
             data,
             writes,
         } => {
-            let mut volume = match fenced(kv, name, *epoch)? {
+            let mut volume = match writable(kv, name, *epoch)? {
                 Ok(v) => v,
                 Err(e) => return Ok(Err(e)),
             };
-            if volume.read_only {
-                return Ok(Err(MetaError::InvalidArgument(format!(
-                    "{name} is a snapshot: read-only"
-                ))));
-            }
-            let batch_len: u64 = stripes(&Some(data.clone()))
-                .iter()
-                .map(|s| s.len_bytes)
-                .sum();
+            let batch_len: u64 = data.stripes().iter().map(|s| s.len_bytes).sum();
             if !matches!(data, ObjectData::Striped { .. }) || writes.is_empty() {
                 return Ok(Err(MetaError::InvalidArgument(format!(
                     "volume {name}: a batch is stripes with at least one write"
