@@ -509,6 +509,21 @@ fn metrics(inner: &Inner, maintenance: &Maintenance) -> Response<Full<Bytes>> {
                 .load(Ordering::Relaxed),
         ),
         (
+            "lauscha_volume_unknown_outcomes_total",
+            "Volume commands whose outcome metadata did not answer in time.",
+            inner.volume_stats.unknown_outcomes.load(Ordering::Relaxed),
+        ),
+        (
+            "lauscha_volume_new_epochs_total",
+            "New lease epochs a volume engine took to fence commands of unknown outcome.",
+            inner.volume_stats.new_epochs.load(Ordering::Relaxed),
+        ),
+        (
+            "lauscha_volume_journal_entries_found_total",
+            "Journal entries a volume engine found in metadata and did not hold (mostly writes answered with an error that landed anyway).",
+            inner.volume_stats.entries_found.load(Ordering::Relaxed),
+        ),
+        (
             "lauscha_maintenance_passes_total",
             "Maintenance passes completed.",
             s.passes.load(Ordering::Relaxed),

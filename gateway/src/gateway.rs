@@ -58,6 +58,14 @@ pub struct VolumeStats {
     pub journal_batches: std::sync::atomic::AtomicU64,
     /// Small writes journaled in those batches.
     pub journal_batched_writes: std::sync::atomic::AtomicU64,
+    /// Volume commands whose outcome was not learned (metadata did not answer in time).
+    pub unknown_outcomes: std::sync::atomic::AtomicU64,
+    /// New lease epochs taken to fence those (`VolumeCommand::NewEpoch`).
+    pub new_epochs: std::sync::atomic::AtomicU64,
+    /// Journal entries found in metadata that the engine did not know of, taken into its
+    /// journal by a resync: writes answered with an error that landed anyway (and now
+    /// and then one whose answer was still on its way).
+    pub entries_found: std::sync::atomic::AtomicU64,
 }
 
 /// An access key and what it may do (`grants: None`: everything in its tenant).

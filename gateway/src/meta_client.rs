@@ -266,13 +266,25 @@ impl MetaClient {
         F: Fn(MetaServiceClient<Channel>, tonic::Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        self.call_with_timeout(write, ATTEMPT_TIMEOUT, message, rpc)
+        let request_id = write.then(|| self.new_request_id());
+        self.call_with_timeout(request_id, ATTEMPT_TIMEOUT, message, rpc)
             .await
+    }
+
+    /// A request id no other call of this client carries: a command sent again under the
+    /// same id is applied at most once, and answered as it was the first time (for as
+    /// long as metadata keeps request records, `REQUEST_RETENTION_MS`).
+    pub fn new_request_id(&self) -> String {
+        format!(
+            "{:016x}-{:016x}",
+            self.inner.client_id,
+            self.inner.next_seq.fetch_add(1, Ordering::Relaxed)
+        )
     }
 
     async fn call_with_timeout<M, T, F, Fut>(
         &self,
-        write: bool,
+        request_id: Option<String>,
         attempt_timeout: Duration,
         message: M,
         rpc: F,
@@ -282,13 +294,6 @@ impl MetaClient {
         F: Fn(MetaServiceClient<Channel>, tonic::Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let request_id = write.then(|| {
-            format!(
-                "{:016x}-{:016x}",
-                self.inner.client_id,
-                self.inner.next_seq.fetch_add(1, Ordering::Relaxed)
-            )
-        });
         let deadline = tokio::time::Instant::now() + LEADER_SEARCH;
         let mut endpoint = self.inner.preferred.lock().expect("preferred lock").clone();
         let mut backoff = Duration::from_millis(20);
@@ -344,6 +349,28 @@ impl MetaClient {
         };
         let reply = self
             .call(true, message, |mut c, r| async move { c.execute(r).await })
+            .await?;
+        lauscha_proto::decode_payload(&reply.body).map_err(invalid_reply)
+    }
+
+    /// `execute` under a request id the caller keeps (`new_request_id`): calling again
+    /// with the same id after an unknown outcome learns what became of the first call,
+    /// and never applies the command twice.
+    pub async fn execute_as(
+        &self,
+        request_id: &str,
+        command: &ObjectCommand,
+    ) -> Result<ObjectCommandReply, GatewayError> {
+        let message = pb::Encoded {
+            body: lauscha_proto::encode_payload(command).into(),
+        };
+        let reply = self
+            .call_with_timeout(
+                Some(request_id.to_string()),
+                ATTEMPT_TIMEOUT,
+                message,
+                |mut c, r| async move { c.execute(r).await },
+            )
             .await?;
         lauscha_proto::decode_payload(&reply.body).map_err(invalid_reply)
     }
@@ -1084,9 +1111,13 @@ impl MetaClient {
             node_id,
             addr: addr.to_string(),
         };
-        self.call_with_timeout(true, CATCH_UP_TIMEOUT, message, |mut c, r| async move {
-            c.add_learner(r).await
-        })
+        let request_id = Some(self.new_request_id());
+        self.call_with_timeout(
+            request_id,
+            CATCH_UP_TIMEOUT,
+            message,
+            |mut c, r| async move { c.add_learner(r).await },
+        )
         .await?;
         Ok(())
     }

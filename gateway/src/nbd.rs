@@ -348,7 +348,7 @@ async fn connection(
         Client::Tenant(t) => t.to_string(),
         _ => String::new(),
     };
-    info!(volume = %name, %tenant, epoch = engine.epoch, "NBD client attached");
+    info!(volume = %name, %tenant, epoch = engine.epoch(), "NBD client attached");
     let (rd, wr) = tokio::io::split(stream);
     let result = transmission(engine.clone(), info, rd, wr).await;
     exports.detach(&name, &identity, &engine).await;

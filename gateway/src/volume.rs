@@ -28,7 +28,7 @@
 //! the most journal bytes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -111,6 +111,26 @@ struct EngineState {
     pending: BTreeMap<u64, Vec<Pending>>,
     pending_bytes: u64,
     inline_pending_bytes: u64,
+    /// Metadata commands of this engine whose outcome it does not know (a journal write
+    /// answered with an error may have landed anyway, a merge may have been applied),
+    /// counted, and how many of them a new epoch has caught up with (`sealed`, see
+    /// `seal`).
+    unknown_outcomes: u64,
+    sealed: u64,
+    /// Reasons to read the volume again from metadata (unknown outcomes, and refusals
+    /// that show metadata's journal is not this engine's), counted, and how many of them
+    /// a reload has caught up with (`resynced`, see `resync`).
+    resync_wanted: u64,
+    resynced: u64,
+    /// Every journal entry below this sequence number was in metadata when `resync` last
+    /// read it, and is in `pending` or merged since: a write whose answer comes later
+    /// must not insert it again.
+    resync_floor: u64,
+    /// Journal commands sent and not yet answered (tickets, in the order sent): a merge
+    /// waits for those sent before it looks at `pending`, so that an entry committed
+    /// below the ones it merges is never left behind.
+    commits_in_flight: std::collections::BTreeSet<u64>,
+    next_commit_ticket: u64,
 }
 
 impl EngineState {
@@ -126,6 +146,12 @@ impl EngineState {
             covered: covers(extent_len, ps.iter().map(|p| (p.within, p.len))),
             oldest_age_ms: oldest.elapsed().as_millis() as u64,
         })
+    }
+
+    /// Whether journal entry `seq`, just answered as committed, was taken from metadata by
+    /// a `resync` already (and is in `pending`, or merged since).
+    fn known_already(&self, seq: u64) -> bool {
+        seq < self.resync_floor
     }
 
     /// Whether the merger should look now: `extent` became due, or the volume's journal
@@ -156,15 +182,51 @@ pub struct VolumeEngine {
     inner: Arc<Inner>,
     /// The volume as it was when attached (size may only grow; a resize needs a re-attach).
     pub volume: Volume,
-    /// The lease epoch.
-    pub epoch: u64,
+    /// The lease epoch (moves on when this engine seals unknown outcomes: `seal`).
+    epoch: AtomicU64,
+    /// The epoch a `seal` is moving away from (`NO_SEAL` when none is in flight): a
+    /// refusal of a command sent under it is the engine's own doing, not a takeover.
+    sealing_from: AtomicU64,
+    /// One `seal` at a time; the request id of one whose answer was lost, sent again.
+    sealing: tokio::sync::Mutex<Option<PendingSeal>>,
     state: Mutex<EngineState>,
     fenced: AtomicBool,
     merging: tokio::sync::Mutex<()>,
     /// Wakes the merger: a write made an extent due.
     merge_wanted: Arc<tokio::sync::Notify>,
+    /// Wakes merges waiting for journal commands in flight (`CommitTicket`).
+    commits_answered: tokio::sync::Notify,
     /// Small writes waiting for the next journal batch.
     batch: Mutex<BatchQueue>,
+}
+
+/// A journal command in flight (`EngineState::commits_in_flight`), until dropped.
+struct CommitTicket<'a> {
+    engine: &'a VolumeEngine,
+    ticket: u64,
+}
+
+impl Drop for CommitTicket<'_> {
+    fn drop(&mut self) {
+        let mut st = self
+            .engine
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        st.commits_in_flight.remove(&self.ticket);
+        drop(st);
+        self.engine.commits_answered.notify_waiters();
+    }
+}
+
+/// No `seal` in flight (`VolumeEngine::sealing_from`).
+const NO_SEAL: u64 = u64::MAX;
+
+/// A `NewEpoch` command sent and not answered: sent again under the same request id, so
+/// that it is applied once and its answer learned.
+struct PendingSeal {
+    from_epoch: u64,
+    request_id: String,
 }
 
 /// Group commit of small writes: while one batch is being written, the writes that arrive
@@ -369,11 +431,14 @@ impl VolumeEngine {
             let engine = Arc::new(VolumeEngine {
                 inner: inner.clone(),
                 volume: state.volume.clone(),
-                epoch: 0,
+                epoch: AtomicU64::new(0),
+                sealing_from: AtomicU64::new(NO_SEAL),
+                sealing: tokio::sync::Mutex::new(None),
                 state: Mutex::new(EngineState::default()),
                 fenced: AtomicBool::new(false),
                 merging: tokio::sync::Mutex::new(()),
                 merge_wanted: Arc::new(tokio::sync::Notify::new()),
+                commits_answered: tokio::sync::Notify::new(),
                 batch: Mutex::new(BatchQueue::default()),
             });
             engine.load(&state).await?;
@@ -400,11 +465,14 @@ impl VolumeEngine {
         let engine = Arc::new(VolumeEngine {
             inner: inner.clone(),
             volume: state.volume.clone(),
-            epoch,
+            epoch: AtomicU64::new(epoch),
+            sealing_from: AtomicU64::new(NO_SEAL),
+            sealing: tokio::sync::Mutex::new(None),
             state: Mutex::new(EngineState::default()),
             fenced: AtomicBool::new(false),
             merging: tokio::sync::Mutex::new(()),
             merge_wanted: Arc::new(tokio::sync::Notify::new()),
+            commits_answered: tokio::sync::Notify::new(),
             batch: Mutex::new(BatchQueue::default()),
         });
         engine.load(&state).await?;
@@ -453,12 +521,30 @@ impl VolumeEngine {
     }
 
     async fn load(&self, state: &VolumeState) -> Result<(), GatewayError> {
+        let loaded = self.read_journal(state, |_| true).await?;
+        let mut st = self.state.lock().expect("volume state lock");
+        for (idx, extent) in &state.extents {
+            st.extents.insert(*idx, extent.data.clone());
+        }
+        for entry in loaded {
+            entry.insert(&mut st, self.volume.extent_bytes);
+        }
+        Ok(())
+    }
+
+    /// Reads the bytes of the journal entries of `state` that `wanted` picks, in order.
+    async fn read_journal(
+        &self,
+        state: &VolumeState,
+        wanted: impl Fn(u64) -> bool,
+    ) -> Result<Vec<LoadedEntry>, GatewayError> {
         let slices: HashMap<u64, u64> = state.slices.iter().copied().collect();
         // A batch most of whose bytes are still journal is read once, whole; of one that
         // is mostly merged, only the entries left.
         let mut needed: HashMap<StripeId, u64> = HashMap::new();
         for (seq, entry) in &state.journal {
             if let (Some(d), true) = (&entry.data, slices.contains_key(seq))
+                && wanted(*seq)
                 && let Some(first) = d.stripes().first()
             {
                 *needed.entry(first.id).or_default() += entry.len;
@@ -466,7 +552,7 @@ impl VolumeEngine {
         }
         let mut batches: HashMap<StripeId, Bytes> = HashMap::new();
         let mut loaded = Vec::new();
-        for (seq, entry) in &state.journal {
+        for (seq, entry) in state.journal.iter().filter(|(seq, _)| wanted(*seq)) {
             let at = slices.get(seq).copied();
             let data = match (&entry.data, at) {
                 (Some(d), Some(at)) => {
@@ -503,62 +589,263 @@ impl VolumeEngine {
                 (Some(d), None) => Some(read_data(&self.inner, d, entry.len, 0..entry.len).await?),
                 (None, _) => None,
             };
-            let stored = Stored::of(&entry.data, at.is_some());
-            loaded.push((*seq, entry.offset, entry.len, data, stored));
-        }
-        let mut st = self.state.lock().expect("volume state lock");
-        for (idx, extent) in &state.extents {
-            st.extents.insert(*idx, extent.data.clone());
-        }
-        for (seq, offset, len, data, stored) in loaded {
-            // An inline entry is in Raft, committed on a majority of voters. Whether every
-            // shard of a stored one survived is unknown: treat it as short, so that the
-            // next FLUSH or merge settles it.
-            let replicated = matches!(stored, Stored::Inline);
-            insert_pending(
-                &mut st,
-                self.volume.extent_bytes,
-                (seq, offset, len),
+            loaded.push(LoadedEntry {
+                seq: *seq,
+                offset: entry.offset,
+                len: entry.len,
                 data,
-                stored,
-                replicated,
-            );
+                stored: Stored::of(&entry.data, at.is_some()),
+            });
         }
-        Ok(())
+        Ok(loaded)
     }
 
     async fn renew(&self) -> bool {
+        if self.sealing_from.load(Ordering::SeqCst) != NO_SEAL {
+            // A new epoch went unanswered: it may have landed, and then the old one
+            // renews nothing. Learn its answer first (the same request id).
+            let _ = self.seal().await;
+        }
+        let epoch = self.epoch();
         let result = self
             .inner
             .meta
             .execute(&ObjectCommand::Volume(VolumeCommand::Renew {
                 name: self.volume.name.clone(),
-                epoch: self.epoch,
+                epoch,
                 ttl_ms: LEASE_TTL.as_millis() as u64,
             }))
             .await;
         match result {
             Ok(_) => true,
             Err(e) => {
-                if matches!(meta_err(e), VolumeError::Fenced) {
-                    warn!(volume = %self.volume.name, epoch = self.epoch, "lease lost: fenced");
-                    self.fenced.store(true, Ordering::SeqCst);
+                if matches!(self.command_error(e, epoch), VolumeError::Fenced) {
+                    warn!(volume = %self.volume.name, epoch, "lease lost: fenced");
                     return false;
                 }
-                // Metadata unreachable: keep trying; writes fail meanwhile on their own.
+                // Metadata unreachable, or this engine moved to a new epoch meanwhile:
+                // keep renewing; writes fail on their own while metadata is away.
                 true
             }
         }
     }
 
-    /// The error of a metadata command under the lease; a fenced one marks the engine
-    /// fenced, so that later writes fail at once.
-    fn command_error(&self, e: GatewayError) -> VolumeError {
+    /// The lease epoch this engine writes under now.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// The error of a metadata command sent under `epoch`. Fenced means another server
+    /// took the volume over, and marks the engine fenced so that later writes fail at
+    /// once, unless this engine itself left `epoch` behind (`seal`): then the command was
+    /// refused, nothing changed, and the engine goes on under its new epoch.
+    fn command_error(&self, e: GatewayError, epoch: u64) -> VolumeError {
         let e = meta_err(e);
         if matches!(e, VolumeError::Fenced) {
+            if epoch < self.epoch() || self.sealing_from.load(Ordering::SeqCst) == epoch {
+                return VolumeError::Io(GatewayError::Internal(format!(
+                    "volume {}: refused under epoch {epoch}, which this server left for a \
+                     new one after a command whose outcome it did not learn",
+                    self.volume.name
+                )));
+            }
             self.fenced.store(true, Ordering::SeqCst);
         }
         e
+    }
+
+    /// The result of a metadata command sent under `epoch`. An unknown outcome is counted:
+    /// no later write commits before the engine took a new epoch (`seal`), and no merge
+    /// runs before it read the journal again (`resync`).
+    fn commit_result<T>(
+        &self,
+        result: Result<T, GatewayError>,
+        epoch: u64,
+    ) -> Result<T, VolumeError> {
+        if write::outcome_unknown(&result) {
+            self.note_unknown_outcome();
+        }
+        result.map_err(|e| self.command_error(e, epoch))
+    }
+
+    /// Records that metadata may hold what this engine does not know.
+    fn note_unknown_outcome(&self) {
+        let stats = &self.inner.volume_stats;
+        stats.unknown_outcomes.fetch_add(1, Ordering::Relaxed);
+        let mut st = self.state.lock().expect("volume state lock");
+        st.unknown_outcomes += 1;
+        st.resync_wanted += 1;
+        warn!(volume = %self.volume.name, unknown_outcomes = st.unknown_outcomes, "a volume command's outcome is unknown");
+    }
+
+    /// Records that metadata's journal is not what this engine holds (a refusal said so):
+    /// the next merge reads the volume again first.
+    fn note_diverged(&self) {
+        self.state.lock().expect("volume state lock").resync_wanted += 1;
+    }
+
+    /// A ticket for a journal command about to be sent; held until its entries are in
+    /// `pending` or it failed.
+    fn commit_ticket(&self) -> CommitTicket<'_> {
+        let mut st = self.state.lock().expect("volume state lock");
+        let ticket = st.next_commit_ticket;
+        st.next_commit_ticket += 1;
+        st.commits_in_flight.insert(ticket);
+        CommitTicket {
+            engine: self,
+            ticket,
+        }
+    }
+
+    /// Moves the lease to a new epoch if a command's outcome is unknown since the last
+    /// time (`NewEpoch`). A journal write answered with an error may still be on its way
+    /// through metadata; under the new epoch it is refused if it comes later, so it can
+    /// never land above a write the client sent after it saw the error. Called before
+    /// every journal write (`Append`, `AppendBatch`), by `resync`, and by lease renewal
+    /// while a new epoch is unanswered; fails (the write with it) while metadata does not
+    /// answer. Commands of other writes sent under the old epoch meanwhile are refused
+    /// and answered EIO (nothing of them was applied).
+    ///
+    /// The request id is kept across retries while metadata keeps request records (ten
+    /// minutes): a retry later than that is applied again, refused as a stale epoch, and
+    /// the engine fences itself (fail-stop; a new attach reads everything afresh).
+    async fn seal(&self) -> Result<(), VolumeError> {
+        let target = {
+            let st = self.state.lock().expect("volume state lock");
+            if st.sealed >= st.unknown_outcomes {
+                return Ok(());
+            }
+            st.unknown_outcomes
+        };
+        let mut pending = self.sealing.lock().await;
+        if self.state.lock().expect("volume state lock").sealed >= target {
+            return Ok(()); // another writer sealed while this one waited
+        }
+        let from = self.epoch();
+        let request_id = match &*pending {
+            Some(p) if p.from_epoch == from => p.request_id.clone(),
+            _ => {
+                let id = self.inner.meta.new_request_id();
+                *pending = Some(PendingSeal {
+                    from_epoch: from,
+                    request_id: id.clone(),
+                });
+                id
+            }
+        };
+        self.sealing_from.store(from, Ordering::SeqCst);
+        let command = ObjectCommand::Volume(VolumeCommand::NewEpoch {
+            name: self.volume.name.clone(),
+            epoch: from,
+            ttl_ms: LEASE_TTL.as_millis() as u64,
+        });
+        // The same request id every time: applied once, however often it is sent.
+        let result = self.inner.meta.execute_as(&request_id, &command).await;
+        if write::outcome_unknown(&result) {
+            // Sent again, under the same id, by the next write.
+            let e = result.expect_err("an unknown outcome is an error");
+            warn!(volume = %self.volume.name, epoch = from, error = %e, "new epoch not answered");
+            return Err(VolumeError::Io(e));
+        }
+        *pending = None;
+        match result {
+            Ok(ObjectCommandReply::Volume(VolumeReply::Leased { epoch })) => {
+                // The new epoch first: a refusal of a command under `from` handled in
+                // between must still be seen as this engine's own doing.
+                self.epoch.store(epoch, Ordering::SeqCst);
+                self.sealing_from.store(NO_SEAL, Ordering::SeqCst);
+                self.inner
+                    .volume_stats
+                    .new_epochs
+                    .fetch_add(1, Ordering::Relaxed);
+                let mut st = self.state.lock().expect("volume state lock");
+                st.sealed = st.sealed.max(target);
+                info!(volume = %self.volume.name, from_epoch = from, epoch, "moved to a new epoch after an unknown outcome");
+                Ok(())
+            }
+            Ok(other) => {
+                self.sealing_from.store(NO_SEAL, Ordering::SeqCst);
+                Err(GatewayError::Internal(format!("new epoch answered {other:?}")).into())
+            }
+            Err(e) => {
+                // Refused: `from` is not the current lease (another server took the
+                // volume over), or the volume is gone.
+                self.sealing_from.store(NO_SEAL, Ordering::SeqCst);
+                Err(self.command_error(e, from))
+            }
+        }
+    }
+
+    /// Reads the volume again from metadata after a command's outcome was unknown (under
+    /// the merge lock, after `seal`): the extents as they are, journal entries this engine
+    /// does not know added (a write answered with an error that landed anyway), and those
+    /// metadata no longer has dropped (a merge whose answer was lost). Without it, a merge
+    /// would leave such an entry below a later write in the journal, and a later attach
+    /// would replay it over that write.
+    async fn resync(&self) -> Result<(), VolumeError> {
+        let target = self.state.lock().expect("volume state lock").resync_wanted;
+        self.seal().await?;
+        let state = volume_state(&self.inner, &self.volume.name).await?;
+        let known: std::collections::HashSet<u64> = {
+            let st = self.state.lock().expect("volume state lock");
+            st.pending.values().flatten().map(|p| p.seq).collect()
+        };
+        let found = self
+            .read_journal(&state, |seq| !known.contains(&seq))
+            .await?;
+        let in_metadata: std::collections::HashSet<u64> =
+            state.journal.iter().map(|(seq, _)| *seq).collect();
+        let mut st = self.state.lock().expect("volume state lock");
+        st.extents = state
+            .extents
+            .iter()
+            .map(|(idx, e)| (*idx, e.data.clone()))
+            .collect();
+        // Entries committed after the read above are newer than `next_seq`: kept.
+        let gone = |p: &Pending| p.seq < state.volume.next_seq && !in_metadata.contains(&p.seq);
+        let (mut freed, mut freed_inline, mut n_gone) = (0, 0, 0);
+        for ps in st.pending.values_mut() {
+            ps.retain(|p| {
+                if gone(p) {
+                    freed += p.len;
+                    freed_inline += if p.inline { p.len } else { 0 };
+                    n_gone += 1;
+                }
+                !gone(p)
+            });
+        }
+        st.pending.retain(|_, ps| !ps.is_empty());
+        // An entry's own stripes as metadata has them (a rewrite whose answer was lost
+        // replaced them): a merge that adopts them must name the live ones.
+        let slices: std::collections::HashSet<u64> =
+            state.slices.iter().map(|(seq, _)| *seq).collect();
+        let data_now: HashMap<u64, &Option<ObjectData>> = state
+            .journal
+            .iter()
+            .map(|(seq, entry)| (*seq, &entry.data))
+            .collect();
+        for p in st.pending.values_mut().flatten() {
+            if let (Some(_), Some(data)) = (&p.stripes, data_now.get(&p.seq)) {
+                p.stripes = match Stored::of(data, slices.contains(&p.seq)) {
+                    Stored::Own(d) => Some(d),
+                    _ => None,
+                };
+            }
+        }
+        st.pending_bytes = st.pending_bytes.saturating_sub(freed);
+        st.inline_pending_bytes = st.inline_pending_bytes.saturating_sub(freed_inline);
+        let n_found = found.len();
+        let stats = &self.inner.volume_stats;
+        stats
+            .entries_found
+            .fetch_add(n_found as u64, Ordering::Relaxed);
+        for entry in found {
+            entry.insert(&mut st, self.volume.extent_bytes);
+        }
+        st.resync_floor = st.resync_floor.max(state.volume.next_seq);
+        st.resynced = st.resynced.max(target);
+        info!(volume = %self.volume.name, n_found, n_gone, "journal read again after an unknown outcome");
+        Ok(())
     }
 
     /// Whether another server took the volume over.
@@ -583,10 +870,10 @@ impl VolumeEngine {
             .meta
             .execute(&ObjectCommand::Volume(VolumeCommand::Release {
                 name: self.volume.name.clone(),
-                epoch: self.epoch,
+                epoch: self.epoch(),
             }))
             .await;
-        info!(volume = %self.volume.name, epoch = self.epoch, "volume detached");
+        info!(volume = %self.volume.name, epoch = self.epoch(), "volume detached");
     }
 
     /// Reads `len` bytes at `offset`.
@@ -699,10 +986,12 @@ impl VolumeEngine {
                 uncommitted.absorb(u);
             }
         }
+        self.seal().await?;
+        let epoch = self.epoch();
         let entries = stored
             .iter()
             .map(|(o, n, _, d, _, _)| JournalEntry {
-                epoch: self.epoch,
+                epoch,
                 offset: *o,
                 len: *n,
                 data: d.clone(),
@@ -710,13 +999,12 @@ impl VolumeEngine {
             .collect();
         let append = ObjectCommand::Volume(VolumeCommand::Append {
             name: self.volume.name.clone(),
-            epoch: self.epoch,
+            epoch,
             entries,
         });
-        let reply = uncommitted
-            .settle(self.inner.meta.execute(&append))
-            .await
-            .map_err(|e| self.command_error(e))?;
+        let ticket = self.commit_ticket();
+        let result = uncommitted.settle(self.inner.meta.execute(&append)).await;
+        let reply = self.commit_result(result, epoch)?;
         let ObjectCommandReply::Volume(VolumeReply::Appended { first_seq }) = reply else {
             return Err(GatewayError::Internal(format!("append answered {reply:?}")).into());
         };
@@ -725,6 +1013,10 @@ impl VolumeEngine {
         let merge_now = {
             let mut st = self.state.lock().expect("volume state lock");
             for (i, (o, n, bytes, data, piece_replicated, _)) in stored.iter().enumerate() {
+                extents_touched.push(o / self.volume.extent_bytes);
+                if st.known_already(first_seq + i as u64) {
+                    continue;
+                }
                 insert_pending(
                     &mut st,
                     self.volume.extent_bytes,
@@ -733,12 +1025,12 @@ impl VolumeEngine {
                     Stored::of(data, false),
                     *piece_replicated,
                 );
-                extents_touched.push(o / self.volume.extent_bytes);
             }
             extents_touched
                 .iter()
                 .any(|idx| st.merge_wanted(st.extent_journal(*idx, self.extent_len(*idx))))
         };
+        drop(ticket);
         if merge_now {
             self.merge_wanted.notify_one();
         }
@@ -865,6 +1157,8 @@ impl VolumeEngine {
         } else {
             None
         };
+        self.seal().await?;
+        let epoch = self.epoch();
         let (command, stored, replicated, uncommitted) =
             if let Some((data, replicated, uncommitted)) = stripes {
                 let mut writes = Vec::with_capacity(batch.len());
@@ -885,7 +1179,7 @@ impl VolumeEngine {
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 let command = VolumeCommand::AppendBatch {
                     name: self.volume.name.clone(),
-                    epoch: self.epoch,
+                    epoch,
                     data,
                     writes,
                 };
@@ -894,7 +1188,7 @@ impl VolumeEngine {
                 let entries = batch
                     .iter()
                     .map(|w| JournalEntry {
-                        epoch: self.epoch,
+                        epoch,
                         offset: w.offset,
                         len: w.bytes.len() as u64,
                         data: Some(ObjectData::Inline(w.bytes.to_vec())),
@@ -902,18 +1196,19 @@ impl VolumeEngine {
                     .collect();
                 let command = VolumeCommand::Append {
                     name: self.volume.name.clone(),
-                    epoch: self.epoch,
+                    epoch,
                     entries,
                 };
                 (command, Stored::Inline, true, None)
             };
         let command = ObjectCommand::Volume(command);
+        let ticket = self.commit_ticket();
         let commit = self.inner.meta.execute(&command);
-        let reply = match uncommitted {
+        let result = match uncommitted {
             Some(u) => u.settle(commit).await,
             None => commit.await,
-        }
-        .map_err(|e| self.command_error(e))?;
+        };
+        let reply = self.commit_result(result, epoch)?;
         let ObjectCommandReply::Volume(VolumeReply::Appended { first_seq }) = reply else {
             return Err(GatewayError::Internal(format!("append answered {reply:?}")).into());
         };
@@ -922,6 +1217,9 @@ impl VolumeEngine {
             let mut due = false;
             for (i, w) in batch.iter().enumerate() {
                 let len = w.bytes.len() as u64;
+                if st.known_already(first_seq + i as u64) {
+                    continue;
+                }
                 insert_pending(
                     &mut st,
                     self.volume.extent_bytes,
@@ -935,6 +1233,7 @@ impl VolumeEngine {
             }
             due
         };
+        drop(ticket);
         if merge_now {
             self.merge_wanted.notify_one();
         }
@@ -1012,21 +1311,28 @@ impl VolumeEngine {
                     all_settled = false;
                     continue;
                 }
+                let epoch = self.epoch();
                 let rewrite = ObjectCommand::Volume(VolumeCommand::Rewrite {
                     name: self.volume.name.clone(),
-                    epoch: self.epoch,
+                    epoch,
                     seq: p.seq,
                     data: data.clone(),
                 });
-                match uncommitted.settle(self.inner.meta.execute(&rewrite)).await {
+                let result = uncommitted.settle(self.inner.meta.execute(&rewrite)).await;
+                match self.commit_result(result, epoch) {
                     // The old stripes are garbage now: a merge must adopt the new ones.
                     Ok(_) => self.mark_replicated(*idx, p.seq, Some(data)),
-                    // Merged meanwhile: it is erasure-coded now.
-                    Err(GatewayError::Meta {
+                    // The entry is gone from metadata, though this engine (holding the
+                    // merge lock) did not merge it: a merge's answer was lost. The merge
+                    // below reads the volume again first.
+                    Err(VolumeError::Io(GatewayError::Meta {
                         kind: lauscha_proto::MetaErrorKind::Conflict,
                         ..
-                    }) => {}
-                    Err(e) => return Err(self.command_error(e)),
+                    })) => {
+                        self.note_diverged();
+                        all_settled = false;
+                    }
+                    Err(e) => return Err(e),
                 }
             }
             if !all_settled && !self.merge_extent(*idx).await? {
@@ -1150,13 +1456,56 @@ impl VolumeEngine {
         })
     }
 
-    /// Folds an extent's journal entries into a new extent version. Returns false when the
-    /// new version could not be written at full redundancy (nothing changed then).
+    /// Folds an extent's journal entries into a new extent version (under the merge
+    /// lock). Returns false when the new version could not be written at full redundancy
+    /// (nothing changed then).
     async fn merge_extent(&self, idx: u64) -> Result<bool, VolumeError> {
+        match self.merge_extent_once(idx).await {
+            Err(VolumeError::Io(GatewayError::Meta {
+                kind: lauscha_proto::MetaErrorKind::Conflict,
+                message,
+            })) => {
+                // Metadata's journal is not what this engine holds (an entry merged is
+                // gone): a merge's answer was lost. Read the volume again and try once more.
+                warn!(volume = %self.volume.name, extent = idx, %message, "merge refused; reading the volume again");
+                self.note_diverged();
+                self.merge_extent_once(idx).await
+            }
+            other => other,
+        }
+    }
+
+    async fn merge_extent_once(&self, idx: u64) -> Result<bool, VolumeError> {
         let ext = self.volume.extent_bytes;
-        let (base, pending) = {
-            let st = self.state.lock().expect("volume state lock");
-            (st.extents.get(&idx).cloned(), st.pending.get(&idx).cloned())
+        // The entries merged must be all that metadata has for the extent below the
+        // newest of them: one left behind would be replayed over them at the next attach.
+        // Two kinds could be missing from `pending`: one whose command is still in flight
+        // (waited for: commands sent before now are answered within the metadata
+        // client's deadline), and one whose command failed but may have landed (read from
+        // metadata by `resync`).
+        let sent_before = self
+            .state
+            .lock()
+            .expect("volume state lock")
+            .next_commit_ticket;
+        let (base, pending) = loop {
+            let answered = self.commits_answered.notified();
+            tokio::pin!(answered);
+            // Registered before the check: a ticket dropped after it still wakes us.
+            answered.as_mut().enable();
+            let resync = {
+                let st = self.state.lock().expect("volume state lock");
+                let in_flight = st.commits_in_flight.range(..sent_before).next().is_some();
+                if !in_flight && st.resynced >= st.resync_wanted {
+                    break (st.extents.get(&idx).cloned(), st.pending.get(&idx).cloned());
+                }
+                !in_flight
+            };
+            if resync {
+                self.resync().await?;
+            } else {
+                answered.await;
+            }
         };
         let Some(pending) = pending.filter(|p| !p.is_empty()) else {
             return Ok(true);
@@ -1196,19 +1545,20 @@ impl VolumeEngine {
             seqs.dedup();
             seqs
         };
+        let epoch = self.epoch();
         let merge = ObjectCommand::Volume(VolumeCommand::Merge {
             name: self.volume.name.clone(),
-            epoch: self.epoch,
+            epoch,
             extent: idx,
             data: data.clone(),
             merged: merged.clone(),
         });
         let commit = self.inner.meta.execute(&merge);
-        match uncommitted {
+        let result = match uncommitted {
             Some(u) => u.settle(commit).await,
             None => commit.await,
-        }
-        .map_err(|e| self.command_error(e))?;
+        };
+        self.commit_result(result, epoch)?;
         let stats = &self.inner.volume_stats;
         let counter = if adopted {
             &stats.merges_adopted
@@ -1291,6 +1641,32 @@ impl Stored {
     }
 }
 
+/// A journal entry read back from metadata (and the nodes) by this engine.
+struct LoadedEntry {
+    seq: u64,
+    offset: u64,
+    len: u64,
+    data: Option<Bytes>,
+    stored: Stored,
+}
+
+impl LoadedEntry {
+    /// Adds it to the pending lists. An inline entry is in Raft, committed on a majority
+    /// of voters. Whether every shard of a stored one survived is unknown: it counts as
+    /// short, so that the next FLUSH or merge settles it.
+    fn insert(self, st: &mut EngineState, extent_bytes: u64) {
+        let replicated = matches!(self.stored, Stored::Inline);
+        insert_pending(
+            st,
+            extent_bytes,
+            (self.seq, self.offset, self.len),
+            self.data,
+            self.stored,
+            replicated,
+        );
+    }
+}
+
 /// Records journal entry `(seq, offset, len)` in the per-extent pending lists: its bytes
 /// (`None`: zeros), how it is stored, and whether that survives m losses.
 fn insert_pending(
@@ -1320,6 +1696,13 @@ fn insert_pending(
         // two overlapping writes in flight at once may be answered in the other order.
         let list = st.pending.entry(idx).or_default();
         let at = list.partition_point(|p| p.seq < seq);
+        if list.get(at).is_some_and(|p| p.seq == seq) {
+            // Never expected: the write paths skip what `resync` took
+            // (`known_already`), and each entry is inserted once. Counting it twice would
+            // skew the journal's limits.
+            debug_assert!(false, "journal entry {seq} inserted twice");
+            continue;
+        }
         list.insert(
             at,
             Pending {

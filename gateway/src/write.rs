@@ -94,6 +94,13 @@ fn after_commit<T>(result: &Result<T, GatewayError>) -> AfterCommit {
     }
 }
 
+/// Whether a metadata command that returned `result` may have been applied although it
+/// did not say so: it failed, and not with a refusal of metadata's own (which changes
+/// nothing).
+pub(crate) fn outcome_unknown<T>(result: &Result<T, GatewayError>) -> bool {
+    result.is_err() && after_commit(result) == AfterCommit::Keep
+}
+
 impl Uncommitted {
     /// Nothing written yet.
     pub fn none(inner: Arc<Inner>) -> Uncommitted {

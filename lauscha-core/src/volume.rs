@@ -218,6 +218,18 @@ pub enum VolumeCommand {
         /// The writes, in order.
         writes: Vec<BatchedWrite>,
     },
+    /// The holder moves its own live lease to a new epoch (refused if `epoch` is no longer
+    /// current). Its commands still in flight under the old epoch can then never apply:
+    /// after a journal command whose outcome it does not know, the holder takes a new
+    /// epoch before any later write, so that the unknown one cannot land after those.
+    NewEpoch {
+        /// Its name.
+        name: String,
+        /// The holder's epoch.
+        epoch: u64,
+        /// Lease length, ms.
+        ttl_ms: u64,
+    },
 }
 
 /// One write of an `AppendBatch`.
@@ -240,6 +252,7 @@ impl VolumeCommand {
             | VolumeCommand::Resize { name, .. }
             | VolumeCommand::Acquire { name, .. }
             | VolumeCommand::Renew { name, .. }
+            | VolumeCommand::NewEpoch { name, .. }
             | VolumeCommand::Release { name, .. }
             | VolumeCommand::Append { name, .. }
             | VolumeCommand::AppendBatch { name, .. }

@@ -786,6 +786,11 @@ fn metrics(dev: &Dev, names: &[&str]) -> Vec<u64> {
     let admin = dev.cluster["admin_endpoint"]
         .as_str()
         .expect("admin endpoint");
+    metrics_at(admin, names)
+}
+
+/// The named counters of the gateway whose admin API is at `admin`.
+fn metrics_at(admin: &str, names: &[&str]) -> Vec<u64> {
     let (status, _, body) = raw_http(admin, "GET", "/metrics", &[], b"");
     assert_eq!(status, 200);
     let text = String::from_utf8(body).unwrap();
@@ -927,4 +932,114 @@ fn the_read_cache_answers_repeated_reads_and_never_with_old_bytes() {
     qemu_io(&uri, &["write -P 0x44 0 4M"]);
     qemu_io(&uri, &["read -P 0x44 4k 4k", "read -P 0x44 4k 4k"]);
     assert_eq!(read_cache_counts(&dev), (0, 0));
+}
+
+/// A TCP proxy to `upstream` that passes what clients send at once, and holds back what
+/// comes back while `held` is true: a metadata leader that applies a command but whose
+/// answer never arrives in time. Returns its address.
+async fn reply_holding_proxy(
+    upstream: String,
+    held: tokio::sync::watch::Receiver<bool>,
+) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let (upstream, mut held) = (upstream.clone(), held.clone());
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+                    let _ = to_server.shutdown().await;
+                });
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    let n = match from_server.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    // Read, then held: a reply already on its way when the hold began
+                    // waits too.
+                    if held.wait_for(|h| !*h).await.is_err()
+                        || to_client.write_all(&buf[..n]).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Issue 6, point 3, for a failure that is not a crash: a write whose journal commit
+/// metadata applied, but whose answer never reached the NBD server in time (held back by
+/// a proxy), is answered EIO. The client then writes the same block again and is
+/// acknowledged. That later write must be what the block holds: when the journal is
+/// merged at detach, and when the volume is attached again elsewhere. Without a new
+/// epoch and a fresh read of the journal, the entry of the failed write stays in the
+/// journal below the merged one and is replayed over it at the next attach.
+#[test]
+fn a_write_answered_eio_that_landed_anyway_never_replays_over_a_later_one() {
+    let dev = Dev::start(&["--cluster"]);
+    dev.admin(&["volume", "create", "held", "--size", "64M"]);
+    let meta = dev.processes("metadata")[0]["listen"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (hold, held) = tokio::sync::watch::channel(false);
+    let proxy = rt.block_on(reply_holding_proxy(meta, held));
+    // A second gateway whose only way to metadata is the proxy.
+    let extra = dev.data_dir.join("held-gateway");
+    let toml = format!(
+        "[gateway]\ns3_listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nnbd_listen = \"127.0.0.1:0\"\nmetadata_endpoints = [\"http://{proxy}\"]\n"
+    );
+    let (_gateway, ready) = start_server(&extra, "held-gateway", &toml);
+    let nbd_addr = ready["nbd_listen"]
+        .as_str()
+        .expect("nbd_listen")
+        .to_string();
+    let admin = ready["admin_listen"]
+        .as_str()
+        .expect("admin_listen")
+        .to_string();
+
+    let mut client = RawClient::connect(&nbd_addr, "held");
+    assert_eq!(client.request(nbd::CMD_WRITE, 1, 0, 4096, &[0x11; 4096]), 0);
+    hold.send(true).unwrap();
+    // Applied by metadata, unanswered until the server gives up on it.
+    assert_eq!(
+        client.request(nbd::CMD_WRITE, 2, 0, 4096, &[0xaa; 4096]),
+        nbd::EIO
+    );
+    hold.send(false).unwrap();
+    assert_eq!(client.request(nbd::CMD_WRITE, 3, 0, 4096, &[0xbb; 4096]), 0);
+    assert_eq!(client.read_block(0), vec![0xbb; 4096]);
+    // The last connection goes: the server merges the whole journal and detaches.
+    drop(client);
+    let uri = format!("nbd://{}/held", dev.nbd_addr());
+    wait_until_attachable(&uri);
+    qemu_io(&uri, &["read -P 0xbb 0 4k"]);
+    let [unknown, new_epochs, found] = metrics_at(
+        &admin,
+        &[
+            "lauscha_volume_unknown_outcomes_total",
+            "lauscha_volume_new_epochs_total",
+            "lauscha_volume_journal_entries_found_total",
+        ],
+    )[..] else {
+        unreachable!()
+    };
+    assert!(unknown >= 1, "no unknown outcome: the test did not test");
+    assert!(new_epochs >= 1, "no new epoch after the unknown outcome");
+    assert_eq!(
+        found, 1,
+        "the write answered EIO was applied and must be found"
+    );
 }

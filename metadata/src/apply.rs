@@ -2366,6 +2366,60 @@ mod tests {
     }
 
     #[test]
+    fn a_new_epoch_fences_the_holders_own_commands_still_in_flight() {
+        use lauscha_core::volume::{JournalEntry, VolumeCommand as V, VolumeReply};
+        let mut sm = setup();
+        let first = leased_volume(&mut sm, "disk");
+        let append = |epoch: u64| V::Append {
+            name: "disk".into(),
+            epoch,
+            entries: vec![JournalEntry {
+                epoch,
+                offset: 0,
+                len: 4096,
+                data: None,
+            }],
+        };
+        let new_epoch = |epoch: u64| V::NewEpoch {
+            name: "disk".into(),
+            epoch,
+            ttl_ms: 10_000,
+        };
+        let Ok(VolumeReply::Leased { epoch: second }) = vol(&mut sm, 1_000, new_epoch(first))
+        else {
+            panic!("new epoch refused")
+        };
+        assert!(second > first);
+        // A command sent under the old epoch (a reply the holder never saw) lands late.
+        assert!(matches!(
+            vol(&mut sm, 2_000, append(first)),
+            Err(MetaError::Fenced(_))
+        ));
+        assert!(matches!(
+            vol(&mut sm, 2_000, new_epoch(first)),
+            Err(MetaError::Fenced(_))
+        ));
+        vol(&mut sm, 2_000, append(second)).unwrap();
+        // The lease is still the holder's, renewed by the new epoch: others wait.
+        assert!(matches!(
+            vol(
+                &mut sm,
+                10_500,
+                V::Acquire {
+                    name: "disk".into(),
+                    tenant: tenant("jena"),
+                    holder: "other".into(),
+                    ttl_ms: 10_000,
+                }
+            ),
+            Err(MetaError::Conflict(_))
+        ));
+        let state = crate::volumes::state(&sm.kv, "disk").unwrap().unwrap();
+        assert_eq!(state.journal.len(), 1);
+        assert_eq!(state.volume.lease.unwrap().epoch, second);
+    }
+
+    #[test]
     fn a_batch_is_referenced_once_per_entry_and_sliced() {
         use lauscha_core::volume::{BatchedWrite, VolumeCommand as V, VolumeReply};
         let mut sm = setup();

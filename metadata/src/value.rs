@@ -168,7 +168,7 @@ mod tests {
             (
                 "command_append_batch",
                 volume_command(VolumeCommand::AppendBatch {
-                    name,
+                    name: name.clone(),
                     epoch: 3,
                     data: stripes(),
                     writes: vec![
@@ -183,6 +183,14 @@ mod tests {
                             at: 4096,
                         },
                     ],
+                }),
+            ),
+            (
+                "command_new_epoch",
+                volume_command(VolumeCommand::NewEpoch {
+                    name,
+                    epoch: 3,
+                    ttl_ms: 10_000,
                 }),
             ),
         ]

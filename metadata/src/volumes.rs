@@ -534,6 +534,24 @@ pub fn apply_volume_command(
             put(out, keys::volume(name), &volume);
             Ok(Ok(VolumeReply::Done))
         }
+        VolumeCommand::NewEpoch {
+            name,
+            epoch,
+            ttl_ms,
+        } => {
+            let mut volume = match fenced(kv, name, *epoch)? {
+                Ok(v) => v,
+                Err(e) => return Ok(Err(e)),
+            };
+            volume.epoch += 1;
+            let epoch = volume.epoch;
+            if let Some(l) = &mut volume.lease {
+                l.epoch = epoch;
+                l.expires_ms = now_ms + ttl_ms;
+            }
+            put(out, keys::volume(name), &volume);
+            Ok(Ok(VolumeReply::Leased { epoch }))
+        }
         VolumeCommand::Release { name, epoch } => {
             let mut volume = match fenced(kv, name, *epoch)? {
                 Ok(v) => v,
