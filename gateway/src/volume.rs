@@ -65,6 +65,9 @@ const MAX_PENDING_BYTES: u64 = 256 << 20;
 /// for merges: the whole journal is one metadata message at attach, and those are at most
 /// 64 MiB.
 const MAX_INLINE_PENDING_BYTES: u64 = 24 << 20;
+/// How often at most a failed extent read makes the engine read the volume's stripe lists
+/// again (`VolumeEngine::refresh_extents`).
+const EXTENTS_REFRESH_EVERY: Duration = Duration::from_secs(1);
 /// How often the merger looks for extents whose journal got old, when no write woke it.
 const MERGE_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Writes up to this size are small: they go through the batch queue (`BatchQueue`), or
@@ -131,6 +134,8 @@ struct EngineState {
     /// below the ones it merges is never left behind.
     commits_in_flight: std::collections::BTreeSet<u64>,
     next_commit_ticket: u64,
+    /// When `refresh_extents` last read the stripe lists from metadata.
+    extents_refreshed: Option<Instant>,
 }
 
 impl EngineState {
@@ -894,7 +899,25 @@ impl VolumeEngine {
                 (st.extents.get(&idx).cloned(), overlapping)
             };
             let stored = match base {
-                Some(data) => read_data(&self.inner, &data, ext, within..within + n).await?,
+                Some(data) => match read_data(&self.inner, &data, ext, within..within + n).await {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        let now = {
+                            let _guard = self.merging.lock().await;
+                            self.refresh_extents(idx, &e).await?
+                        };
+                        // A merge may have replaced the extent meanwhile: the entries
+                        // read with the old one are in the new one too, and laying them
+                        // over it again changes nothing.
+                        match now {
+                            Some(now) if now != data => {
+                                read_data(&self.inner, &now, ext, within..within + n).await?
+                            }
+                            Some(_) => return Err(e.into()),
+                            None => Bytes::from(vec![0u8; n as usize]),
+                        }
+                    }
+                },
                 None => Bytes::from(vec![0u8; n as usize]),
             };
             let piece = if pending.is_empty() {
@@ -909,6 +932,39 @@ impl VolumeEngine {
             pieces.push(piece);
         }
         Ok(read::concat_bytes(pieces))
+    }
+
+    /// Takes the extents' stripe lists from metadata after a read of extent `idx` failed
+    /// with `error`, and returns that extent's as it is now. Repair, drain and rebalance
+    /// move shards (`edit_stripe`) without telling this engine: after more than m moves
+    /// in one stripe, the list it holds names too few shards where they are. The caller
+    /// holds the merge lock, so no merge of this engine changes the extents meanwhile.
+    async fn refresh_extents(
+        &self,
+        idx: u64,
+        error: &GatewayError,
+    ) -> Result<Option<ObjectData>, VolumeError> {
+        {
+            let st = self.state.lock().expect("volume state lock");
+            if st
+                .extents_refreshed
+                .is_some_and(|at| at.elapsed() < EXTENTS_REFRESH_EVERY)
+            {
+                // Nodes are down rather than moved: reads that fail together must not
+                // each fetch the whole volume from metadata.
+                return Ok(st.extents.get(&idx).cloned());
+            }
+        }
+        warn!(volume = %self.volume.name, extent = idx, %error, "extent read failed; reading the stripe lists again");
+        let state = volume_state(&self.inner, &self.volume.name).await?;
+        let mut st = self.state.lock().expect("volume state lock");
+        st.extents_refreshed = Some(Instant::now());
+        st.extents = state
+            .extents
+            .into_iter()
+            .map(|(i, e)| (i, e.data))
+            .collect();
+        Ok(st.extents.get(&idx).cloned())
     }
 
     /// Writes `data` at `offset` (`None`: zeros). With `fua`, returns only once the
@@ -1520,7 +1576,19 @@ impl VolumeEngine {
                 let covered = covers(extent_len, pending.iter().map(|p| (p.within, p.len)));
                 let mut buf = match &base {
                     Some(data) if !covered => {
-                        BytesMut::from(&read_data(&self.inner, data, ext, 0..extent_len).await?[..])
+                        let bytes = match read_data(&self.inner, data, ext, 0..extent_len).await {
+                            Ok(bytes) => bytes,
+                            // The merge lock is held: nothing but the refresh changes the
+                            // extent, and the entries taken above stay valid over it.
+                            Err(e) => match self.refresh_extents(idx, &e).await? {
+                                Some(now) if now != *data => {
+                                    read_data(&self.inner, &now, ext, 0..extent_len).await?
+                                }
+                                Some(_) => return Err(e.into()),
+                                None => Bytes::from(vec![0u8; extent_len as usize]),
+                            },
+                        };
+                        BytesMut::from(&bytes[..])
                     }
                     _ => BytesMut::zeroed(extent_len as usize),
                 };

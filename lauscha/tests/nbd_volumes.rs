@@ -703,8 +703,19 @@ async fn a_lost_node_s_volume_shards_are_rebuilt_elsewhere() {
         &[("LAUSCHA__GATEWAY__MAINTENANCE__NODE_OUT_AFTER_S", "1")],
     );
     let uri = volume(&dev, "healing", "64M");
+    // Attached all along: the engine's stripe lists are the ones of before the repair.
+    let mut attached = RawClient::connect(&dev.nbd_addr(), "healing");
     let writes = ["write -P 0x31 0 8M", "write -P 0x32 16M 8M", "flush"];
     qemu_io(&uri, &writes);
+    // Writes that cover extents whole become extents (their journal stripes adopted).
+    assert!(
+        eventually(std::time::Duration::from_secs(60), async || metrics(
+            &dev,
+            &["lauscha_volume_merges_adopted_total"]
+        )[0] >= 4)
+        .await,
+        "the four written extents were not merged"
+    );
     let referenced = |node: u64| {
         dev.admin(&["node", "shards", &node.to_string()])["referenced_shards"]
             .as_u64()
@@ -732,6 +743,15 @@ async fn a_lost_node_s_volume_shards_are_rebuilt_elsewhere() {
     // Every extent is whole on the other six nodes: two more can go.
     kill_pid(storage[0]["pid"].as_u64().unwrap());
     kill_pid(storage[5]["pid"].as_u64().unwrap());
+    // Through the engine attached before the repair moved the shards.
+    for block in [0, 1000, 2047, 4096, 5000, 6143] {
+        let expected = if block < 2048 { 0x31 } else { 0x32 };
+        assert_eq!(
+            attached.read_block(block),
+            vec![expected; 4096],
+            "block {block}"
+        );
+    }
     qemu_io(
         &uri,
         &[
