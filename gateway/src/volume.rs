@@ -65,6 +65,10 @@ const MAX_PENDING_BYTES: u64 = 256 << 20;
 /// for merges: the whole journal is one metadata message at attach, and those are at most
 /// 64 MiB.
 const MAX_INLINE_PENDING_BYTES: u64 = 24 << 20;
+/// How long a merge waits for a gap in the journal's sequence numbers below its entries
+/// to close (`EngineState::seqs_known_below`) before it reads the volume again: more than
+/// the metadata client's deadline for one command (15 s).
+const GAP_WAIT_MAX: Duration = Duration::from_secs(30);
 /// How often at most a failed extent read makes the engine read the volume's stripe lists
 /// again (`VolumeEngine::refresh_extents`).
 const EXTENTS_REFRESH_EVERY: Duration = Duration::from_secs(1);
@@ -125,15 +129,15 @@ struct EngineState {
     /// a reload has caught up with (`resynced`, see `resync`).
     resync_wanted: u64,
     resynced: u64,
-    /// Every journal entry below this sequence number was in metadata when `resync` last
-    /// read it, and is in `pending` or merged since: a write whose answer comes later
-    /// must not insert it again.
-    resync_floor: u64,
-    /// Journal commands sent and not yet answered (tickets, in the order sent): a merge
-    /// waits for those sent before it looks at `pending`, so that an entry committed
-    /// below the ones it merges is never left behind.
-    commits_in_flight: std::collections::BTreeSet<u64>,
-    next_commit_ticket: u64,
+    /// Every journal sequence number below this one is known to this engine: its entry
+    /// is in `pending` or merged (only this engine's commands take sequence numbers while
+    /// it holds the lease). Those known above it are in `seqs_known_above`. A gap is a
+    /// command committed and not answered yet, or one of unknown outcome until `resync`
+    /// fills it. A merge takes only entries below it: an entry unknown to the engine
+    /// below those it merges would stay in the journal and be replayed over them at the
+    /// next attach.
+    seqs_known_below: u64,
+    seqs_known_above: std::collections::BTreeSet<u64>,
     /// When `refresh_extents` last read the stripe lists from metadata.
     extents_refreshed: Option<Instant>,
 }
@@ -156,7 +160,28 @@ impl EngineState {
     /// Whether journal entry `seq`, just answered as committed, was taken from metadata by
     /// a `resync` already (and is in `pending`, or merged since).
     fn known_already(&self, seq: u64) -> bool {
-        seq < self.resync_floor
+        seq < self.seqs_known_below || self.seqs_known_above.contains(&seq)
+    }
+
+    /// Records sequence numbers `seqs` as known (their entries are in `pending`).
+    fn learn_seqs(&mut self, seqs: std::ops::Range<u64>) {
+        for seq in seqs {
+            if seq >= self.seqs_known_below {
+                self.seqs_known_above.insert(seq);
+            }
+        }
+        while self.seqs_known_above.remove(&self.seqs_known_below) {
+            self.seqs_known_below += 1;
+        }
+    }
+
+    /// Records every sequence number below `next_seq` as known (the journal was just read
+    /// from metadata whole).
+    fn learn_seqs_below(&mut self, next_seq: u64) {
+        self.seqs_known_below = self.seqs_known_below.max(next_seq);
+        let below = self.seqs_known_below;
+        self.seqs_known_above.retain(|seq| *seq >= below);
+        self.learn_seqs(below..below);
     }
 
     /// Whether the merger should look now: `extent` became due, or the volume's journal
@@ -189,6 +214,8 @@ pub struct VolumeEngine {
     pub volume: Volume,
     /// The lease epoch (moves on when this engine seals unknown outcomes: `seal`).
     epoch: AtomicU64,
+    /// This server's lease holder id.
+    holder: String,
     /// The epoch a `seal` is moving away from (`NO_SEAL` when none is in flight): a
     /// refusal of a command sent under it is the engine's own doing, not a takeover.
     sealing_from: AtomicU64,
@@ -199,28 +226,28 @@ pub struct VolumeEngine {
     merging: tokio::sync::Mutex<()>,
     /// Wakes the merger: a write made an extent due.
     merge_wanted: Arc<tokio::sync::Notify>,
-    /// Wakes merges waiting for journal commands in flight (`CommitTicket`).
+    /// Wakes merges waiting for a gap in the known sequence numbers to close
+    /// (`EngineState::seqs_known_below`): a journal command was answered, or its outcome
+    /// became unknown.
     commits_answered: tokio::sync::Notify,
     /// Small writes waiting for the next journal batch.
     batch: Mutex<BatchQueue>,
 }
 
-/// A journal command in flight (`EngineState::commits_in_flight`), until dropped.
-struct CommitTicket<'a> {
+/// A journal command sent: if it is dropped before `answered` (a panic between the
+/// commit and the engine taking its entries in), its outcome counts as unknown, so that
+/// the gap it may leave in the known sequence numbers is filled by `resync` instead of
+/// holding merges up.
+struct CommandInFlight<'a> {
     engine: &'a VolumeEngine,
-    ticket: u64,
+    answered: bool,
 }
 
-impl Drop for CommitTicket<'_> {
+impl Drop for CommandInFlight<'_> {
     fn drop(&mut self) {
-        let mut st = self
-            .engine
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        st.commits_in_flight.remove(&self.ticket);
-        drop(st);
-        self.engine.commits_answered.notify_waiters();
+        if !self.answered {
+            self.engine.note_unknown_outcome();
+        }
     }
 }
 
@@ -437,6 +464,7 @@ impl VolumeEngine {
                 inner: inner.clone(),
                 volume: state.volume.clone(),
                 epoch: AtomicU64::new(0),
+                holder: holder.to_string(),
                 sealing_from: AtomicU64::new(NO_SEAL),
                 sealing: tokio::sync::Mutex::new(None),
                 state: Mutex::new(EngineState::default()),
@@ -471,6 +499,7 @@ impl VolumeEngine {
             inner: inner.clone(),
             volume: state.volume.clone(),
             epoch: AtomicU64::new(epoch),
+            holder: holder.to_string(),
             sealing_from: AtomicU64::new(NO_SEAL),
             sealing: tokio::sync::Mutex::new(None),
             state: Mutex::new(EngineState::default()),
@@ -534,6 +563,7 @@ impl VolumeEngine {
         for entry in loaded {
             entry.insert(&mut st, self.volume.extent_bytes);
         }
+        st.learn_seqs_below(state.volume.next_seq);
         Ok(())
     }
 
@@ -677,29 +707,23 @@ impl VolumeEngine {
     fn note_unknown_outcome(&self) {
         let stats = &self.inner.volume_stats;
         stats.unknown_outcomes.fetch_add(1, Ordering::Relaxed);
-        let mut st = self.state.lock().expect("volume state lock");
+        // Also called from a drop guard while unwinding: a poisoned lock is still usable.
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         st.unknown_outcomes += 1;
         st.resync_wanted += 1;
         warn!(volume = %self.volume.name, unknown_outcomes = st.unknown_outcomes, "a volume command's outcome is unknown");
+        drop(st);
+        // A merge waiting for the gap this command may leave resyncs instead.
+        self.commits_answered.notify_waiters();
     }
 
     /// Records that metadata's journal is not what this engine holds (a refusal said so):
     /// the next merge reads the volume again first.
     fn note_diverged(&self) {
         self.state.lock().expect("volume state lock").resync_wanted += 1;
-    }
-
-    /// A ticket for a journal command about to be sent; held until its entries are in
-    /// `pending` or it failed.
-    fn commit_ticket(&self) -> CommitTicket<'_> {
-        let mut st = self.state.lock().expect("volume state lock");
-        let ticket = st.next_commit_ticket;
-        st.next_commit_ticket += 1;
-        st.commits_in_flight.insert(ticket);
-        CommitTicket {
-            engine: self,
-            ticket,
-        }
     }
 
     /// Moves the lease to a new epoch if a command's outcome is unknown since the last
@@ -781,16 +805,19 @@ impl VolumeEngine {
         }
     }
 
-    /// Reads the volume again from metadata after a command's outcome was unknown (under
-    /// the merge lock, after `seal`): the extents as they are, journal entries this engine
-    /// does not know added (a write answered with an error that landed anyway), and those
-    /// metadata no longer has dropped (a merge whose answer was lost). Without it, a merge
-    /// would leave such an entry below a later write in the journal, and a later attach
-    /// would replay it over that write.
+    /// Reads the volume again from metadata after a command's outcome was unknown, or a
+    /// refusal showed that metadata's journal is not this engine's (under the merge lock,
+    /// after `seal`): the extents as they are, journal entries this engine does not know
+    /// added (a write answered with an error that landed anyway), and those metadata no
+    /// longer has dropped (a merge whose answer was lost); every sequence number below
+    /// metadata's next one is known then. Without it, a merge would leave such an entry
+    /// below a later write in the journal, and a later attach would replay it over that
+    /// write.
     async fn resync(&self) -> Result<(), VolumeError> {
         let target = self.state.lock().expect("volume state lock").resync_wanted;
         self.seal().await?;
         let state = volume_state(&self.inner, &self.volume.name).await?;
+        self.check_still_mine(&state)?;
         let known: std::collections::HashSet<u64> = {
             let st = self.state.lock().expect("volume state lock");
             st.pending.values().flatten().map(|p| p.seq).collect()
@@ -839,15 +866,17 @@ impl VolumeEngine {
         }
         st.pending_bytes = st.pending_bytes.saturating_sub(freed);
         st.inline_pending_bytes = st.inline_pending_bytes.saturating_sub(freed_inline);
-        let n_found = found.len();
-        let stats = &self.inner.volume_stats;
-        stats
-            .entries_found
-            .fetch_add(n_found as u64, Ordering::Relaxed);
+        let mut n_found = 0u64;
         for entry in found {
-            entry.insert(&mut st, self.volume.extent_bytes);
+            // One whose answer came while the volume was being read is in already.
+            if !st.known_already(entry.seq) {
+                entry.insert(&mut st, self.volume.extent_bytes);
+                n_found += 1;
+            }
         }
-        st.resync_floor = st.resync_floor.max(state.volume.next_seq);
+        let stats = &self.inner.volume_stats;
+        stats.entries_found.fetch_add(n_found, Ordering::Relaxed);
+        st.learn_seqs_below(state.volume.next_seq);
         st.resynced = st.resynced.max(target);
         info!(volume = %self.volume.name, n_found, n_gone, "journal read again after an unknown outcome");
         Ok(())
@@ -886,48 +915,47 @@ impl VolumeEngine {
         let ext = self.volume.extent_bytes;
         let mut pieces = Vec::with_capacity(1);
         for (idx, within, n) in extents_of(offset, len, ext) {
-            let (base, pending) = {
-                let st = self.state.lock().expect("volume state lock");
-                let overlapping: Vec<Pending> = st
-                    .pending
-                    .get(&idx)
-                    .into_iter()
-                    .flatten()
-                    .filter(|p| p.within < within + n && within < p.within + p.len)
-                    .cloned()
-                    .collect();
-                (st.extents.get(&idx).cloned(), overlapping)
-            };
-            let stored = match base {
-                Some(data) => match read_data(&self.inner, &data, ext, within..within + n).await {
-                    Ok(bytes) => bytes,
-                    Err(e) => {
-                        let now = {
-                            let _guard = self.merging.lock().await;
-                            self.refresh_extents(idx, &e).await?
-                        };
-                        // A merge may have replaced the extent meanwhile: the entries
-                        // read with the old one are in the new one too, and laying them
-                        // over it again changes nothing.
-                        match now {
-                            Some(now) if now != data => {
-                                read_data(&self.inner, &now, ext, within..within + n).await?
+            let mut refreshed = false;
+            let piece = loop {
+                let (base, pending) = {
+                    let st = self.state.lock().expect("volume state lock");
+                    let overlapping: Vec<Pending> = st
+                        .pending
+                        .get(&idx)
+                        .into_iter()
+                        .flatten()
+                        .filter(|p| p.within < within + n && within < p.within + p.len)
+                        .cloned()
+                        .collect();
+                    (st.extents.get(&idx).cloned(), overlapping)
+                };
+                let stored = match base {
+                    Some(data) => {
+                        match read_data(&self.inner, &data, ext, within..within + n).await {
+                            Ok(bytes) => bytes,
+                            Err(e) if !refreshed => {
+                                let _guard = self.merging.lock().await;
+                                if self.refresh_extents(idx, &e).await?.as_ref() == Some(&data) {
+                                    return Err(e.into());
+                                }
+                                // Moved, or merged meanwhile: the extent and its entries
+                                // again, as one view.
+                                refreshed = true;
+                                continue;
                             }
-                            Some(_) => return Err(e.into()),
-                            None => Bytes::from(vec![0u8; n as usize]),
+                            Err(e) => return Err(e.into()),
                         }
                     }
-                },
-                None => Bytes::from(vec![0u8; n as usize]),
-            };
-            let piece = if pending.is_empty() {
-                stored
-            } else {
+                    None => Bytes::from(vec![0u8; n as usize]),
+                };
+                if pending.is_empty() {
+                    break stored;
+                }
                 let mut buf = BytesMut::from(&stored[..]);
                 for p in &pending {
                     overlay(&mut buf, within, p);
                 }
-                buf.freeze()
+                break buf.freeze();
             };
             pieces.push(piece);
         }
@@ -945,26 +973,69 @@ impl VolumeEngine {
         error: &GatewayError,
     ) -> Result<Option<ObjectData>, VolumeError> {
         {
-            let st = self.state.lock().expect("volume state lock");
+            let mut st = self.state.lock().expect("volume state lock");
             if st
                 .extents_refreshed
                 .is_some_and(|at| at.elapsed() < EXTENTS_REFRESH_EVERY)
             {
                 // Nodes are down rather than moved: reads that fail together must not
-                // each fetch the whole volume from metadata.
+                // each fetch the whole volume from metadata (nor each wait for it while
+                // metadata does not answer).
                 return Ok(st.extents.get(&idx).cloned());
             }
+            st.extents_refreshed = Some(Instant::now());
         }
         warn!(volume = %self.volume.name, extent = idx, %error, "extent read failed; reading the stripe lists again");
-        let state = volume_state(&self.inner, &self.volume.name).await?;
+        let state = match volume_state(&self.inner, &self.volume.name).await {
+            Ok(state) => state,
+            Err(meta) => {
+                warn!(volume = %self.volume.name, error = %meta, "stripe lists not read");
+                return Ok(self
+                    .state
+                    .lock()
+                    .expect("volume state lock")
+                    .extents
+                    .get(&idx)
+                    .cloned());
+            }
+        };
+        self.check_still_mine(&state)?;
         let mut st = self.state.lock().expect("volume state lock");
-        st.extents_refreshed = Some(Instant::now());
         st.extents = state
             .extents
             .into_iter()
             .map(|(i, e)| (i, e.data))
             .collect();
         Ok(st.extents.get(&idx).cloned())
+    }
+
+    /// Refuses volume state read from metadata that is not this engine's to take in: the
+    /// name now denotes another volume (a snapshot deleted and made again), or another
+    /// server holds the lease (this engine is fenced, and must not lay its journal over
+    /// that server's extents).
+    fn check_still_mine(&self, state: &VolumeState) -> Result<(), VolumeError> {
+        if VolumeIdentity::of(&state.volume) != VolumeIdentity::of(&self.volume) {
+            self.fenced.store(true, Ordering::SeqCst);
+            return Err(GatewayError::AccessDenied(format!(
+                "volume {} was replaced since it was attached; connect again",
+                self.volume.name
+            ))
+            .into());
+        }
+        if self.volume.read_only {
+            return Ok(());
+        }
+        let epoch = self.epoch();
+        let sealing = self.sealing_from.load(Ordering::SeqCst) == epoch;
+        let mine = state.volume.lease.as_ref().is_some_and(|l| {
+            l.holder == self.holder && (l.epoch == epoch || (sealing && l.epoch > epoch))
+        });
+        if !mine {
+            warn!(volume = %self.volume.name, epoch, "another server holds the lease: fenced");
+            self.fenced.store(true, Ordering::SeqCst);
+            return Err(VolumeError::Fenced);
+        }
+        Ok(())
     }
 
     /// Writes `data` at `offset` (`None`: zeros). With `fua`, returns only once the
@@ -1058,8 +1129,12 @@ impl VolumeEngine {
             epoch,
             entries,
         });
-        let ticket = self.commit_ticket();
+        let mut in_flight = CommandInFlight {
+            engine: self,
+            answered: false,
+        };
         let result = uncommitted.settle(self.inner.meta.execute(&append)).await;
+        in_flight.answered = true;
         let reply = self.commit_result(result, epoch)?;
         let ObjectCommandReply::Volume(VolumeReply::Appended { first_seq }) = reply else {
             return Err(GatewayError::Internal(format!("append answered {reply:?}")).into());
@@ -1068,6 +1143,7 @@ impl VolumeEngine {
         let mut extents_touched = Vec::with_capacity(stored.len());
         let merge_now = {
             let mut st = self.state.lock().expect("volume state lock");
+            let seqs = first_seq..first_seq + stored.len() as u64;
             for (i, (o, n, bytes, data, piece_replicated, _)) in stored.iter().enumerate() {
                 extents_touched.push(o / self.volume.extent_bytes);
                 if st.known_already(first_seq + i as u64) {
@@ -1082,11 +1158,12 @@ impl VolumeEngine {
                     *piece_replicated,
                 );
             }
+            st.learn_seqs(seqs);
             extents_touched
                 .iter()
                 .any(|idx| st.merge_wanted(st.extent_journal(*idx, self.extent_len(*idx))))
         };
-        drop(ticket);
+        self.commits_answered.notify_waiters();
         if merge_now {
             self.merge_wanted.notify_one();
         }
@@ -1258,12 +1335,16 @@ impl VolumeEngine {
                 (command, Stored::Inline, true, None)
             };
         let command = ObjectCommand::Volume(command);
-        let ticket = self.commit_ticket();
+        let mut in_flight = CommandInFlight {
+            engine: self,
+            answered: false,
+        };
         let commit = self.inner.meta.execute(&command);
         let result = match uncommitted {
             Some(u) => u.settle(commit).await,
             None => commit.await,
         };
+        in_flight.answered = true;
         let reply = self.commit_result(result, epoch)?;
         let ObjectCommandReply::Volume(VolumeReply::Appended { first_seq }) = reply else {
             return Err(GatewayError::Internal(format!("append answered {reply:?}")).into());
@@ -1287,9 +1368,10 @@ impl VolumeEngine {
                 let idx = w.offset / self.volume.extent_bytes;
                 due |= st.merge_wanted(st.extent_journal(idx, self.extent_len(idx)));
             }
+            st.learn_seqs(first_seq..first_seq + batch.len() as u64);
             due
         };
-        drop(ticket);
+        self.commits_answered.notify_waiters();
         if merge_now {
             self.merge_wanted.notify_one();
         }
@@ -1535,32 +1617,44 @@ impl VolumeEngine {
         let ext = self.volume.extent_bytes;
         // The entries merged must be all that metadata has for the extent below the
         // newest of them: one left behind would be replayed over them at the next attach.
-        // Two kinds could be missing from `pending`: one whose command is still in flight
-        // (waited for: commands sent before now are answered within the metadata
-        // client's deadline), and one whose command failed but may have landed (read from
-        // metadata by `resync`).
-        let sent_before = self
-            .state
-            .lock()
-            .expect("volume state lock")
-            .next_commit_ticket;
+        // So the merge takes only entries below `seqs_known_below`, and first waits until
+        // that passes the newest entry there is now: the gaps below it are commands
+        // committed and not yet answered (each answered, or of unknown outcome, within
+        // the metadata client's deadline) or of unknown outcome (`resync` fills them).
+        let newest = {
+            let st = self.state.lock().expect("volume state lock");
+            st.pending.get(&idx).and_then(|ps| ps.last()).map(|p| p.seq)
+        };
+        let Some(newest) = newest else {
+            return Ok(true);
+        };
         let (base, pending) = loop {
             let answered = self.commits_answered.notified();
             tokio::pin!(answered);
-            // Registered before the check: a ticket dropped after it still wakes us.
+            // Registered before the check: an answer after it still wakes this loop.
             answered.as_mut().enable();
             let resync = {
                 let st = self.state.lock().expect("volume state lock");
-                let in_flight = st.commits_in_flight.range(..sent_before).next().is_some();
-                if !in_flight && st.resynced >= st.resync_wanted {
-                    break (st.extents.get(&idx).cloned(), st.pending.get(&idx).cloned());
+                if st.resynced < st.resync_wanted {
+                    true
+                } else if st.seqs_known_below > newest {
+                    let below = st.seqs_known_below;
+                    let entries: Option<Vec<Pending>> = st
+                        .pending
+                        .get(&idx)
+                        .map(|ps| ps.iter().filter(|p| p.seq < below).cloned().collect());
+                    break (st.extents.get(&idx).cloned(), entries);
+                } else {
+                    false
                 }
-                !in_flight
             };
             if resync {
                 self.resync().await?;
-            } else {
-                answered.await;
+            } else if tokio::time::timeout(GAP_WAIT_MAX, answered).await.is_err() {
+                // Every command is answered or fails within the metadata client's
+                // deadline; a gap older than that is read from metadata instead.
+                warn!(volume = %self.volume.name, extent = idx, newest, "a journal gap did not close; reading the volume again");
+                self.note_diverged();
             }
         };
         let Some(pending) = pending.filter(|p| !p.is_empty()) else {
@@ -1578,8 +1672,9 @@ impl VolumeEngine {
                     Some(data) if !covered => {
                         let bytes = match read_data(&self.inner, data, ext, 0..extent_len).await {
                             Ok(bytes) => bytes,
-                            // The merge lock is held: nothing but the refresh changes the
-                            // extent, and the entries taken above stay valid over it.
+                            // The merge lock is held: no merge changed the extent since the
+                            // entries were taken, so they lay over a moved copy of the
+                            // same version (or one a lost-answer merge made of them).
                             Err(e) => match self.refresh_extents(idx, &e).await? {
                                 Some(now) if now != *data => {
                                     read_data(&self.inner, &now, ext, 0..extent_len).await?
@@ -1766,7 +1861,7 @@ fn insert_pending(
         let at = list.partition_point(|p| p.seq < seq);
         if list.get(at).is_some_and(|p| p.seq == seq) {
             // Never expected: the write paths skip what `resync` took
-            // (`known_already`), and each entry is inserted once. Counting it twice would
+            // (`EngineState::known_already`), and each entry is inserted once. Counting it twice would
             // skew the journal's limits.
             debug_assert!(false, "journal entry {seq} inserted twice");
             continue;
@@ -1833,6 +1928,35 @@ mod tests {
         assert_eq!(&buf[..], b"c\0\0\x09\x09\x09\x09\x09");
         overlay(&mut buf, 4, &pending(3, 100, Some(b"zz"), 2));
         assert_eq!(&buf[..], b"c\0\0\x09\x09\x09\x09\x09", "outside: untouched");
+    }
+
+    proptest::proptest! {
+        /// Commands answered in any order, some only found by a resync: the mark is
+        /// always the first sequence number not known, and nothing below it is unknown.
+        #[test]
+        fn the_known_mark_is_the_first_gap(
+            order in proptest::collection::vec(0u64..64, 0..64),
+            resync_at in proptest::option::of((0usize..64, 0u64..64)),
+        ) {
+            let mut st = EngineState::default();
+            st.learn_seqs_below(1); // attach: an empty journal, next_seq 1
+            let mut known = std::collections::BTreeSet::new();
+            for (i, seq) in order.iter().map(|s| s + 1).enumerate() {
+                if let Some((at, next_seq)) = resync_at
+                    && at == i
+                {
+                    st.learn_seqs_below(next_seq + 1);
+                    known.extend(1..next_seq + 1);
+                }
+                st.learn_seqs(seq..seq + 1);
+                known.insert(seq);
+                let first_gap = (1..).find(|s| !known.contains(s)).unwrap();
+                proptest::prop_assert_eq!(st.seqs_known_below, first_gap);
+                for s in 1..80 {
+                    proptest::prop_assert_eq!(st.known_already(s), known.contains(&s), "seq {}", s);
+                }
+            }
+        }
     }
 
     #[test]
