@@ -65,9 +65,9 @@ const MAX_PENDING_BYTES: u64 = 256 << 20;
 /// for merges: the whole journal is one metadata message at attach, and those are at most
 /// 64 MiB.
 const MAX_INLINE_PENDING_BYTES: u64 = 24 << 20;
-/// How long a merge waits for a gap in the journal's sequence numbers below its entries
-/// to close (`EngineState::seqs_known_below`) before it reads the volume again: more than
-/// the metadata client's deadline for one command (15 s).
+/// How long a merge waits, in all, for the gaps in the journal's sequence numbers below
+/// its entries to close (`EngineState::seqs_known_below`) before it reads the volume
+/// again: more than the metadata client's deadline for one command (15 s).
 const GAP_WAIT_MAX: Duration = Duration::from_secs(30);
 /// How often at most a failed extent read makes the engine read the volume's stripe lists
 /// again (`VolumeEngine::refresh_extents`).
@@ -132,8 +132,8 @@ struct EngineState {
     /// Every journal sequence number below this one is known to this engine: its entry
     /// is in `pending` or merged (only this engine's commands take sequence numbers while
     /// it holds the lease). Those known above it are in `seqs_known_above`. A gap is a
-    /// command committed and not answered yet, or one of unknown outcome until `resync`
-    /// fills it. A merge takes only entries below it: an entry unknown to the engine
+    /// command committed and not answered yet, or one of unknown outcome (or answered
+    /// with something unexpected) until `resync` fills it. A merge takes only entries below it: an entry unknown to the engine
     /// below those it merges would stay in the journal and be replayed over them at the
     /// next attach.
     seqs_known_below: u64,
@@ -234,10 +234,10 @@ pub struct VolumeEngine {
     batch: Mutex<BatchQueue>,
 }
 
-/// A journal command sent: if it is dropped before `answered` (a panic between the
-/// commit and the engine taking its entries in), its outcome counts as unknown, so that
-/// the gap it may leave in the known sequence numbers is filled by `resync` instead of
-/// holding merges up.
+/// A journal command sent: if it is dropped before `answered` (while its commit is
+/// awaited: a panic in there, or the runtime shutting down), its outcome counts as
+/// unknown, so that the gap it may leave in the known sequence numbers is filled by
+/// `resync` instead of holding merges up.
 struct CommandInFlight<'a> {
     engine: &'a VolumeEngine,
     answered: bool,
@@ -301,8 +301,10 @@ struct QueuedWrite {
 
 fn meta_err(e: GatewayError) -> VolumeError {
     match e {
+        // Gone (deleted after this server's lease lapsed) is fenced too: never writable
+        // again through this engine.
         GatewayError::Meta {
-            kind: lauscha_proto::MetaErrorKind::Fenced,
+            kind: lauscha_proto::MetaErrorKind::Fenced | lauscha_proto::MetaErrorKind::NoSuchVolume,
             ..
         } => VolumeError::Fenced,
         other => VolumeError::Io(other),
@@ -720,8 +722,9 @@ impl VolumeEngine {
         self.commits_answered.notify_waiters();
     }
 
-    /// Records that metadata's journal is not what this engine holds (a refusal said so):
-    /// the next merge reads the volume again first.
+    /// Records that metadata's journal may not be what this engine holds (a refusal said
+    /// so, or a gap in the sequence numbers outlived every answer): the next merge reads
+    /// the volume again first.
     fn note_diverged(&self) {
         self.state.lock().expect("volume state lock").resync_wanted += 1;
     }
@@ -816,8 +819,9 @@ impl VolumeEngine {
     async fn resync(&self) -> Result<(), VolumeError> {
         let target = self.state.lock().expect("volume state lock").resync_wanted;
         self.seal().await?;
+        let epoch_before = self.epoch();
         let state = volume_state(&self.inner, &self.volume.name).await?;
-        self.check_still_mine(&state)?;
+        self.check_still_mine(&state, epoch_before)?;
         let known: std::collections::HashSet<u64> = {
             let st = self.state.lock().expect("volume state lock");
             st.pending.values().flatten().map(|p| p.seq).collect()
@@ -878,7 +882,7 @@ impl VolumeEngine {
         stats.entries_found.fetch_add(n_found, Ordering::Relaxed);
         st.learn_seqs_below(state.volume.next_seq);
         st.resynced = st.resynced.max(target);
-        info!(volume = %self.volume.name, n_found, n_gone, "journal read again after an unknown outcome");
+        info!(volume = %self.volume.name, n_found, n_gone, "journal read again from metadata");
         Ok(())
     }
 
@@ -986,6 +990,7 @@ impl VolumeEngine {
             st.extents_refreshed = Some(Instant::now());
         }
         warn!(volume = %self.volume.name, extent = idx, %error, "extent read failed; reading the stripe lists again");
+        let epoch_before = self.epoch();
         let state = match volume_state(&self.inner, &self.volume.name).await {
             Ok(state) => state,
             Err(meta) => {
@@ -999,7 +1004,7 @@ impl VolumeEngine {
                     .cloned());
             }
         };
-        self.check_still_mine(&state)?;
+        self.check_still_mine(&state, epoch_before)?;
         let mut st = self.state.lock().expect("volume state lock");
         st.extents = state
             .extents
@@ -1013,7 +1018,10 @@ impl VolumeEngine {
     /// name now denotes another volume (a snapshot deleted and made again), or another
     /// server holds the lease (this engine is fenced, and must not lay its journal over
     /// that server's extents).
-    fn check_still_mine(&self, state: &VolumeState) -> Result<(), VolumeError> {
+    ///
+    /// `epoch_before` is this engine's epoch from before `state` was read: a `seal` may
+    /// move it on meanwhile, and the lease read may be at either.
+    fn check_still_mine(&self, state: &VolumeState, epoch_before: u64) -> Result<(), VolumeError> {
         if VolumeIdentity::of(&state.volume) != VolumeIdentity::of(&self.volume) {
             self.fenced.store(true, Ordering::SeqCst);
             return Err(GatewayError::AccessDenied(format!(
@@ -1025,11 +1033,19 @@ impl VolumeEngine {
         if self.volume.read_only {
             return Ok(());
         }
+        // The sealing mark first: a seal that ends between the two loads has stored its
+        // new epoch before it cleared the mark, so `epoch` then covers it.
+        let sealing_from = self.sealing_from.load(Ordering::SeqCst);
         let epoch = self.epoch();
-        let sealing = self.sealing_from.load(Ordering::SeqCst) == epoch;
-        let mine = state.volume.lease.as_ref().is_some_and(|l| {
-            l.holder == self.holder && (l.epoch == epoch || (sealing && l.epoch > epoch))
-        });
+        let newest = if sealing_from == epoch {
+            epoch + 1
+        } else {
+            epoch
+        };
+        let mine =
+            state.volume.lease.as_ref().is_some_and(|l| {
+                l.holder == self.holder && (epoch_before..=newest).contains(&l.epoch)
+            });
         if !mine {
             warn!(volume = %self.volume.name, epoch, "another server holds the lease: fenced");
             self.fenced.store(true, Ordering::SeqCst);
@@ -1137,6 +1153,8 @@ impl VolumeEngine {
         in_flight.answered = true;
         let reply = self.commit_result(result, epoch)?;
         let ObjectCommandReply::Volume(VolumeReply::Appended { first_seq }) = reply else {
+            // It committed: the sequence numbers it took are unknown to this engine.
+            self.note_unknown_outcome();
             return Err(GatewayError::Internal(format!("append answered {reply:?}")).into());
         };
         let replicated = stored.iter().all(|s| s.4);
@@ -1347,6 +1365,8 @@ impl VolumeEngine {
         in_flight.answered = true;
         let reply = self.commit_result(result, epoch)?;
         let ObjectCommandReply::Volume(VolumeReply::Appended { first_seq }) = reply else {
+            // It committed: the sequence numbers it took are unknown to this engine.
+            self.note_unknown_outcome();
             return Err(GatewayError::Internal(format!("append answered {reply:?}")).into());
         };
         let merge_now = {
@@ -1628,6 +1648,7 @@ impl VolumeEngine {
         let Some(newest) = newest else {
             return Ok(true);
         };
+        let mut deadline = tokio::time::Instant::now() + GAP_WAIT_MAX;
         let (base, pending) = loop {
             let answered = self.commits_answered.notified();
             tokio::pin!(answered);
@@ -1650,9 +1671,10 @@ impl VolumeEngine {
             };
             if resync {
                 self.resync().await?;
-            } else if tokio::time::timeout(GAP_WAIT_MAX, answered).await.is_err() {
+                deadline = tokio::time::Instant::now() + GAP_WAIT_MAX;
+            } else if tokio::time::timeout_at(deadline, answered).await.is_err() {
                 // Every command is answered or fails within the metadata client's
-                // deadline; a gap older than that is read from metadata instead.
+                // deadline; a gap that outlives that is read from metadata instead.
                 warn!(volume = %self.volume.name, extent = idx, newest, "a journal gap did not close; reading the volume again");
                 self.note_diverged();
             }
