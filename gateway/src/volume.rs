@@ -133,9 +133,9 @@ struct EngineState {
     /// is in `pending` or merged (only this engine's commands take sequence numbers while
     /// it holds the lease). Those known above it are in `seqs_known_above`. A gap is a
     /// command committed and not answered yet, or one of unknown outcome (or answered
-    /// with something unexpected) until `resync` fills it. A merge takes only entries below it: an entry unknown to the engine
-    /// below those it merges would stay in the journal and be replayed over them at the
-    /// next attach.
+    /// with something unexpected) until `resync` fills it. A merge takes only entries
+    /// below it: an entry unknown to the engine below those it merges would stay in the
+    /// journal and be replayed over them at the next attach.
     seqs_known_below: u64,
     seqs_known_above: std::collections::BTreeSet<u64>,
     /// When `refresh_extents` last read the stripe lists from metadata.
@@ -170,9 +170,7 @@ impl EngineState {
                 self.seqs_known_above.insert(seq);
             }
         }
-        while self.seqs_known_above.remove(&self.seqs_known_below) {
-            self.seqs_known_below += 1;
-        }
+        self.advance_known_mark();
     }
 
     /// Records every sequence number below `next_seq` as known (the journal was just read
@@ -181,7 +179,55 @@ impl EngineState {
         self.seqs_known_below = self.seqs_known_below.max(next_seq);
         let below = self.seqs_known_below;
         self.seqs_known_above.retain(|seq| *seq >= below);
-        self.learn_seqs(below..below);
+        self.advance_known_mark();
+    }
+
+    /// Moves `seqs_known_below` over the known sequence numbers that now follow it.
+    fn advance_known_mark(&mut self) {
+        while self.seqs_known_above.remove(&self.seqs_known_below) {
+            self.seqs_known_below += 1;
+        }
+    }
+
+    /// The extents as `state` (read from metadata) has them.
+    fn set_extents(&mut self, state: &VolumeState) {
+        self.extents = state
+            .extents
+            .iter()
+            .map(|(idx, e)| (*idx, e.data.clone()))
+            .collect();
+    }
+
+    /// Drops the pending entries of extents `idxs` that `gone` picks (merged, or gone from
+    /// metadata), and their bytes from the journal's totals; returns how many it dropped.
+    fn drop_pending(
+        &mut self,
+        idxs: impl IntoIterator<Item = u64>,
+        gone: impl Fn(&Pending) -> bool,
+    ) -> usize {
+        let (mut freed, mut freed_inline, mut n_dropped) = (0, 0, 0);
+        for idx in idxs {
+            let Some(ps) = self.pending.get_mut(&idx) else {
+                continue;
+            };
+            ps.retain(|p| {
+                let drop = gone(p);
+                if drop {
+                    freed += p.len;
+                    if p.inline {
+                        freed_inline += p.len;
+                    }
+                    n_dropped += 1;
+                }
+                !drop
+            });
+            if ps.is_empty() {
+                self.pending.remove(&idx);
+            }
+        }
+        self.pending_bytes = self.pending_bytes.saturating_sub(freed);
+        self.inline_pending_bytes = self.inline_pending_bytes.saturating_sub(freed_inline);
+        n_dropped
     }
 
     /// Whether the merger should look now: `extent` became due, or the volume's journal
@@ -462,20 +508,12 @@ impl VolumeEngine {
         identity.check(&state.volume)?;
         if state.volume.read_only {
             // A snapshot never changes: no lease, no merges, any number of readers.
-            let engine = Arc::new(VolumeEngine {
-                inner: inner.clone(),
-                volume: state.volume.clone(),
-                epoch: AtomicU64::new(0),
-                holder: holder.to_string(),
-                sealing_from: AtomicU64::new(NO_SEAL),
-                sealing: tokio::sync::Mutex::new(None),
-                state: Mutex::new(EngineState::default()),
-                fenced: AtomicBool::new(false),
-                merging: tokio::sync::Mutex::new(()),
-                merge_wanted: Arc::new(tokio::sync::Notify::new()),
-                commits_answered: tokio::sync::Notify::new(),
-                batch: Mutex::new(BatchQueue::default()),
-            });
+            let engine = Arc::new(VolumeEngine::new(
+                inner.clone(),
+                state.volume.clone(),
+                0,
+                holder,
+            ));
             engine.load(&state).await?;
             return Ok(engine);
         }
@@ -497,20 +535,12 @@ impl VolumeEngine {
         // Read the state again under the new epoch: nothing can change it any more.
         let state = volume_state(&inner, name).await?;
         identity.check(&state.volume)?;
-        let engine = Arc::new(VolumeEngine {
-            inner: inner.clone(),
-            volume: state.volume.clone(),
-            epoch: AtomicU64::new(epoch),
-            holder: holder.to_string(),
-            sealing_from: AtomicU64::new(NO_SEAL),
-            sealing: tokio::sync::Mutex::new(None),
-            state: Mutex::new(EngineState::default()),
-            fenced: AtomicBool::new(false),
-            merging: tokio::sync::Mutex::new(()),
-            merge_wanted: Arc::new(tokio::sync::Notify::new()),
-            commits_answered: tokio::sync::Notify::new(),
-            batch: Mutex::new(BatchQueue::default()),
-        });
+        let engine = Arc::new(VolumeEngine::new(
+            inner.clone(),
+            state.volume.clone(),
+            epoch,
+            holder,
+        ));
         engine.load(&state).await?;
         info!(volume = %name, epoch, journal_entries = state.journal.len(), "volume attached");
         // Renewal and merging are separate tasks, so that a long merge never lets the
@@ -556,12 +586,29 @@ impl VolumeEngine {
         Ok(engine)
     }
 
+    /// An engine for `volume` under lease `epoch` (0: a snapshot, no lease), with nothing
+    /// loaded yet.
+    fn new(inner: Arc<Inner>, volume: Volume, epoch: u64, holder: &str) -> VolumeEngine {
+        VolumeEngine {
+            inner,
+            volume,
+            epoch: AtomicU64::new(epoch),
+            holder: holder.to_string(),
+            sealing_from: AtomicU64::new(NO_SEAL),
+            sealing: tokio::sync::Mutex::new(None),
+            state: Mutex::new(EngineState::default()),
+            fenced: AtomicBool::new(false),
+            merging: tokio::sync::Mutex::new(()),
+            merge_wanted: Arc::new(tokio::sync::Notify::new()),
+            commits_answered: tokio::sync::Notify::new(),
+            batch: Mutex::new(BatchQueue::default()),
+        }
+    }
+
     async fn load(&self, state: &VolumeState) -> Result<(), GatewayError> {
         let loaded = self.read_journal(state, |_| true).await?;
         let mut st = self.state.lock().expect("volume state lock");
-        for (idx, extent) in &state.extents {
-            st.extents.insert(*idx, extent.data.clone());
-        }
+        st.set_extents(state);
         for entry in loaded {
             entry.insert(&mut st, self.volume.extent_bytes);
         }
@@ -705,6 +752,36 @@ impl VolumeEngine {
         result.map_err(|e| self.command_error(e, epoch))
     }
 
+    /// Sends a journal command (`Append`, `AppendBatch`) under `epoch` and settles the
+    /// stripes it references by its answer; returns the first sequence number it took.
+    /// An unknown outcome, or an answer other than `Appended`, leaves a gap in the
+    /// sequence numbers this engine knows, and is counted for `seal` and `resync`.
+    async fn commit_journal(
+        &self,
+        command: ObjectCommand,
+        uncommitted: Option<write::Uncommitted>,
+        epoch: u64,
+    ) -> Result<u64, VolumeError> {
+        let mut in_flight = CommandInFlight {
+            engine: self,
+            answered: false,
+        };
+        let commit = self.inner.meta.execute(&command);
+        let result = match uncommitted {
+            Some(u) => u.settle(commit).await,
+            None => commit.await,
+        };
+        in_flight.answered = true;
+        match self.commit_result(result, epoch)? {
+            ObjectCommandReply::Volume(VolumeReply::Appended { first_seq }) => Ok(first_seq),
+            reply => {
+                // It committed: the sequence numbers it took are unknown to this engine.
+                self.note_unknown_outcome();
+                Err(GatewayError::Internal(format!("append answered {reply:?}")).into())
+            }
+        }
+    }
+
     /// Records that metadata may hold what this engine does not know.
     fn note_unknown_outcome(&self) {
         let stats = &self.inner.volume_stats;
@@ -829,37 +906,22 @@ impl VolumeEngine {
         let found = self
             .read_journal(&state, |seq| !known.contains(&seq))
             .await?;
-        let in_metadata: std::collections::HashSet<u64> =
-            state.journal.iter().map(|(seq, _)| *seq).collect();
-        let mut st = self.state.lock().expect("volume state lock");
-        st.extents = state
-            .extents
-            .iter()
-            .map(|(idx, e)| (*idx, e.data.clone()))
-            .collect();
-        // Entries committed after the read above are newer than `next_seq`: kept.
-        let gone = |p: &Pending| p.seq < state.volume.next_seq && !in_metadata.contains(&p.seq);
-        let (mut freed, mut freed_inline, mut n_gone) = (0, 0, 0);
-        for ps in st.pending.values_mut() {
-            ps.retain(|p| {
-                if gone(p) {
-                    freed += p.len;
-                    freed_inline += if p.inline { p.len } else { 0 };
-                    n_gone += 1;
-                }
-                !gone(p)
-            });
-        }
-        st.pending.retain(|_, ps| !ps.is_empty());
-        // An entry's own stripes as metadata has them (a rewrite whose answer was lost
-        // replaced them): a merge that adopts them must name the live ones.
-        let slices: std::collections::HashSet<u64> =
-            state.slices.iter().map(|(seq, _)| *seq).collect();
         let data_now: HashMap<u64, &Option<ObjectData>> = state
             .journal
             .iter()
             .map(|(seq, entry)| (*seq, &entry.data))
             .collect();
+        let mut st = self.state.lock().expect("volume state lock");
+        st.set_extents(&state);
+        // Entries committed after the read above are newer than `next_seq`: kept.
+        let idxs: Vec<u64> = st.pending.keys().copied().collect();
+        let n_gone = st.drop_pending(idxs, |p| {
+            p.seq < state.volume.next_seq && !data_now.contains_key(&p.seq)
+        });
+        // An entry's own stripes as metadata has them (a rewrite whose answer was lost
+        // replaced them): a merge that adopts them must name the live ones.
+        let slices: std::collections::HashSet<u64> =
+            state.slices.iter().map(|(seq, _)| *seq).collect();
         for p in st.pending.values_mut().flatten() {
             if let (Some(_), Some(data)) = (&p.stripes, data_now.get(&p.seq)) {
                 p.stripes = match Stored::of(data, slices.contains(&p.seq)) {
@@ -868,8 +930,6 @@ impl VolumeEngine {
                 };
             }
         }
-        st.pending_bytes = st.pending_bytes.saturating_sub(freed);
-        st.inline_pending_bytes = st.inline_pending_bytes.saturating_sub(freed_inline);
         let mut n_found = 0u64;
         for entry in found {
             // One whose answer came while the volume was being read is in already.
@@ -1006,11 +1066,7 @@ impl VolumeEngine {
         };
         self.check_still_mine(&state, epoch_before)?;
         let mut st = self.state.lock().expect("volume state lock");
-        st.extents = state
-            .extents
-            .into_iter()
-            .map(|(i, e)| (i, e.data))
-            .collect();
+        st.set_extents(&state);
         Ok(st.extents.get(&idx).cloned())
     }
 
@@ -1145,18 +1201,9 @@ impl VolumeEngine {
             epoch,
             entries,
         });
-        let mut in_flight = CommandInFlight {
-            engine: self,
-            answered: false,
-        };
-        let result = uncommitted.settle(self.inner.meta.execute(&append)).await;
-        in_flight.answered = true;
-        let reply = self.commit_result(result, epoch)?;
-        let ObjectCommandReply::Volume(VolumeReply::Appended { first_seq }) = reply else {
-            // It committed: the sequence numbers it took are unknown to this engine.
-            self.note_unknown_outcome();
-            return Err(GatewayError::Internal(format!("append answered {reply:?}")).into());
-        };
+        let first_seq = self
+            .commit_journal(append, Some(uncommitted), epoch)
+            .await?;
         let replicated = stored.iter().all(|s| s.4);
         let mut extents_touched = Vec::with_capacity(stored.len());
         let merge_now = {
@@ -1352,23 +1399,9 @@ impl VolumeEngine {
                 };
                 (command, Stored::Inline, true, None)
             };
-        let command = ObjectCommand::Volume(command);
-        let mut in_flight = CommandInFlight {
-            engine: self,
-            answered: false,
-        };
-        let commit = self.inner.meta.execute(&command);
-        let result = match uncommitted {
-            Some(u) => u.settle(commit).await,
-            None => commit.await,
-        };
-        in_flight.answered = true;
-        let reply = self.commit_result(result, epoch)?;
-        let ObjectCommandReply::Volume(VolumeReply::Appended { first_seq }) = reply else {
-            // It committed: the sequence numbers it took are unknown to this engine.
-            self.note_unknown_outcome();
-            return Err(GatewayError::Internal(format!("append answered {reply:?}")).into());
-        };
+        let first_seq = self
+            .commit_journal(ObjectCommand::Volume(command), uncommitted, epoch)
+            .await?;
         let merge_now = {
             let mut st = self.state.lock().expect("volume state lock");
             let mut due = false;
@@ -1760,24 +1793,7 @@ impl VolumeEngine {
                 st.extents.remove(&idx);
             }
         }
-        let (mut freed, mut freed_inline) = (0, 0);
-        if let Some(ps) = st.pending.get_mut(&idx) {
-            ps.retain(|p| {
-                let gone = merged.contains(&p.seq);
-                if gone {
-                    freed += p.len;
-                    if p.inline {
-                        freed_inline += p.len;
-                    }
-                }
-                !gone
-            });
-            if ps.is_empty() {
-                st.pending.remove(&idx);
-            }
-        }
-        st.pending_bytes = st.pending_bytes.saturating_sub(freed);
-        st.inline_pending_bytes = st.inline_pending_bytes.saturating_sub(freed_inline);
+        st.drop_pending([idx], |p| merged.contains(&p.seq));
         Ok(true)
     }
 }
@@ -1883,8 +1899,8 @@ fn insert_pending(
         let at = list.partition_point(|p| p.seq < seq);
         if list.get(at).is_some_and(|p| p.seq == seq) {
             // Never expected: the write paths skip what `resync` took
-            // (`EngineState::known_already`), and each entry is inserted once. Counting it twice would
-            // skew the journal's limits.
+            // (`EngineState::known_already`), and each entry is inserted once. Counting it
+            // twice would skew the journal's limits.
             debug_assert!(false, "journal entry {seq} inserted twice");
             continue;
         }

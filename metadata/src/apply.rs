@@ -2021,7 +2021,7 @@ mod tests {
 
     #[test]
     fn one_writer_per_volume_and_a_stale_one_is_fenced() {
-        use lauscha_core::volume::{JournalEntry, VolumeCommand as V, VolumeReply};
+        use lauscha_core::volume::{VolumeCommand as V, VolumeReply};
         let mut sm = setup();
         vol(
             &mut sm,
@@ -2049,16 +2049,7 @@ mod tests {
             vol(&mut sm, 5_000, acquire("host-b")),
             Err(MetaError::Conflict(_))
         ));
-        let append = |epoch: u64| V::Append {
-            name: "disk".into(),
-            epoch,
-            entries: vec![JournalEntry {
-                epoch,
-                offset: 0,
-                len: 4096,
-                data: None,
-            }],
-        };
+        let append = |epoch: u64| zeros_at_0("disk", epoch);
         assert!(matches!(
             vol(&mut sm, 5_000, append(first)),
             Ok(VolumeReply::Appended { first_seq: 1 })
@@ -2337,6 +2328,20 @@ mod tests {
     }
 
     /// A new 8 MiB volume of jena, leased by holder "h": its epoch.
+    /// An `Append` of one 4 KiB zero write at offset 0 of `name`, under `epoch`.
+    fn zeros_at_0(name: &str, epoch: u64) -> lauscha_core::volume::VolumeCommand {
+        lauscha_core::volume::VolumeCommand::Append {
+            name: name.into(),
+            epoch,
+            entries: vec![lauscha_core::volume::JournalEntry {
+                epoch,
+                offset: 0,
+                len: 4096,
+                data: None,
+            }],
+        }
+    }
+
     fn leased_volume(sm: &mut Sm, name: &str) -> u64 {
         use lauscha_core::volume::{VolumeCommand as V, VolumeReply};
         vol(
@@ -2367,19 +2372,10 @@ mod tests {
 
     #[test]
     fn a_new_epoch_fences_the_holders_own_commands_still_in_flight() {
-        use lauscha_core::volume::{JournalEntry, VolumeCommand as V, VolumeReply};
+        use lauscha_core::volume::{VolumeCommand as V, VolumeReply};
         let mut sm = setup();
         let first = leased_volume(&mut sm, "disk");
-        let append = |epoch: u64| V::Append {
-            name: "disk".into(),
-            epoch,
-            entries: vec![JournalEntry {
-                epoch,
-                offset: 0,
-                len: 4096,
-                data: None,
-            }],
-        };
+        let append = |epoch: u64| zeros_at_0("disk", epoch);
         let new_epoch = |epoch: u64| V::NewEpoch {
             name: "disk".into(),
             epoch,
