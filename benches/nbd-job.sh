@@ -7,8 +7,10 @@
 # Environment: FILL=0 skips writing 512 MiB first (default 1); SECS (default 10); PERF=1
 # records a CPU profile of the dev process to $OUT/NAME.data (perf record, PERFARGS);
 # DEVARGS are extra `lauscha dev` flags; OUT (default /var/tmp/lauscha-nbd-job) keeps
-# the fio JSON. Prints read/write IOPS, MB/s, mean latency, and the bytes the dev process
-# wrote to storage per client byte (/proc/PID/io write_bytes).
+# the fio JSON. Prints read/write IOPS, MB/s, mean latency, the bytes the dev process
+# wrote to storage per client byte (/proc/PID/io write_bytes), the CPU time the dev
+# process spent per request (/proc/PID/stat utime + stime), and the read cache's
+# counters since the start (the fill included).
 set -euo pipefail
 BIN=${BIN:-${CARGO_TARGET_DIR:-/var/tmp/lauscha-target}/release/lauscha}
 OUT=${OUT:-/var/tmp/lauscha-nbd-job}
@@ -28,6 +30,8 @@ if [[ ${FILL:-1} == 1 ]]; then
     fio --name=fill --ioengine=nbd --uri="$NBD/bench" --rw=write --bs=4M --size=512M >/dev/null
 fi
 read -r w0 < <(awk '/^write_bytes/ {print $2}' "/proc/$pid/io")
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; } # utime + stime
+c0=$(cpu_ticks)
 if [[ ${PERF:-0} == 1 ]]; then
     # shellcheck disable=SC2086
     perf record -F 999 ${PERFARGS:-} -p "$pid" -o "$OUT/$name.data" -- sleep "${SECS:-10}" 2>/dev/null &
@@ -37,13 +41,19 @@ fio --name="$name" --ioengine=nbd --uri="$NBD/bench" --time_based --runtime="${S
     --size=512M --output-format=json "$@" >"$OUT/$name.json"
 if [[ ${PERF:-0} == 1 ]]; then wait "$perf_pid"; fi
 read -r w1 < <(awk '/^write_bytes/ {print $2}' "/proc/$pid/io")
-python3 - "$OUT/$name.json" "$w0" "$w1" <<'PY'
+c1=$(cpu_ticks)
+python3 - "$OUT/$name.json" "$w0" "$w1" "$((c1 - c0))" "$(getconf CLK_TCK)" <<'PY'
 import json, sys
 t = open(sys.argv[1]).read()
 j = json.loads(t[t.index("{"):])["jobs"][0]
 for side in ("read", "write"):
     if j[side]["io_bytes"] > 0:
         amp = (int(sys.argv[3]) - int(sys.argv[2])) / max(1, j[side]["io_bytes"])
+        ops = j["read"]["total_ios"] + j["write"]["total_ios"]
+        cpu_us = int(sys.argv[4]) / int(sys.argv[5]) * 1e6 / max(1, ops)
         print(side, f'iops={j[side]["iops"]:.0f} MBps={j[side]["bw_bytes"] / 1e6:.1f}',
-              f'lat_mean_us={j[side]["lat_ns"]["mean"] / 1e3:.0f} amp={amp:.2f}')
+              f'lat_mean_us={j[side]["lat_ns"]["mean"] / 1e3:.0f} amp={amp:.2f}',
+              f'server_cpu_us_per_op={cpu_us:.0f}')
 PY
+ADMIN=$(python3 -c "import json; print(json.load(open('$DIR/data/cluster.json'))['admin_endpoint'])")
+curl -fsS "$ADMIN/metrics" | awk '/^lauscha_read_(cache_hits|cache_misses|slices)_total/ {printf "%s=%s ", $1, $2} END {print ""}'

@@ -486,6 +486,11 @@ fn metrics(inner: &Inner, maintenance: &Maintenance) -> Response<Full<Bytes>> {
             cache.map_or(0, |c| c.misses),
         ),
         (
+            "lauscha_read_slices_total",
+            "Small shard reads a node answered with a verified slice instead of a block.",
+            inner.nodes.slice_reads(),
+        ),
+        (
             "lauscha_volume_merges_adopted_total",
             "Volume extent merges that adopted the journal's stripes, writing nothing.",
             inner.volume_stats.merges_adopted.load(Ordering::Relaxed),

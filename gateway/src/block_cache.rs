@@ -1,13 +1,16 @@
-//! Verified shard blocks kept in memory for small reads (`gateway.read_cache_bytes`).
+//! Verified shard bytes kept in memory for small reads (`gateway.read_cache_bytes`).
 //!
-//! A 4 KiB read of a volume or an object range costs a shard RPC that carries a whole
-//! 64 KiB block (the unit the block hashes cover), hashed on the node and again here. The
-//! block is kept, so that the next small read of the same block costs neither.
+//! A small read that misses costs a shard RPC: a verified slice (4 KiB and a proof, see
+//! `lauscha_core::slice_proof`) when nothing of its 64 KiB block (the unit the block
+//! hashes cover) is cached, the whole block when something is (the block is read again:
+//! sequential reads, or random ones with locality, then hit for the rest of it) or when
+//! the read spans more. What came is kept in 4 KiB slices, so that the next small read of
+//! the same bytes costs nothing.
 //!
 //! Architecture Invariant: an entry can never be stale. It is keyed by its shard's digest
-//! (metadata's blake3 over the shard's block table) and its block index, so it is
-//! content-addressed: stripes are never rewritten in place, and a block enters the cache
-//! only after it matched its hash in a block table that matched that digest.
+//! (metadata's blake3 over the shard's block table) and its slice index, so it is
+//! content-addressed: stripes are never rewritten in place, and bytes enter the cache
+//! only after they matched a block hash in a block table that matched that digest.
 //!
 //! Only reads of at most [`CACHED_READ_BLOCKS`] blocks look here and fill it: a large read
 //! streams past, so that one big GET or a sequential scan does not evict what small
@@ -21,14 +24,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::{Bytes, BytesMut};
 use lauscha_core::ShardDigest;
 use lauscha_core::checksum::SHARD_BLOCK_BYTES;
+use lauscha_core::slice_proof::SLICE_BYTES;
 use lru::LruCache;
 
 /// Reads covering at most this many blocks use the cache (256 KiB).
 pub const CACHED_READ_BLOCKS: u64 = 4;
 
-/// Verified shard blocks, least recently used evicted first.
+/// Verified 4 KiB slices of shards, least recently used evicted first.
 pub struct BlockCache {
-    blocks: Mutex<LruCache<(ShardDigest, u64), Bytes>>,
+    slices: Mutex<LruCache<(ShardDigest, u64), Bytes>>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -43,44 +47,51 @@ pub struct BlockCacheStats {
 }
 
 impl BlockCache {
-    /// A cache of at most `capacity_bytes` of blocks; `None` when that is less than one
-    /// block (the cache is off).
+    /// A cache of at most `capacity_bytes` of slices; `None` when that is less than one
+    /// slice (the cache is off).
     pub fn new(capacity_bytes: u64) -> Option<BlockCache> {
-        let n_blocks = NonZeroUsize::new((capacity_bytes / SHARD_BLOCK_BYTES) as usize)?;
+        let n_slices = NonZeroUsize::new((capacity_bytes / SLICE_BYTES) as usize)?;
         Some(BlockCache {
-            blocks: Mutex::new(LruCache::new(n_blocks)),
+            slices: Mutex::new(LruCache::new(n_slices)),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         })
     }
 
-    /// Whether a read of `blocks` uses the cache.
+    /// Whether a read of `blocks` (shard blocks) uses the cache.
     pub fn takes(blocks: &Range<u64>) -> bool {
         blocks.end - blocks.start <= CACHED_READ_BLOCKS
     }
 
-    /// Bytes `[offset, offset + len_bytes)` of the shard with `digest`, if every block
+    /// Bytes `[offset, offset + len_bytes)` of the shard with `digest`, if every slice
     /// they touch is cached.
     pub fn get(&self, digest: &ShardDigest, offset: u64, len_bytes: u64) -> Option<Bytes> {
-        let blocks = lauscha_core::checksum::covering_blocks(offset, len_bytes);
-        debug_assert!(Self::takes(&blocks));
+        debug_assert!(Self::takes(&lauscha_core::checksum::covering_blocks(
+            offset, len_bytes
+        )));
+        let slices = covering_slices(offset, len_bytes);
         let found: Option<Vec<Bytes>> = {
-            let mut cache = self.blocks.lock().expect("block cache lock");
-            blocks
+            let mut cache = self.slices.lock().expect("block cache lock");
+            slices
                 .clone()
                 .map(|idx| cache.get(&(*digest, idx)).cloned())
                 .collect()
         };
-        let start = (offset - blocks.start * SHARD_BLOCK_BYTES) as usize;
+        let start = (offset - slices.start * SLICE_BYTES) as usize;
         let end = start + len_bytes as usize;
         let answer = found.and_then(|found| {
-            if let [block] = found.as_slice() {
-                // The common case (a 4 KiB read): no copy.
-                return (end <= block.len()).then(|| block.slice(start..end));
+            if let [slice] = found.as_slice() {
+                // The common case (an aligned 4 KiB read): no copy.
+                return (end <= slice.len()).then(|| slice.slice(start..end));
+            }
+            // Only the shard's last slice may be short, and only at the end of a read.
+            let whole = |s: &Bytes| s.len() as u64 == SLICE_BYTES;
+            if !found[..found.len() - 1].iter().all(whole) {
+                return None;
             }
             let mut joined = BytesMut::with_capacity(found.iter().map(Bytes::len).sum());
-            for block in &found {
-                joined.extend_from_slice(block);
+            for slice in &found {
+                joined.extend_from_slice(slice);
             }
             (end <= joined.len()).then(|| joined.freeze().slice(start..end))
         });
@@ -93,15 +104,27 @@ impl BlockCache {
         answer
     }
 
-    /// Keeps a block that matched its hash, in a block table that matched `digest`. It is
-    /// copied, so that the cache holds exactly its bytes and not the message they came in.
-    pub fn insert(&self, digest: &ShardDigest, block_idx: u64, verified_block: &[u8]) {
-        debug_assert!(verified_block.len() as u64 <= SHARD_BLOCK_BYTES);
-        let block = Bytes::copy_from_slice(verified_block);
-        self.blocks
-            .lock()
-            .expect("block cache lock")
-            .put((*digest, block_idx), block);
+    /// Whether any slice of shard block `block_idx` is cached (does not count as a use):
+    /// the block is being read again.
+    pub fn holds_part_of_block(&self, digest: &ShardDigest, block_idx: u64) -> bool {
+        let per_block = SHARD_BLOCK_BYTES / SLICE_BYTES;
+        let cache = self.slices.lock().expect("block cache lock");
+        (block_idx * per_block..(block_idx + 1) * per_block).any(|i| cache.contains(&(*digest, i)))
+    }
+
+    /// Keeps verified bytes of the shard with `digest` that start at shard byte `offset`,
+    /// a slice boundary: bytes that matched a block hash, in a block table that matched
+    /// `digest`. Each slice is copied, so that the cache holds exactly its bytes and not
+    /// the message they came in.
+    pub fn insert(&self, digest: &ShardDigest, offset: u64, verified: &[u8]) {
+        assert_eq!(offset % SLICE_BYTES, 0, "cached bytes start on a slice");
+        let mut cache = self.slices.lock().expect("block cache lock");
+        for (i, slice) in verified.chunks(SLICE_BYTES as usize).enumerate() {
+            cache.put(
+                (*digest, offset / SLICE_BYTES + i as u64),
+                Bytes::copy_from_slice(slice),
+            );
+        }
     }
 
     /// Hits and misses since start.
@@ -113,19 +136,26 @@ impl BlockCache {
     }
 }
 
+/// The slices covering shard bytes `[offset, offset + len_bytes)`.
+fn covering_slices(offset: u64, len_bytes: u64) -> Range<u64> {
+    debug_assert!(len_bytes > 0);
+    offset / SLICE_BYTES..(offset + len_bytes).div_ceil(SLICE_BYTES)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const B: u64 = SHARD_BLOCK_BYTES;
+    const S: u64 = SLICE_BYTES;
 
     fn block(fill: u8, len: u64) -> Vec<u8> {
         (0..len).map(|i| fill.wrapping_add(i as u8)).collect()
     }
 
     #[test]
-    fn a_read_is_answered_only_when_every_block_it_touches_is_cached() {
-        let cache = BlockCache::new(16 * B).expect("on");
+    fn a_read_is_answered_only_when_every_slice_it_touches_is_cached() {
+        let cache = BlockCache::new(64 * B).expect("on");
         let digest = ShardDigest([1; 32]);
         let (b0, b1) = (block(0, B), block(7, B));
         cache.insert(&digest, 0, &b0);
@@ -135,7 +165,7 @@ mod tests {
         );
         // Spans blocks 0 and 1; block 1 is missing.
         assert_eq!(cache.get(&digest, B - 10, 20), None);
-        cache.insert(&digest, 1, &b1);
+        cache.insert(&digest, B, &b1);
         let mut want = b0[(B - 10) as usize..].to_vec();
         want.extend_from_slice(&b1[..10]);
         assert_eq!(cache.get(&digest, B - 10, 20).as_deref(), Some(&want[..]));
@@ -143,30 +173,58 @@ mod tests {
     }
 
     #[test]
+    fn a_verified_slice_answers_for_itself_only() {
+        let cache = BlockCache::new(64 * B).expect("on");
+        let digest = ShardDigest([5; 32]);
+        let slice = block(3, S);
+        cache.insert(&digest, B + 5 * S, &slice);
+        assert_eq!(
+            cache.get(&digest, B + 5 * S, S).as_deref(),
+            Some(&slice[..])
+        );
+        assert_eq!(cache.get(&digest, B + 5 * S - 1, 2), None);
+        assert_eq!(cache.get(&digest, B + 6 * S, 1), None);
+    }
+
+    #[test]
     fn another_shard_never_answers_and_a_short_last_block_is_not_overread() {
-        let cache = BlockCache::new(16 * B).expect("on");
+        let cache = BlockCache::new(64 * B).expect("on");
         cache.insert(&ShardDigest([1; 32]), 0, &block(0, B));
         assert_eq!(cache.get(&ShardDigest([2; 32]), 0, 4096), None);
         // A shard whose last block is 5000 bytes: a read past its end is not answered.
         let short = ShardDigest([3; 32]);
-        cache.insert(&short, 2, &block(9, 5000));
+        cache.insert(&short, 2 * B, &block(9, 5000));
         assert!(cache.get(&short, 2 * B, 5000).is_some());
         assert_eq!(cache.get(&short, 2 * B + 4096, 4096), None);
         assert_eq!(cache.stats(), BlockCacheStats { hits: 1, misses: 2 });
     }
 
     #[test]
-    fn the_least_recently_used_block_goes_first_and_zero_means_off() {
-        assert!(BlockCache::new(B - 1).is_none());
-        let cache = BlockCache::new(2 * B).expect("on");
+    fn the_least_recently_used_slice_goes_first_and_zero_means_off() {
+        assert!(BlockCache::new(S - 1).is_none());
+        let cache = BlockCache::new(2 * S).expect("on");
         let d = ShardDigest([4; 32]);
-        cache.insert(&d, 0, &block(0, B));
-        cache.insert(&d, 1, &block(1, B));
-        assert!(cache.get(&d, 0, 1).is_some()); // block 0 used: block 1 is the oldest
-        cache.insert(&d, 2, &block(2, B));
+        cache.insert(&d, 0, &block(0, S));
+        cache.insert(&d, S, &block(1, S));
+        assert!(cache.get(&d, 0, 1).is_some()); // slice 0 used: slice 1 is the oldest
+        cache.insert(&d, 2 * S, &block(2, S));
         assert!(cache.get(&d, 0, 1).is_some());
-        assert!(cache.get(&d, B, 1).is_none());
-        assert!(cache.get(&d, 2 * B, 1).is_some());
+        assert!(cache.get(&d, S, 1).is_none());
+        assert!(cache.get(&d, 2 * S, 1).is_some());
+    }
+
+    #[test]
+    fn a_block_counts_as_held_when_any_of_its_slices_is() {
+        let cache = BlockCache::new(B).expect("on");
+        let (d, e) = (ShardDigest([6; 32]), ShardDigest([7; 32]));
+        assert!(!cache.holds_part_of_block(&d, 1));
+        cache.insert(&d, B + 15 * S, &block(0, S));
+        assert!(cache.holds_part_of_block(&d, 1));
+        assert!(!cache.holds_part_of_block(&d, 0));
+        assert!(!cache.holds_part_of_block(&d, 2));
+        assert!(!cache.holds_part_of_block(&e, 1));
+        // Looking does not count as a use.
+        assert_eq!(cache.stats(), BlockCacheStats { hits: 0, misses: 0 });
     }
 
     #[test]

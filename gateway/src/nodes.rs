@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use lauscha_core::checksum::{
-    BlockHash, SHARD_BLOCK_BYTES, covering_blocks, n_blocks, verify_block,
+    BlockHash, SHARD_BLOCK_BYTES, block_len_bytes, covering_blocks, n_blocks, verify_block,
 };
+use lauscha_core::slice_proof;
 use lauscha_core::{ClusterMap, NodeId, ShardDigest, ShardId};
 use lauscha_proto::storage::shard_service_client::ShardServiceClient;
 use lauscha_proto::storage::{self as pb, get_shard_reply, put_shard_request};
@@ -75,6 +76,48 @@ impl ShardIoError {
     }
 }
 
+/// The block hashes a node sent, checked against the shard's length and digest in the
+/// stripe map.
+fn checked_block_table(
+    shard: &ShardRef<'_>,
+    sent_len_bytes: u64,
+    sent_hashes: &[u8],
+) -> Result<Vec<BlockHash>, ShardIoError> {
+    let corrupt = |what: &str| ShardIoError::Corrupt(shard.id, shard.node, what.to_string());
+    if sent_len_bytes != shard.shard_len_bytes {
+        return Err(corrupt("length differs from the stripe map"));
+    }
+    if sent_hashes.len() as u64 != 32 * n_blocks(shard.shard_len_bytes) {
+        return Err(corrupt("block table has the wrong size"));
+    }
+    let hashes: Vec<BlockHash> = sent_hashes
+        .chunks_exact(32)
+        .map(|c| c.try_into().expect("32 bytes"))
+        .collect();
+    lauscha_core::checksum::verify_block_hashes(shard.shard_len_bytes, &hashes, shard.digest)
+        .map_err(|_| corrupt("block table does not match the digest in metadata"))?;
+    Ok(hashes)
+}
+
+/// Whether a read of shard bytes `[offset, offset + len_bytes)` goes as a verified slice
+/// rather than whole blocks: it lies inside one block and is at most half of it, and
+/// nothing else of its block is cached. A block read again (sequentially or at random)
+/// is read whole, so that the reads after it hit the cache.
+fn slice_read_wanted(
+    shard: &ShardRef<'_>,
+    offset: u64,
+    len_bytes: u64,
+    cache: Option<&BlockCache>,
+) -> bool {
+    let end = offset + len_bytes;
+    let block_idx = offset / SHARD_BLOCK_BYTES;
+    len_bytes > 0
+        && end <= shard.shard_len_bytes
+        && block_idx == (end - 1) / SHARD_BLOCK_BYTES
+        && len_bytes <= SHARD_BLOCK_BYTES / 2
+        && !cache.is_some_and(|c| c.holds_part_of_block(shard.digest, block_idx))
+}
+
 /// One shard as the stripe map describes it: where it is and what it must hash to.
 #[derive(Clone, Copy, Debug)]
 pub struct ShardRef<'a> {
@@ -135,6 +178,8 @@ pub struct NodePool {
     source_ip: Option<IpAddr>,
     /// Verified blocks of small reads (`gateway.read_cache_bytes`; `None`: off).
     block_cache: Option<BlockCache>,
+    /// Shard reads answered as verified slices (`lauscha_read_slices_total`).
+    slice_reads: std::sync::atomic::AtomicU64,
 }
 
 /// How long a node that reported a full disk gets no new shards, unless it reports room
@@ -164,12 +209,18 @@ impl NodePool {
             rpc_timeout,
             source_ip,
             block_cache: BlockCache::new(read_cache_bytes),
+            slice_reads: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     /// How often the read cache answered (`None`: it is off).
     pub fn read_cache_stats(&self) -> Option<BlockCacheStats> {
         self.block_cache.as_ref().map(BlockCache::stats)
+    }
+
+    /// Shard reads answered as verified slices since start.
+    pub fn slice_reads(&self) -> u64 {
+        self.slice_reads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The cluster map, at most [`MAP_MAX_AGE`] old.
@@ -329,14 +380,83 @@ impl NodePool {
         if let Some(bytes) = cache.and_then(|c| c.get(shard.digest, start, len)) {
             return Ok(bytes);
         }
-        let result = tokio::time::timeout(
-            self.rpc_timeout,
-            self.read_shard_inner(map, shard, start, len, whole, cache),
-        )
-        .await
-        .unwrap_or_else(|_| Err(ShardIoError::Unreachable(node, "read timed out".into())));
+        let as_slice = !whole && slice_read_wanted(&shard, start, len, cache);
+        let read = async {
+            if as_slice
+                && let Some(bytes) = self.read_slice_inner(map, shard, start, len, cache).await?
+            {
+                return Ok(bytes);
+            }
+            self.read_shard_inner(map, shard, start, len, whole, cache)
+                .await
+        };
+        let result = tokio::time::timeout(self.rpc_timeout, read)
+            .await
+            .unwrap_or_else(|_| Err(ShardIoError::Unreachable(node, "read timed out".into())));
         self.note(node, &result);
         result
+    }
+
+    /// Reads `[offset, offset + len_bytes)`, inside one block, as a verified slice (see
+    /// `lauscha_core::slice_proof`). `None`: the node does not serve slices (an older
+    /// version during an upgrade); the caller reads the block instead.
+    async fn read_slice_inner(
+        &self,
+        map: &ClusterMap,
+        shard: ShardRef<'_>,
+        offset: u64,
+        len_bytes: u64,
+        cache: Option<&BlockCache>,
+    ) -> Result<Option<Bytes>, ShardIoError> {
+        let ShardRef {
+            node,
+            id,
+            digest,
+            shard_len_bytes,
+        } = shard;
+        let corrupt = |what: &str| ShardIoError::Corrupt(id, node, what.to_string());
+        let mut client = self.client(node, map)?;
+        let request = pb::ReadShardSliceRequest {
+            id: Some(id.into()),
+            offset,
+            len_bytes,
+        };
+        let reply = match client.read_shard_slice(request).await {
+            Ok(reply) => reply.into_inner(),
+            Err(s) if s.code() == tonic::Code::Unimplemented => return Ok(None),
+            Err(s) => return Err(ShardIoError::from_status(s, id, node)),
+        };
+        let hashes = checked_block_table(&shard, reply.shard_len_bytes, &reply.block_hashes)?;
+        let block_idx = offset / SHARD_BLOCK_BYTES;
+        let block_start = block_idx * SHARD_BLOCK_BYTES;
+        let block_len = block_len_bytes(shard_len_bytes, block_idx);
+        let within = slice_proof::widened(block_len, offset - block_start, len_bytes);
+        if reply.proof.len() % 32 != 0 {
+            return Err(corrupt("slice proof is not whole chaining values"));
+        }
+        let proof: Vec<slice_proof::ChainingValue> = reply
+            .proof
+            .chunks_exact(32)
+            .map(|c| c.try_into().expect("32 bytes"))
+            .collect();
+        if !slice_proof::verify(
+            block_len,
+            within.clone(),
+            &reply.data,
+            &proof,
+            &hashes[block_idx as usize],
+        ) {
+            return Err(corrupt(&format!(
+                "slice of block {block_idx} failed its hash"
+            )));
+        }
+        if let Some(cache) = cache {
+            cache.insert(digest, block_start + within.start, &reply.data);
+        }
+        self.slice_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let start = (offset - block_start - within.start) as usize;
+        Ok(Some(reply.data.slice(start..start + len_bytes as usize)))
     }
 
     async fn read_shard_inner(
@@ -349,10 +469,7 @@ impl NodePool {
         cache: Option<&BlockCache>,
     ) -> Result<Bytes, ShardIoError> {
         let ShardRef {
-            node,
-            id,
-            digest,
-            shard_len_bytes,
+            node, id, digest, ..
         } = shard;
         if len_bytes == 0 {
             return Ok(Bytes::new());
@@ -377,19 +494,7 @@ impl NodePool {
             Some(Err(s)) => return Err(ShardIoError::from_status(s, id, node)),
             _ => return Err(ShardIoError::Failed(node, "GetShard sent no header".into())),
         };
-        if header.shard_len_bytes != shard_len_bytes {
-            return Err(corrupt("length differs from the stripe map"));
-        }
-        if header.block_hashes.len() as u64 != 32 * n_blocks(shard_len_bytes) {
-            return Err(corrupt("block table has the wrong size"));
-        }
-        let hashes: Vec<BlockHash> = header
-            .block_hashes
-            .chunks_exact(32)
-            .map(|c| c.try_into().expect("32 bytes"))
-            .collect();
-        lauscha_core::checksum::verify_block_hashes(shard_len_bytes, &hashes, digest)
-            .map_err(|_| corrupt("block table does not match the digest in metadata"))?;
+        let hashes = checked_block_table(&shard, header.shard_len_bytes, &header.block_hashes)?;
         let blocks = covering_blocks(offset, len_bytes);
         if header.first_block_idx != blocks.start {
             return Err(ShardIoError::Failed(
@@ -418,7 +523,7 @@ impl NodePool {
                 return Err(corrupt(&format!("block {block_idx} failed its hash")));
             }
             if let Some(cache) = cache {
-                cache.insert(digest, block_idx, &block);
+                cache.insert(digest, block_idx * SHARD_BLOCK_BYTES, &block);
             }
             received.push(block);
             block_idx += 1;

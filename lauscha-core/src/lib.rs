@@ -14,6 +14,7 @@ pub mod model;
 pub mod names;
 pub mod nbd;
 pub mod placement;
+pub mod slice_proof;
 pub mod versioning;
 pub mod volume;
 

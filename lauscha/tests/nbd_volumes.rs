@@ -836,6 +836,11 @@ fn read_cache_counts(dev: &Dev) -> (u64, u64) {
     (v[0], v[1])
 }
 
+/// Shard reads answered as verified slices (`/metrics`).
+fn slice_reads(dev: &Dev) -> u64 {
+    metrics(dev, &["lauscha_read_slices_total"])[0]
+}
+
 /// Sequential writes smaller than an extent become the extent as they were written: the
 /// merge adopts their stripes instead of writing the extent again. The adopted stripes
 /// must then belong to the extent: garbage collection of the merged journal leaves them,
@@ -917,7 +922,9 @@ async fn sequential_writes_become_extents_without_being_written_again() {
 fn the_read_cache_answers_repeated_reads_and_never_with_old_bytes() {
     let dev = Dev::start(&[]);
     let uri = volume(&dev, "cached", "64M");
-    qemu_io(&uri, &["write -P 0x11 0 8M"]);
+    // 1 MiB of other bytes: shards are content-addressed in the cache, so equal shards
+    // would answer for each other.
+    qemu_io(&uri, &["write -P 0x11 0 8M", "write -P 0x12 1M 1M"]);
     let before = read_cache_counts(&dev);
     qemu_io(
         &uri,
@@ -933,6 +940,28 @@ fn the_read_cache_answers_repeated_reads_and_never_with_old_bytes() {
         "the first reads went to the nodes: {after:?}"
     );
     assert!(after.0 > before.0, "the repeated read was a hit: {after:?}");
+    // A 4 KiB read of a block nothing of which is cached fetches a verified slice, not
+    // the 64 KiB block. The next read of that block fetches the whole block, and the one
+    // after it is a hit. (1 MiB is where a shard begins.)
+    let (cache_before, slices_before) = (read_cache_counts(&dev), slice_reads(&dev));
+    qemu_io(
+        &uri,
+        &[
+            "read -P 0x12 1M 4k",
+            "read -P 0x12 1040k 4k",
+            "read -P 0x12 1032k 4k",
+        ],
+    );
+    let (cache_after, slices_after) = (read_cache_counts(&dev), slice_reads(&dev));
+    assert_eq!(
+        (
+            cache_after.0 - cache_before.0,
+            cache_after.1 - cache_before.1,
+            slices_after - slices_before
+        ),
+        (1, 2, 1),
+        "(hits, misses, slices) of a slice read, a block read and a hit"
+    );
     // Rewritten and merged: the same offsets now hold other bytes in another stripe.
     qemu_io(&uri, &["write -P 0x22 4k 4k", "write -P 0x33 5M 1M"]);
     qemu_io(
@@ -952,6 +981,7 @@ fn the_read_cache_answers_repeated_reads_and_never_with_old_bytes() {
     qemu_io(&uri, &["write -P 0x44 0 4M"]);
     qemu_io(&uri, &["read -P 0x44 4k 4k", "read -P 0x44 4k 4k"]);
     assert_eq!(read_cache_counts(&dev), (0, 0));
+    assert_eq!(slice_reads(&dev), 2, "uncached small reads are slices");
 }
 
 /// A TCP proxy to `upstream` that passes what clients send at once, and holds back what
