@@ -6,7 +6,7 @@
 //! for the right ([`blake3::hazmat::left_subtree_len`]). A node that holds a block sends
 //! the bytes a reader asked for, widened to [`SLICE_BYTES`] boundaries ([`widened`]), and
 //! the chaining values of the largest subtrees lying wholly outside them, left to right
-//! ([`proof`]): at most two per tree level, 14 for a 64 KiB block. The reader hashes the
+//! ([`checked_proof`]): at most two per tree level, 14 for a 64 KiB block. The reader hashes the
 //! bytes it got, merges them up the tree with those chaining values and compares the root
 //! with the block hash it checked against the shard digest ([`verify`]). Other bytes or
 //! other chaining values that pass would be a blake3 collision: this is Bao's verified
@@ -84,29 +84,47 @@ fn checked_slice(block_len_bytes: u64, within: &Range<u64>) {
 
 /// The chaining values a reader of `block[within]` needs to check it against the block's
 /// hash: those of the largest subtrees wholly outside `within`, left to right. `within`
-/// comes from [`widened`].
-pub fn proof(block: &[u8], within: Range<u64>) -> Vec<ChainingValue> {
-    checked_slice(block.len() as u64, &within);
-    let mut cvs = Vec::new();
-    collect_outside(block, 0..block.len() as u64, &within, &mut cvs);
-    cvs
+/// comes from [`widened`]. `None` if the block does not hash to `block_hash` (it rotted):
+/// the holder checks its block in the same pass that computes the proof.
+pub fn checked_proof(
+    block: &[u8],
+    within: Range<u64>,
+    block_hash: &BlockHash,
+) -> Option<Vec<ChainingValue>> {
+    let block_len = block.len() as u64;
+    checked_slice(block_len, &within);
+    let mut outside = Vec::new();
+    let root = match overlap(&(0..block_len), &within) {
+        Overlap::Inside => *blake3::hash(block).as_bytes(),
+        Overlap::Split(mid) => {
+            let left = cv_noting_outside(block, 0..mid, &within, &mut outside);
+            let right = cv_noting_outside(block, mid..block_len, &within, &mut outside);
+            *merge_subtrees_root(&left, &right, Mode::Hash).as_bytes()
+        }
+        Overlap::Outside => unreachable!("a non-empty slice of the block overlaps it"),
+    };
+    (root == *block_hash).then_some(outside)
 }
 
-fn collect_outside(
+/// The chaining value of a subtree, noting those of its parts outside `within`.
+fn cv_noting_outside(
     block: &[u8],
     subtree: Range<u64>,
     within: &Range<u64>,
-    cvs: &mut Vec<ChainingValue>,
-) {
+    outside: &mut Vec<ChainingValue>,
+) -> ChainingValue {
+    let bytes = &block[subtree.start as usize..subtree.end as usize];
     match overlap(&subtree, within) {
-        Overlap::Outside => cvs.push(subtree_cv(
-            &block[subtree.start as usize..subtree.end as usize],
-            subtree.start,
-        )),
-        Overlap::Inside => {}
+        Overlap::Outside => {
+            let cv = subtree_cv(bytes, subtree.start);
+            outside.push(cv);
+            cv
+        }
+        Overlap::Inside => subtree_cv(bytes, subtree.start),
         Overlap::Split(mid) => {
-            collect_outside(block, subtree.start..mid, within, cvs);
-            collect_outside(block, mid..subtree.end, within, cvs);
+            let left = cv_noting_outside(block, subtree.start..mid, within, outside);
+            let right = cv_noting_outside(block, mid..subtree.end, within, outside);
+            merge_subtrees_non_root(&left, &right, Mode::Hash)
         }
     }
 }
@@ -183,7 +201,7 @@ mod tests {
         let hash = *blake3::hash(&b).as_bytes();
         let within = widened(SHARD_BLOCK_BYTES, 5 * SLICE_BYTES, SLICE_BYTES);
         assert_eq!(within, 5 * SLICE_BYTES..6 * SLICE_BYTES);
-        let cvs = proof(&b, within.clone());
+        let cvs = checked_proof(&b, within.clone(), &hash).expect("the block's own hash");
         // One sibling per level above the slice: 8, 4, 2 and 1 slices.
         assert_eq!(cvs.len(), 4);
         let slice = &b[within.start as usize..within.end as usize];
@@ -250,13 +268,15 @@ mod tests {
             let (offset, len) = (x.min(y), x.max(y) - x.min(y) + 1);
             let within = widened(block_len, offset, len);
             prop_assert!(within.start <= offset && offset + len <= within.end);
-            let cvs = proof(&data, within.clone());
+            let cvs = checked_proof(&data, within.clone(), &hash).expect("the block's own hash");
             prop_assert!(cvs.len() <= 14);
             let slice = &data[within.start as usize..within.end as usize];
             prop_assert!(verify(block_len, within.clone(), slice, &cvs, &hash));
             // Against another block's hash, or with one bit changed anywhere, it fails.
             let other = *blake3::hash(&block(block_len, seed.wrapping_add(1))).as_bytes();
             prop_assert!(!verify(block_len, within.clone(), slice, &cvs, &other));
+            // The holder finds a block that no longer matches its hash.
+            prop_assert!(checked_proof(&data, within.clone(), &other).is_none());
             let mut bad = slice.to_vec();
             let at = (flip % bad.len() as u64) as usize;
             bad[at] ^= 1 << (flip % 8);

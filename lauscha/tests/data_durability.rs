@@ -262,6 +262,20 @@ async fn flipped_bytes_are_found_by_the_scrubber_read_around_and_repaired() {
                 .push(name);
         }
     }
+    // Small ranges first, one every 32 KiB, so that each meets every shard block: a
+    // flipped block is found by its node while it computes a verified slice (the first
+    // read of a block) or sends the block (the second), and the range comes from parity.
+    for (key, seed, size) in &objects {
+        let want = payload(*seed, *size);
+        for start in (1000..*size).step_by(32 << 10) {
+            let end = (start + 4096).min(*size);
+            let got = must_get_range(&s3, "flip", key, &format!("bytes={start}-{}", end - 1)).await;
+            assert!(
+                got == want[start..end],
+                "flip/{key} bytes {start}.. are wrong"
+            );
+        }
+    }
     // Every GET returns the right bytes, whichever shards it meets.
     assert_all_readable(&s3, "flip", &objects, "with flipped bytes").await;
     // Each node reports every flipped shard it holds as corrupt (found by its scrubber

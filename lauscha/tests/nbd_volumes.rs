@@ -841,6 +841,71 @@ fn slice_reads(dev: &Dev) -> u64 {
     metrics(dev, &["lauscha_read_slices_total"])[0]
 }
 
+/// Files anywhere below a directory named `dir_name` (`shards`, `quarantine`) under `dir`
+/// whose names end with `suffix`.
+fn files_under(dir: &std::path::Path, dir_name: &str, suffix: &str) -> Vec<std::path::PathBuf> {
+    fn walk(
+        p: &std::path::Path,
+        inside: bool,
+        dir_name: &str,
+        suffix: &str,
+        out: &mut Vec<std::path::PathBuf>,
+    ) {
+        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+            let path = e.path();
+            let here = inside || e.file_name() == dir_name;
+            if path.is_dir() {
+                walk(&path, here, dir_name, suffix, out);
+            } else if here && e.file_name().to_string_lossy().ends_with(suffix) {
+                out.push(path);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, false, dir_name, suffix, &mut out);
+    out
+}
+
+/// A 4 KiB read that misses the cache is a verified slice (`ReadShardSlice`). A byte
+/// flipped on disk in the block it comes from is found by the node, which checks the
+/// block in the pass that computes the proof: the read is answered from parity with the
+/// right bytes, and the node quarantines the shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_byte_flipped_under_a_small_read_is_read_around_and_quarantined() {
+    let dev = Dev::start(&["--read-cache-bytes", "0"]);
+    let uri = volume(&dev, "rot", "4M");
+    qemu_io(&uri, &["write -P 0x21 0 4M"]);
+    // One stripe (4 data shards of 1 MiB): data shard 1 holds volume bytes [1M, 2M).
+    let shard1 = files_under(&dev.data_dir, "shards", ".1");
+    assert_eq!(shard1.len(), 1, "one stripe: {shard1:?}");
+    let name = shard1[0].file_name().unwrap().to_string_lossy().to_string();
+    let mut bytes = std::fs::read(&shard1[0]).unwrap();
+    let shard_len = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
+    assert_eq!(shard_len, 1 << 20);
+    let header = 56 + 32 * shard_len.div_ceil(65536);
+    let flipped_at = 300_000u64;
+    bytes[(header + flipped_at) as usize] ^= 0x5a;
+    std::fs::write(&shard1[0], bytes).unwrap();
+
+    let slices_before = slice_reads(&dev);
+    let block_start = ((1 << 20) + flipped_at) / 4096 * 4096;
+    qemu_io(&uri, &[&format!("read -P 0x21 {block_start} 4k")]);
+    assert!(slice_reads(&dev) > slices_before, "the read went as slices");
+    let quarantined = eventually(std::time::Duration::from_secs(30), async || {
+        files_under(&dev.data_dir, "shards", ".1").is_empty()
+            && files_under(&dev.data_dir, "quarantine", "")
+                .iter()
+                .any(|q| {
+                    q.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with(&format!("{name}."))
+                })
+    })
+    .await;
+    assert!(quarantined, "{name} was not quarantined");
+}
+
 /// Sequential writes smaller than an extent become the extent as they were written: the
 /// merge adopts their stripes instead of writing the extent again. The adopted stripes
 /// must then belong to the extent: garbage collection of the merged journal leaves them,

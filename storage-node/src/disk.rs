@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use lauscha_core::checksum::{BlockHash, SHARD_BLOCK_BYTES, block_len_bytes, covering_blocks};
+use lauscha_core::checksum::{
+    BlockHash, SHARD_BLOCK_BYTES, block_len_bytes, covering_blocks, n_blocks,
+};
 use lauscha_core::{NodeId, ShardDigest, ShardHasher, ShardId};
 use tracing::{debug, info, warn};
 
@@ -217,21 +219,13 @@ impl ShardStore for DiskShardStore {
     ) -> Result<DiskBlockReader, ShardError> {
         let inner = self.inner.clone();
         blocking(move || {
-            let path = shard_path(&inner.root, id);
-            let file = match File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(ShardError::NotFound(id));
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let mut fixed = [0u8; BLOCK_TABLE_OFFSET as usize];
-            read_exact_at_or_corrupt(&file, id, &mut fixed, 0, "header")?;
-            let (shard_len_bytes, digest) = format::decode_fixed_header(id, &fixed)?;
-            let table_len = format::header_len_bytes(shard_len_bytes) - BLOCK_TABLE_OFFSET;
-            let mut table = vec![0u8; table_len as usize];
-            read_exact_at_or_corrupt(&file, id, &mut table, BLOCK_TABLE_OFFSET, "block table")?;
-            let block_hashes = format::decode_block_hashes(id, shard_len_bytes, &digest, &table)?;
+            let (
+                file,
+                ShardHeader {
+                    shard_len_bytes,
+                    block_hashes,
+                },
+            ) = open_with_header(&inner.root, id)?;
             let blocks = if offset == 0 && len_bytes == 0 {
                 0..lauscha_core::checksum::n_blocks(shard_len_bytes)
             } else {
@@ -280,6 +274,33 @@ impl ShardStore for DiskShardStore {
                 prefetch_error,
                 failed: false,
             })
+        })
+        .await
+    }
+
+    async fn read_block_unchecked(
+        &self,
+        id: ShardId,
+        block_idx: u64,
+    ) -> Result<(ShardHeader, Bytes), ShardError> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let (file, header) = open_with_header(&inner.root, id)?;
+            if block_idx >= n_blocks(header.shard_len_bytes) {
+                return Err(ShardError::InvalidRequest(format!(
+                    "block {block_idx} outside shard {id} of {} bytes",
+                    header.shard_len_bytes
+                )));
+            }
+            let mut block = vec![0u8; block_len_bytes(header.shard_len_bytes, block_idx) as usize];
+            read_exact_at_or_corrupt(
+                &file,
+                id,
+                &mut block,
+                format::header_len_bytes(header.shard_len_bytes) + block_idx * SHARD_BLOCK_BYTES,
+                "data",
+            )?;
+            Ok((header, Bytes::from(block)))
         })
         .await
     }
@@ -405,6 +426,31 @@ impl ShardStore for DiskShardStore {
             .map(|s| s.blocks_available() * s.fragment_size())
             .unwrap_or(u64::MAX)
     }
+}
+
+/// Opens a shard file and reads its header, checking the block table against the digest.
+fn open_with_header(root: &Path, id: ShardId) -> Result<(File, ShardHeader), ShardError> {
+    let file = match File::open(shard_path(root, id)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ShardError::NotFound(id));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut fixed = [0u8; BLOCK_TABLE_OFFSET as usize];
+    read_exact_at_or_corrupt(&file, id, &mut fixed, 0, "header")?;
+    let (shard_len_bytes, digest) = format::decode_fixed_header(id, &fixed)?;
+    let table_len = format::header_len_bytes(shard_len_bytes) - BLOCK_TABLE_OFFSET;
+    let mut table = vec![0u8; table_len as usize];
+    read_exact_at_or_corrupt(&file, id, &mut table, BLOCK_TABLE_OFFSET, "block table")?;
+    let block_hashes = format::decode_block_hashes(id, shard_len_bytes, &digest, &table)?;
+    Ok((
+        file,
+        ShardHeader {
+            shard_len_bytes,
+            block_hashes,
+        },
+    ))
 }
 
 fn read_exact_at_or_corrupt(

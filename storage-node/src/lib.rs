@@ -77,6 +77,16 @@ pub trait ShardStore: Send + Sync + 'static {
         len_bytes: u64,
     ) -> impl Future<Output = Result<Self::Reader, ShardError>> + Send;
 
+    /// Reads block `block_idx` of a shard *without checking it against its hash*, with
+    /// the shard's header (its block table checked against the digest). Only for a
+    /// caller that hashes the block itself on the way: a verified slice checks the block
+    /// in the pass that computes its proof, instead of hashing it twice.
+    fn read_block_unchecked(
+        &self,
+        id: ShardId,
+        block_idx: u64,
+    ) -> impl Future<Output = Result<(ShardHeader, Bytes), ShardError>> + Send;
+
     /// Deletes a shard; returns whether it existed.
     fn delete(&self, id: ShardId) -> impl Future<Output = Result<bool, ShardError>> + Send;
 

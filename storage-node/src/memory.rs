@@ -113,6 +113,35 @@ impl ShardStore for MemShardStore {
         })
     }
 
+    async fn read_block_unchecked(
+        &self,
+        id: ShardId,
+        block_idx: u64,
+    ) -> Result<(ShardHeader, Bytes), ShardError> {
+        let shard = self
+            .shards
+            .lock()
+            .expect("lock")
+            .get(&id)
+            .cloned()
+            .ok_or(ShardError::NotFound(id))?;
+        let shard_len_bytes = shard.data.len() as u64;
+        if block_idx >= lauscha_core::checksum::n_blocks(shard_len_bytes) {
+            return Err(ShardError::InvalidRequest(format!(
+                "block {block_idx} outside shard {id} of {shard_len_bytes} bytes"
+            )));
+        }
+        let start = block_idx * SHARD_BLOCK_BYTES;
+        let end = start + lauscha_core::checksum::block_len_bytes(shard_len_bytes, block_idx);
+        Ok((
+            ShardHeader {
+                shard_len_bytes,
+                block_hashes: shard.block_hashes.clone(),
+            },
+            Bytes::copy_from_slice(&shard.data[start as usize..end as usize]),
+        ))
+    }
+
     async fn delete(&self, id: ShardId) -> Result<bool, ShardError> {
         Ok(self.shards.lock().expect("lock").remove(&id).is_some())
     }

@@ -158,19 +158,7 @@ impl<S: ShardStore + Clone> ShardService for ShardServer<S> {
                 "a slice must lie inside one block: [{offset}, +{len_bytes})"
             )));
         }
-        let mut reader = self.store.open(id, offset, len_bytes).await?;
-        let block = match reader.next_block().await {
-            Some(Ok(block)) => block,
-            Some(Err(e)) => {
-                warn!(node_id = %self.node_id, shard_id = %id, error = %e, "shard read failed");
-                return Err(e.into());
-            }
-            None => {
-                return Err(Status::invalid_argument(format!(
-                    "[{offset}, +{len_bytes}) is past the shard's end"
-                )));
-            }
-        };
+        let (header, block) = self.store.read_block_unchecked(id, block_idx).await?;
         let block_start = block_idx * SHARD_BLOCK_BYTES;
         if offset + len_bytes > block_start + block.len() as u64 {
             return Err(Status::invalid_argument(format!(
@@ -178,10 +166,22 @@ impl<S: ShardStore + Clone> ShardService for ShardServer<S> {
             )));
         }
         let within = slice_proof::widened(block.len() as u64, offset - block_start, len_bytes);
-        let proof = slice_proof::proof(&block, within.clone());
+        // The block is checked against its hash here, in the pass that computes the proof.
+        let Some(proof) = slice_proof::checked_proof(
+            &block,
+            within.clone(),
+            &header.block_hashes[block_idx as usize],
+        ) else {
+            let e = ShardError::Corrupt {
+                id,
+                what: format!("block {block_idx}"),
+            };
+            warn!(node_id = %self.node_id, shard_id = %id, error = %e, "shard read failed");
+            return Err(e.into());
+        };
         Ok(Response::new(pb::ReadShardSliceReply {
-            shard_len_bytes: reader.header().shard_len_bytes,
-            block_hashes: reader.header().block_hashes.concat().into(),
+            shard_len_bytes: header.shard_len_bytes,
+            block_hashes: header.block_hashes.concat().into(),
             data: block.slice(within.start as usize..within.end as usize),
             proof: proof.concat().into(),
         }))

@@ -97,6 +97,24 @@ pub async fn check_shard_store(store: &impl ShardStore) {
         Some(ShardError::InvalidRequest(_))
     ));
 
+    // An unchecked block read returns the block as stored, with the checked header.
+    let (header, bytes) = store.read_block_unchecked(id, 4).await.unwrap();
+    assert_eq!(header.shard_len_bytes, 300_000);
+    assert_eq!(header.block_hashes.len(), 5);
+    assert_eq!(bytes, data[4 * block..]);
+    assert!(lauscha_core::checksum::verify_block(
+        &bytes,
+        &header.block_hashes[4]
+    ));
+    assert!(matches!(
+        store.read_block_unchecked(id, 5).await.err(),
+        Some(ShardError::InvalidRequest(_))
+    ));
+    assert!(matches!(
+        store.read_block_unchecked(shard_id(99), 0).await.err(),
+        Some(ShardError::NotFound(_))
+    ));
+
     // Immutability: an existing id cannot be written again.
     assert!(matches!(
         store.create(id, 1, ShardDigest::of(&[0])).await.err(),
