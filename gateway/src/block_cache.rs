@@ -1,16 +1,22 @@
-//! Verified shard bytes kept in memory for small reads (`gateway.read_cache_bytes`).
+//! Verified shard blocks kept in memory for small reads (`gateway.read_cache_bytes`).
 //!
 //! A small read that misses costs a shard RPC: a verified slice (4 KiB and a proof, see
-//! `lauscha_core::slice_proof`) when nothing of its 64 KiB block (the unit the block
-//! hashes cover) is cached, the whole block when something is (the block is read again:
-//! sequential reads, or random ones with locality, then hit for the rest of it) or when
-//! the read spans more. What came is kept in 4 KiB slices, so that the next small read of
-//! the same bytes costs nothing.
+//! `lauscha_core::slice_proof`), or its whole 64 KiB block (the unit the block hashes
+//! cover), which is kept here in case the rest of it is read next.
+//!
+//! Which of the two pays depends on the readers: a sequential reader, or a random one
+//! whose working set the cache nearly holds, reads much of a kept block; a random reader
+//! of a large volume reads almost none of it before it is evicted. The cache measures it
+//! as blocks leave: how many 4 KiB slices of a block were read that its block read had
+//! not asked for ([`BlockCache::miss_plan`]). While that yield is at least
+//! [`PREFETCH_PAYS`] (and until enough blocks have left to tell), misses read blocks;
+//! below it they read slices (not kept: their readers rarely come back), and one miss in
+//! [`EXPLORE_EVERY`] reads a block still, so that a change of readers is noticed.
 //!
 //! Architecture Invariant: an entry can never be stale. It is keyed by its shard's digest
-//! (metadata's blake3 over the shard's block table) and its slice index, so it is
-//! content-addressed: stripes are never rewritten in place, and bytes enter the cache
-//! only after they matched a block hash in a block table that matched that digest.
+//! (metadata's blake3 over the shard's block table) and its block index, so it is
+//! content-addressed: stripes are never rewritten in place, and a block enters the cache
+//! only after it matched its hash in a block table that matched that digest.
 //!
 //! Only reads of at most [`CACHED_READ_BLOCKS`] blocks look here and fill it: a large read
 //! streams past, so that one big GET or a sequential scan does not evict what small
@@ -30,11 +36,61 @@ use lru::LruCache;
 /// Reads covering at most this many blocks use the cache (256 KiB).
 pub const CACHED_READ_BLOCKS: u64 = 4;
 
-/// Verified 4 KiB slices of shards, least recently used evicted first.
+/// Slices read per block read, beyond those it was read for, at which reading blocks
+/// pays: a block read costs about 1.5 slice reads (`benches/nbd-job.sh`, server CPU per
+/// 4 KiB read with the cache off: 210 to 250 us by blocks, 140 by slices).
+pub const PREFETCH_PAYS: f64 = 0.5;
+
+/// While slices are read, one miss in this many reads its block to measure the yield.
+pub const EXPLORE_EVERY: u64 = 8;
+
+/// The yield is measured over about this many blocks that left the cache most recently
+/// (older ones are halved away); until this many have left, misses read blocks.
+const YIELD_WINDOW_BLOCKS: u64 = 256;
+
+/// Verified shard blocks, least recently used evicted first.
 pub struct BlockCache {
-    slices: Mutex<LruCache<(ShardDigest, u64), Bytes>>,
+    state: Mutex<CacheState>,
     hits: AtomicU64,
     misses: AtomicU64,
+}
+
+struct CacheState {
+    blocks: LruCache<(ShardDigest, u64), CachedBlock>,
+    /// Blocks that left the cache that a [`MissPlan::Block`] read had brought, recent ones
+    /// weighing more.
+    measured_blocks: u64,
+    /// Their slices read that their block read had not asked for.
+    prefetched_read: u64,
+    /// Misses while slices are preferred, for [`EXPLORE_EVERY`].
+    slice_misses: u64,
+}
+
+struct CachedBlock {
+    bytes: Bytes,
+    /// Slices (bit i: bytes `[i * 4 KiB, (i + 1) * 4 KiB)`) read, or asked for by the
+    /// block read.
+    read: u16,
+    /// Brought by a [`MissPlan::Block`] read: measured when it leaves.
+    measured: bool,
+    /// Slices read that the block read had not asked for.
+    prefetched_read: u32,
+}
+
+/// Bits of the slices of a block that `[start, end)` (bytes within the block) touches.
+fn slice_bits(start: u64, end: u64) -> u16 {
+    debug_assert!(start < end && end <= SHARD_BLOCK_BYTES);
+    let (first, last) = (start / SLICE_BYTES, (end - 1) / SLICE_BYTES);
+    ((u32::MAX >> (31 - last)) & (u32::MAX << first)) as u16
+}
+
+/// How a small read that missed the cache goes to its node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MissPlan {
+    /// The whole block, kept.
+    Block,
+    /// A verified slice, not kept.
+    Slice,
 }
 
 /// How often the cache answered.
@@ -47,51 +103,73 @@ pub struct BlockCacheStats {
 }
 
 impl BlockCache {
-    /// A cache of at most `capacity_bytes` of slices; `None` when that is less than one
-    /// slice (the cache is off).
+    /// A cache of at most `capacity_bytes` of blocks; `None` when that is less than one
+    /// block (the cache is off).
     pub fn new(capacity_bytes: u64) -> Option<BlockCache> {
-        let n_slices = NonZeroUsize::new((capacity_bytes / SLICE_BYTES) as usize)?;
+        let n_blocks = NonZeroUsize::new((capacity_bytes / SHARD_BLOCK_BYTES) as usize)?;
         Some(BlockCache {
-            slices: Mutex::new(LruCache::new(n_slices)),
+            state: Mutex::new(CacheState {
+                blocks: LruCache::new(n_blocks),
+                measured_blocks: 0,
+                prefetched_read: 0,
+                slice_misses: 0,
+            }),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         })
     }
 
-    /// Whether a read of `blocks` (shard blocks) uses the cache.
+    /// Whether a read of `blocks` uses the cache.
     pub fn takes(blocks: &Range<u64>) -> bool {
         blocks.end - blocks.start <= CACHED_READ_BLOCKS
     }
 
-    /// Bytes `[offset, offset + len_bytes)` of the shard with `digest`, if every slice
+    /// Bytes `[offset, offset + len_bytes)` of the shard with `digest`, if every block
     /// they touch is cached.
     pub fn get(&self, digest: &ShardDigest, offset: u64, len_bytes: u64) -> Option<Bytes> {
-        debug_assert!(Self::takes(&lauscha_core::checksum::covering_blocks(
-            offset, len_bytes
-        )));
-        let slices = covering_slices(offset, len_bytes);
+        let blocks = lauscha_core::checksum::covering_blocks(offset, len_bytes);
+        debug_assert!(Self::takes(&blocks));
         let found: Option<Vec<Bytes>> = {
-            let mut cache = self.slices.lock().expect("block cache lock");
-            slices
+            let mut guard = self.state.lock().expect("block cache lock");
+            let state = &mut *guard;
+            // Every block is looked up before any slice is marked read: a partial hit is
+            // a miss.
+            if blocks
                 .clone()
-                .map(|idx| cache.get(&(*digest, idx)).cloned())
-                .collect()
+                .all(|idx| state.blocks.contains(&(*digest, idx)))
+            {
+                let found = blocks
+                    .clone()
+                    .map(|idx| {
+                        let block = state
+                            .blocks
+                            .get_mut(&(*digest, idx))
+                            .expect("looked up under the same lock");
+                        let block_start = idx * SHARD_BLOCK_BYTES;
+                        let start = offset.max(block_start) - block_start;
+                        let end =
+                            (offset + len_bytes).min(block_start + SHARD_BLOCK_BYTES) - block_start;
+                        let bits = slice_bits(start, end.max(start + 1));
+                        block.prefetched_read += (bits & !block.read).count_ones();
+                        block.read |= bits;
+                        block.bytes.clone()
+                    })
+                    .collect();
+                Some(found)
+            } else {
+                None
+            }
         };
-        let start = (offset - slices.start * SLICE_BYTES) as usize;
+        let start = (offset - blocks.start * SHARD_BLOCK_BYTES) as usize;
         let end = start + len_bytes as usize;
         let answer = found.and_then(|found| {
-            if let [slice] = found.as_slice() {
-                // The common case (an aligned 4 KiB read): no copy.
-                return (end <= slice.len()).then(|| slice.slice(start..end));
-            }
-            // Only the shard's last slice may be short, and only at the end of a read.
-            let whole = |s: &Bytes| s.len() as u64 == SLICE_BYTES;
-            if !found[..found.len() - 1].iter().all(whole) {
-                return None;
+            if let [block] = found.as_slice() {
+                // The common case (a 4 KiB read): no copy.
+                return (end <= block.len()).then(|| block.slice(start..end));
             }
             let mut joined = BytesMut::with_capacity(found.iter().map(Bytes::len).sum());
-            for slice in &found {
-                joined.extend_from_slice(slice);
+            for block in &found {
+                joined.extend_from_slice(block);
             }
             (end <= joined.len()).then(|| joined.freeze().slice(start..end))
         });
@@ -104,26 +182,65 @@ impl BlockCache {
         answer
     }
 
-    /// Whether any slice of shard block `block_idx` is cached (does not count as a use):
-    /// the block is being read again.
-    pub fn holds_part_of_block(&self, digest: &ShardDigest, block_idx: u64) -> bool {
-        let per_block = SHARD_BLOCK_BYTES / SLICE_BYTES;
-        let cache = self.slices.lock().expect("block cache lock");
-        (block_idx * per_block..(block_idx + 1) * per_block).any(|i| cache.contains(&(*digest, i)))
+    /// How a small read inside one block that missed goes to its node.
+    pub fn miss_plan(&self) -> MissPlan {
+        let mut state = self.state.lock().expect("block cache lock");
+        let pays = state.measured_blocks < YIELD_WINDOW_BLOCKS
+            || state.prefetched_read as f64 >= PREFETCH_PAYS * state.measured_blocks as f64;
+        if pays {
+            return MissPlan::Block;
+        }
+        state.slice_misses += 1;
+        if state.slice_misses.is_multiple_of(EXPLORE_EVERY) {
+            MissPlan::Block
+        } else {
+            MissPlan::Slice
+        }
     }
 
-    /// Keeps verified bytes of the shard with `digest` that start at shard byte `offset`,
-    /// a slice boundary: bytes that matched a block hash, in a block table that matched
-    /// `digest`. Each slice is copied, so that the cache holds exactly its bytes and not
-    /// the message they came in.
-    pub fn insert(&self, digest: &ShardDigest, offset: u64, verified: &[u8]) {
-        assert_eq!(offset % SLICE_BYTES, 0, "cached bytes start on a slice");
-        let mut cache = self.slices.lock().expect("block cache lock");
-        for (i, slice) in verified.chunks(SLICE_BYTES as usize).enumerate() {
-            cache.put(
-                (*digest, offset / SLICE_BYTES + i as u64),
-                Bytes::copy_from_slice(slice),
-            );
+    /// Keeps a block that matched its hash, in a block table that matched `digest`.
+    /// `asked` is the range of shard bytes its read was for, when that read was a
+    /// [`MissPlan::Block`]: the block's other slices count as prefetched. It is copied,
+    /// so that the cache holds exactly its bytes and not the message they came in.
+    pub fn insert(
+        &self,
+        digest: &ShardDigest,
+        block_idx: u64,
+        verified_block: &[u8],
+        asked: Option<Range<u64>>,
+    ) {
+        debug_assert!(verified_block.len() as u64 <= SHARD_BLOCK_BYTES);
+        let block_start = block_idx * SHARD_BLOCK_BYTES;
+        let measured = asked.is_some();
+        let read = match asked {
+            Some(asked)
+                if asked.start < block_start + SHARD_BLOCK_BYTES && asked.end > block_start =>
+            {
+                slice_bits(
+                    asked.start.max(block_start) - block_start,
+                    asked.end.min(block_start + SHARD_BLOCK_BYTES) - block_start,
+                )
+            }
+            Some(_) => 0,
+            None => u16::MAX,
+        };
+        let block = CachedBlock {
+            bytes: Bytes::copy_from_slice(verified_block),
+            read,
+            measured,
+            prefetched_read: 0,
+        };
+        let mut state = self.state.lock().expect("block cache lock");
+        // The block evicted, or the same one read again, leaves now: its yield is known.
+        if let Some((_, gone)) = state.blocks.push((*digest, block_idx), block)
+            && gone.measured
+        {
+            state.measured_blocks += 1;
+            state.prefetched_read += u64::from(gone.prefetched_read);
+            if state.measured_blocks >= 2 * YIELD_WINDOW_BLOCKS {
+                state.measured_blocks /= 2;
+                state.prefetched_read /= 2;
+            }
         }
     }
 
@@ -136,36 +253,29 @@ impl BlockCache {
     }
 }
 
-/// The slices covering shard bytes `[offset, offset + len_bytes)`.
-fn covering_slices(offset: u64, len_bytes: u64) -> Range<u64> {
-    debug_assert!(len_bytes > 0);
-    offset / SLICE_BYTES..(offset + len_bytes).div_ceil(SLICE_BYTES)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const B: u64 = SHARD_BLOCK_BYTES;
-    const S: u64 = SLICE_BYTES;
 
     fn block(fill: u8, len: u64) -> Vec<u8> {
         (0..len).map(|i| fill.wrapping_add(i as u8)).collect()
     }
 
     #[test]
-    fn a_read_is_answered_only_when_every_slice_it_touches_is_cached() {
-        let cache = BlockCache::new(64 * B).expect("on");
+    fn a_read_is_answered_only_when_every_block_it_touches_is_cached() {
+        let cache = BlockCache::new(16 * B).expect("on");
         let digest = ShardDigest([1; 32]);
         let (b0, b1) = (block(0, B), block(7, B));
-        cache.insert(&digest, 0, &b0);
+        cache.insert(&digest, 0, &b0, None);
         assert_eq!(
             cache.get(&digest, 100, 4096).as_deref(),
             Some(&b0[100..4196])
         );
         // Spans blocks 0 and 1; block 1 is missing.
         assert_eq!(cache.get(&digest, B - 10, 20), None);
-        cache.insert(&digest, B, &b1);
+        cache.insert(&digest, 1, &b1, None);
         let mut want = b0[(B - 10) as usize..].to_vec();
         want.extend_from_slice(&b1[..10]);
         assert_eq!(cache.get(&digest, B - 10, 20).as_deref(), Some(&want[..]));
@@ -173,58 +283,124 @@ mod tests {
     }
 
     #[test]
-    fn a_verified_slice_answers_for_itself_only() {
-        let cache = BlockCache::new(64 * B).expect("on");
-        let digest = ShardDigest([5; 32]);
-        let slice = block(3, S);
-        cache.insert(&digest, B + 5 * S, &slice);
-        assert_eq!(
-            cache.get(&digest, B + 5 * S, S).as_deref(),
-            Some(&slice[..])
-        );
-        assert_eq!(cache.get(&digest, B + 5 * S - 1, 2), None);
-        assert_eq!(cache.get(&digest, B + 6 * S, 1), None);
-    }
-
-    #[test]
     fn another_shard_never_answers_and_a_short_last_block_is_not_overread() {
-        let cache = BlockCache::new(64 * B).expect("on");
-        cache.insert(&ShardDigest([1; 32]), 0, &block(0, B));
+        let cache = BlockCache::new(16 * B).expect("on");
+        cache.insert(&ShardDigest([1; 32]), 0, &block(0, B), None);
         assert_eq!(cache.get(&ShardDigest([2; 32]), 0, 4096), None);
         // A shard whose last block is 5000 bytes: a read past its end is not answered.
         let short = ShardDigest([3; 32]);
-        cache.insert(&short, 2 * B, &block(9, 5000));
+        cache.insert(&short, 2, &block(9, 5000), None);
         assert!(cache.get(&short, 2 * B, 5000).is_some());
         assert_eq!(cache.get(&short, 2 * B + 4096, 4096), None);
         assert_eq!(cache.stats(), BlockCacheStats { hits: 1, misses: 2 });
     }
 
     #[test]
-    fn the_least_recently_used_slice_goes_first_and_zero_means_off() {
-        assert!(BlockCache::new(S - 1).is_none());
-        let cache = BlockCache::new(2 * S).expect("on");
+    fn the_least_recently_used_block_goes_first_and_zero_means_off() {
+        assert!(BlockCache::new(B - 1).is_none());
+        let cache = BlockCache::new(2 * B).expect("on");
         let d = ShardDigest([4; 32]);
-        cache.insert(&d, 0, &block(0, S));
-        cache.insert(&d, S, &block(1, S));
-        assert!(cache.get(&d, 0, 1).is_some()); // slice 0 used: slice 1 is the oldest
-        cache.insert(&d, 2 * S, &block(2, S));
+        cache.insert(&d, 0, &block(0, B), None);
+        cache.insert(&d, 1, &block(1, B), None);
+        assert!(cache.get(&d, 0, 1).is_some()); // block 0 used: block 1 is the oldest
+        cache.insert(&d, 2, &block(2, B), None);
         assert!(cache.get(&d, 0, 1).is_some());
-        assert!(cache.get(&d, S, 1).is_none());
-        assert!(cache.get(&d, 2 * S, 1).is_some());
+        assert!(cache.get(&d, B, 1).is_none());
+        assert!(cache.get(&d, 2 * B, 1).is_some());
+    }
+
+    const S: u64 = SLICE_BYTES;
+
+    #[test]
+    fn slice_bits_cover_the_slices_a_range_touches() {
+        assert_eq!(slice_bits(0, S), 0b1);
+        assert_eq!(slice_bits(S - 1, S + 1), 0b11);
+        assert_eq!(slice_bits(15 * S, 16 * S), 1 << 15);
+        assert_eq!(slice_bits(0, B), u16::MAX);
+        assert_eq!(slice_bits(2 * S + 5, 3 * S), 0b100);
+    }
+
+    /// A small read as `NodePool::read_shard` does it: the cache, else the plan's read,
+    /// a block kept. Returns the plan of a miss, `None` for a hit.
+    fn read(cache: &BlockCache, d: &ShardDigest, offset: u64) -> Option<MissPlan> {
+        if cache.get(d, offset, S).is_some() {
+            return None;
+        }
+        let plan = cache.miss_plan();
+        if plan == MissPlan::Block {
+            cache.insert(d, offset / B, &block(1, B), Some(offset..offset + S));
+        }
+        Some(plan)
+    }
+
+    /// A deterministic stream of slice offsets spread over `n_blocks` blocks.
+    fn scattered(n_blocks: u64) -> impl Iterator<Item = u64> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        std::iter::repeat_with(move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % (n_blocks * (B / S)) * S
+        })
     }
 
     #[test]
-    fn a_block_counts_as_held_when_any_of_its_slices_is() {
-        let cache = BlockCache::new(B).expect("on");
-        let (d, e) = (ShardDigest([6; 32]), ShardDigest([7; 32]));
-        assert!(!cache.holds_part_of_block(&d, 1));
-        cache.insert(&d, B + 15 * S, &block(0, S));
-        assert!(cache.holds_part_of_block(&d, 1));
-        assert!(!cache.holds_part_of_block(&d, 0));
-        assert!(!cache.holds_part_of_block(&d, 2));
-        assert!(!cache.holds_part_of_block(&e, 1));
-        // Looking does not count as a use.
-        assert_eq!(cache.stats(), BlockCacheStats { hits: 0, misses: 0 });
+    fn a_sequential_reader_reads_blocks_and_hits_the_rest() {
+        let cache = BlockCache::new(64 * B).expect("on");
+        let d = ShardDigest([8; 32]);
+        let plans: Vec<_> = (0..40 * B / S)
+            .filter_map(|i| read(&cache, &d, i * S))
+            .collect();
+        assert_eq!(plans.len(), 40, "one miss per block");
+        assert!(plans.iter().all(|p| *p == MissPlan::Block));
+    }
+
+    #[test]
+    fn random_reads_of_far_more_than_the_cache_read_slices_and_still_sample_blocks() {
+        let cache = BlockCache::new(8 * B).expect("on");
+        let d = ShardDigest([9; 32]);
+        let plans: Vec<_> = scattered(100_000)
+            .take(4000)
+            .filter_map(|o| read(&cache, &d, o))
+            .collect();
+        // The first reads are blocks, until prefetching is seen not to pay.
+        assert!(
+            plans[..YIELD_WINDOW_BLOCKS as usize]
+                .iter()
+                .all(|p| *p == MissPlan::Block)
+        );
+        let late = &plans[plans.len() - 800..];
+        let blocks = late.iter().filter(|p| **p == MissPlan::Block).count() as u64;
+        assert_eq!(
+            blocks,
+            800 / EXPLORE_EVERY,
+            "one block read in {EXPLORE_EVERY}"
+        );
+    }
+
+    #[test]
+    fn readers_turning_sequential_turn_block_reads_back_on() {
+        let cache = BlockCache::new(16 * B).expect("on");
+        let d = ShardDigest([10; 32]);
+        for o in scattered(100_000).take(4000) {
+            read(&cache, &d, o);
+        }
+        assert_eq!(cache.miss_plan(), MissPlan::Slice);
+        // Sequential now, over another shard: the sampled block reads are read through.
+        let e = ShardDigest([11; 32]);
+        let plans: Vec<_> = (0..400 * B / S)
+            .filter_map(|i| read(&cache, &e, i * S))
+            .collect();
+        let first_block_run = plans
+            .windows(20)
+            .position(|w| w.iter().all(|p| *p == MissPlan::Block))
+            .expect("blocks again");
+        assert!(
+            plans[first_block_run..]
+                .iter()
+                .all(|p| *p == MissPlan::Block),
+            "and they stay: {plans:?}"
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
 use crate::GatewayError;
-use crate::block_cache::{BlockCache, BlockCacheStats};
+use crate::block_cache::{BlockCache, BlockCacheStats, MissPlan};
 use crate::meta_client::MetaClient;
 
 /// How long a cached cluster map is used before it is fetched again.
@@ -99,23 +99,14 @@ fn checked_block_table(
     Ok(hashes)
 }
 
-/// Whether a read of shard bytes `[offset, offset + len_bytes)` goes as a verified slice
-/// rather than whole blocks: it lies inside one block and is at most half of it, and
-/// nothing else of its block is cached. A block read again (sequentially or at random)
-/// is read whole, so that the reads after it hit the cache.
-fn slice_read_wanted(
-    shard: &ShardRef<'_>,
-    offset: u64,
-    len_bytes: u64,
-    cache: Option<&BlockCache>,
-) -> bool {
+/// Whether a read of shard bytes `[offset, offset + len_bytes)` may go as a verified
+/// slice: it lies inside one block and is at most half of it.
+fn slice_read_possible(shard: &ShardRef<'_>, offset: u64, len_bytes: u64) -> bool {
     let end = offset + len_bytes;
-    let block_idx = offset / SHARD_BLOCK_BYTES;
     len_bytes > 0
         && end <= shard.shard_len_bytes
-        && block_idx == (end - 1) / SHARD_BLOCK_BYTES
+        && offset / SHARD_BLOCK_BYTES == (end - 1) / SHARD_BLOCK_BYTES
         && len_bytes <= SHARD_BLOCK_BYTES / 2
-        && !cache.is_some_and(|c| c.holds_part_of_block(shard.digest, block_idx))
 }
 
 /// One shard as the stripe map describes it: where it is and what it must hash to.
@@ -380,14 +371,20 @@ impl NodePool {
         if let Some(bytes) = cache.and_then(|c| c.get(shard.digest, start, len)) {
             return Ok(bytes);
         }
-        let as_slice = !whole && slice_read_wanted(&shard, start, len, cache);
+        // Without a cache nothing would keep the rest of a block: a slice always pays.
+        let plan = match cache {
+            _ if whole || !slice_read_possible(&shard, start, len) => None,
+            Some(cache) => Some(cache.miss_plan()),
+            None => Some(MissPlan::Slice),
+        };
         let read = async {
-            if as_slice
-                && let Some(bytes) = self.read_slice_inner(map, shard, start, len, cache).await?
+            if plan == Some(MissPlan::Slice)
+                && let Some(bytes) = self.read_slice_inner(map, shard, start, len).await?
             {
                 return Ok(bytes);
             }
-            self.read_shard_inner(map, shard, start, len, whole, cache)
+            let keep = cache.map(|c| (c, plan == Some(MissPlan::Block)));
+            self.read_shard_inner(map, shard, start, len, whole, keep)
                 .await
         };
         let result = tokio::time::timeout(self.rpc_timeout, read)
@@ -398,21 +395,20 @@ impl NodePool {
     }
 
     /// Reads `[offset, offset + len_bytes)`, inside one block, as a verified slice (see
-    /// `lauscha_core::slice_proof`). `None`: the node does not serve slices (an older
-    /// version during an upgrade); the caller reads the block instead.
+    /// `lauscha_core::slice_proof`); it is not cached. `None`: the node does not serve
+    /// slices (an older version during an upgrade); the caller reads the block instead.
     async fn read_slice_inner(
         &self,
         map: &ClusterMap,
         shard: ShardRef<'_>,
         offset: u64,
         len_bytes: u64,
-        cache: Option<&BlockCache>,
     ) -> Result<Option<Bytes>, ShardIoError> {
         let ShardRef {
             node,
             id,
-            digest,
             shard_len_bytes,
+            ..
         } = shard;
         let corrupt = |what: &str| ShardIoError::Corrupt(id, node, what.to_string());
         let mut client = self.client(node, map)?;
@@ -450,15 +446,15 @@ impl NodePool {
                 "slice of block {block_idx} failed its hash"
             )));
         }
-        if let Some(cache) = cache {
-            cache.insert(digest, block_start + within.start, &reply.data);
-        }
         self.slice_reads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let start = (offset - block_start - within.start) as usize;
         Ok(Some(reply.data.slice(start..start + len_bytes as usize)))
     }
 
+    /// Reads the blocks covering `[offset, offset + len_bytes)` (the whole shard when
+    /// `whole`), keeping them in `keep`'s cache; its flag says whether the slices not
+    /// asked for count as prefetched (a [`MissPlan::Block`] read).
     async fn read_shard_inner(
         &self,
         map: &ClusterMap,
@@ -466,7 +462,7 @@ impl NodePool {
         offset: u64,
         len_bytes: u64,
         whole: bool,
-        cache: Option<&BlockCache>,
+        keep: Option<(&BlockCache, bool)>,
     ) -> Result<Bytes, ShardIoError> {
         let ShardRef {
             node, id, digest, ..
@@ -522,8 +518,9 @@ impl NodePool {
             if !verify_block(&block, &hashes[block_idx as usize]) {
                 return Err(corrupt(&format!("block {block_idx} failed its hash")));
             }
-            if let Some(cache) = cache {
-                cache.insert(digest, block_idx * SHARD_BLOCK_BYTES, &block);
+            if let Some((cache, prefetching)) = keep {
+                let asked = prefetching.then(|| offset..offset + len_bytes);
+                cache.insert(digest, block_idx, &block, asked);
             }
             received.push(block);
             block_idx += 1;
