@@ -147,11 +147,15 @@ impl BlockCache {
                             .expect("looked up under the same lock");
                         let block_start = idx * SHARD_BLOCK_BYTES;
                         let start = offset.max(block_start) - block_start;
-                        let end =
-                            (offset + len_bytes).min(block_start + SHARD_BLOCK_BYTES) - block_start;
-                        let bits = slice_bits(start, end.max(start + 1));
-                        block.prefetched_read += (bits & !block.read).count_ones();
-                        block.read |= bits;
+                        // A read past a short last block is refused below: nothing counts.
+                        let end = ((offset + len_bytes).min(block_start + SHARD_BLOCK_BYTES)
+                            - block_start)
+                            .min(block.bytes.len() as u64);
+                        if start < end {
+                            let bits = slice_bits(start, end);
+                            block.prefetched_read += (bits & !block.read).count_ones();
+                            block.read |= bits;
+                        }
                         block.bytes.clone()
                     })
                     .collect();
@@ -231,7 +235,13 @@ impl BlockCache {
             prefetched_read: 0,
         };
         let mut state = self.state.lock().expect("block cache lock");
-        // The block evicted, or the same one read again, leaves now: its yield is known.
+        // Concurrent misses of one block each read it: the first copy stays, and what
+        // the others asked for counts as read, not as prefetched.
+        if let Some(kept) = state.blocks.get_mut(&(*digest, block_idx)) {
+            kept.read |= block.read;
+            return;
+        }
+        // The evicted block leaves now: its yield is known.
         if let Some((_, gone)) = state.blocks.push((*digest, block_idx), block)
             && gone.measured
         {
@@ -342,6 +352,24 @@ mod tests {
             x ^= x << 17;
             x % (n_blocks * (B / S)) * S
         })
+    }
+
+    #[test]
+    fn concurrent_reads_of_one_block_count_once_and_as_asked() {
+        let cache = BlockCache::new(B).expect("on"); // one block
+        let d = ShardDigest([12; 32]);
+        // Sixteen misses of one block, all in flight before the first block arrives.
+        for i in 0..16 {
+            cache.insert(&d, 0, &block(1, B), Some(i * S..(i + 1) * S));
+        }
+        // Nothing was prefetched: every slice was asked for by a read of its own.
+        for i in 0..16 {
+            assert!(cache.get(&d, i * S, S).is_some());
+        }
+        // Evicting it measures one block that yielded nothing.
+        cache.insert(&d, 1, &block(2, B), Some(0..S));
+        let state = cache.state.lock().unwrap();
+        assert_eq!((state.measured_blocks, state.prefetched_read), (1, 0));
     }
 
     #[test]

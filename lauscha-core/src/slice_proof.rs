@@ -6,14 +6,16 @@
 //! for the right ([`blake3::hazmat::left_subtree_len`]). A node that holds a block sends
 //! the bytes a reader asked for, widened to [`SLICE_BYTES`] boundaries ([`widened`]), and
 //! the chaining values of the largest subtrees lying wholly outside them, left to right
-//! ([`checked_proof`]): at most two per tree level, 14 for a 64 KiB block. The reader hashes the
-//! bytes it got, merges them up the tree with those chaining values and compares the root
-//! with the block hash it checked against the shard digest ([`verify`]). Other bytes or
+//! ([`checked_proof`]): at most two per tree level, 8 for a 4 KiB-aligned range of a
+//! 64 KiB block. The reader hashes the bytes it got, merges them up the tree with those
+//! chaining values and compares the root with the block hash it checked against the
+//! shard digest ([`verify`]). Other bytes or
 //! other chaining values that pass would be a blake3 collision: this is Bao's verified
 //! streaming, over one block.
 //!
-//! A 4 KiB read then moves 4 KiB and about 200 bytes of proof instead of a 64 KiB block,
-//! and the reader hashes 4 KiB instead of 64.
+//! A 4 KiB read then moves 4 KiB, at most 256 bytes of proof and the shard's block
+//! table (512 bytes per MiB of shard) instead of a 64 KiB block, and the reader hashes
+//! 4 KiB and the table instead of 64 KiB and the table.
 
 use std::ops::Range;
 

@@ -153,14 +153,17 @@ impl<S: ShardStore + Clone> ShardService for ShardServer<S> {
         let id = lauscha_proto::shard_id_from(request.id)?;
         let (offset, len_bytes) = (request.offset, request.len_bytes);
         let block_idx = offset / SHARD_BLOCK_BYTES;
-        if len_bytes == 0 || (offset + len_bytes - 1) / SHARD_BLOCK_BYTES != block_idx {
+        let end = offset
+            .checked_add(len_bytes)
+            .filter(|end| len_bytes > 0 && (end - 1) / SHARD_BLOCK_BYTES == block_idx);
+        let Some(end) = end else {
             return Err(Status::invalid_argument(format!(
                 "a slice must lie inside one block: [{offset}, +{len_bytes})"
             )));
-        }
+        };
         let (header, block) = self.store.read_block_unchecked(id, block_idx).await?;
         let block_start = block_idx * SHARD_BLOCK_BYTES;
-        if offset + len_bytes > block_start + block.len() as u64 {
+        if end > block_start + block.len() as u64 {
             return Err(Status::invalid_argument(format!(
                 "[{offset}, +{len_bytes}) is past the shard's end"
             )));
@@ -336,6 +339,15 @@ mod tests {
         );
         assert_eq!(
             code(slice(&server, id, 0, 0).await),
+            tonic::Code::InvalidArgument
+        );
+        // Lengths that would wrap past u64::MAX.
+        assert_eq!(
+            code(slice(&server, id, u64::MAX, 1).await),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            code(slice(&server, id, 4100, u64::MAX - 4).await),
             tonic::Code::InvalidArgument
         );
         assert_eq!(
