@@ -33,6 +33,15 @@ impl MemShardStore {
         MemShardStore::default()
     }
 
+    fn stored(&self, id: ShardId) -> Result<Arc<StoredShard>, ShardError> {
+        self.shards
+            .lock()
+            .expect("lock")
+            .get(&id)
+            .cloned()
+            .ok_or(ShardError::NotFound(id))
+    }
+
     /// Flips a bit of a stored shard, as bit rot would.
     pub fn corrupt(&self, id: ShardId, byte_offset: usize) {
         let mut shards = self.shards.lock().expect("lock");
@@ -79,13 +88,7 @@ impl ShardStore for MemShardStore {
         offset: u64,
         len_bytes: u64,
     ) -> Result<MemBlockReader, ShardError> {
-        let shard = self
-            .shards
-            .lock()
-            .expect("lock")
-            .get(&id)
-            .cloned()
-            .ok_or(ShardError::NotFound(id))?;
+        let shard = self.stored(id)?;
         let shard_len_bytes = shard.data.len() as u64;
         let blocks = if offset == 0 && len_bytes == 0 {
             0..lauscha_core::checksum::n_blocks(shard_len_bytes)
@@ -118,13 +121,7 @@ impl ShardStore for MemShardStore {
         id: ShardId,
         block_idx: u64,
     ) -> Result<(ShardHeader, Bytes), ShardError> {
-        let shard = self
-            .shards
-            .lock()
-            .expect("lock")
-            .get(&id)
-            .cloned()
-            .ok_or(ShardError::NotFound(id))?;
+        let shard = self.stored(id)?;
         let shard_len_bytes = shard.data.len() as u64;
         if block_idx >= lauscha_core::checksum::n_blocks(shard_len_bytes) {
             return Err(ShardError::InvalidRequest(format!(
@@ -132,7 +129,7 @@ impl ShardStore for MemShardStore {
             )));
         }
         let start = block_idx * SHARD_BLOCK_BYTES;
-        let end = start + lauscha_core::checksum::block_len_bytes(shard_len_bytes, block_idx);
+        let end = start + block_len_bytes(shard_len_bytes, block_idx);
         Ok((
             ShardHeader {
                 shard_len_bytes,
