@@ -2,6 +2,7 @@
 //! written to k+m nodes in parallel. Nothing is committed here; the caller commits the
 //! returned stripes through metadata only after every check passed.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -369,6 +370,11 @@ async fn spawn_stripe_write(
     }))
 }
 
+/// How often one stripe is placed and written before a PUT fails with 503. Each attempt
+/// avoids the nodes that failed the ones before, so two attempts suffice when m nodes die
+/// at once; the third covers a death during the second.
+const STRIPE_WRITE_ATTEMPTS: usize = 3;
+
 /// Encodes one stripe and writes its k+m shards in parallel. At least the write quorum
 /// (k+1 by default) must become durable; shards whose node is known to be failing are not
 /// attempted, and shards that could not be stored are returned as missing, for the commit
@@ -380,13 +386,20 @@ async fn write_stripe(
     stripe: Bytes,
     _permit: OwnedSemaphorePermit,
 ) -> Result<(Stripe, Vec<u8>), GatewayError> {
-    // A first attempt can miss its quorum because nodes died since the last request; their
-    // failures mark them, and a second attempt (a fresh stripe id) places around them.
-    match write_stripe_once(inner, map, policy, stripe.clone()).await {
-        Err(GatewayError::BelowWriteQuorum { .. }) => {
-            write_stripe_once(inner, map, policy, stripe).await
+    // An attempt can miss its quorum because nodes died since the last request. The next
+    // attempt (a fresh stripe id) places around every node that failed an earlier one:
+    // explicitly, not through the pool's suspect marks, which any concurrent answer from
+    // a node (sent just before it died) clears again.
+    let mut failed_nodes = BTreeSet::new();
+    let mut attempt = 1;
+    loop {
+        match write_stripe_once(inner, map, policy, stripe.clone(), &mut failed_nodes).await {
+            Err(e @ GatewayError::BelowWriteQuorum { .. }) if attempt < STRIPE_WRITE_ATTEMPTS => {
+                debug!(attempt, failed_nodes = ?failed_nodes, error = %e, "stripe write below quorum; placing around the failed nodes");
+                attempt += 1;
+            }
+            other => return other,
         }
-        other => other,
     }
 }
 
@@ -395,6 +408,7 @@ async fn write_stripe_once(
     map: &ClusterMap,
     policy: PlacementPolicy,
     stripe: Bytes,
+    failed_nodes: &mut BTreeSet<NodeId>,
 ) -> Result<(Stripe, Vec<u8>), GatewayError> {
     let stripe_id = StripeId(rand::random());
     // Nodes that just failed or reported a full disk get shards only when there are not
@@ -406,6 +420,7 @@ async fn write_stripe_once(
             .copied()
             .filter(|n| inner.nodes.is_suspect(*n)),
     );
+    avoid.extend(failed_nodes.iter().copied());
     let placement = place_avoiding(stripe_id, &policy, map, &avoid)?;
     let codec = inner.codec(policy)?;
     let len_bytes = stripe.len() as u64;
@@ -437,6 +452,7 @@ async fn write_stripe_once(
         .filter(|(_, r)| r.is_err())
         .map(|(idx, _)| idx as u8)
         .collect();
+    failed_nodes.extend(missing.iter().map(|&idx| placement.nodes[usize::from(idx)]));
     let n_durable = results.len() - missing.len();
     let quorum = inner.write_quorum(policy);
     if n_durable < quorum {
