@@ -219,7 +219,11 @@ pub struct NodeStatus {
 
 async fn status(inner: &Inner) -> Result<ClusterStatus, String> {
     let metadata = inner.meta.voter_status().await;
-    let map = inner.nodes.cluster_map().await.map_err(|e| e.to_string())?;
+    let map = inner
+        .nodes
+        .current_cluster_map()
+        .await
+        .map_err(|e| e.to_string())?;
     let probes = map.nodes.values().map(|node| {
         let map = map.clone();
         async move {

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,8 @@ use crate::GatewayError;
 use crate::block_cache::{BlockCache, BlockCacheStats, MissPlan};
 use crate::meta_client::MetaClient;
 
-/// How long a cached cluster map is used before it is fetched again.
+/// How old a cached cluster map may be before the next request refreshes it (in the
+/// background: that request and those after it go on with the map they have).
 const MAP_MAX_AGE: Duration = Duration::from_secs(2);
 /// How long a node that failed a call is treated as suspect.
 const SUSPECT_FOR: Duration = Duration::from_secs(3);
@@ -155,12 +157,51 @@ struct CachedMap {
     fetched_at: Instant,
 }
 
-/// Shared by all requests of a gateway.
-pub struct NodePool {
+/// The cluster map as last fetched from metadata. Once one was fetched, no request waits
+/// for metadata to learn it again: a stale map is refreshed in the background and used
+/// meanwhile. Nodes' addresses rarely change, and a request that meets a changed node
+/// fails over as it would for a dead one; so reads of attached volumes go on while
+/// metadata elects a leader or is unreachable, and no request pays a fetch's latency.
+struct MapCache {
     meta: MetaClient,
     map: RwLock<Option<CachedMap>>,
-    /// Serialises map refreshes so a burst of requests fetches it once.
-    refresh: tokio::sync::Mutex<()>,
+    /// Serialises the fetch of a gateway that has no map yet, so a burst fetches it once.
+    first_fetch: tokio::sync::Mutex<()>,
+    /// A background refresh is running.
+    refreshing: AtomicBool,
+}
+
+impl MapCache {
+    /// The cached map and whether it is younger than [`MAP_MAX_AGE`].
+    fn cached(&self) -> Option<(Arc<ClusterMap>, bool)> {
+        let guard = self.map.read().expect("map lock");
+        guard
+            .as_ref()
+            .map(|c| (c.map.clone(), c.fetched_at.elapsed() < MAP_MAX_AGE))
+    }
+
+    async fn fetch(&self) -> Result<Arc<ClusterMap>, GatewayError> {
+        let map = Arc::new(self.meta.cluster_map().await?);
+        *self.map.write().expect("map lock") = Some(CachedMap {
+            map: map.clone(),
+            fetched_at: Instant::now(),
+        });
+        Ok(map)
+    }
+}
+
+/// Clears [`MapCache::refreshing`] however the refresh task ends.
+struct RefreshDone(Arc<MapCache>);
+
+impl Drop for RefreshDone {
+    fn drop(&mut self) {
+        self.0.refreshing.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Shared by all requests of a gateway.
+pub struct NodePool {
+    maps: Arc<MapCache>,
     channels: Mutex<HashMap<NodeId, (String, ShardServiceClient<Channel>)>>,
     suspects: Mutex<HashMap<NodeId, Instant>>,
     full: Mutex<HashMap<NodeId, Instant>>,
@@ -191,9 +232,12 @@ impl NodePool {
         read_cache_bytes: u64,
     ) -> NodePool {
         NodePool {
-            meta,
-            map: RwLock::new(None),
-            refresh: tokio::sync::Mutex::new(()),
+            maps: Arc::new(MapCache {
+                meta,
+                map: RwLock::new(None),
+                first_fetch: tokio::sync::Mutex::new(()),
+                refreshing: AtomicBool::new(false),
+            }),
             channels: Mutex::new(HashMap::new()),
             suspects: Mutex::new(HashMap::new()),
             full: Mutex::new(HashMap::new()),
@@ -214,29 +258,38 @@ impl NodePool {
         self.slice_reads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The cluster map, at most [`MAP_MAX_AGE`] old.
-    pub async fn cluster_map(&self) -> Result<Arc<ClusterMap>, GatewayError> {
-        if let Some(cached) = self.fresh_map() {
-            return Ok(cached);
-        }
-        let _guard = self.refresh.lock().await;
-        if let Some(cached) = self.fresh_map() {
-            return Ok(cached);
-        }
-        let map = Arc::new(self.meta.cluster_map().await?);
-        *self.map.write().expect("map lock") = Some(CachedMap {
-            map: map.clone(),
-            fetched_at: Instant::now(),
-        });
-        Ok(map)
+    /// The cluster map as metadata has it now (and cached), for answers to an operator
+    /// that must show what they just changed; fails if metadata does not answer.
+    pub async fn current_cluster_map(&self) -> Result<Arc<ClusterMap>, GatewayError> {
+        self.maps.fetch().await
     }
 
-    fn fresh_map(&self) -> Option<Arc<ClusterMap>> {
-        let guard = self.map.read().expect("map lock");
-        guard
-            .as_ref()
-            .filter(|c| c.fetched_at.elapsed() < MAP_MAX_AGE)
-            .map(|c| c.map.clone())
+    /// The cluster map: the cached one, refreshed in the background once it is older
+    /// than [`MAP_MAX_AGE`] (see [`MapCache`]). Only a gateway that never fetched one
+    /// waits for metadata, and fails if metadata does not answer.
+    pub async fn cluster_map(&self) -> Result<Arc<ClusterMap>, GatewayError> {
+        match self.maps.cached() {
+            Some((map, true)) => Ok(map),
+            Some((stale, false)) => {
+                if !self.maps.refreshing.swap(true, Ordering::SeqCst) {
+                    let done = RefreshDone(self.maps.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = done.0.fetch().await {
+                            warn!(error = %e, "cluster map not refreshed; going on with the cached one");
+                        }
+                        drop(done);
+                    });
+                }
+                Ok(stale)
+            }
+            None => {
+                let _guard = self.maps.first_fetch.lock().await;
+                match self.maps.cached() {
+                    Some((map, _)) => Ok(map),
+                    None => self.maps.fetch().await,
+                }
+            }
+        }
     }
 
     fn client(

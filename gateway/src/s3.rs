@@ -923,7 +923,7 @@ impl S3 for S3Gateway {
             ));
         };
         // Refuse a bucket whose objects could not be written now.
-        let map = self.inner.nodes.cluster_map().await?;
+        let map = self.inner.nodes.current_cluster_map().await?;
         if let Err(e) = place(StripeId(0), &policy, &map) {
             return Err(s3_error!(
                 InvalidArgument,

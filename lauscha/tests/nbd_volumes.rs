@@ -1173,3 +1173,48 @@ fn a_write_answered_eio_that_landed_anyway_never_replays_over_a_later_one() {
         "the writes answered EIO were applied and must be found"
     );
 }
+
+/// Reads of an attached volume need the cluster map (where the shards are), not metadata:
+/// while metadata does not answer (held back by a proxy here, as during a leader
+/// election), a gateway whose map has gone stale reads with the map it has, and refreshes
+/// it once metadata answers again. Before, the first read after the map's 2 s of
+/// freshness waited for metadata, and failed with EIO when it did not answer.
+#[test]
+fn reads_go_on_with_the_cached_cluster_map_while_metadata_does_not_answer() {
+    let dev = Dev::start(&["--cluster"]);
+    dev.admin(&["volume", "create", "mapped", "--size", "64M"]);
+    // Merged into extents when qemu-io detaches: reads of it go to the storage nodes.
+    qemu_io(
+        &format!("nbd://{}/mapped", dev.nbd_addr()),
+        &["write -P 0x5a 0 16M", "flush"],
+    );
+    let meta = dev.processes("metadata")[0]["listen"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (hold, held) = tokio::sync::watch::channel(false);
+    let proxy = rt.block_on(reply_holding_proxy(meta, held));
+    let extra = dev.data_dir.join("mapped-gateway");
+    let toml = format!(
+        "[gateway]\ns3_listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nnbd_listen = \"127.0.0.1:0\"\nmetadata_endpoints = [\"http://{proxy}\"]\n"
+    );
+    let (_gateway, ready) = start_server(&extra, "mapped-gateway", &toml);
+    let nbd_addr = ready["nbd_listen"]
+        .as_str()
+        .expect("nbd_listen")
+        .to_string();
+    wait_until_attachable(&format!("nbd://{nbd_addr}/mapped"));
+    let mut client = RawClient::connect(&nbd_addr, "mapped");
+    assert_eq!(client.read_block(0), vec![0x5a; 4096]);
+
+    hold.send(true).unwrap();
+    // Not a race being waited out: the map must age past its 2 s of freshness.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // Blocks in three other extents: none is in the read cache.
+    for block in [1024 + 3, 2048 + 17, 3072 + 200] {
+        assert_eq!(client.read_block(block), vec![0x5a; 4096], "block {block}");
+    }
+    hold.send(false).unwrap();
+    assert_eq!(client.read_block(5), vec![0x5a; 4096]);
+}
