@@ -11,6 +11,15 @@
 #
 # Then the cost of NBD over TLS (certificates made with openssl) as ratios to plain NBD.
 #
+# Noise on this kind of disk: shards are files, so write jobs create thousands of files.
+# On ext4 without a journal (this machine's: `perf` shows ext4_fsync_nojournal), a new
+# inode is not taken from those freed in the last 60 s, or 360 s while their inode table
+# block is dirty, which a running write job keeps it: the allocator steps over each
+# (`recently_deleted`). `perf` showed 29% of the server's CPU in inode allocation in 4 KiB
+# random writes after `sync; sleep 70`, 46% right after other runs had removed their
+# directories. Runs right after others (or after builds and tests that removed many
+# files) are slower for it; compare binaries in alternating runs.
+#
 # Usage: benches/nbd.sh [SECONDS_PER_JOB]      Removes what it made.
 set -euo pipefail
 cd "$(dirname "$0")/.."
