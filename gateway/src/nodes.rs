@@ -26,6 +26,12 @@ use crate::meta_client::MetaClient;
 /// How old a cached cluster map may be before the next request refreshes it (in the
 /// background: that request and those after it go on with the map they have).
 const MAP_MAX_AGE: Duration = Duration::from_secs(2);
+/// A cached map this old is likely to miss changes (nodes added, drained): the request
+/// that starts its refresh waits up to [`MAP_STALE_WAIT`] for it.
+const MAP_STALE_WAIT_AFTER: Duration = Duration::from_secs(30);
+/// See [`MAP_STALE_WAIT_AFTER`]; metadata that does not answer costs one request this
+/// much, once per refresh attempt.
+const MAP_STALE_WAIT: Duration = Duration::from_secs(1);
 /// How long a node that failed a call is treated as suspect.
 const SUSPECT_FOR: Duration = Duration::from_secs(3);
 /// Bytes per PutShard message.
@@ -158,10 +164,12 @@ struct CachedMap {
 }
 
 /// The cluster map as last fetched from metadata. Once one was fetched, no request waits
-/// for metadata to learn it again: a stale map is refreshed in the background and used
-/// meanwhile. Nodes' addresses rarely change, and a request that meets a changed node
+/// long for metadata to learn it again: a stale map is refreshed in the background and
+/// used meanwhile. Nodes' addresses rarely change, and a request that meets a changed node
 /// fails over as it would for a dead one; so reads of attached volumes go on while
-/// metadata elects a leader or is unreachable, and no request pays a fetch's latency.
+/// metadata elects a leader or is unreachable (for as long as their lease allows:
+/// `VolumeEngine::read`). The request that starts the refresh of a map older than
+/// [`MAP_STALE_WAIT_AFTER`] (an idle gateway's) gives it [`MAP_STALE_WAIT`] first.
 struct MapCache {
     meta: MetaClient,
     map: RwLock<Option<CachedMap>>,
@@ -172,21 +180,30 @@ struct MapCache {
 }
 
 impl MapCache {
-    /// The cached map and whether it is younger than [`MAP_MAX_AGE`].
-    fn cached(&self) -> Option<(Arc<ClusterMap>, bool)> {
+    /// The cached map and how long ago it was fetched.
+    fn cached(&self) -> Option<(Arc<ClusterMap>, Duration)> {
         let guard = self.map.read().expect("map lock");
         guard
             .as_ref()
-            .map(|c| (c.map.clone(), c.fetched_at.elapsed() < MAP_MAX_AGE))
+            .map(|c| (c.map.clone(), c.fetched_at.elapsed()))
     }
 
+    /// Fetches the map and caches it, unless a fetch that ended meanwhile brought a newer
+    /// one (a background refresh and an operator's fresh fetch may overlap): the map
+    /// never goes back to an older epoch.
     async fn fetch(&self) -> Result<Arc<ClusterMap>, GatewayError> {
-        let map = Arc::new(self.meta.cluster_map().await?);
-        *self.map.write().expect("map lock") = Some(CachedMap {
-            map: map.clone(),
+        let fetched = Arc::new(self.meta.cluster_map().await?);
+        let mut cached = self.map.write().expect("map lock");
+        if let Some(c) = cached.as_ref()
+            && c.map.epoch > fetched.epoch
+        {
+            return Ok(c.map.clone());
+        }
+        *cached = Some(CachedMap {
+            map: fetched.clone(),
             fetched_at: Instant::now(),
         });
-        Ok(map)
+        Ok(fetched)
     }
 }
 
@@ -269,16 +286,24 @@ impl NodePool {
     /// waits for metadata, and fails if metadata does not answer.
     pub async fn cluster_map(&self) -> Result<Arc<ClusterMap>, GatewayError> {
         match self.maps.cached() {
-            Some((map, true)) => Ok(map),
-            Some((stale, false)) => {
+            Some((map, age)) if age < MAP_MAX_AGE => Ok(map),
+            Some((stale, age)) => {
                 if !self.maps.refreshing.swap(true, Ordering::SeqCst) {
                     let done = RefreshDone(self.maps.clone());
-                    tokio::spawn(async move {
-                        if let Err(e) = done.0.fetch().await {
+                    let refresh = tokio::spawn(async move {
+                        let fetched = done.0.fetch().await;
+                        if let Err(e) = &fetched {
                             warn!(error = %e, "cluster map not refreshed; going on with the cached one");
                         }
                         drop(done);
+                        fetched.ok()
                     });
+                    if age >= MAP_STALE_WAIT_AFTER
+                        && let Ok(Ok(Some(map))) =
+                            tokio::time::timeout(MAP_STALE_WAIT, refresh).await
+                    {
+                        return Ok(map);
+                    }
                 }
                 Ok(stale)
             }

@@ -269,6 +269,11 @@ pub struct VolumeEngine {
     sealing: tokio::sync::Mutex<Option<PendingSeal>>,
     state: Mutex<EngineState>,
     fenced: AtomicBool,
+    /// When the last lease command that metadata granted (`Acquire`, `Renew`,
+    /// `NewEpoch`) was sent: the lease runs at least until [`LEASE_TTL`] after it. Reads
+    /// are refused after that (`check_lease_for_reads`): another server may have taken the
+    /// volume over and written, and this one would serve what it overwrote.
+    lease_sent_at: Mutex<Instant>,
     merging: tokio::sync::Mutex<()>,
     /// Wakes the merger: a write made an extent due.
     merge_wanted: Arc<tokio::sync::Notify>,
@@ -517,6 +522,7 @@ impl VolumeEngine {
             engine.load(&state).await?;
             return Ok(engine);
         }
+        let acquire_sent_at = Instant::now();
         let reply = inner
             .meta
             .execute(&ObjectCommand::Volume(VolumeCommand::Acquire {
@@ -541,6 +547,7 @@ impl VolumeEngine {
             epoch,
             holder,
         ));
+        engine.lease_granted(acquire_sent_at);
         engine.load(&state).await?;
         info!(volume = %name, epoch, journal_entries = state.journal.len(), "volume attached");
         // Renewal and merging are separate tasks, so that a long merge never lets the
@@ -598,6 +605,7 @@ impl VolumeEngine {
             sealing: tokio::sync::Mutex::new(None),
             state: Mutex::new(EngineState::default()),
             fenced: AtomicBool::new(false),
+            lease_sent_at: Mutex::new(Instant::now()),
             merging: tokio::sync::Mutex::new(()),
             merge_wanted: Arc::new(tokio::sync::Notify::new()),
             commits_answered: tokio::sync::Notify::new(),
@@ -691,6 +699,7 @@ impl VolumeEngine {
             let _ = self.seal().await;
         }
         let epoch = self.epoch();
+        let sent_at = Instant::now();
         let result = self
             .inner
             .meta
@@ -701,7 +710,10 @@ impl VolumeEngine {
             }))
             .await;
         match result {
-            Ok(_) => true,
+            Ok(_) => {
+                self.lease_granted(sent_at);
+                true
+            }
             Err(e) => {
                 if matches!(self.command_error(e, epoch), VolumeError::Fenced) {
                     warn!(volume = %self.volume.name, epoch, "lease lost: fenced");
@@ -712,6 +724,30 @@ impl VolumeEngine {
                 true
             }
         }
+    }
+
+    /// Records that metadata granted a lease command sent at `sent_at`.
+    fn lease_granted(&self, sent_at: Instant) {
+        let mut at = self.lease_sent_at.lock().expect("lease lock");
+        *at = (*at).max(sent_at);
+    }
+
+    /// Refuses reads once the lease may have run out (metadata has not granted a renewal
+    /// sent in the last [`LEASE_TTL`]). A snapshot has no lease and never changes.
+    fn check_lease_for_reads(&self) -> Result<(), VolumeError> {
+        if self.volume.read_only {
+            return Ok(());
+        }
+        let since = self.lease_sent_at.lock().expect("lease lock").elapsed();
+        if since >= LEASE_TTL {
+            return Err(VolumeError::Io(GatewayError::Internal(format!(
+                "volume {}: lease not renewed for {} s (metadata unreachable); reads wait \
+                 for the next renewal, as another server may have taken the volume over",
+                self.volume.name,
+                since.as_secs()
+            ))));
+        }
+        Ok(())
     }
 
     /// The lease epoch this engine writes under now.
@@ -849,6 +885,7 @@ impl VolumeEngine {
             ttl_ms: LEASE_TTL.as_millis() as u64,
         });
         // The same request id every time: applied once, however often it is sent.
+        let sent_at = Instant::now();
         let result = self.inner.meta.execute_as(&request_id, &command).await;
         if write::outcome_unknown(&result) {
             // Sent again, under the same id, by the next write.
@@ -862,6 +899,7 @@ impl VolumeEngine {
                 // The new epoch first: a refusal of a command under `from` handled in
                 // between must still be seen as this engine's own doing.
                 self.epoch.store(epoch, Ordering::SeqCst);
+                self.lease_granted(sent_at);
                 self.sealing_from.store(NO_SEAL, Ordering::SeqCst);
                 self.inner
                     .volume_stats
@@ -976,6 +1014,7 @@ impl VolumeEngine {
 
     /// Reads `len` bytes at `offset`.
     pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes, VolumeError> {
+        self.check_lease_for_reads()?;
         let ext = self.volume.extent_bytes;
         let mut pieces = Vec::with_capacity(1);
         for (idx, within, n) in extents_of(offset, len, ext) {

@@ -420,8 +420,16 @@ async fn write_stripe_once(
             .copied()
             .filter(|n| inner.nodes.is_suspect(*n)),
     );
-    avoid.extend(failed_nodes.iter().copied());
-    let placement = place_avoiding(stripe_id, &policy, map, &avoid)?;
+    let placement = if failed_nodes.is_empty() {
+        place_avoiding(stripe_id, &policy, map, &avoid)?
+    } else {
+        let mut around_failed = avoid.clone();
+        around_failed.extend(failed_nodes.iter().copied());
+        // Avoiding outranks spreading in placement: with many nodes avoided, a host or
+        // site policy may not be met; then place as the first attempt did.
+        place_avoiding(stripe_id, &policy, map, &around_failed)
+            .or_else(|_| place_avoiding(stripe_id, &policy, map, &avoid))?
+    };
     let codec = inner.codec(policy)?;
     let len_bytes = stripe.len() as u64;
     let (shards, digests) = tokio::task::spawn_blocking(move || encode(&codec, stripe))
@@ -452,7 +460,17 @@ async fn write_stripe_once(
         .filter(|(_, r)| r.is_err())
         .map(|(idx, _)| idx as u8)
         .collect();
-    failed_nodes.extend(missing.iter().map(|&idx| placement.nodes[usize::from(idx)]));
+    // Nodes in trouble, not ones that refused this shard: those would refuse it again.
+    failed_nodes.extend(
+        results
+            .iter()
+            .zip(&placement.nodes)
+            .filter(|(r, _)| {
+                r.as_ref()
+                    .is_err_and(|e| e.is_node_failure() || matches!(e, ShardIoError::Full(..)))
+            })
+            .map(|(_, &node)| node),
+    );
     let n_durable = results.len() - missing.len();
     let quorum = inner.write_quorum(policy);
     if n_durable < quorum {

@@ -1128,9 +1128,9 @@ fn a_write_answered_eio_that_landed_anyway_never_replays_over_a_later_one() {
 
     let mut client = RawClient::connect(&nbd_addr, "held");
     assert_eq!(client.request(nbd::CMD_WRITE, 1, 0, 4096, &[0x11; 4096]), 0);
-    // A large write just before the hold: the gateway's cluster map (fetched through
-    // metadata, kept 2 s) is fresh for the large write under the hold, which then stores
-    // its stripes and only its commit goes unanswered.
+    // A large write just before the hold: the gateway has a cluster map (fetched through
+    // metadata; a stale one is used while a refresh goes unanswered) for the large write
+    // under the hold, which then stores its stripes and only its commit goes unanswered.
     assert_eq!(
         client.request(nbd::CMD_WRITE, 2, 2 << 20, 1 << 20, &[0x22; 1 << 20]),
         0
@@ -1176,18 +1176,25 @@ fn a_write_answered_eio_that_landed_anyway_never_replays_over_a_later_one() {
 
 /// Reads of an attached volume need the cluster map (where the shards are), not metadata:
 /// while metadata does not answer (held back by a proxy here, as during a leader
-/// election), a gateway whose map has gone stale reads with the map it has, and refreshes
-/// it once metadata answers again. Before, the first read after the map's 2 s of
-/// freshness waited for metadata, and failed with EIO when it did not answer.
+/// election), a gateway whose map has gone stale reads with the map it has. Before, the
+/// first read after the map's 2 s of freshness waited for metadata, and failed with EIO
+/// when it did not answer. They go on only while the lease holds: once no renewal was
+/// granted for its 10 s, another server may have taken the volume over, and reads are
+/// refused (EIO) until metadata answers again.
 #[test]
 fn reads_go_on_with_the_cached_cluster_map_while_metadata_does_not_answer() {
     let dev = Dev::start(&["--cluster"]);
     dev.admin(&["volume", "create", "mapped", "--size", "64M"]);
     // Merged into extents when qemu-io detaches: reads of it go to the storage nodes.
-    qemu_io(
-        &format!("nbd://{}/mapped", dev.nbd_addr()),
-        &["write -P 0x5a 0 16M", "flush"],
-    );
+    // A byte value per extent: the read cache is keyed by content, and extents alike
+    // would answer each other's reads.
+    let writes: Vec<String> = (0..5u64)
+        .map(|e| format!("write -P {} {}M 4M", 0x50 + e, e * 4))
+        .collect();
+    let mut commands: Vec<&str> = writes.iter().map(String::as_str).collect();
+    commands.push("flush");
+    qemu_io(&format!("nbd://{}/mapped", dev.nbd_addr()), &commands);
+    let pattern = |block: u64| vec![0x50 + (block / 1024) as u8; 4096];
     let meta = dev.processes("metadata")[0]["listen"]
         .as_str()
         .unwrap()
@@ -1204,17 +1211,50 @@ fn reads_go_on_with_the_cached_cluster_map_while_metadata_does_not_answer() {
         .as_str()
         .expect("nbd_listen")
         .to_string();
+    let admin = ready["admin_listen"]
+        .as_str()
+        .expect("admin_listen")
+        .to_string();
     wait_until_attachable(&format!("nbd://{nbd_addr}/mapped"));
     let mut client = RawClient::connect(&nbd_addr, "mapped");
-    assert_eq!(client.read_block(0), vec![0x5a; 4096]);
+    assert_eq!(client.read_block(0), pattern(0));
+    let misses = "lauscha_read_cache_misses_total";
+    let misses_before = metrics_at(&admin, &[misses])[0];
 
     hold.send(true).unwrap();
     // Not a race being waited out: the map must age past its 2 s of freshness.
     std::thread::sleep(std::time::Duration::from_millis(2500));
     // Blocks in three other extents: none is in the read cache.
     for block in [1024 + 3, 2048 + 17, 3072 + 200] {
-        assert_eq!(client.read_block(block), vec![0x5a; 4096], "block {block}");
+        assert_eq!(client.read_block(block), pattern(block), "block {block}");
+    }
+    // Each a read of the extent's shards (the extents were merged at qemu-io's detach),
+    // not of journal bytes kept in memory.
+    assert!(
+        metrics_at(&admin, &[misses])[0] >= misses_before + 3,
+        "the reads did not go to the storage nodes"
+    );
+    // Still held: the lease runs out, and reads are refused.
+    let read_error = |client: &mut RawClient, block: u64| {
+        client.request(nbd::CMD_READ, block, block * 4096, 4096, &[])
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while read_error(&mut client, 3072 + 200) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reads still served 20 s after metadata stopped answering"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
     }
     hold.send(false).unwrap();
-    assert_eq!(client.read_block(5), vec![0x5a; 4096]);
+    // A renewal granted, and reads again, in an extent not read before.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while read_error(&mut client, 4096 + 33) != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reads still refused 30 s after metadata answered again"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert_eq!(client.read_block(4096 + 34), pattern(4096 + 34));
 }
