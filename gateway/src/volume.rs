@@ -50,6 +50,22 @@ use crate::{read, write};
 
 /// How long a lease lasts unless renewed.
 pub const LEASE_TTL: Duration = Duration::from_secs(10);
+/// Metadata times a lease by the wall clock of the voter that applies it, and another
+/// server's attach is checked by another voter's clock: reads stop this much before the
+/// lease's end as seen here, for clock skew between voters.
+const LEASE_CLOCK_MARGIN: Duration = Duration::from_secs(2);
+/// The pause before a renewal that metadata did not answer is sent again.
+const RENEW_RETRY: Duration = Duration::from_millis(500);
+
+/// How a lease renewal went.
+enum Renewal {
+    /// Metadata granted it.
+    Granted,
+    /// No answer, or a refusal of an epoch this engine left itself: tried again soon.
+    NotAnswered,
+    /// Another server holds the lease: renewal ends.
+    Fenced,
+}
 /// When extents are merged (`lauscha_core::volume::plan_merges`). The journal is allowed
 /// to grow, because a merge rewrites the whole extent however little it absorbs: for
 /// random small writes, the bytes written per client byte fall as the journal grows.
@@ -310,6 +326,9 @@ const NO_SEAL: u64 = u64::MAX;
 struct PendingSeal {
     from_epoch: u64,
     request_id: String,
+    /// When it was first sent: a repeat's answer may be the stored answer of that first
+    /// send, and the lease it granted runs from there.
+    first_sent_at: Instant,
 }
 
 /// Group commit of small writes: while one batch is being written, the writes that arrive
@@ -518,6 +537,7 @@ impl VolumeEngine {
                 state.volume.clone(),
                 0,
                 holder,
+                Instant::now(),
             ));
             engine.load(&state).await?;
             return Ok(engine);
@@ -546,22 +566,33 @@ impl VolumeEngine {
             state.volume.clone(),
             epoch,
             holder,
+            acquire_sent_at,
         ));
-        engine.lease_granted(acquire_sent_at);
-        engine.load(&state).await?;
-        info!(volume = %name, epoch, journal_entries = state.journal.len(), "volume attached");
         // Renewal and merging are separate tasks, so that a long merge never lets the
-        // lease lapse.
+        // lease lapse; renewal starts before the journal is loaded, which may take long.
+        // The next renewal is due a third of the lease after the last granted one was
+        // sent; one not granted (metadata away) is tried again soon.
         let weak = Arc::downgrade(&engine);
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(LEASE_TTL / 3).await;
+                let next = {
+                    let Some(engine) = weak.upgrade() else { return };
+                    *engine.lease_sent_at.lock().expect("lease lock") + LEASE_TTL / 3
+                };
+                tokio::time::sleep_until(next.into()).await;
                 let Some(engine) = weak.upgrade() else { return };
-                if !engine.renew().await {
-                    return;
+                match engine.renew().await {
+                    Renewal::Fenced => return,
+                    Renewal::Granted => {}
+                    Renewal::NotAnswered => {
+                        drop(engine);
+                        tokio::time::sleep(RENEW_RETRY).await;
+                    }
                 }
             }
         });
+        engine.load(&state).await?;
+        info!(volume = %name, epoch, journal_entries = state.journal.len(), "volume attached");
         let (weak, wanted) = (Arc::downgrade(&engine), engine.merge_wanted.clone());
         tokio::spawn(async move {
             loop {
@@ -595,7 +626,13 @@ impl VolumeEngine {
 
     /// An engine for `volume` under lease `epoch` (0: a snapshot, no lease), with nothing
     /// loaded yet.
-    fn new(inner: Arc<Inner>, volume: Volume, epoch: u64, holder: &str) -> VolumeEngine {
+    fn new(
+        inner: Arc<Inner>,
+        volume: Volume,
+        epoch: u64,
+        holder: &str,
+        lease_sent_at: Instant,
+    ) -> VolumeEngine {
         VolumeEngine {
             inner,
             volume,
@@ -605,7 +642,7 @@ impl VolumeEngine {
             sealing: tokio::sync::Mutex::new(None),
             state: Mutex::new(EngineState::default()),
             fenced: AtomicBool::new(false),
-            lease_sent_at: Mutex::new(Instant::now()),
+            lease_sent_at: Mutex::new(lease_sent_at),
             merging: tokio::sync::Mutex::new(()),
             merge_wanted: Arc::new(tokio::sync::Notify::new()),
             commits_answered: tokio::sync::Notify::new(),
@@ -692,7 +729,7 @@ impl VolumeEngine {
         Ok(loaded)
     }
 
-    async fn renew(&self) -> bool {
+    async fn renew(&self) -> Renewal {
         if self.sealing_from.load(Ordering::SeqCst) != NO_SEAL {
             // A new epoch went unanswered: it may have landed, and then the old one
             // renews nothing. Learn its answer first (the same request id).
@@ -712,16 +749,16 @@ impl VolumeEngine {
         match result {
             Ok(_) => {
                 self.lease_granted(sent_at);
-                true
+                Renewal::Granted
             }
             Err(e) => {
                 if matches!(self.command_error(e, epoch), VolumeError::Fenced) {
                     warn!(volume = %self.volume.name, epoch, "lease lost: fenced");
-                    return false;
+                    return Renewal::Fenced;
                 }
                 // Metadata unreachable, or this engine moved to a new epoch meanwhile:
                 // keep renewing; writes fail on their own while metadata is away.
-                true
+                Renewal::NotAnswered
             }
         }
     }
@@ -732,14 +769,18 @@ impl VolumeEngine {
         *at = (*at).max(sent_at);
     }
 
-    /// Refuses reads once the lease may have run out (metadata has not granted a renewal
-    /// sent in the last [`LEASE_TTL`]). A snapshot has no lease and never changes.
+    /// Refuses reads once the lease may have run out: metadata has not granted a lease
+    /// command sent in the last [`LEASE_TTL`] less [`LEASE_CLOCK_MARGIN`]. A snapshot has
+    /// no lease and never changes; a fenced engine knows another server holds it.
     fn check_lease_for_reads(&self) -> Result<(), VolumeError> {
         if self.volume.read_only {
             return Ok(());
         }
+        if self.is_fenced() {
+            return Err(VolumeError::Fenced);
+        }
         let since = self.lease_sent_at.lock().expect("lease lock").elapsed();
-        if since >= LEASE_TTL {
+        if since >= LEASE_TTL.saturating_sub(LEASE_CLOCK_MARGIN) {
             return Err(VolumeError::Io(GatewayError::Internal(format!(
                 "volume {}: lease not renewed for {} s (metadata unreachable); reads wait \
                  for the next renewal, as another server may have taken the volume over",
@@ -867,15 +908,17 @@ impl VolumeEngine {
             return Ok(()); // another writer sealed while this one waited
         }
         let from = self.epoch();
-        let request_id = match &*pending {
-            Some(p) if p.from_epoch == from => p.request_id.clone(),
+        let (request_id, first_sent_at) = match &*pending {
+            Some(p) if p.from_epoch == from => (p.request_id.clone(), p.first_sent_at),
             _ => {
                 let id = self.inner.meta.new_request_id();
+                let first_sent_at = Instant::now();
                 *pending = Some(PendingSeal {
                     from_epoch: from,
                     request_id: id.clone(),
+                    first_sent_at,
                 });
-                id
+                (id, first_sent_at)
             }
         };
         self.sealing_from.store(from, Ordering::SeqCst);
@@ -885,7 +928,6 @@ impl VolumeEngine {
             ttl_ms: LEASE_TTL.as_millis() as u64,
         });
         // The same request id every time: applied once, however often it is sent.
-        let sent_at = Instant::now();
         let result = self.inner.meta.execute_as(&request_id, &command).await;
         if write::outcome_unknown(&result) {
             // Sent again, under the same id, by the next write.
@@ -899,7 +941,7 @@ impl VolumeEngine {
                 // The new epoch first: a refusal of a command under `from` handled in
                 // between must still be seen as this engine's own doing.
                 self.epoch.store(epoch, Ordering::SeqCst);
-                self.lease_granted(sent_at);
+                self.lease_granted(first_sent_at);
                 self.sealing_from.store(NO_SEAL, Ordering::SeqCst);
                 self.inner
                     .volume_stats

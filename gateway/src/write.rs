@@ -460,14 +460,19 @@ async fn write_stripe_once(
         .filter(|(_, r)| r.is_err())
         .map(|(idx, _)| idx as u8)
         .collect();
-    // Nodes in trouble, not ones that refused this shard: those would refuse it again.
+    // Every node that failed, except for answers about this stripe's id alone, which a
+    // fresh id does not meet again.
     failed_nodes.extend(
         results
             .iter()
             .zip(&placement.nodes)
             .filter(|(r, _)| {
-                r.as_ref()
-                    .is_err_and(|e| e.is_node_failure() || matches!(e, ShardIoError::Full(..)))
+                r.as_ref().is_err_and(|e| {
+                    !matches!(
+                        e,
+                        ShardIoError::AlreadyExists(..) | ShardIoError::NotFound(..)
+                    )
+                })
             })
             .map(|(_, &node)| node),
     );
