@@ -1091,6 +1091,39 @@ async fn reply_holding_proxy(
     addr
 }
 
+/// A second gateway whose only way to metadata is a [`reply_holding_proxy`], which holds
+/// metadata's replies while `hold` says so.
+struct HeldGateway {
+    hold: tokio::sync::watch::Sender<bool>,
+    nbd_addr: String,
+    admin: String,
+    _gateway: Restarted,
+    /// Runs the proxy.
+    _rt: tokio::runtime::Runtime,
+}
+
+fn held_gateway(dev: &Dev, name: &str) -> HeldGateway {
+    let meta = dev.processes("metadata")[0]["listen"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (hold, held) = tokio::sync::watch::channel(false);
+    let proxy = rt.block_on(reply_holding_proxy(meta, held));
+    let toml = format!(
+        "[gateway]\ns3_listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nnbd_listen = \"127.0.0.1:0\"\nmetadata_endpoints = [\"http://{proxy}\"]\n"
+    );
+    let (gateway, ready) = start_server(&dev.data_dir.join(name), name, &toml);
+    let listen = |key: &str| ready[key].as_str().expect(key).to_string();
+    HeldGateway {
+        hold,
+        nbd_addr: listen("nbd_listen"),
+        admin: listen("admin_listen"),
+        _gateway: gateway,
+        _rt: rt,
+    }
+}
+
 /// Issue 6, point 3, for a failure that is not a crash: writes whose journal commits
 /// metadata applied, but whose answers never reached the NBD server in time (held back by
 /// a proxy), are answered EIO. The client then writes one of those blocks again and is
@@ -1104,29 +1137,14 @@ async fn reply_holding_proxy(
 fn a_write_answered_eio_that_landed_anyway_never_replays_over_a_later_one() {
     let dev = Dev::start(&["--cluster"]);
     dev.admin(&["volume", "create", "held", "--size", "64M"]);
-    let meta = dev.processes("metadata")[0]["listen"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (hold, held) = tokio::sync::watch::channel(false);
-    let proxy = rt.block_on(reply_holding_proxy(meta, held));
-    // A second gateway whose only way to metadata is the proxy.
-    let extra = dev.data_dir.join("held-gateway");
-    let toml = format!(
-        "[gateway]\ns3_listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nnbd_listen = \"127.0.0.1:0\"\nmetadata_endpoints = [\"http://{proxy}\"]\n"
-    );
-    let (_gateway, ready) = start_server(&extra, "held-gateway", &toml);
-    let nbd_addr = ready["nbd_listen"]
-        .as_str()
-        .expect("nbd_listen")
-        .to_string();
-    let admin = ready["admin_listen"]
-        .as_str()
-        .expect("admin_listen")
-        .to_string();
+    let HeldGateway {
+        hold,
+        nbd_addr,
+        admin,
+        ..
+    } = &held_gateway(&dev, "held-gateway");
 
-    let mut client = RawClient::connect(&nbd_addr, "held");
+    let mut client = RawClient::connect(nbd_addr, "held");
     assert_eq!(client.request(nbd::CMD_WRITE, 1, 0, 4096, &[0x11; 4096]), 0);
     // A large write just before the hold: the gateway has a cluster map (fetched through
     // metadata; a stale one is used while a refresh goes unanswered) for the large write
@@ -1157,7 +1175,7 @@ fn a_write_answered_eio_that_landed_anyway_never_replays_over_a_later_one() {
         ],
     );
     let [unknown, new_epochs, found] = metrics_at(
-        &admin,
+        admin,
         &[
             "lauscha_volume_unknown_outcomes_total",
             "lauscha_volume_new_epochs_total",
@@ -1196,31 +1214,17 @@ fn reads_go_on_with_the_cached_cluster_map_while_metadata_does_not_answer() {
     commands.push("flush");
     qemu_io(&format!("nbd://{}/mapped", dev.nbd_addr()), &commands);
     let pattern = |block: u64| vec![0x50 + (block / 1024) as u8; 4096];
-    let meta = dev.processes("metadata")[0]["listen"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (hold, held) = tokio::sync::watch::channel(false);
-    let proxy = rt.block_on(reply_holding_proxy(meta, held));
-    let extra = dev.data_dir.join("mapped-gateway");
-    let toml = format!(
-        "[gateway]\ns3_listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nnbd_listen = \"127.0.0.1:0\"\nmetadata_endpoints = [\"http://{proxy}\"]\n"
-    );
-    let (_gateway, ready) = start_server(&extra, "mapped-gateway", &toml);
-    let nbd_addr = ready["nbd_listen"]
-        .as_str()
-        .expect("nbd_listen")
-        .to_string();
-    let admin = ready["admin_listen"]
-        .as_str()
-        .expect("admin_listen")
-        .to_string();
+    let HeldGateway {
+        hold,
+        nbd_addr,
+        admin,
+        ..
+    } = &held_gateway(&dev, "mapped-gateway");
     wait_until_attachable(&format!("nbd://{nbd_addr}/mapped"));
-    let mut client = RawClient::connect(&nbd_addr, "mapped");
+    let mut client = RawClient::connect(nbd_addr, "mapped");
     assert_eq!(client.read_block(0), pattern(0));
     let misses = "lauscha_read_cache_misses_total";
-    let misses_before = metrics_at(&admin, &[misses])[0];
+    let misses_before = metrics_at(admin, &[misses])[0];
 
     hold.send(true).unwrap();
     // Not a race being waited out: the map must age past its 2 s of freshness. Not much
@@ -1234,7 +1238,7 @@ fn reads_go_on_with_the_cached_cluster_map_while_metadata_does_not_answer() {
     // Each a read of the extent's shards (the extents were merged at qemu-io's detach),
     // not of journal bytes kept in memory.
     assert!(
-        metrics_at(&admin, &[misses])[0] >= misses_before + 3,
+        metrics_at(admin, &[misses])[0] >= misses_before + 3,
         "the reads did not go to the storage nodes"
     );
     // Still held: the lease runs out, and reads are refused.
