@@ -518,6 +518,19 @@ fn metrics(inner: &Inner, maintenance: &Maintenance) -> Response<Full<Bytes>> {
                 .load(Ordering::Relaxed),
         ),
         (
+            "lauscha_volume_journal_spills_total",
+            "Spills of inline volume journal entries into one stripe set.",
+            inner.volume_stats.journal_spills.load(Ordering::Relaxed),
+        ),
+        (
+            "lauscha_volume_journal_spilled_entries_total",
+            "Inline volume journal entries moved into stripes by spills.",
+            inner
+                .volume_stats
+                .journal_spilled_entries
+                .load(Ordering::Relaxed),
+        ),
+        (
             "lauscha_volume_unknown_outcomes_total",
             "Volume commands whose outcome metadata did not answer in time.",
             inner.volume_stats.unknown_outcomes.load(Ordering::Relaxed),

@@ -58,6 +58,10 @@ pub struct VolumeStats {
     pub journal_batches: std::sync::atomic::AtomicU64,
     /// Small writes journaled in those batches.
     pub journal_batched_writes: std::sync::atomic::AtomicU64,
+    /// Spills: inline journal entries moved into one stripe set (`VolumeCommand::Spill`).
+    pub journal_spills: std::sync::atomic::AtomicU64,
+    /// Journal entries moved by those spills.
+    pub journal_spilled_entries: std::sync::atomic::AtomicU64,
     /// Volume commands whose outcome was not learned (metadata did not answer in time).
     pub unknown_outcomes: std::sync::atomic::AtomicU64,
     /// New lease epochs taken to fence those (`VolumeCommand::NewEpoch`).

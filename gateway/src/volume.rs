@@ -25,7 +25,9 @@
 //! that also drops the entries, under the lease epoch. `MERGE_LIMITS` say when: an extent
 //! whose entries cover it whole (a sequential writer: the merge reads nothing), that has
 //! many or old entries, and, while the volume's journal is over a soft limit, those with
-//! the most journal bytes.
+//! the most journal bytes. Before that, while the inline journal is over its soft limit,
+//! its oldest entries are spilled: moved into one stripe set on the nodes, keeping their
+//! place in the journal (`spill_inline`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,8 +38,8 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use lauscha_core::versioning::{MetaQuery, MetaQueryReply, ObjectCommand, ObjectCommandReply};
 use lauscha_core::volume::{
-    BatchedWrite, ExtentJournal, JOURNAL_COPIES_POLICY, JournalEntry, MergeLimits, Volume,
-    VolumeCommand, VolumeReply, VolumeState, covers, extents_of, plan_merges, tiling,
+    BatchedWrite, ExtentJournal, JOURNAL_COPIES_POLICY, JournalEntry, MergeLimits, SpilledEntry,
+    Volume, VolumeCommand, VolumeReply, VolumeState, covers, extents_of, plan_merges, tiling,
 };
 use lauscha_core::{ObjectData, ObjectVersion, PlacementPolicy, StripeId, TenantId};
 use s3s::checksum::ChecksumHasher;
@@ -66,9 +68,10 @@ enum Renewal {
     /// Another server holds the lease: renewal ends.
     Fenced,
 }
-/// When extents are merged (`lauscha_core::volume::plan_merges`). The journal is allowed
-/// to grow, because a merge rewrites the whole extent however little it absorbs: for
-/// random small writes, the bytes written per client byte fall as the journal grows.
+/// When extents are merged (`lauscha_core::volume::plan_merges`); the age limit comes
+/// from `gateway.volume_merge_age_ms`. The journal is allowed to grow, because a merge
+/// rewrites the whole extent however little it absorbs: for random small writes, the
+/// bytes written per client byte fall as the journal grows.
 const MERGE_LIMITS: MergeLimits = MergeLimits {
     max_age_ms: 10_000,
     max_entries: 1024,
@@ -93,6 +96,13 @@ const MERGE_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Writes up to this size are small: they go through the batch queue (`BatchQueue`), or
 /// inside the metadata entry (replicated by Raft) if they are not part of a batch.
 const INLINE_JOURNAL_BYTES: u64 = 64 * 1024;
+/// The most spills one merge pass makes (each up to `BATCH_MAX_BYTES`) before it turns to
+/// the merge plan: enough to bring the inline journal from its hard limit to three
+/// quarters of its soft one.
+const MAX_SPILLS_AT_ONCE: usize = 16;
+/// After a spill could not be stored at full redundancy, how long merges alone relieve
+/// the inline journal.
+const SPILL_RETRY_AFTER: Duration = Duration::from_secs(10);
 /// A batch of small writes of at least this many bytes is written as one journal stripe
 /// set on storage nodes (`AppendBatch`); a smaller one travels inline in one `Append`.
 /// Inline entries are cheaper for a lone writer (one Raft commit, no shard files) but are
@@ -248,10 +258,10 @@ impl EngineState {
 
     /// Whether the merger should look now: `extent` became due, or the volume's journal
     /// went over a soft limit.
-    fn merge_wanted(&self, extent: Option<ExtentJournal>) -> bool {
-        self.pending_bytes > MERGE_LIMITS.soft_bytes
-            || self.inline_pending_bytes > MERGE_LIMITS.soft_inline_bytes
-            || extent.is_some_and(|j| j.is_due(&MERGE_LIMITS))
+    fn merge_wanted(&self, extent: Option<ExtentJournal>, limits: &MergeLimits) -> bool {
+        self.pending_bytes > limits.soft_bytes
+            || self.inline_pending_bytes > limits.soft_inline_bytes
+            || extent.is_some_and(|j| j.is_due(limits))
     }
 }
 
@@ -299,6 +309,11 @@ pub struct VolumeEngine {
     commits_answered: tokio::sync::Notify,
     /// Small writes waiting for the next journal batch.
     batch: Mutex<BatchQueue>,
+    /// [`MERGE_LIMITS`] with the configured age limit.
+    merge_limits: MergeLimits,
+    /// No spill before this: the last one could not be stored at full redundancy (nodes
+    /// missing), and merges are tried meanwhile.
+    spill_retry_at: Mutex<Option<Instant>>,
 }
 
 /// A journal command sent: if it is dropped before `answered` (while its commit is
@@ -633,6 +648,7 @@ impl VolumeEngine {
         holder: &str,
         lease_sent_at: Instant,
     ) -> VolumeEngine {
+        let inner_merge_age_ms = inner.config.volume_merge_age_ms;
         VolumeEngine {
             inner,
             volume,
@@ -647,6 +663,11 @@ impl VolumeEngine {
             merge_wanted: Arc::new(tokio::sync::Notify::new()),
             commits_answered: tokio::sync::Notify::new(),
             batch: Mutex::new(BatchQueue::default()),
+            merge_limits: MergeLimits {
+                max_age_ms: inner_merge_age_ms,
+                ..MERGE_LIMITS
+            },
+            spill_retry_at: Mutex::new(None),
         }
     }
 
@@ -1002,6 +1023,7 @@ impl VolumeEngine {
         // replaced them): a merge that adopts them must name the live ones.
         let slices: std::collections::HashSet<u64> =
             state.slices.iter().map(|(seq, _)| *seq).collect();
+        let mut spilled = 0u64;
         for p in st.pending.values_mut().flatten() {
             if let (Some(_), Some(data)) = (&p.stripes, data_now.get(&p.seq)) {
                 p.stripes = match Stored::of(data, slices.contains(&p.seq)) {
@@ -1009,7 +1031,17 @@ impl VolumeEngine {
                     _ => None,
                 };
             }
+            // Inline here, a slice there: a spill whose answer was lost.
+            if p.inline
+                && let Some(data) = data_now.get(&p.seq)
+                && !matches!(data, Some(ObjectData::Inline(_)))
+            {
+                p.inline = false;
+                p.sliced = slices.contains(&p.seq);
+                spilled += p.len;
+            }
         }
+        st.inline_pending_bytes = st.inline_pending_bytes.saturating_sub(spilled);
         let mut n_found = 0u64;
         for entry in found {
             // One whose answer came while the volume was being read is in already.
@@ -1305,9 +1337,12 @@ impl VolumeEngine {
                 );
             }
             st.learn_seqs(seqs);
-            extents_touched
-                .iter()
-                .any(|idx| st.merge_wanted(st.extent_journal(*idx, self.extent_len(*idx))))
+            extents_touched.iter().any(|idx| {
+                st.merge_wanted(
+                    st.extent_journal(*idx, self.extent_len(*idx)),
+                    &self.merge_limits,
+                )
+            })
         };
         self.commits_answered.notify_waiters();
         if merge_now {
@@ -1500,7 +1535,10 @@ impl VolumeEngine {
                     replicated,
                 );
                 let idx = w.offset / self.volume.extent_bytes;
-                due |= st.merge_wanted(st.extent_journal(idx, self.extent_len(idx)));
+                due |= st.merge_wanted(
+                    st.extent_journal(idx, self.extent_len(idx)),
+                    &self.merge_limits,
+                );
             }
             st.learn_seqs(first_seq..first_seq + batch.len() as u64);
             due
@@ -1668,6 +1706,26 @@ impl VolumeEngine {
     /// when a merge could not write at full redundancy (the rest of the plan is left for
     /// later: nodes are missing, and the others would fail alike).
     pub async fn merge_due(&self, everything: bool) -> Result<bool, VolumeError> {
+        if !everything && self.inline_over_soft_limit() {
+            // Moving inline entries to the nodes costs their bytes once; merging them out
+            // costs a whole extent each. Merges take over when spilling cannot be done.
+            // The merge lock is taken per spill, so that FLUSH and merges get their turn.
+            for _ in 0..MAX_SPILLS_AT_ONCE {
+                let spilled = {
+                    let _guard = self.merging.lock().await;
+                    self.spill_once().await
+                };
+                match spilled {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(VolumeError::Fenced) => return Err(VolumeError::Fenced),
+                    Err(e) => {
+                        warn!(volume = %self.volume.name, error = %e, "spill failed; merging instead");
+                        break;
+                    }
+                }
+            }
+        }
         let due: Vec<u64> = {
             let st = self.state.lock().expect("volume state lock");
             if everything {
@@ -1678,7 +1736,7 @@ impl VolumeEngine {
                     .keys()
                     .filter_map(|idx| st.extent_journal(*idx, self.extent_len(*idx)))
                     .collect();
-                plan_merges(&journal, &MERGE_LIMITS)
+                plan_merges(&journal, &self.merge_limits)
             }
         };
         for idx in due {
@@ -1691,6 +1749,137 @@ impl VolumeEngine {
             }
         }
         Ok(true)
+    }
+
+    /// Whether the inline journal is over its soft limit.
+    fn inline_over_soft_limit(&self) -> bool {
+        let st = self.state.lock().expect("volume state lock");
+        st.inline_pending_bytes > self.merge_limits.soft_inline_bytes
+    }
+
+    /// One spill (under the merge lock): moves the oldest inline journal entries, up to one
+    /// batch's bytes, into one stripe set on the storage nodes (`VolumeCommand::Spill`).
+    /// The entries keep their sequence numbers and stay in the journal, as slices (like a
+    /// batch's), so nothing is merged for them. Answers whether more is to be spilled:
+    /// false once the inline journal is at three quarters of its soft limit, or when this
+    /// spill could not be had.
+    ///
+    /// It cannot be had when the bytes cannot be stored with every shard durable (an
+    /// inline entry survives m losses, so a spilled one must too; the stripes are deleted,
+    /// and no spill is tried for [`SPILL_RETRY_AFTER`]), or when metadata's journal is not
+    /// this engine's (a lost answer: `resync` before the next merge). Merges relieve the
+    /// inline limit then, as without spills.
+    async fn spill_once(&self) -> Result<bool, VolumeError> {
+        let target = self.merge_limits.soft_inline_bytes / 4 * 3;
+        let max_bytes = BATCH_MAX_BYTES.min(u64::from(self.inner.config.shard_size_bytes));
+        if self
+            .spill_retry_at
+            .lock()
+            .expect("spill retry lock")
+            .is_some_and(|at| Instant::now() < at)
+        {
+            return Ok(false);
+        }
+        // (extent, sequence number, bytes) of the oldest inline entries.
+        let chosen: Vec<(u64, u64, Bytes)> = {
+            let st = self.state.lock().expect("volume state lock");
+            if st.inline_pending_bytes <= target || st.resynced < st.resync_wanted {
+                return Ok(false);
+            }
+            let mut inline: Vec<(u64, u64, Bytes)> = st
+                .pending
+                .iter()
+                .flat_map(|(idx, ps)| ps.iter().map(move |p| (*idx, p)))
+                .filter_map(|(idx, p)| match (&p.data, p.inline) {
+                    (Some(d), true) => Some((idx, p.seq, d.clone())),
+                    _ => None,
+                })
+                .collect();
+            inline.sort_unstable_by_key(|(_, seq, _)| *seq);
+            let mut n_bytes = 0u64;
+            let n = inline
+                .iter()
+                .take_while(|(_, _, d)| {
+                    n_bytes += d.len() as u64;
+                    n_bytes <= max_bytes
+                })
+                .count()
+                .max(1);
+            inline.truncate(n);
+            inline
+        };
+        if chosen.is_empty() {
+            return Ok(false);
+        }
+        let n_bytes: usize = chosen.iter().map(|(_, _, d)| d.len()).sum();
+        let mut buf = BytesMut::with_capacity(n_bytes);
+        let mut entries = Vec::with_capacity(chosen.len());
+        for (_, seq, d) in &chosen {
+            entries.push(SpilledEntry {
+                seq: *seq,
+                at: buf.len() as u64,
+            });
+            buf.extend_from_slice(d);
+        }
+        let stored = store_journal(&self.inner, self.volume.policy, buf.freeze()).await;
+        let (data, uncommitted) = match stored {
+            Ok((data, true, uncommitted)) => (data, uncommitted),
+            // Dropping the `Uncommitted` of a short copy deletes what was written.
+            Ok((_, false, _)) | Err(_) => {
+                warn!(volume = %self.volume.name, n_entries = chosen.len(), error = ?stored.err(), "inline journal entries could not be spilled at full redundancy; merging instead");
+                *self.spill_retry_at.lock().expect("spill retry lock") =
+                    Some(Instant::now() + SPILL_RETRY_AFTER);
+                return Ok(false);
+            }
+        };
+        let epoch = self.epoch();
+        let spill = ObjectCommand::Volume(VolumeCommand::Spill {
+            name: self.volume.name.clone(),
+            epoch,
+            data,
+            entries,
+        });
+        let mut in_flight = CommandInFlight {
+            engine: self,
+            answered: false,
+        };
+        let result = uncommitted.settle(self.inner.meta.execute(&spill)).await;
+        in_flight.answered = true;
+        match self.commit_result(result, epoch) {
+            Ok(_) => {}
+            Err(VolumeError::Io(GatewayError::Meta {
+                kind: lauscha_proto::MetaErrorKind::Conflict,
+                message,
+            })) => {
+                // An entry merged or spilled by a command whose answer was lost.
+                warn!(volume = %self.volume.name, %message, "spill refused; reading the volume again");
+                self.note_diverged();
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        }
+        let stats = &self.inner.volume_stats;
+        stats.journal_spills.fetch_add(1, Ordering::Relaxed);
+        stats
+            .journal_spilled_entries
+            .fetch_add(chosen.len() as u64, Ordering::Relaxed);
+        let mut st = self.state.lock().expect("volume state lock");
+        let mut moved = 0u64;
+        for (idx, seq, _) in &chosen {
+            // Under the merge lock nothing dropped them since they were chosen.
+            if let Some(p) = st
+                .pending
+                .get_mut(idx)
+                .and_then(|ps| ps.iter_mut().find(|p| p.seq == *seq))
+                .filter(|p| p.inline)
+            {
+                p.inline = false;
+                p.sliced = true;
+                moved += p.len;
+            }
+        }
+        st.inline_pending_bytes = st.inline_pending_bytes.saturating_sub(moved);
+        Ok(st.inline_pending_bytes > target)
     }
 
     /// The stripes of the journal entries that tile extent `idx` (`tiling`), as its new

@@ -260,6 +260,13 @@ pub struct GatewayConfig {
     /// is never stale. Default 256 MiB.
     #[serde(default = "default_read_cache_bytes")]
     pub read_cache_bytes: u64,
+    /// A block volume extent is merged (rewritten with its journal folded in) at the
+    /// latest when its oldest unmerged write is this old, milliseconds. Longer means fewer
+    /// whole-extent rewrites for small random writes, and more journal bytes held in the
+    /// gateway's memory (up to 256 MiB per attached volume) and read at an attach after a
+    /// crash. Default 10,000.
+    #[serde(default = "default_volume_merge_age_ms")]
+    pub volume_merge_age_ms: u64,
     /// Background repair, rebalance and garbage collection.
     #[serde(default)]
     pub maintenance: MaintenanceConfig,
@@ -399,6 +406,9 @@ fn default_hedge_delay_ms() -> u64 {
 fn default_read_cache_bytes() -> u64 {
     256 << 20
 }
+fn default_volume_merge_age_ms() -> u64 {
+    10_000
+}
 
 fn default_s3_listen() -> String {
     "127.0.0.1:9000".into()
@@ -444,6 +454,7 @@ impl GatewayConfig {
             write_quorum_extra: default_write_quorum_extra(),
             hedge_delay_ms: default_hedge_delay_ms(),
             read_cache_bytes: default_read_cache_bytes(),
+            volume_merge_age_ms: default_volume_merge_age_ms(),
             maintenance: MaintenanceConfig::default(),
             allow_sigv2: false,
             nbd_listen: None,
@@ -478,6 +489,11 @@ impl GatewayConfig {
             return Err(CoreError::Config(
                 "gateway.inline_max_bytes must be at most 64 KiB: inline bytes travel through Raft"
                     .into(),
+            ));
+        }
+        if self.volume_merge_age_ms == 0 {
+            return Err(CoreError::Config(
+                "gateway.volume_merge_age_ms must be at least 1 (10000 is the default)".into(),
             ));
         }
         if self.max_concurrent_requests == 0 {

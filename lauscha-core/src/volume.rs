@@ -230,6 +230,30 @@ pub enum VolumeCommand {
         /// Lease length, ms.
         ttl_ms: u64,
     },
+    /// Moves journal entries carried inline in metadata into one stripe set on the storage
+    /// nodes, keeping their place in the journal: each becomes a slice of `data` (as if
+    /// written by an `AppendBatch`). The holder's way out of the inline limit, which
+    /// otherwise only merges (whole-extent rewrites) relieve. Every entry must still be
+    /// there and still inline.
+    Spill {
+        /// Its name.
+        name: String,
+        /// The holder's epoch.
+        epoch: u64,
+        /// The stripes holding the entries' bytes, every shard durable.
+        data: ObjectData,
+        /// The entries, and where each one's bytes start in `data`.
+        entries: Vec<SpilledEntry>,
+    },
+}
+
+/// One journal entry of a `Spill`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpilledEntry {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Where its bytes start in the spill's stripes.
+    pub at: u64,
 }
 
 /// One write of an `AppendBatch`.
@@ -258,6 +282,7 @@ impl VolumeCommand {
             | VolumeCommand::AppendBatch { name, .. }
             | VolumeCommand::Merge { name, .. }
             | VolumeCommand::Rewrite { name, .. }
+            | VolumeCommand::Spill { name, .. }
             | VolumeCommand::Snapshot { name, .. }
             | VolumeCommand::Clone { name, .. } => name,
         }

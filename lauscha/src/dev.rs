@@ -68,6 +68,10 @@ pub struct DevArgs {
     /// The gateway's cache of verified shard blocks for small reads, bytes; 0 turns it off.
     #[arg(long, default_value_t = 256 << 20)]
     pub read_cache_bytes: u64,
+    /// A volume extent is merged at the latest when its oldest unmerged write is this
+    /// old, seconds (`gateway.volume_merge_age_ms`).
+    #[arg(long, default_value_t = 10)]
+    pub volume_merge_age_s: u64,
 }
 
 /// Root credentials, as written to `DATA_DIR/credentials.json`.
@@ -257,6 +261,7 @@ fn gateway_config(args: &DevArgs, meta: &[SocketAddr]) -> GatewayConfig {
     config.region = args.region.clone();
     config.max_object_bytes = args.max_object_bytes;
     config.read_cache_bytes = args.read_cache_bytes;
+    config.volume_merge_age_ms = args.volume_merge_age_s.saturating_mul(1000);
     if args.storage_nodes < 6 {
         // Fewer nodes than 4+2 needs: the best protection the nodes allow.
         let m = u8::from(args.storage_nodes >= 2).max((args.storage_nodes / 3) as u8);

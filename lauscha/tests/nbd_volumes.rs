@@ -170,6 +170,12 @@ struct RawClient {
 
 impl RawClient {
     fn connect(addr: &str, export: &str) -> RawClient {
+        RawClient::try_connect(addr, export).expect("NBD_OPT_GO refused")
+    }
+
+    /// As [`RawClient::connect`]; `None` when the server refuses the export (NBD_OPT_GO
+    /// answered with an error: another server's lease, for one).
+    fn try_connect(addr: &str, export: &str) -> Option<RawClient> {
         let mut tcp = TcpStream::connect(addr).unwrap();
         // A request is two writes (header, payload): without this, Nagle holds the
         // payload for the server's delayed ACK, 40 ms a request.
@@ -186,13 +192,12 @@ impl RawClient {
         tcp.write_all(&nbd_option(nbd::OPT_GO, &nbd_info_request(export)))
             .unwrap();
         loop {
-            let (reply_type, _) = read_nbd_option_reply(&mut tcp);
-            if reply_type == nbd::REP_ACK {
-                break;
+            match read_nbd_option_reply(&mut tcp).0 {
+                nbd::REP_ACK => return Some(RawClient { tcp }),
+                nbd::REP_INFO => {}
+                _ => return None,
             }
-            assert_eq!(reply_type, nbd::REP_INFO);
         }
-        RawClient { tcp }
     }
 
     fn request(&mut self, command: u16, cookie: u64, offset: u64, len: u32, data: &[u8]) -> u32 {
@@ -336,6 +341,113 @@ fn concurrent_small_writes_are_batched_and_survive_a_crash_of_the_server() {
     wait_until_attachable(&uri);
     qemu_io(&uri, &reads);
     qemu_io(&uri, &["read -P 0 32k 224k", "read -P 0 56M 4M"]);
+}
+
+/// Lone small writes travel inline in metadata. Past the inline journal's soft limit
+/// (16 MiB) the oldest are spilled: moved into stripe sets on the nodes, keeping their
+/// place in the journal, instead of whole extents being rewritten to absorb them. Spilled
+/// entries read back from the nodes after the server is killed (the journal is replayed
+/// at attach from their slices), and again once a FLUSH merged their extents. The age
+/// limit of merges is set out of reach, so that nothing is merged before the kill.
+#[test]
+fn inline_journal_entries_past_the_soft_limit_are_spilled_to_the_nodes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let no_age_merges = ["--volume-merge-age-s", "3600"];
+    let mut dev = Dev::start_in(&data, &no_age_merges);
+    volume(&dev, "spilled", "64M");
+    let addr = dev.nbd_addr();
+    let mut client = RawClient::connect(&addr, "spilled");
+    // 320 writes of 64 KiB (20 MiB), one at a time so that each travels inline: every
+    // other 64 KiB of extents 0 to 9, none of them covered (a covered extent is merged
+    // at once), each write its own byte value.
+    let writes: Vec<(u64, u8)> = (0..320u64)
+        .map(|i| {
+            (
+                (i % 10) * (4 << 20) + (i / 10) * (128 << 10),
+                (i % 250) as u8 + 1,
+            )
+        })
+        .collect();
+    for (i, (offset, byte)) in writes.iter().enumerate() {
+        let error = client.request(
+            nbd::CMD_WRITE,
+            i as u64,
+            *offset,
+            64 << 10,
+            &[*byte; 64 << 10],
+        );
+        assert_eq!(error, 0, "write {i}");
+    }
+    let spills = || {
+        metrics(
+            &dev,
+            &[
+                "lauscha_volume_journal_spills_total",
+                "lauscha_volume_journal_spilled_entries_total",
+            ],
+        )
+    };
+    let merges = |dev: &Dev| {
+        let m = metrics(
+            dev,
+            &[
+                "lauscha_volume_merges_adopted_total",
+                "lauscha_volume_merges_rewritten_total",
+            ],
+        );
+        m[0] + m[1]
+    };
+    // Spilling goes on until 12 MiB are left inline: at least 4 MiB, 64 entries, the
+    // oldest, which are in every one of the ten extents.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while spills()[1] < 64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not spilled after 30 s: {:?}",
+            spills()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let n = spills();
+    assert!(n[0] >= 4, "a spill moves up to 1 MiB: {n:?}");
+    assert_eq!(merges(&dev), 0, "spilled, not merged");
+    let mut reads: Vec<String> = writes
+        .iter()
+        .map(|(offset, byte)| format!("read -P {byte} {offset} 64k"))
+        .collect();
+    reads.extend((0..10u64).map(|e| format!("read -P 0 {} 64k", e * (4 << 20) + (64 << 10))));
+    let reads: Vec<&str> = reads.iter().map(String::as_str).collect();
+    // Killed with the client still connected: nothing is merged at detach.
+    dev.kill();
+    drop(client);
+    let dev = Dev::start_in(&data, &no_age_merges);
+    let addr = dev.nbd_addr();
+    // The killed server's lease blocks the attach until it lapses (10 s).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut client = loop {
+        if let Some(client) = RawClient::try_connect(&addr, "spilled") {
+            break client;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "attach still refused after 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    // The journal as replayed at attach: spilled entries' bytes come from their slices.
+    for (i, (offset, byte)) in writes.iter().enumerate() {
+        let block = client.read_block(offset / 4096);
+        assert!(block.iter().all(|b| b == byte), "write {i} read back wrong");
+    }
+    assert_eq!(merges(&dev), 0);
+    // Entries replayed from stripes are not trusted to have every shard, inline ones are:
+    // the FLUSH merges exactly the ten extents that hold spilled entries, so metadata
+    // recorded the spills.
+    assert_eq!(client.request(nbd::CMD_FLUSH, 1, 0, 0, &[]), 0);
+    assert_eq!(merges(&dev), 10);
+    drop(client);
+    qemu_io(&format!("nbd://{addr}/spilled"), &reads);
 }
 
 #[test]

@@ -2543,6 +2543,138 @@ mod tests {
     }
 
     #[test]
+    fn a_spill_turns_inline_entries_into_slices_in_place() {
+        use lauscha_core::volume::{JournalEntry, SpilledEntry, VolumeCommand as V, VolumeReply};
+        let mut sm = setup();
+        let epoch = leased_volume(&mut sm, "s");
+        let inline = |offset: u64, byte: u8| JournalEntry {
+            epoch,
+            offset,
+            len: 4096,
+            data: Some(ObjectData::Inline(vec![byte; 4096])),
+        };
+        let zeros = JournalEntry {
+            epoch,
+            offset: 8192,
+            len: 4096,
+            data: None,
+        };
+        let Ok(VolumeReply::Appended { first_seq }) = vol(
+            &mut sm,
+            0,
+            V::Append {
+                name: "s".into(),
+                epoch,
+                entries: vec![inline(0, 1), inline(4096, 2), zeros],
+            },
+        ) else {
+            panic!()
+        };
+        let (a, b, z) = (first_seq, first_seq + 1, first_seq + 2);
+        let spill = |epoch: u64, data: ObjectData, entries: &[(u64, u64)]| V::Spill {
+            name: "s".into(),
+            epoch,
+            data,
+            entries: entries
+                .iter()
+                .map(|&(seq, at)| SpilledEntry { seq, at })
+                .collect(),
+        };
+        let before = crate::volumes::state(&sm.kv, "s").unwrap().unwrap();
+        // Entries that are not inline (zeros), unknown or named twice: the holder's view
+        // is not metadata's.
+        for bad in [
+            spill(epoch, striped(8192, 60).data, &[(a, 0), (z, 4096)]),
+            spill(epoch, striped(8192, 60).data, &[(a, 0), (z + 1, 4096)]),
+            spill(epoch, striped(8192, 60).data, &[(a, 0), (a, 4096)]),
+        ] {
+            let r = vol(&mut sm, 0, bad);
+            assert!(matches!(r, Err(MetaError::Conflict(_))), "{r:?}");
+        }
+        // Slices past the end, inline bytes, nothing to spill.
+        for bad in [
+            spill(epoch, striped(8192, 60).data, &[(a, 0), (b, 4097)]),
+            spill(epoch, ObjectData::Inline(vec![0; 8192]), &[(a, 0)]),
+            spill(epoch, striped(8192, 60).data, &[]),
+        ] {
+            let r = vol(&mut sm, 0, bad);
+            assert!(matches!(r, Err(MetaError::InvalidArgument(_))), "{r:?}");
+        }
+        let r = vol(
+            &mut sm,
+            0,
+            spill(epoch - 1, striped(8192, 60).data, &[(a, 0)]),
+        );
+        assert!(matches!(r, Err(MetaError::Fenced(_))), "{r:?}");
+        assert_eq!(
+            crate::volumes::state(&sm.kv, "s").unwrap().unwrap(),
+            before,
+            "a refused spill changes nothing"
+        );
+
+        // The entries keep their sequence numbers and ranges; their bytes are slices now.
+        vol(
+            &mut sm,
+            0,
+            spill(epoch, striped(8192, 60).data, &[(b, 0), (a, 4096)]),
+        )
+        .unwrap();
+        let count = |sm: &Sm| read::<u32>(&sm.kv, &keys::volume_stripe(StripeId(60))).unwrap();
+        assert_eq!(count(&sm), Some(2), "one reference per entry");
+        let state = crate::volumes::state(&sm.kv, "s").unwrap().unwrap();
+        assert_eq!(state.slices, vec![(a, 4096), (b, 0)]);
+        let seqs: Vec<u64> = state.journal.iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(seqs, vec![a, b, z]);
+        for (seq, entry) in &state.journal {
+            let old = &before.journal.iter().find(|(s, _)| s == seq).unwrap().1;
+            assert_eq!((entry.offset, entry.len), (old.offset, old.len));
+            if *seq == z {
+                assert_eq!(entry.data, None);
+            } else {
+                assert_eq!(entry.data, Some(striped(8192, 60).data));
+            }
+        }
+        // Once spilled, never again: a lost answer sent twice is refused.
+        let r = vol(&mut sm, 0, spill(epoch, striped(4096, 61).data, &[(a, 0)]));
+        assert!(matches!(r, Err(MetaError::Conflict(_))), "{r:?}");
+        // The next append takes the next sequence number.
+        let Ok(VolumeReply::Appended { first_seq: next }) = vol(
+            &mut sm,
+            0,
+            V::Append {
+                name: "s".into(),
+                epoch,
+                entries: vec![inline(0, 3)],
+            },
+        ) else {
+            panic!()
+        };
+        assert_eq!(next, z + 1);
+        // Merging the extent drops both references: the spill's stripes become garbage.
+        vol(
+            &mut sm,
+            0,
+            V::Merge {
+                name: "s".into(),
+                epoch,
+                extent: 0,
+                data: Some(striped(4 << 20, 62).data),
+                merged: vec![a, b, z, next],
+            },
+        )
+        .unwrap();
+        assert_eq!(count(&sm), None);
+        let garbage: Vec<StripeId> = query::garbage(&sm.kv, 10)
+            .unwrap()
+            .iter()
+            .flat_map(|g| g.stripes.iter().map(|s| s.id))
+            .collect();
+        assert!(garbage.contains(&StripeId(60)), "{garbage:?}");
+        let state = crate::volumes::state(&sm.kv, "s").unwrap().unwrap();
+        assert!(state.journal.is_empty() && state.slices.is_empty());
+    }
+
+    #[test]
     fn snapshots_and_clones_share_stripes_until_nothing_references_them() {
         use lauscha_core::volume::{JournalEntry, VolumeCommand as V, VolumeReply};
         let mut sm = setup();

@@ -51,7 +51,9 @@ mod tests {
     use super::*;
     use crate::command::{MetaCommand, Proposal, RequestId};
     use lauscha_core::versioning::ObjectCommand;
-    use lauscha_core::volume::{BatchedWrite, Extent, JournalEntry, Lease, Volume, VolumeCommand};
+    use lauscha_core::volume::{
+        BatchedWrite, Extent, JournalEntry, Lease, SpilledEntry, Volume, VolumeCommand,
+    };
     use lauscha_core::{
         NodeId, ObjectData, PlacementPolicy, ShardDigest, ShardLocation, Stripe, StripeId, TenantId,
     };
@@ -182,6 +184,18 @@ mod tests {
                             len: 4096,
                             at: 4096,
                         },
+                    ],
+                }),
+            ),
+            (
+                "command_spill",
+                volume_command(VolumeCommand::Spill {
+                    name: name.clone(),
+                    epoch: 3,
+                    data: stripes(),
+                    entries: vec![
+                        SpilledEntry { seq: 5, at: 0 },
+                        SpilledEntry { seq: 7, at: 4096 },
                     ],
                 }),
             ),

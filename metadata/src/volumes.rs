@@ -666,6 +666,56 @@ pub fn apply_volume_command(
             put(out, keys::volume(name), &volume);
             Ok(Ok(VolumeReply::Appended { first_seq }))
         }
+        VolumeCommand::Spill {
+            name,
+            epoch,
+            data,
+            entries,
+        } => {
+            if let Err(e) = fenced(kv, name, *epoch)? {
+                return Ok(Err(e));
+            }
+            let spill_len: u64 = data.stripes().iter().map(|s| s.len_bytes).sum();
+            if !matches!(data, ObjectData::Striped { .. }) || entries.is_empty() {
+                return Ok(Err(MetaError::InvalidArgument(format!(
+                    "volume {name}: a spill is stripes with at least one entry"
+                ))));
+            }
+            let mut refs = StripeRefs::default();
+            let mut seen = std::collections::HashSet::new();
+            for e in entries {
+                let seq = e.seq;
+                let key = keys::volume_journal(name, seq);
+                // Gone or no longer inline: the holder's view of the journal is not
+                // metadata's (a merge or spill whose answer it lost).
+                let Some(mut entry) = read::<JournalEntry>(kv, &key)? else {
+                    return Ok(Err(MetaError::Conflict(format!(
+                        "volume {name}: journal entry {seq} is gone"
+                    ))));
+                };
+                if !seen.insert(seq) || !matches!(entry.data, Some(ObjectData::Inline(_))) {
+                    return Ok(Err(MetaError::Conflict(format!(
+                        "volume {name}: journal entry {seq} is not inline (spilled already?)"
+                    ))));
+                }
+                if e.at
+                    .checked_add(entry.len)
+                    .is_none_or(|end| end > spill_len)
+                {
+                    return Ok(Err(MetaError::InvalidArgument(format!(
+                        "volume {name}: journal entry {seq} ({} bytes) at {} is outside its \
+                         {spill_len}-byte spill",
+                        entry.len, e.at
+                    ))));
+                }
+                entry.data = Some(data.clone());
+                refs.add(&entry.data, 1, (name, HolderKind::Journal, seq));
+                put(out, key, &entry);
+                put(out, keys::volume_journal_slice(name, seq), &e.at);
+            }
+            refs.finish(kv, out, format!("volume {name} spill"), now_ms, log_index)?;
+            Ok(Ok(VolumeReply::Done))
+        }
         VolumeCommand::Merge {
             name,
             epoch,
