@@ -7,7 +7,7 @@
 //! ```
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -61,6 +61,77 @@ impl DiskShardStore {
     /// The directory this store lives in.
     pub fn root(&self) -> &Path {
         &self.inner.root
+    }
+
+    /// Opens the blocks covering `[offset, offset + len_bytes)` of a shard; `checked`:
+    /// each block is checked against its hash as it is read.
+    async fn open_reader(
+        &self,
+        id: ShardId,
+        offset: u64,
+        len_bytes: u64,
+        checked: bool,
+    ) -> Result<DiskBlockReader, ShardError> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let (
+                file,
+                ShardHeader {
+                    shard_len_bytes,
+                    block_hashes,
+                },
+            ) = open_with_header(&inner.root, id)?;
+            let blocks = if offset == 0 && len_bytes == 0 {
+                0..lauscha_core::checksum::n_blocks(shard_len_bytes)
+            } else {
+                if offset
+                    .checked_add(len_bytes)
+                    .is_none_or(|end| end > shard_len_bytes)
+                {
+                    return Err(ShardError::InvalidRequest(format!(
+                        "range {offset}+{len_bytes} outside shard {id} of {shard_len_bytes} bytes"
+                    )));
+                }
+                covering_blocks(offset, len_bytes)
+            };
+            let data_offset = format::header_len_bytes(shard_len_bytes);
+            // A range of one batch (every small read) is read here, in the same trip to
+            // the blocking pool as the header.
+            let (ready, prefetch_error, next_block_idx) =
+                if blocks.end - blocks.start <= READ_BATCH_BLOCKS {
+                    let expected = &block_hashes[blocks.start as usize..blocks.end as usize];
+                    match read_blocks(
+                        &file,
+                        id,
+                        data_offset,
+                        shard_len_bytes,
+                        blocks.clone(),
+                        checked.then_some(expected),
+                    ) {
+                        Ok(read) => (read.into(), None, blocks.end),
+                        Err(e) => (Default::default(), Some(e), blocks.end),
+                    }
+                } else {
+                    (Default::default(), None, blocks.start)
+                };
+            Ok(DiskBlockReader {
+                id,
+                file: Arc::new(file),
+                data_offset,
+                header: ShardHeader {
+                    shard_len_bytes,
+                    block_hashes,
+                },
+                next_block_idx,
+                first_block_idx: blocks.start,
+                end_block_idx: blocks.end,
+                ready,
+                prefetch_error,
+                failed: false,
+                checked,
+            })
+        })
+        .await
     }
 
     /// Path of a committed shard's file (for tests and tools that damage shards on purpose).
@@ -217,65 +288,16 @@ impl ShardStore for DiskShardStore {
         offset: u64,
         len_bytes: u64,
     ) -> Result<DiskBlockReader, ShardError> {
-        let inner = self.inner.clone();
-        blocking(move || {
-            let (
-                file,
-                ShardHeader {
-                    shard_len_bytes,
-                    block_hashes,
-                },
-            ) = open_with_header(&inner.root, id)?;
-            let blocks = if offset == 0 && len_bytes == 0 {
-                0..lauscha_core::checksum::n_blocks(shard_len_bytes)
-            } else {
-                if offset
-                    .checked_add(len_bytes)
-                    .is_none_or(|end| end > shard_len_bytes)
-                {
-                    return Err(ShardError::InvalidRequest(format!(
-                        "range {offset}+{len_bytes} outside shard {id} of {shard_len_bytes} bytes"
-                    )));
-                }
-                covering_blocks(offset, len_bytes)
-            };
-            let data_offset = format::header_len_bytes(shard_len_bytes);
-            // A range of one batch (every small read) is read here, in the same trip to
-            // the blocking pool as the header.
-            let (ready, prefetch_error, next_block_idx) =
-                if blocks.end - blocks.start <= READ_BATCH_BLOCKS {
-                    let expected = &block_hashes[blocks.start as usize..blocks.end as usize];
-                    match read_verified_blocks(
-                        &file,
-                        id,
-                        data_offset,
-                        shard_len_bytes,
-                        blocks.clone(),
-                        expected,
-                    ) {
-                        Ok(read) => (read.into(), None, blocks.end),
-                        Err(e) => (Default::default(), Some(e), blocks.end),
-                    }
-                } else {
-                    (Default::default(), None, blocks.start)
-                };
-            Ok(DiskBlockReader {
-                id,
-                file: Arc::new(file),
-                data_offset,
-                header: ShardHeader {
-                    shard_len_bytes,
-                    block_hashes,
-                },
-                next_block_idx,
-                first_block_idx: blocks.start,
-                end_block_idx: blocks.end,
-                ready,
-                prefetch_error,
-                failed: false,
-            })
-        })
-        .await
+        self.open_reader(id, offset, len_bytes, true).await
+    }
+
+    async fn open_unchecked(
+        &self,
+        id: ShardId,
+        offset: u64,
+        len_bytes: u64,
+    ) -> Result<DiskBlockReader, ShardError> {
+        self.open_reader(id, offset, len_bytes, false).await
     }
 
     async fn read_block_unchecked(
@@ -292,13 +314,11 @@ impl ShardStore for DiskShardStore {
                     header.shard_len_bytes
                 )));
             }
-            let mut block = vec![0u8; block_len_bytes(header.shard_len_bytes, block_idx) as usize];
-            read_exact_at_or_corrupt(
+            let block = read_new_at(
                 &file,
                 id,
-                &mut block,
+                block_len_bytes(header.shard_len_bytes, block_idx) as usize,
                 format::header_len_bytes(header.shard_len_bytes) + block_idx * SHARD_BLOCK_BYTES,
-                "data",
             )?;
             Ok((header, Bytes::from(block)))
         })
@@ -592,33 +612,36 @@ pub struct DiskBlockReader {
     /// as the first block, as a read after the header would have failed.
     prefetch_error: Option<ShardError>,
     failed: bool,
+    /// Blocks are checked against their hashes (not when opened unchecked).
+    checked: bool,
 }
 
-/// Reads blocks `first..end` of a shard and checks each against its hash.
-fn read_verified_blocks(
+/// Reads blocks `first..end` of a shard and checks each against its hash in `expected`
+/// (`None`: unchecked, for a reader that checks them itself).
+fn read_blocks(
     file: &File,
     id: ShardId,
     data_offset: u64,
     shard_len: u64,
     blocks: std::ops::Range<u64>,
-    expected: &[BlockHash],
+    expected: Option<&[BlockHash]>,
 ) -> Result<Vec<Bytes>, ShardError> {
     let first = blocks.start;
     let len: u64 = blocks.clone().map(|b| block_len_bytes(shard_len, b)).sum();
-    let mut buf = vec![0u8; len as usize];
-    read_exact_at_or_corrupt(
+    let buf = Bytes::from(read_new_at(
         file,
         id,
-        &mut buf,
+        len as usize,
         data_offset + first * SHARD_BLOCK_BYTES,
-        "data",
-    )?;
-    let buf = Bytes::from(buf);
-    let mut out = Vec::with_capacity(expected.len());
-    for (i, hash) in expected.iter().enumerate() {
+    )?);
+    let n_blocks = (blocks.end - blocks.start) as usize;
+    let mut out = Vec::with_capacity(n_blocks);
+    for i in 0..n_blocks {
         let start = i * SHARD_BLOCK_BYTES as usize;
         let block = buf.slice(start..(start + SHARD_BLOCK_BYTES as usize).min(buf.len()));
-        if !lauscha_core::checksum::verify_block(&block, hash) {
+        if let Some(expected) = expected
+            && !lauscha_core::checksum::verify_block(&block, &expected[i])
+        {
             return Err(ShardError::Corrupt {
                 id,
                 what: format!("block {}", first + i as u64),
@@ -627,6 +650,23 @@ fn read_verified_blocks(
         out.push(block);
     }
     Ok(out)
+}
+
+/// Reads `len` bytes of shard data at `offset` into a new buffer without zeroing it first
+/// (a large read would otherwise write every byte twice). Uses the file's cursor: only
+/// for a file nobody else reads meanwhile (each reader opens its own).
+fn read_new_at(file: &File, id: ShardId, len: usize, offset: u64) -> Result<Vec<u8>, ShardError> {
+    let mut cursor = file;
+    cursor.seek(SeekFrom::Start(offset))?;
+    let mut buf = Vec::with_capacity(len);
+    cursor.take(len as u64).read_to_end(&mut buf)?;
+    if buf.len() != len {
+        return Err(ShardError::Corrupt {
+            id,
+            what: "data truncated".into(),
+        });
+    }
+    Ok(buf)
 }
 
 impl BlockReader for DiskBlockReader {
@@ -654,11 +694,13 @@ impl BlockReader for DiskBlockReader {
         let end = (first + READ_BATCH_BLOCKS).min(self.end_block_idx);
         self.next_block_idx = end;
         let shard_len = self.header.shard_len_bytes;
-        let expected: Vec<BlockHash> =
-            self.header.block_hashes[first as usize..end as usize].to_vec();
+        let expected: Option<Vec<BlockHash>> = self
+            .checked
+            .then(|| self.header.block_hashes[first as usize..end as usize].to_vec());
         let (file, id, data_offset) = (self.file.clone(), self.id, self.data_offset);
         let result = blocking(move || {
-            read_verified_blocks(&file, id, data_offset, shard_len, first..end, &expected)
+            let expected = expected.as_deref();
+            read_blocks(&file, id, data_offset, shard_len, first..end, expected)
         })
         .await;
         match result {
@@ -708,6 +750,15 @@ mod tests {
             }
         }
         assert!(saw_corrupt);
+        // Unchecked, the same read hands the bad block on: its reader checks it.
+        let mut reader = store.open_unchecked(id, 0, 0).await.unwrap();
+        let mut read = Vec::new();
+        while let Some(block) = reader.next_block().await {
+            read.extend_from_slice(&block.unwrap());
+        }
+        assert_eq!(read.len(), data.len());
+        assert_eq!(read[..read.len() - 1], data[..data.len() - 1]);
+        assert_eq!(read[read.len() - 1], data[data.len() - 1] ^ 0x10);
     }
 
     #[tokio::test]

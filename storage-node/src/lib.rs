@@ -3,7 +3,12 @@
 //! Architecture Invariant: a shard is immutable and never visible half-written. It is
 //! streamed into a temporary file, checked against the digest the writer declared, fsync'd,
 //! linked into place (which fails if the id exists) and the directory fsync'd; only then is
-//! the write acknowledged. Every read verifies each block it returns against its blake3.
+//! the write acknowledged. Every read verifies each block it returns against its blake3,
+//! except the two a reader checks itself on the way (`GetShard` streams, which the gateway
+//! checks block by block against the block table, and that table against metadata's
+//! digest; verified slices, whose proof is computed in the pass that checks the block):
+//! hashing every byte twice was a tenth of the CPU of a large read. A reader that finds
+//! a bad block asks the node to `verify` the shard, which quarantines it.
 //!
 //! Architecture Invariant: the node knows nothing of objects, buckets or other nodes. It is
 //! called; it calls nobody (except to register itself with metadata at start-up, which the
@@ -77,6 +82,16 @@ pub trait ShardStore: Send + Sync + 'static {
         len_bytes: u64,
     ) -> impl Future<Output = Result<Self::Reader, ShardError>> + Send;
 
+    /// As [`ShardStore::open`], but the blocks are *not checked against their hashes*
+    /// (the header's block table is, against the digest). Only for a reader that checks
+    /// every block itself: the gateway does, against the block table it checks against
+    /// metadata's digest.
+    fn open_unchecked(
+        &self,
+        id: ShardId,
+        offset: u64,
+        len_bytes: u64,
+    ) -> impl Future<Output = Result<Self::Reader, ShardError>> + Send;
     /// Reads block `block_idx` of a shard *without checking it against its hash*, with
     /// the shard's header (its block table checked against the digest). Only for a
     /// caller that hashes the block itself on the way: a verified slice checks the block
@@ -132,7 +147,7 @@ pub trait ShardWriter: Send + 'static {
     fn commit(self) -> impl Future<Output = Result<(), ShardError>> + Send;
 }
 
-/// Yields verified blocks of a shard.
+/// Yields blocks of a shard, verified unless opened with [`ShardStore::open_unchecked`].
 pub trait BlockReader: Send + 'static {
     /// The shard's header.
     fn header(&self) -> &ShardHeader;
@@ -140,6 +155,7 @@ pub trait BlockReader: Send + 'static {
     /// Index of the first block [`BlockReader::next_block`] returns.
     fn first_block_idx(&self) -> u64;
 
-    /// The next block, verified; `None` past the last block of the requested range.
+    /// The next block (verified, unless opened unchecked); `None` past the last block of
+    /// the requested range.
     fn next_block(&mut self) -> impl Future<Output = Option<Result<Bytes, ShardError>>> + Send;
 }

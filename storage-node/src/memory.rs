@@ -33,6 +33,42 @@ impl MemShardStore {
         MemShardStore::default()
     }
 
+    fn open_reader(
+        &self,
+        id: ShardId,
+        offset: u64,
+        len_bytes: u64,
+        checked: bool,
+    ) -> Result<MemBlockReader, ShardError> {
+        let shard = self.stored(id)?;
+        let shard_len_bytes = shard.data.len() as u64;
+        let blocks = if offset == 0 && len_bytes == 0 {
+            0..lauscha_core::checksum::n_blocks(shard_len_bytes)
+        } else {
+            if offset
+                .checked_add(len_bytes)
+                .is_none_or(|end| end > shard_len_bytes)
+            {
+                return Err(ShardError::InvalidRequest(format!(
+                    "range {offset}+{len_bytes} outside shard {id} of {shard_len_bytes} bytes"
+                )));
+            }
+            covering_blocks(offset, len_bytes)
+        };
+        Ok(MemBlockReader {
+            id,
+            header: ShardHeader {
+                shard_len_bytes,
+                block_hashes: shard.block_hashes.clone(),
+            },
+            shard,
+            first_block_idx: blocks.start,
+            next_block_idx: blocks.start,
+            end_block_idx: blocks.end,
+            checked,
+        })
+    }
+
     fn stored(&self, id: ShardId) -> Result<Arc<StoredShard>, ShardError> {
         self.shards
             .lock()
@@ -88,32 +124,16 @@ impl ShardStore for MemShardStore {
         offset: u64,
         len_bytes: u64,
     ) -> Result<MemBlockReader, ShardError> {
-        let shard = self.stored(id)?;
-        let shard_len_bytes = shard.data.len() as u64;
-        let blocks = if offset == 0 && len_bytes == 0 {
-            0..lauscha_core::checksum::n_blocks(shard_len_bytes)
-        } else {
-            if offset
-                .checked_add(len_bytes)
-                .is_none_or(|end| end > shard_len_bytes)
-            {
-                return Err(ShardError::InvalidRequest(format!(
-                    "range {offset}+{len_bytes} outside shard {id} of {shard_len_bytes} bytes"
-                )));
-            }
-            covering_blocks(offset, len_bytes)
-        };
-        Ok(MemBlockReader {
-            id,
-            header: ShardHeader {
-                shard_len_bytes,
-                block_hashes: shard.block_hashes.clone(),
-            },
-            shard,
-            first_block_idx: blocks.start,
-            next_block_idx: blocks.start,
-            end_block_idx: blocks.end,
-        })
+        self.open_reader(id, offset, len_bytes, true)
+    }
+
+    async fn open_unchecked(
+        &self,
+        id: ShardId,
+        offset: u64,
+        len_bytes: u64,
+    ) -> Result<MemBlockReader, ShardError> {
+        self.open_reader(id, offset, len_bytes, false)
     }
 
     async fn read_block_unchecked(
@@ -138,7 +158,6 @@ impl ShardStore for MemShardStore {
             Bytes::copy_from_slice(&shard.data[start as usize..end as usize]),
         ))
     }
-
     async fn delete(&self, id: ShardId) -> Result<bool, ShardError> {
         Ok(self.shards.lock().expect("lock").remove(&id).is_some())
     }
@@ -254,6 +273,8 @@ pub struct MemBlockReader {
     first_block_idx: u64,
     next_block_idx: u64,
     end_block_idx: u64,
+    /// Blocks are checked against their hashes (not when opened unchecked).
+    checked: bool,
 }
 
 impl BlockReader for MemBlockReader {
@@ -274,10 +295,12 @@ impl BlockReader for MemBlockReader {
         let start = (block_idx * SHARD_BLOCK_BYTES) as usize;
         let len = block_len_bytes(self.header.shard_len_bytes, block_idx) as usize;
         let block = &self.shard.data[start..start + len];
-        if !lauscha_core::checksum::verify_block(
-            block,
-            &self.header.block_hashes[block_idx as usize],
-        ) {
+        if self.checked
+            && !lauscha_core::checksum::verify_block(
+                block,
+                &self.header.block_hashes[block_idx as usize],
+            )
+        {
             self.next_block_idx = self.end_block_idx;
             return Some(Err(ShardError::Corrupt {
                 id: self.id,

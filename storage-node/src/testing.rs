@@ -35,17 +35,37 @@ pub async fn must_put(store: &impl ShardStore, n: u128, data: &[u8]) -> ShardId 
 }
 
 /// Reads blocks of `id` covering `[offset, offset + len)`; returns the first block index and
-/// the concatenated blocks.
+/// the concatenated blocks. An unchecked read of the same range must give the same.
 pub async fn must_read(
     store: &impl ShardStore,
     id: ShardId,
     offset: u64,
     len: u64,
 ) -> (u64, Vec<u8>) {
-    let mut reader = store
-        .open(id, offset, len)
-        .await
-        .unwrap_or_else(|e| panic!("open shard {id}: {e}"));
+    let checked = drain(
+        id,
+        store
+            .open(id, offset, len)
+            .await
+            .unwrap_or_else(|e| panic!("open shard {id}: {e}")),
+    )
+    .await;
+    let unchecked = drain(
+        id,
+        store
+            .open_unchecked(id, offset, len)
+            .await
+            .unwrap_or_else(|e| panic!("open shard {id} unchecked: {e}")),
+    )
+    .await;
+    assert_eq!(
+        checked, unchecked,
+        "checked and unchecked reads of {id} differ"
+    );
+    checked
+}
+
+async fn drain(id: ShardId, mut reader: impl BlockReader) -> (u64, Vec<u8>) {
     let first = reader.first_block_idx();
     let mut out = Vec::new();
     while let Some(block) = reader.next_block().await {
