@@ -435,6 +435,21 @@ impl NodePool {
         offset: u64,
         len_bytes: u64,
     ) -> Result<Bytes, ShardIoError> {
+        let chunks = self
+            .read_shard_chunks(map, shard, offset, len_bytes)
+            .await?;
+        Ok(crate::read::concat_bytes(chunks))
+    }
+
+    /// As [`NodePool::read_shard`], the bytes as the blocks they arrived in (a read of
+    /// several blocks is not copied into one buffer).
+    pub async fn read_shard_chunks(
+        &self,
+        map: &ClusterMap,
+        shard: ShardRef<'_>,
+        offset: u64,
+        len_bytes: u64,
+    ) -> Result<Vec<Bytes>, ShardIoError> {
         let node = shard.node;
         let whole = len_bytes == 0;
         let (start, len) = if whole {
@@ -447,7 +462,7 @@ impl NodePool {
             .as_ref()
             .filter(|_| BlockCache::takes(&covering_blocks(start, len)));
         if let Some(bytes) = cache.and_then(|c| c.get(shard.digest, start, len)) {
-            return Ok(bytes);
+            return Ok(vec![bytes]);
         }
         // Without a cache nothing would keep the rest of a block: a slice always pays.
         let plan = match cache {
@@ -459,7 +474,7 @@ impl NodePool {
             if plan == Some(MissPlan::Slice)
                 && let Some(bytes) = self.read_slice_inner(map, shard, start, len).await?
             {
-                return Ok(bytes);
+                return Ok(vec![bytes]);
             }
             let keep = cache.map(|c| (c, plan == Some(MissPlan::Block)));
             self.read_shard_inner(map, shard, start, len, whole, keep)
@@ -541,12 +556,12 @@ impl NodePool {
         len_bytes: u64,
         whole: bool,
         keep: Option<(&BlockCache, bool)>,
-    ) -> Result<Bytes, ShardIoError> {
+    ) -> Result<Vec<Bytes>, ShardIoError> {
         let ShardRef {
             node, id, digest, ..
         } = shard;
         if len_bytes == 0 {
-            return Ok(Bytes::new());
+            return Ok(Vec::new());
         }
         let corrupt = |what: &str| ShardIoError::Corrupt(id, node, what.to_string());
         let mut client = self.client(node, map)?;
@@ -610,7 +625,9 @@ impl NodePool {
             ));
         }
         let start = (offset - span_start) as usize;
-        Ok(crate::read::concat_bytes(received).slice(start..start + len_bytes as usize))
+        crate::read::slice_chunks(received, start, len_bytes as usize).ok_or_else(|| {
+            ShardIoError::Failed(node, "GetShard sent fewer bytes than asked for".into())
+        })
     }
 
     /// Deletes a shard, logging (not returning) a failure: used to clean up after a write

@@ -23,8 +23,44 @@ use crate::nodes::{ShardIoError, ShardRef};
 /// Stripes read ahead of the client.
 const READ_AHEAD_STRIPES: usize = 3;
 
-/// The bytes of an object range, as a stream the HTTP layer can send.
-pub type ObjectStream = ReceiverStream<Result<Bytes, std::io::Error>>;
+/// The bytes of one stripe's part of a range, as the blocks they arrived in.
+type StripeChunks = Result<Vec<Bytes>, std::io::Error>;
+
+/// The bytes of an object range, as a stream the HTTP layer can send: the stripes' blocks
+/// one by one, as they arrived (never copied into one buffer per stripe).
+pub struct ObjectStream {
+    stripes: ReceiverStream<StripeChunks>,
+    ready: std::collections::VecDeque<Bytes>,
+}
+
+impl ObjectStream {
+    fn new(stripes: mpsc::Receiver<StripeChunks>) -> ObjectStream {
+        ObjectStream {
+            stripes: ReceiverStream::new(stripes),
+            ready: Default::default(),
+        }
+    }
+}
+
+impl futures::Stream for ObjectStream {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        loop {
+            if let Some(chunk) = self.ready.pop_front() {
+                return std::task::Poll::Ready(Some(Ok(chunk)));
+            }
+            match std::task::ready!(std::pin::Pin::new(&mut self.stripes).poll_next(cx)) {
+                Some(Ok(chunks)) => self.ready.extend(chunks),
+                Some(Err(e)) => return std::task::Poll::Ready(Some(Err(e))),
+                None => return std::task::Poll::Ready(None),
+            }
+        }
+    }
+}
 
 /// Opens `range` of `version` for reading. The first stripe is read before this returns,
 /// and every stripe is checked to have k shards on nodes not known to be failing, so that
@@ -40,8 +76,9 @@ pub async fn open_range(
     let (n_data_shards, n_parity_shards, stripes) = match &version.data {
         ObjectData::Inline(bytes) => {
             let slice = Bytes::copy_from_slice(&bytes[range.start as usize..range.end as usize]);
-            tx.try_send(Ok(slice)).expect("empty channel has room");
-            return Ok(ReceiverStream::new(rx));
+            tx.try_send(Ok(vec![slice]))
+                .expect("empty channel has room");
+            return Ok(ObjectStream::new(rx));
         }
         ObjectData::Striped {
             n_data_shards,
@@ -95,7 +132,7 @@ pub async fn open_range(
     if rest.is_empty() {
         // One stripe (every small read): no task for the rest. Dropping `tx` ends the
         // stream after the stripe already in it.
-        return Ok(ReceiverStream::new(rx));
+        return Ok(ObjectStream::new(rx));
     }
     let inner = inner.clone();
     let stripes = Arc::new(stripes);
@@ -122,7 +159,7 @@ pub async fn open_range(
             }
         }
     });
-    Ok(ReceiverStream::new(rx))
+    Ok(ObjectStream::new(rx))
 }
 
 /// Reads what `read` needs from one stripe. The data-shard pieces are read in parallel;
@@ -135,12 +172,12 @@ async fn read_stripe(
     policy: PlacementPolicy,
     stripe: &Stripe,
     read: &StripeRead,
-) -> Result<Bytes, GatewayError> {
+) -> Result<Vec<Bytes>, GatewayError> {
     let k = usize::from(policy.n_data_shards);
     let shard_len = shard_len_bytes(stripe.len_bytes, k);
     let hedge = Duration::from_millis(inner.config.hedge_delay_ms);
     let n_pieces = read.pieces.len();
-    let mut got: Vec<Option<Bytes>> = vec![None; n_pieces];
+    let mut got: Vec<Option<Vec<Bytes>>> = vec![None; n_pieces];
     let mut failed: BTreeSet<usize> = BTreeSet::new();
     // Pieces on nodes that failed or were slow a moment ago: rebuilt from the others, but
     // their shards stay eligible for the rebuild when too few others remain.
@@ -158,7 +195,7 @@ async fn read_stripe(
                 i,
                 inner
                     .nodes
-                    .read_shard(map, shard, piece.offset_in_shard, piece.len_bytes)
+                    .read_shard_chunks(map, shard, piece.offset_in_shard, piece.len_bytes)
                     .await,
             )
         });
@@ -214,7 +251,7 @@ async fn read_stripe(
                             }
                         }
                         for (i, bytes) in pieces {
-                            got[i] = Some(bytes);
+                            got[i] = Some(vec![bytes]);
                         }
                         return Ok(concat(got));
                     }
@@ -239,13 +276,36 @@ async fn read_stripe(
     }))
 }
 
-fn concat(pieces: Vec<Option<Bytes>>) -> Bytes {
-    concat_bytes(
-        pieces
-            .into_iter()
-            .map(|p| p.expect("every piece present"))
-            .collect(),
-    )
+fn concat(pieces: Vec<Option<Vec<Bytes>>>) -> Vec<Bytes> {
+    pieces
+        .into_iter()
+        .flat_map(|p| p.expect("every piece present"))
+        .collect()
+}
+
+/// `len` bytes from `start` of the bytes of `chunks` in order, as slices of them (no copy);
+/// `None` if the chunks hold fewer than `start + len` bytes.
+pub(crate) fn slice_chunks(chunks: Vec<Bytes>, start: usize, len: usize) -> Option<Vec<Bytes>> {
+    let total: usize = chunks.iter().map(Bytes::len).sum();
+    if start.checked_add(len).is_none_or(|end| end > total) {
+        return None;
+    }
+    let (mut skip, mut left) = (start, len);
+    let mut out = Vec::with_capacity(chunks.len());
+    for chunk in chunks {
+        if left == 0 {
+            break;
+        }
+        if skip >= chunk.len() {
+            skip -= chunk.len();
+            continue;
+        }
+        let n = (chunk.len() - skip).min(left);
+        out.push(chunk.slice(skip..skip + n));
+        (skip, left) = (0, left - n);
+    }
+    debug_assert_eq!(left, 0, "the chunks hold the range");
+    Some(out)
 }
 
 /// The bytes of `pieces` in order; a single piece (most small reads) is not copied.
@@ -414,4 +474,36 @@ async fn rebuild_pieces(
     })
     .await
     .map_err(|e| GatewayError::Internal(format!("reconstruct task: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn sliced_chunks_hold_the_same_bytes_as_a_slice_of_their_concatenation(
+            lens in proptest::collection::vec(0usize..60, 0..10),
+            start in 0usize..100,
+            len in 0usize..100,
+        ) {
+            let mut next = 0u8;
+            let chunks: Vec<Bytes> = lens
+                .iter()
+                .map(|n| {
+                    Bytes::from((0..*n).map(|_| { next = next.wrapping_add(1); next }).collect::<Vec<u8>>())
+                })
+                .collect();
+            let whole = concat_bytes(chunks.clone());
+            match slice_chunks(chunks, start, len) {
+                Some(sliced) => {
+                    prop_assert!(start + len <= whole.len());
+                    prop_assert!(sliced.iter().all(|c| !c.is_empty()));
+                    prop_assert_eq!(&concat_bytes(sliced)[..], &whole[start..start + len]);
+                }
+                None => prop_assert!(start + len > whole.len()),
+            }
+        }
+    }
 }
