@@ -22,6 +22,7 @@ mod error;
 mod gateway;
 mod http;
 mod lifecycle;
+mod log_throttle;
 mod maintenance;
 mod meta_client;
 mod nbd;

@@ -689,7 +689,21 @@ async fn execute(
         _ => engine.flush().await.map(|()| None),
     };
     result.map_err(|e| {
-        warn!(volume = %engine.volume.name, command = r.command, offset = r.offset, error = %e, "NBD request failed");
+        let admitted = engine
+            .failed_request_log
+            .lock()
+            .expect("log throttle lock")
+            .admit(std::time::Instant::now());
+        if let Some(held_back) = admitted {
+            warn!(
+                volume = %engine.volume.name,
+                command = r.command,
+                offset = r.offset,
+                error = %e,
+                failed_since_last_logged = held_back,
+                "NBD request failed"
+            );
+        }
         errno(&e)
     })
 }

@@ -314,6 +314,9 @@ pub struct VolumeEngine {
     /// No spill before this: the last one could not be stored at full redundancy (nodes
     /// missing), and merges are tried meanwhile.
     spill_retry_at: Mutex<Option<Instant>>,
+    /// Failed NBD requests of this volume, logged once per
+    /// [`crate::log_throttle::FAILED_REQUEST_LOG_EVERY`] while they keep failing.
+    pub(crate) failed_request_log: Mutex<crate::log_throttle::LogThrottle>,
 }
 
 /// A journal command sent: if it is dropped before `answered` (while its commit is
@@ -680,6 +683,9 @@ impl VolumeEngine {
                 ..MERGE_LIMITS
             },
             spill_retry_at: Mutex::new(None),
+            failed_request_log: Mutex::new(crate::log_throttle::LogThrottle::new(
+                crate::log_throttle::FAILED_REQUEST_LOG_EVERY,
+            )),
         }
     }
 
@@ -1086,8 +1092,24 @@ impl VolumeEngine {
         if self.is_fenced() || self.volume.read_only {
             return;
         }
-        let _ = self.merge_due(true).await;
-        let _ = self
+        // Neither failure loses a write: the journal is durable and the next attach
+        // replays it; an unreleased lease runs out by itself. Both delay the next attach,
+        // which is what an operator reading the log wants to know.
+        match self.merge_due(true).await {
+            Ok(true) => {}
+            Ok(false) => warn!(
+                volume = %self.volume.name,
+                epoch = self.epoch(),
+                "detach: some extents could not be merged at full redundancy; the next attach replays their journal"
+            ),
+            Err(e) => warn!(
+                volume = %self.volume.name,
+                epoch = self.epoch(),
+                error = %e,
+                "detach: merging the journal failed; the next attach replays it"
+            ),
+        }
+        let released = self
             .inner
             .meta
             .execute(&ObjectCommand::Volume(VolumeCommand::Release {
@@ -1095,6 +1117,15 @@ impl VolumeEngine {
                 epoch: self.epoch(),
             }))
             .await;
+        if let Err(e) = released {
+            warn!(
+                volume = %self.volume.name,
+                epoch = self.epoch(),
+                error = %e,
+                "detach: releasing the lease failed; another attach waits until it runs out"
+            );
+            return;
+        }
         info!(volume = %self.volume.name, epoch = self.epoch(), "volume detached");
     }
 
