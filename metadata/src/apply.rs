@@ -1008,6 +1008,15 @@ mod tests {
         }
     }
 
+    /// The stripes of the first 10 garbage records: those deletes freed.
+    fn garbage_stripe_ids(sm: &Sm) -> Vec<StripeId> {
+        query::garbage(&sm.kv, 10)
+            .unwrap()
+            .iter()
+            .flat_map(|g| g.stripes.iter().map(|s| s.id))
+            .collect()
+    }
+
     fn setup() -> Sm {
         let mut sm = Sm::new();
         for t in ["jena", "gera"] {
@@ -2314,11 +2323,7 @@ mod tests {
             NodeId(42),
             "adopted as it is now"
         );
-        let garbage: Vec<StripeId> = query::garbage(&sm.kv, 10)
-            .unwrap()
-            .iter()
-            .flat_map(|g| g.stripes.iter().map(|s| s.id))
-            .collect();
+        let garbage = garbage_stripe_ids(&sm);
         assert!(garbage.contains(&StripeId(88)), "{garbage:?}");
         assert!(!garbage.contains(&StripeId(99)), "{garbage:?}");
         assert_eq!(
@@ -2524,11 +2529,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(count(&sm), None);
-        let garbage: Vec<StripeId> = query::garbage(&sm.kv, 10)
-            .unwrap()
-            .iter()
-            .flat_map(|g| g.stripes.iter().map(|s| s.id))
-            .collect();
+        let garbage = garbage_stripe_ids(&sm);
         assert!(garbage.contains(&StripeId(51)), "{garbage:?}");
         assert!(crate::volumes::state(&sm.kv, "b@s").unwrap().is_none());
         let prefix = keys::volume_journal_slices_prefix("b@s");
@@ -2664,11 +2665,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(count(&sm), None);
-        let garbage: Vec<StripeId> = query::garbage(&sm.kv, 10)
-            .unwrap()
-            .iter()
-            .flat_map(|g| g.stripes.iter().map(|s| s.id))
-            .collect();
+        let garbage = garbage_stripe_ids(&sm);
         assert!(garbage.contains(&StripeId(60)), "{garbage:?}");
         let state = crate::volumes::state(&sm.kv, "s").unwrap().unwrap();
         assert!(state.journal.is_empty() && state.slices.is_empty());

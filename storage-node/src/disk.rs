@@ -14,9 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use lauscha_core::checksum::{
-    BlockHash, SHARD_BLOCK_BYTES, block_len_bytes, covering_blocks, n_blocks,
-};
+use lauscha_core::checksum::{BlockHash, SHARD_BLOCK_BYTES, block_len_bytes, n_blocks};
 use lauscha_core::{NodeId, ShardDigest, ShardHasher, ShardId};
 use tracing::{debug, info, warn};
 
@@ -81,19 +79,7 @@ impl DiskShardStore {
                     block_hashes,
                 },
             ) = open_with_header(&inner.root, id)?;
-            let blocks = if offset == 0 && len_bytes == 0 {
-                0..lauscha_core::checksum::n_blocks(shard_len_bytes)
-            } else {
-                if offset
-                    .checked_add(len_bytes)
-                    .is_none_or(|end| end > shard_len_bytes)
-                {
-                    return Err(ShardError::InvalidRequest(format!(
-                        "range {offset}+{len_bytes} outside shard {id} of {shard_len_bytes} bytes"
-                    )));
-                }
-                covering_blocks(offset, len_bytes)
-            };
+            let blocks = crate::blocks_to_read(id, shard_len_bytes, offset, len_bytes)?;
             let data_offset = format::header_len_bytes(shard_len_bytes);
             // A range of one batch (every small read) is read here, in the same trip to
             // the blocking pool as the header.

@@ -47,6 +47,28 @@ pub struct ShardHeader {
     pub block_hashes: Vec<BlockHash>,
 }
 
+/// The blocks an open of `[offset, offset + len_bytes)` of a shard of `shard_len_bytes`
+/// reads (`0, 0`: the whole shard), or the error every store gives for a range outside it.
+pub(crate) fn blocks_to_read(
+    id: lauscha_core::ShardId,
+    shard_len_bytes: u64,
+    offset: u64,
+    len_bytes: u64,
+) -> Result<std::ops::Range<u64>, ShardError> {
+    if offset == 0 && len_bytes == 0 {
+        return Ok(0..lauscha_core::checksum::n_blocks(shard_len_bytes));
+    }
+    if offset
+        .checked_add(len_bytes)
+        .is_none_or(|end| end > shard_len_bytes)
+    {
+        return Err(ShardError::InvalidRequest(format!(
+            "range {offset}+{len_bytes} outside shard {id} of {shard_len_bytes} bytes"
+        )));
+    }
+    Ok(lauscha_core::checksum::covering_blocks(offset, len_bytes))
+}
+
 /// Usage numbers of a store.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoreUsage {

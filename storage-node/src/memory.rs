@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use lauscha_core::checksum::{BlockHash, SHARD_BLOCK_BYTES, block_len_bytes, covering_blocks};
+use lauscha_core::checksum::{BlockHash, SHARD_BLOCK_BYTES, block_len_bytes};
 use lauscha_core::{ShardDigest, ShardHasher, ShardId};
 
 use crate::{
@@ -42,19 +42,7 @@ impl MemShardStore {
     ) -> Result<MemBlockReader, ShardError> {
         let shard = self.stored(id)?;
         let shard_len_bytes = shard.data.len() as u64;
-        let blocks = if offset == 0 && len_bytes == 0 {
-            0..lauscha_core::checksum::n_blocks(shard_len_bytes)
-        } else {
-            if offset
-                .checked_add(len_bytes)
-                .is_none_or(|end| end > shard_len_bytes)
-            {
-                return Err(ShardError::InvalidRequest(format!(
-                    "range {offset}+{len_bytes} outside shard {id} of {shard_len_bytes} bytes"
-                )));
-            }
-            covering_blocks(offset, len_bytes)
-        };
+        let blocks = crate::blocks_to_read(id, shard_len_bytes, offset, len_bytes)?;
         Ok(MemBlockReader {
             id,
             header: ShardHeader {
