@@ -1,5 +1,6 @@
 //! The gateway's shared state.
 
+use lauscha_proto::LocalRoles;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -84,16 +85,21 @@ pub struct KeyEntry {
 
 impl Inner {
     /// Builds the shared state; connects lazily.
-    pub fn new(config: GatewayConfig) -> Result<Inner, GatewayError> {
+    pub fn new(config: GatewayConfig, local: LocalRoles) -> Result<Inner, GatewayError> {
         config
             .validate()
             .map_err(|e| GatewayError::InvalidArgument(e.to_string()))?;
-        let meta = MetaClient::new(&config.metadata_endpoints, config.source_ip)?;
+        let meta = MetaClient::with_local_roles(
+            &config.metadata_endpoints,
+            config.source_ip,
+            local.clone(),
+        )?;
         let nodes = Arc::new(NodePool::new(
             meta.clone(),
             Duration::from_millis(config.shard_rpc_timeout_ms),
             config.source_ip,
             config.read_cache_bytes,
+            local,
         ));
         Ok(Inner {
             config,

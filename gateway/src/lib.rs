@@ -35,6 +35,7 @@ mod versioned;
 mod volume;
 mod write;
 
+use lauscha_proto::LocalRoles;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -60,7 +61,16 @@ pub struct Gateway {
 impl Gateway {
     /// Validates `config` and prepares clients (they connect lazily).
     pub fn new(config: GatewayConfig) -> Result<Gateway, GatewayError> {
-        let inner = Arc::new(gateway::Inner::new(config)?);
+        Gateway::with_local_roles(config, LocalRoles::default())
+    }
+
+    /// [`Gateway::new`] in a process that also runs the roles in `local`: calls to them
+    /// skip the network (see `lauscha_proto::LocalRoles`).
+    pub fn with_local_roles(
+        config: GatewayConfig,
+        local: LocalRoles,
+    ) -> Result<Gateway, GatewayError> {
+        let inner = Arc::new(gateway::Inner::new(config, local)?);
         Ok(Gateway {
             maintenance: Arc::new(maintenance::Maintenance::new(inner.clone())),
             inner,

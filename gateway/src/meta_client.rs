@@ -22,9 +22,11 @@ use lauscha_core::{
     WriteCondition,
 };
 use lauscha_proto::meta::meta_service_client::MetaServiceClient;
+use lauscha_proto::meta::meta_service_server;
 use lauscha_proto::meta::{self as pb};
 use lauscha_proto::{LEADER_HEADER, MetaErrorKind, REQUEST_ID_HEADER};
-use tonic::transport::{Channel, Endpoint};
+use lauscha_proto::{LocalRoles, RoleChannel};
+use tonic::transport::Endpoint;
 use tracing::debug;
 
 use crate::GatewayError;
@@ -72,7 +74,7 @@ struct ClientInner {
     /// The configured voters, `http://ip:port`.
     endpoints: Vec<String>,
     /// Channels by endpoint, including leaders learnt from redirects.
-    channels: Mutex<HashMap<String, MetaServiceClient<Channel>>>,
+    channels: Mutex<HashMap<String, MetaServiceClient<RoleChannel>>>,
     /// The endpoint that answered last: probably the leader.
     preferred: Mutex<String>,
     /// Random per process, the first half of every request id.
@@ -80,6 +82,8 @@ struct ClientInner {
     next_seq: AtomicU64,
     /// Source address of connections to the voters.
     source_ip: Option<IpAddr>,
+    /// Voters in this process, called without the network.
+    local: LocalRoles,
 }
 
 fn shard_ref(stripe: StripeId, shard_idx: u8) -> pb::ShardRef {
@@ -213,6 +217,16 @@ impl MetaClient {
         endpoints: &[String],
         source_ip: Option<IpAddr>,
     ) -> Result<MetaClient, GatewayError> {
+        MetaClient::with_local_roles(endpoints, source_ip, LocalRoles::default())
+    }
+
+    /// [`MetaClient::new`], calling the voters among `local` (this process's roles)
+    /// without the network.
+    pub fn with_local_roles(
+        endpoints: &[String],
+        source_ip: Option<IpAddr>,
+        local: LocalRoles,
+    ) -> Result<MetaClient, GatewayError> {
         let first = endpoints.first().ok_or_else(|| {
             GatewayError::InvalidArgument("no metadata endpoint configured".into())
         })?;
@@ -229,18 +243,29 @@ impl MetaClient {
                 client_id: rand::random(),
                 next_seq: AtomicU64::new(1),
                 source_ip,
+                local,
             }),
         })
     }
 
-    fn client(&self, endpoint: &str) -> Result<MetaServiceClient<Channel>, GatewayError> {
+    fn client(&self, endpoint: &str) -> Result<MetaServiceClient<RoleChannel>, GatewayError> {
         let mut channels = self.inner.channels.lock().expect("channels lock");
         if let Some(client) = channels.get(endpoint) {
             return Ok(client.clone());
         }
-        let channel = lauscha_proto::role_endpoint(endpoint.to_string(), self.inner.source_ip)
-            .map_err(|e| GatewayError::Internal(format!("metadata endpoint {endpoint:?}: {e}")))?
-            .connect_lazy();
+        let local = self
+            .inner
+            .local
+            .channel(meta_service_server::SERVICE_NAME, endpoint);
+        let channel = match local {
+            Some(channel) => channel,
+            None => lauscha_proto::role_endpoint(endpoint.to_string(), self.inner.source_ip)
+                .map_err(|e| {
+                    GatewayError::Internal(format!("metadata endpoint {endpoint:?}: {e}"))
+                })?
+                .connect_lazy()
+                .into(),
+        };
         let client = MetaServiceClient::new(channel)
             .max_decoding_message_size(MAX_META_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_META_MESSAGE_BYTES);
@@ -263,7 +288,7 @@ impl MetaClient {
     async fn call<M, T, F, Fut>(&self, write: bool, message: M, rpc: F) -> Result<T, GatewayError>
     where
         M: Clone,
-        F: Fn(MetaServiceClient<Channel>, tonic::Request<M>) -> Fut,
+        F: Fn(MetaServiceClient<RoleChannel>, tonic::Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let request_id = write.then(|| self.new_request_id());
@@ -291,7 +316,7 @@ impl MetaClient {
     ) -> Result<T, GatewayError>
     where
         M: Clone,
-        F: Fn(MetaServiceClient<Channel>, tonic::Request<M>) -> Fut,
+        F: Fn(MetaServiceClient<RoleChannel>, tonic::Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let deadline = tokio::time::Instant::now() + LEADER_SEARCH;

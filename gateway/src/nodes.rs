@@ -15,8 +15,9 @@ use lauscha_core::checksum::{
 use lauscha_core::slice_proof;
 use lauscha_core::{ClusterMap, NodeId, ShardDigest, ShardId};
 use lauscha_proto::storage::shard_service_client::ShardServiceClient;
+use lauscha_proto::storage::shard_service_server;
 use lauscha_proto::storage::{self as pb, get_shard_reply, put_shard_request};
-use tonic::transport::Channel;
+use lauscha_proto::{LocalRoles, RoleChannel};
 use tracing::{debug, info, warn};
 
 use crate::GatewayError;
@@ -219,7 +220,7 @@ impl Drop for RefreshDone {
 /// Shared by all requests of a gateway.
 pub struct NodePool {
     maps: Arc<MapCache>,
-    channels: Mutex<HashMap<NodeId, (String, ShardServiceClient<Channel>)>>,
+    channels: Mutex<HashMap<NodeId, (String, ShardServiceClient<RoleChannel>)>>,
     suspects: Mutex<HashMap<NodeId, Instant>>,
     full: Mutex<HashMap<NodeId, Instant>>,
     rpc_timeout: Duration,
@@ -229,6 +230,8 @@ pub struct NodePool {
     block_cache: Option<BlockCache>,
     /// Shard reads answered as verified slices (`lauscha_read_slices_total`).
     slice_reads: std::sync::atomic::AtomicU64,
+    /// Storage nodes in this process, called without the network.
+    local: LocalRoles,
 }
 
 /// How long a node that reported a full disk gets no new shards, unless it reports room
@@ -247,6 +250,7 @@ impl NodePool {
         rpc_timeout: Duration,
         source_ip: Option<IpAddr>,
         read_cache_bytes: u64,
+        local: LocalRoles,
     ) -> NodePool {
         NodePool {
             maps: Arc::new(MapCache {
@@ -262,6 +266,7 @@ impl NodePool {
             source_ip,
             block_cache: BlockCache::new(read_cache_bytes),
             slice_reads: std::sync::atomic::AtomicU64::new(0),
+            local,
         }
     }
 
@@ -321,7 +326,7 @@ impl NodePool {
         &self,
         node: NodeId,
         map: &ClusterMap,
-    ) -> Result<ShardServiceClient<Channel>, ShardIoError> {
+    ) -> Result<ShardServiceClient<RoleChannel>, ShardIoError> {
         let addr = &map.node(node).ok_or(ShardIoError::UnknownNode(node))?.addr;
         let mut channels = self.channels.lock().expect("channels lock");
         if let Some((known_addr, client)) = channels.get(&node)
@@ -329,11 +334,16 @@ impl NodePool {
         {
             return Ok(client.clone());
         }
-        let endpoint = lauscha_proto::role_endpoint(format!("http://{addr}"), self.source_ip)
-            .map_err(|e| ShardIoError::Failed(node, format!("bad address {addr:?}: {e}")))?
-            .initial_stream_window_size(Some(4 << 20))
-            .initial_connection_window_size(Some(16 << 20));
-        let client = ShardServiceClient::new(endpoint.connect_lazy())
+        let channel = match self.local.channel(shard_service_server::SERVICE_NAME, addr) {
+            Some(channel) => channel,
+            None => lauscha_proto::role_endpoint(format!("http://{addr}"), self.source_ip)
+                .map_err(|e| ShardIoError::Failed(node, format!("bad address {addr:?}: {e}")))?
+                .initial_stream_window_size(Some(4 << 20))
+                .initial_connection_window_size(Some(16 << 20))
+                .connect_lazy()
+                .into(),
+        };
+        let client = ShardServiceClient::new(channel)
             .max_decoding_message_size(8 << 20)
             .max_encoding_message_size(8 << 20);
         channels.insert(node, (addr.clone(), client.clone()));

@@ -10,6 +10,7 @@ use lauscha_core::config::{GatewayConfig, MetadataConfig, StorageNodeConfig};
 use lauscha_core::{NodeInfo, NodeState};
 use lauscha_gateway::{Gateway, GatewayError, MetaClient, NbdTls};
 use lauscha_metadata::{MetaNode, MetaNodeOptions, MetaServer};
+use lauscha_proto::LocalRoles;
 use lauscha_storage_node::{DiskShardStore, ScrubConfig, ScrubStats, Scrubber, ShardServer};
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -44,6 +45,8 @@ pub struct Roles {
     tasks: JoinSet<anyhow::Result<()>>,
     shutdown: CancellationToken,
     meta_nodes: Vec<MetaNode>,
+    /// The gRPC services started here, which the gateway calls without the network.
+    local: LocalRoles,
     /// Where each listens, in start order.
     pub started: Vec<RoleInfo>,
 }
@@ -55,6 +58,7 @@ impl Roles {
             tasks: JoinSet::new(),
             shutdown: CancellationToken::new(),
             meta_nodes: Vec::new(),
+            local: LocalRoles::default(),
             started: Vec::new(),
         }
     }
@@ -103,7 +107,7 @@ impl Roles {
         let node = MetaNode::start(MetaNodeOptions {
             node_id: config.node_id,
             data_dir: data_dir.clone(),
-            advertise,
+            advertise: advertise.clone(),
             source_ip: config.source_ip,
             bootstrap: config.bootstrap,
             initial_voters: config
@@ -114,8 +118,12 @@ impl Roles {
         })
         .await
         .context("start metadata voter")?;
+        let meta_service = MetaServer::new(node.clone()).into_service();
+        self.local.register(&advertise, meta_service.clone());
+        self.local
+            .register(&listen.to_string(), meta_service.clone());
         let server = tonic::transport::Server::builder()
-            .add_service(MetaServer::new(node.clone()).into_service())
+            .add_service(meta_service)
             .add_service(node.raft_server().into_service());
         let shutdown = self.shutdown.clone();
         self.tasks.spawn(async move {
@@ -186,6 +194,8 @@ impl Roles {
         });
         let service =
             ShardServer::new(config.id(), config.capacity_bytes, store, scrub_stats).into_service();
+        self.local.register(&advertise, service.clone());
+        self.local.register(&listen.to_string(), service.clone());
         let shutdown = self.shutdown.clone();
         let node_id = config.node_id;
         self.tasks.spawn(async move {
@@ -223,7 +233,8 @@ impl Roles {
 
     /// Starts the gateway's S3 and admin servers.
     pub async fn start_gateway(&mut self, config: &GatewayConfig) -> anyhow::Result<RoleInfo> {
-        let gateway = Gateway::new(config.clone()).context("configure gateway")?;
+        let gateway = Gateway::with_local_roles(config.clone(), self.local.clone())
+            .context("configure gateway")?;
         let s3 = TcpListener::bind(&config.s3_listen)
             .await
             .with_context(|| format!("listen for S3 on {}", config.s3_listen))?;

@@ -27,6 +27,9 @@ pub mod meta {
     tonic::include_proto!("lauscha.meta.v1");
 }
 
+mod local;
+pub use local::{LocalRoles, RoleChannel};
+
 /// A message that does not convert into a core type.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid field {field}: {reason}")]

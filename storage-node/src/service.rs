@@ -363,4 +363,88 @@ mod tests {
             tonic::Code::DataLoss
         );
     }
+
+    /// A generated client over `RoleChannel::Local` (how a gateway reaches the storage
+    /// nodes of its own process) streams both ways and gets the handler's errors as a
+    /// client over TCP would.
+    #[tokio::test]
+    async fn a_client_in_the_same_process_puts_and_gets_a_shard_without_the_network() {
+        use lauscha_proto::LocalRoles;
+        use lauscha_proto::storage::shard_service_client::ShardServiceClient;
+        use lauscha_proto::storage::shard_service_server::SERVICE_NAME;
+
+        let store = MemShardStore::new();
+        let local = LocalRoles::default();
+        local.register("127.0.0.1:7001", server(store.clone()).into_service());
+        assert!(local.channel(SERVICE_NAME, "127.0.0.1:7002").is_none());
+        let channel = local
+            .channel(SERVICE_NAME, "http://127.0.0.1:7001")
+            .expect("registered under its address, found with or without the scheme");
+        let mut client = ShardServiceClient::new(channel);
+
+        let data: Vec<u8> = (0..3 * SHARD_BLOCK_BYTES + 10)
+            .map(|i| (i * 13 % 251) as u8)
+            .collect();
+        let id = ShardId {
+            stripe_id: lauscha_core::StripeId(9),
+            shard_idx: 2,
+        };
+        let mut messages = vec![PutShardRequest {
+            part: Some(put_shard_request::Part::Header(pb::PutShardHeader {
+                id: Some(id.into()),
+                len_bytes: data.len() as u64,
+                digest: ShardDigest::of(&data).0.to_vec().into(),
+            })),
+        }];
+        for piece in data.chunks(100_000) {
+            messages.push(PutShardRequest {
+                part: Some(put_shard_request::Part::Data(
+                    bytes::Bytes::copy_from_slice(piece),
+                )),
+            });
+        }
+        client
+            .put_shard(futures::stream::iter(messages))
+            .await
+            .expect("put over the local channel");
+
+        let mut replies = client
+            .get_shard(pb::GetShardRequest {
+                id: Some(id.into()),
+                offset: 0,
+                len_bytes: 0,
+            })
+            .await
+            .expect("get over the local channel")
+            .into_inner();
+        let mut read = Vec::new();
+        let mut saw_header = false;
+        while let Some(reply) = replies.message().await.expect("reply") {
+            match reply.part {
+                Some(get_shard_reply::Part::Header(header)) => {
+                    assert_eq!(header.shard_len_bytes, data.len() as u64);
+                    saw_header = true;
+                }
+                Some(get_shard_reply::Part::Block(block)) => read.extend_from_slice(&block),
+                None => panic!("empty reply"),
+            }
+        }
+        assert!(saw_header);
+        assert!(read == data, "the shard read back is the one written");
+
+        let missing = ShardId {
+            stripe_id: lauscha_core::StripeId(10),
+            shard_idx: 0,
+        };
+        let status = client
+            .get_shard(pb::GetShardRequest {
+                id: Some(missing.into()),
+                offset: 0,
+                len_bytes: 0,
+            })
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound);
+    }
 }

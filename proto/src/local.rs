@@ -1,0 +1,155 @@
+//! Calls between roles that run in one process, without the network.
+//!
+//! A process may run several roles (`lauscha dev` runs them all; a server config may
+//! list a storage node next to a gateway). A call from one to another over loopback gRPC
+//! costs two trips through the kernel's TCP stack, HTTP/2 framing on both sides and a
+//! handful of task wake-ups: measured on a 2-core VM, about 140 µs of CPU for a 4 KiB
+//! read, several times the work of the read itself. [`LocalRoles`] keeps the tonic
+//! services of this process's roles by the address they advertise; a client that finds
+//! its target there calls the service directly ([`RoleChannel::Local`]): the same
+//! generated server code decodes the same protobuf request and runs the same handler,
+//! on the caller's task. Every other target is reached over TCP as before.
+//!
+//! Architecture Invariant: a role is registered under the address it advertises to the
+//! cluster and is served there too, so a call reaches the same handler by either path.
+//! Nothing is authenticated between roles on either path, so no check is skipped.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::transport::Channel;
+use tower::Service;
+use tower::util::BoxCloneSyncService;
+
+type LocalService = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, Infallible>;
+
+/// The gRPC services of the roles running in this process, by service name and
+/// advertised address. Cheap to clone; clones share the registry.
+#[derive(Clone, Default)]
+pub struct LocalRoles {
+    services: Arc<RwLock<HashMap<(&'static str, String), LocalService>>>,
+}
+
+impl fmt::Debug for LocalRoles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let services = self.services.read().expect("local roles lock");
+        f.debug_set().entries(services.keys()).finish()
+    }
+}
+
+/// `ip:port` of an address given with or without its `http://` scheme, so that a
+/// configured endpoint and an advertised address find the same role.
+fn address_key(addr: &str) -> String {
+    addr.strip_prefix("http://")
+        .unwrap_or(addr)
+        .trim_end_matches('/')
+        .to_string()
+}
+
+impl LocalRoles {
+    /// Registers `service`, which this process also serves at `addr`.
+    pub fn register<S>(&self, addr: &str, service: S)
+    where
+        S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.services.write().expect("local roles lock").insert(
+            (S::NAME, address_key(addr)),
+            BoxCloneSyncService::new(service),
+        );
+    }
+
+    /// The service `name` (a generated `SERVICE_NAME`) at `addr`, if this process runs it.
+    pub fn channel(&self, name: &'static str, addr: &str) -> Option<RoleChannel> {
+        self.services
+            .read()
+            .expect("local roles lock")
+            .get(&(name, address_key(addr)))
+            .cloned()
+            .map(RoleChannel::Local)
+    }
+}
+
+/// How a client reaches another role: over TCP, or by calling its service in this
+/// process. Generated clients take either (`FooClient<RoleChannel>`).
+#[derive(Clone)]
+pub enum RoleChannel {
+    /// A role elsewhere (or one this process does not run).
+    Remote(Channel),
+    /// A role of this process.
+    Local(LocalService),
+}
+
+impl fmt::Debug for RoleChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RoleChannel::Remote(channel) => f.debug_tuple("Remote").field(channel).finish(),
+            RoleChannel::Local(_) => f.write_str("Local"),
+        }
+    }
+}
+
+impl From<Channel> for RoleChannel {
+    fn from(channel: Channel) -> RoleChannel {
+        RoleChannel::Remote(channel)
+    }
+}
+
+type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<Body>, tonic::codegen::StdError>> + Send>>;
+
+impl Service<http::Request<Body>> for RoleChannel {
+    type Response = http::Response<Body>;
+    type Error = tonic::codegen::StdError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        match self {
+            RoleChannel::Remote(channel) => channel.poll_ready(cx).map_err(Into::into),
+            RoleChannel::Local(service) => service.poll_ready(cx).map_err(|never| match never {}),
+        }
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        match self {
+            RoleChannel::Remote(channel) => {
+                let response = channel.call(request);
+                Box::pin(async move { response.await.map_err(Into::into) })
+            }
+            RoleChannel::Local(service) => {
+                let response = service.call(request);
+                Box::pin(async move { response.await.map_err(|never| match never {}) })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::shard_service_server::SERVICE_NAME;
+
+    #[test]
+    fn an_address_is_found_with_or_without_its_scheme() {
+        assert_eq!(address_key("http://127.0.0.1:9000"), "127.0.0.1:9000");
+        assert_eq!(address_key("http://127.0.0.1:9000/"), "127.0.0.1:9000");
+        assert_eq!(address_key("127.0.0.1:9000"), "127.0.0.1:9000");
+        assert!(
+            LocalRoles::default()
+                .channel(SERVICE_NAME, "127.0.0.1:1")
+                .is_none()
+        );
+    }
+}
