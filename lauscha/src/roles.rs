@@ -214,7 +214,14 @@ impl Roles {
             state: NodeState::Up,
         };
         if !config.metadata_endpoints.is_empty() {
-            register(&config.metadata_endpoints, config.source_ip, node.clone()).await?;
+            let local = self.local.clone();
+            register(
+                &config.metadata_endpoints,
+                config.source_ip,
+                local,
+                node.clone(),
+            )
+            .await?;
         }
         info!(node_id, %listen, site = %config.site, "storage node serving");
         let info = RoleInfo {
@@ -305,9 +312,11 @@ fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
 async fn register(
     endpoints: &[String],
     source_ip: Option<std::net::IpAddr>,
+    local: LocalRoles,
     node: NodeInfo,
 ) -> anyhow::Result<()> {
-    let client = MetaClient::new(endpoints, source_ip).context("metadata endpoints")?;
+    let client =
+        MetaClient::with_local_roles(endpoints, source_ip, local).context("metadata endpoints")?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut backoff = Duration::from_millis(50);
     loop {

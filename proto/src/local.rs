@@ -8,20 +8,26 @@
 //! services of this process's roles by the address they advertise; a client that finds
 //! its target there calls the service directly ([`RoleChannel::Local`]): the same
 //! generated server code decodes the same protobuf request and runs the same handler,
-//! on the caller's task. Every other target is reached over TCP as before.
+//! whose future is polled by the caller's task (work it hands to spawned tasks or the
+//! blocking pool goes there as before). Every other target is reached over TCP.
 //!
-//! Architecture Invariant: a role is registered under the address it advertises to the
-//! cluster and is served there too, so a call reaches the same handler by either path.
-//! Nothing is authenticated between roles on either path, so no check is skipped.
+//! A role is registered under the address it advertises to the cluster and the one it
+//! listens on. A caller in the same process that names either reaches the role directly,
+//! even where the advertised address leads through something else (a proxy); callers in
+//! other processes go through it as before. Nothing is authenticated between roles on
+//! either path, so no check is skipped. A handler that panics fails the call with an
+//! error, as a failed connection would, rather than unwinding into the caller.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
+use futures::FutureExt;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::transport::Channel;
@@ -129,8 +135,17 @@ impl Service<http::Request<Body>> for RoleChannel {
                 Box::pin(async move { response.await.map_err(Into::into) })
             }
             RoleChannel::Local(service) => {
-                let response = service.call(request);
-                Box::pin(async move { response.await.map_err(|never| match never {}) })
+                let path = request.uri().path().to_string();
+                // A handler that panics fails this call, as it would fail the connection
+                // over TCP, instead of unwinding through the caller (a gateway's request
+                // or maintenance task).
+                let response = AssertUnwindSafe(service.call(request)).catch_unwind();
+                Box::pin(async move {
+                    match response.await {
+                        Ok(response) => response.map_err(|never| match never {}),
+                        Err(_) => Err(format!("the in-process handler of {path} panicked").into()),
+                    }
+                })
             }
         }
     }
@@ -140,6 +155,49 @@ impl Service<http::Request<Body>> for RoleChannel {
 mod tests {
     use super::*;
     use crate::storage::shard_service_server::SERVICE_NAME;
+
+    /// A service whose handler panics, as a bug in a role's handler would.
+    #[derive(Clone)]
+    struct Panicking;
+
+    impl NamedService for Panicking {
+        const NAME: &'static str = "test.Panicking";
+    }
+
+    impl Service<http::Request<Body>> for Panicking {
+        type Response = http::Response<Body>;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _request: http::Request<Body>) -> Self::Future {
+            Box::pin(async { panic!("handler bug") })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_fails_the_call_instead_of_the_caller() {
+        let local = LocalRoles::default();
+        local.register("10.0.0.1:7000", Panicking);
+        let mut channel = local
+            .channel(Panicking::NAME, "10.0.0.1:7000")
+            .expect("registered");
+        let request = http::Request::builder()
+            .uri("/test.Panicking/Call")
+            .body(Body::empty())
+            .unwrap();
+        let error = tower::ServiceExt::oneshot(&mut channel, request)
+            .await
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("/test.Panicking/Call"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("panicked"), "{error}");
+    }
 
     #[test]
     fn an_address_is_found_with_or_without_its_scheme() {

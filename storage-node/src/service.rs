@@ -206,6 +206,13 @@ impl<S: ShardStore + Clone> ShardService for ShardServer<S> {
         _request: Request<NodeStatusRequest>,
     ) -> Result<Response<NodeStatusReply>, Status> {
         let usage = self.store.usage();
+        // statvfs can hang with its file system; on the blocking pool it keeps no worker
+        // of the caller's runtime (a gateway in this process calls this on its own task),
+        // and the caller's timeout still fires.
+        let store = self.store.clone();
+        let free_bytes = tokio::task::spawn_blocking(move || store.free_bytes())
+            .await
+            .map_err(|e| Status::internal(format!("free space query failed: {e}")))?;
         Ok(Response::new(NodeStatusReply {
             node_id: self.node_id.0,
             n_shards: usage.n_shards,
@@ -220,7 +227,7 @@ impl<S: ShardStore + Clone> ShardService for ShardServer<S> {
                 .into_iter()
                 .map(Into::into)
                 .collect(),
-            free_bytes: self.store.free_bytes(),
+            free_bytes,
         }))
     }
 
