@@ -913,6 +913,71 @@ fn a_name_created_again_is_never_served_by_the_engine_of_the_volume_it_replaced(
     qemu_io_ro(&format!("nbd://{addr}/v@s"), &["read -P 0 0 64k"]);
 }
 
+/// A client that goes away during the handshake, right after NBD_OPT_GO (before or after
+/// reading the reply), or after it without NBD_CMD_DISC, leaves no attachment behind: the
+/// gateway detaches and gives the lease back, so another host can attach at once rather
+/// than after the lease lapses (10 s), let alone never (an engine left attached renews
+/// its lease for as long as the gateway runs).
+#[test]
+fn a_client_gone_during_or_right_after_the_handshake_leaves_no_lease_behind() {
+    let dev = Dev::start(&[]);
+    let addr = dev.nbd_addr();
+    volume(&dev, "v", "16M");
+    let attached = || {
+        dev.admin(&["volume", "list"])["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|vol| vol["name"] == "v" && vol["attached"] == true)
+    };
+    // Under the 10 s lease: only a lease given back ends this soon.
+    let wait_detached = |how: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(8);
+        while attached() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "v is still attached 8 s after a client {how}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    let handshake_up_to_go = || {
+        let mut tcp = TcpStream::connect(&addr).unwrap();
+        let mut hello = [0u8; 18];
+        tcp.read_exact(&mut hello).unwrap();
+        tcp.write_all(&(nbd::CLIENT_FIXED_NEWSTYLE | nbd::CLIENT_NO_ZEROES).to_be_bytes())
+            .unwrap();
+        tcp.write_all(&nbd_option(nbd::OPT_GO, &nbd_info_request("v")))
+            .unwrap();
+        tcp
+    };
+
+    // Gone without reading the reply: the attach may finish after the socket closed.
+    drop(handshake_up_to_go());
+    wait_detached("sent NBD_OPT_GO and closed the connection");
+
+    // Gone after the reply, without NBD_CMD_DISC.
+    let mut tcp = handshake_up_to_go();
+    loop {
+        match read_nbd_option_reply(&mut tcp).0 {
+            nbd::REP_ACK => break,
+            nbd::REP_INFO => {}
+            other => panic!("NBD_OPT_GO answered {other:#x}"),
+        }
+    }
+    assert!(attached(), "attached once NBD_OPT_GO is acknowledged");
+    drop(tcp);
+    wait_detached("attached and closed the connection without NBD_CMD_DISC");
+
+    // And the volume is as usable as before. An attachment left by the first client (its
+    // attach may have run after the first wait looked) would still hold the lease here.
+    qemu_io(
+        &format!("nbd://{addr}/v"),
+        &["write -P 0x5a 0 64k", "read -P 0x5a 0 64k"],
+    );
+    wait_detached("disconnected (qemu-io)");
+}
+
 /// Counters from the gateway's `/metrics`, in the order of `names`.
 fn metrics(dev: &Dev, names: &[&str]) -> Vec<u64> {
     let admin = dev.cluster["admin_endpoint"]
