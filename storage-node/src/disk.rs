@@ -534,53 +534,86 @@ impl ShardWriter for DiskShardWriter {
             .state
             .take()
             .ok_or_else(|| ShardError::InvalidRequest("commit after a failed write".into()))?;
-        let tmp_path = self.tmp_path.clone().expect("set until commit succeeds");
+        // From here on the blocking task owns the temporary file. A caller that stops
+        // waiting (a client gone, a cancelled call: its future is dropped) used to remove
+        // it from `Drop` while the task was still linking it into place, so a shard could
+        // land while the counters skipped it (and a later delete took them below zero).
+        // Now the task finishes the commit, or removes the file itself.
+        let tmp_path = self.tmp_path.take().expect("set until commit");
         let (id, inner) = (self.id, self.inner.clone());
         let (declared_len, declared_digest) = (self.declared_len_bytes, self.declared_digest);
+        let node_id = inner.node_id;
         blocking(move || {
-            let written = state.hasher.len_bytes();
-            if written != declared_len {
-                return Err(ShardError::Rejected {
-                    id,
-                    reason: format!("got {written} bytes, {declared_len} declared"),
-                });
-            }
-            let (digest, block_hashes): (ShardDigest, Vec<BlockHash>) = state.hasher.finalize();
-            if digest != declared_digest {
-                return Err(ShardError::Rejected {
-                    id,
-                    reason: "data does not match the declared digest".into(),
-                });
-            }
-            state.file.write_all_at(
-                &format::encode_header(declared_len, &digest, &block_hashes),
-                0,
-            )?;
-            state.file.sync_all()?;
-            let final_path = shard_path(&inner.root, id);
-            // A hard link never replaces an existing file: two writers of one id cannot
-            // both win, and the loser learns it.
-            match fs::hard_link(&tmp_path, &final_path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    return Err(ShardError::AlreadyExists(id));
-                }
-                Err(e) => return Err(e.into()),
-            }
-            fsync_dir(&shard_dir(&inner.root, id))?;
-            fs::remove_file(&tmp_path)?;
-            inner.n_shards.fetch_add(1, Ordering::Relaxed);
-            inner.used_bytes.fetch_add(
-                format::header_len_bytes(declared_len) + declared_len,
-                Ordering::Relaxed,
+            let result = commit_blocking(
+                &inner,
+                id,
+                state,
+                &tmp_path,
+                declared_len,
+                declared_digest,
             );
-            Ok(())
+            if result.is_err()
+                && let Err(e) = fs::remove_file(&tmp_path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                warn!(node_id = %node_id, shard_id = %id, error = %e, "failed to remove the temporary file of a failed commit");
+            }
+            result
         })
         .await?;
-        self.tmp_path = None;
         debug!(node_id = %self.inner.node_id, shard_id = %self.id, n_bytes = self.declared_len_bytes, "shard written");
         Ok(())
     }
+}
+
+/// The blocking part of [`DiskShardWriter::commit`]: checks length and digest, writes the
+/// header, syncs, links the file into place and counts it.
+fn commit_blocking(
+    inner: &Inner,
+    id: ShardId,
+    state: WriteState,
+    tmp_path: &Path,
+    declared_len: u64,
+    declared_digest: ShardDigest,
+) -> Result<(), ShardError> {
+    let written = state.hasher.len_bytes();
+    if written != declared_len {
+        return Err(ShardError::Rejected {
+            id,
+            reason: format!("got {written} bytes, {declared_len} declared"),
+        });
+    }
+    let (digest, block_hashes): (ShardDigest, Vec<BlockHash>) = state.hasher.finalize();
+    if digest != declared_digest {
+        return Err(ShardError::Rejected {
+            id,
+            reason: "data does not match the declared digest".into(),
+        });
+    }
+    state.file.write_all_at(
+        &format::encode_header(declared_len, &digest, &block_hashes),
+        0,
+    )?;
+    state.file.sync_all()?;
+    let final_path = shard_path(&inner.root, id);
+    // A hard link never replaces an existing file: two writers of one id cannot
+    // both win, and the loser learns it.
+    match fs::hard_link(tmp_path, &final_path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(ShardError::AlreadyExists(id));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    // Linked: the shard is there whatever fails below, so it is counted now.
+    inner.n_shards.fetch_add(1, Ordering::Relaxed);
+    inner.used_bytes.fetch_add(
+        format::header_len_bytes(declared_len) + declared_len,
+        Ordering::Relaxed,
+    );
+    fsync_dir(&shard_dir(&inner.root, id))?;
+    fs::remove_file(tmp_path)?;
+    Ok(())
 }
 
 /// Reads verified blocks from a shard file; see [`BlockReader`].
@@ -745,6 +778,46 @@ mod tests {
         assert_eq!(read.len(), data.len());
         assert_eq!(read[..read.len() - 1], data[..data.len() - 1]);
         assert_eq!(read[read.len() - 1], data[data.len() - 1] ^ 0x10);
+    }
+
+    /// A caller that stops waiting for a commit (its client went away) does not undo it
+    /// halfway: the shard lands whole and is counted, or not at all. Before, `Drop` removed
+    /// the temporary file while the blocking task was linking it into place.
+    #[tokio::test]
+    async fn a_commit_whose_caller_stops_waiting_lands_whole_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskShardStore::open(dir.path(), NodeId(1)).await.unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+        let id = ShardId {
+            stripe_id: lauscha_core::StripeId(77),
+            shard_idx: 1,
+        };
+        let mut writer = store
+            .create(id, data.len() as u64, ShardDigest::of(&data))
+            .await
+            .unwrap();
+        writer.write(Bytes::from(data.clone())).await.unwrap();
+        let mut commit = Box::pin(writer.commit());
+        // One poll hands the commit to the blocking pool; then the caller gives up.
+        if let std::task::Poll::Ready(result) = futures::poll!(&mut commit) {
+            result.unwrap();
+        }
+        drop(commit);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while fs::read_dir(dir.path().join("tmp")).unwrap().count() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the commit neither finished nor cleaned up"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(store.usage().n_shards, 1, "the shard landed and is counted");
+        assert_eq!(
+            store.usage().used_bytes,
+            fs::metadata(store.shard_path(id)).unwrap().len()
+        );
+        let (_, read) = crate::testing::must_read(&store, id, 0, data.len() as u64).await;
+        assert!(read == data);
     }
 
     #[tokio::test]
