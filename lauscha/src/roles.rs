@@ -119,9 +119,8 @@ impl Roles {
         .await
         .context("start metadata voter")?;
         let meta_service = MetaServer::new(node.clone()).into_service();
-        self.local.register(&advertise, meta_service.clone());
         self.local
-            .register(&listen.to_string(), meta_service.clone());
+            .register(&[&advertise, &listen.to_string()], meta_service.clone());
         let server = tonic::transport::Server::builder()
             .add_service(meta_service)
             .add_service(node.raft_server().into_service());
@@ -194,8 +193,8 @@ impl Roles {
         });
         let service =
             ShardServer::new(config.id(), config.capacity_bytes, store, scrub_stats).into_service();
-        self.local.register(&advertise, service.clone());
-        self.local.register(&listen.to_string(), service.clone());
+        self.local
+            .register(&[&advertise, &listen.to_string()], service.clone());
         let shutdown = self.shutdown.clone();
         let node_id = config.node_id;
         self.tasks.spawn(async move {

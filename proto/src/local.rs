@@ -60,8 +60,9 @@ fn address_key(addr: &str) -> String {
 }
 
 impl LocalRoles {
-    /// Registers `service`, which this process also serves at `addr`.
-    pub fn register<S>(&self, addr: &str, service: S)
+    /// Registers `service`, which this process also serves at each of `addrs` (the
+    /// address a role advertises and the one it listens on).
+    pub fn register<S>(&self, addrs: &[&str], service: S)
     where
         S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
             + NamedService
@@ -71,10 +72,11 @@ impl LocalRoles {
             + 'static,
         S::Future: Send + 'static,
     {
-        self.services.write().expect("local roles lock").insert(
-            (S::NAME, address_key(addr)),
-            BoxCloneSyncService::new(service),
-        );
+        let service = BoxCloneSyncService::new(service);
+        let mut services = self.services.write().expect("local roles lock");
+        for addr in addrs {
+            services.insert((S::NAME, address_key(addr)), service.clone());
+        }
     }
 
     /// The service `name` (a generated `SERVICE_NAME`) at `addr`, if this process runs it.
@@ -181,7 +183,7 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_handler_fails_the_call_instead_of_the_caller() {
         let local = LocalRoles::default();
-        local.register("10.0.0.1:7000", Panicking);
+        local.register(&["10.0.0.1:7000"], Panicking);
         let mut channel = local
             .channel(Panicking::NAME, "10.0.0.1:7000")
             .expect("registered");

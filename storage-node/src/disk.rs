@@ -496,12 +496,18 @@ pub struct DiskShardWriter {
 
 impl Drop for DiskShardWriter {
     fn drop(&mut self) {
-        if let Some(path) = self.tmp_path.take()
-            && let Err(e) = fs::remove_file(&path)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            warn!(shard_id = %self.id, error = %e, "failed to remove abandoned temporary shard");
+        if let Some(path) = self.tmp_path.take() {
+            remove_abandoned(self.inner.node_id, self.id, &path);
         }
+    }
+}
+
+/// Removes the temporary file of a write that did not commit; one already gone is fine.
+fn remove_abandoned(node_id: NodeId, id: ShardId, tmp_path: &Path) {
+    if let Err(e) = fs::remove_file(tmp_path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!(node_id = %node_id, shard_id = %id, error = %e, "failed to remove abandoned temporary shard");
     }
 }
 
@@ -542,21 +548,11 @@ impl ShardWriter for DiskShardWriter {
         let tmp_path = self.tmp_path.take().expect("set until commit");
         let (id, inner) = (self.id, self.inner.clone());
         let (declared_len, declared_digest) = (self.declared_len_bytes, self.declared_digest);
-        let node_id = inner.node_id;
         blocking(move || {
-            let result = commit_blocking(
-                &inner,
-                id,
-                state,
-                &tmp_path,
-                declared_len,
-                declared_digest,
-            );
-            if result.is_err()
-                && let Err(e) = fs::remove_file(&tmp_path)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                warn!(node_id = %node_id, shard_id = %id, error = %e, "failed to remove the temporary file of a failed commit");
+            let result =
+                commit_blocking(&inner, id, state, &tmp_path, declared_len, declared_digest);
+            if result.is_err() {
+                remove_abandoned(inner.node_id, id, &tmp_path);
             }
             result
         })

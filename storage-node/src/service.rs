@@ -382,7 +382,7 @@ mod tests {
 
         let store = MemShardStore::new();
         let local = LocalRoles::default();
-        local.register("127.0.0.1:7001", server(store.clone()).into_service());
+        local.register(&["127.0.0.1:7001"], server(store.clone()).into_service());
         assert!(local.channel(SERVICE_NAME, "127.0.0.1:7002").is_none());
         let channel = local
             .channel(SERVICE_NAME, "http://127.0.0.1:7001")
