@@ -575,7 +575,12 @@ async fn transmission(
         wr.shutdown().await
     });
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    loop {
+    // A client gone in the middle of a write's payload ends the session like one gone
+    // between requests: what it had in flight finishes before the caller detaches, so
+    // no request of this session runs after the engine was detached and its lease given
+    // back. Only the error to report differs.
+    let mut gone_mid_request: Option<std::io::Error> = None;
+    'requests: loop {
         let mut header = [0u8; 28];
         if rd.read_exact(&mut header).await.is_err() {
             break;
@@ -602,8 +607,16 @@ async fn transmission(
             while buf.len() < len {
                 let left = len - buf.len();
                 let mut rest = bytes::BufMut::limit(&mut buf, left);
-                if rd.read_buf(&mut rest).await? == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                match rd.read_buf(&mut rest).await {
+                    Ok(0) => {
+                        gone_mid_request = Some(std::io::ErrorKind::UnexpectedEof.into());
+                        break 'requests;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        gone_mid_request = Some(e);
+                        break 'requests;
+                    }
                 }
             }
             assert_eq!(buf.len(), len, "a payload is read to its end, no further");
@@ -638,7 +651,11 @@ async fn transmission(
     // Finish what is in flight (every permit back), then close.
     let _ = slots.acquire_many(MAX_IN_FLIGHT as u32).await;
     drop(tx);
-    writer.await.map_err(std::io::Error::other)?
+    let written = writer.await.map_err(std::io::Error::other)?;
+    match gone_mid_request {
+        Some(e) => Err(e),
+        None => written,
+    }
 }
 
 /// Writes a reply header and its data with as few system calls as the stream takes

@@ -914,7 +914,8 @@ fn a_name_created_again_is_never_served_by_the_engine_of_the_volume_it_replaced(
 }
 
 /// A client that goes away during the handshake, right after NBD_OPT_GO (before or after
-/// reading the reply), or after it without NBD_CMD_DISC, leaves no attachment behind: the
+/// reading the reply), after it without NBD_CMD_DISC, or in the middle of a write's
+/// payload, leaves no attachment behind: the
 /// gateway detaches and gives the lease back, so another host can attach at once rather
 /// than after the lease lapses (10 s), let alone never (an engine left attached renews
 /// its lease for as long as the gateway runs).
@@ -968,6 +969,44 @@ fn a_client_gone_during_or_right_after_the_handshake_leaves_no_lease_behind() {
     assert!(attached(), "attached once NBD_OPT_GO is acknowledged");
     drop(tcp);
     wait_detached("attached and closed the connection without NBD_CMD_DISC");
+
+    // Gone in the middle of a write's payload, with whole writes sent before it and their
+    // replies never read: the session ends in an error (a short payload), and still
+    // detaches, after carrying out every request it received whole.
+    let mut client = RawClient::connect(&addr, "v");
+    let whole: Vec<(u64, u8)> = (0..8u64)
+        .map(|i| (i * (64 << 10), 0x30 + i as u8))
+        .collect();
+    for (cookie, (offset, byte)) in whole.iter().enumerate() {
+        let header = nbd::encode_request(&nbd::Request {
+            flags: 0,
+            command: nbd::CMD_WRITE,
+            cookie: cookie as u64,
+            offset: *offset,
+            len: 64 << 10,
+        });
+        client.tcp.write_all(&header).unwrap();
+        client.tcp.write_all(&vec![*byte; 64 << 10]).unwrap();
+    }
+    let cut_short = nbd::encode_request(&nbd::Request {
+        flags: 0,
+        command: nbd::CMD_WRITE,
+        cookie: 99,
+        offset: 1 << 20,
+        len: 64 << 10,
+    });
+    client.tcp.write_all(&cut_short).unwrap();
+    client.tcp.write_all(&[0xee; 4096]).unwrap();
+    drop(client);
+    wait_detached("closed the connection in the middle of a write's payload");
+    let reads: Vec<String> = whole
+        .iter()
+        .map(|(offset, byte)| format!("read -P {byte} {offset} 64k"))
+        .chain(std::iter::once("read -P 0 1M 64k".to_string()))
+        .collect();
+    let reads: Vec<&str> = reads.iter().map(String::as_str).collect();
+    qemu_io(&format!("nbd://{addr}/v"), &reads);
+    wait_detached("disconnected (qemu-io)");
 
     // And the volume is as usable as before. An attachment left by the first client (its
     // attach may have run after the first wait looked) would still hold the lease here.
