@@ -186,6 +186,13 @@ impl MetaNode {
         Ok(metrics.current_leader.expect("waited for a leader"))
     }
 
+    /// Whether this voter's Raft has stopped: shut down, or ended by a fatal error.
+    fn raft_stopped(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        metrics.running_state.is_err() || metrics.state == openraft::ServerState::Shutdown
+    }
+
     /// Proposes `cmd` and returns what applying it answered; a refusal is an error.
     pub async fn write(&self, cmd: MetaCommand) -> Result<MetaResponse, MetaError> {
         self.write_request(cmd, None).await
@@ -215,11 +222,25 @@ impl MetaNode {
             };
             match result {
                 // No leader known (an election is running): wait for one, then again.
-                Err(MetaError::NotLeader { leader: None }) | Err(MetaError::Unavailable(_))
+                Err(e @ (MetaError::NotLeader { leader: None } | MetaError::Unavailable(_)))
                     if tokio::time::Instant::now() < deadline =>
                 {
+                    // A Raft that stopped (shut down, or ended by a fatal storage error)
+                    // answers at once and never gets a leader; its last metrics may still
+                    // name one. Asking again would spin until the deadline, each try
+                    // logged by openraft.
+                    if self.raft_stopped() {
+                        return Err(e);
+                    }
                     let left = deadline - tokio::time::Instant::now();
-                    let _ = self.wait_for_leader(left).await;
+                    let waited = self
+                        .raft
+                        .wait(Some(left))
+                        .metrics(|m| m.current_leader.is_some(), "a leader")
+                        .await;
+                    if let Err(openraft::metrics::WaitError::ShuttingDown) = waited {
+                        return Err(e);
+                    }
                 }
                 other => return other,
             }

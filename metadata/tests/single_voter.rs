@@ -170,3 +170,31 @@ async fn concurrent_writes_share_fsyncs() {
     );
     node.shutdown().await.expect("RocksDB closed");
 }
+
+/// A write to a voter whose Raft has stopped is refused as unavailable at once. It used to
+/// be tried again without a pause until the 10 s write deadline (the stopped Raft's last
+/// metrics still named a leader, so waiting for one returned at once): every shutdown with
+/// a volume detaching in the same process took 10 s longer, at full CPU, with millions of
+/// lines logged.
+#[tokio::test]
+async fn a_write_to_a_stopped_voter_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = must_start(dir.path()).await;
+    node.shutdown().await.expect("RocksDB closed");
+    // Timed from outside the future: the old loop never yielded, so a tokio timeout
+    // around it never fired.
+    let started = std::time::Instant::now();
+    let err = node
+        .write(MetaCommand::CreateTenant {
+            id: TenantId::parse("t").unwrap(),
+            now_ms: 1,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MetaError::Unavailable(_)), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused after {:?}, not at once",
+        started.elapsed()
+    );
+}
