@@ -24,6 +24,8 @@ use tokio::io::{
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::GatewayError;
@@ -38,6 +40,10 @@ const MAX_REQUEST_BYTES: u32 = 32 << 20;
 const UNAUTHENTICATED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Requests of one connection in flight at once.
 const MAX_IN_FLIGHT: usize = 64;
+/// At shutdown: how long sessions get to end (requests in flight answered, journals
+/// merged, leases given back) before the server stops waiting for them. What is cut off
+/// then loses nothing: the journal is durable and the lease runs out by itself.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A volume name and which volume of that name it denoted when it was attached.
 type AttachedKey = (String, VolumeIdentity);
@@ -188,6 +194,12 @@ fn info_of(size_bytes: u64) -> ExportInfo {
 
 /// Serves NBD on `listener` until `shutdown` resolves; with `tls`, only over TLS and only
 /// the volumes of the tenant each client certificate names.
+///
+/// Then it stops accepting and ends every session as a client's disconnect would (every
+/// request received whole carried out and answered, then the detach: journal merged,
+/// lease given back), and returns when they have ended or after `DRAIN_TIMEOUT`. The
+/// caller keeps metadata and the storage nodes serving until then: a restarted server,
+/// or another host, attaches at once instead of waiting for a lease to run out.
 pub async fn serve_nbd(
     exports: Arc<Exports>,
     tls: Option<Arc<NbdTls>>,
@@ -195,6 +207,9 @@ pub async fn serve_nbd(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let mut shutdown = std::pin::pin!(shutdown);
+    // Connections, so that shutdown can wait for them; told to end through `stopping`.
+    let sessions = TaskTracker::new();
+    let stopping = CancellationToken::new();
     let unauthenticated = Arc::new(UnauthenticatedPlaces::default());
     // Whether the last connection was refused for a limit: warn once per episode, not
     // once per connection of a flood.
@@ -209,7 +224,7 @@ pub async fn serve_nbd(
                     continue;
                 }
             },
-            () = shutdown.as_mut() => return Ok(()),
+            () = shutdown.as_mut() => break,
         };
         let place = match &tls {
             None => None,
@@ -237,14 +252,32 @@ pub async fn serve_nbd(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let (exports, tls) = (exports.clone(), tls.clone());
-        tokio::spawn(async move {
-            match connection(exports, tls, tcp, place).await {
+        let (exports, tls, stopping) = (exports.clone(), tls.clone(), stopping.clone());
+        sessions.spawn(async move {
+            match connection(exports, tls, tcp, place, stopping).await {
                 Ok(()) => debug!(%peer, "NBD connection closed"),
                 Err(e) => debug!(%peer, error = %e, "NBD connection ended"),
             }
         });
     }
+    drop(listener);
+    stopping.cancel();
+    sessions.close();
+    let n_sessions = sessions.len();
+    if n_sessions > 0 {
+        info!(n_sessions, "NBD: ending sessions");
+    }
+    if tokio::time::timeout(DRAIN_TIMEOUT, sessions.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            n_sessions = sessions.len(),
+            timeout_s = DRAIN_TIMEOUT.as_secs(),
+            "NBD: sessions still ending at the drain timeout; their journals replay at the next attach"
+        );
+    }
+    Ok(())
 }
 
 /// A byte stream NBD runs over: TCP, or TLS on TCP after NBD_OPT_STARTTLS.
@@ -271,6 +304,7 @@ async fn connection(
     tls: Option<Arc<NbdTls>>,
     tcp: TcpStream,
     mut unauthenticated: Option<UnauthenticatedPlace>,
+    stopping: CancellationToken,
 ) -> std::io::Result<()> {
     // A port that may face tenant networks: a client that does not authenticate in time
     // is dropped instead of holding a connection (and a place under the cap) open.
@@ -304,7 +338,7 @@ async fn connection(
         None => Client::Trusted,
     };
     let (name, identity, info, engine) = loop {
-        let negotiated = negotiate(&exports, &mut stream, &client, no_zeroes);
+        let negotiated = negotiate(&exports, &mut stream, &client, no_zeroes, &stopping);
         // A certificate that names no tenant authenticates nobody: such a client keeps
         // the deadline (it can list nothing and attach nothing anyway).
         let negotiated = if matches!(client, Client::Unauthenticated | Client::Refused(_)) {
@@ -350,7 +384,7 @@ async fn connection(
     };
     info!(volume = %name, %tenant, epoch = engine.epoch(), "NBD client attached");
     let (rd, wr) = tokio::io::split(stream);
-    let result = transmission(engine.clone(), info, rd, wr).await;
+    let result = transmission(engine.clone(), info, rd, wr, &stopping).await;
     exports.detach(&name, &identity, &engine).await;
     result
 }
@@ -366,10 +400,16 @@ async fn negotiate(
     stream: &mut Stream,
     client: &Client,
     no_zeroes: bool,
+    stopping: &CancellationToken,
 ) -> std::io::Result<Negotiated> {
     loop {
         let mut header = [0u8; 16];
-        stream.read_exact(&mut header).await?;
+        // Shutdown ends a negotiation only between options, never inside an attach.
+        tokio::select! {
+            biased;
+            () = stopping.cancelled() => return Ok(Negotiated::Done),
+            read = stream.read_exact(&mut header) => { read?; }
+        }
         let opt = nbd::parse_option(&header)
             .map_err(|e| std::io::Error::other(format!("option: {e}")))?;
         let mut data = vec![0u8; opt.len as usize];
@@ -561,6 +601,7 @@ async fn transmission(
     info: ExportInfo,
     mut rd: ReadHalf<Stream>,
     mut wr: WriteHalf<Stream>,
+    stopping: &CancellationToken,
 ) -> std::io::Result<()> {
     let (tx, mut rx) = mpsc::channel::<(u32, u64, Option<Vec<Bytes>>)>(MAX_IN_FLIGHT);
     let writer = tokio::spawn(async move {
@@ -582,7 +623,15 @@ async fn transmission(
     let mut gone_mid_request: Option<std::io::Error> = None;
     'requests: loop {
         let mut header = [0u8; 28];
-        if rd.read_exact(&mut header).await.is_err() {
+        // Shutdown ends the session between requests, as NBD_CMD_DISC would. A header
+        // read in part is dropped with the connection: its request was never received,
+        // so a reconnecting client sends it again.
+        let read = tokio::select! {
+            biased;
+            () = stopping.cancelled() => break,
+            read = rd.read_exact(&mut header) => read,
+        };
+        if read.is_err() {
             break;
         }
         let request = match nbd::parse_request(&header) {

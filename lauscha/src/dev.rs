@@ -626,22 +626,29 @@ async fn run_cluster(args: DevArgs, data_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Closes each child's stdin (which makes it shut down cleanly), waits up to 10 s, then
-/// kills what is left.
+/// Stops the children one at a time, the last started first (the gateway, then the
+/// storage nodes, then the metadata voters), so that the gateway ends its NBD sessions
+/// (journals merged, leases given back) while the roles it needs still serve. Each is
+/// asked by closing its stdin and killed if it has not stopped in time: the gateway gets
+/// its NBD drain (30 s) and 10 s more, the others 10 s.
 async fn stop_children(children: &mut [Supervised]) {
     for child in children.iter_mut().rev() {
         drop(child.stdin.take());
-    }
-    for child in children.iter_mut() {
-        match tokio::time::timeout(Duration::from_secs(10), child.child.wait()).await {
-            Ok(_) => {}
-            Err(_) => {
-                warn!(
-                    role = child.info.role,
-                    "child did not stop within 10 s; killing it"
-                );
-                let _ = child.child.kill().await;
-            }
+        let patience = if child.info.role == "gateway" {
+            Duration::from_secs(40)
+        } else {
+            Duration::from_secs(10)
+        };
+        if tokio::time::timeout(patience, child.child.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                role = child.info.role,
+                patience_s = patience.as_secs(),
+                "child did not stop in time; killing it"
+            );
+            let _ = child.child.kill().await;
         }
     }
     info!("all children stopped");

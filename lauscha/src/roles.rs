@@ -41,9 +41,18 @@ pub struct RoleInfo {
 }
 
 /// The roles running in this process.
+///
+/// They stop in two steps: the gateway's servers first (S3, admin, NBD, maintenance),
+/// then metadata and the storage nodes. The gateway's NBD sessions end by merging their
+/// journals and giving their leases back, which needs the other roles of the process
+/// still serving.
 pub struct Roles {
+    /// Metadata voters, storage nodes, scrubbers.
     tasks: JoinSet<anyhow::Result<()>>,
     shutdown: CancellationToken,
+    /// The gateway's servers and maintenance.
+    gateway_tasks: JoinSet<anyhow::Result<()>>,
+    gateway_shutdown: CancellationToken,
     meta_nodes: Vec<MetaNode>,
     /// The gRPC services started here, which the gateway calls without the network.
     local: LocalRoles,
@@ -57,6 +66,8 @@ impl Roles {
         Roles {
             tasks: JoinSet::new(),
             shutdown: CancellationToken::new(),
+            gateway_tasks: JoinSet::new(),
+            gateway_shutdown: CancellationToken::new(),
             meta_nodes: Vec::new(),
             local: LocalRoles::default(),
             started: Vec::new(),
@@ -68,19 +79,26 @@ impl Roles {
         mut self,
         signal: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
+        let ended = |result: Result<anyhow::Result<()>, tokio::task::JoinError>| match result {
+            Ok(Ok(())) => Err(anyhow::anyhow!("a role stopped unexpectedly")),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(anyhow::anyhow!("a role panicked: {e}")),
+        };
         let outcome = tokio::select! {
             () = signal => Ok(()),
-            Some(result) = self.tasks.join_next() => match result {
-                Ok(Ok(())) => Err(anyhow::anyhow!("a role stopped unexpectedly")),
-                Ok(Err(e)) => Err(e),
-                Err(e) => Err(anyhow::anyhow!("a role panicked: {e}")),
-            },
+            Some(result) = self.tasks.join_next() => ended(result),
+            Some(result) = self.gateway_tasks.join_next() => ended(result),
         };
         info!("shutting down");
-        self.shutdown.cancel();
-        while let Some(result) = self.tasks.join_next().await {
-            if let Ok(Err(e)) = result {
-                warn!(error = %e, "role ended with an error during shutdown");
+        for (tasks, shutdown) in [
+            (&mut self.gateway_tasks, &self.gateway_shutdown),
+            (&mut self.tasks, &self.shutdown),
+        ] {
+            shutdown.cancel();
+            while let Some(result) = tasks.join_next().await {
+                if let Ok(Err(e)) = result {
+                    warn!(error = %e, "role ended with an error during shutdown");
+                }
             }
         }
         for node in &self.meta_nodes {
@@ -248,14 +266,14 @@ impl Roles {
             .await
             .with_context(|| format!("listen for the admin API on {}", config.admin_listen))?;
         let (listen, admin_listen) = (s3.local_addr()?, admin.local_addr()?);
-        let (g, shutdown) = (gateway.clone(), self.shutdown.clone());
-        self.tasks.spawn(async move {
+        let (g, shutdown) = (gateway.clone(), self.gateway_shutdown.clone());
+        self.gateway_tasks.spawn(async move {
             g.serve_s3(s3, shutdown.cancelled_owned())
                 .await
                 .context("S3 server")
         });
-        let (g, shutdown) = (gateway.clone(), self.shutdown.clone());
-        self.tasks.spawn(async move {
+        let (g, shutdown) = (gateway.clone(), self.gateway_shutdown.clone());
+        self.gateway_tasks.spawn(async move {
             g.serve_admin(admin, shutdown.cancelled_owned())
                 .await
                 .context("admin server")
@@ -270,15 +288,15 @@ impl Roles {
                 .await
                 .with_context(|| format!("listen for NBD on {addr}"))?;
             nbd_listen = Some(nbd.local_addr()?);
-            let (g, shutdown) = (gateway.clone(), self.shutdown.clone());
-            self.tasks.spawn(async move {
+            let (g, shutdown) = (gateway.clone(), self.gateway_shutdown.clone());
+            self.gateway_tasks.spawn(async move {
                 g.serve_nbd(nbd, tls, shutdown.cancelled_owned())
                     .await
                     .context("NBD server")
             });
         }
-        let (g, shutdown) = (gateway, self.shutdown.clone());
-        self.tasks.spawn(async move {
+        let (g, shutdown) = (gateway, self.gateway_shutdown.clone());
+        self.gateway_tasks.spawn(async move {
             g.run_maintenance(shutdown).await;
             Ok(())
         });

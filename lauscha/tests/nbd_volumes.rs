@@ -1017,6 +1017,125 @@ fn a_client_gone_during_or_right_after_the_handshake_leaves_no_lease_behind() {
     wait_detached("disconnected (qemu-io)");
 }
 
+/// A server told to stop (SIGTERM) ends its NBD sessions as a client's disconnect would,
+/// before metadata and the storage nodes of its process stop: every request it received
+/// whole is answered, the journal merged and the lease given back. So a restarted server
+/// attaches at once (a lease left behind refuses it for up to 10 s, and qemu's guest
+/// waits that long), and every acknowledged write reads back. With `--cluster` the
+/// supervisor stops its children the last started first, the gateway before the roles it
+/// needs.
+#[test]
+fn a_server_told_to_stop_ends_its_sessions_and_gives_the_leases_back() {
+    told_to_stop(&[]);
+}
+
+#[test]
+fn a_cluster_told_to_stop_ends_its_sessions_and_gives_the_leases_back() {
+    told_to_stop(&["--cluster"]);
+}
+
+fn told_to_stop(dev_args: &[&str]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut dev = Dev::start_in(&data, dev_args);
+    volume(&dev, "v", "16M");
+    let mut client = RawClient::connect(&dev.nbd_addr(), "v");
+    let writes: Vec<(u64, u8)> = (0..48u64)
+        .map(|i| (i * (64 << 10), 0x10 + i as u8))
+        .collect();
+    // The first ones surely acknowledged; the rest in flight when the signal comes.
+    let (answered, in_flight) = writes.split_at(8);
+    for (cookie, (offset, byte)) in answered.iter().enumerate() {
+        let error = client.request(
+            nbd::CMD_WRITE,
+            cookie as u64,
+            *offset,
+            64 << 10,
+            &[*byte; 64 << 10],
+        );
+        assert_eq!(error, 0, "write at {offset}");
+    }
+    let mut pipelined = Vec::new();
+    for (i, (offset, byte)) in in_flight.iter().enumerate() {
+        pipelined.extend_from_slice(&nbd::encode_request(&nbd::Request {
+            flags: 0,
+            command: nbd::CMD_WRITE,
+            cookie: (answered.len() + i) as u64,
+            offset: *offset,
+            len: 64 << 10,
+        }));
+        pipelined.extend_from_slice(&[*byte; 64 << 10]);
+    }
+    client.tcp.write_all(&pipelined).unwrap();
+    signal(u64::from(dev.child.id()), "TERM");
+
+    // Replies until the server ends the session. Requests it had not read are never
+    // answered (a reconnecting client sends them again), and if some were still unread
+    // in its socket, closing it resets the connection instead of a clean end.
+    let mut acknowledged: Vec<(u64, u8)> = answered.to_vec();
+    client
+        .tcp
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    loop {
+        let mut reply = [0u8; 16];
+        match client.tcp.read_exact(&mut reply) {
+            Ok(()) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                break;
+            }
+            Err(e) => panic!("the server neither answered nor ended the session: {e}"),
+        }
+        assert_eq!(&reply[..4], &nbd::SIMPLE_REPLY_MAGIC.to_be_bytes());
+        let error = u32::from_be_bytes(reply[4..8].try_into().unwrap());
+        let cookie = u64::from_be_bytes(reply[8..16].try_into().unwrap()) as usize;
+        assert_eq!(error, 0, "write {cookie} answered {error} at shutdown");
+        acknowledged.push(writes[cookie]);
+    }
+    let status = dev.child.wait().unwrap();
+    assert!(status.success(), "lauscha dev ended with {status}");
+    // The gateway logs to dev.log, or with --cluster to logs/gateway.log.
+    let mut log = std::fs::read_to_string(data.join("dev.log")).unwrap();
+    if let Ok(gateway_log) = std::fs::read_to_string(data.join("logs/gateway.log")) {
+        log.push_str(&gateway_log);
+    }
+    for complaint in [
+        "merging the journal failed",
+        "releasing the lease failed",
+        "still ending at the drain timeout",
+        // The supervisor of --cluster, of a child that did not stop in time.
+        "killing it",
+    ] {
+        assert!(
+            !log.contains(complaint),
+            "the shutdown logged {complaint:?}:\n{log}"
+        );
+    }
+
+    let dev = Dev::start_in(&data, dev_args);
+    let attached = dev.admin(&["volume", "list"])["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|vol| vol["name"] == "v" && vol["attached"] == true);
+    assert!(
+        !attached,
+        "the lease outlived the server that was told to stop"
+    );
+    let reads: Vec<String> = acknowledged
+        .iter()
+        .map(|(offset, byte)| format!("read -P {byte} {offset} 64k"))
+        .collect();
+    let reads: Vec<&str> = reads.iter().map(String::as_str).collect();
+    // At once: no lease stands in the way (wait_until_attachable is for crashed servers).
+    qemu_io(&format!("nbd://{}/v", dev.nbd_addr()), &reads);
+}
+
 /// Counters from the gateway's `/metrics`, in the order of `names`.
 fn metrics(dev: &Dev, names: &[&str]) -> Vec<u64> {
     let admin = dev.cluster["admin_endpoint"]
