@@ -265,16 +265,16 @@ pub async fn serve_nbd(
     sessions.close();
     let n_sessions = sessions.len();
     if n_sessions > 0 {
-        info!(n_sessions, "NBD: ending sessions");
+        info!(n_connections = n_sessions, "NBD: ending connections");
     }
     if tokio::time::timeout(DRAIN_TIMEOUT, sessions.wait())
         .await
         .is_err()
     {
         warn!(
-            n_sessions = sessions.len(),
+            n_connections = sessions.len(),
             timeout_s = DRAIN_TIMEOUT.as_secs(),
-            "NBD: sessions still ending at the drain timeout; their journals replay at the next attach"
+            "NBD: connections still open at the drain timeout; volumes they attached replay their journal at the next attach"
         );
     }
     Ok(())
@@ -316,12 +316,19 @@ async fn connection(
     hello.extend_from_slice(&nbd::IHAVEOPT.to_be_bytes());
     hello.extend_from_slice(&(nbd::FLAG_FIXED_NEWSTYLE | nbd::FLAG_NO_ZEROES).to_be_bytes());
     stream.write_all(&hello).await?;
-    let client_flags = if tls.is_some() {
-        tokio::time::timeout_at(tls_deadline, stream.read_u32())
-            .await
-            .map_err(no_tls_in_time)??
-    } else {
-        stream.read_u32().await?
+    let flags = async {
+        if tls.is_some() {
+            tokio::time::timeout_at(tls_deadline, stream.read_u32())
+                .await
+                .map_err(no_tls_in_time)?
+        } else {
+            stream.read_u32().await
+        }
+    };
+    let client_flags = tokio::select! {
+        biased;
+        () = stopping.cancelled() => return Ok(()),
+        flags = flags => flags?,
     };
     if client_flags & !(nbd::CLIENT_FIXED_NEWSTYLE | nbd::CLIENT_NO_ZEROES) != 0 {
         return Err(std::io::Error::other("unknown client flags"));

@@ -490,9 +490,13 @@ async fn spawn_role_once(
         .create(true)
         .append(true)
         .open(&log_path)?;
+    // A process group of its own: Ctrl-C in a terminal reaches the whole foreground
+    // group, and would stop every role at once instead of in `stop_children`'s order.
+    // A child whose supervisor dies still stops: its stdin ends.
     let mut child = Command::new(&argv[0])
         .args(&argv[1..])
         .arg("--exit-on-stdin-eof")
+        .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(log)
@@ -627,10 +631,10 @@ async fn run_cluster(args: DevArgs, data_dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Stops the children one at a time, the last started first (the gateway, then the
-/// storage nodes, then the metadata voters), so that the gateway ends its NBD sessions
-/// (journals merged, leases given back) while the roles it needs still serve. Each is
-/// asked by closing its stdin and killed if it has not stopped in time: the gateway gets
-/// its NBD drain (30 s) and 10 s more, the others 10 s.
+/// storage nodes, then the metadata voters, the bootstrap voter last), so that the
+/// gateway ends its NBD sessions (journals merged, leases given back) while the roles it
+/// needs still serve. Each is asked by closing its stdin and killed if it has not stopped
+/// in time: the gateway gets its NBD drain (30 s) and 10 s more, the others 10 s.
 async fn stop_children(children: &mut [Supervised]) {
     for child in children.iter_mut().rev() {
         drop(child.stdin.take());

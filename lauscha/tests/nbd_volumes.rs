@@ -1107,7 +1107,7 @@ fn told_to_stop(dev_args: &[&str]) {
     for complaint in [
         "merging the journal failed",
         "releasing the lease failed",
-        "still ending at the drain timeout",
+        "still open at the drain timeout",
         // The supervisor of --cluster, of a child that did not stop in time.
         "killing it",
     ] {

@@ -188,9 +188,15 @@ impl MetaNode {
 
     /// Whether this voter's Raft has stopped: shut down, or ended by a fatal error.
     fn raft_stopped(&self) -> bool {
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow_watched();
-        metrics.running_state.is_err() || metrics.state == openraft::ServerState::Shutdown
+        use futures::FutureExt;
+        let mut metrics = self.raft.metrics();
+        let reported = {
+            let m = metrics.borrow_and_update();
+            m.running_state.is_err() || m.state == openraft::ServerState::Shutdown
+        };
+        // A core that panicked reports neither, but the sender of its metrics is gone:
+        // with the newest value seen, waiting for a change fails at once.
+        reported || matches!(metrics.changed().now_or_never(), Some(Err(_)))
     }
 
     /// Proposes `cmd` and returns what applying it answered; a refusal is an error.
