@@ -201,7 +201,16 @@ impl Maintenance {
                 .map(|r| !r.is_empty())
                 .unwrap_or(false);
             if queued || last_pass.elapsed() >= interval {
-                match self.pass(false).await {
+                // Shutdown does not wait for a pass: one cut off loses nothing (each
+                // repair, move and deletion is committed by one metadata command, and a
+                // shard written for an uncommitted one is an orphan, collected later),
+                // while a long pass would hold up the NBD sessions' orderly end.
+                let pass = tokio::select! {
+                    biased;
+                    () = stop.cancelled() => return,
+                    pass = self.pass(false) => pass,
+                };
+                match pass {
                     Ok(report) => {
                         if report.shards_rebuilt
                             + report.shards_moved

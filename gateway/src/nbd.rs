@@ -631,8 +631,8 @@ async fn transmission(
     'requests: loop {
         let mut header = [0u8; 28];
         // Shutdown ends the session between requests, as NBD_CMD_DISC would. A header
-        // read in part is dropped with the connection: its request was never received,
-        // so a reconnecting client sends it again.
+        // (or, below, a payload) read in part is dropped with the connection: its
+        // request was never received, so a reconnecting client sends it again.
         let read = tokio::select! {
             biased;
             () = stopping.cancelled() => break,
@@ -663,7 +663,14 @@ async fn transmission(
             while buf.len() < len {
                 let left = len - buf.len();
                 let mut rest = bytes::BufMut::limit(&mut buf, left);
-                match rd.read_buf(&mut rest).await {
+                // A client stalled in the middle of a payload must not hold up shutdown:
+                // its request is not received whole, so it is neither run nor answered.
+                let read = tokio::select! {
+                    biased;
+                    () = stopping.cancelled() => break 'requests,
+                    read = rd.read_buf(&mut rest) => read,
+                };
+                match read {
                     Ok(0) => {
                         gone_mid_request = Some(std::io::ErrorKind::UnexpectedEof.into());
                         break 'requests;

@@ -1021,7 +1021,8 @@ fn a_client_gone_during_or_right_after_the_handshake_leaves_no_lease_behind() {
 /// before metadata and the storage nodes of its process stop: every request it received
 /// whole is answered, the journal merged and the lease given back. So a restarted server
 /// attaches at once (a lease left behind refuses it for up to 10 s, and qemu's guest
-/// waits that long), and every acknowledged write reads back. With `--cluster` the
+/// waits that long), and every acknowledged write reads back. A client stalled in the
+/// middle of a write's payload does not hold up the stop. With `--cluster` the
 /// supervisor stops its children the last started first, the gateway before the roles it
 /// needs.
 #[test]
@@ -1067,6 +1068,21 @@ fn told_to_stop(dev_args: &[&str]) {
         pipelined.extend_from_slice(&[*byte; 64 << 10]);
     }
     client.tcp.write_all(&pipelined).unwrap();
+    // A second client stalled in the middle of a write's payload: it must not hold up
+    // the stop (the drain would wait 30 s for it, and say so), and its write, never
+    // received whole, is not carried out.
+    let mut stalled = RawClient::connect(&dev.nbd_addr(), "v");
+    stalled
+        .tcp
+        .write_all(&nbd::encode_request(&nbd::Request {
+            flags: 0,
+            command: nbd::CMD_WRITE,
+            cookie: 7,
+            offset: 8 << 20,
+            len: 64 << 10,
+        }))
+        .unwrap();
+    stalled.tcp.write_all(&[0xee; 4096]).unwrap();
     signal(u64::from(dev.child.id()), "TERM");
 
     // Replies until the server ends the session. Requests it had not read are never
@@ -1099,6 +1115,7 @@ fn told_to_stop(dev_args: &[&str]) {
     }
     let status = dev.child.wait().unwrap();
     assert!(status.success(), "lauscha dev ended with {status}");
+    drop(stalled);
     // The gateway logs to dev.log, or with --cluster to logs/gateway.log.
     let mut log = std::fs::read_to_string(data.join("dev.log")).unwrap();
     if let Ok(gateway_log) = std::fs::read_to_string(data.join("logs/gateway.log")) {
@@ -1130,6 +1147,7 @@ fn told_to_stop(dev_args: &[&str]) {
     let reads: Vec<String> = acknowledged
         .iter()
         .map(|(offset, byte)| format!("read -P {byte} {offset} 64k"))
+        .chain(std::iter::once("read -P 0 8M 64k".to_string()))
         .collect();
     let reads: Vec<&str> = reads.iter().map(String::as_str).collect();
     // At once: no lease stands in the way (wait_until_attachable is for crashed servers).
