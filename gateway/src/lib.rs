@@ -42,6 +42,7 @@ use std::sync::Arc;
 pub use error::GatewayError;
 use lauscha_core::config::GatewayConfig;
 pub use meta_client::MetaClient;
+pub use nbd::NBD_DRAIN_TIMEOUT;
 pub use nbd_tls::{MAX_UNAUTHENTICATED_CONNECTIONS, MAX_UNAUTHENTICATED_PER_ADDRESS, NbdTls};
 use s3s::service::S3ServiceBuilder;
 use tokio::net::TcpListener;

@@ -205,10 +205,8 @@ impl Maintenance {
                 // repair, move and deletion is committed by one metadata command, and a
                 // shard written for an uncommitted one is an orphan, collected later),
                 // while a long pass would hold up the NBD sessions' orderly end.
-                let pass = tokio::select! {
-                    biased;
-                    () = stop.cancelled() => return,
-                    pass = self.pass(false) => pass,
+                let Some(pass) = stop.run_until_cancelled(self.pass(false)).await else {
+                    return;
                 };
                 match pass {
                     Ok(report) => {

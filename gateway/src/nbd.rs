@@ -43,7 +43,7 @@ const MAX_IN_FLIGHT: usize = 64;
 /// At shutdown: how long sessions get to end (requests in flight answered, journals
 /// merged, leases given back) before the server stops waiting for them. What is cut off
 /// then loses nothing: the journal is durable and the lease runs out by itself.
-const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+pub const NBD_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A volume name and which volume of that name it denoted when it was attached.
 type AttachedKey = (String, VolumeIdentity);
@@ -197,7 +197,7 @@ fn info_of(size_bytes: u64) -> ExportInfo {
 ///
 /// Then it stops accepting and ends every session as a client's disconnect would (every
 /// request received whole carried out and answered, then the detach: journal merged,
-/// lease given back), and returns when they have ended or after `DRAIN_TIMEOUT`. The
+/// lease given back), and returns when they have ended or after `NBD_DRAIN_TIMEOUT`. The
 /// caller keeps metadata and the storage nodes serving until then: a restarted server,
 /// or another host, attaches at once instead of waiting for a lease to run out.
 pub async fn serve_nbd(
@@ -263,17 +263,17 @@ pub async fn serve_nbd(
     drop(listener);
     stopping.cancel();
     sessions.close();
-    let n_sessions = sessions.len();
-    if n_sessions > 0 {
-        info!(n_connections = n_sessions, "NBD: ending connections");
+    let n_connections = sessions.len();
+    if n_connections > 0 {
+        info!(n_connections, "NBD: ending connections");
     }
-    if tokio::time::timeout(DRAIN_TIMEOUT, sessions.wait())
+    if tokio::time::timeout(NBD_DRAIN_TIMEOUT, sessions.wait())
         .await
         .is_err()
     {
         warn!(
             n_connections = sessions.len(),
-            timeout_s = DRAIN_TIMEOUT.as_secs(),
+            timeout_s = NBD_DRAIN_TIMEOUT.as_secs(),
             "NBD: connections still open at the drain timeout; volumes they attached replay their journal at the next attach"
         );
     }
@@ -325,11 +325,10 @@ async fn connection(
             stream.read_u32().await
         }
     };
-    let client_flags = tokio::select! {
-        biased;
-        () = stopping.cancelled() => return Ok(()),
-        flags = flags => flags?,
+    let Some(client_flags) = stopping.run_until_cancelled(flags).await else {
+        return Ok(());
     };
+    let client_flags = client_flags?;
     if client_flags & !(nbd::CLIENT_FIXED_NEWSTYLE | nbd::CLIENT_NO_ZEROES) != 0 {
         return Err(std::io::Error::other("unknown client flags"));
     }
@@ -412,11 +411,13 @@ async fn negotiate(
     loop {
         let mut header = [0u8; 16];
         // Shutdown ends a negotiation only between options, never inside an attach.
-        tokio::select! {
-            biased;
-            () = stopping.cancelled() => return Ok(Negotiated::Done),
-            read = stream.read_exact(&mut header) => { read?; }
-        }
+        let Some(read) = stopping
+            .run_until_cancelled(stream.read_exact(&mut header))
+            .await
+        else {
+            return Ok(Negotiated::Done);
+        };
+        read?;
         let opt = nbd::parse_option(&header)
             .map_err(|e| std::io::Error::other(format!("option: {e}")))?;
         let mut data = vec![0u8; opt.len as usize];
@@ -633,14 +634,12 @@ async fn transmission(
         // Shutdown ends the session between requests, as NBD_CMD_DISC would. A header
         // (or, below, a payload) read in part is dropped with the connection: its
         // request was never received, so a reconnecting client sends it again.
-        let read = tokio::select! {
-            biased;
-            () = stopping.cancelled() => break,
-            read = rd.read_exact(&mut header) => read,
-        };
-        if read.is_err() {
+        let Some(Ok(_)) = stopping
+            .run_until_cancelled(rd.read_exact(&mut header))
+            .await
+        else {
             break;
-        }
+        };
         let request = match nbd::parse_request(&header) {
             Ok(r) => r,
             Err(e) => {
@@ -665,10 +664,8 @@ async fn transmission(
                 let mut rest = bytes::BufMut::limit(&mut buf, left);
                 // A client stalled in the middle of a payload must not hold up shutdown:
                 // its request is not received whole, so it is neither run nor answered.
-                let read = tokio::select! {
-                    biased;
-                    () = stopping.cancelled() => break 'requests,
-                    read = rd.read_buf(&mut rest) => read,
+                let Some(read) = stopping.run_until_cancelled(rd.read_buf(&mut rest)).await else {
+                    break 'requests;
                 };
                 match read {
                     Ok(0) => {

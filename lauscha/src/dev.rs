@@ -634,12 +634,13 @@ async fn run_cluster(args: DevArgs, data_dir: &Path) -> anyhow::Result<()> {
 /// storage nodes, then the metadata voters, the bootstrap voter last), so that the
 /// gateway ends its NBD sessions (journals merged, leases given back) while the roles it
 /// needs still serve. Each is asked by closing its stdin and killed if it has not stopped
-/// in time: the gateway gets its NBD drain (30 s) and 10 s more, the others 10 s.
+/// in time: the gateway gets its NBD drain (`NBD_DRAIN_TIMEOUT`) and 10 s more, the
+/// others 10 s.
 async fn stop_children(children: &mut [Supervised]) {
     for child in children.iter_mut().rev() {
         drop(child.stdin.take());
         let patience = if child.info.role == "gateway" {
-            Duration::from_secs(40)
+            lauscha_gateway::NBD_DRAIN_TIMEOUT + Duration::from_secs(10)
         } else {
             Duration::from_secs(10)
         };
