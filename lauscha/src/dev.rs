@@ -330,13 +330,47 @@ fn print_banner(cluster: &ClusterFile, credentials: &Credentials, data_dir: &Pat
     let _ = std::io::stdout().flush();
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn termination() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// SIGINT and SIGTERM as they come. The first asks for a graceful stop (NBD sessions
+/// end and give their leases back, which can take up to `NBD_DRAIN_TIMEOUT`); a second
+/// one during it means "now" (see [`StopSignals::exit_on_next`]). The handlers are
+/// installed once, so no signal is missed between two waits.
+pub struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Installs the handlers: from here on SIGINT and SIGTERM no longer end the process
+    /// by themselves.
+    pub fn install() -> anyhow::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt()).context("install the SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("install the SIGTERM handler")?,
+        })
+    }
+
+    /// The next SIGINT or SIGTERM.
+    pub async fn next(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+
+    /// Ends the process at the next signal, without waiting for the graceful stop under
+    /// way. That loses nothing acknowledged (metadata, the volume journals and the shards
+    /// are durable when a write is answered, as after a crash); what is cut short is the
+    /// journal merge at detach (replayed at the next attach) and the lease release (a
+    /// lease expires within 10 s).
+    pub fn exit_on_next(mut self) {
+        tokio::spawn(async move {
+            self.next().await;
+            warn!(
+                "second stop signal: exiting now, without waiting for the graceful stop (nothing acknowledged is lost; leases of attached volumes expire in 10 s)"
+            );
+            std::process::exit(1);
+        });
     }
 }
 
@@ -417,8 +451,14 @@ async fn run_in_process(args: DevArgs, data_dir: &Path) -> anyhow::Result<()> {
         &data_dir.join("cluster.json"),
         &serde_json::to_vec_pretty(&cluster)?,
     )?;
+    let mut signals = StopSignals::install()?;
     print_banner(&cluster, &creds, data_dir);
-    roles.run_until(termination()).await
+    roles
+        .run_until(async move {
+            signals.next().await;
+            signals.exit_on_next();
+        })
+        .await
 }
 
 /// A child process of `--cluster` and the pipe whose closing tells it to stop.
@@ -622,11 +662,27 @@ async fn run_cluster(args: DevArgs, data_dir: &Path) -> anyhow::Result<()> {
         &data_dir.join("cluster.json"),
         &serde_json::to_vec_pretty(&cluster)?,
     )?;
+    let mut signals = StopSignals::install()?;
     print_banner(&cluster, &creds, data_dir);
     // Children that die (a test killed one) are left dead: whoever killed it restarts it
     // with the argv in cluster.json. The supervisor only ends them all on shutdown.
-    termination().await;
-    stop_children(&mut children).await;
+    signals.next().await;
+    let forced = tokio::select! {
+        () = stop_children(&mut children) => false,
+        () = signals.next() => true,
+    };
+    if forced {
+        warn!("second stop signal: killing the children without waiting for them");
+        for child in &mut children {
+            let _ = child.child.start_kill();
+        }
+        for child in &mut children {
+            let _ = child.child.wait().await;
+        }
+        bail!(
+            "stopped by a second signal: the children were killed (nothing acknowledged is lost; leases of attached volumes expire in 10 s)"
+        );
+    }
     Ok(())
 }
 
@@ -637,6 +693,7 @@ async fn run_cluster(args: DevArgs, data_dir: &Path) -> anyhow::Result<()> {
 /// in time: the gateway gets its NBD drain (`NBD_DRAIN_TIMEOUT`) and 10 s more, the
 /// others 10 s.
 async fn stop_children(children: &mut [Supervised]) {
+    info!("stopping the children, the last started first");
     for child in children.iter_mut().rev() {
         drop(child.stdin.take());
         let patience = if child.info.role == "gateway" {

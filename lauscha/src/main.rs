@@ -88,16 +88,18 @@ async fn server(path: PathBuf, exit_on_stdin_eof: bool) -> anyhow::Result<()> {
         let info = roles.start_gateway(gateway).await?;
         report(&info)?;
     }
+    let mut signals = dev::StopSignals::install()?;
     roles
         .run_until(async move {
             if exit_on_stdin_eof {
                 tokio::select! {
                     () = stdin_closed() => {}
-                    () = dev::termination() => {}
+                    () = signals.next() => {}
                 }
             } else {
-                dev::termination().await;
+                signals.next().await;
             }
+            signals.exit_on_next();
         })
         .await
 }

@@ -1160,6 +1160,81 @@ fn told_to_stop(dev_args: &[&str]) {
     qemu_io(&format!("nbd://{}/v", dev.nbd_addr()), &reads);
 }
 
+/// A second stop signal during the graceful stop means "now". With metadata paused, a
+/// gateway told to stop cannot end its session (the detach merges the journal and gives
+/// the lease back through metadata) and would wait out its metadata timeouts; a second
+/// SIGTERM ends it at once. So for the `--cluster` supervisor, which then kills its
+/// children instead of giving each its patience. Nothing acknowledged is lost: the write
+/// reads back once the lease has expired.
+#[test]
+fn a_second_stop_signal_ends_the_graceful_stop_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut dev = Dev::start_in(&data, &["--cluster"]);
+    volume(&dev, "v", "16M");
+    let mut client = RawClient::connect(&dev.nbd_addr(), "v");
+    assert_eq!(client.request(nbd::CMD_WRITE, 1, 0, 4096, &[0x5a; 4096]), 0);
+    let pid = |process: &serde_json::Value| process["pid"].as_u64().unwrap();
+    let meta = pid(&dev.processes("metadata")[0]);
+    let gateway = pid(&dev.processes("gateway")[0]);
+    let storage: Vec<u64> = dev.processes("storage").iter().map(pid).collect();
+    signal(meta, "STOP");
+
+    // Told to stop, the gateway stops accepting connections, then waits for its session.
+    signal(gateway, "TERM");
+    let nbd_addr = dev.nbd_addr();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while TcpStream::connect(&nbd_addr).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway still accepts connections 30 s after SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    signal(gateway, "TERM");
+    assert!(
+        dies_within(gateway, std::time::Duration::from_secs(10)),
+        "the gateway outlived a second SIGTERM by 10 s"
+    );
+    let gateway_log = std::fs::read_to_string(data.join("logs/gateway.log")).unwrap();
+    assert!(
+        gateway_log.contains("second stop signal: exiting now"),
+        "the gateway did not say why it ended:\n{gateway_log}"
+    );
+    drop(client);
+
+    // The supervisor stops the children the last started first: the gateway (gone), the
+    // storage nodes, then metadata, which is paused and would get 10 s.
+    signal(u64::from(dev.child.id()), "TERM");
+    assert!(
+        dies_within(*storage.last().unwrap(), std::time::Duration::from_secs(30)),
+        "the supervisor did not stop the last storage node"
+    );
+    signal(u64::from(dev.child.id()), "TERM");
+    let status = dev.child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "a forced stop must not look like a clean one"
+    );
+    assert!(
+        dies_within(meta, std::time::Duration::from_secs(10)),
+        "the paused metadata process outlived its supervisor"
+    );
+    let dev_log = std::fs::read_to_string(data.join("dev.log")).unwrap();
+    assert!(
+        dev_log.contains("second stop signal: killing the children"),
+        "the supervisor did not say why it ended:\n{dev_log}"
+    );
+    for node in storage {
+        assert!(dies_within(node, std::time::Duration::from_secs(10)));
+    }
+
+    let dev = Dev::start_in(&data, &["--cluster"]);
+    let uri = format!("nbd://{}/v", dev.nbd_addr());
+    wait_until_attachable(&uri);
+    qemu_io(&uri, &["read -P 0x5a 0 4k"]);
+}
+
 /// Counters from the gateway's `/metrics`, in the order of `names`.
 fn metrics(dev: &Dev, names: &[&str]) -> Vec<u64> {
     let admin = dev.cluster["admin_endpoint"]

@@ -175,7 +175,15 @@ pub fn kill_pid(pid: u64) {
 
 /// Waits until `pid` has exited (gone, or a zombie its parent has not reaped yet).
 fn wait_dead(pid: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    assert!(
+        dies_within(pid, Duration::from_secs(10)),
+        "process {pid} still alive 10 s after SIGKILL"
+    );
+}
+
+/// Whether process `pid` is gone (or a zombie) within `timeout`.
+pub fn dies_within(pid: u64, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
     loop {
         let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
         // Field 3 of /proc/PID/stat, after the parenthesised command name.
@@ -187,12 +195,11 @@ fn wait_dead(pid: u64) {
                 .is_some_and(|s| s == "Z" || s == "X"),
         };
         if dead {
-            return;
+            return true;
         }
-        assert!(
-            Instant::now() < deadline,
-            "process {pid} still alive 10 s after SIGKILL"
-        );
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(5));
     }
 }
