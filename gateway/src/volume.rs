@@ -707,6 +707,7 @@ impl VolumeEngine {
         wanted: impl Fn(u64) -> bool,
     ) -> Result<Vec<LoadedEntry>, GatewayError> {
         let slices: HashMap<u64, u64> = state.slices.iter().copied().collect();
+        let settled: std::collections::HashSet<u64> = state.settled.iter().copied().collect();
         // A batch most of whose bytes are still journal is read once, whole; of one that
         // is mostly merged, only the entries left.
         let mut needed: HashMap<StripeId, u64> = HashMap::new();
@@ -763,6 +764,7 @@ impl VolumeEngine {
                 len: entry.len,
                 data,
                 stored: Stored::of(&entry.data, at.is_some()),
+                settled: settled.contains(seq),
             });
         }
         Ok(loaded)
@@ -1356,15 +1358,25 @@ impl VolumeEngine {
                 data: d.clone(),
             })
             .collect();
-        let append = ObjectCommand::Volume(VolumeCommand::Append {
-            name: self.volume.name.clone(),
-            epoch,
-            entries,
+        let replicated = stored.iter().all(|s| s.4);
+        let name = self.volume.name.clone();
+        // Settled entries are trusted by a holder attaching after a crash.
+        let append = ObjectCommand::Volume(if replicated {
+            VolumeCommand::AppendSettled {
+                name,
+                epoch,
+                entries,
+            }
+        } else {
+            VolumeCommand::Append {
+                name,
+                epoch,
+                entries,
+            }
         });
         let first_seq = self
             .commit_journal(append, Some(uncommitted), epoch)
             .await?;
-        let replicated = stored.iter().all(|s| s.4);
         let mut extents_touched = Vec::with_capacity(stored.len());
         let merge_now = {
             let mut st = self.state.lock().expect("volume state lock");
@@ -1538,11 +1550,21 @@ impl VolumeEngine {
                 stats
                     .journal_batched_writes
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                let command = VolumeCommand::AppendBatch {
-                    name: self.volume.name.clone(),
-                    epoch,
-                    data,
-                    writes,
+                let name = self.volume.name.clone();
+                let command = if replicated {
+                    VolumeCommand::AppendSettledBatch {
+                        name,
+                        epoch,
+                        data,
+                        writes,
+                    }
+                } else {
+                    VolumeCommand::AppendBatch {
+                        name,
+                        epoch,
+                        data,
+                        writes,
+                    }
                 };
                 (command, Stored::Slice, replicated, Some(uncommitted))
             } else {
@@ -1622,8 +1644,8 @@ impl VolumeEngine {
     }
 
     /// Brings every journal entry of `extents` to all its shards durable: an entry short
-    /// of one (a node failed during its write, or since: entries replayed at attach are
-    /// not trusted) is written again and its stripes swapped in place, keeping its order
+    /// of one (a node failed during its write; an entry replayed at attach that is not
+    /// settled in metadata) is written again and its stripes swapped in place, keeping its order
     /// in the journal. When that cannot be had, or the entry is a slice of a batch, the
     /// extent is merged at full erasure-coded redundancy instead, or the call fails.
     async fn settle(&self, extents: &[u64]) -> Result<(), VolumeError> {
@@ -2166,14 +2188,17 @@ struct LoadedEntry {
     len: u64,
     data: Option<Bytes>,
     stored: Stored,
+    /// Recorded as settled (`VolumeState::settled`).
+    settled: bool,
 }
 
 impl LoadedEntry {
     /// Adds it to the pending lists. An inline entry is in Raft, committed on a majority
-    /// of voters. Whether every shard of a stored one survived is unknown: it counts as
-    /// short, so that the next FLUSH or merge settles it.
+    /// of voters; a settled one had every shard durable when it was recorded, as its
+    /// writer knew then. Whether every shard of another stored one was ever durable is
+    /// unknown: it counts as short, so that the next FLUSH or merge settles it.
     fn insert(self, st: &mut EngineState, extent_bytes: u64) {
-        let replicated = matches!(self.stored, Stored::Inline);
+        let replicated = self.settled || matches!(self.stored, Stored::Inline);
         insert_pending(
             st,
             extent_bytes,

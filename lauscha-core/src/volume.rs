@@ -87,6 +87,12 @@ pub struct VolumeState {
     /// (sequence number, offset) of the journal entries written in a batch: their bytes
     /// are `len` bytes from that offset of their data, not all of it.
     pub slices: Vec<(u64, u64)>,
+    /// Sequence numbers of the journal entries recorded as settled: every shard of their
+    /// stripes was durable, at the volume's redundancy or more, when they were recorded
+    /// (`AppendSettled`, `AppendSettledBatch`, `Rewrite`, `Spill`). Of the others (stripes
+    /// written short, or by an older release) that is not known. Inline entries are in
+    /// Raft and need no mark.
+    pub settled: Vec<u64>,
 }
 
 /// Changes to volumes (carried inside `ObjectCommand::Volume`).
@@ -192,7 +198,8 @@ pub enum VolumeCommand {
         snapshot: String,
     },
     /// Replace a journal entry's stripes with a new copy of the same bytes (written at
-    /// full replication after a node loss); its place in the journal stays.
+    /// full replication after a node loss: every shard durable, at the volume's
+    /// redundancy or more); its place in the journal stays, and it is settled.
     Rewrite {
         /// Its name.
         name: String,
@@ -245,6 +252,31 @@ pub enum VolumeCommand {
         /// The entries, and where each one's bytes start in `data`.
         entries: Vec<SpilledEntry>,
     },
+    /// As `Append`, for writes whose stripes have every shard durable, at the volume's
+    /// redundancy or more: the entries are recorded as settled (`VolumeState::settled`),
+    /// so that a holder attaching after a crash trusts them as its predecessor did,
+    /// instead of settling them again, which may take a merge at full redundancy that the
+    /// nodes left cannot take.
+    AppendSettled {
+        /// Its name.
+        name: String,
+        /// The holder's epoch.
+        epoch: u64,
+        /// The writes, in order.
+        entries: Vec<JournalEntry>,
+    },
+    /// As `AppendBatch`, for a batch whose every shard is durable, at the volume's
+    /// redundancy or more: its entries are recorded as settled (see `AppendSettled`).
+    AppendSettledBatch {
+        /// Its name.
+        name: String,
+        /// The holder's epoch.
+        epoch: u64,
+        /// The batch's stripes.
+        data: ObjectData,
+        /// The writes, in order.
+        writes: Vec<BatchedWrite>,
+    },
 }
 
 /// One journal entry of a `Spill`.
@@ -279,7 +311,9 @@ impl VolumeCommand {
             | VolumeCommand::NewEpoch { name, .. }
             | VolumeCommand::Release { name, .. }
             | VolumeCommand::Append { name, .. }
+            | VolumeCommand::AppendSettled { name, .. }
             | VolumeCommand::AppendBatch { name, .. }
+            | VolumeCommand::AppendSettledBatch { name, .. }
             | VolumeCommand::Merge { name, .. }
             | VolumeCommand::Rewrite { name, .. }
             | VolumeCommand::Spill { name, .. }

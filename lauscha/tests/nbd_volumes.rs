@@ -347,8 +347,9 @@ fn concurrent_small_writes_are_batched_and_survive_a_crash_of_the_server() {
 /// (16 MiB) the oldest are spilled: moved into stripe sets on the nodes, keeping their
 /// place in the journal, instead of whole extents being rewritten to absorb them. Spilled
 /// entries read back from the nodes after the server is killed (the journal is replayed
-/// at attach from their slices), and again once a FLUSH merged their extents. The age
-/// limit of merges is set out of reach, so that nothing is merged before the kill.
+/// at attach from their slices; settled, so a FLUSH need not merge them), and again once
+/// the detach merged their extents. The age limit of merges is set out of reach, so that
+/// nothing is merged before the kill.
 #[test]
 fn inline_journal_entries_past_the_soft_limit_are_spilled_to_the_nodes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -441,11 +442,11 @@ fn inline_journal_entries_past_the_soft_limit_are_spilled_to_the_nodes() {
         assert!(block.iter().all(|b| b == byte), "write {i} read back wrong");
     }
     assert_eq!(merges(&dev), 0);
-    // Entries replayed from stripes are not trusted to have every shard, inline ones are:
-    // the FLUSH merges exactly the ten extents that hold spilled entries, so metadata
-    // recorded the spills.
+    // A spill is committed only with every shard durable, and recorded as settled;
+    // inline entries are in Raft: the FLUSH has nothing to settle, so it merges nothing
+    // (before settled marks, it merged the ten extents holding spilled entries).
     assert_eq!(client.request(nbd::CMD_FLUSH, 1, 0, 0, &[]), 0);
-    assert_eq!(merges(&dev), 10);
+    assert_eq!(merges(&dev), 0);
     drop(client);
     qemu_io(&format!("nbd://{addr}/spilled"), &reads);
 }
@@ -636,6 +637,53 @@ fn flushed_writes_survive_the_loss_of_m_storage_nodes() {
         assert!(std::time::Instant::now() < deadline, "{text}");
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
+}
+
+/// Batched writes that were stored with every shard durable stay settled across a crash
+/// of the NBD server: after it restarts with m storage nodes gone, a FLUSH succeeds
+/// without merging (a merge at full redundancy cannot be placed on the nodes left), as it
+/// would have before the crash. Before, entries replayed at attach were not trusted, so
+/// the first FLUSH merged every extent with batched entries, and failed with EIO while
+/// nodes were down.
+#[test]
+fn batched_writes_stay_settled_across_a_crash_of_the_server_while_nodes_are_down() {
+    let dev = Dev::start(&["--cluster"]);
+    volume(&dev, "settled", "64M");
+    let batch: Vec<(u64, Vec<u8>)> = (0..32u64)
+        .map(|i| (i * (256 << 10), vec![0x20 + i as u8; 32 << 10]))
+        .collect();
+    let mut client = RawClient::connect(&dev.nbd_addr(), "settled");
+    let errors = client.pipelined_writes(&batch);
+    assert!(errors.iter().all(|e| *e == 0), "{errors:?}");
+    assert_eq!(client.request(nbd::CMD_FLUSH, 99, 0, 0, &[]), 0, "FLUSH");
+    let batches = metrics(&dev, &["lauscha_volume_journal_batches_total"]);
+    assert!(batches[0] >= 1, "the writes went as batches: {batches:?}");
+
+    // The NBD server crashes with the journal unmerged, and m = 2 storage nodes die.
+    let gateway = dev.processes("gateway").remove(0);
+    kill_pid(gateway["pid"].as_u64().unwrap());
+    drop(client);
+    for node in &dev.processes("storage")[..2] {
+        kill_pid(node["pid"].as_u64().unwrap());
+    }
+    let (_gateway, ready) = restart_ready(&gateway);
+    let nbd_addr = ready["nbd_listen"].as_str().unwrap().to_string();
+    let uri = format!("nbd://{nbd_addr}/settled");
+    wait_until_attachable(&uri);
+    let mut client = RawClient::connect(&nbd_addr, "settled");
+    assert_eq!(
+        client.request(nbd::CMD_FLUSH, 1, 0, 0, &[]),
+        0,
+        "FLUSH after the restart"
+    );
+    drop(client);
+    let reads: Vec<String> = batch
+        .iter()
+        .map(|(offset, bytes)| format!("read -P {} {offset} 32k", bytes[0]))
+        .collect();
+    let reads: Vec<&str> = reads.iter().map(String::as_str).collect();
+    wait_until_attachable(&uri);
+    qemu_io(&uri, &reads);
 }
 
 #[test]

@@ -2543,6 +2543,144 @@ mod tests {
         assert_eq!(leftover, 0, "the snapshot's slices are deleted with it");
     }
 
+    /// An entry is marked settled when its command says every shard was durable
+    /// (`AppendSettled`, `AppendSettledBatch`), by a spill or a rewrite, and only then;
+    /// the mark goes with the entry (merge, delete) and is copied with it (snapshot).
+    #[test]
+    fn settled_marks_follow_their_entries() {
+        use lauscha_core::volume::{BatchedWrite, JournalEntry, VolumeCommand as V, VolumeReply};
+        let mut sm = setup();
+        let epoch = leased_volume(&mut sm, "m");
+        let w = |offset: u64, at: u64| BatchedWrite {
+            offset,
+            len: 4096,
+            at,
+        };
+        let appended = |reply: Result<VolumeReply, MetaError>| match reply {
+            Ok(VolumeReply::Appended { first_seq }) => first_seq,
+            other => panic!("{other:?}"),
+        };
+        let settled_batch = appended(vol(
+            &mut sm,
+            0,
+            V::AppendSettledBatch {
+                name: "m".into(),
+                epoch,
+                data: striped(8192, 70).data,
+                writes: vec![w(0, 0), w(5 << 20, 4096)],
+            },
+        ));
+        let short_batch = appended(vol(
+            &mut sm,
+            0,
+            V::AppendBatch {
+                name: "m".into(),
+                epoch,
+                data: striped(4096, 71).data,
+                writes: vec![w(8192, 0)],
+            },
+        ));
+        let entry = |offset: u64, data: ObjectData| JournalEntry {
+            epoch,
+            offset,
+            len: 4096,
+            data: Some(data),
+        };
+        let settled_own = appended(vol(
+            &mut sm,
+            0,
+            V::AppendSettled {
+                name: "m".into(),
+                epoch,
+                entries: vec![
+                    entry(1 << 20, ObjectData::Inline(vec![1; 4096])),
+                    entry(2 << 20, striped(4096, 72).data),
+                ],
+            },
+        ));
+        let short_own = appended(vol(
+            &mut sm,
+            0,
+            V::Append {
+                name: "m".into(),
+                epoch,
+                entries: vec![entry(3 << 20, striped(4096, 73).data)],
+            },
+        ));
+        let settled = |sm: &Sm, name: &str| {
+            crate::volumes::state(&sm.kv, name)
+                .unwrap()
+                .unwrap()
+                .settled
+        };
+        assert_eq!(
+            settled(&sm, "m"),
+            vec![settled_batch, settled_batch + 1, settled_own + 1],
+            "inline entries need no mark; short ones get none"
+        );
+        vol(
+            &mut sm,
+            0,
+            V::Rewrite {
+                name: "m".into(),
+                epoch,
+                seq: short_batch,
+                data: striped(4096, 74).data,
+            },
+        )
+        .unwrap();
+        vol(
+            &mut sm,
+            0,
+            V::Snapshot {
+                name: "m".into(),
+                tenant: tenant("jena"),
+                snapshot: "s".into(),
+            },
+        )
+        .unwrap();
+        let marked = vec![
+            settled_batch,
+            settled_batch + 1,
+            short_batch,
+            settled_own + 1,
+        ];
+        assert_eq!(settled(&sm, "m"), marked, "a rewrite is settled");
+        assert_eq!(settled(&sm, "m@s"), marked, "a snapshot copies the marks");
+        vol(
+            &mut sm,
+            0,
+            V::Merge {
+                name: "m".into(),
+                epoch,
+                extent: 0,
+                data: Some(striped(4 << 20, 75).data),
+                merged: vec![settled_batch, short_batch],
+            },
+        )
+        .unwrap();
+        assert_eq!(settled(&sm, "m"), vec![settled_batch + 1, settled_own + 1]);
+        assert!(!settled(&sm, "m").contains(&short_own));
+        vol(
+            &mut sm,
+            0,
+            V::Delete {
+                name: "m@s".into(),
+                tenant: tenant("jena"),
+            },
+        )
+        .unwrap();
+        let prefix = keys::volume_journal_settled_prefix("m@s");
+        let mut leftover = 0;
+        sm.kv
+            .scan(&prefix, &keys::prefix_end(&prefix).unwrap(), &mut |_, _| {
+                leftover += 1;
+                true
+            })
+            .unwrap();
+        assert_eq!(leftover, 0, "the snapshot's marks are deleted with it");
+    }
+
     #[test]
     fn a_spill_turns_inline_entries_into_slices_in_place() {
         use lauscha_core::volume::{JournalEntry, SpilledEntry, VolumeCommand as V, VolumeReply};
@@ -2624,6 +2762,7 @@ mod tests {
         assert_eq!(count(&sm), Some(2), "one reference per entry");
         let state = crate::volumes::state(&sm.kv, "s").unwrap().unwrap();
         assert_eq!(state.slices, vec![(a, 4096), (b, 0)]);
+        assert_eq!(state.settled, vec![a, b], "a spill is settled");
         let seqs: Vec<u64> = state.journal.iter().map(|(seq, _)| *seq).collect();
         assert_eq!(seqs, vec![a, b, z]);
         for (seq, entry) in &state.journal {

@@ -81,6 +81,9 @@ pub enum Table {
     /// (volume, sequence number) -> u64: where a journal entry written in a batch starts
     /// in its data (the batch); absent for an entry whose data is its own.
     VolumeJournalSlice = 28,
+    /// (volume, sequence number) -> empty: the journal entry is settled (every shard of
+    /// its stripes was durable, at the volume's redundancy, when it was recorded).
+    VolumeJournalSettled = 29,
 }
 
 /// The settings of a bucket, one key each.
@@ -394,6 +397,21 @@ pub fn volume_journal_slices_prefix(name: &str) -> Vec<u8> {
 /// Key of a journal entry's slice record.
 pub fn volume_journal_slice(name: &str, seq: u64) -> Vec<u8> {
     let mut key = volume_journal_slices_prefix(name);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// Prefix of a volume's settled marks.
+pub fn volume_journal_settled_prefix(name: &str) -> Vec<u8> {
+    let mut key = table_prefix(Table::VolumeJournalSettled);
+    key.extend_from_slice(name.as_bytes());
+    key.push(SEP);
+    key
+}
+
+/// Key of a journal entry's settled mark.
+pub fn volume_journal_settled(name: &str, seq: u64) -> Vec<u8> {
+    let mut key = volume_journal_settled_prefix(name);
     key.extend_from_slice(&seq.to_be_bytes());
     key
 }

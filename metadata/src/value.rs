@@ -200,6 +200,33 @@ mod tests {
                 }),
             ),
             (
+                "command_append_settled",
+                volume_command(VolumeCommand::AppendSettled {
+                    name: name.clone(),
+                    epoch: 3,
+                    entries: vec![JournalEntry {
+                        epoch: 3,
+                        offset: 4096,
+                        len: 8192,
+                        data: Some(stripes()),
+                    }],
+                }),
+            ),
+            (
+                "command_append_settled_batch",
+                volume_command(VolumeCommand::AppendSettledBatch {
+                    name: name.clone(),
+                    epoch: 3,
+                    data: stripes(),
+                    writes: vec![BatchedWrite {
+                        offset: 0,
+                        len: 4096,
+                        at: 0,
+                    }],
+                }),
+            ),
+            ("journal_settled", encode(&())),
+            (
                 "command_new_epoch",
                 volume_command(VolumeCommand::NewEpoch {
                     name,
@@ -246,6 +273,7 @@ mod tests {
                 }
                 "extent" => drop(decode::<Extent>(&bytes).unwrap()),
                 "journal_slice" => assert_eq!(decode::<u64>(&bytes).unwrap(), 4096),
+                "journal_settled" => decode::<()>(&bytes).unwrap(),
                 _ => drop(decode::<Proposal>(&bytes).unwrap()),
             }
         }

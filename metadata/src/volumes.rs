@@ -96,6 +96,9 @@ fn copy_contents(out: &mut Vec<Mutation>, refs: &mut StripeRefs, from: &VolumeSt
     for (seq, at) in &from.slices {
         put(out, keys::volume_journal_slice(to, *seq), at);
     }
+    for seq in &from.settled {
+        put(out, keys::volume_journal_settled(to, *seq), &());
+    }
 }
 
 fn owned(kv: &impl KvRead, name: &str, tenant: &TenantId) -> Outcome<Volume> {
@@ -169,6 +172,16 @@ pub fn state(kv: &impl KvRead, name: &str) -> Result<Option<VolumeState>, KvErro
         }
         error.is_none()
     })?;
+    let mut settled = Vec::new();
+    let prefix = keys::volume_journal_settled_prefix(name);
+    let end = keys::prefix_end(&prefix).expect("NUL in prefix");
+    kv.scan(&prefix, &end, &mut |k, _| {
+        match keys::trailing_u64(k) {
+            Some(seq) => settled.push(seq),
+            None => error = Some(KvError(format!("bad settled mark {k:?}"))),
+        }
+        error.is_none()
+    })?;
     if let Some(e) = error {
         return Err(e);
     }
@@ -177,6 +190,7 @@ pub fn state(kv: &impl KvRead, name: &str) -> Result<Option<VolumeState>, KvErro
         extents,
         journal,
         slices,
+        settled,
     }))
 }
 
@@ -463,6 +477,9 @@ pub fn apply_volume_command(
             for (seq, _) in &state.slices {
                 out.push(Mutation::Delete(keys::volume_journal_slice(name, *seq)));
             }
+            for seq in &state.settled {
+                out.push(Mutation::Delete(keys::volume_journal_settled(name, *seq)));
+            }
             // Stripes a snapshot or clone still shares stay; the rest become garbage.
             refs.finish(kv, out, format!("volume {name}"), now_ms, log_index)?;
             out.push(Mutation::Delete(keys::volume(name)));
@@ -565,7 +582,13 @@ pub fn apply_volume_command(
             name,
             epoch,
             entries,
+        }
+        | VolumeCommand::AppendSettled {
+            name,
+            epoch,
+            entries,
         } => {
+            let settled = matches!(command, VolumeCommand::AppendSettled { .. });
             let mut volume = match writable(kv, name, *epoch)? {
                 Ok(v) => v,
                 Err(e) => return Ok(Err(e)),
@@ -580,6 +603,13 @@ pub fn apply_volume_command(
                 }
                 refs.add(&entry.data, 1, (name, HolderKind::Journal, volume.next_seq));
                 put(out, keys::volume_journal(name, volume.next_seq), entry);
+                if settled && matches!(entry.data, Some(ObjectData::Striped { .. })) {
+                    put(
+                        out,
+                        keys::volume_journal_settled(name, volume.next_seq),
+                        &(),
+                    );
+                }
                 volume.next_seq += 1;
             }
             refs.finish(kv, out, format!("volume {name}"), now_ms, log_index)?;
@@ -611,8 +641,9 @@ pub fn apply_volume_command(
             refs.add(&old, -1, (name, HolderKind::Journal, *seq));
             refs.add(&entry.data, 1, (name, HolderKind::Journal, *seq));
             put(out, key, &entry);
-            // Its bytes are the whole new data now, not a slice of a batch.
+            // Its bytes are the whole new data now, not a slice of a batch, and settled.
             out.push(Mutation::Delete(keys::volume_journal_slice(name, *seq)));
+            put(out, keys::volume_journal_settled(name, *seq), &());
             refs.finish(
                 kv,
                 out,
@@ -627,7 +658,14 @@ pub fn apply_volume_command(
             epoch,
             data,
             writes,
+        }
+        | VolumeCommand::AppendSettledBatch {
+            name,
+            epoch,
+            data,
+            writes,
         } => {
+            let settled = matches!(command, VolumeCommand::AppendSettledBatch { .. });
             let mut volume = match writable(kv, name, *epoch)? {
                 Ok(v) => v,
                 Err(e) => return Ok(Err(e)),
@@ -660,6 +698,9 @@ pub fn apply_volume_command(
                 refs.add(&entry.data, 1, (name, HolderKind::Journal, seq));
                 put(out, keys::volume_journal(name, seq), &entry);
                 put(out, keys::volume_journal_slice(name, seq), &w.at);
+                if settled {
+                    put(out, keys::volume_journal_settled(name, seq), &());
+                }
                 volume.next_seq += 1;
             }
             refs.finish(kv, out, format!("volume {name}"), now_ms, log_index)?;
@@ -712,6 +753,8 @@ pub fn apply_volume_command(
                 refs.add(&entry.data, 1, (name, HolderKind::Journal, seq));
                 put(out, key, &entry);
                 put(out, keys::volume_journal_slice(name, seq), &e.at);
+                // Committed only with every shard durable.
+                put(out, keys::volume_journal_settled(name, seq), &());
             }
             refs.finish(kv, out, format!("volume {name} spill"), now_ms, log_index)?;
             Ok(Ok(VolumeReply::Done))
@@ -755,6 +798,7 @@ pub fn apply_volume_command(
                 refs.add(&entry.data, -1, (name, HolderKind::Journal, *seq));
                 out.push(Mutation::Delete(keys::volume_journal(name, *seq)));
                 out.push(Mutation::Delete(keys::volume_journal_slice(name, *seq)));
+                out.push(Mutation::Delete(keys::volume_journal_settled(name, *seq)));
             }
             // A merge may adopt an entry's own stripes as the extent, never a batch (whose
             // stripes hold other entries' bytes too); adopted ones are taken as they are now.

@@ -216,6 +216,12 @@ impl Drop for Restarted {
 
 /// Restarts a cluster process with the argv cluster.json gives.
 pub fn restart(process: &Value) -> Restarted {
+    restart_ready(process).0
+}
+
+/// As [`restart`], with the process's readiness line (its listen addresses: a gateway's
+/// S3, admin and NBD ports are new ones).
+pub fn restart_ready(process: &Value) -> (Restarted, Value) {
     let argv: Vec<String> = process["argv"]
         .as_array()
         .unwrap()
@@ -251,7 +257,8 @@ pub fn restart(process: &Value) -> Restarted {
     );
     let _ = std::fs::remove_file(&log_path);
     std::thread::spawn(move || for _ in reader.lines() {});
-    Restarted(child)
+    let ready = serde_json::from_str(&line).expect("readiness line is JSON");
+    (Restarted(child), ready)
 }
 
 /// Deterministic bytes for an object.
