@@ -55,7 +55,8 @@ pub struct VolumeStats {
     pub merges_adopted: std::sync::atomic::AtomicU64,
     /// Merges that wrote the extent again (or removed it, all zeros).
     pub merges_rewritten: std::sync::atomic::AtomicU64,
-    /// Batches of small writes journaled as one stripe set (`AppendBatch`).
+    /// Batches of small writes journaled as one stripe set (`AppendBatch`,
+    /// `AppendSettledBatch`).
     pub journal_batches: std::sync::atomic::AtomicU64,
     /// Small writes journaled in those batches.
     pub journal_batched_writes: std::sync::atomic::AtomicU64,

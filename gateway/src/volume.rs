@@ -870,7 +870,7 @@ impl VolumeEngine {
         result.map_err(|e| self.command_error(e, epoch))
     }
 
-    /// Sends a journal command (`Append`, `AppendBatch`) under `epoch` and settles the
+    /// Sends a journal command (`Append`, `AppendBatch` or their settled variants) under `epoch` and settles the
     /// stripes it references by its answer; returns the first sequence number it took.
     /// An unknown outcome, or an answer other than `Appended`, leaves a gap in the
     /// sequence numbers this engine knows, and is counted for `seal` and `resync`.
@@ -928,7 +928,7 @@ impl VolumeEngine {
     /// time (`NewEpoch`). A journal write answered with an error may still be on its way
     /// through metadata; under the new epoch it is refused if it comes later, so it can
     /// never land above a write the client sent after it saw the error. Called before
-    /// every journal write (`Append`, `AppendBatch`), by `resync`, and by lease renewal
+    /// every journal write (`Append`, `AppendBatch` and their settled variants), by `resync`, and by lease renewal
     /// while a new epoch is unanswered; fails (the write with it) while metadata does not
     /// answer. Commands of other writes sent under the old epoch meanwhile are refused
     /// and answered EIO (nothing of them was applied).

@@ -18,6 +18,7 @@ use tokio::process::{Child, ChildStdin, Command};
 use tracing::{info, warn};
 
 use crate::roles::{RoleInfo, Roles};
+use crate::signals::StopSignals;
 
 /// Options of `lauscha dev`.
 #[derive(Debug, clap::Args)]
@@ -330,50 +331,6 @@ fn print_banner(cluster: &ClusterFile, credentials: &Credentials, data_dir: &Pat
     let _ = std::io::stdout().flush();
 }
 
-/// SIGINT and SIGTERM as they come. The first asks for a graceful stop (NBD sessions
-/// end and give their leases back, which can take up to `NBD_DRAIN_TIMEOUT`); a second
-/// one during it means "now" (see [`StopSignals::exit_on_next`]). The handlers are
-/// installed once, so no signal is missed between two waits.
-pub struct StopSignals {
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-}
-
-impl StopSignals {
-    /// Installs the handlers: from here on SIGINT and SIGTERM no longer end the process
-    /// by themselves.
-    pub fn install() -> anyhow::Result<StopSignals> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(StopSignals {
-            interrupt: signal(SignalKind::interrupt()).context("install the SIGINT handler")?,
-            terminate: signal(SignalKind::terminate()).context("install the SIGTERM handler")?,
-        })
-    }
-
-    /// The next SIGINT or SIGTERM.
-    pub async fn next(&mut self) {
-        tokio::select! {
-            _ = self.interrupt.recv() => {}
-            _ = self.terminate.recv() => {}
-        }
-    }
-
-    /// Ends the process at the next signal, without waiting for the graceful stop under
-    /// way. That loses nothing acknowledged (metadata, the volume journals and the shards
-    /// are durable when a write is answered, as after a crash); what is cut short is the
-    /// journal merge at detach (replayed at the next attach) and the lease release (a
-    /// lease expires within 10 s).
-    pub fn exit_on_next(mut self) {
-        tokio::spawn(async move {
-            self.next().await;
-            warn!(
-                "second stop signal: exiting now, without waiting for the graceful stop (nothing acknowledged is lost; leases of attached volumes expire in 10 s)"
-            );
-            std::process::exit(1);
-        });
-    }
-}
-
 /// Runs `lauscha dev`.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if args.storage_nodes == 0 {
@@ -451,14 +408,9 @@ async fn run_in_process(args: DevArgs, data_dir: &Path) -> anyhow::Result<()> {
         &data_dir.join("cluster.json"),
         &serde_json::to_vec_pretty(&cluster)?,
     )?;
-    let mut signals = StopSignals::install()?;
+    let signals = StopSignals::install()?;
     print_banner(&cluster, &creds, data_dir);
-    roles
-        .run_until(async move {
-            signals.next().await;
-            signals.exit_on_next();
-        })
-        .await
+    roles.run_until(signals, std::future::pending()).await
 }
 
 /// A child process of `--cluster` and the pipe whose closing tells it to stop.

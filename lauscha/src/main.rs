@@ -5,6 +5,7 @@ mod admin_cli;
 mod config;
 mod dev;
 mod roles;
+mod signals;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -66,6 +67,8 @@ async fn stdin_closed() {
 }
 
 async fn server(path: PathBuf, exit_on_stdin_eof: bool) -> anyhow::Result<()> {
+    // Before the roles start: a signal during start-up is acted on once they run.
+    let signals = signals::StopSignals::install()?;
     let config = config::load(&path)?;
     let root_credentials = std::env::var("LAUSCHA_ACCESS_KEY")
         .ok()
@@ -88,18 +91,13 @@ async fn server(path: PathBuf, exit_on_stdin_eof: bool) -> anyhow::Result<()> {
         let info = roles.start_gateway(gateway).await?;
         report(&info)?;
     }
-    let mut signals = dev::StopSignals::install()?;
     roles
-        .run_until(async move {
+        .run_until(signals, async move {
             if exit_on_stdin_eof {
-                tokio::select! {
-                    () = stdin_closed() => {}
-                    () = signals.next() => {}
-                }
+                stdin_closed().await;
             } else {
-                signals.next().await;
+                std::future::pending::<()>().await;
             }
-            signals.exit_on_next();
         })
         .await
 }

@@ -12,6 +12,8 @@ use lauscha_gateway::{Gateway, GatewayError, MetaClient, NbdTls};
 use lauscha_metadata::{MetaNode, MetaNodeOptions, MetaServer};
 use lauscha_proto::LocalRoles;
 use lauscha_storage_node::{DiskShardStore, ScrubConfig, ScrubStats, Scrubber, ShardServer};
+
+use crate::signals::StopSignals;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -74,10 +76,13 @@ impl Roles {
         }
     }
 
-    /// Runs until `signal` resolves or a role fails, then stops every role.
+    /// Runs until a stop signal, until `stop` resolves, or until a role fails, then stops
+    /// every role; a signal during that stop kills the process
+    /// ([`StopSignals::exit_on_next`]), whichever way the stop began.
     pub async fn run_until(
         mut self,
-        signal: impl std::future::Future<Output = ()>,
+        mut signals: StopSignals,
+        stop: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let ended = |result: Result<anyhow::Result<()>, tokio::task::JoinError>| match result {
             Ok(Ok(())) => Err(anyhow::anyhow!("a role stopped unexpectedly")),
@@ -85,10 +90,12 @@ impl Roles {
             Err(e) => Err(anyhow::anyhow!("a role panicked: {e}")),
         };
         let outcome = tokio::select! {
-            () = signal => Ok(()),
+            () = signals.next() => Ok(()),
+            () = stop => Ok(()),
             Some(result) = self.tasks.join_next() => ended(result),
             Some(result) = self.gateway_tasks.join_next() => ended(result),
         };
+        signals.exit_on_next();
         info!("shutting down");
         for (tasks, shutdown) in [
             (&mut self.gateway_tasks, &self.gateway_shutdown),
