@@ -311,7 +311,9 @@ fn print_banner(cluster: &ClusterFile, credentials: &Credentials, data_dir: &Pat
          \n  export AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={} AWS_DEFAULT_REGION={}\
          \n  aws --endpoint-url {endpoint} s3 mb s3://demo\
          \n  aws --endpoint-url {endpoint} s3 cp README.md s3://demo/\
-         \n  aws --endpoint-url {endpoint} s3 ls s3://demo\n",
+         \n  aws --endpoint-url {endpoint} s3 ls s3://demo\n\
+         \nCtrl-C stops it gracefully (attached volumes are detached, up to 30 s); a second\
+         \nCtrl-C stops it at once, losing nothing acknowledged.\n",
         cluster
             .processes
             .iter()
