@@ -2420,6 +2420,18 @@ mod tests {
         assert_eq!(state.volume.lease.unwrap().epoch, second);
     }
 
+    /// How many keys the state machine holds under `prefix`.
+    fn keys_under(sm: &Sm, prefix: &[u8]) -> usize {
+        let mut n = 0;
+        sm.kv
+            .scan(prefix, &keys::prefix_end(prefix).unwrap(), &mut |_, _| {
+                n += 1;
+                true
+            })
+            .unwrap();
+        n
+    }
+
     #[test]
     fn a_batch_is_referenced_once_per_entry_and_sliced() {
         use lauscha_core::volume::{BatchedWrite, VolumeCommand as V, VolumeReply};
@@ -2532,15 +2544,11 @@ mod tests {
         let garbage = garbage_stripe_ids(&sm);
         assert!(garbage.contains(&StripeId(51)), "{garbage:?}");
         assert!(crate::volumes::state(&sm.kv, "b@s").unwrap().is_none());
-        let prefix = keys::volume_journal_slices_prefix("b@s");
-        let mut leftover = 0;
-        sm.kv
-            .scan(&prefix, &keys::prefix_end(&prefix).unwrap(), &mut |_, _| {
-                leftover += 1;
-                true
-            })
-            .unwrap();
-        assert_eq!(leftover, 0, "the snapshot's slices are deleted with it");
+        assert_eq!(
+            keys_under(&sm, &keys::volume_journal_slices_prefix("b@s")),
+            0,
+            "the snapshot's slices are deleted with it"
+        );
     }
 
     /// An entry is marked settled when its command says every shard was durable
@@ -2670,15 +2678,11 @@ mod tests {
             },
         )
         .unwrap();
-        let prefix = keys::volume_journal_settled_prefix("m@s");
-        let mut leftover = 0;
-        sm.kv
-            .scan(&prefix, &keys::prefix_end(&prefix).unwrap(), &mut |_, _| {
-                leftover += 1;
-                true
-            })
-            .unwrap();
-        assert_eq!(leftover, 0, "the snapshot's marks are deleted with it");
+        assert_eq!(
+            keys_under(&sm, &keys::volume_journal_settled_prefix("m@s")),
+            0,
+            "the snapshot's marks are deleted with it"
+        );
     }
 
     #[test]

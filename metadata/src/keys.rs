@@ -356,64 +356,59 @@ pub fn volume(name: &str) -> Vec<u8> {
     key
 }
 
-/// Prefix of a volume's extents.
-pub fn volume_extents_prefix(name: &str) -> Vec<u8> {
-    let mut key = table_prefix(Table::VolumeExtent);
+/// Prefix of a volume's records in `table`, each keyed by (volume, u64).
+fn volume_records_prefix(table: Table, name: &str) -> Vec<u8> {
+    let mut key = table_prefix(table);
     key.extend_from_slice(name.as_bytes());
     key.push(SEP);
     key
+}
+
+/// Key of a volume's record `n` in `table`.
+fn volume_record(table: Table, name: &str, n: u64) -> Vec<u8> {
+    let mut key = volume_records_prefix(table, name);
+    key.extend_from_slice(&n.to_be_bytes());
+    key
+}
+
+/// Prefix of a volume's extents.
+pub fn volume_extents_prefix(name: &str) -> Vec<u8> {
+    volume_records_prefix(Table::VolumeExtent, name)
 }
 
 /// Key of one extent.
 pub fn volume_extent(name: &str, idx: u64) -> Vec<u8> {
-    let mut key = volume_extents_prefix(name);
-    key.extend_from_slice(&idx.to_be_bytes());
-    key
+    volume_record(Table::VolumeExtent, name, idx)
 }
 
 /// Prefix of a volume's journal.
 pub fn volume_journal_prefix(name: &str) -> Vec<u8> {
-    let mut key = table_prefix(Table::VolumeJournal);
-    key.extend_from_slice(name.as_bytes());
-    key.push(SEP);
-    key
+    volume_records_prefix(Table::VolumeJournal, name)
 }
 
 /// Key of one journal entry.
 pub fn volume_journal(name: &str, seq: u64) -> Vec<u8> {
-    let mut key = volume_journal_prefix(name);
-    key.extend_from_slice(&seq.to_be_bytes());
-    key
+    volume_record(Table::VolumeJournal, name, seq)
 }
 
 /// Prefix of a volume's journal slice records.
 pub fn volume_journal_slices_prefix(name: &str) -> Vec<u8> {
-    let mut key = table_prefix(Table::VolumeJournalSlice);
-    key.extend_from_slice(name.as_bytes());
-    key.push(SEP);
-    key
+    volume_records_prefix(Table::VolumeJournalSlice, name)
 }
 
 /// Key of a journal entry's slice record.
 pub fn volume_journal_slice(name: &str, seq: u64) -> Vec<u8> {
-    let mut key = volume_journal_slices_prefix(name);
-    key.extend_from_slice(&seq.to_be_bytes());
-    key
+    volume_record(Table::VolumeJournalSlice, name, seq)
 }
 
 /// Prefix of a volume's settled marks.
 pub fn volume_journal_settled_prefix(name: &str) -> Vec<u8> {
-    let mut key = table_prefix(Table::VolumeJournalSettled);
-    key.extend_from_slice(name.as_bytes());
-    key.push(SEP);
-    key
+    volume_records_prefix(Table::VolumeJournalSettled, name)
 }
 
 /// Key of a journal entry's settled mark.
 pub fn volume_journal_settled(name: &str, seq: u64) -> Vec<u8> {
-    let mut key = volume_journal_settled_prefix(name);
-    key.extend_from_slice(&seq.to_be_bytes());
-    key
+    volume_record(Table::VolumeJournalSettled, name, seq)
 }
 
 /// The trailing u64 of an extent or journal key.
