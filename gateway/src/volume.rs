@@ -870,8 +870,9 @@ impl VolumeEngine {
         result.map_err(|e| self.command_error(e, epoch))
     }
 
-    /// Sends a journal command (`Append`, `AppendBatch` or their settled variants) under `epoch` and settles the
-    /// stripes it references by its answer; returns the first sequence number it took.
+    /// Sends a journal command (`Append`, `AppendBatch` or their settled variants) under
+    /// `epoch` and settles the stripes it references by its answer; returns the first
+    /// sequence number it took.
     /// An unknown outcome, or an answer other than `Appended`, leaves a gap in the
     /// sequence numbers this engine knows, and is counted for `seal` and `resync`.
     async fn commit_journal(
@@ -928,8 +929,8 @@ impl VolumeEngine {
     /// time (`NewEpoch`). A journal write answered with an error may still be on its way
     /// through metadata; under the new epoch it is refused if it comes later, so it can
     /// never land above a write the client sent after it saw the error. Called before
-    /// every journal write (`Append`, `AppendBatch` and their settled variants), by `resync`, and by lease renewal
-    /// while a new epoch is unanswered; fails (the write with it) while metadata does not
+    /// every journal write (`Append`, `AppendBatch` and their settled variants), by
+    /// `resync`, and by lease renewal while a new epoch is unanswered; fails (the write with it) while metadata does not
     /// answer. Commands of other writes sent under the old epoch meanwhile are refused
     /// and answered EIO (nothing of them was applied).
     ///
@@ -1645,8 +1646,8 @@ impl VolumeEngine {
 
     /// Brings every journal entry of `extents` to all its shards durable: an entry short
     /// of one (a node failed during its write; an entry replayed at attach that is not
-    /// settled in metadata) is written again and its stripes swapped in place, keeping its order
-    /// in the journal. When that cannot be had, or the entry is a slice of a batch, the
+    /// settled in metadata) is written again and its stripes swapped in place, keeping
+    /// its order in the journal. When that cannot be had, or the entry is a slice of a batch, the
     /// extent is merged at full erasure-coded redundancy instead, or the call fails.
     async fn settle(&self, extents: &[u64]) -> Result<(), VolumeError> {
         for idx in extents {
