@@ -20,8 +20,8 @@ use tracing::{debug, info, warn};
 
 use crate::format::{self, BLOCK_TABLE_OFFSET};
 use crate::{
-    BlockReader, MAX_SHARD_BYTES, ShardEntry, ShardError, ShardHeader, ShardStore, ShardWriter,
-    StoreUsage,
+    BlockReader, MAX_SHARD_BYTES, Ready, ShardEntry, ShardError, ShardHeader, ShardStore,
+    ShardWriter, StoreUsage,
 };
 
 const NODE_FILE: &str = "node.json";
@@ -820,16 +820,25 @@ impl BlockReader for DiskBlockReader {
         self.first_block_idx
     }
 
-    async fn next_block(&mut self) -> Option<Result<Bytes, ShardError>> {
+    fn next_ready(&mut self) -> Ready {
         if let Some(block) = self.ready.pop_front() {
-            return Some(Ok(block));
+            return Ready::Block(Ok(block));
         }
         if let Some(e) = self.prefetch_error.take() {
             self.failed = true;
-            return Some(Err(e));
+            return Ready::Block(Err(e));
         }
         if self.failed || self.next_block_idx >= self.end_block_idx {
-            return None;
+            return Ready::End;
+        }
+        Ready::NotYet
+    }
+
+    async fn next_block(&mut self) -> Option<Result<Bytes, ShardError>> {
+        match self.next_ready() {
+            Ready::Block(block) => return Some(block),
+            Ready::End => return None,
+            Ready::NotYet => {}
         }
         // One read and one trip to the blocking pool per batch of blocks, not per block.
         let first = self.next_block_idx;

@@ -180,4 +180,23 @@ pub trait BlockReader: Send + 'static {
     /// The next block (verified, unless opened unchecked); `None` past the last block of
     /// the requested range.
     fn next_block(&mut self) -> impl Future<Output = Option<Result<Bytes, ShardError>>> + Send;
+
+    /// The next block, or the end, if either is known without reading the disk (a block
+    /// read ahead, as a small read's are when it is opened); otherwise
+    /// [`Ready::NotYet`], and only [`BlockReader::next_block`] can tell. What it returns
+    /// is taken from the reader as `next_block` would have returned it.
+    fn next_ready(&mut self) -> Ready {
+        Ready::NotYet
+    }
+}
+
+/// What [`BlockReader::next_ready`] has without reading the disk.
+#[derive(Debug)]
+pub enum Ready {
+    /// The next block (or the error that ends the reader).
+    Block(Result<Bytes, ShardError>),
+    /// Past the last block of the range.
+    End,
+    /// The next block must be read: call [`BlockReader::next_block`].
+    NotYet,
 }

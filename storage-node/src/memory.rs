@@ -9,8 +9,8 @@ use lauscha_core::checksum::{BlockHash, SHARD_BLOCK_BYTES, block_len_bytes};
 use lauscha_core::{ShardDigest, ShardHasher, ShardId};
 
 use crate::{
-    BlockReader, MAX_SHARD_BYTES, ShardEntry, ShardError, ShardHeader, ShardStore, ShardWriter,
-    StoreUsage,
+    BlockReader, MAX_SHARD_BYTES, Ready, ShardEntry, ShardError, ShardHeader, ShardStore,
+    ShardWriter, StoreUsage,
 };
 
 #[derive(Debug)]
@@ -275,8 +275,16 @@ impl BlockReader for MemBlockReader {
     }
 
     async fn next_block(&mut self) -> Option<Result<Bytes, ShardError>> {
+        match self.next_ready() {
+            Ready::Block(block) => Some(block),
+            Ready::End => None,
+            Ready::NotYet => unreachable!("a memory store has every block at hand"),
+        }
+    }
+
+    fn next_ready(&mut self) -> Ready {
         if self.next_block_idx >= self.end_block_idx {
-            return None;
+            return Ready::End;
         }
         let block_idx = self.next_block_idx;
         self.next_block_idx += 1;
@@ -290,12 +298,12 @@ impl BlockReader for MemBlockReader {
             )
         {
             self.next_block_idx = self.end_block_idx;
-            return Some(Err(ShardError::Corrupt {
+            return Ready::Block(Err(ShardError::Corrupt {
                 id: self.id,
                 what: format!("block {block_idx}"),
             }));
         }
-        Some(Ok(Bytes::copy_from_slice(block)))
+        Ready::Block(Ok(Bytes::copy_from_slice(block)))
     }
 }
 
