@@ -239,13 +239,18 @@ enum Wait {
     Disk,
     /// On an async worker thread, which must not wait for the disk: the path must be in
     /// the kernel's dentry cache (`openat2` with `RESOLVE_CACHED`) and the bytes in its
-    /// page cache (`preadv2` with `RWF_NOWAIT`); anything else fails at once.
+    /// page cache (`preadv2` with `RWF_NOWAIT`); anything else fails at once. Opened with
+    /// `O_NOATIME`: an access-time update (the first read after a commit, under
+    /// `relatime`) is an inode write that may wait for the file system's journal.
+    /// Closing the file is left to the thread too: it waits for nothing unless the shard
+    /// was deleted meanwhile and this was its last open file (then it frees the inode).
     CachedOnly,
 }
 
-/// The largest read tried on the async worker thread first (bytes; 4 blocks, the most a
-/// gateway's block cache asks for): it copies from the page cache, and a copy much
-/// longer would hold up the other tasks of that thread.
+/// The largest read tried on the async worker thread first (bytes; four blocks' worth, the
+/// most a gateway's block cache asks for, which may touch five blocks when not aligned):
+/// it copies from the page cache, and a copy much longer would hold up the other tasks of
+/// that thread.
 const CACHED_READ_MAX_BYTES: u64 = 4 * SHARD_BLOCK_BYTES;
 
 /// Runs `read` on this thread with [`Wait::CachedOnly`] and, if that failed in any way,
@@ -254,6 +259,8 @@ const CACHED_READ_MAX_BYTES: u64 = 4 * SHARD_BLOCK_BYTES;
 /// then costs no trip to the pool (two thread wake-ups): a fifth less server CPU per
 /// 4 KiB random read through the NBD server, and a third more of them (ARCHITECTURE.md,
 /// storage-node). Reading twice is safe because shards never change once committed.
+/// A working set larger than the page cache pays a failed attempt (an open and a header
+/// read, microseconds) on every miss before the pool; nothing counts those yet.
 async fn cached_or_blocking<T: Send + 'static>(
     inner: &Inner,
     read: impl Fn(Wait) -> Result<T, ShardError> + Send + 'static,
@@ -277,13 +284,21 @@ async fn cached_or_blocking<T: Send + 'static>(
     blocking(move || read(Wait::Disk)).await
 }
 
-/// Whether `e`, from `openat2(RESOLVE_CACHED)` or `preadv2(RWF_NOWAIT)`, says that the
-/// kernel (before 5.6, or 5.12 for `RESOLVE_CACHED`) or the file system does not offer
-/// them at all, rather than that this read would have waited.
+/// Whether `e`, from `openat2(RESOLVE_CACHED | O_NOATIME)` or `preadv2(RWF_NOWAIT)`,
+/// says that they cannot be had here at all, rather than that this read would have waited:
+/// a kernel before 5.6 (ENOSYS) or 5.12 (EINVAL, for `RESOLVE_CACHED`), a file system
+/// without `RWF_NOWAIT` (EOPNOTSUPP), or a node that does not own its files or runs under
+/// a seccomp profile that refuses `openat2` (EPERM).
 fn cached_reads_unsupported(e: &std::io::Error) -> bool {
     use nix::errno::Errno;
     e.raw_os_error().is_some_and(|n| {
-        [Errno::ENOSYS, Errno::EINVAL, Errno::EOPNOTSUPP].contains(&Errno::from_raw(n))
+        [
+            Errno::ENOSYS,
+            Errno::EINVAL,
+            Errno::EOPNOTSUPP,
+            Errno::EPERM,
+        ]
+        .contains(&Errno::from_raw(n))
     })
 }
 
@@ -531,7 +546,7 @@ fn open_with_header(
         Wait::CachedOnly => rustix::fs::openat2(
             rustix::fs::CWD,
             &path,
-            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC | rustix::fs::OFlags::NOATIME,
             rustix::fs::Mode::empty(),
             rustix::fs::ResolveFlags::CACHED,
         )
@@ -793,7 +808,7 @@ fn read_new_at(
     wait: Wait,
 ) -> Result<Vec<u8>, ShardError> {
     if wait == Wait::CachedOnly {
-        // Zeroed: a read that must not wait is at most CACHED_READ_MAX_BYTES.
+        // Zeroed: a read that must not wait is at most five blocks.
         let mut buf = vec![0; len];
         read_cached_at(file, &mut buf, offset)?;
         return Ok(buf);
@@ -926,7 +941,8 @@ mod tests {
     /// still answers it, from the pool.
     #[tokio::test]
     async fn small_reads_of_cached_shards_stay_on_the_thread_and_others_go_to_the_pool() {
-        let dir = tempfile::tempdir().unwrap();
+        // On a disk (a tmpfs /tmp has no page cache to drop, nor always RWF_NOWAIT).
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
         let store = DiskShardStore::open(dir.path(), NodeId(1)).await.unwrap();
         let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
         let id = crate::testing::must_put(&store, 43, &data).await;
@@ -973,6 +989,16 @@ mod tests {
         let (first, read) = crate::testing::must_read(&store, id, 5, 100).await;
         assert_eq!(first, 0);
         assert!(read == data[..block_bytes]);
+
+        // A read that would wait is no sign that the calls are missing here; these are.
+        assert!(!cached_reads_unsupported(
+            &std::io::ErrorKind::WouldBlock.into()
+        ));
+        for errno in [nix::errno::Errno::EOPNOTSUPP, nix::errno::Errno::ENOSYS] {
+            assert!(cached_reads_unsupported(
+                &std::io::Error::from_raw_os_error(errno as i32)
+            ));
+        }
 
         // A shard that is not there is answered as before (by the pool, which decides).
         let missing = ShardId {

@@ -150,8 +150,8 @@ impl<S: ShardStore + Clone> ShardService for ShardServer<S> {
         tokio::spawn(async move {
             while let Some(block) = reader.next_block().await {
                 let reply = block.map(block_reply).or_else(failed);
-                let failed = reply.is_err();
-                if tx.send(reply).await.is_err() || failed {
+                let last = reply.is_err();
+                if tx.send(reply).await.is_err() || last {
                     return;
                 }
             }
@@ -386,9 +386,6 @@ mod tests {
         );
     }
 
-    /// A generated client over `RoleChannel::Local` (how a gateway reaches the storage
-    /// nodes of its own process) streams both ways and gets the handler's errors as a
-    /// client over TCP would.
     /// Reads `[offset, +len_bytes)` through `GetShard`: the first block index and the bytes
     /// of the blocks sent, after checking that the header comes first and once.
     async fn get_blocks<S: ShardStore + Clone>(
@@ -468,6 +465,9 @@ mod tests {
         }
     }
 
+    /// A generated client over `RoleChannel::Local` (how a gateway reaches the storage
+    /// nodes of its own process) streams both ways and gets the handler's errors as a
+    /// client over TCP would.
     #[tokio::test]
     async fn a_client_in_the_same_process_puts_and_gets_a_shard_without_the_network() {
         use lauscha_proto::LocalRoles;
