@@ -131,18 +131,22 @@ impl<S: ShardStore + Clone> ShardService for ShardServer<S> {
         let block_reply = |bytes| GetShardReply {
             part: Some(get_shard_reply::Part::Block(bytes)),
         };
-        while replies.len() <= READ_AHEAD_BLOCKS {
+        let answered = loop {
+            if replies.len() > READ_AHEAD_BLOCKS {
+                break false;
+            }
             match reader.next_ready() {
                 Ready::Block(Ok(bytes)) => replies.push(Ok(block_reply(bytes))),
                 Ready::Block(Err(e)) => {
                     replies.push(failed(e));
-                    return Ok(Response::new(Box::pin(futures::stream::iter(replies))));
+                    break true;
                 }
-                Ready::End => {
-                    return Ok(Response::new(Box::pin(futures::stream::iter(replies))));
-                }
-                Ready::NotYet => break,
+                Ready::End => break true,
+                Ready::NotYet => break false,
             }
+        };
+        if answered {
+            return Ok(Response::new(Box::pin(futures::stream::iter(replies))));
         }
         // The rest is read by a task that runs ahead of the network by a few blocks, no
         // further: a slow client holds at most READ_AHEAD_BLOCKS more blocks of memory.
