@@ -158,6 +158,12 @@ pub struct StorageNodeConfig {
     /// Pause between two full scrub passes, seconds. Default 86400 (one pass a day).
     #[serde(default = "default_scrub_interval_s")]
     pub scrub_interval_s: u64,
+    /// Experimental: new shards of at most 256 KiB are appended to segment files under
+    /// the data directory (one `fdatasync` per group of concurrent commits, no file per
+    /// shard) instead of being files of their own. Segments are read whatever this says,
+    /// so turning it off again loses nothing. Default false.
+    #[serde(default)]
+    pub small_shard_segments: bool,
 }
 
 fn default_capacity_bytes() -> u64 {

@@ -73,6 +73,10 @@ pub struct DevArgs {
     /// old, seconds (`gateway.volume_merge_age_ms`).
     #[arg(long, default_value_t = 10)]
     pub volume_merge_age_s: u64,
+    /// Experimental: storage nodes append shards of at most 256 KiB to segment files
+    /// instead of writing a file per shard (`storage.small_shard_segments`).
+    #[arg(long)]
+    pub small_shard_segments: bool,
 }
 
 /// Root credentials, as written to `DATA_DIR/credentials.json`.
@@ -237,6 +241,7 @@ fn storage_config(
         metadata_endpoints: endpoints(meta),
         scrub_bytes_per_s: 50_000_000,
         scrub_interval_s: 86_400,
+        small_shard_segments: false,
     }
 }
 
@@ -370,12 +375,10 @@ async fn run_in_process(args: DevArgs, data_dir: &Path) -> anyhow::Result<()> {
     let meta_addrs = [meta.listen];
     for node_id in 1..=args.storage_nodes {
         roles
-            .start_storage(&storage_config(
-                data_dir,
-                node_id,
-                args.storage_nodes,
-                &meta_addrs,
-            ))
+            .start_storage(&StorageNodeConfig {
+                small_shard_segments: args.small_shard_segments,
+                ..storage_config(data_dir, node_id, args.storage_nodes, &meta_addrs)
+            })
             .await?;
     }
     let gateway_config =
@@ -566,12 +569,10 @@ async fn run_cluster(args: DevArgs, data_dir: &Path) -> anyhow::Result<()> {
         let meta_addrs: Vec<SocketAddr> = children.iter().map(|c| c.info.listen).collect();
         for node_id in 1..=args.storage_nodes {
             let config = ServerConfig {
-                storage: vec![storage_config(
-                    data_dir,
-                    node_id,
-                    args.storage_nodes,
-                    &meta_addrs,
-                )],
+                storage: vec![StorageNodeConfig {
+                    small_shard_segments: args.small_shard_segments,
+                    ..storage_config(data_dir, node_id, args.storage_nodes, &meta_addrs)
+                }],
                 ..Default::default()
             };
             children.push(spawn_role(data_dir, &format!("storage-{node_id}"), &config).await?);

@@ -11,7 +11,9 @@ use lauscha_core::{NodeInfo, NodeState};
 use lauscha_gateway::{Gateway, GatewayError, MetaClient, NbdTls};
 use lauscha_metadata::{MetaNode, MetaNodeOptions, MetaServer};
 use lauscha_proto::LocalRoles;
-use lauscha_storage_node::{DiskShardStore, ScrubConfig, ScrubStats, Scrubber, ShardServer};
+use lauscha_storage_node::{
+    DiskOptions, DiskShardStore, ScrubConfig, ScrubStats, Scrubber, ShardServer,
+};
 
 use crate::signals::StopSignals;
 use serde::Serialize;
@@ -192,7 +194,10 @@ impl Roles {
     /// Starts a storage node and registers it with metadata.
     pub async fn start_storage(&mut self, config: &StorageNodeConfig) -> anyhow::Result<RoleInfo> {
         let data_dir = PathBuf::from(&config.data_dir);
-        let store = DiskShardStore::open(&data_dir, config.id())
+        let options = DiskOptions {
+            small_shard_segments: config.small_shard_segments,
+        };
+        let store = DiskShardStore::open_with_options(&data_dir, config.id(), options)
             .await
             .with_context(|| format!("open shard store of node {}", config.node_id))?;
         let listener = bind_persistent(&config.listen, &data_dir).await?;

@@ -4,6 +4,8 @@
 //! <root>/node.json            which node id owns this directory (refuses a swapped disk)
 //! <root>/tmp/                 shards being written; emptied at start-up
 //! <root>/shards/<ab>/<id>     committed shards, <ab> = first byte of the stripe id in hex
+//! <root>/segments/            small shards as records in segment files (segment.rs), when
+//!                             enabled; read whenever the directory exists
 //! ```
 
 use std::fs::{self, File, OpenOptions};
@@ -19,6 +21,7 @@ use lauscha_core::{NodeId, ShardDigest, ShardHasher, ShardId};
 use tracing::{debug, info, warn};
 
 use crate::format::{self, BLOCK_TABLE_OFFSET};
+use crate::segment::{SEGMENT_SHARD_MAX_BYTES, SegmentLog};
 use crate::{
     BlockReader, MAX_SHARD_BYTES, Ready, ShardEntry, ShardError, ShardHeader, ShardStore,
     ShardWriter, StoreUsage,
@@ -27,6 +30,15 @@ use crate::{
 const NODE_FILE: &str = "node.json";
 /// Blocks read from disk at once (1 MiB): a whole default-size shard in one read.
 const READ_BATCH_BLOCKS: u64 = 16;
+
+/// Choices of a [`DiskShardStore`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DiskOptions {
+    /// Experimental: new shards of at most 256 KiB are appended to segment files (one
+    /// `fdatasync` per group of concurrent commits, no file per shard) instead of being
+    /// files of their own. Segments written before are read either way.
+    pub small_shard_segments: bool,
+}
 
 /// A [`ShardStore`] on a local directory.
 #[derive(Clone, Debug)]
@@ -43,6 +55,10 @@ struct Inner {
     /// Cleared when the kernel or file system turns out not to offer reads that fail
     /// instead of waiting for the disk: then every read goes to the blocking pool.
     cached_reads: AtomicBool,
+    /// Small shards in segment files (`None`: no segments directory, none enabled).
+    segments: Option<SegmentLog>,
+    /// New small shards go to `segments`.
+    small_to_segments: bool,
 }
 
 impl DiskShardStore {
@@ -50,8 +66,17 @@ impl DiskShardStore {
     /// belongs to this node, removes temporary files of interrupted writes, and counts what
     /// it holds.
     pub async fn open(root: impl Into<PathBuf>, node_id: NodeId) -> Result<Self, ShardError> {
+        Self::open_with_options(root, node_id, DiskOptions::default()).await
+    }
+
+    /// As [`DiskShardStore::open`], with `options`.
+    pub async fn open_with_options(
+        root: impl Into<PathBuf>,
+        node_id: NodeId,
+        options: DiskOptions,
+    ) -> Result<Self, ShardError> {
         let root = root.into();
-        let inner = tokio::task::spawn_blocking(move || open_blocking(root, node_id))
+        let inner = tokio::task::spawn_blocking(move || open_blocking(root, node_id, options))
             .await
             .map_err(|e| ShardError::Io(std::io::Error::other(e)))??;
         Ok(DiskShardStore {
@@ -81,9 +106,9 @@ impl DiskShardStore {
                     shard_len_bytes,
                     block_hashes,
                 },
-            ) = open_with_header(&inner.root, id, wait)?;
+            ) = open_with_header(&inner, id, wait)?;
             let blocks = crate::blocks_to_read(id, shard_len_bytes, offset, len_bytes)?;
-            let data_offset = format::header_len_bytes(shard_len_bytes);
+            let data_offset = file.base + format::header_len_bytes(shard_len_bytes);
             // A range of one batch (every small read) is read here, in the same trip to
             // the blocking pool as the header.
             let (ready, prefetch_error, next_block_idx) =
@@ -108,7 +133,7 @@ impl DiskShardStore {
                 };
             Ok(DiskBlockReader {
                 id,
-                file: Arc::new(file),
+                file,
                 data_offset,
                 header: ShardHeader {
                     shard_len_bytes,
@@ -130,7 +155,8 @@ impl DiskShardStore {
         }
     }
 
-    /// Path of a committed shard's file (for tests and tools that damage shards on purpose).
+    /// Path of a committed shard's file (for tests and tools that damage shards on purpose;
+    /// a shard in a segment has none).
     pub fn shard_path(&self, id: ShardId) -> PathBuf {
         shard_path(&self.inner.root, id)
     }
@@ -149,7 +175,11 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn open_blocking(root: PathBuf, node_id: NodeId) -> Result<Inner, ShardError> {
+fn open_blocking(
+    root: PathBuf,
+    node_id: NodeId,
+    options: DiskOptions,
+) -> Result<Inner, ShardError> {
     fs::create_dir_all(root.join("tmp"))?;
     fs::create_dir_all(root.join("shards"))?;
     let node_file = root.join(NODE_FILE);
@@ -201,6 +231,11 @@ fn open_blocking(root: PathBuf, node_id: NodeId) -> Result<Inner, ShardError> {
             used_bytes += entry.metadata()?.len();
         }
     }
+    let segments = SegmentLog::open(&root, node_id, options.small_shard_segments)?.map(|opened| {
+        n_shards += opened.n_shards;
+        used_bytes += opened.used_bytes;
+        opened.log
+    });
     info!(node_id = %node_id, n_shards, used_bytes, root = %root.display(), "shard store open");
     Ok(Inner {
         root,
@@ -208,6 +243,8 @@ fn open_blocking(root: PathBuf, node_id: NodeId) -> Result<Inner, ShardError> {
         n_shards: AtomicU64::new(n_shards),
         used_bytes: AtomicU64::new(used_bytes),
         cached_reads: AtomicBool::new(true),
+        small_to_segments: options.small_shard_segments && segments.is_some(),
+        segments,
     })
 }
 
@@ -335,6 +372,33 @@ impl ShardStore for DiskShardStore {
                 "shard of {len_bytes} bytes exceeds the {MAX_SHARD_BYTES}-byte limit"
             )));
         }
+        if self.inner.segments.as_ref().is_some_and(|s| s.contains(id)) {
+            return Err(ShardError::AlreadyExists(id));
+        }
+        if self.inner.small_to_segments && len_bytes <= SEGMENT_SHARD_MAX_BYTES {
+            // A shard file of this id (written before segments were enabled) takes it
+            // too; the commit checks again.
+            let exists = match shard_file_exists_cached(&self.inner.root, id) {
+                Some(exists) => exists,
+                None => {
+                    let path = shard_path(&self.inner.root, id);
+                    blocking(move || Ok(path.exists())).await?
+                }
+            };
+            if exists {
+                return Err(ShardError::AlreadyExists(id));
+            }
+            // Kept in memory until the commit, which writes it in one go.
+            return Ok(DiskShardWriter {
+                inner: self.inner.clone(),
+                id,
+                declared_len_bytes: len_bytes,
+                declared_digest: digest,
+                state: None,
+                tmp_path: None,
+                segment_bytes: Some(Vec::with_capacity(len_bytes as usize)),
+            });
+        }
         let inner = self.inner.clone();
         blocking(move || {
             let final_path = shard_path(&inner.root, id);
@@ -362,6 +426,7 @@ impl ShardStore for DiskShardStore {
                     offset: header_len,
                 }),
                 tmp_path: Some(tmp_path),
+                segment_bytes: None,
             })
         })
         .await
@@ -392,7 +457,7 @@ impl ShardStore for DiskShardStore {
     ) -> Result<(ShardHeader, Bytes), ShardError> {
         let inner = self.inner.clone();
         cached_or_blocking(&self.inner, move |wait| {
-            let (file, header) = open_with_header(&inner.root, id, wait)?;
+            let (file, header) = open_with_header(&inner, id, wait)?;
             if block_idx >= n_blocks(header.shard_len_bytes) {
                 return Err(ShardError::InvalidRequest(format!(
                     "block {block_idx} outside shard {id} of {} bytes",
@@ -403,7 +468,9 @@ impl ShardStore for DiskShardStore {
                 &file,
                 id,
                 block_len_bytes(header.shard_len_bytes, block_idx) as usize,
-                format::header_len_bytes(header.shard_len_bytes) + block_idx * SHARD_BLOCK_BYTES,
+                file.base
+                    + format::header_len_bytes(header.shard_len_bytes)
+                    + block_idx * SHARD_BLOCK_BYTES,
                 wait,
             )?;
             Ok((header, Bytes::from(block)))
@@ -414,6 +481,15 @@ impl ShardStore for DiskShardStore {
     async fn delete(&self, id: ShardId) -> Result<bool, ShardError> {
         let inner = self.inner.clone();
         blocking(move || {
+            if let Some(len) = match &inner.segments {
+                Some(segments) => segments.delete(id)?,
+                None => None,
+            } {
+                inner.n_shards.fetch_sub(1, Ordering::Relaxed);
+                inner.used_bytes.fetch_sub(len, Ordering::Relaxed);
+                debug!(node_id = %inner.node_id, shard_id = %id, "shard deleted from its segment");
+                return Ok(true);
+            }
             let path = shard_path(&inner.root, id);
             let len = match fs::metadata(&path) {
                 Ok(m) => m.len(),
@@ -447,7 +523,7 @@ impl ShardStore for DiskShardStore {
         limit: usize,
     ) -> Result<Vec<ShardEntry>, ShardError> {
         let inner = self.inner.clone();
-        blocking(move || {
+        let mut in_files = blocking(move || {
             let mut out = Vec::new();
             let first_dir = after.map_or(0, |a| a.stripe_id.to_bytes()[0]);
             for dir_byte in first_dir..=255u8 {
@@ -491,7 +567,14 @@ impl ShardStore for DiskShardStore {
             }
             Ok(out)
         })
-        .await
+        .await?;
+        if let Some(segments) = &self.inner.segments {
+            // Both lists are in id order: the first `limit` of the two together.
+            in_files.extend(segments.list(after, limit));
+            in_files.sort_by_key(|e| e.id);
+            in_files.truncate(limit);
+        }
+        Ok(in_files)
     }
 
     async fn verify(&self, id: ShardId) -> Result<(), ShardError> {
@@ -505,17 +588,33 @@ impl ShardStore for DiskShardStore {
     async fn quarantine(&self, id: ShardId) -> Result<bool, ShardError> {
         let inner = self.inner.clone();
         blocking(move || {
+            let quarantine = inner.root.join("quarantine");
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            if let Some(segments) = &inner.segments
+                && let Some(image) = segments.read_image(id)?
+            {
+                // Kept aside as the shard file it would have been, then deleted.
+                fs::create_dir_all(&quarantine)?;
+                let mut file = File::create(quarantine.join(format!("{id}.{stamp}")))?;
+                file.write_all(&image)?;
+                file.sync_all()?;
+                fsync_dir(&quarantine)?;
+                if let Some(len) = segments.delete(id)? {
+                    inner.n_shards.fetch_sub(1, Ordering::Relaxed);
+                    inner.used_bytes.fetch_sub(len, Ordering::Relaxed);
+                }
+                warn!(node_id = %inner.node_id, shard_id = %id, "corrupt shard quarantined from its segment");
+                return Ok(true);
+            }
             let path = shard_path(&inner.root, id);
             let len = match fs::metadata(&path) {
                 Ok(m) => m.len(),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
                 Err(e) => return Err(e.into()),
             };
-            let quarantine = inner.root.join("quarantine");
             fs::create_dir_all(&quarantine)?;
-            let stamp = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
             fs::rename(&path, quarantine.join(format!("{id}.{stamp}")))?;
             fsync_dir(&shard_dir(&inner.root, id))?;
             fsync_dir(&quarantine)?;
@@ -534,12 +633,74 @@ impl ShardStore for DiskShardStore {
     }
 }
 
-/// Opens a shard file and reads its header, checking the block table against the digest.
+/// Where a shard's bytes are: its header at `base` of `file`, its data right behind.
+#[derive(Clone)]
+struct ShardFile {
+    file: Arc<File>,
+    base: u64,
+    /// A segment file, which readers share: reads must not use its cursor.
+    shared: bool,
+}
+
+/// Opens a shard (its segment, or its file) and reads its header, checking the block table
+/// against the digest.
 fn open_with_header(
-    root: &Path,
+    inner: &Inner,
     id: ShardId,
     wait: Wait,
-) -> Result<(File, ShardHeader), ShardError> {
+) -> Result<(ShardFile, ShardHeader), ShardError> {
+    let shard = match inner.segments.as_ref().and_then(|s| s.locate(id)) {
+        Some((file, base)) => ShardFile {
+            file,
+            base,
+            shared: true,
+        },
+        None => ShardFile {
+            file: Arc::new(open_shard_file(&inner.root, id, wait)?),
+            base: 0,
+            shared: false,
+        },
+    };
+    let mut fixed = [0u8; BLOCK_TABLE_OFFSET as usize];
+    read_exact_at_or_corrupt(&shard.file, id, &mut fixed, shard.base, "header", wait)?;
+    let (shard_len_bytes, digest) = format::decode_fixed_header(id, &fixed)?;
+    let table_len = format::header_len_bytes(shard_len_bytes) - BLOCK_TABLE_OFFSET;
+    let mut table = vec![0u8; table_len as usize];
+    read_exact_at_or_corrupt(
+        &shard.file,
+        id,
+        &mut table,
+        shard.base + BLOCK_TABLE_OFFSET,
+        "block table",
+        wait,
+    )?;
+    let block_hashes = format::decode_block_hashes(id, shard_len_bytes, &digest, &table)?;
+    Ok((
+        shard,
+        ShardHeader {
+            shard_len_bytes,
+            block_hashes,
+        },
+    ))
+}
+
+/// Whether a shard file exists, if the kernel can tell without reading the disk (a cached
+/// entry, or a cached "no such entry"); `None`: it would have to read it.
+fn shard_file_exists_cached(root: &Path, id: ShardId) -> Option<bool> {
+    match rustix::fs::openat2(
+        rustix::fs::CWD,
+        shard_path(root, id),
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+        rustix::fs::ResolveFlags::CACHED,
+    ) {
+        Ok(_) => Some(true),
+        Err(rustix::io::Errno::NOENT) => Some(false),
+        Err(_) => None,
+    }
+}
+
+fn open_shard_file(root: &Path, id: ShardId, wait: Wait) -> Result<File, ShardError> {
     let path = shard_path(root, id);
     let opened = match wait {
         Wait::Disk => File::open(path),
@@ -560,27 +721,7 @@ fn open_with_header(
         }
         Err(e) => return Err(e.into()),
     };
-    let mut fixed = [0u8; BLOCK_TABLE_OFFSET as usize];
-    read_exact_at_or_corrupt(&file, id, &mut fixed, 0, "header", wait)?;
-    let (shard_len_bytes, digest) = format::decode_fixed_header(id, &fixed)?;
-    let table_len = format::header_len_bytes(shard_len_bytes) - BLOCK_TABLE_OFFSET;
-    let mut table = vec![0u8; table_len as usize];
-    read_exact_at_or_corrupt(
-        &file,
-        id,
-        &mut table,
-        BLOCK_TABLE_OFFSET,
-        "block table",
-        wait,
-    )?;
-    let block_hashes = format::decode_block_hashes(id, shard_len_bytes, &digest, &table)?;
-    Ok((
-        file,
-        ShardHeader {
-            shard_len_bytes,
-            block_hashes,
-        },
-    ))
+    Ok(file)
 }
 
 fn read_exact_at_or_corrupt(
@@ -620,6 +761,8 @@ pub struct DiskShardWriter {
     state: Option<WriteState>,
     /// Removed on drop unless the shard was committed.
     tmp_path: Option<PathBuf>,
+    /// A small shard bound for a segment: its bytes so far (no temporary file then).
+    segment_bytes: Option<Vec<u8>>,
 }
 
 impl Drop for DiskShardWriter {
@@ -641,6 +784,16 @@ fn remove_abandoned(node_id: NodeId, id: ShardId, tmp_path: &Path) {
 
 impl ShardWriter for DiskShardWriter {
     async fn write(&mut self, bytes: Bytes) -> Result<(), ShardError> {
+        if let Some(buf) = &mut self.segment_bytes {
+            if buf.len() as u64 + bytes.len() as u64 > self.declared_len_bytes {
+                return Err(ShardError::Rejected {
+                    id: self.id,
+                    reason: format!("more than the declared {} bytes", self.declared_len_bytes),
+                });
+            }
+            buf.extend_from_slice(&bytes);
+            return Ok(());
+        }
         let mut state = self
             .state
             .take()
@@ -664,6 +817,15 @@ impl ShardWriter for DiskShardWriter {
     }
 
     async fn commit(mut self) -> Result<(), ShardError> {
+        if let Some(data) = self.segment_bytes.take() {
+            let (id, inner) = (self.id, self.inner.clone());
+            let (declared_len, declared_digest) = (self.declared_len_bytes, self.declared_digest);
+            // As below, a caller that stops waiting does not stop the commit half-way.
+            blocking(move || commit_to_segment(&inner, id, &data, declared_len, declared_digest))
+                .await?;
+            debug!(node_id = %self.inner.node_id, shard_id = %self.id, n_bytes = self.declared_len_bytes, "shard written to a segment");
+            return Ok(());
+        }
         let state = self
             .state
             .take()
@@ -688,6 +850,45 @@ impl ShardWriter for DiskShardWriter {
         debug!(node_id = %self.inner.node_id, shard_id = %self.id, n_bytes = self.declared_len_bytes, "shard written");
         Ok(())
     }
+}
+
+/// The blocking part of [`DiskShardWriter::commit`] for a shard bound for a segment: checks
+/// length and digest, appends it (durably) and counts it.
+fn commit_to_segment(
+    inner: &Inner,
+    id: ShardId,
+    data: &[u8],
+    declared_len: u64,
+    declared_digest: ShardDigest,
+) -> Result<(), ShardError> {
+    if data.len() as u64 != declared_len {
+        return Err(ShardError::Rejected {
+            id,
+            reason: format!("got {} bytes, {declared_len} declared", data.len()),
+        });
+    }
+    let mut hasher = ShardHasher::new();
+    hasher.update(data);
+    let (digest, block_hashes): (ShardDigest, Vec<BlockHash>) = hasher.finalize();
+    if digest != declared_digest {
+        return Err(ShardError::Rejected {
+            id,
+            reason: "data does not match the declared digest".into(),
+        });
+    }
+    // A shard file of the same id (written before segments were enabled) counts too.
+    if shard_path(&inner.root, id).exists() {
+        return Err(ShardError::AlreadyExists(id));
+    }
+    let segments = inner.segments.as_ref().expect("enabled, so open");
+    let header = format::encode_header(declared_len, &digest, &block_hashes);
+    segments.append_shard(id, &header, data)?;
+    inner.n_shards.fetch_add(1, Ordering::Relaxed);
+    inner.used_bytes.fetch_add(
+        format::header_len_bytes(declared_len) + declared_len,
+        Ordering::Relaxed,
+    );
+    Ok(())
 }
 
 /// The blocking part of [`DiskShardWriter::commit`]: checks length and digest, writes the
@@ -743,7 +944,8 @@ fn commit_blocking(
 /// Reads verified blocks from a shard file; see [`BlockReader`].
 pub struct DiskBlockReader {
     id: ShardId,
-    file: Arc<File>,
+    file: ShardFile,
+    /// Where block 0 starts in `file`.
     data_offset: u64,
     header: ShardHeader,
     first_block_idx: u64,
@@ -762,7 +964,7 @@ pub struct DiskBlockReader {
 /// Reads blocks `first..end` of a shard and checks each against its hash in `expected`
 /// (`None`: unchecked, for a reader that checks them itself).
 fn read_blocks(
-    file: &File,
+    file: &ShardFile,
     id: ShardId,
     data_offset: u64,
     shard_len: u64,
@@ -798,10 +1000,11 @@ fn read_blocks(
 }
 
 /// Reads `len` bytes of shard data at `offset` into a new buffer without zeroing it first
-/// (a large read would otherwise write every byte twice). Uses the file's cursor: only
-/// for a file nobody else reads meanwhile (each reader opens its own).
+/// (a large read would otherwise write every byte twice). Uses the file's cursor, so only
+/// for a shard file (each reader opens its own); a segment, which readers share, is read
+/// into a zeroed buffer (its shards are small).
 fn read_new_at(
-    file: &File,
+    file: &ShardFile,
     id: ShardId,
     len: usize,
     offset: u64,
@@ -810,10 +1013,21 @@ fn read_new_at(
     if wait == Wait::CachedOnly {
         // Zeroed: a read that must not wait is at most five blocks.
         let mut buf = vec![0; len];
-        read_cached_at(file, &mut buf, offset)?;
+        read_cached_at(&file.file, &mut buf, offset)?;
         return Ok(buf);
     }
-    let mut cursor = file;
+    if file.shared {
+        let mut buf = vec![0; len];
+        return match file.file.read_exact_at(&mut buf, offset) {
+            Ok(()) => Ok(buf),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ShardError::Corrupt {
+                id,
+                what: "data truncated".into(),
+            }),
+            Err(e) => Err(e.into()),
+        };
+    }
+    let mut cursor: &File = &file.file;
     cursor.seek(SeekFrom::Start(offset))?;
     let mut buf = Vec::with_capacity(len);
     cursor.take(len as u64).read_to_end(&mut buf)?;
@@ -902,6 +1116,84 @@ mod tests {
         check_shard_store(&store).await;
     }
 
+    async fn open_with_segments(dir: &Path) -> DiskShardStore {
+        let options = DiskOptions {
+            small_shard_segments: true,
+        };
+        DiskShardStore::open_with_options(dir, NodeId(1), options)
+            .await
+            .unwrap()
+    }
+
+    /// The suite's shards of up to 256 KiB go to segments, the one larger to a file; all
+    /// of it is there after a restart, without the option too (segments are always read).
+    #[tokio::test]
+    async fn disk_store_with_segments_passes_the_suite_and_keeps_it_all_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_with_segments(dir.path()).await;
+        check_shard_store(&store).await;
+        let in_files = fs::read_dir(dir.path().join("shards"))
+            .unwrap()
+            .map(|d| fs::read_dir(d.unwrap().path()).unwrap().count())
+            .sum::<usize>();
+        assert_eq!(in_files, 1, "only the 300,000-byte shard is a file");
+        let usage = store.usage();
+        let listed = store.list(None, 1000).await.unwrap();
+        assert_eq!(listed.len() as u64, usage.n_shards);
+        drop(store);
+        let store = DiskShardStore::open(dir.path(), NodeId(1)).await.unwrap();
+        assert_eq!(store.usage(), usage);
+        assert_eq!(store.list(None, 1000).await.unwrap(), listed);
+        for entry in &listed {
+            store.verify(entry.id).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flipped_bit_in_a_segment_is_found_and_the_shard_quarantined_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_with_segments(dir.path()).await;
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 31) as u8).collect();
+        let id = crate::testing::must_put(&store, 42, &data).await;
+        assert!(!store.shard_path(id).exists(), "in a segment");
+        let segment = fs::read_dir(dir.path().join("segments"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| fs::metadata(p).unwrap().len() > 0)
+            .unwrap();
+        let mut bytes = fs::read(&segment).unwrap();
+        let last = bytes.len() - 1; // the shard's last byte
+        bytes[last] ^= 0x10;
+        fs::write(&segment, &bytes).unwrap();
+        assert!(matches!(
+            store.verify(id).await,
+            Err(ShardError::Corrupt { .. })
+        ));
+        assert!(store.quarantine(id).await.unwrap());
+        assert!(matches!(
+            store.open(id, 0, 0).await.err(),
+            Some(ShardError::NotFound(_))
+        ));
+        assert_eq!(store.usage().n_shards, 0);
+        // Kept aside as the shard file it would have been, bad byte and all.
+        let kept = fs::read_dir(dir.path().join("quarantine"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect::<Vec<_>>();
+        assert_eq!(kept.len(), 1);
+        let kept = fs::read(&kept[0]).unwrap();
+        let header_len = format::header_len_bytes(data.len() as u64) as usize;
+        assert_eq!(kept.len(), header_len + data.len());
+        assert!(kept[header_len..kept.len() - 1] == data[..data.len() - 1]);
+        // The id is free for a rebuilt copy, and the delete holds after a restart.
+        crate::testing::must_put(&store, 42, &data).await;
+        drop(store);
+        let store = DiskShardStore::open(dir.path(), NodeId(1)).await.unwrap();
+        let (_, read) = crate::testing::must_read(&store, id, 0, 0).await;
+        assert!(read == data);
+        assert_eq!(store.usage().n_shards, 1);
+    }
+
     #[tokio::test]
     async fn a_flipped_bit_on_disk_is_found_on_read() {
         let dir = tempfile::tempdir().unwrap();
@@ -946,10 +1238,9 @@ mod tests {
         let store = DiskShardStore::open(dir.path(), NodeId(1)).await.unwrap();
         let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
         let id = crate::testing::must_put(&store, 43, &data).await;
-        let root = store.root().to_path_buf();
 
         // Just written, so cached: the whole small read works without waiting.
-        let (file, header) = open_with_header(&root, id, Wait::CachedOnly).unwrap();
+        let (file, header) = open_with_header(&store.inner, id, Wait::CachedOnly).unwrap();
         let data_offset = format::header_len_bytes(header.shard_len_bytes);
         let blocks = read_blocks(
             &file,
@@ -966,21 +1257,21 @@ mod tests {
 
         // Dropped from the page cache (the file is clean: the commit synced it).
         nix::fcntl::posix_fadvise(
-            &file,
+            &file.file,
             0,
             0,
             nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
         )
         .unwrap();
         let mut buf = vec![0; 4096];
-        match read_cached_at(&file, &mut buf, data_offset + 2 * SHARD_BLOCK_BYTES) {
+        match read_cached_at(&file.file, &mut buf, data_offset + 2 * SHARD_BLOCK_BYTES) {
             Err(ShardError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             other => panic!("an uncached read did not fail at once: {other:?}"),
         }
         let (_, block) = store.read_block_unchecked(id, 2).await.unwrap();
         assert!(block == data[2 * block_bytes..3 * block_bytes]);
         nix::fcntl::posix_fadvise(
-            &file,
+            &file.file,
             0,
             0,
             nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,

@@ -19,6 +19,7 @@ mod error;
 mod format;
 mod memory;
 mod scrub;
+mod segment;
 mod service;
 pub mod testing;
 
@@ -28,7 +29,7 @@ use bytes::Bytes;
 use lauscha_core::ShardId;
 use lauscha_core::checksum::BlockHash;
 
-pub use disk::DiskShardStore;
+pub use disk::{DiskOptions, DiskShardStore};
 pub use error::ShardError;
 pub use memory::MemShardStore;
 pub use scrub::{ScrubConfig, ScrubStats, Scrubber};

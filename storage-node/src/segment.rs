@@ -1,0 +1,1112 @@
+//! Small shards as records in append-only segment files (experimental, off by default:
+//! `small_shard_segments` in the storage node's configuration).
+//!
+//! A shard file costs an inode, an fsync of the file and one of its directory; for the
+//! shards of small volume writes (a batch of at most 1 MiB, so shards of at most
+//! 256 KiB) that was most of a write's CPU on this project's test machine
+//! (ARCHITECTURE.md, storage-node). Here a small shard is appended to the one active
+//! segment file, and concurrent commits share one `fdatasync` (group commit).
+//!
+//! ```text
+//! <root>/segments/<seq>.seg   seq: 16 hex digits, increasing; the highest is active
+//!
+//! record  offset  size  field
+//!         0       8     magic "LSEGREC" and version 1
+//!         8       1     kind: 1 shard, 2 tombstone
+//!         9       7     zero
+//!         16      16    stripe id (big-endian)
+//!         32      1     shard index
+//!         33      7     zero
+//!         40      8     shard length in bytes (tombstone: 0)
+//!         48      8     shard written at, unix seconds (tombstone: 0)
+//!         56      8     zero
+//!         64      16    blake3 of bytes 0..64 and the meta below, first 16 bytes
+//!         80      meta  shard: the shard file header (format.rs: length, digest, block
+//!                       hashes); tombstone: the position it was first written at
+//!                       (segment seq, offset; 8 + 8 bytes, little-endian)
+//!         80+meta data  shard only: the shard's bytes
+//! ```
+//! A shard record's header and data are exactly a shard file's bytes, so reads, checks and
+//! quarantine treat both alike.
+//!
+//! Architecture Invariant: a record's position (segment seq, offset) orders it against
+//! every other. A tombstone removes every record of its shard positioned before the place
+//! it was *first* written (copies made by compaction keep that place), so a shard written
+//! again after a delete survives, and a compaction copy racing a delete dies.
+//!
+//! Architecture Invariant: a commit is acknowledged only after its record is covered by
+//! an `fdatasync` of its segment. Records are written one at a time in position order,
+//! so after a crash a segment is valid records, then at most one torn one at the end of
+//! the active segment (cut at start-up). Any `fdatasync` failure stops all appends
+//! until the node restarts (the kernel may have dropped the pages it failed to write).
+//!
+//! Space: a sealed segment is removed once nothing in it is live and none of its
+//! tombstones is still needed (an older segment that may hold what it deletes); one whose
+//! live records are under half its bytes is compacted (live records and needed
+//! tombstones copied to the active segment, then removed).
+//!
+//! Lock order: `sync_lock`, then `appender`, then `state`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use lauscha_core::checksum::{SHARD_BLOCK_BYTES, n_blocks};
+use lauscha_core::{NodeId, ShardId, StripeId};
+use tracing::{info, warn};
+
+use crate::format;
+use crate::{ShardEntry, ShardError};
+
+/// Shards up to this length (bytes) go to segments when they are enabled: a 1 MiB batch
+/// of small volume writes over 4 data shards.
+pub(crate) const SEGMENT_SHARD_MAX_BYTES: u64 = 256 << 10;
+/// A segment is sealed and a new one started once it reaches this length (bytes).
+/// (Small in unit tests, so that they see segments sealed, removed and compacted.)
+const SEGMENT_TARGET_BYTES: u64 = if cfg!(test) { 1 << 20 } else { 64 << 20 };
+const RECORD_MAGIC: [u8; 8] = *b"LSEGREC\x01";
+const PREFIX_BYTES: u64 = 80;
+const CHECKSUM_AT: usize = 64;
+const KIND_SHARD: u8 = 1;
+const KIND_TOMBSTONE: u8 = 2;
+const TOMBSTONE_META_BYTES: u64 = 16;
+const SEGMENTS_DIR: &str = "segments";
+
+/// A record's place in the log: records are ordered by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Pos {
+    seq: u64,
+    offset: u64,
+}
+
+/// Where a live shard record is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Loc {
+    pos: Pos,
+    shard_len_bytes: u64,
+    created_unix_s: u64,
+}
+
+impl Loc {
+    fn record_bytes(&self) -> u64 {
+        PREFIX_BYTES + image_len_bytes(self.shard_len_bytes)
+    }
+}
+
+/// A shard file's length (header and data) for a shard of `shard_len_bytes`.
+fn image_len_bytes(shard_len_bytes: u64) -> u64 {
+    format::header_len_bytes(shard_len_bytes) + shard_len_bytes
+}
+
+/// A decoded record, as the start-up scan sees it.
+#[derive(Debug, PartialEq, Eq)]
+enum Record {
+    Shard {
+        id: ShardId,
+        shard_len_bytes: u64,
+        created_unix_s: u64,
+    },
+    Tombstone {
+        id: ShardId,
+        first_written_at: Pos,
+    },
+}
+
+fn encode_prefix(kind: u8, id: ShardId, len: u64, created_unix_s: u64, meta: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(PREFIX_BYTES as usize + meta.len());
+    out.extend_from_slice(&RECORD_MAGIC);
+    out.push(kind);
+    out.extend_from_slice(&[0; 7]);
+    out.extend_from_slice(&id.stripe_id.to_bytes());
+    out.push(id.shard_idx);
+    out.extend_from_slice(&[0; 7]);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&created_unix_s.to_le_bytes());
+    out.extend_from_slice(&[0; 8]);
+    let checksum = prefix_checksum(&out, meta);
+    out.extend_from_slice(&checksum);
+    out
+}
+
+fn prefix_checksum(fields: &[u8], meta: &[u8]) -> [u8; 16] {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&fields[..CHECKSUM_AT]);
+    hasher.update(meta);
+    hasher.finalize().as_bytes()[..16]
+        .try_into()
+        .expect("16 bytes")
+}
+
+/// The fields of a prefix that passes its structural checks: (kind, id, length, created,
+/// meta length). The checksum needs the meta and is checked by the caller.
+fn decode_prefix_fields(prefix: &[u8]) -> Option<(u8, ShardId, u64, u64, u64)> {
+    if prefix.len() < PREFIX_BYTES as usize || prefix[..8] != RECORD_MAGIC {
+        return None;
+    }
+    let zero = |r: std::ops::Range<usize>| prefix[r].iter().all(|b| *b == 0);
+    if !zero(9..16) || !zero(33..40) || !zero(56..64) {
+        return None;
+    }
+    let id = ShardId {
+        stripe_id: StripeId::from_slice(&prefix[16..32])?,
+        shard_idx: prefix[32],
+    };
+    let len = u64::from_le_bytes(prefix[40..48].try_into().expect("8 bytes"));
+    let created = u64::from_le_bytes(prefix[48..56].try_into().expect("8 bytes"));
+    let meta_len = match prefix[8] {
+        KIND_SHARD if len <= SEGMENT_SHARD_MAX_BYTES => format::header_len_bytes(len),
+        KIND_TOMBSTONE if len == 0 && created == 0 => TOMBSTONE_META_BYTES,
+        _ => return None,
+    };
+    Some((prefix[8], id, len, created, meta_len))
+}
+
+/// Reads and checks the record at `offset` of a segment of `file_len` bytes; with
+/// `check_data`, a shard's blocks are checked against its block hashes too (the active
+/// segment at start-up, whose last record may be torn). `None`: no valid record there.
+fn read_record_at(
+    file: &File,
+    offset: u64,
+    file_len: u64,
+    check_data: bool,
+) -> std::io::Result<Option<(Record, u64)>> {
+    if offset + PREFIX_BYTES > file_len {
+        return Ok(None);
+    }
+    let mut prefix = [0u8; PREFIX_BYTES as usize];
+    file.read_exact_at(&mut prefix, offset)?;
+    let Some((kind, id, len, created, meta_len)) = decode_prefix_fields(&prefix) else {
+        return Ok(None);
+    };
+    let data_len = if kind == KIND_SHARD { len } else { 0 };
+    let record_len = PREFIX_BYTES + meta_len + data_len;
+    if offset + record_len > file_len {
+        return Ok(None);
+    }
+    let mut meta = vec![0u8; meta_len as usize];
+    file.read_exact_at(&mut meta, offset + PREFIX_BYTES)?;
+    if prefix[CHECKSUM_AT..] != prefix_checksum(&prefix, &meta) {
+        return Ok(None);
+    }
+    let record = if kind == KIND_SHARD {
+        let Ok((shard_len, digest)) = format::decode_fixed_header(id, &meta) else {
+            return Ok(None);
+        };
+        let Ok(hashes) = format::decode_block_hashes(
+            id,
+            shard_len,
+            &digest,
+            &meta[format::BLOCK_TABLE_OFFSET as usize..],
+        ) else {
+            return Ok(None);
+        };
+        if shard_len != len {
+            return Ok(None);
+        }
+        if check_data {
+            let mut data = vec![0u8; len as usize];
+            file.read_exact_at(&mut data, offset + PREFIX_BYTES + meta_len)?;
+            let whole = data
+                .chunks(SHARD_BLOCK_BYTES as usize)
+                .zip(&hashes)
+                .all(|(block, hash)| lauscha_core::checksum::verify_block(block, hash));
+            if !whole || hashes.len() as u64 != n_blocks(len) {
+                return Ok(None);
+            }
+        }
+        Record::Shard {
+            id,
+            shard_len_bytes: len,
+            created_unix_s: created,
+        }
+    } else {
+        Record::Tombstone {
+            id,
+            first_written_at: Pos {
+                seq: u64::from_le_bytes(meta[..8].try_into().expect("8 bytes")),
+                offset: u64::from_le_bytes(meta[8..].try_into().expect("8 bytes")),
+            },
+        }
+    };
+    Ok(Some((record, record_len)))
+}
+
+/// The offset of the next valid record after `from`, found by its magic (after a damaged
+/// record: what follows it is still read).
+fn find_next_record(file: &File, from: u64, file_len: u64) -> std::io::Result<Option<u64>> {
+    const CHUNK: u64 = 1 << 20;
+    let mut at = from;
+    while at < file_len {
+        let n = CHUNK.min(file_len - at) as usize;
+        let mut buf = vec![0u8; n];
+        file.read_exact_at(&mut buf, at)?;
+        for (i, w) in buf.windows(RECORD_MAGIC.len()).enumerate() {
+            let candidate = at + i as u64;
+            if w == RECORD_MAGIC && read_record_at(file, candidate, file_len, false)?.is_some() {
+                return Ok(Some(candidate));
+            }
+        }
+        // Overlap so that a magic across two chunks is seen.
+        at += (n as u64)
+            .saturating_sub(RECORD_MAGIC.len() as u64 - 1)
+            .max(1);
+    }
+    Ok(None)
+}
+
+fn segment_name(seq: u64) -> String {
+    format!("{seq:016x}.seg")
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// One segment file and what is live in it.
+#[derive(Debug)]
+struct Segment {
+    file: Arc<File>,
+    len_bytes: u64,
+    /// Bytes of the live shard records in it.
+    live_bytes: u64,
+    n_live: u64,
+    /// Records appended whose shards are not in the index yet (their commits wait for
+    /// the sync): such a segment is neither compacted nor removed.
+    n_pending: u64,
+    /// Tombstones in it: (shard, where the tombstone was first written).
+    tombstones: Vec<(ShardId, Pos)>,
+}
+
+#[derive(Debug, Default)]
+struct LogState {
+    index: BTreeMap<ShardId, Loc>,
+    /// Shards being committed: their ids are taken.
+    pending: HashSet<ShardId>,
+    segments: BTreeMap<u64, Segment>,
+}
+
+impl LogState {
+    fn add_live(&mut self, id: ShardId, loc: Loc) {
+        if let Some(old) = self.index.insert(id, loc) {
+            self.drop_live(old);
+        }
+        let seg = self
+            .segments
+            .get_mut(&loc.pos.seq)
+            .expect("segment of a record");
+        seg.n_live += 1;
+        seg.live_bytes += loc.record_bytes();
+    }
+
+    fn drop_live(&mut self, loc: Loc) {
+        if let Some(seg) = self.segments.get_mut(&loc.pos.seq) {
+            seg.n_live -= 1;
+            seg.live_bytes -= loc.record_bytes();
+        }
+    }
+
+    fn remove(&mut self, id: ShardId) -> Option<Loc> {
+        let loc = self.index.remove(&id)?;
+        self.drop_live(loc);
+        Some(loc)
+    }
+
+    /// Whether a tombstone held in segment `holder`, first written at `first`, may still
+    /// delete a record: some other segment at or before `first.seq` exists.
+    fn tombstone_needed(&self, holder: u64, first: Pos) -> bool {
+        self.segments.range(..=first.seq).any(|(s, _)| *s != holder)
+    }
+}
+
+#[derive(Debug)]
+struct Appender {
+    seq: u64,
+    file: Arc<File>,
+    end: u64,
+    /// Records written so far (never reset): a commit waits until `synced_gen` reaches
+    /// the count at its own record.
+    gen_written: u64,
+    rotate: bool,
+}
+
+/// The segment files of one store; every method blocks (call it from the blocking pool).
+#[derive(Debug)]
+pub(crate) struct SegmentLog {
+    dir: PathBuf,
+    node_id: NodeId,
+    state: Mutex<LogState>,
+    appender: Mutex<Appender>,
+    sync_lock: Mutex<()>,
+    synced_gen: AtomicU64,
+    failed: AtomicBool,
+    compacting: AtomicBool,
+}
+
+/// What a store learns when its segments are opened.
+pub(crate) struct Opened {
+    pub(crate) log: SegmentLog,
+    pub(crate) n_shards: u64,
+    /// Header and data bytes of the shards, as for shard files.
+    pub(crate) used_bytes: u64,
+}
+
+impl SegmentLog {
+    /// Opens the segments under `root` (creating the directory with `create`; `None` when
+    /// there is none and it is not to be created): reads every record, cuts a torn tail of
+    /// the last segment, starts a new active segment and removes segments nothing needs.
+    pub(crate) fn open(
+        root: &Path,
+        node_id: NodeId,
+        create: bool,
+    ) -> Result<Option<Opened>, ShardError> {
+        let dir = root.join(SEGMENTS_DIR);
+        if !dir.exists() {
+            if !create {
+                return Ok(None);
+            }
+            fs::create_dir_all(&dir)?;
+            fsync_dir(root)?;
+        }
+        let mut seqs: Vec<u64> = Vec::new();
+        for entry in fs::read_dir(&dir)? {
+            let name = entry?.file_name();
+            let Some(seq) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|n| u64::from_str_radix(n, 16).ok())
+            else {
+                continue;
+            };
+            seqs.push(seq);
+        }
+        seqs.sort_unstable();
+        let mut state = LogState::default();
+        for (i, &seq) in seqs.iter().enumerate() {
+            let last = i + 1 == seqs.len();
+            let path = dir.join(segment_name(seq));
+            let file = OpenOptions::new().read(true).write(last).open(&path)?;
+            let len_bytes = scan_segment(&file, seq, last, node_id, &mut state)?;
+            if last && len_bytes < file.metadata()?.len() {
+                info!(node_id = %node_id, segment = seq, valid_bytes = len_bytes, "cut the torn tail of the last segment");
+                file.set_len(len_bytes)?;
+                file.sync_all()?;
+            }
+            state
+                .segments
+                .get_mut(&seq)
+                .expect("scan adds the segment")
+                .len_bytes = len_bytes;
+        }
+        let seq = seqs.last().map_or(1, |s| s + 1);
+        let file = Arc::new(create_segment(&dir, seq)?);
+        state.segments.insert(seq, Segment::new(file.clone()));
+        let (n_shards, used_bytes) = (
+            state.index.len() as u64,
+            state
+                .index
+                .values()
+                .map(|l| image_len_bytes(l.shard_len_bytes))
+                .sum(),
+        );
+        let log = SegmentLog {
+            dir,
+            node_id,
+            state: Mutex::new(state),
+            appender: Mutex::new(Appender {
+                seq,
+                file,
+                end: 0,
+                gen_written: 0,
+                rotate: false,
+            }),
+            sync_lock: Mutex::new(()),
+            synced_gen: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            compacting: AtomicBool::new(false),
+        };
+        log.maintain()?;
+        info!(node_id = %node_id, n_shards, n_segments = seqs.len() + 1, "segments open");
+        Ok(Some(Opened {
+            log,
+            n_shards,
+            used_bytes,
+        }))
+    }
+
+    /// Whether the id is taken here (committed, or being committed).
+    pub(crate) fn contains(&self, id: ShardId) -> bool {
+        let st = self.state.lock().expect("segment state lock");
+        st.index.contains_key(&id) || st.pending.contains(&id)
+    }
+
+    /// The segment file holding a shard and the offset of its header there.
+    pub(crate) fn locate(&self, id: ShardId) -> Option<(Arc<File>, u64)> {
+        let st = self.state.lock().expect("segment state lock");
+        let loc = st.index.get(&id)?;
+        let seg = st
+            .segments
+            .get(&loc.pos.seq)
+            .expect("segment of a live record");
+        Some((seg.file.clone(), loc.pos.offset + PREFIX_BYTES))
+    }
+
+    /// Appends a checked shard (`header`: its shard file header) and returns once it is
+    /// durable. Fails with `AlreadyExists` if the id is taken.
+    pub(crate) fn append_shard(
+        &self,
+        id: ShardId,
+        header: &[u8],
+        data: &[u8],
+    ) -> Result<(), ShardError> {
+        let shard_len_bytes = data.len() as u64;
+        debug_assert!(shard_len_bytes <= SEGMENT_SHARD_MAX_BYTES);
+        {
+            let mut st = self.state.lock().expect("segment state lock");
+            if st.index.contains_key(&id) || !st.pending.insert(id) {
+                return Err(ShardError::AlreadyExists(id));
+            }
+        }
+        let created_unix_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut record = encode_prefix(KIND_SHARD, id, shard_len_bytes, created_unix_s, header);
+        record.extend_from_slice(header);
+        record.extend_from_slice(data);
+        let appended = self.append(|_| Some((record, Appended::Shard)));
+        let (pos, gen_written) = match appended {
+            Ok(a) => a.expect("always built"),
+            Err(e) => {
+                self.state
+                    .lock()
+                    .expect("segment state lock")
+                    .pending
+                    .remove(&id);
+                return Err(e);
+            }
+        };
+        let durable = self.make_durable(gen_written);
+        let mut st = self.state.lock().expect("segment state lock");
+        st.pending.remove(&id);
+        st.segments
+            .get_mut(&pos.seq)
+            .expect("a segment with a pending record stays")
+            .n_pending -= 1;
+        // On failure the record may still be on disk, and a restart then finds the shard
+        // (as a shard file linked before a failed directory sync): unreferenced, it is
+        // garbage like any shard of a failed write.
+        durable?;
+        st.add_live(
+            id,
+            Loc {
+                pos,
+                shard_len_bytes,
+                created_unix_s,
+            },
+        );
+        Ok(())
+    }
+
+    /// Deletes a shard: `Some(bytes of its header and data)` if it was here.
+    pub(crate) fn delete(&self, id: ShardId) -> Result<Option<u64>, ShardError> {
+        let Some(loc) = self.state.lock().expect("segment state lock").remove(id) else {
+            return Ok(None);
+        };
+        let written = self
+            .append(|pos| Some((encode_tombstone(id, pos), Appended::Tombstone(id, pos))))
+            .and_then(|a| self.make_durable(a.expect("always built").1));
+        if let Err(e) = written {
+            // Not deleted as far as a restart knows: keep serving it.
+            self.state
+                .lock()
+                .expect("segment state lock")
+                .add_live(id, loc);
+            return Err(e);
+        }
+        self.maintain()?;
+        Ok(Some(image_len_bytes(loc.shard_len_bytes)))
+    }
+
+    /// Up to `limit` shards after `after`, in id order.
+    pub(crate) fn list(&self, after: Option<ShardId>, limit: usize) -> Vec<ShardEntry> {
+        use std::ops::Bound;
+        let st = self.state.lock().expect("segment state lock");
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        st.index
+            .range((from, Bound::Unbounded))
+            .take(limit)
+            .map(|(id, loc)| ShardEntry {
+                id: *id,
+                len_bytes: image_len_bytes(loc.shard_len_bytes),
+                modified_unix_s: loc.created_unix_s,
+            })
+            .collect()
+    }
+
+    /// A shard's header and data (a shard file's bytes), if it is here.
+    pub(crate) fn read_image(&self, id: ShardId) -> Result<Option<Vec<u8>>, ShardError> {
+        let Some((file, shard_len_bytes, offset)) = ({
+            let st = self.state.lock().expect("segment state lock");
+            st.index.get(&id).map(|loc| {
+                (
+                    st.segments[&loc.pos.seq].file.clone(),
+                    loc.shard_len_bytes,
+                    loc.pos.offset + PREFIX_BYTES,
+                )
+            })
+        }) else {
+            return Ok(None);
+        };
+        let mut image = vec![0u8; image_len_bytes(shard_len_bytes) as usize];
+        file.read_exact_at(&mut image, offset)?;
+        Ok(Some(image))
+    }
+
+    /// Writes one record built for its position by `build` (`None`: nothing to write) at
+    /// the end of the active segment; returns its position and generation.
+    fn append(
+        &self,
+        build: impl FnOnce(Pos) -> Option<(Vec<u8>, Appended)>,
+    ) -> Result<Option<(Pos, u64)>, ShardError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(failed_error());
+        }
+        let mut ap = self.appender.lock().expect("segment appender lock");
+        if ap.rotate {
+            self.rotate(&mut ap)?;
+        }
+        let pos = Pos {
+            seq: ap.seq,
+            offset: ap.end,
+        };
+        let Some((record, appended)) = build(pos) else {
+            return Ok(None);
+        };
+        if let Err(e) = ap.file.write_all_at(&record, pos.offset) {
+            // Part of it may be there: cut it, or start a new segment past it.
+            if ap.file.set_len(pos.offset).is_err() {
+                ap.rotate = true;
+            }
+            return Err(e.into());
+        }
+        ap.end += record.len() as u64;
+        ap.gen_written += 1;
+        if ap.end >= SEGMENT_TARGET_BYTES {
+            ap.rotate = true;
+        }
+        let mut st = self.state.lock().expect("segment state lock");
+        let seg = st.segments.get_mut(&pos.seq).expect("active segment");
+        seg.len_bytes = ap.end;
+        match appended {
+            Appended::Shard => seg.n_pending += 1,
+            Appended::Tombstone(id, first) => seg.tombstones.push((id, first)),
+            Appended::Copy => {}
+        }
+        Ok(Some((pos, ap.gen_written)))
+    }
+
+    /// Seals the active segment (synced whole) and starts the next.
+    fn rotate(&self, ap: &mut Appender) -> Result<(), ShardError> {
+        if let Err(e) = ap.file.sync_data() {
+            self.fail(&e);
+            return Err(e.into());
+        }
+        self.synced_gen.fetch_max(ap.gen_written, Ordering::AcqRel);
+        let seq = ap.seq + 1;
+        let file = Arc::new(create_segment(&self.dir, seq)?);
+        self.state
+            .lock()
+            .expect("segment state lock")
+            .segments
+            .insert(seq, Segment::new(file.clone()));
+        ap.seq = seq;
+        ap.file = file;
+        ap.end = 0;
+        ap.rotate = false;
+        Ok(())
+    }
+
+    /// Returns once every record up to generation `gen_written` is on disk: one
+    /// `fdatasync` covers every record written before it started (group commit).
+    fn make_durable(&self, gen_written: u64) -> Result<(), ShardError> {
+        if self.synced_gen.load(Ordering::Acquire) >= gen_written {
+            return Ok(());
+        }
+        let _one_sync_at_a_time = self.sync_lock.lock().expect("segment sync lock");
+        if self.synced_gen.load(Ordering::Acquire) >= gen_written {
+            return Ok(());
+        }
+        if self.failed.load(Ordering::Acquire) {
+            return Err(failed_error());
+        }
+        let (target, file) = {
+            let ap = self.appender.lock().expect("segment appender lock");
+            (ap.gen_written, ap.file.clone())
+        };
+        // A rotation since our record synced the segment it is in.
+        if self.synced_gen.load(Ordering::Acquire) >= gen_written {
+            return Ok(());
+        }
+        if let Err(e) = file.sync_data() {
+            self.fail(&e);
+            return Err(e.into());
+        }
+        self.synced_gen.fetch_max(target, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn fail(&self, e: &std::io::Error) {
+        if !self.failed.swap(true, Ordering::AcqRel) {
+            warn!(node_id = %self.node_id, error = %e, "fdatasync of a segment failed: no more small shards are written to segments until the node restarts");
+        }
+    }
+
+    /// Removes sealed segments nothing needs, and compacts one that is mostly dead.
+    fn maintain(&self) -> Result<(), ShardError> {
+        if self.compacting.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let result = self.maintain_once();
+        self.compacting.store(false, Ordering::Release);
+        result
+    }
+
+    fn maintain_once(&self) -> Result<(), ShardError> {
+        let active = self.appender.lock().expect("segment appender lock").seq;
+        let mut to_compact = None;
+        let removable: Vec<u64> = {
+            let st = self.state.lock().expect("segment state lock");
+            let mut out = Vec::new();
+            for (seq, seg) in st.segments.range(..active) {
+                if seg.n_pending > 0 {
+                    continue;
+                }
+                let needed = seg
+                    .tombstones
+                    .iter()
+                    .any(|(_, first)| st.tombstone_needed(*seq, *first));
+                if seg.n_live == 0 && !needed {
+                    out.push(*seq);
+                } else if to_compact.is_none() && seg.live_bytes * 2 < seg.len_bytes {
+                    to_compact = Some(*seq);
+                }
+            }
+            out
+        };
+        for seq in removable {
+            self.remove_segment(seq)?;
+        }
+        if let Some(seq) = to_compact {
+            self.compact(seq)?;
+        }
+        Ok(())
+    }
+
+    /// Copies a sealed segment's live records and needed tombstones to the active segment
+    /// and removes it.
+    fn compact(&self, seq: u64) -> Result<(), ShardError> {
+        let (file, live, tombstones) = {
+            let st = self.state.lock().expect("segment state lock");
+            let Some(seg) = st.segments.get(&seq) else {
+                return Ok(());
+            };
+            let live: Vec<(ShardId, Loc)> = st
+                .index
+                .iter()
+                .filter(|(_, l)| l.pos.seq == seq)
+                .map(|(id, l)| (*id, *l))
+                .collect();
+            let tombstones: Vec<(ShardId, Pos)> = seg
+                .tombstones
+                .iter()
+                .filter(|(_, first)| st.tombstone_needed(seq, *first))
+                .copied()
+                .collect();
+            (seg.file.clone(), live, tombstones)
+        };
+        let mut last_gen = 0;
+        let mut moved = Vec::new();
+        for (id, old) in live {
+            let mut image = vec![0u8; image_len_bytes(old.shard_len_bytes) as usize];
+            file.read_exact_at(&mut image, old.pos.offset + PREFIX_BYTES)?;
+            let header_len = format::header_len_bytes(old.shard_len_bytes) as usize;
+            // The check and the position are taken together under the appender lock: a
+            // delete after it writes its tombstone later, which then removes the copy.
+            let appended = self.append(|_| {
+                let still = self
+                    .state
+                    .lock()
+                    .expect("segment state lock")
+                    .index
+                    .get(&id)
+                    == Some(&old);
+                still.then(|| {
+                    let mut record = encode_prefix(
+                        KIND_SHARD,
+                        id,
+                        old.shard_len_bytes,
+                        old.created_unix_s,
+                        &image[..header_len],
+                    );
+                    record.extend_from_slice(&image);
+                    (record, Appended::Copy)
+                })
+            })?;
+            if let Some((pos, gen_written)) = appended {
+                last_gen = gen_written;
+                moved.push((id, old, Loc { pos, ..old }));
+            }
+        }
+        for (id, first) in &tombstones {
+            let (_, gen_written) = self
+                .append(|_| {
+                    Some((
+                        encode_tombstone(*id, *first),
+                        Appended::Tombstone(*id, *first),
+                    ))
+                })?
+                .expect("always built");
+            last_gen = gen_written;
+        }
+        self.make_durable(last_gen)?;
+        {
+            let mut st = self.state.lock().expect("segment state lock");
+            for (id, old, new) in &moved {
+                if st.index.get(id) == Some(old) {
+                    st.add_live(*id, *new);
+                }
+            }
+            let seg = &st.segments[&seq];
+            assert_eq!(
+                seg.n_live, 0,
+                "compacted segment {seq} still has live records"
+            );
+        }
+        info!(node_id = %self.node_id, segment = seq, n_moved = moved.len(), n_tombstones = tombstones.len(), "segment compacted");
+        self.remove_segment(seq)
+    }
+
+    fn remove_segment(&self, seq: u64) -> Result<(), ShardError> {
+        fs::remove_file(self.dir.join(segment_name(seq)))?;
+        // Durably gone before anything relies on it being gone (tombstones dropped).
+        fsync_dir(&self.dir)?;
+        self.state
+            .lock()
+            .expect("segment state lock")
+            .segments
+            .remove(&seq);
+        Ok(())
+    }
+}
+
+/// What an append adds to its segment's accounting.
+enum Appended {
+    /// A new shard, pending until durable.
+    Shard,
+    /// A compaction copy of a live shard, counted when the copy is durable.
+    Copy,
+    /// A tombstone: (shard, where it was first written).
+    Tombstone(ShardId, Pos),
+}
+
+fn encode_tombstone(id: ShardId, first: Pos) -> Vec<u8> {
+    let mut meta = Vec::with_capacity(TOMBSTONE_META_BYTES as usize);
+    meta.extend_from_slice(&first.seq.to_le_bytes());
+    meta.extend_from_slice(&first.offset.to_le_bytes());
+    let mut record = encode_prefix(KIND_TOMBSTONE, id, 0, 0, &meta);
+    record.extend_from_slice(&meta);
+    record
+}
+
+fn failed_error() -> ShardError {
+    ShardError::Io(std::io::Error::other(
+        "segment writes stopped after a failed fdatasync; restart the node",
+    ))
+}
+
+impl Segment {
+    fn new(file: Arc<File>) -> Segment {
+        Segment {
+            file,
+            len_bytes: 0,
+            live_bytes: 0,
+            n_live: 0,
+            n_pending: 0,
+            tombstones: Vec::new(),
+        }
+    }
+}
+
+fn create_segment(dir: &Path, seq: u64) -> Result<File, ShardError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(dir.join(segment_name(seq)))?;
+    fsync_dir(dir)?;
+    Ok(file)
+}
+
+/// Reads every valid record of one segment into `state`; returns where the valid records
+/// end. `last`: the segment was active when the node stopped, so its shards' data is
+/// checked too (a torn record must not be taken for a shard).
+fn scan_segment(
+    file: &File,
+    seq: u64,
+    last: bool,
+    node_id: NodeId,
+    state: &mut LogState,
+) -> Result<u64, ShardError> {
+    let file_len = file.metadata()?.len();
+    state
+        .segments
+        .insert(seq, Segment::new(Arc::new(file.try_clone()?)));
+    let mut offset = 0;
+    let mut valid_end = 0;
+    while offset < file_len {
+        let Some((record, record_len)) = read_record_at(file, offset, file_len, last)? else {
+            match find_next_record(file, offset + 1, file_len)? {
+                Some(next) => {
+                    warn!(node_id = %node_id, segment = seq, offset, next, "damaged segment record skipped; the shards in it are missing until repaired");
+                    offset = next;
+                    continue;
+                }
+                None => break,
+            }
+        };
+        let pos = Pos { seq, offset };
+        match record {
+            Record::Shard {
+                id,
+                shard_len_bytes,
+                created_unix_s,
+            } => state.add_live(
+                id,
+                Loc {
+                    pos,
+                    shard_len_bytes,
+                    created_unix_s,
+                },
+            ),
+            Record::Tombstone {
+                id,
+                first_written_at,
+            } => {
+                if state
+                    .index
+                    .get(&id)
+                    .is_some_and(|l| l.pos < first_written_at)
+                {
+                    state.remove(id);
+                }
+                state
+                    .segments
+                    .get_mut(&seq)
+                    .expect("inserted above")
+                    .tombstones
+                    .push((id, first_written_at));
+            }
+        }
+        offset += record_len;
+        valid_end = offset;
+    }
+    Ok(valid_end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lauscha_core::ShardHasher;
+
+    fn id(n: u128) -> ShardId {
+        ShardId {
+            stripe_id: StripeId(n),
+            shard_idx: (n % 6) as u8,
+        }
+    }
+
+    fn header_of(data: &[u8]) -> Vec<u8> {
+        let mut hasher = ShardHasher::new();
+        hasher.update(data);
+        let (digest, hashes) = hasher.finalize();
+        format::encode_header(data.len() as u64, &digest, &hashes)
+    }
+
+    fn put(log: &SegmentLog, n: u128, data: &[u8]) {
+        log.append_shard(id(n), &header_of(data), data).unwrap();
+    }
+
+    fn data_of(log: &SegmentLog, n: u128) -> Option<Vec<u8>> {
+        let image = log.read_image(id(n)).unwrap()?;
+        let (len, _) = format::decode_fixed_header(id(n), &image).unwrap();
+        Some(image[format::header_len_bytes(len) as usize..].to_vec())
+    }
+
+    fn open(dir: &Path) -> SegmentLog {
+        SegmentLog::open(dir, NodeId(1), true).unwrap().unwrap().log
+    }
+
+    #[test]
+    fn shards_and_deletes_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = open(dir.path());
+            put(&log, 1, b"one");
+            put(&log, 2, &[2u8; 100_000]);
+            put(&log, 3, b"three");
+            assert!(matches!(
+                log.append_shard(id(1), &header_of(b"x"), b"x"),
+                Err(ShardError::AlreadyExists(_))
+            ));
+            assert_eq!(log.delete(id(2)).unwrap(), Some(image_len_bytes(100_000)));
+            assert_eq!(log.delete(id(2)).unwrap(), None);
+            // Deleted, then written again: the new one stays.
+            log.delete(id(3)).unwrap();
+            put(&log, 3, b"three again");
+        }
+        let opened = SegmentLog::open(dir.path(), NodeId(1), false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(opened.n_shards, 2);
+        let log = opened.log;
+        assert_eq!(data_of(&log, 1).unwrap(), b"one");
+        assert_eq!(data_of(&log, 2), None);
+        assert_eq!(data_of(&log, 3).unwrap(), b"three again");
+        let listed: Vec<ShardId> = log.list(None, 10).iter().map(|e| e.id).collect();
+        assert_eq!(listed, vec![id(1), id(3)]);
+        assert_eq!(
+            log.list(Some(id(1)), 10)
+                .iter()
+                .map(|e| e.id)
+                .collect::<Vec<_>>(),
+            vec![id(3)]
+        );
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_what_came_before_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg_path;
+        {
+            let log = open(dir.path());
+            put(&log, 1, &[1u8; 5000]);
+            put(&log, 2, &[2u8; 70_000]);
+            seg_path = log.dir.join(segment_name(log.appender.lock().unwrap().seq));
+        }
+        // The last record torn: its data ends early, then zeros where a write stopped.
+        let len = fs::metadata(&seg_path).unwrap().len();
+        let file = OpenOptions::new().write(true).open(&seg_path).unwrap();
+        file.set_len(len - 1000).unwrap();
+        file.set_len(len).unwrap();
+        drop(file);
+        let log = open(dir.path());
+        assert_eq!(data_of(&log, 1).unwrap(), vec![1u8; 5000]);
+        assert_eq!(data_of(&log, 2), None, "a torn record is not a shard");
+        assert!(fs::metadata(&seg_path).unwrap().len() < len, "cut");
+        // And the log goes on.
+        put(&log, 2, &[2u8; 70_000]);
+        drop(log);
+        let log = open(dir.path());
+        assert_eq!(data_of(&log, 2).unwrap(), vec![2u8; 70_000]);
+    }
+
+    #[test]
+    fn a_damaged_record_in_the_middle_loses_only_that_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg_path;
+        {
+            let log = open(dir.path());
+            for n in 1..=3 {
+                put(&log, n, &[n as u8; 3000]);
+            }
+            seg_path = log.dir.join(segment_name(log.appender.lock().unwrap().seq));
+        }
+        let mut bytes = fs::read(&seg_path).unwrap();
+        let second = (PREFIX_BYTES + image_len_bytes(3000)) as usize;
+        bytes[second + 41] ^= 0x10; // its length field
+        fs::write(&seg_path, bytes).unwrap();
+        let log = open(dir.path());
+        assert_eq!(data_of(&log, 1).unwrap(), vec![1u8; 3000]);
+        assert_eq!(data_of(&log, 2), None);
+        assert_eq!(data_of(&log, 3).unwrap(), vec![3u8; 3000]);
+    }
+
+    #[test]
+    fn dead_segments_are_removed_and_mostly_dead_ones_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path());
+        let big = vec![7u8; 4096];
+        let per_segment =
+            SEGMENT_TARGET_BYTES / (PREFIX_BYTES + image_len_bytes(big.len() as u64)) + 1;
+        // Three segments' worth, then one more record to seal the third.
+        let n = 3 * per_segment;
+        for i in 0..=n {
+            put(&log, i as u128, &big);
+        }
+        let n_segments = || log.state.lock().unwrap().segments.len();
+        assert_eq!(n_segments(), 4);
+        // All of the first segment dead: removed.
+        for i in 0..per_segment {
+            log.delete(id(i as u128)).unwrap();
+        }
+        assert_eq!(n_segments(), 3);
+        // Most of the second dead: compacted into the active one.
+        for i in per_segment..(2 * per_segment - 3) {
+            log.delete(id(i as u128)).unwrap();
+        }
+        assert_eq!(n_segments(), 2);
+        for i in (2 * per_segment - 3)..=n {
+            assert_eq!(data_of(&log, i as u128).unwrap(), big, "shard {i}");
+        }
+        drop(log);
+        // The deletes hold after a restart: the tombstones that were still needed moved.
+        let log = open(dir.path());
+        assert_eq!(data_of(&log, 0), None);
+        assert_eq!(data_of(&log, (per_segment + 1) as u128), None);
+        assert_eq!(
+            log.list(None, usize::MAX).len() as u64,
+            n + 1 - (2 * per_segment - 3)
+        );
+    }
+
+    #[test]
+    fn concurrent_commits_share_syncs_and_all_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(open(dir.path()));
+        std::thread::scope(|s| {
+            for t in 0..8u128 {
+                let log = log.clone();
+                s.spawn(move || {
+                    for i in 0..50u128 {
+                        put(&log, t * 1000 + i, &[(t + i) as u8; 4096]);
+                    }
+                });
+            }
+        });
+        drop(log);
+        let log = open(dir.path());
+        for t in 0..8u128 {
+            for i in 0..50u128 {
+                assert_eq!(
+                    data_of(&log, t * 1000 + i).unwrap(),
+                    vec![(t + i) as u8; 4096]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_prefix_from_disk_never_panics() {
+        let good = encode_tombstone(id(9), Pos { seq: 3, offset: 7 });
+        for cut in 0..good.len() {
+            let _ = decode_prefix_fields(&good[..cut]);
+        }
+        for i in 0..PREFIX_BYTES as usize {
+            let mut bad = good.clone();
+            bad[i] ^= 0xff;
+            let _ = decode_prefix_fields(&bad);
+        }
+    }
+}
