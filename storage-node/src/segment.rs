@@ -37,8 +37,11 @@
 //! Architecture Invariant: a commit is acknowledged only after its record is covered by
 //! an `fdatasync` of its segment. Records are written one at a time in position order,
 //! so after a crash a segment is valid records, then at most one torn one at the end of
-//! the active segment (cut at start-up). Any `fdatasync` failure stops all appends
-//! until the node restarts (the kernel may have dropped the pages it failed to write).
+//! the active segment (cut at start-up). A failed `fdatasync` fails every commit whose
+//! record it was to cover, and every record written before it and not yet synced, for
+//! good: a later successful sync proves nothing for them (the kernel may have dropped
+//! the pages it failed to write and marked them clean). The segment is then sealed, and
+//! new records go to a new one.
 //!
 //! Space: a sealed segment is removed once nothing in it is live and none of its
 //! tombstones is still needed (an older segment that may hold what it deletes); one whose
@@ -339,9 +342,14 @@ pub(crate) struct SegmentLog {
     node_id: NodeId,
     state: Mutex<LogState>,
     appender: Mutex<Appender>,
+    /// Held across every `fdatasync` (of a commit, or of a segment being sealed).
     sync_lock: Mutex<()>,
+    /// Every record up to this generation was covered by a successful `fdatasync`...
     synced_gen: AtomicU64,
-    failed: AtomicBool,
+    /// ... except these ranges (inclusive), which were to be covered by a failed one.
+    poisoned: Mutex<Vec<(u64, u64)>>,
+    /// The highest generation in `poisoned` (0: none), to skip its lock.
+    poisoned_max: AtomicU64,
     compacting: AtomicBool,
 }
 
@@ -424,10 +432,13 @@ impl SegmentLog {
             }),
             sync_lock: Mutex::new(()),
             synced_gen: AtomicU64::new(0),
-            failed: AtomicBool::new(false),
+            poisoned: Mutex::new(Vec::new()),
+            poisoned_max: AtomicU64::new(0),
             compacting: AtomicBool::new(false),
         };
-        log.maintain()?;
+        if let Err(e) = log.maintain() {
+            warn!(node_id = %node_id, error = %e, "segment clean-up at start-up failed; tried again at the next delete");
+        }
         info!(node_id = %node_id, n_shards, n_segments = seqs.len() + 1, "segments open");
         Ok(Some(Opened {
             log,
@@ -517,15 +528,28 @@ impl SegmentLog {
         let written = self
             .append(|pos| Some((encode_tombstone(id, pos), Appended::Tombstone(id, pos))))
             .and_then(|a| self.make_durable(a.expect("always built").1));
-        if let Err(e) = written {
-            // Not deleted as far as a restart knows: keep serving it.
-            self.state
-                .lock()
-                .expect("segment state lock")
-                .add_live(id, loc);
-            return Err(e);
+        match written {
+            Ok(()) => {}
+            // A full disk must still free space. Without its tombstone the shard comes back
+            // at a restart (unless its segment is removed first), as an unreferenced shard
+            // that garbage collection deletes again; what is written again after a delete
+            // is positioned after it and wins either way.
+            Err(ShardError::DiskFull) => {
+                warn!(node_id = %self.node_id, shard_id = %id, "disk full: shard deleted without a tombstone (a restart may bring it back as garbage)");
+            }
+            Err(e) => {
+                // Not deleted as far as a restart knows: keep serving it.
+                self.state
+                    .lock()
+                    .expect("segment state lock")
+                    .add_live(id, loc);
+                return Err(e);
+            }
         }
-        self.maintain()?;
+        // The delete stands whatever this finds.
+        if let Err(e) = self.maintain() {
+            warn!(node_id = %self.node_id, error = %e, "segment clean-up failed; tried again at the next delete");
+        }
         Ok(Some(image_len_bytes(loc.shard_len_bytes)))
     }
 
@@ -570,12 +594,12 @@ impl SegmentLog {
         &self,
         build: impl FnOnce(Pos) -> Option<(Vec<u8>, Appended)>,
     ) -> Result<Option<(Pos, u64)>, ShardError> {
-        if self.failed.load(Ordering::Acquire) {
-            return Err(failed_error());
-        }
         let mut ap = self.appender.lock().expect("segment appender lock");
-        if ap.rotate {
-            self.rotate(&mut ap)?;
+        while ap.rotate {
+            // Sealing syncs, which takes `sync_lock` first.
+            drop(ap);
+            self.rotate()?;
+            ap = self.appender.lock().expect("segment appender lock");
         }
         let pos = Pos {
             seq: ap.seq,
@@ -584,13 +608,9 @@ impl SegmentLog {
         let Some((record, appended)) = build(pos) else {
             return Ok(None);
         };
-        if let Err(e) = ap.file.write_all_at(&record, pos.offset) {
-            // Part of it may be there: cut it, or start a new segment past it.
-            if ap.file.set_len(pos.offset).is_err() {
-                ap.rotate = true;
-            }
-            return Err(e.into());
-        }
+        // On failure part of it may be there; the end does not move, so the next record
+        // overwrites it (and a scan after a crash stops at it, at the end of the log).
+        ap.file.write_all_at(&record, pos.offset)?;
         ap.end += record.len() as u64;
         ap.gen_written += 1;
         if ap.end >= SEGMENT_TARGET_BYTES {
@@ -607,13 +627,20 @@ impl SegmentLog {
         Ok(Some((pos, ap.gen_written)))
     }
 
-    /// Seals the active segment (synced whole) and starts the next.
-    fn rotate(&self, ap: &mut Appender) -> Result<(), ShardError> {
-        if let Err(e) = ap.file.sync_data() {
-            self.fail(&e);
-            return Err(e.into());
+    /// Seals the active segment (synced whole, or its unsynced records poisoned) and
+    /// starts the next.
+    fn rotate(&self) -> Result<(), ShardError> {
+        let _one_sync_at_a_time = self.sync_lock.lock().expect("segment sync lock");
+        let mut ap = self.appender.lock().expect("segment appender lock");
+        if !ap.rotate {
+            return Ok(());
         }
-        self.synced_gen.fetch_max(ap.gen_written, Ordering::AcqRel);
+        match ap.file.sync_data() {
+            Ok(()) => {
+                self.synced_gen.fetch_max(ap.gen_written, Ordering::AcqRel);
+            }
+            Err(e) => self.poison(ap.gen_written, &e),
+        }
         let seq = ap.seq + 1;
         let file = Arc::new(create_segment(&self.dir, seq)?);
         self.state
@@ -628,39 +655,67 @@ impl SegmentLog {
         Ok(())
     }
 
-    /// Returns once every record up to generation `gen_written` is on disk: one
-    /// `fdatasync` covers every record written before it started (group commit).
+    /// Returns once the record of generation `gen_written` is on disk: one `fdatasync`
+    /// covers every record written before it started (group commit). Fails if the sync
+    /// meant to cover it failed.
     fn make_durable(&self, gen_written: u64) -> Result<(), ShardError> {
-        if self.synced_gen.load(Ordering::Acquire) >= gen_written {
-            return Ok(());
+        if let Some(settled) = self.settled(gen_written) {
+            return settled;
         }
         let _one_sync_at_a_time = self.sync_lock.lock().expect("segment sync lock");
-        if self.synced_gen.load(Ordering::Acquire) >= gen_written {
-            return Ok(());
-        }
-        if self.failed.load(Ordering::Acquire) {
-            return Err(failed_error());
+        // Another commit's sync, or the sealing of its segment, may have covered it.
+        if let Some(settled) = self.settled(gen_written) {
+            return settled;
         }
         let (target, file) = {
             let ap = self.appender.lock().expect("segment appender lock");
             (ap.gen_written, ap.file.clone())
         };
-        // A rotation since our record synced the segment it is in.
-        if self.synced_gen.load(Ordering::Acquire) >= gen_written {
-            return Ok(());
+        // Not covered yet, so in the active segment: sealing needs `sync_lock`.
+        match file.sync_data() {
+            Ok(()) => {
+                self.synced_gen.fetch_max(target, Ordering::AcqRel);
+            }
+            Err(e) => {
+                let mut ap = self.appender.lock().expect("segment appender lock");
+                self.poison(ap.gen_written, &e);
+                ap.rotate = true;
+            }
         }
-        if let Err(e) = file.sync_data() {
-            self.fail(&e);
-            return Err(e.into());
-        }
-        self.synced_gen.fetch_max(target, Ordering::AcqRel);
-        Ok(())
+        self.settled(gen_written)
+            .expect("the sync just made covers it")
     }
 
-    fn fail(&self, e: &std::io::Error) {
-        if !self.failed.swap(true, Ordering::AcqRel) {
-            warn!(node_id = %self.node_id, error = %e, "fdatasync of a segment failed: no more small shards are written to segments until the node restarts");
+    /// What a sync made of the record of generation `gen_written`: `None` while no sync
+    /// has covered it.
+    fn settled(&self, gen_written: u64) -> Option<Result<(), ShardError>> {
+        if gen_written <= self.poisoned_max.load(Ordering::Acquire)
+            && self
+                .poisoned
+                .lock()
+                .expect("segment poison lock")
+                .iter()
+                .any(|(lo, hi)| (*lo..=*hi).contains(&gen_written))
+        {
+            return Some(Err(ShardError::Io(std::io::Error::other(
+                "the fdatasync of its segment failed",
+            ))));
         }
+        (self.synced_gen.load(Ordering::Acquire) >= gen_written).then_some(Ok(()))
+    }
+
+    /// Marks every record written and not covered by a successful sync as failed. Called
+    /// with `sync_lock` held, so `synced_gen` stands still.
+    fn poison(&self, gen_written: u64, e: &std::io::Error) {
+        let lo = self.synced_gen.load(Ordering::Acquire) + 1;
+        if lo <= gen_written {
+            self.poisoned
+                .lock()
+                .expect("segment poison lock")
+                .push((lo, gen_written));
+            self.poisoned_max.fetch_max(gen_written, Ordering::AcqRel);
+        }
+        warn!(node_id = %self.node_id, error = %e, n_records = gen_written + 1 - lo.min(gen_written + 1), "fdatasync of a segment failed: its unsynced records failed their commits; the segment is sealed");
     }
 
     /// Removes sealed segments nothing needs, and compacts one that is mostly dead.
@@ -818,12 +873,6 @@ fn encode_tombstone(id: ShardId, first: Pos) -> Vec<u8> {
     let mut record = encode_prefix(KIND_TOMBSTONE, id, 0, 0, &meta);
     record.extend_from_slice(&meta);
     record
-}
-
-fn failed_error() -> ShardError {
-    ShardError::Io(std::io::Error::other(
-        "segment writes stopped after a failed fdatasync; restart the node",
-    ))
 }
 
 impl Segment {
@@ -1095,6 +1144,43 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// What `make_durable` does when `fdatasync` fails, driven by hand: the records it
+    /// was to cover fail for good, later records are made durable by later syncs.
+    #[test]
+    fn a_failed_sync_fails_the_records_it_covered_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path());
+        put(&log, 1, b"synced before");
+        let unsynced = || {
+            let record = encode_tombstone(id(99), Pos { seq: 1, offset: 0 });
+            log.append(|_| Some((record, Appended::Copy)))
+                .unwrap()
+                .unwrap()
+                .1
+        };
+        let (a, b) = (unsynced(), unsynced());
+        {
+            let _sync = log.sync_lock.lock().unwrap();
+            let mut ap = log.appender.lock().unwrap();
+            log.poison(ap.gen_written, &std::io::Error::other("injected"));
+            ap.rotate = true;
+        }
+        assert!(matches!(log.make_durable(a), Err(ShardError::Io(_))));
+        assert!(matches!(log.make_durable(b), Err(ShardError::Io(_))));
+        assert!(matches!(log.make_durable(1), Ok(())));
+        let segments_before = log.state.lock().unwrap().segments.len();
+        put(&log, 2, b"after");
+        assert_eq!(
+            log.state.lock().unwrap().segments.len(),
+            segments_before + 1,
+            "the segment of the failed sync is sealed"
+        );
+        // A later successful sync covers them by number, and changes nothing.
+        assert!(log.synced_gen.load(Ordering::Acquire) > b);
+        assert!(matches!(log.make_durable(b), Err(ShardError::Io(_))));
+        assert_eq!(data_of(&log, 2).unwrap(), b"after");
     }
 
     #[test]
