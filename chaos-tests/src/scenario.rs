@@ -246,7 +246,7 @@ impl Schedule {
             Fault::StorageKill => format!("kill -9 {nodes}"),
             Fault::SitePartition => "site A and site B cut apart".into(),
             Fault::BitRot => format!(
-                "{} bit flips in shard files on {nodes}",
+                "{} bit flips in shard and segment files on {nodes}",
                 self.flips_per_node
             ),
             Fault::FsyncError => format!("fsync/fdatasync fail on {nodes}"),
@@ -949,8 +949,9 @@ fn fiu_ctrl(pid: u32, command: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Flips one bit in each of up to `flips` shard files under `dir` (in the second half of
-/// the file, where the data is).
+/// Flips one bit in each of up to `flips` shard files and segment files (small shards)
+/// under `dir`, in the second half of the file (where a shard file's data is; anywhere
+/// in a segment's records).
 fn flip_bits(dir: &Path, flips: u32, rng: &mut StdRng) -> anyhow::Result<usize> {
     fn walk(p: &Path, in_shards: bool, out: &mut Vec<PathBuf>) {
         let Ok(entries) = std::fs::read_dir(p) else {
@@ -959,7 +960,7 @@ fn flip_bits(dir: &Path, flips: u32, rng: &mut StdRng) -> anyhow::Result<usize> 
         for e in entries.flatten() {
             let path = e.path();
             if path.is_dir() {
-                let shards = in_shards || e.file_name() == "shards";
+                let shards = in_shards || e.file_name() == "shards" || e.file_name() == "segments";
                 walk(&path, shards, out);
             } else if in_shards {
                 out.push(path);

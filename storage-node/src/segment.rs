@@ -1217,11 +1217,14 @@ mod tests {
                     Op::Put { n, len } => {
                         let data: Vec<u8> = (0..len).map(|i| (i + version * 7) as u8).collect();
                         let result = log.append_shard(id(n), &header_of(&data), &data);
-                        if model.contains_key(&n) {
-                            proptest::prop_assert!(matches!(result, Err(ShardError::AlreadyExists(_))));
-                        } else {
-                            result.unwrap();
-                            model.insert(n, data);
+                        match model.entry(n) {
+                            std::collections::btree_map::Entry::Occupied(_) => {
+                                proptest::prop_assert!(matches!(result, Err(ShardError::AlreadyExists(_))));
+                            }
+                            std::collections::btree_map::Entry::Vacant(slot) => {
+                                result.unwrap();
+                                slot.insert(data);
+                            }
                         }
                     }
                     Op::Delete { n } => {
