@@ -920,6 +920,10 @@ fn commit_blocking(
         0,
     )?;
     state.file.sync_all()?;
+    // A small shard of this id in a segment (its create raced this one's) takes it too.
+    if inner.segments.as_ref().is_some_and(|s| s.contains(id)) {
+        return Err(ShardError::AlreadyExists(id));
+    }
     let final_path = shard_path(&inner.root, id);
     // A hard link never replaces an existing file: two writers of one id cannot
     // both win, and the loser learns it.
