@@ -274,7 +274,7 @@ impl Cluster {
                             metadata_endpoints: meta_endpoints.clone(),
                             scrub_bytes_per_s: 50_000_000,
                             scrub_interval_s: 86_400,
-                            small_shard_segments: false,
+                            small_shard_segments: true,
                         }],
                         ..Default::default()
                     };

@@ -158,11 +158,12 @@ pub struct StorageNodeConfig {
     /// Pause between two full scrub passes, seconds. Default 86400 (one pass a day).
     #[serde(default = "default_scrub_interval_s")]
     pub scrub_interval_s: u64,
-    /// Experimental: new shards of at most 256 KiB are appended to segment files under
-    /// the data directory (one `fdatasync` per group of concurrent commits, no file per
-    /// shard) instead of being files of their own. Segments are read whatever this says,
-    /// so turning it off again loses nothing. Default false.
-    #[serde(default)]
+    /// New shards of at most 256 KiB (those of small volume writes and small objects) are
+    /// appended to segment files under the data directory (one `fdatasync` per group of
+    /// concurrent commits) instead of each being a file with its own fsyncs; false writes
+    /// a file per shard. Segments are read whatever this says, so changing it loses
+    /// nothing. Default true.
+    #[serde(default = "default_small_shard_segments")]
     pub small_shard_segments: bool,
 }
 
@@ -174,6 +175,9 @@ fn default_scrub_bytes_per_s() -> u64 {
 }
 fn default_scrub_interval_s() -> u64 {
     86_400
+}
+fn default_small_shard_segments() -> bool {
+    true
 }
 
 impl StorageNodeConfig {

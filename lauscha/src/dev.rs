@@ -73,9 +73,9 @@ pub struct DevArgs {
     /// old, seconds (`gateway.volume_merge_age_ms`).
     #[arg(long, default_value_t = 10)]
     pub volume_merge_age_s: u64,
-    /// Experimental: storage nodes append shards of at most 256 KiB to segment files
-    /// instead of writing a file per shard (`storage.small_shard_segments`).
-    #[arg(long)]
+    /// Storage nodes append shards of at most 256 KiB to segment files; `false` writes a
+    /// file per shard (`storage.small_shard_segments`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub small_shard_segments: bool,
 }
 
@@ -241,7 +241,7 @@ fn storage_config(
         metadata_endpoints: endpoints(meta),
         scrub_bytes_per_s: 50_000_000,
         scrub_interval_s: 86_400,
-        small_shard_segments: false,
+        small_shard_segments: true,
     }
 }
 

@@ -102,10 +102,30 @@ async fn server(path: PathBuf, exit_on_stdin_eof: bool) -> anyhow::Result<()> {
         .await
 }
 
+/// Raises the soft limit on open files to the hard one: a storage node keeps each of its
+/// segment files open (64 MiB of small shards each) and a gateway a socket per client,
+/// while the usual soft default (1024, kept low for programs that use `select`) would stop
+/// both long before the hard limit does.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(soft, hard, error = %e, "could not raise the open-file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not read the open-file limit"),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing();
+    if !matches!(cli.command, Command::Admin(_)) {
+        raise_open_file_limit();
+    }
     match cli.command {
         Command::Dev(args) => dev::run(args).await.context("lauscha dev"),
         Command::Server {

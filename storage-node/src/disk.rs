@@ -31,12 +31,13 @@ const NODE_FILE: &str = "node.json";
 /// Blocks read from disk at once (1 MiB): a whole default-size shard in one read.
 const READ_BATCH_BLOCKS: u64 = 16;
 
-/// Choices of a [`DiskShardStore`].
+/// Choices of a [`DiskShardStore`]. The default is a file per shard; a server's storage
+/// node uses segments unless configured not to (`StorageNodeConfig::small_shard_segments`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DiskOptions {
-    /// Experimental: new shards of at most 256 KiB are appended to segment files (one
-    /// `fdatasync` per group of concurrent commits, no file per shard) instead of being
-    /// files of their own. Segments written before are read either way.
+    /// New shards of at most 256 KiB are appended to segment files (one `fdatasync` per
+    /// group of concurrent commits, no file per shard) instead of being files of their
+    /// own. Segments written before are read either way.
     pub small_shard_segments: bool,
 }
 

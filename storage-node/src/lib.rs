@@ -1,9 +1,11 @@
 //! The storage node: one disk's shards, kept durable and checked, served over gRPC.
 //!
-//! Architecture Invariant: a shard is immutable and never visible half-written. It is
-//! streamed into a temporary file, checked against the digest the writer declared, fsync'd,
-//! linked into place (which fails if the id exists) and the directory fsync'd; only then is
-//! the write acknowledged. Every read verifies each block it returns against its blake3,
+//! Architecture Invariant: a shard is immutable and never visible half-written. A large
+//! one is streamed into a temporary file, checked against the digest the writer declared,
+//! fsync'd, linked into place (which fails if the id exists) and the directory fsync'd; a
+//! small one (up to 256 KiB, with segments on) is checked in memory and appended as one
+//! record to a segment file, synced with the records committed alongside (segment.rs).
+//! Only then is the write acknowledged. Every read verifies each block it returns against its blake3,
 //! except the two a reader checks itself on the way (`GetShard` streams, which the gateway
 //! checks block by block against the block table, and that table against metadata's
 //! digest; verified slices, whose proof is computed in the pass that checks the block):

@@ -1,5 +1,5 @@
-//! Small shards as records in append-only segment files (experimental, off by default:
-//! `small_shard_segments` in the storage node's configuration).
+//! Small shards as records in append-only segment files (`small_shard_segments` in the
+//! storage node's configuration, on by default).
 //!
 //! A shard file costs an inode, an fsync of the file and one of its directory; for the
 //! shards of small volume writes (a batch of at most 1 MiB, so shards of at most
