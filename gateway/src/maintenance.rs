@@ -632,11 +632,33 @@ impl Maintenance {
             stripe_id,
             shard_idx: shard_idx as u8,
         };
-        match self.inner.nodes.put_shard(map, to, id, bytes, digest).await {
+        match self
+            .inner
+            .nodes
+            .put_shard(map, to, id, bytes.clone(), digest)
+            .await
+        {
             Ok(()) => {}
-            // Already there (a previous pass wrote it, then failed to record it); the node
-            // checked it against the same digest when it was written.
-            Err(ShardIoError::AlreadyExists(..)) => {}
+            // Already there: a previous pass wrote it, then failed to record it, or a write
+            // whose commit failed left it (a segment record whose sync failed can be
+            // found again at a restart, unchecked). It counts once the node has checked
+            // it whole; a corrupt one is quarantined by that check and written again.
+            Err(ShardIoError::AlreadyExists(..)) => {
+                let whole = match self.inner.nodes.verify_shard(map, to, id).await {
+                    Ok(whole) => whole,
+                    Err(ShardIoError::NotFound(..)) => false,
+                    Err(e) => {
+                        return Err(GatewayError::Internal(format!("check existing shard: {e}")));
+                    }
+                };
+                if !whole {
+                    self.inner
+                        .nodes
+                        .put_shard(map, to, id, bytes, digest)
+                        .await
+                        .map_err(|e| GatewayError::Internal(format!("write rebuilt shard: {e}")))?;
+                }
+            }
             Err(e) => return Err(GatewayError::Internal(format!("write rebuilt shard: {e}"))),
         }
         if to == from {

@@ -315,6 +315,12 @@ struct Segment {
     n_pending: u64,
     /// Tombstones in it.
     tombstones: Vec<Tombstone>,
+    /// Its start-up scan stopped at a read error: records behind that point are not
+    /// counted, so it is never removed or compacted (until a restart reads it whole).
+    incomplete: bool,
+    /// Compaction found this shard corrupt in it: not compacted again until that shard is
+    /// deleted (as the scrubber's quarantine does).
+    stuck_on: Option<ShardId>,
 }
 
 #[derive(Debug, Default)]
@@ -352,10 +358,11 @@ impl LogState {
     }
 
     /// Whether a tombstone held in segment `holder` may still delete a record: the
-    /// segment of the record it deleted is another and still there. (A stale copy of
-    /// that record in an older segment, left by a compaction that could not finish, may
-    /// outlive it: after a restart that copy is an unreferenced shard again, which garbage
-    /// collection deletes; such a segment goes at the next clean-up, the older first.)
+    /// segment of the record it deleted is another and still there. (Another copy of that
+    /// shard, older than the one deleted, may outlive it: the original a compaction copied
+    /// from, while that segment waits for removal, or a copy made after the delete chose
+    /// its victim. After a restart such a copy is an unreferenced shard again, which
+    /// garbage collection deletes.)
     fn tombstone_needed(&self, holder: u64, tombstone: &Tombstone) -> bool {
         tombstone.victim_seq != holder && self.segments.contains_key(&tombstone.victim_seq)
     }
@@ -440,11 +447,9 @@ impl SegmentLog {
                 file.set_len(len_bytes)?;
                 file.sync_all()?;
             }
-            state
-                .segments
-                .get_mut(&seq)
-                .expect("scan adds the segment")
-                .len_bytes = len_bytes;
+            let seg = state.segments.get_mut(&seq).expect("scan adds the segment");
+            seg.len_bytes = len_bytes;
+            seg.incomplete = scanned.io_error;
         }
         let seq = seqs.last().map_or(1, |s| s + 1);
         let file = Arc::new(create_segment(&dir, seq)?);
@@ -578,10 +583,14 @@ impl SegmentLog {
             // meanwhile would sit before the tombstone and die with it at a restart), and
             // the segment stays (the shard may have to be put back).
             st.pending.insert(id);
-            st.segments
+            let seg = st
+                .segments
                 .get_mut(&loc.pos.seq)
-                .expect("segment of a live record")
-                .n_pending += 1;
+                .expect("segment of a live record");
+            seg.n_pending += 1;
+            if seg.stuck_on == Some(id) {
+                seg.stuck_on = None;
+            }
             loc
         };
         let written = self
@@ -614,7 +623,8 @@ impl SegmentLog {
                     warn!(node_id = %self.node_id, shard_id = %id, "disk full: shard deleted without a tombstone (a restart may bring it back as garbage)");
                 }
                 Err(e) => {
-                    // Not deleted as far as a restart knows: keep serving it.
+                    // Not known to be deleted (the tombstone may or may not be on disk,
+                    // and a restart may or may not find it): keep serving the shard.
                     st.add_live(id, loc);
                     return Err(e);
                 }
@@ -763,6 +773,9 @@ impl SegmentLog {
     /// What a sync made of the record of generation `gen_written`: `None` while no sync
     /// has covered it.
     fn settled(&self, gen_written: u64) -> Option<Result<(), ShardError>> {
+        // `synced_gen` first: a failed sync poisons before any later sync raises it (both
+        // under `sync_lock`), so a raise seen here brings the poison that came before.
+        let synced = self.synced_gen.load(Ordering::Acquire) >= gen_written;
         if gen_written <= self.poisoned_max.load(Ordering::Acquire)
             && self
                 .poisoned
@@ -775,7 +788,7 @@ impl SegmentLog {
                 "the fdatasync of its segment failed",
             ))));
         }
-        (self.synced_gen.load(Ordering::Acquire) >= gen_written).then_some(Ok(()))
+        synced.then_some(Ok(()))
     }
 
     /// Marks every record written and not covered by a successful sync as failed. Called
@@ -809,13 +822,16 @@ impl SegmentLog {
             let st = self.state.lock().expect("segment state lock");
             let mut out = Vec::new();
             for (seq, seg) in st.segments.range(..active) {
-                if seg.n_pending > 0 {
+                if seg.n_pending > 0 || seg.incomplete {
                     continue;
                 }
                 let needed = seg.tombstones.iter().any(|t| st.tombstone_needed(*seq, t));
                 if seg.n_live == 0 && !needed {
                     out.push(*seq);
-                } else if to_compact.is_none() && seg.live_bytes * 2 < seg.len_bytes {
+                } else if to_compact.is_none()
+                    && seg.stuck_on.is_none()
+                    && seg.live_bytes * 2 < seg.len_bytes
+                {
                     to_compact = Some(*seq);
                 }
             }
@@ -852,12 +868,11 @@ impl SegmentLog {
                 .collect();
             (seg.file.clone(), live, tombstones)
         };
-        let mut last_gen = 0;
-        let mut moved = Vec::new();
+        // Every live record read and checked whole before anything is copied: a copy
+        // gets a fresh record checksum, which must not cover bytes that rotted here. A
+        // corrupt one leaves the segment as it is until the scrubber quarantines it.
+        let mut records = Vec::with_capacity(live.len());
         for (id, old) in live {
-            // Checked whole first: a copy gets a fresh record checksum, which must not
-            // cover bytes that rotted here (the scrubber quarantines such a shard; its
-            // segment stays until then).
             let Some((Record::Shard { .. }, record_len)) = read_record_at(
                 &file,
                 seq,
@@ -866,8 +881,17 @@ impl SegmentLog {
                 true,
             )?
             else {
-                warn!(node_id = %self.node_id, shard_id = %id, segment = seq, "corrupt shard left in place by compaction");
-                continue;
+                warn!(node_id = %self.node_id, shard_id = %id, segment = seq, "corrupt shard found by compaction; the segment waits for the scrubber");
+                if let Some(seg) = self
+                    .state
+                    .lock()
+                    .expect("segment state lock")
+                    .segments
+                    .get_mut(&seq)
+                {
+                    seg.stuck_on = Some(id);
+                }
+                return Ok(());
             };
             let mut record = encode_prefix(
                 KIND_SHARD,
@@ -881,6 +905,11 @@ impl SegmentLog {
                 &mut record[PREFIX_BYTES as usize..],
                 old.pos.offset + PREFIX_BYTES,
             )?;
+            records.push((id, old, record));
+        }
+        let mut moved = Vec::new();
+        let mut gens = Vec::new();
+        for (id, old, mut record) in records {
             let header_len = format::header_len_bytes(old.shard_len_bytes) as usize;
             // The check and the position are taken together under the appender lock: a
             // delete after it writes its tombstone later, which then removes the copy.
@@ -898,8 +927,7 @@ impl SegmentLog {
                 })
             })?;
             if let Some((pos, gen_written)) = appended {
-                last_gen = gen_written;
-                moved.push((id, old, Loc { pos, ..old }));
+                moved.push((id, old, Loc { pos, ..old }, gen_written));
             }
         }
         for tombstone in &tombstones {
@@ -911,18 +939,30 @@ impl SegmentLog {
                     ))
                 })?
                 .expect("always built");
-            last_gen = gen_written;
+            gens.push(gen_written);
         }
-        self.make_durable(last_gen)?;
+        // Each record settled on its own: one sync covers them all unless it failed, and a
+        // failed one poisons some while a later one (in the next segment) succeeds.
+        let mut failed = None;
+        for gen_written in gens.iter().chain(moved.iter().map(|m| &m.3)) {
+            if let Err(e) = self.make_durable(*gen_written) {
+                failed = Some(e);
+            }
+        }
         {
             let mut st = self.state.lock().expect("segment state lock");
-            for (id, old, new) in &moved {
-                if st.index.get(id) == Some(old) {
+            for (id, old, new, gen_written) in &moved {
+                if st.index.get(id) == Some(old)
+                    && matches!(self.settled(*gen_written), Some(Ok(())))
+                {
                     st.add_live(*id, *new);
                 }
             }
-            // A corrupt shard left in place, a delete in flight (it may put its shard back):
-            // the segment stays until a later pass.
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            // A delete in flight (it may put its shard back): the segment stays until a
+            // later pass.
             let seg = &st.segments[&seq];
             if seg.n_live > 0 || seg.n_pending > 0 {
                 return Ok(());
@@ -933,7 +973,12 @@ impl SegmentLog {
     }
 
     fn remove_segment(&self, seq: u64) -> Result<(), ShardError> {
-        fs::remove_file(self.dir.join(segment_name(seq)))?;
+        match fs::remove_file(self.dir.join(segment_name(seq))) {
+            Ok(()) => {}
+            // Removed by an earlier try whose directory sync failed.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
         // Durably gone before anything relies on it being gone (tombstones dropped).
         fsync_dir(&self.dir)?;
         self.state
@@ -975,16 +1020,29 @@ impl Segment {
             n_live: 0,
             n_pending: 0,
             tombstones: Vec::new(),
+            incomplete: false,
+            stuck_on: None,
         }
     }
 }
 
+/// Creates segment `seq` (durably: its directory entry synced). An empty file of that
+/// name is left by an earlier try whose directory sync failed (segments are only ever
+/// created past the highest there is) and is taken; one with data is refused.
 fn create_segment(dir: &Path, seq: u64) -> Result<File, ShardError> {
+    let path = dir.join(segment_name(seq));
     let file = OpenOptions::new()
         .read(true)
         .write(true)
-        .create_new(true)
-        .open(dir.join(segment_name(seq)))?;
+        .create(true)
+        .truncate(false)
+        .open(&path)?;
+    if file.metadata()?.len() > 0 {
+        return Err(ShardError::Io(std::io::Error::other(format!(
+            "new segment {} already holds data",
+            path.display()
+        ))));
+    }
     fsync_dir(dir)?;
     Ok(file)
 }
@@ -1038,9 +1096,12 @@ fn scan_segment(
             match find_next_record(file, seq, offset + 1, file_len) {
                 Ok(Some(next)) => {
                     warn!(node_id = %node_id, segment = seq, offset, next, "damaged segment record skipped; the shards in it are missing until repaired");
-                    if last {
-                        file.write_all_at(&[0; RECORD_MAGIC.len()], offset)?;
-                        file.sync_data()?;
+                    if last
+                        && let Err(e) = file
+                            .write_all_at(&[0; RECORD_MAGIC.len()], offset)
+                            .and_then(|()| file.sync_data())
+                    {
+                        warn!(node_id = %node_id, segment = seq, offset, error = %e, "could not mark a skipped record invalid; the next start may take it for a shard (its data is checked on every read)");
                     }
                     offset = next;
                     continue;
@@ -1290,6 +1351,37 @@ mod tests {
             log.list(None, usize::MAX).len() as u64,
             n + 1 - (2 * per_segment - 3)
         );
+    }
+
+    /// Compaction copies nothing from a segment holding a corrupt shard (a fresh
+    /// checksum must not cover rot), and goes on once that shard is deleted, as the
+    /// scrubber's quarantine does.
+    #[test]
+    fn a_corrupt_shard_holds_compaction_back_until_it_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path());
+        let big = vec![7u8; 4096];
+        let record_len = PREFIX_BYTES + image_len_bytes(big.len() as u64);
+        let per_segment = SEGMENT_TARGET_BYTES / record_len + 1;
+        for i in 0..=per_segment {
+            put(&log, i as u128, &big);
+        }
+        let first = log.dir.join(segment_name(1));
+        let mut bytes = fs::read(&first).unwrap();
+        bytes[record_len as usize - 1] ^= 1; // shard 0's last byte
+        fs::write(&first, bytes).unwrap();
+        for i in 1..per_segment - 3 {
+            log.delete(id(i as u128)).unwrap();
+        }
+        let n_segments = || log.state.lock().unwrap().segments.len();
+        assert_eq!(n_segments(), 2, "not compacted");
+        assert_eq!(log.state.lock().unwrap().segments[&1].stuck_on, Some(id(0)));
+        assert_eq!(data_of(&log, (per_segment - 2) as u128).unwrap(), big);
+        log.delete(id(0)).unwrap();
+        assert_eq!(n_segments(), 1, "compacted once the corrupt shard was gone");
+        for i in per_segment - 3..=per_segment {
+            assert_eq!(data_of(&log, i as u128).unwrap(), big, "shard {i}");
+        }
     }
 
     #[test]
