@@ -1264,17 +1264,21 @@ mod tests {
         assert_eq!(data_of(&log, 2).unwrap(), vec![2u8; 70_000]);
     }
 
+    /// Shards 1, 2 and 3 (3,000 bytes of their number each) in a closed log; the path of
+    /// their segment.
+    fn three_shards_in_one_segment(dir: &Path) -> PathBuf {
+        let log = open(dir);
+        for n in 1..=3 {
+            put(&log, n, &[n as u8; 3000]);
+        }
+        let seq = log.appender.lock().unwrap().seq;
+        log.dir.join(segment_name(seq))
+    }
+
     #[test]
     fn a_damaged_record_in_a_sealed_segment_loses_only_that_record() {
         let dir = tempfile::tempdir().unwrap();
-        let seg_path;
-        {
-            let log = open(dir.path());
-            for n in 1..=3 {
-                put(&log, n, &[n as u8; 3000]);
-            }
-            seg_path = log.dir.join(segment_name(log.appender.lock().unwrap().seq));
-        }
+        let seg_path = three_shards_in_one_segment(dir.path());
         // Opened again, the segment is sealed (a new one is active).
         drop(open(dir.path()));
         let mut bytes = fs::read(&seg_path).unwrap();
@@ -1293,14 +1297,7 @@ mod tests {
     #[test]
     fn a_torn_record_in_the_last_segment_is_skipped_and_stays_invalid() {
         let dir = tempfile::tempdir().unwrap();
-        let seg_path;
-        {
-            let log = open(dir.path());
-            for n in 1..=3 {
-                put(&log, n, &[n as u8; 3000]);
-            }
-            seg_path = log.dir.join(segment_name(log.appender.lock().unwrap().seq));
-        }
+        let seg_path = three_shards_in_one_segment(dir.path());
         let mut bytes = fs::read(&seg_path).unwrap();
         let record_len = (PREFIX_BYTES + image_len_bytes(3000)) as usize;
         bytes[2 * record_len - 1] ^= 0x10; // a data page of the second that did not make it
