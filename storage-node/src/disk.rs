@@ -62,6 +62,20 @@ struct Inner {
     small_to_segments: bool,
 }
 
+impl Inner {
+    /// Counts a shard of `len_bytes` (header and data) in.
+    fn count(&self, len_bytes: u64) {
+        self.n_shards.fetch_add(1, Ordering::Relaxed);
+        self.used_bytes.fetch_add(len_bytes, Ordering::Relaxed);
+    }
+
+    /// Counts a shard of `len_bytes` (header and data) out.
+    fn uncount(&self, len_bytes: u64) {
+        self.n_shards.fetch_sub(1, Ordering::Relaxed);
+        self.used_bytes.fetch_sub(len_bytes, Ordering::Relaxed);
+    }
+}
+
 impl DiskShardStore {
     /// Opens (or initialises) the store at `root` for `node_id`: checks that the directory
     /// belongs to this node, removes temporary files of interrupted writes, and counts what
@@ -172,7 +186,8 @@ fn shard_path(root: &Path, id: ShardId) -> PathBuf {
     shard_dir(root, id).join(id.to_string())
 }
 
-fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+/// Makes a directory's entries durable (a created, renamed or removed name).
+pub(crate) fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
@@ -486,8 +501,7 @@ impl ShardStore for DiskShardStore {
                 Some(segments) => segments.delete(id)?,
                 None => None,
             } {
-                inner.n_shards.fetch_sub(1, Ordering::Relaxed);
-                inner.used_bytes.fetch_sub(len, Ordering::Relaxed);
+                inner.uncount(len);
                 debug!(node_id = %inner.node_id, shard_id = %id, "shard deleted from its segment");
                 return Ok(true);
             }
@@ -503,8 +517,7 @@ impl ShardStore for DiskShardStore {
                 Err(e) => return Err(e.into()),
             }
             fsync_dir(&shard_dir(&inner.root, id))?;
-            inner.n_shards.fetch_sub(1, Ordering::Relaxed);
-            inner.used_bytes.fetch_sub(len, Ordering::Relaxed);
+            inner.uncount(len);
             debug!(node_id = %inner.node_id, shard_id = %id, "shard deleted");
             Ok(true)
         })
@@ -603,8 +616,7 @@ impl ShardStore for DiskShardStore {
                 file.sync_all()?;
                 fsync_dir(&quarantine)?;
                 if let Some(len) = segments.delete(id)? {
-                    inner.n_shards.fetch_sub(1, Ordering::Relaxed);
-                    inner.used_bytes.fetch_sub(len, Ordering::Relaxed);
+                    inner.uncount(len);
                 }
                 warn!(node_id = %inner.node_id, shard_id = %id, "corrupt shard quarantined from its segment");
                 return Ok(true);
@@ -619,8 +631,7 @@ impl ShardStore for DiskShardStore {
             fs::rename(&path, quarantine.join(format!("{id}.{stamp}")))?;
             fsync_dir(&shard_dir(&inner.root, id))?;
             fsync_dir(&quarantine)?;
-            inner.n_shards.fetch_sub(1, Ordering::Relaxed);
-            inner.used_bytes.fetch_sub(len, Ordering::Relaxed);
+            inner.uncount(len);
             warn!(node_id = %inner.node_id, shard_id = %id, "corrupt shard quarantined");
             Ok(true)
         })
@@ -853,6 +864,31 @@ impl ShardWriter for DiskShardWriter {
     }
 }
 
+/// The digest and block hashes of what `hasher` saw, once its length and digest are what the
+/// writer declared.
+fn check_declared(
+    id: ShardId,
+    hasher: ShardHasher,
+    declared_len: u64,
+    declared_digest: ShardDigest,
+) -> Result<(ShardDigest, Vec<BlockHash>), ShardError> {
+    let written = hasher.len_bytes();
+    if written != declared_len {
+        return Err(ShardError::Rejected {
+            id,
+            reason: format!("got {written} bytes, {declared_len} declared"),
+        });
+    }
+    let (digest, block_hashes) = hasher.finalize();
+    if digest != declared_digest {
+        return Err(ShardError::Rejected {
+            id,
+            reason: "data does not match the declared digest".into(),
+        });
+    }
+    Ok((digest, block_hashes))
+}
+
 /// The blocking part of [`DiskShardWriter::commit`] for a shard bound for a segment: checks
 /// length and digest, appends it (durably) and counts it.
 fn commit_to_segment(
@@ -862,21 +898,9 @@ fn commit_to_segment(
     declared_len: u64,
     declared_digest: ShardDigest,
 ) -> Result<(), ShardError> {
-    if data.len() as u64 != declared_len {
-        return Err(ShardError::Rejected {
-            id,
-            reason: format!("got {} bytes, {declared_len} declared", data.len()),
-        });
-    }
     let mut hasher = ShardHasher::new();
     hasher.update(data);
-    let (digest, block_hashes): (ShardDigest, Vec<BlockHash>) = hasher.finalize();
-    if digest != declared_digest {
-        return Err(ShardError::Rejected {
-            id,
-            reason: "data does not match the declared digest".into(),
-        });
-    }
+    let (digest, block_hashes) = check_declared(id, hasher, declared_len, declared_digest)?;
     // A shard file of the same id (written before segments were enabled) counts too.
     if shard_path(&inner.root, id).exists() {
         return Err(ShardError::AlreadyExists(id));
@@ -884,11 +908,7 @@ fn commit_to_segment(
     let segments = inner.segments.as_ref().expect("enabled, so open");
     let header = format::encode_header(declared_len, &digest, &block_hashes);
     segments.append_shard(id, &header, data)?;
-    inner.n_shards.fetch_add(1, Ordering::Relaxed);
-    inner.used_bytes.fetch_add(
-        format::header_len_bytes(declared_len) + declared_len,
-        Ordering::Relaxed,
-    );
+    inner.count(format::header_len_bytes(declared_len) + declared_len);
     Ok(())
 }
 
@@ -902,20 +922,7 @@ fn commit_blocking(
     declared_len: u64,
     declared_digest: ShardDigest,
 ) -> Result<(), ShardError> {
-    let written = state.hasher.len_bytes();
-    if written != declared_len {
-        return Err(ShardError::Rejected {
-            id,
-            reason: format!("got {written} bytes, {declared_len} declared"),
-        });
-    }
-    let (digest, block_hashes): (ShardDigest, Vec<BlockHash>) = state.hasher.finalize();
-    if digest != declared_digest {
-        return Err(ShardError::Rejected {
-            id,
-            reason: "data does not match the declared digest".into(),
-        });
-    }
+    let (digest, block_hashes) = check_declared(id, state.hasher, declared_len, declared_digest)?;
     state.file.write_all_at(
         &format::encode_header(declared_len, &digest, &block_hashes),
         0,
@@ -936,11 +943,7 @@ fn commit_blocking(
         Err(e) => return Err(e.into()),
     }
     // Linked: the shard is there whatever fails below, so it is counted now.
-    inner.n_shards.fetch_add(1, Ordering::Relaxed);
-    inner.used_bytes.fetch_add(
-        format::header_len_bytes(declared_len) + declared_len,
-        Ordering::Relaxed,
-    );
+    inner.count(format::header_len_bytes(declared_len) + declared_len);
     fsync_dir(&shard_dir(&inner.root, id))?;
     fs::remove_file(tmp_path)?;
     Ok(())
@@ -1015,22 +1018,12 @@ fn read_new_at(
     offset: u64,
     wait: Wait,
 ) -> Result<Vec<u8>, ShardError> {
-    if wait == Wait::CachedOnly {
-        // Zeroed: a read that must not wait is at most five blocks.
+    if wait == Wait::CachedOnly || file.shared {
+        // Zeroed: a read that must not wait is at most five blocks, a segment's shards are
+        // small.
         let mut buf = vec![0; len];
-        read_cached_at(&file.file, &mut buf, offset)?;
+        read_exact_at_or_corrupt(&file.file, id, &mut buf, offset, "data", wait)?;
         return Ok(buf);
-    }
-    if file.shared {
-        let mut buf = vec![0; len];
-        return match file.file.read_exact_at(&mut buf, offset) {
-            Ok(()) => Ok(buf),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ShardError::Corrupt {
-                id,
-                what: "data truncated".into(),
-            }),
-            Err(e) => Err(e.into()),
-        };
     }
     let mut cursor: &File = &file.file;
     cursor.seek(SeekFrom::Start(offset))?;

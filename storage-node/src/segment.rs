@@ -65,6 +65,7 @@ use lauscha_core::checksum::{SHARD_BLOCK_BYTES, n_blocks};
 use lauscha_core::{NodeId, ShardId, StripeId};
 use tracing::{info, warn};
 
+use crate::disk::fsync_dir;
 use crate::format;
 use crate::{ShardEntry, ShardError};
 
@@ -296,10 +297,6 @@ fn find_next_record(
 
 fn segment_name(seq: u64) -> String {
     format!("{seq:016x}.seg")
-}
-
-fn fsync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// One segment file and what is live in it.
