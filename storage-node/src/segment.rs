@@ -56,6 +56,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
+use std::io::IoSlice;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -295,6 +296,27 @@ fn find_next_record(
     Ok(None)
 }
 
+/// Writes `bufs` one after the other at `offset` with `pwritev` (one system call for a
+/// record's head and its data, without joining them in one buffer first), going on after
+/// a short write.
+fn write_all_vectored_at(file: &File, bufs: &[&[u8]], mut offset: u64) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = bufs
+        .iter()
+        .filter(|b| !b.is_empty())
+        .map(|b| IoSlice::new(b))
+        .collect();
+    let mut left = &mut slices[..];
+    while !left.is_empty() {
+        let n_bytes = rustix::io::pwritev(file, left, offset)?;
+        if n_bytes == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        offset += n_bytes as u64;
+        IoSlice::advance_slices(&mut left, n_bytes);
+    }
+    Ok(())
+}
+
 fn segment_name(seq: u64) -> String {
     format!("{seq:016x}.seg")
 }
@@ -523,18 +545,18 @@ impl SegmentLog {
         let created_unix_s = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let mut record = encode_prefix(
+        // Prefix and header; the data is written after them from the caller's buffer.
+        let mut head = encode_prefix(
             KIND_SHARD,
             id,
             shard_len_bytes,
             created_unix_s,
-            PREFIX_BYTES as usize + header.len() + data.len(),
+            PREFIX_BYTES as usize + header.len(),
         );
-        record.extend_from_slice(header);
-        record.extend_from_slice(data);
-        let appended = self.append(|pos| {
-            set_checksum(&mut record, header.len(), pos);
-            Some((record, Appended::Shard))
+        head.extend_from_slice(header);
+        let appended = self.append(data, |pos| {
+            set_checksum(&mut head, header.len(), pos);
+            Some((head, Appended::Shard))
         });
         let (pos, gen_written) = match appended {
             Ok(a) => a.expect("always built"),
@@ -591,7 +613,7 @@ impl SegmentLog {
             loc
         };
         let written = self
-            .append(|pos| {
+            .append(&[], |pos| {
                 let tombstone = Tombstone {
                     id,
                     first_written_at: pos,
@@ -673,6 +695,7 @@ impl SegmentLog {
     /// the end of the active segment; returns its position and generation.
     fn append(
         &self,
+        tail: &[u8],
         build: impl FnOnce(Pos) -> Option<(Vec<u8>, Appended)>,
     ) -> Result<Option<(Pos, u64)>, ShardError> {
         let mut ap = self.appender.lock().expect("segment appender lock");
@@ -691,8 +714,8 @@ impl SegmentLog {
         };
         // On failure part of it may be there; the end does not move, so the next record
         // overwrites it (and a scan after a crash stops at it, at the end of the log).
-        ap.file.write_all_at(&record, pos.offset)?;
-        ap.end += record.len() as u64;
+        write_all_vectored_at(&ap.file, &[&record, tail], pos.offset)?;
+        ap.end += (record.len() + tail.len()) as u64;
         ap.gen_written += 1;
         if ap.end >= SEGMENT_TARGET_BYTES {
             ap.rotate = true;
@@ -910,7 +933,7 @@ impl SegmentLog {
             let header_len = format::header_len_bytes(old.shard_len_bytes) as usize;
             // The check and the position are taken together under the appender lock: a
             // delete after it writes its tombstone later, which then removes the copy.
-            let appended = self.append(|pos| {
+            let appended = self.append(&[], |pos| {
                 let still = self
                     .state
                     .lock()
@@ -929,7 +952,7 @@ impl SegmentLog {
         }
         for tombstone in &tombstones {
             let (_, gen_written) = self
-                .append(|pos| {
+                .append(&[], |pos| {
                     Some((
                         encode_tombstone(tombstone, pos),
                         Appended::Tombstone(*tombstone),
@@ -1417,10 +1440,12 @@ mod tests {
                 first_written_at: Pos { seq: 1, offset: 0 },
                 victim_seq: 1,
             };
-            log.append(|pos| Some((encode_tombstone(&tombstone, pos), Appended::Copy)))
-                .unwrap()
-                .unwrap()
-                .1
+            log.append(&[], |pos| {
+                Some((encode_tombstone(&tombstone, pos), Appended::Copy))
+            })
+            .unwrap()
+            .unwrap()
+            .1
         };
         let (a, b) = (unsynced(), unsynced());
         {
