@@ -600,6 +600,23 @@ impl ShardStore for DiskShardStore {
     }
 
     async fn quarantine(&self, id: ShardId) -> Result<bool, ShardError> {
+        let in_segment = self
+            .inner
+            .segments
+            .as_ref()
+            .is_some_and(|segments| segments.contains(id));
+        // A shard file is checked again first (a segment record below, exactly).
+        if !in_segment {
+            match self.verify(id).await {
+                Ok(()) => {
+                    info!(node_id = %self.inner.node_id, shard_id = %id, "shard to quarantine checks out (written again since it was found corrupt): left in service");
+                    return Ok(false);
+                }
+                Err(ShardError::NotFound(_)) => return Ok(false),
+                Err(ShardError::Corrupt { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
         let inner = self.inner.clone();
         blocking(move || {
             let quarantine = inner.root.join("quarantine");
@@ -607,19 +624,29 @@ impl ShardStore for DiskShardStore {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             if let Some(segments) = &inner.segments
-                && let Some(image) = segments.read_image(id)?
+                && let Some(found) = segments.read_image(id)?
             {
-                // Kept aside as the shard file it would have been, then deleted.
+                if found.checks_out {
+                    info!(node_id = %inner.node_id, shard_id = %id, "shard to quarantine checks out (written again since it was found corrupt): left in service");
+                    return Ok(false);
+                }
+                // Kept aside as the shard file it would have been, then deleted: that
+                // record only, not a copy written since.
                 fs::create_dir_all(&quarantine)?;
                 let mut file = File::create(quarantine.join(format!("{id}.{stamp}")))?;
-                file.write_all(&image)?;
+                file.write_all(&found.image)?;
                 file.sync_all()?;
                 fsync_dir(&quarantine)?;
-                if let Some(len) = segments.delete(id)? {
-                    inner.uncount(len);
-                }
+                let Some(len) = segments.delete_if_at(id, found.pos)? else {
+                    info!(node_id = %inner.node_id, shard_id = %id, "shard written again while being quarantined: the new copy left in service");
+                    return Ok(false);
+                };
+                inner.uncount(len);
                 warn!(node_id = %inner.node_id, shard_id = %id, "corrupt shard quarantined from its segment");
                 return Ok(true);
+            }
+            if in_segment {
+                return Ok(false); // deleted meanwhile; a file of its id was never checked
             }
             let path = shard_path(&inner.root, id);
             let len = match fs::metadata(&path) {
@@ -1196,15 +1223,7 @@ mod tests {
         let data: Vec<u8> = (0..100_000u32).map(|i| (i * 31) as u8).collect();
         let id = crate::testing::must_put(&store, 42, &data).await;
         assert!(!store.shard_path(id).exists(), "in a segment");
-        let segment = fs::read_dir(dir.path().join("segments"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| fs::metadata(p).unwrap().len() > 0)
-            .unwrap();
-        let mut bytes = fs::read(&segment).unwrap();
-        let last = bytes.len() - 1; // the shard's last byte
-        bytes[last] ^= 0x10;
-        fs::write(&segment, &bytes).unwrap();
+        flip_last_segment_byte(dir.path()); // the shard's last byte
         assert!(matches!(
             store.verify(id).await,
             Err(ShardError::Corrupt { .. })
@@ -1232,6 +1251,55 @@ mod tests {
         let (_, read) = crate::testing::must_read(&store, id, 0, 0).await;
         assert!(read == data);
         assert_eq!(store.usage().n_shards, 1);
+    }
+
+    /// Damages the last byte of the only non-empty segment file under `dir`.
+    fn flip_last_segment_byte(dir: &Path) {
+        let segment = fs::read_dir(dir.join("segments"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| fs::metadata(p).unwrap().len() > 0)
+            .unwrap();
+        let mut bytes = fs::read(&segment).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x10;
+        fs::write(&segment, &bytes).unwrap();
+    }
+
+    /// Found corrupt, then deleted and rebuilt (repair answering another reader) before
+    /// the quarantine runs: the good copy stays, in a segment and in a file alike.
+    #[tokio::test]
+    async fn quarantine_leaves_a_copy_rebuilt_since_the_damage_was_found() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+        for segments in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = if segments {
+                open_with_segments(dir.path()).await
+            } else {
+                DiskShardStore::open(dir.path(), NodeId(1)).await.unwrap()
+            };
+            let id = crate::testing::must_put(&store, 7, &data).await;
+            if segments {
+                flip_last_segment_byte(dir.path());
+            } else {
+                let path = store.shard_path(id);
+                let mut bytes = fs::read(&path).unwrap();
+                let last = bytes.len() - 1;
+                bytes[last] ^= 0x10;
+                fs::write(&path, &bytes).unwrap();
+            }
+            assert!(matches!(
+                store.verify(id).await,
+                Err(ShardError::Corrupt { .. })
+            ));
+            assert!(store.delete(id).await.unwrap());
+            crate::testing::must_put(&store, 7, &data).await;
+            assert!(!store.quarantine(id).await.unwrap(), "segments: {segments}");
+            store.verify(id).await.unwrap();
+            let (_, read) = crate::testing::must_read(&store, id, 0, 0).await;
+            assert!(read == data);
+            assert_eq!(store.usage().n_shards, 1);
+        }
     }
 
     #[tokio::test]

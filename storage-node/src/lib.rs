@@ -143,8 +143,13 @@ pub trait ShardStore: Send + Sync + 'static {
     /// Reads the whole shard and checks every block against the digest.
     fn verify(&self, id: ShardId) -> impl Future<Output = Result<(), ShardError>> + Send;
 
-    /// Moves a shard out of service (kept aside for inspection, never served again);
-    /// returns whether it existed.
+    /// Moves a corrupt shard out of service (kept aside for inspection, never served
+    /// again); returns whether it did. A shard that checks out is left in service: callers
+    /// quarantine what they found corrupt a moment ago, and the shard may have been
+    /// deleted and rebuilt since (repair answering another reader's report), a good copy
+    /// that must not be taken out in its place. A shard file can still be replaced
+    /// between that check and its move (microseconds, where the caller's window was the
+    /// whole read that found the damage); a segment record is taken out exactly.
     fn quarantine(&self, id: ShardId) -> impl Future<Output = Result<bool, ShardError>> + Send;
 
     /// Free bytes on the store's filesystem (`u64::MAX` when it has no such limit).

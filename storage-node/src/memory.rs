@@ -189,6 +189,11 @@ impl ShardStore for MemShardStore {
     }
 
     async fn quarantine(&self, id: ShardId) -> Result<bool, ShardError> {
+        match self.verify(id).await {
+            Err(ShardError::Corrupt { .. }) => {}
+            Ok(()) | Err(ShardError::NotFound(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        }
         Ok(self.shards.lock().expect("lock").remove(&id).is_some())
     }
 

@@ -91,6 +91,16 @@ pub(crate) struct Pos {
     offset: u64,
 }
 
+/// A shard record as quarantine reads it; see [`SegmentLog::read_image`].
+pub(crate) struct ShardImage {
+    /// Its header and data: the bytes its shard file would hold.
+    pub image: Vec<u8>,
+    /// Where its record is.
+    pub pos: Pos,
+    /// The record checks out whole.
+    pub checks_out: bool,
+}
+
 /// Where a live shard record is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Loc {
@@ -593,11 +603,26 @@ impl SegmentLog {
 
     /// Deletes a shard: `Some(bytes of its header and data)` if it was here.
     pub(crate) fn delete(&self, id: ShardId) -> Result<Option<u64>, ShardError> {
+        self.delete_where(id, |_| true)
+    }
+
+    /// Deletes a shard if its live record is still the one at `pos` (quarantine: a copy
+    /// written since is another record, and stays).
+    pub(crate) fn delete_if_at(&self, id: ShardId, pos: Pos) -> Result<Option<u64>, ShardError> {
+        self.delete_where(id, |loc| loc.pos == pos)
+    }
+
+    fn delete_where(
+        &self,
+        id: ShardId,
+        matches: impl FnOnce(&Loc) -> bool,
+    ) -> Result<Option<u64>, ShardError> {
         let loc = {
             let mut st = self.state.lock().expect("segment state lock");
-            let Some(loc) = st.remove(id) else {
+            if !st.index.get(&id).is_some_and(matches) {
                 return Ok(None);
-            };
+            }
+            let loc = st.remove(id).expect("just found");
             // Until the tombstone is durable: the id stays taken (a shard written again
             // meanwhile would sit before the tombstone and die with it at a restart), and
             // the segment stays (the shard may have to be put back).
@@ -672,23 +697,31 @@ impl SegmentLog {
             .collect()
     }
 
-    /// A shard's header and data (a shard file's bytes), if it is here.
-    pub(crate) fn read_image(&self, id: ShardId) -> Result<Option<Vec<u8>>, ShardError> {
-        let Some((file, shard_len_bytes, offset)) = ({
+    /// A shard's header and data (a shard file's bytes), if it is here, with where its
+    /// record is and whether that record checks out whole (prefix checksum, header, and
+    /// every block against its hash): what quarantine needs to take out exactly the
+    /// record it judged.
+    pub(crate) fn read_image(&self, id: ShardId) -> Result<Option<ShardImage>, ShardError> {
+        let Some((file, loc)) = ({
             let st = self.state.lock().expect("segment state lock");
-            st.index.get(&id).map(|loc| {
-                (
-                    st.segments[&loc.pos.seq].file.clone(),
-                    loc.shard_len_bytes,
-                    loc.pos.offset + PREFIX_BYTES,
-                )
-            })
+            st.index
+                .get(&id)
+                .map(|loc| (st.segments[&loc.pos.seq].file.clone(), *loc))
         }) else {
             return Ok(None);
         };
-        let mut image = vec![0u8; image_len_bytes(shard_len_bytes) as usize];
-        file.read_exact_at(&mut image, offset)?;
-        Ok(Some(image))
+        let mut image = vec![0u8; image_len_bytes(loc.shard_len_bytes) as usize];
+        file.read_exact_at(&mut image, loc.pos.offset + PREFIX_BYTES)?;
+        let end = loc.pos.offset + loc.record_bytes();
+        let checks_out = matches!(
+            read_record_at(&file, loc.pos.seq, loc.pos.offset, end, true)?,
+            Some((Record::Shard { id: found, .. }, _)) if found == id
+        );
+        Ok(Some(ShardImage {
+            image,
+            pos: loc.pos,
+            checks_out,
+        }))
     }
 
     /// Writes one record built for its position by `build` (`None`: nothing to write) at
@@ -1211,7 +1244,7 @@ mod tests {
     }
 
     fn data_of(log: &SegmentLog, n: u128) -> Option<Vec<u8>> {
-        let image = log.read_image(id(n)).unwrap()?;
+        let image = log.read_image(id(n)).unwrap()?.image;
         let (len, _) = format::decode_fixed_header(id(n), &image).unwrap();
         Some(image[format::header_len_bytes(len) as usize..].to_vec())
     }
@@ -1425,6 +1458,23 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Quarantine deletes the record it judged, never a copy written since.
+    #[test]
+    fn delete_if_at_spares_a_record_written_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path());
+        put(&log, 1, b"first copy");
+        let judged = log.read_image(id(1)).unwrap().unwrap();
+        assert!(judged.checks_out);
+        log.delete(id(1)).unwrap().unwrap();
+        put(&log, 1, b"rebuilt copy");
+        assert_eq!(log.delete_if_at(id(1), judged.pos).unwrap(), None);
+        assert_eq!(data_of(&log, 1).as_deref(), Some(&b"rebuilt copy"[..]));
+        let now = log.read_image(id(1)).unwrap().unwrap();
+        assert!(log.delete_if_at(id(1), now.pos).unwrap().is_some());
+        assert_eq!(data_of(&log, 1), None);
     }
 
     /// What `make_durable` does when `fdatasync` fails, driven by hand: the records it

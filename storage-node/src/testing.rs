@@ -210,17 +210,14 @@ pub async fn check_shard_store(store: &impl ShardStore) {
     want.sort();
     assert_eq!(listed, want);
 
-    // Verification passes on a good shard; quarantine takes a shard out of service.
+    // Verification passes on a good shard, and quarantine leaves it in service (it
+    // takes out only what is corrupt: each store's own tests damage one); a shard that
+    // is not there is not quarantined either.
     store.verify(shard_id(6)).await.unwrap();
-    assert!(store.quarantine(shard_id(6)).await.unwrap());
     assert!(!store.quarantine(shard_id(6)).await.unwrap());
-    assert!(matches!(
-        store.verify(shard_id(6)).await,
-        Err(ShardError::NotFound(_))
-    ));
-    assert_eq!(store.usage().n_shards, 5);
-    // The id is free again for a rebuilt copy.
-    must_put(store, 6, &data).await;
+    store.verify(shard_id(6)).await.unwrap();
+    assert!(!store.quarantine(shard_id(99)).await.unwrap());
+    assert_eq!(store.usage().n_shards, 6);
 
     // Oversized shards are refused up front.
     assert!(matches!(
