@@ -9,8 +9,9 @@
 # DEVARGS are extra `lauscha dev` flags; OUT (default /var/tmp/lauscha-nbd-job) keeps
 # the fio JSON. Prints read/write IOPS, MB/s, mean latency, the bytes the dev process
 # wrote to storage per client byte (/proc/PID/io write_bytes), the CPU time the dev
-# process spent per request (/proc/PID/stat utime + stime), and the read cache's
-# counters since the start (the fill included).
+# process spent per request (/proc/PID/stat utime + stime), the share of the machine's
+# CPU time busy during the job (/proc/stat: below 1.00 the job waits on something other
+# than CPU), and the read cache's counters since the start (the fill included).
 # Noise on this kind of disk: shards are files, so write jobs create thousands of files.
 # On ext4 without a journal (this machine's: `perf` shows ext4_fsync_nojournal), a new
 # inode is not taken from those freed in the last 60 s, or 360 s while their inode table
@@ -40,6 +41,8 @@ fi
 read -r w0 < <(awk '/^write_bytes/ {print $2}' "/proc/$pid/io")
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; } # utime + stime
 c0=$(cpu_ticks)
+machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $5 + $6}' /proc/stat; } # busy, idle + iowait
+read -r mb0 mi0 < <(machine_ticks)
 if [[ ${PERF:-0} == 1 ]]; then
     # shellcheck disable=SC2086
     perf record -F 999 ${PERFARGS:-} -p "$pid" -o "$OUT/$name.data" -- sleep "${SECS:-10}" 2>/dev/null &
@@ -50,7 +53,8 @@ fio --name="$name" --ioengine=nbd --uri="$NBD/bench" --time_based --runtime="${S
 if [[ ${PERF:-0} == 1 ]]; then wait "$perf_pid"; fi
 read -r w1 < <(awk '/^write_bytes/ {print $2}' "/proc/$pid/io")
 c1=$(cpu_ticks)
-python3 - "$OUT/$name.json" "$w0" "$w1" "$((c1 - c0))" "$(getconf CLK_TCK)" <<'PY'
+read -r mb1 mi1 < <(machine_ticks)
+python3 - "$OUT/$name.json" "$w0" "$w1" "$((c1 - c0))" "$(getconf CLK_TCK)" "$((mb1 - mb0))" "$((mi1 - mi0))" <<'PY'
 import json, sys
 t = open(sys.argv[1]).read()
 j = json.loads(t[t.index("{"):])["jobs"][0]
@@ -61,7 +65,8 @@ for side in ("read", "write"):
         cpu_us = int(sys.argv[4]) / int(sys.argv[5]) * 1e6 / max(1, ops)
         print(side, f'iops={j[side]["iops"]:.0f} MBps={j[side]["bw_bytes"] / 1e6:.1f}',
               f'lat_mean_us={j[side]["lat_ns"]["mean"] / 1e3:.0f} amp={amp:.2f}',
-              f'server_cpu_us_per_op={cpu_us:.0f}')
+              f'server_cpu_us_per_op={cpu_us:.0f}',
+              f'machine_busy={int(sys.argv[6]) / max(1, int(sys.argv[6]) + int(sys.argv[7])):.2f}')
 PY
 ADMIN=$(python3 -c "import json; print(json.load(open('$DIR/data/cluster.json'))['admin_endpoint'])")
 curl -fsS "$ADMIN/metrics" | awk '/^lauscha_read_(cache_hits|cache_misses|slices)_total/ {printf "%s=%s ", $1, $2} END {print ""}'

@@ -1442,49 +1442,83 @@ impl VolumeEngine {
     }
 
     /// Writes batches while writes wait, each with everything that waited when it began.
+    /// Two batches are in flight at a time: the bytes of one are stored on the nodes while
+    /// the journal command of the one before is committed, and its command is sent only
+    /// once that one is answered, so batches take their sequence numbers (and are
+    /// answered) in the order they were taken. One at a time, the stores and the commits
+    /// (each waiting for its own `fdatasync`s) took turns and left the CPU a third idle
+    /// under 4 KiB random writes at QD32.
     async fn write_batches(&self) {
         let mut guard = BatchWriterGuard {
             queue: &self.batch,
             finished: false,
         };
+        let mut committing: Option<futures::future::BoxFuture<'_, ()>> = None;
         loop {
-            let batch: Vec<QueuedWrite> = {
+            let batch: Option<Vec<QueuedWrite>> = {
                 let mut queue = self.batch.lock().expect("batch lock");
                 if queue.waiting.is_empty() {
-                    queue.writing = false;
-                    guard.finished = true;
-                    return;
+                    if committing.is_none() {
+                        queue.writing = false;
+                        guard.finished = true;
+                        return;
+                    }
+                    None
+                } else {
+                    let max_bytes =
+                        BATCH_MAX_BYTES.min(u64::from(self.inner.config.shard_size_bytes));
+                    let mut n_bytes = 0u64;
+                    let n = queue
+                        .waiting
+                        .iter()
+                        .take_while(|w| {
+                            n_bytes += w.bytes.len() as u64;
+                            n_bytes <= max_bytes
+                        })
+                        .count()
+                        .max(1);
+                    Some(queue.waiting.drain(..n).collect())
                 }
-                let max_bytes = BATCH_MAX_BYTES.min(u64::from(self.inner.config.shard_size_bytes));
-                let mut n_bytes = 0u64;
-                let n = queue
-                    .waiting
-                    .iter()
-                    .take_while(|w| {
-                        n_bytes += w.bytes.len() as u64;
-                        n_bytes <= max_bytes
-                    })
-                    .count()
-                    .max(1);
-                queue.waiting.drain(..n).collect()
             };
-            match self.write_batch(&batch).await {
-                Ok(replicated) => {
-                    for w in batch {
-                        let _ = w.done.send(Ok(replicated));
-                    }
+            let Some(batch) = batch else {
+                // Writes that arrive meanwhile find the writer running: look again after.
+                committing.take().expect("checked above").await;
+                continue;
+            };
+            let previous = committing.take();
+            let (stored, ()) = tokio::join!(self.store_batch_or_inline(&batch), async {
+                if let Some(previous) = previous {
+                    previous.await;
                 }
-                Err(e) => {
-                    warn!(volume = %self.volume.name, n_writes = batch.len(), error = %e, "journal batch failed");
-                    for w in batch {
-                        let _ = w.done.send(Err(match &e {
-                            VolumeError::Fenced => VolumeError::Fenced,
-                            VolumeError::ReadOnly => VolumeError::ReadOnly,
-                            VolumeError::Io(io) => {
-                                VolumeError::Io(GatewayError::Internal(io.to_string()))
-                            }
-                        }));
-                    }
+            });
+            committing = Some(Box::pin(async move {
+                let result = match stored {
+                    Ok(stripes) => self.commit_batch(&batch, stripes).await,
+                    Err(e) => Err(e),
+                };
+                self.answer_batch(batch, result);
+            }));
+        }
+    }
+
+    /// Answers the writes of a batch with the outcome of its journal command.
+    fn answer_batch(&self, batch: Vec<QueuedWrite>, result: Result<bool, VolumeError>) {
+        match result {
+            Ok(replicated) => {
+                for w in batch {
+                    let _ = w.done.send(Ok(replicated));
+                }
+            }
+            Err(e) => {
+                warn!(volume = %self.volume.name, n_writes = batch.len(), error = %e, "journal batch failed");
+                for w in batch {
+                    let _ = w.done.send(Err(match &e {
+                        VolumeError::Fenced => VolumeError::Fenced,
+                        VolumeError::ReadOnly => VolumeError::ReadOnly,
+                        VolumeError::Io(io) => {
+                            VolumeError::Io(GatewayError::Internal(io.to_string()))
+                        }
+                    }));
                 }
             }
         }
@@ -1509,28 +1543,47 @@ impl VolumeEngine {
         st.inline_pending_bytes + n_bytes <= MAX_INLINE_PENDING_BYTES
     }
 
-    /// Journals `batch` with one metadata command: as one stripe set (`AppendBatch`) when
-    /// it has several writes and is big enough, otherwise inline. Answers whether it
-    /// survives m losses already.
-    async fn write_batch(&self, batch: &[QueuedWrite]) -> Result<bool, VolumeError> {
+    /// The first half of journaling `batch`: stores it as one stripe set when it has
+    /// several writes and is big enough (`Some`: the stripes, whether every shard is
+    /// durable, and what deletes them if no command references them), otherwise it goes
+    /// inline (`None`).
+    async fn store_batch_or_inline(
+        &self,
+        batch: &[QueuedWrite],
+    ) -> Result<Option<(ObjectData, bool, write::Uncommitted)>, VolumeError> {
         if self.is_fenced() {
             return Err(VolumeError::Fenced);
         }
         let n_bytes: u64 = batch.iter().map(|w| w.bytes.len() as u64).sum();
-        let stripes = if batch.len() > 1 && n_bytes >= BATCH_STRIPE_MIN_BYTES {
-            match self.store_batch(batch).await {
-                Ok(stored) => Some(stored),
-                // Nodes missing: inline entries do not need them, while the inline
-                // journal has room (it keeps the volume attachable).
-                Err(e) if self.inline_room(n_bytes) => {
-                    warn!(volume = %self.volume.name, error = %e, "journal batch could not be stored; inline instead");
-                    None
-                }
-                Err(e) => return Err(e.into()),
+        if batch.len() < 2 || n_bytes < BATCH_STRIPE_MIN_BYTES {
+            return Ok(None);
+        }
+        match self.store_batch(batch).await {
+            Ok(stored) => Ok(Some(stored)),
+            // Nodes missing: inline entries do not need them, while the inline journal has
+            // room (it keeps the volume attachable). The batch committing meanwhile may
+            // take room too: the limit can be passed by one batch (1 MiB).
+            Err(e) if self.inline_room(n_bytes) => {
+                warn!(volume = %self.volume.name, error = %e, "journal batch could not be stored; inline instead");
+                Ok(None)
             }
-        } else {
-            None
-        };
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The second half: journals `batch` with one metadata command, `AppendBatch` of the
+    /// stripes `store_batch_or_inline` stored or an inline `Append`. Answers whether it
+    /// survives m losses already.
+    async fn commit_batch(
+        &self,
+        batch: &[QueuedWrite],
+        stripes: Option<(ObjectData, bool, write::Uncommitted)>,
+    ) -> Result<bool, VolumeError> {
+        // Fenced while the batch before was committing: metadata would refuse the stale
+        // epoch anyway.
+        if self.is_fenced() {
+            return Err(VolumeError::Fenced);
+        }
         self.seal().await?;
         let epoch = self.epoch();
         let (command, stored, replicated, uncommitted) =

@@ -369,6 +369,15 @@ pub const JOURNAL_COPIES_POLICY: PlacementPolicy = PlacementPolicy {
 /// `[0, len_bytes)`: merging such an extent needs no read of its old version.
 pub fn covers(len_bytes: u64, pieces: impl IntoIterator<Item = (u64, u64)>) -> bool {
     let mut pieces: Vec<(u64, u64)> = pieces.into_iter().filter(|(_, n)| *n > 0).collect();
+    // Pieces shorter than the range in all cannot cover it. That is the usual answer for
+    // random writes, and the engine asks after every write to an extent with hundreds of
+    // entries: without this the sort below was 3% of the CPU of 4 KiB random writes.
+    let total_bytes = pieces
+        .iter()
+        .fold(0u64, |sum, (_, n)| sum.saturating_add(*n));
+    if total_bytes < len_bytes {
+        return false;
+    }
     pieces.sort_unstable();
     let mut covered_to = 0u64;
     for (start, n) in pieces {
