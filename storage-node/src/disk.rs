@@ -10,7 +10,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -600,25 +600,12 @@ impl ShardStore for DiskShardStore {
     }
 
     async fn quarantine(&self, id: ShardId) -> Result<bool, ShardError> {
-        let in_segment = self
-            .inner
-            .segments
-            .as_ref()
-            .is_some_and(|segments| segments.contains(id));
-        // A shard file is checked again first (a segment record below, exactly).
-        if !in_segment {
-            match self.verify(id).await {
-                Ok(()) => {
-                    info!(node_id = %self.inner.node_id, shard_id = %id, "shard to quarantine checks out (written again since it was found corrupt): left in service");
-                    return Ok(false);
-                }
-                Err(ShardError::NotFound(_)) => return Ok(false),
-                Err(ShardError::Corrupt { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
         let inner = self.inner.clone();
         blocking(move || {
+            let in_segment = inner
+                .segments
+                .as_ref()
+                .is_some_and(|segments| segments.contains(id));
             let quarantine = inner.root.join("quarantine");
             let stamp = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -646,19 +633,47 @@ impl ShardStore for DiskShardStore {
                 return Ok(true);
             }
             if in_segment {
-                return Ok(false); // deleted meanwhile; a file of its id was never checked
+                return Ok(false); // deleted meanwhile
             }
+            // A shard file is judged through one open file and moved only if the file
+            // moved is that one (same inode); another that took its place in between (a
+            // rebuilt copy) is linked back.
             let path = shard_path(&inner.root, id);
-            let len = match fs::metadata(&path) {
-                Ok(m) => m.len(),
+            let file = match File::open(&path) {
+                Ok(file) => file,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
                 Err(e) => return Err(e.into()),
             };
+            if shard_file_checks_out(id, &file)? {
+                info!(node_id = %inner.node_id, shard_id = %id, "shard to quarantine checks out (written again since it was found corrupt): left in service");
+                return Ok(false);
+            }
+            let judged = file.metadata()?;
             fs::create_dir_all(&quarantine)?;
-            fs::rename(&path, quarantine.join(format!("{id}.{stamp}")))?;
+            let kept = quarantine.join(format!("{id}.{stamp}"));
+            match fs::rename(&path, &kept) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+            let moved = fs::metadata(&kept)?;
+            if (moved.dev(), moved.ino()) != (judged.dev(), judged.ino()) {
+                match fs::hard_link(&kept, &path) {
+                    Ok(()) => {}
+                    // Yet another copy is there: the one moved is not needed.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        inner.uncount(moved.len());
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                fs::remove_file(&kept)?;
+                fsync_dir(&shard_dir(&inner.root, id))?;
+                info!(node_id = %inner.node_id, shard_id = %id, "shard written again while being quarantined: the new copy left in service");
+                return Ok(false);
+            }
             fsync_dir(&shard_dir(&inner.root, id))?;
             fsync_dir(&quarantine)?;
-            inner.uncount(len);
+            inner.uncount(judged.len());
             warn!(node_id = %inner.node_id, shard_id = %id, "corrupt shard quarantined");
             Ok(true)
         })
@@ -956,6 +971,42 @@ fn check_declared(
         });
     }
     Ok((digest, block_hashes))
+}
+
+/// Whether the shard file open as `file` checks out whole: its header, its block table
+/// against its digest, and every block against its hash (what `verify` checks, read
+/// through this one open file).
+fn shard_file_checks_out(id: ShardId, file: &File) -> Result<bool, ShardError> {
+    let read = |buf: &mut [u8], at: u64| match file.read_exact_at(buf, at) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(ShardError::from(e)),
+    };
+    let mut fixed = [0u8; BLOCK_TABLE_OFFSET as usize];
+    if !read(&mut fixed, 0)? {
+        return Ok(false);
+    }
+    let Ok((shard_len_bytes, digest)) = format::decode_fixed_header(id, &fixed) else {
+        return Ok(false);
+    };
+    let header_len = format::header_len_bytes(shard_len_bytes);
+    let mut table = vec![0u8; (header_len - BLOCK_TABLE_OFFSET) as usize];
+    if !read(&mut table, BLOCK_TABLE_OFFSET)? {
+        return Ok(false);
+    }
+    let Ok(hashes) = format::decode_block_hashes(id, shard_len_bytes, &digest, &table) else {
+        return Ok(false);
+    };
+    let mut block = vec![0u8; SHARD_BLOCK_BYTES as usize];
+    for (idx, hash) in (0u64..).zip(&hashes) {
+        let block = &mut block[..block_len_bytes(shard_len_bytes, idx) as usize];
+        if !read(block, header_len + idx * SHARD_BLOCK_BYTES)?
+            || !lauscha_core::checksum::verify_block(block, hash)
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// The blocking part of [`DiskShardWriter::commit`] for a shard bound for a segment: checks

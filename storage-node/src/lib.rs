@@ -147,9 +147,8 @@ pub trait ShardStore: Send + Sync + 'static {
     /// again); returns whether it did. A shard that checks out is left in service: callers
     /// quarantine what they found corrupt a moment ago, and the shard may have been
     /// deleted and rebuilt since (repair answering another reader's report), a good copy
-    /// that must not be taken out in its place. A shard file can still be replaced
-    /// between that check and its move (microseconds, where the caller's window was the
-    /// whole read that found the damage); a segment record is taken out exactly.
+    /// that must not be taken out in its place. Both kinds are taken out exactly: a
+    /// segment record by its position, a shard file by the inode that was checked.
     fn quarantine(&self, id: ShardId) -> impl Future<Output = Result<bool, ShardError>> + Send;
 
     /// Free bytes on the store's filesystem (`u64::MAX` when it has no such limit).

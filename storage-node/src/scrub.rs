@@ -140,7 +140,8 @@ impl<S: ShardStore + Clone> Scrubber<S> {
     }
 }
 
-/// Verifies `id`; quarantines and records it when corrupt. `Ok(true)` when it was good.
+/// Verifies `id`; quarantines and records it when corrupt. `Ok(true)` when the shard in
+/// service is good (also a copy rebuilt between the check and the quarantine).
 pub(crate) async fn check_shard<S: ShardStore>(
     store: &S,
     stats: &ScrubStats,
@@ -158,8 +159,15 @@ pub(crate) async fn check_shard<S: ShardStore>(
             warn!(node_id = %node_id, shard_id = %id, what, "scrub found a corrupt shard");
             if store.quarantine(id).await? {
                 stats.record_corrupt(id);
+                return Ok(false);
             }
-            Ok(false)
+            // Left in service: written again since it was found corrupt (a rebuilt copy,
+            // which the answer must not call quarantined), or gone.
+            match store.verify(id).await {
+                Ok(()) => Ok(true),
+                Err(ShardError::Corrupt { .. }) => Ok(false),
+                Err(e) => Err(e),
+            }
         }
         Err(e) => Err(e),
     }
