@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lauscha_core::checksum::{
     BlockHash, SHARD_BLOCK_BYTES, block_len_bytes, covering_blocks, n_blocks, verify_block,
 };
@@ -412,25 +412,34 @@ impl NodePool {
         data: Bytes,
         digest: ShardDigest,
     ) -> Result<(), ShardIoError> {
-        let mut client = self.client(node, map)?;
-        let header = pb::PutShardRequest {
-            part: Some(put_shard_request::Part::Header(pb::PutShardHeader {
-                id: Some(id.into()),
-                len_bytes: data.len() as u64,
-                digest: digest.0.to_vec().into(),
-            })),
+        let header = pb::PutShardHeader {
+            id: Some(id.into()),
+            len_bytes: data.len() as u64,
+            digest: digest.0.to_vec().into(),
         };
-        let n_chunks = data.len().div_ceil(PUT_CHUNK_BYTES);
-        let chunks = (0..n_chunks).map(move |i| pb::PutShardRequest {
-            part: Some(put_shard_request::Part::Data(data.slice(
-                i * PUT_CHUNK_BYTES..((i + 1) * PUT_CHUNK_BYTES).min(data.len()),
-            ))),
-        });
-        let stream = futures::stream::iter(std::iter::once(header).chain(chunks));
-        let result = match tokio::time::timeout(self.rpc_timeout, client.put_shard(stream)).await {
+        let addr = &map.node(node).ok_or(ShardIoError::UnknownNode(node))?.addr;
+        // A node of this process takes the buffer as it is (`LocalShardWrites`).
+        let put = match self.local.put_shard(addr, header.clone(), data.clone()) {
+            Some(local) => local.boxed(),
+            None => {
+                let mut client = self.client(node, map)?;
+                let header = pb::PutShardRequest {
+                    part: Some(put_shard_request::Part::Header(header)),
+                };
+                let n_chunks = data.len().div_ceil(PUT_CHUNK_BYTES);
+                let chunks = (0..n_chunks).map(move |i| pb::PutShardRequest {
+                    part: Some(put_shard_request::Part::Data(data.slice(
+                        i * PUT_CHUNK_BYTES..((i + 1) * PUT_CHUNK_BYTES).min(data.len()),
+                    ))),
+                });
+                let stream = futures::stream::iter(std::iter::once(header).chain(chunks));
+                async move { client.put_shard(stream).await.map(|_| ()) }.boxed()
+            }
+        };
+        let result = match tokio::time::timeout(self.rpc_timeout, put).await {
             Err(_) => Err(ShardIoError::Unreachable(node, "put timed out".into())),
             Ok(Err(status)) => Err(ShardIoError::from_status(status, id, node)),
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(())) => Ok(()),
         };
         self.note(node, &result);
         result

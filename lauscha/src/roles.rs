@@ -221,10 +221,12 @@ impl Roles {
             scrubber.run(scrub_stop).await;
             Ok(())
         });
-        let service =
-            ShardServer::new(config.id(), config.capacity_bytes, store, scrub_stats).into_service();
+        let server = ShardServer::new(config.id(), config.capacity_bytes, store, scrub_stats);
+        let service = server.clone().into_service();
         self.local
             .register(&[&advertise, &listen.to_string()], service.clone());
+        self.local
+            .register_shard_writes(&[&advertise, &listen.to_string()], Arc::new(server));
         let shutdown = self.shutdown.clone();
         let node_id = config.node_id;
         self.tasks.spawn(async move {

@@ -28,7 +28,7 @@ pub mod meta {
 }
 
 mod local;
-pub use local::{LocalRoles, RoleChannel};
+pub use local::{LocalRoles, LocalShardWrites, RoleChannel};
 
 /// A message that does not convert into a core type.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

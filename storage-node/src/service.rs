@@ -2,6 +2,7 @@
 
 use std::pin::Pin;
 
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use lauscha_core::checksum::SHARD_BLOCK_BYTES;
 use lauscha_core::slice_proof;
@@ -34,6 +35,41 @@ pub struct ShardServer<S> {
     capacity_bytes: u64,
     store: S,
     scrub: Arc<ScrubStats>,
+}
+
+impl<S: ShardStore> ShardServer<S> {
+    /// `PutShard` from its header and data messages: the gRPC handler's, and a gateway's
+    /// in this process (`LocalShardWrites`).
+    async fn put_parts(
+        &self,
+        header: pb::PutShardHeader,
+        data: impl Stream<Item = Result<Bytes, Status>>,
+    ) -> Result<(), Status> {
+        let id = lauscha_proto::shard_id_from(header.id)?;
+        let digest = ShardDigest::from_slice(&header.digest)
+            .ok_or_else(|| Status::invalid_argument("digest must be 32 bytes"))?;
+        let mut writer = self.store.create(id, header.len_bytes, digest).await?;
+        // An error from the client's stream (it went away) drops the writer: nothing lands.
+        let mut data = std::pin::pin!(data);
+        while let Some(bytes) = data.next().await {
+            writer.write(bytes?).await?;
+        }
+        writer.commit().await?;
+        Ok(())
+    }
+}
+
+impl<S: ShardStore + Clone + 'static> lauscha_proto::LocalShardWrites for ShardServer<S> {
+    fn put_shard(
+        &self,
+        header: pb::PutShardHeader,
+        data: Bytes,
+    ) -> futures::future::BoxFuture<'static, Result<(), Status>> {
+        let server = self.clone();
+        // As the gRPC client sends it: no data message for an empty shard.
+        let parts = futures::stream::iter((!data.is_empty()).then_some(Ok(data)));
+        Box::pin(async move { server.put_parts(header, parts).await })
+    }
 }
 
 /// Most entries one ListShards page returns.
@@ -83,18 +119,18 @@ impl<S: ShardStore + Clone> ShardService for ShardServer<S> {
                 ));
             }
         };
-        let id = lauscha_proto::shard_id_from(header.id)?;
-        let digest = ShardDigest::from_slice(&header.digest)
-            .ok_or_else(|| Status::invalid_argument("digest must be 32 bytes"))?;
-        let mut writer = self.store.create(id, header.len_bytes, digest).await?;
-        // An error from the client's stream (it went away) drops the writer: nothing lands.
-        while let Some(message) = stream.message().await? {
-            match message.part {
-                Some(put_shard_request::Part::Data(bytes)) => writer.write(bytes).await?,
-                _ => return Err(Status::invalid_argument("PutShard sent a second header")),
-            }
-        }
-        writer.commit().await?;
+        let data = futures::stream::unfold(stream, |mut stream| async move {
+            let part = match stream.message().await {
+                Ok(Some(PutShardRequest {
+                    part: Some(put_shard_request::Part::Data(bytes)),
+                })) => Ok(bytes),
+                Ok(None) => return None,
+                Ok(Some(_)) => Err(Status::invalid_argument("PutShard sent a second header")),
+                Err(e) => Err(e),
+            };
+            Some((part, stream))
+        });
+        self.put_parts(header, data).await?;
         Ok(Response::new(PutShardReply {}))
     }
 
@@ -294,7 +330,7 @@ impl<S: ShardStore + Clone> ShardService for ShardServer<S> {
 mod tests {
     use super::*;
     use crate::memory::MemShardStore;
-    use crate::testing::must_put;
+    use crate::testing::{must_put, must_read};
     use lauscha_core::checksum::{BlockHash, verify_block_hashes};
 
     fn server(store: MemShardStore) -> ShardServer<MemShardStore> {
@@ -551,5 +587,93 @@ mod tests {
             .map(|_| ())
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::NotFound);
+    }
+
+    /// `PutShard` without gRPC (`LocalShardWrites`, what a gateway of the same process
+    /// calls) lands the same shard and answers errors with the same status as the
+    /// handler over gRPC.
+    #[tokio::test]
+    async fn a_local_shard_write_lands_and_fails_as_the_grpc_handler_does() {
+        use lauscha_proto::LocalRoles;
+        use lauscha_proto::storage::shard_service_client::ShardServiceClient;
+        use lauscha_proto::storage::shard_service_server::SERVICE_NAME;
+
+        let store = MemShardStore::new();
+        let local = LocalRoles::default();
+        let node = server(store.clone());
+        local.register(&["127.0.0.1:7001"], node.clone().into_service());
+        local.register_shard_writes(&["127.0.0.1:7001"], Arc::new(node));
+        let mut client =
+            ShardServiceClient::new(local.channel(SERVICE_NAME, "127.0.0.1:7001").unwrap());
+        let header = |n: u128, data: &[u8], digest_of: &[u8]| pb::PutShardHeader {
+            id: Some(
+                ShardId {
+                    stripe_id: lauscha_core::StripeId(n),
+                    shard_idx: 1,
+                }
+                .into(),
+            ),
+            len_bytes: data.len() as u64,
+            digest: ShardDigest::of(digest_of).0.to_vec().into(),
+        };
+        let grpc = |header: pb::PutShardHeader, data: &[u8]| {
+            let mut messages = vec![PutShardRequest {
+                part: Some(put_shard_request::Part::Header(header)),
+            }];
+            if !data.is_empty() {
+                messages.push(PutShardRequest {
+                    part: Some(put_shard_request::Part::Data(Bytes::copy_from_slice(data))),
+                });
+            }
+            futures::stream::iter(messages)
+        };
+        assert!(
+            local
+                .put_shard("127.0.0.1:7002", header(1, b"x", b"x"), Bytes::new())
+                .is_none(),
+            "another address is reached over gRPC"
+        );
+
+        let data: Vec<u8> = (0..2 * SHARD_BLOCK_BYTES + 5).map(|i| i as u8).collect();
+        local
+            .put_shard(
+                "http://127.0.0.1:7001",
+                header(1, &data, &data),
+                Bytes::from(data.clone()),
+            )
+            .expect("registered")
+            .await
+            .expect("put in process");
+        let id = lauscha_proto::shard_id_from(header(1, &data, &data).id).unwrap();
+        let (_, read) = must_read(&store, id, 0, 0).await;
+        assert!(read == data);
+        local
+            .put_shard("127.0.0.1:7001", header(2, b"", b""), Bytes::new())
+            .unwrap()
+            .await
+            .expect("an empty shard");
+
+        // The same refusals, with the same codes, by both paths.
+        for (n, data, digest_of) in [
+            (1, &b"again"[..], &b"again"[..]), // the id exists
+            (3, b"abcd", b"abce"),             // wrong digest
+        ] {
+            let in_process = local
+                .put_shard(
+                    "127.0.0.1:7001",
+                    header(n, data, digest_of),
+                    Bytes::copy_from_slice(data),
+                )
+                .unwrap()
+                .await
+                .unwrap_err();
+            let over_grpc = client
+                .put_shard(grpc(header(n, data, digest_of), data))
+                .await
+                .unwrap_err();
+            assert_eq!(in_process.code(), over_grpc.code(), "shard {n}");
+            assert_ne!(in_process.code(), tonic::Code::Ok);
+        }
+        assert_eq!(store.usage().n_shards, 2);
     }
 }
