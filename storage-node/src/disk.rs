@@ -607,9 +607,15 @@ impl ShardStore for DiskShardStore {
                 .as_ref()
                 .is_some_and(|segments| segments.contains(id));
             let quarantine = inner.root.join("quarantine");
-            let stamp = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            // Unique: two quarantines of one id in the same second (scrub and a reader's
+            // VerifyShard) must not overwrite each other's kept copy.
+            let stamp = format!(
+                "{}.{:08x}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                rand::random::<u32>()
+            );
             if let Some(segments) = &inner.segments
                 && let Some(found) = segments.read_image(id)?
             {
@@ -620,7 +626,10 @@ impl ShardStore for DiskShardStore {
                 // Kept aside as the shard file it would have been, then deleted: that
                 // record only, not a copy written since.
                 fs::create_dir_all(&quarantine)?;
-                let mut file = File::create(quarantine.join(format!("{id}.{stamp}")))?;
+                let mut file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(quarantine.join(format!("{id}.{stamp}")))?;
                 file.write_all(&found.image)?;
                 file.sync_all()?;
                 fsync_dir(&quarantine)?;
