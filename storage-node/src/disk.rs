@@ -1006,12 +1006,34 @@ fn shard_file_checks_out(id: ShardId, file: &File) -> Result<bool, ShardError> {
     let Ok(hashes) = format::decode_block_hashes(id, shard_len_bytes, &digest, &table) else {
         return Ok(false);
     };
-    let mut block = vec![0u8; SHARD_BLOCK_BYTES as usize];
-    for (idx, hash) in (0u64..).zip(&hashes) {
+    Ok(blocks_check_out(
+        file,
+        header_len,
+        shard_len_bytes,
+        &hashes,
+    )?)
+}
+
+/// Whether the `shard_len_bytes` of data at `data_offset` of `file` match `hashes`, one per
+/// block (a shard file's data, or a segment record's); a file that ends early does not.
+pub(crate) fn blocks_check_out(
+    file: &File,
+    data_offset: u64,
+    shard_len_bytes: u64,
+    hashes: &[BlockHash],
+) -> std::io::Result<bool> {
+    if hashes.len() as u64 != n_blocks(shard_len_bytes) {
+        return Ok(false);
+    }
+    let mut block = vec![0u8; SHARD_BLOCK_BYTES.min(shard_len_bytes) as usize];
+    for (idx, hash) in (0u64..).zip(hashes) {
         let block = &mut block[..block_len_bytes(shard_len_bytes, idx) as usize];
-        if !read(block, header_len + idx * SHARD_BLOCK_BYTES)?
-            || !lauscha_core::checksum::verify_block(block, hash)
-        {
+        match file.read_exact_at(block, data_offset + idx * SHARD_BLOCK_BYTES) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        if !lauscha_core::checksum::verify_block(block, hash) {
             return Ok(false);
         }
     }

@@ -62,11 +62,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use lauscha_core::checksum::{SHARD_BLOCK_BYTES, n_blocks};
 use lauscha_core::{NodeId, ShardId, StripeId};
 use tracing::{info, warn};
 
-use crate::disk::fsync_dir;
+use crate::disk::{blocks_check_out, fsync_dir};
 use crate::format;
 use crate::{ShardEntry, ShardError};
 
@@ -247,16 +246,8 @@ fn read_record_at(
         if shard_len != len {
             return Ok(None);
         }
-        if check_data {
-            let mut data = vec![0u8; len as usize];
-            file.read_exact_at(&mut data, offset + PREFIX_BYTES + meta_len)?;
-            let whole = data
-                .chunks(SHARD_BLOCK_BYTES as usize)
-                .zip(&hashes)
-                .all(|(block, hash)| lauscha_core::checksum::verify_block(block, hash));
-            if !whole || hashes.len() as u64 != n_blocks(len) {
-                return Ok(None);
-            }
+        if check_data && !blocks_check_out(file, offset + PREFIX_BYTES + meta_len, len, &hashes)? {
+            return Ok(None);
         }
         Record::Shard {
             id,
