@@ -115,6 +115,10 @@ const BATCH_STRIPE_MIN_BYTES: u64 = 64 * 1024;
 /// message at attach (at most 64 MiB): a batch of one stripe keeps an entry's record near
 /// 300 bytes, so even 65,536 entries of 4 KiB (the 256 MiB limit) stay far below it.
 const BATCH_MAX_BYTES: u64 = 1 << 20;
+/// Journal commands of small-write batches in flight at once per volume: one batch's
+/// command waits for its Raft commit while the next is proposed (the metadata log syncs
+/// both with one fsync), and the store of a third overlaps them.
+const BATCH_COMMITS_IN_FLIGHT: usize = 2;
 
 /// One unmerged write, as it applies to one extent.
 #[derive(Clone, Debug)]
@@ -1442,23 +1446,26 @@ impl VolumeEngine {
     }
 
     /// Writes batches while writes wait, each with everything that waited when it began.
-    /// Two batches are in flight at a time: the bytes of one are stored on the nodes while
-    /// the journal command of the one before is committed, and its command is sent only
-    /// once that one is answered, so batches take their sequence numbers (and are
-    /// answered) in the order they were taken. One at a time, the stores and the commits
-    /// (each waiting for its own `fdatasync`s) took turns and left the CPU a third idle
-    /// under 4 KiB random writes at QD32.
+    /// A batch's bytes are stored on the nodes while the journal commands of the batches
+    /// before it are committed, and up to `BATCH_COMMITS_IN_FLIGHT` commands are in
+    /// flight at once. Metadata may then apply (and answer) them in another order than
+    /// they were taken, as it may two large writes in flight: the engine takes answers in
+    /// any order (`insert_pending` keeps sequence order, `seqs_known_above`), and NBD
+    /// orders nothing between writes in flight together. A write the client sends after
+    /// an answer is taken into a batch after that answer, so its command is sent after the
+    /// answered one committed; after an unknown outcome, it goes under a new epoch
+    /// (`seal`).
     async fn write_batches(&self) {
         let mut guard = BatchWriterGuard {
             queue: &self.batch,
             finished: false,
         };
-        let mut committing: Option<futures::future::BoxFuture<'_, ()>> = None;
+        let mut committing = futures::stream::FuturesUnordered::new();
         loop {
             let batch: Option<Vec<QueuedWrite>> = {
                 let mut queue = self.batch.lock().expect("batch lock");
                 if queue.waiting.is_empty() {
-                    if committing.is_none() {
+                    if committing.is_empty() {
                         queue.writing = false;
                         guard.finished = true;
                         return;
@@ -1482,22 +1489,30 @@ impl VolumeEngine {
             };
             let Some(batch) = batch else {
                 // Writes that arrive meanwhile find the writer running: look again after.
-                committing.take().expect("checked above").await;
+                committing.next().await;
                 continue;
             };
-            let previous = committing.take();
-            let (stored, ()) = tokio::join!(self.store_batch_or_inline(&batch), async {
-                if let Some(previous) = previous {
-                    previous.await;
+            let stored = {
+                let store = self.store_batch_or_inline(&batch);
+                tokio::pin!(store);
+                loop {
+                    tokio::select! {
+                        stored = &mut store => break stored,
+                        Some(()) = committing.next(), if !committing.is_empty() => {}
+                    }
                 }
-            });
-            committing = Some(Box::pin(async move {
+            };
+            while committing.len() >= BATCH_COMMITS_IN_FLIGHT {
+                committing.next().await;
+            }
+            let commit: futures::future::BoxFuture<'_, ()> = Box::pin(async move {
                 let result = match stored {
                     Ok(stripes) => self.commit_batch(&batch, stripes).await,
                     Err(e) => Err(e),
                 };
                 self.answer_batch(batch, result);
-            }));
+            });
+            committing.push(commit);
         }
     }
 
@@ -1561,8 +1576,9 @@ impl VolumeEngine {
         match self.store_batch(batch).await {
             Ok(stored) => Ok(Some(stored)),
             // Nodes missing: inline entries do not need them, while the inline journal has
-            // room (it keeps the volume attachable). The batch committing meanwhile may
-            // take room too: the limit can be passed by one batch (1 MiB).
+            // room (it keeps the volume attachable). The batches committing meanwhile
+            // may take room too: the limit can be passed by `BATCH_COMMITS_IN_FLIGHT`
+            // batches (1 MiB each).
             Err(e) if self.inline_room(n_bytes) => {
                 warn!(volume = %self.volume.name, error = %e, "journal batch could not be stored; inline instead");
                 Ok(None)
