@@ -1014,10 +1014,52 @@ fn shard_file_checks_out(id: ShardId, file: &File) -> Result<bool, ShardError> {
     )?)
 }
 
+/// Positional reads of stored bytes: a file, or a part of one already read ([`BytesAt`]),
+/// so that the bytes a check passed are the bytes then used.
+pub(crate) trait ReadBytesAt {
+    /// Fills `buf` from `offset`; `UnexpectedEof` where the bytes end first.
+    fn read_bytes_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+}
+
+impl ReadBytesAt for File {
+    fn read_bytes_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.read_exact_at(buf, offset)
+    }
+}
+
+/// `bytes`, read from `offset` of a file, read again as that file's part.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BytesAt<'a> {
+    /// Where `bytes` start in the file.
+    pub(crate) offset: u64,
+    /// What was read there.
+    pub(crate) bytes: &'a [u8],
+}
+
+impl ReadBytesAt for BytesAt<'_> {
+    fn read_bytes_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let start = offset
+            .checked_sub(self.offset)
+            .and_then(|s| usize::try_from(s).ok())
+            .filter(|s| {
+                s.checked_add(buf.len())
+                    .is_some_and(|end| end <= self.bytes.len())
+            })
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "read outside the bytes read before",
+                )
+            })?;
+        buf.copy_from_slice(&self.bytes[start..start + buf.len()]);
+        Ok(())
+    }
+}
+
 /// Whether the `shard_len_bytes` of data at `data_offset` of `file` match `hashes`, one per
 /// block (a shard file's data, or a segment record's); a file that ends early does not.
 pub(crate) fn blocks_check_out(
-    file: &File,
+    file: &impl ReadBytesAt,
     data_offset: u64,
     shard_len_bytes: u64,
     hashes: &[BlockHash],
@@ -1028,7 +1070,7 @@ pub(crate) fn blocks_check_out(
     let mut block = vec![0u8; SHARD_BLOCK_BYTES.min(shard_len_bytes) as usize];
     for (idx, hash) in (0u64..).zip(hashes) {
         let block = &mut block[..block_len_bytes(shard_len_bytes, idx) as usize];
-        match file.read_exact_at(block, data_offset + idx * SHARD_BLOCK_BYTES) {
+        match file.read_bytes_at(block, data_offset + idx * SHARD_BLOCK_BYTES) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
             Err(e) => return Err(e),
@@ -1257,6 +1299,23 @@ impl BlockReader for DiskBlockReader {
 mod tests {
     use super::*;
     use crate::testing::check_shard_store;
+
+    #[test]
+    fn bytes_read_before_answer_only_for_their_own_range() {
+        let read = BytesAt {
+            offset: 100,
+            bytes: b"abcdef",
+        };
+        let mut buf = [0u8; 3];
+        read.read_bytes_at(&mut buf, 102).unwrap();
+        assert_eq!(&buf, b"cde");
+        read.read_bytes_at(&mut buf, 103).unwrap();
+        assert_eq!(&buf, b"def");
+        for outside in [99, 104, u64::MAX] {
+            let e = read.read_bytes_at(&mut buf, outside).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "at {outside}");
+        }
+    }
 
     #[tokio::test]
     async fn disk_store_passes_the_shard_store_suite() {

@@ -65,7 +65,7 @@ use std::sync::{Arc, Mutex};
 use lauscha_core::{NodeId, ShardId, StripeId};
 use tracing::{info, warn};
 
-use crate::disk::{blocks_check_out, fsync_dir};
+use crate::disk::{BytesAt, ReadBytesAt, blocks_check_out, fsync_dir};
 use crate::format;
 use crate::{ShardEntry, ShardError};
 
@@ -205,9 +205,9 @@ fn decode_prefix_fields(prefix: &[u8]) -> Option<(u8, ShardId, u64, u64, u64)> {
 
 /// Reads and checks the record at `offset` of segment `seq`, `file_len` bytes long; with
 /// `check_data`, a shard's blocks are checked against its block hashes too. `None`: no
-/// valid record there.
+/// valid record there. `file` may be the record already read whole ([`BytesAt`]).
 fn read_record_at(
-    file: &File,
+    file: &impl ReadBytesAt,
     seq: u64,
     offset: u64,
     file_len: u64,
@@ -217,7 +217,7 @@ fn read_record_at(
         return Ok(None);
     }
     let mut prefix = [0u8; PREFIX_BYTES as usize];
-    file.read_exact_at(&mut prefix, offset)?;
+    file.read_bytes_at(&mut prefix, offset)?;
     let Some((kind, id, len, created, meta_len)) = decode_prefix_fields(&prefix) else {
         return Ok(None);
     };
@@ -227,7 +227,7 @@ fn read_record_at(
         return Ok(None);
     }
     let mut meta = vec![0u8; meta_len as usize];
-    file.read_exact_at(&mut meta, offset + PREFIX_BYTES)?;
+    file.read_bytes_at(&mut meta, offset + PREFIX_BYTES)?;
     if prefix[CHECKSUM_AT..] != prefix_checksum(&prefix, &meta, Pos { seq, offset }) {
         return Ok(None);
     }
@@ -701,15 +701,21 @@ impl SegmentLog {
         }) else {
             return Ok(None);
         };
-        let mut image = vec![0u8; image_len_bytes(loc.shard_len_bytes) as usize];
-        file.read_exact_at(&mut image, loc.pos.offset + PREFIX_BYTES)?;
+        // Read once, and judged from memory: the image handed out is the one judged.
+        let mut record = vec![0u8; loc.record_bytes() as usize];
+        file.read_exact_at(&mut record, loc.pos.offset)?;
         let end = loc.pos.offset + loc.record_bytes();
+        let read = BytesAt {
+            offset: loc.pos.offset,
+            bytes: &record,
+        };
         let checks_out = matches!(
-            read_record_at(&file, loc.pos.seq, loc.pos.offset, end, true)?,
+            read_record_at(&read, loc.pos.seq, loc.pos.offset, end, true)?,
             Some((Record::Shard { id: found, .. }, _)) if found == id
         );
+        record.drain(..PREFIX_BYTES as usize);
         Ok(Some(ShardImage {
-            image,
+            image: record,
             pos: loc.pos,
             checks_out,
         }))
@@ -912,19 +918,34 @@ impl SegmentLog {
                 .collect();
             (seg.file.clone(), live, tombstones)
         };
-        // Every live record read and checked whole before anything is copied: a copy
-        // gets a fresh record checksum, which must not cover bytes that rotted here. A
-        // corrupt one leaves the segment as it is until the scrubber quarantines it.
+        // Every live record read once and checked whole before anything is copied, and
+        // the copy made of the bytes checked: it gets a fresh record checksum, which must
+        // not cover bytes that rotted here. A corrupt one (or one cut short) leaves the
+        // segment as it is until the scrubber quarantines it.
         let mut records = Vec::with_capacity(live.len());
         for (id, old) in live {
-            let Some((Record::Shard { .. }, record_len)) = read_record_at(
-                &file,
-                seq,
-                old.pos.offset,
-                old.pos.offset + old.record_bytes(),
-                true,
-            )?
-            else {
+            let mut record = vec![0u8; old.record_bytes() as usize];
+            let checked = match file.read_exact_at(&mut record, old.pos.offset) {
+                Ok(()) => read_record_at(
+                    &BytesAt {
+                        offset: old.pos.offset,
+                        bytes: &record,
+                    },
+                    seq,
+                    old.pos.offset,
+                    old.pos.offset + old.record_bytes(),
+                    true,
+                )?,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => None,
+                Err(e) => return Err(e.into()),
+            };
+            // A record of another shard or length at this position cannot be this one's.
+            let is_it = matches!(
+                checked,
+                Some((Record::Shard { id: found, .. }, record_len))
+                    if found == id && record_len == old.record_bytes()
+            );
+            if !is_it {
                 warn!(node_id = %self.node_id, shard_id = %id, segment = seq, "corrupt shard found by compaction; the segment waits for the scrubber");
                 if let Some(seg) = self
                     .state
@@ -936,19 +957,16 @@ impl SegmentLog {
                     seg.stuck_on = Some(id);
                 }
                 return Ok(());
-            };
-            let mut record = encode_prefix(
+            }
+            // The checksum is set for the new position when it is appended.
+            let prefix = encode_prefix(
                 KIND_SHARD,
                 id,
                 old.shard_len_bytes,
                 old.created_unix_s,
-                record_len as usize,
+                PREFIX_BYTES as usize,
             );
-            record.resize(record_len as usize, 0);
-            file.read_exact_at(
-                &mut record[PREFIX_BYTES as usize..],
-                old.pos.offset + PREFIX_BYTES,
-            )?;
+            record[..PREFIX_BYTES as usize].copy_from_slice(&prefix);
             records.push((id, old, record));
         }
         let mut moved = Vec::new();
