@@ -1816,7 +1816,9 @@ impl VolumeEngine {
 
     /// Waits while the journal is over a hard limit, merging (above the hard limits means
     /// over the soft ones, so the plan brings it under). Fails when merges make no room:
-    /// the inline limit keeps the volume attachable, so it is never exceeded.
+    /// the inline limit keeps the volume attachable, so it is passed by no more than the
+    /// writes already past this check (batches in flight, `BATCH_COMMITS_IN_FLIGHT` of
+    /// at most 1 MiB each, and the large writes waiting for their commands).
     async fn wait_for_room(&self) -> Result<(), VolumeError> {
         let journal_bytes = || {
             let st = self.state.lock().expect("volume state lock");

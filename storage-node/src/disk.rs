@@ -1364,7 +1364,7 @@ mod tests {
         let data: Vec<u8> = (0..100_000u32).map(|i| (i * 31) as u8).collect();
         let id = crate::testing::must_put(&store, 42, &data).await;
         assert!(!store.shard_path(id).exists(), "in a segment");
-        flip_last_segment_byte(dir.path()); // the shard's last byte
+        flip_last_byte_of_segment_shard(&store, id, data.len() as u64);
         assert!(matches!(
             store.verify(id).await,
             Err(ShardError::Corrupt { .. })
@@ -1395,16 +1395,15 @@ mod tests {
     }
 
     /// Damages the last byte of the only non-empty segment file under `dir`.
-    fn flip_last_segment_byte(dir: &Path) {
-        let segment = fs::read_dir(dir.join("segments"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| fs::metadata(p).unwrap().len() > 0)
-            .unwrap();
-        let mut bytes = fs::read(&segment).unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0x10;
-        fs::write(&segment, &bytes).unwrap();
+    /// Flips a bit in the last byte of segment shard `id` (`len_bytes` long). Not the
+    /// file's last byte: direct appends pad a segment with zeros to a block boundary.
+    fn flip_last_byte_of_segment_shard(store: &DiskShardStore, id: ShardId, len_bytes: u64) {
+        let (file, header_at) = store.inner.segments.as_ref().unwrap().locate(id).unwrap();
+        let last = header_at + format::header_len_bytes(len_bytes) + len_bytes - 1;
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, last).unwrap();
+        byte[0] ^= 0x10;
+        file.write_all_at(&byte, last).unwrap();
     }
 
     /// Found corrupt, then deleted and rebuilt (repair answering another reader) before
@@ -1421,7 +1420,7 @@ mod tests {
             };
             let id = crate::testing::must_put(&store, 7, &data).await;
             if segments {
-                flip_last_segment_byte(dir.path());
+                flip_last_byte_of_segment_shard(&store, id, data.len() as u64);
             } else {
                 let path = store.shard_path(id);
                 let mut bytes = fs::read(&path).unwrap();
