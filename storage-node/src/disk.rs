@@ -1394,7 +1394,6 @@ mod tests {
         assert_eq!(store.usage().n_shards, 1);
     }
 
-    /// Damages the last byte of the only non-empty segment file under `dir`.
     /// Flips a bit in the last byte of segment shard `id` (`len_bytes` long). Not the
     /// file's last byte: direct appends pad a segment with zeros to a block boundary.
     fn flip_last_byte_of_segment_shard(store: &DiskShardStore, id: ShardId, len_bytes: u64) {

@@ -344,7 +344,8 @@ struct DirectAppends {
 
 impl DirectAppends {
     /// Opens `path` (a new, empty segment) for direct appends; `None` where the file
-    /// system does not take `O_DIRECT` (tmpfs, for one), and appends stay buffered.
+    /// system does not take `O_DIRECT` (tmpfs before Linux 6.6, for one), and appends
+    /// stay buffered.
     fn open(path: &Path, node_id: NodeId) -> Option<DirectAppends> {
         use std::os::unix::fs::OpenOptionsExt;
         match OpenOptions::new()
@@ -364,9 +365,11 @@ impl DirectAppends {
         }
     }
 
-    /// Writes `bufs`, one after the other, at `end`, the segment's end. On error the
-    /// segment's bytes before `end` are as they were (rewritten with the same values at
-    /// most), and `tail` still describes them.
+    /// Writes `bufs`, one after the other, at `end`, the segment's end. On error `tail`
+    /// still describes the bytes before `end`, but on disk the block holding them may
+    /// now be damaged (a device error while it was written again): the caller fails the
+    /// records not yet synced (`Appender::write_failed`). `EINVAL` (misaligned for this
+    /// device) is refused before anything is written.
     fn write_at_end(&mut self, end: u64, bufs: &[&[u8]]) -> std::io::Result<()> {
         let align = DIRECT_ALIGN as u64;
         let block_start = end - end % align;
@@ -389,13 +392,22 @@ impl DirectAppends {
             filled += b.len();
         }
         window[filled..].fill(0);
-        // One write: a short direct write would leave the rest unaligned.
-        let n_written = rustix::io::pwrite(&self.file, window, block_start)?;
-        if n_written != n_padded {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::WriteZero,
-                format!("direct segment write cut short: {n_written} of {n_padded} bytes"),
-            ));
+        // A direct write cut short (a full disk) stops at a block boundary: the rest is
+        // written again, so that the error that cut it (ENOSPC) is what the caller sees.
+        let mut n_written = 0;
+        while n_written < n_padded {
+            let n = rustix::io::pwrite(
+                &self.file,
+                &window[n_written..],
+                block_start + n_written as u64,
+            )?;
+            n_written += n;
+            if n == 0 || !n_written.is_multiple_of(DIRECT_ALIGN) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    format!("direct segment write cut short: {n_written} of {n_padded} bytes"),
+                ));
+            }
         }
         let tail_len = ((end + (n_bytes - self.tail.len()) as u64) % align) as usize;
         let tail = &window[n_bytes - tail_len..n_bytes];
@@ -411,6 +423,11 @@ impl std::fmt::Debug for DirectAppends {
             .field("tail_len", &self.tail.len())
             .finish()
     }
+}
+
+/// Why records were failed after a direct write failed (`Appender::write_failed`).
+fn direct_write_failed() -> std::io::Error {
+    std::io::Error::other("a direct write to its segment failed after it was written")
 }
 
 /// Whether `[from, to)` of `file` is what direct appends leave after the last record:
@@ -500,6 +517,12 @@ struct Appender {
     file: Arc<File>,
     /// The same segment for direct writes, where the file system takes them.
     direct: Option<DirectAppends>,
+    /// A direct write failed since the last sync. It wrote again the block that holds the
+    /// end of the records before it, which the device may have left damaged, and a later
+    /// `fdatasync` would not say so (a failed direct write is not recorded on the file
+    /// as a failed writeback is): the next sync poisons every record not yet synced
+    /// instead, and the segment is sealed (`rotate` is set with it).
+    write_failed: bool,
     end: u64,
     /// Records written so far (never reset): a commit waits until `synced_gen` reaches
     /// the count at its own record.
@@ -523,6 +546,9 @@ pub(crate) struct SegmentLog {
     /// The highest generation in `poisoned` (0: none), to skip its lock.
     poisoned_max: AtomicU64,
     compacting: AtomicBool,
+    /// A direct write was refused as misaligned: later segments are not opened for
+    /// direct writes either.
+    direct_refused: AtomicBool,
 }
 
 /// What a store learns when its segments are opened.
@@ -572,7 +598,7 @@ impl SegmentLog {
             let len_bytes = scanned.valid_end;
             let file_len = file.metadata()?.len();
             if last && !scanned.io_error && len_bytes < file_len {
-                if is_block_padding(&file, len_bytes, file_len)? {
+                if is_block_padding(&file, len_bytes, file_len).unwrap_or(false) {
                     debug!(node_id = %node_id, segment = seq, valid_bytes = len_bytes, "cut the block padding of the last segment");
                 } else {
                     info!(node_id = %node_id, segment = seq, valid_bytes = len_bytes, "cut the torn tail of the last segment");
@@ -604,6 +630,7 @@ impl SegmentLog {
                 seq,
                 file,
                 direct,
+                write_failed: false,
                 end: 0,
                 gen_written: 0,
                 rotate: false,
@@ -613,6 +640,7 @@ impl SegmentLog {
             poisoned: Mutex::new(Vec::new()),
             poisoned_max: AtomicU64::new(0),
             compacting: AtomicBool::new(false),
+            direct_refused: AtomicBool::new(false),
         };
         if let Err(e) = log.maintain() {
             warn!(node_id = %node_id, error = %e, "segment clean-up at start-up failed; tried again at the next delete");
@@ -866,10 +894,16 @@ impl SegmentLog {
                 // Alignment refused (a device with bigger blocks): nothing was written.
                 Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
                     warn!(node_id = %self.node_id, segment = pos.seq, error = %e, "direct segment write refused; appends buffered from now on");
+                    self.direct_refused.store(true, Ordering::Relaxed);
                     ap.direct = None;
                     write_all_vectored_at(&ap.file, &[&record, tail], pos.offset)?;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    warn!(node_id = %self.node_id, segment = pos.seq, error = %e, "direct segment write failed: the records not yet synced fail with it, and the segment is sealed");
+                    ap.write_failed = true;
+                    ap.rotate = true;
+                    return Err(e.into());
+                }
             },
             None => write_all_vectored_at(&ap.file, &[&record, tail], pos.offset)?,
         }
@@ -898,11 +932,13 @@ impl SegmentLog {
             return Ok(());
         }
         match ap.file.sync_data() {
-            Ok(()) => {
+            Ok(()) if !ap.write_failed => {
                 self.synced_gen.fetch_max(ap.gen_written, Ordering::AcqRel);
             }
+            Ok(()) => self.poison(ap.gen_written, &direct_write_failed()),
             Err(e) => self.poison(ap.gen_written, &e),
         }
+        ap.write_failed = false;
         let seq = ap.seq + 1;
         let file = Arc::new(create_segment(&self.dir, seq)?);
         self.state
@@ -912,7 +948,11 @@ impl SegmentLog {
             .insert(seq, Segment::new(file.clone()));
         ap.seq = seq;
         ap.file = file;
-        ap.direct = DirectAppends::open(&self.dir.join(segment_name(seq)), self.node_id);
+        ap.direct = if self.direct_refused.load(Ordering::Relaxed) {
+            None
+        } else {
+            DirectAppends::open(&self.dir.join(segment_name(seq)), self.node_id)
+        };
         ap.end = 0;
         ap.rotate = false;
         Ok(())
@@ -931,7 +971,15 @@ impl SegmentLog {
             return settled;
         }
         let (target, file) = {
-            let ap = self.appender.lock().expect("segment appender lock");
+            let mut ap = self.appender.lock().expect("segment appender lock");
+            if ap.write_failed {
+                // Nothing is appended to this segment any more (`rotate` is set).
+                self.poison(ap.gen_written, &direct_write_failed());
+                ap.write_failed = false;
+                return self
+                    .settled(gen_written)
+                    .expect("poisoned or synced before");
+            }
             (ap.gen_written, ap.file.clone())
         };
         // Not covered yet, so in the active segment: sealing needs `sync_lock`.
@@ -981,7 +1029,7 @@ impl SegmentLog {
                 .push((lo, gen_written));
             self.poisoned_max.fetch_max(gen_written, Ordering::AcqRel);
         }
-        warn!(node_id = %self.node_id, error = %e, n_records = gen_written + 1 - lo.min(gen_written + 1), "fdatasync of a segment failed: its unsynced records failed their commits; the segment is sealed");
+        warn!(node_id = %self.node_id, error = %e, n_records = gen_written + 1 - lo.min(gen_written + 1), "a segment write or fdatasync failed: its unsynced records failed their commits; the segment is sealed");
     }
 
     /// Removes sealed segments nothing needs, and compacts one that is mostly dead.
@@ -1660,6 +1708,55 @@ mod tests {
         assert!(log.synced_gen.load(Ordering::Acquire) > b);
         assert!(matches!(log.make_durable(b), Err(ShardError::Io(_))));
         assert_eq!(data_of(&log, 2).unwrap(), b"after");
+    }
+
+    /// A direct write that failed (marked by hand, as `append` marks it) fails the records
+    /// not yet synced, even though a later `fdatasync` would succeed, and seals the
+    /// segment; records synced before stay, and so do later ones in the next segment.
+    #[test]
+    fn a_failed_direct_write_fails_the_unsynced_records_for_good() {
+        for seal_first in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let log = open(dir.path());
+            put(&log, 1, b"synced before");
+            let unsynced = log
+                .append(&[], |pos| {
+                    let tombstone = Tombstone {
+                        id: id(99),
+                        first_written_at: pos,
+                        victim_seq: pos.seq,
+                    };
+                    Some((encode_tombstone(&tombstone, pos), Appended::Copy))
+                })
+                .unwrap()
+                .unwrap()
+                .1;
+            {
+                let mut ap = log.appender.lock().unwrap();
+                ap.write_failed = true;
+                ap.rotate = true;
+            }
+            let segments_before = log.state.lock().unwrap().segments.len();
+            if seal_first {
+                // The next append seals the segment before its own record.
+                put(&log, 2, b"after");
+            }
+            assert!(
+                matches!(log.make_durable(unsynced), Err(ShardError::Io(_))),
+                "seal first: {seal_first}"
+            );
+            assert!(matches!(log.make_durable(1), Ok(())));
+            if !seal_first {
+                put(&log, 2, b"after");
+            }
+            assert_eq!(
+                log.state.lock().unwrap().segments.len(),
+                segments_before + 1
+            );
+            assert!(matches!(log.make_durable(unsynced), Err(ShardError::Io(_))));
+            assert_eq!(data_of(&log, 1).unwrap(), b"synced before");
+            assert_eq!(data_of(&log, 2).unwrap(), b"after");
+        }
     }
 
     #[derive(Clone, Debug)]
