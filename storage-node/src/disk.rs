@@ -410,9 +410,7 @@ impl ShardStore for DiskShardStore {
                 id,
                 declared_len_bytes: len_bytes,
                 declared_digest: digest,
-                state: None,
-                tmp_path: None,
-                segment_bytes: Some(SegmentBytes::Empty),
+                destination: Destination::Segment(SegmentBytes::Empty),
             });
         }
         let inner = self.inner.clone();
@@ -436,13 +434,14 @@ impl ShardStore for DiskShardStore {
                 id,
                 declared_len_bytes: len_bytes,
                 declared_digest: digest,
-                state: Some(WriteState {
-                    file,
-                    hasher: ShardHasher::new(),
-                    offset: header_len,
-                }),
-                tmp_path: Some(tmp_path),
-                segment_bytes: None,
+                destination: Destination::File {
+                    state: Some(Box::new(WriteState {
+                        file,
+                        hasher: ShardHasher::new(),
+                        offset: header_len,
+                    })),
+                    tmp_path: Some(tmp_path),
+                },
             })
         })
         .await
@@ -820,12 +819,22 @@ pub struct DiskShardWriter {
     id: ShardId,
     declared_len_bytes: u64,
     declared_digest: ShardDigest,
-    /// Moved into blocking tasks and back; `None` only while one runs or after a failure.
-    state: Option<WriteState>,
-    /// Removed on drop unless the shard was committed.
-    tmp_path: Option<PathBuf>,
-    /// A small shard bound for a segment: its bytes so far (no temporary file then).
-    segment_bytes: Option<SegmentBytes>,
+    destination: Destination,
+}
+
+/// Where a shard being written goes.
+enum Destination {
+    /// A small shard bound for a segment: its bytes so far, appended at the commit (no
+    /// temporary file).
+    Segment(SegmentBytes),
+    /// A shard file, written to a temporary file first.
+    File {
+        /// Moved into blocking tasks and back; `None` only while one runs or after a
+        /// failure. Boxed: the hasher is 2 KB.
+        state: Option<Box<WriteState>>,
+        /// Removed on drop unless the commit took it (`None` from then on).
+        tmp_path: Option<PathBuf>,
+    },
 }
 
 /// The bytes received so far of a shard bound for a segment. A shard that arrives in one
@@ -870,7 +879,9 @@ impl SegmentBytes {
 
 impl Drop for DiskShardWriter {
     fn drop(&mut self) {
-        if let Some(path) = self.tmp_path.take() {
+        if let Destination::File { tmp_path, .. } = &mut self.destination
+            && let Some(path) = tmp_path.take()
+        {
             remove_abandoned(self.inner.node_id, self.id, &path);
         }
     }
@@ -887,18 +898,20 @@ fn remove_abandoned(node_id: NodeId, id: ShardId, tmp_path: &Path) {
 
 impl ShardWriter for DiskShardWriter {
     async fn write(&mut self, bytes: Bytes) -> Result<(), ShardError> {
-        if let Some(buf) = &mut self.segment_bytes {
-            if buf.len_bytes() + bytes.len() as u64 > self.declared_len_bytes {
-                return Err(ShardError::Rejected {
-                    id: self.id,
-                    reason: format!("more than the declared {} bytes", self.declared_len_bytes),
-                });
+        let slot = match &mut self.destination {
+            Destination::Segment(buf) => {
+                if buf.len_bytes() + bytes.len() as u64 > self.declared_len_bytes {
+                    return Err(ShardError::Rejected {
+                        id: self.id,
+                        reason: format!("more than the declared {} bytes", self.declared_len_bytes),
+                    });
+                }
+                buf.push(bytes);
+                return Ok(());
             }
-            buf.push(bytes);
-            return Ok(());
-        }
-        let mut state = self
-            .state
+            Destination::File { state, .. } => state,
+        };
+        let mut state = slot
             .take()
             .ok_or_else(|| ShardError::InvalidRequest("write after a failed write".into()))?;
         let written = state.hasher.len_bytes();
@@ -915,37 +928,34 @@ impl ShardWriter for DiskShardWriter {
             Ok(state)
         })
         .await?;
-        self.state = Some(state);
+        *slot = Some(state);
         Ok(())
     }
 
     async fn commit(mut self) -> Result<(), ShardError> {
-        if let Some(data) = self.segment_bytes.take() {
-            let (id, inner) = (self.id, self.inner.clone());
-            let (declared_len, declared_digest) = (self.declared_len_bytes, self.declared_digest);
-            // As below, a caller that stops waiting does not stop the commit half-way.
-            blocking(move || {
-                commit_to_segment(&inner, id, data.as_slice(), declared_len, declared_digest)
-            })
-            .await?;
-            debug!(node_id = %self.inner.node_id, shard_id = %self.id, n_bytes = self.declared_len_bytes, "shard written to a segment");
-            return Ok(());
-        }
-        let state = self
-            .state
-            .take()
-            .ok_or_else(|| ShardError::InvalidRequest("commit after a failed write".into()))?;
-        // From here on the blocking task owns the temporary file. A caller that stops
-        // waiting (a client gone, a cancelled call: its future is dropped) used to remove
-        // it from `Drop` while the task was still linking it into place, so a shard could
-        // land while the counters skipped it (and a later delete took them below zero).
-        // Now the task finishes the commit, or removes the file itself.
-        let tmp_path = self.tmp_path.take().expect("set until commit");
+        let (state, tmp_path) = match &mut self.destination {
+            Destination::Segment(data) => {
+                let data = std::mem::replace(data, SegmentBytes::Empty);
+                return self.commit_segment_shard(data).await;
+            }
+            // From here on the blocking task owns the temporary file. A caller that
+            // stops waiting (a client gone, a cancelled call: its future is dropped) used
+            // to remove it from `Drop` while the task was still linking it into place, so
+            // a shard could land while the counters skipped it (and a later delete took
+            // them below zero). Now the task finishes the commit, or removes the file
+            // itself. After a failed write, `Drop` still removes it.
+            Destination::File { state, tmp_path } => {
+                let state = state.take().ok_or_else(|| {
+                    ShardError::InvalidRequest("commit after a failed write".into())
+                })?;
+                (state, tmp_path.take().expect("set until commit"))
+            }
+        };
         let (id, inner) = (self.id, self.inner.clone());
         let (declared_len, declared_digest) = (self.declared_len_bytes, self.declared_digest);
         blocking(move || {
             let result =
-                commit_blocking(&inner, id, state, &tmp_path, declared_len, declared_digest);
+                commit_blocking(&inner, id, *state, &tmp_path, declared_len, declared_digest);
             if result.is_err() {
                 remove_abandoned(inner.node_id, id, &tmp_path);
             }
@@ -953,6 +963,22 @@ impl ShardWriter for DiskShardWriter {
         })
         .await?;
         debug!(node_id = %self.inner.node_id, shard_id = %self.id, n_bytes = self.declared_len_bytes, "shard written");
+        Ok(())
+    }
+}
+
+impl DiskShardWriter {
+    /// The commit of a shard bound for a segment: appended (durably) in one go.
+    async fn commit_segment_shard(&self, data: SegmentBytes) -> Result<(), ShardError> {
+        let (id, inner) = (self.id, self.inner.clone());
+        let (declared_len, declared_digest) = (self.declared_len_bytes, self.declared_digest);
+        // As for a shard file, a caller that stops waiting does not stop the commit
+        // half-way: the blocking task finishes it.
+        blocking(move || {
+            commit_to_segment(&inner, id, data.as_slice(), declared_len, declared_digest)
+        })
+        .await?;
+        debug!(node_id = %self.inner.node_id, shard_id = %self.id, n_bytes = self.declared_len_bytes, "shard written to a segment");
         Ok(())
     }
 }
