@@ -270,6 +270,27 @@ fn read_record_at(
     Ok(Some((record, record_len)))
 }
 
+/// Reads the record at `loc` once and judges it from the bytes read: whether it is shard
+/// `id`'s, of `loc`'s length, and checks out whole (prefix checksum, header, and every
+/// block against its hash). Compaction copies, and quarantine hands out, exactly the bytes
+/// judged.
+fn read_and_judge(file: &File, id: ShardId, loc: &Loc) -> std::io::Result<(Vec<u8>, bool)> {
+    let mut record = vec![0u8; loc.record_bytes() as usize];
+    file.read_exact_at(&mut record, loc.pos.offset)?;
+    let read = BytesAt {
+        offset: loc.pos.offset,
+        bytes: &record,
+    };
+    let end = loc.pos.offset + loc.record_bytes();
+    // A record of another shard or length at this position cannot be this one's.
+    let checks_out = matches!(
+        read_record_at(&read, loc.pos.seq, loc.pos.offset, end, true)?,
+        Some((Record::Shard { id: found, .. }, record_len))
+            if found == id && record_len == loc.record_bytes()
+    );
+    Ok((record, checks_out))
+}
+
 /// The offset of the next valid record after `from`, found by its magic (after a damaged
 /// record: what follows it is still read).
 fn find_next_record(
@@ -844,18 +865,8 @@ impl SegmentLog {
         }) else {
             return Ok(None);
         };
-        // Read once, and judged from memory: the image handed out is the one judged.
-        let mut record = vec![0u8; loc.record_bytes() as usize];
-        file.read_exact_at(&mut record, loc.pos.offset)?;
-        let end = loc.pos.offset + loc.record_bytes();
-        let read = BytesAt {
-            offset: loc.pos.offset,
-            bytes: &record,
-        };
-        let checks_out = matches!(
-            read_record_at(&read, loc.pos.seq, loc.pos.offset, end, true)?,
-            Some((Record::Shard { id: found, .. }, _)) if found == id
-        );
+        // Judged from the bytes read: the image handed out is the one judged.
+        let (mut record, checks_out) = read_and_judge(&file, id, &loc)?;
         record.drain(..PREFIX_BYTES as usize);
         Ok(Some(ShardImage {
             image: record,
@@ -1101,28 +1112,12 @@ impl SegmentLog {
         // segment as it is until the scrubber quarantines it.
         let mut records = Vec::with_capacity(live.len());
         for (id, old) in live {
-            let mut record = vec![0u8; old.record_bytes() as usize];
-            let checked = match file.read_exact_at(&mut record, old.pos.offset) {
-                Ok(()) => read_record_at(
-                    &BytesAt {
-                        offset: old.pos.offset,
-                        bytes: &record,
-                    },
-                    seq,
-                    old.pos.offset,
-                    old.pos.offset + old.record_bytes(),
-                    true,
-                )?,
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => None,
+            let (mut record, checks_out) = match read_and_judge(&file, id, &old) {
+                Ok(read) => read,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => (Vec::new(), false),
                 Err(e) => return Err(e.into()),
             };
-            // A record of another shard or length at this position cannot be this one's.
-            let is_it = matches!(
-                checked,
-                Some((Record::Shard { id: found, .. }, record_len))
-                    if found == id && record_len == old.record_bytes()
-            );
-            if !is_it {
+            if !checks_out {
                 warn!(node_id = %self.node_id, shard_id = %id, segment = seq, "corrupt shard found by compaction; the segment waits for the scrubber");
                 if let Some(seg) = self
                     .state
