@@ -635,7 +635,7 @@ impl Maintenance {
         match self
             .inner
             .nodes
-            .put_shard(map, to, id, bytes.clone(), digest)
+            .put_shard(map, to, id, bytes.clone(), digest, None)
             .await
         {
             Ok(()) => {}
@@ -654,7 +654,7 @@ impl Maintenance {
                 if !whole {
                     self.inner
                         .nodes
-                        .put_shard(map, to, id, bytes, digest)
+                        .put_shard(map, to, id, bytes, digest, None)
                         .await
                         .map_err(|e| GatewayError::Internal(format!("write rebuilt shard: {e}")))?;
                 }

@@ -403,7 +403,9 @@ impl NodePool {
         }
     }
 
-    /// Streams a shard to `node`; returns once the node has it durably.
+    /// Streams a shard to `node`; returns once the node has it durably. `block_hashes`, the
+    /// ones `digest` was computed from over `data`, spare a node in this process hashing
+    /// the shard again; a node elsewhere always hashes what it receives.
     pub async fn put_shard(
         &self,
         map: &ClusterMap,
@@ -411,6 +413,7 @@ impl NodePool {
         id: ShardId,
         data: Bytes,
         digest: ShardDigest,
+        block_hashes: Option<Arc<[BlockHash]>>,
     ) -> Result<(), ShardIoError> {
         let header = pb::PutShardHeader {
             id: Some(id.into()),
@@ -419,7 +422,10 @@ impl NodePool {
         };
         let addr = &map.node(node).ok_or(ShardIoError::UnknownNode(node))?.addr;
         // A node of this process takes the buffer as it is (`LocalShardWrites`).
-        let put = match self.local.put_shard(addr, header.clone(), data.clone()) {
+        let put = match self
+            .local
+            .put_shard(addr, header.clone(), data.clone(), block_hashes)
+        {
             Some(local) => local.boxed(),
             None => {
                 let mut client = self.client(node, map)?;

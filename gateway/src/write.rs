@@ -13,7 +13,7 @@ use futures::stream::{FuturesOrdered, FuturesUnordered};
 use lauscha_core::layout::StripeLayout;
 use lauscha_core::model::{ObjectData, ShardLocation, Stripe};
 use lauscha_core::{
-    ClusterMap, ErasureCodec, NodeId, PlacementPolicy, ShardDigest, ShardId, StripeId,
+    ClusterMap, ErasureCodec, NodeId, PlacementPolicy, ShardHashes, ShardId, StripeId,
     place_avoiding,
 };
 use lauscha_proto::MetaErrorKind;
@@ -432,16 +432,16 @@ async fn write_stripe_once(
     };
     let codec = inner.codec(policy)?;
     let len_bytes = stripe.len() as u64;
-    let (shards, digests) = tokio::task::spawn_blocking(move || encode(&codec, stripe))
+    let (shards, hashes) = tokio::task::spawn_blocking(move || encode(&codec, stripe))
         .await
         .map_err(|e| GatewayError::Internal(format!("encoder failed: {e}")))??;
     let writes = placement
         .nodes
         .iter()
         .zip(shards)
-        .zip(&digests)
+        .zip(&hashes)
         .enumerate()
-        .map(|(shard_idx, ((&node, shard), digest))| {
+        .map(|(shard_idx, ((&node, shard), hashes))| {
             let id = ShardId {
                 stripe_id,
                 shard_idx: shard_idx as u8,
@@ -450,7 +450,13 @@ async fn write_stripe_once(
                 if inner.nodes.is_suspect(node) || inner.nodes.full_nodes().contains(&node) {
                     return Err(ShardIoError::Unreachable(node, "recently failed".into()));
                 }
-                inner.nodes.put_shard(map, node, id, shard, *digest).await
+                // The block hashes go along: a node in this process takes them rather
+                // than hashing the shard again.
+                let block_hashes = Some(hashes.block_hashes.clone());
+                inner
+                    .nodes
+                    .put_shard(map, node, id, shard, hashes.digest, block_hashes)
+                    .await
             }
         });
     let results = await_writes(inner, &placement.nodes, writes, inner.write_quorum(policy)).await;
@@ -511,8 +517,11 @@ async fn write_stripe_once(
         shards: placement
             .nodes
             .iter()
-            .zip(digests)
-            .map(|(&node, digest)| ShardLocation { node, digest })
+            .zip(hashes)
+            .map(|(&node, hashes)| ShardLocation {
+                node,
+                digest: hashes.digest,
+            })
             .collect(),
     };
     Ok((stripe, missing))
@@ -574,12 +583,12 @@ where
 /// The shortest wait for the shards still being written once the quorum is durable.
 const STRAGGLER_MIN: Duration = Duration::from_millis(200);
 
-/// The k+m shards of a stripe and their digests. A full stripe's data shards are slices of
+/// The k+m shards of a stripe and their digests, with the block hashes each is made of. A full stripe's data shards are slices of
 /// the stripe itself (no copy); a short stripe is copied once into padded shards.
 fn encode(
     codec: &ErasureCodec,
     stripe: Bytes,
-) -> Result<(Vec<Bytes>, Vec<ShardDigest>), GatewayError> {
+) -> Result<(Vec<Bytes>, Vec<ShardHashes>), GatewayError> {
     let k = codec.n_data_shards();
     let shards: Vec<Bytes> = if !stripe.is_empty() && stripe.len().is_multiple_of(k) {
         let shard_len = stripe.len() / k;
@@ -600,8 +609,8 @@ fn encode(
             .map(Bytes::from)
             .collect()
     };
-    let digests = shards.iter().map(|s| ShardDigest::of(s)).collect();
-    Ok((shards, digests))
+    let hashes = shards.iter().map(|s| ShardHashes::of(s)).collect();
+    Ok((shards, hashes))
 }
 
 #[cfg(test)]

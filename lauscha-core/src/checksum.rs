@@ -9,6 +9,7 @@
 //! and no byte reaches a client unverified.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -61,6 +62,31 @@ impl fmt::Display for ShardDigest {
 impl fmt::Debug for ShardDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ShardDigest({})", &hex::encode(self.0)[..16])
+    }
+}
+
+/// A shard's digest together with the block hashes it is made of, as the writer computed
+/// them. The block hashes are shared (`Arc`): a storage node in the writer's own process
+/// takes them instead of hashing the same buffer again
+/// (`ShardStore::create_prehashed` in the storage node).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardHashes {
+    /// The digest metadata records.
+    pub digest: ShardDigest,
+    /// The block hashes `digest` is computed from.
+    pub block_hashes: Arc<[BlockHash]>,
+}
+
+impl ShardHashes {
+    /// Digest and block hashes of a shard held in memory, in one pass over its bytes.
+    pub fn of(shard: &[u8]) -> ShardHashes {
+        let mut hasher = ShardHasher::new();
+        hasher.update(shard);
+        let (digest, block_hashes) = hasher.finalize();
+        ShardHashes {
+            digest,
+            block_hashes: block_hashes.into(),
+        }
     }
 }
 
@@ -171,6 +197,17 @@ impl ShardHasher {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn shard_hashes_agree_with_the_digest() {
+        for len in [0usize, 1, 65_536, 65_537, 300_000] {
+            let shard: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let hashes = ShardHashes::of(&shard);
+            assert_eq!(hashes.digest, ShardDigest::of(&shard), "len {len}");
+            verify_block_hashes(len as u64, &hashes.block_hashes, &hashes.digest)
+                .expect("the block hashes make the digest");
+        }
+    }
 
     #[test]
     fn block_arithmetic() {

@@ -18,7 +18,7 @@ pub mod slice_proof;
 pub mod versioning;
 pub mod volume;
 
-pub use checksum::{ShardDigest, ShardHasher};
+pub use checksum::{ShardDigest, ShardHasher, ShardHashes};
 pub use cluster::{ClusterMap, NodeInfo, NodeState};
 pub use codec::ErasureCodec;
 pub use ids::{AccessKeyId, NodeId, ShardId, StripeId, TenantId};

@@ -56,11 +56,16 @@ pub struct LocalRoles {
 /// A storage node's `PutShard` as a call in this process: `header` and all of the shard's
 /// bytes in one buffer, answered as the gRPC handler answers.
 pub trait LocalShardWrites: Send + Sync + 'static {
-    /// Writes the shard and returns once it is durable.
+    /// Writes the shard and returns once it is durable. `block_hashes`, when given, are
+    /// the block hashes of `data` that the header's digest was computed from, by the
+    /// caller from this very buffer: the node checks them against the digest and takes
+    /// them instead of hashing the bytes a second time. Only this in-process call can
+    /// give them; a shard that arrives over the network is always hashed by the node.
     fn put_shard(
         &self,
         header: crate::storage::PutShardHeader,
         data: Bytes,
+        block_hashes: Option<Arc<[lauscha_core::checksum::BlockHash]>>,
     ) -> BoxFuture<'static, Result<(), tonic::Status>>;
 }
 
@@ -117,6 +122,7 @@ impl LocalRoles {
         addr: &str,
         header: crate::storage::PutShardHeader,
         data: Bytes,
+        block_hashes: Option<Arc<[lauscha_core::checksum::BlockHash]>>,
     ) -> Option<impl Future<Output = Result<(), tonic::Status>> + Send + 'static> {
         let writes = self
             .shard_writes
@@ -124,7 +130,7 @@ impl LocalRoles {
             .expect("local roles lock")
             .get(&address_key(addr))?
             .clone();
-        let write = AssertUnwindSafe(writes.put_shard(header, data)).catch_unwind();
+        let write = AssertUnwindSafe(writes.put_shard(header, data, block_hashes)).catch_unwind();
         Some(async move {
             write.await.unwrap_or_else(|_| {
                 Err(tonic::Status::internal(

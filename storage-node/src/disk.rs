@@ -410,6 +410,7 @@ impl ShardStore for DiskShardStore {
                 id,
                 declared_len_bytes: len_bytes,
                 declared_digest: digest,
+                given_block_hashes: None,
                 destination: Destination::Segment(SegmentBytes::Empty),
             });
         }
@@ -434,10 +435,11 @@ impl ShardStore for DiskShardStore {
                 id,
                 declared_len_bytes: len_bytes,
                 declared_digest: digest,
+                given_block_hashes: None,
                 destination: Destination::File {
                     state: Some(Box::new(WriteState {
                         file,
-                        hasher: ShardHasher::new(),
+                        hashing: Hashing::Hash(ShardHasher::new()),
                         offset: header_len,
                     })),
                     tmp_path: Some(tmp_path),
@@ -445,6 +447,34 @@ impl ShardStore for DiskShardStore {
             })
         })
         .await
+    }
+
+    async fn create_prehashed(
+        &self,
+        id: ShardId,
+        len_bytes: u64,
+        digest: ShardDigest,
+        block_hashes: Arc<[BlockHash]>,
+    ) -> Result<DiskShardWriter, ShardError> {
+        lauscha_core::checksum::verify_block_hashes(len_bytes, &block_hashes, &digest).map_err(
+            |_| {
+                ShardError::InvalidRequest(format!(
+                    "the block hashes given for shard {id} do not make its digest"
+                ))
+            },
+        )?;
+        let mut writer = self.create(id, len_bytes, digest).await?;
+        if let Destination::File {
+            state: Some(state), ..
+        } = &mut writer.destination
+        {
+            state.hashing = Hashing::Given {
+                block_hashes: block_hashes.clone(),
+                len_bytes: 0,
+            };
+        }
+        writer.given_block_hashes = Some(block_hashes);
+        Ok(writer)
     }
 
     async fn open(
@@ -809,8 +839,40 @@ fn read_exact_at_or_corrupt(
 
 struct WriteState {
     file: File,
-    hasher: ShardHasher,
+    hashing: Hashing,
     offset: u64,
+}
+
+/// Where a writer's block hashes come from.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "lives in the boxed WriteState, or for a moment on a blocking task's stack"
+)]
+enum Hashing {
+    /// It hashes the bytes as they arrive.
+    Hash(ShardHasher),
+    /// The writer in this process gave them (`create_prehashed`), checked against the
+    /// declared length and digest at create; only the bytes are counted.
+    Given {
+        block_hashes: Arc<[BlockHash]>,
+        len_bytes: u64,
+    },
+}
+
+impl Hashing {
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Hashing::Hash(hasher) => hasher.update(bytes),
+            Hashing::Given { len_bytes, .. } => *len_bytes += bytes.len() as u64,
+        }
+    }
+
+    fn len_bytes(&self) -> u64 {
+        match self {
+            Hashing::Hash(hasher) => hasher.len_bytes(),
+            Hashing::Given { len_bytes, .. } => *len_bytes,
+        }
+    }
 }
 
 /// Writes one shard into a temporary file; see [`ShardWriter`].
@@ -819,6 +881,8 @@ pub struct DiskShardWriter {
     id: ShardId,
     declared_len_bytes: u64,
     declared_digest: ShardDigest,
+    /// From `create_prehashed`: the block hashes, checked against the declared digest.
+    given_block_hashes: Option<Arc<[BlockHash]>>,
     destination: Destination,
 }
 
@@ -914,7 +978,7 @@ impl ShardWriter for DiskShardWriter {
         let mut state = slot
             .take()
             .ok_or_else(|| ShardError::InvalidRequest("write after a failed write".into()))?;
-        let written = state.hasher.len_bytes();
+        let written = state.hashing.len_bytes();
         if written + bytes.len() as u64 > self.declared_len_bytes {
             return Err(ShardError::Rejected {
                 id: self.id,
@@ -924,7 +988,7 @@ impl ShardWriter for DiskShardWriter {
         let state = blocking(move || {
             state.file.write_all_at(&bytes, state.offset)?;
             state.offset += bytes.len() as u64;
-            state.hasher.update(&bytes);
+            state.hashing.update(&bytes);
             Ok(state)
         })
         .await?;
@@ -972,10 +1036,23 @@ impl DiskShardWriter {
     async fn commit_segment_shard(&self, data: SegmentBytes) -> Result<(), ShardError> {
         let (id, inner) = (self.id, self.inner.clone());
         let (declared_len, declared_digest) = (self.declared_len_bytes, self.declared_digest);
+        let given = self.given_block_hashes.clone();
         // As for a shard file, a caller that stops waiting does not stop the commit
         // half-way: the blocking task finishes it.
         blocking(move || {
-            commit_to_segment(&inner, id, data.as_slice(), declared_len, declared_digest)
+            let data = data.as_slice();
+            let hashing = match given {
+                Some(block_hashes) => Hashing::Given {
+                    block_hashes,
+                    len_bytes: data.len() as u64,
+                },
+                None => {
+                    let mut hasher = ShardHasher::new();
+                    hasher.update(data);
+                    Hashing::Hash(hasher)
+                }
+            };
+            commit_to_segment(&inner, id, data, hashing, declared_len, declared_digest)
         })
         .await?;
         debug!(node_id = %self.inner.node_id, shard_id = %self.id, n_bytes = self.declared_len_bytes, "shard written to a segment");
@@ -983,22 +1060,26 @@ impl DiskShardWriter {
     }
 }
 
-/// The digest and block hashes of what `hasher` saw, once its length and digest are what the
-/// writer declared.
+/// The digest and block hashes of what was written, once its length and digest are what
+/// the writer declared.
 fn check_declared(
     id: ShardId,
-    hasher: ShardHasher,
+    hashing: Hashing,
     declared_len: u64,
     declared_digest: ShardDigest,
 ) -> Result<(ShardDigest, Vec<BlockHash>), ShardError> {
-    let written = hasher.len_bytes();
+    let written = hashing.len_bytes();
     if written != declared_len {
         return Err(ShardError::Rejected {
             id,
             reason: format!("got {written} bytes, {declared_len} declared"),
         });
     }
-    let (digest, block_hashes) = hasher.finalize();
+    let (digest, block_hashes) = match hashing {
+        Hashing::Hash(hasher) => hasher.finalize(),
+        // Checked against the declared length and digest when the writer was created.
+        Hashing::Given { block_hashes, .. } => (declared_digest, block_hashes.to_vec()),
+    };
     if digest != declared_digest {
         return Err(ShardError::Rejected {
             id,
@@ -1114,12 +1195,11 @@ fn commit_to_segment(
     inner: &Inner,
     id: ShardId,
     data: &[u8],
+    hashing: Hashing,
     declared_len: u64,
     declared_digest: ShardDigest,
 ) -> Result<(), ShardError> {
-    let mut hasher = ShardHasher::new();
-    hasher.update(data);
-    let (digest, block_hashes) = check_declared(id, hasher, declared_len, declared_digest)?;
+    let (digest, block_hashes) = check_declared(id, hashing, declared_len, declared_digest)?;
     // A shard file of the same id (written before segments were enabled) counts too.
     if shard_path(&inner.root, id).exists() {
         return Err(ShardError::AlreadyExists(id));
@@ -1141,7 +1221,7 @@ fn commit_blocking(
     declared_len: u64,
     declared_digest: ShardDigest,
 ) -> Result<(), ShardError> {
-    let (digest, block_hashes) = check_declared(id, state.hasher, declared_len, declared_digest)?;
+    let (digest, block_hashes) = check_declared(id, state.hashing, declared_len, declared_digest)?;
     state.file.write_all_at(
         &format::encode_header(declared_len, &digest, &block_hashes),
         0,
@@ -1380,6 +1460,110 @@ mod tests {
         assert_eq!(store.list(None, 1000).await.unwrap(), listed);
         for entry in &listed {
             store.verify(entry.id).await.unwrap();
+        }
+    }
+
+    async fn put_prehashed(
+        store: &DiskShardStore,
+        id: ShardId,
+        declared_len: usize,
+        data: &[u8],
+        hashes: lauscha_core::ShardHashes,
+    ) -> Result<(), ShardError> {
+        let mut writer = store
+            .create_prehashed(id, declared_len as u64, hashes.digest, hashes.block_hashes)
+            .await?;
+        for piece in data.chunks(100_000) {
+            writer.write(Bytes::copy_from_slice(piece)).await?;
+        }
+        writer.commit().await
+    }
+
+    /// Block hashes given by a writer in this process are taken once they make the
+    /// digest, in a segment and in a shard file; reads still check every block, so bytes
+    /// that do not match them are never served.
+    #[tokio::test]
+    async fn given_block_hashes_are_checked_against_the_digest_and_reads_check_the_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_with_segments(dir.path()).await;
+        for (n, len) in [(1u128, 1_000usize), (2, 300_000)] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 13 + n as usize) as u8).collect();
+            let id = ShardId {
+                stripe_id: lauscha_core::StripeId(n),
+                shard_idx: 0,
+            };
+            put_prehashed(&store, id, len, &data, lauscha_core::ShardHashes::of(&data))
+                .await
+                .unwrap();
+            store.verify(id).await.unwrap();
+            let (_, read) = crate::testing::must_read(&store, id, 0, 0).await;
+            assert_eq!(read, data, "len {len}");
+
+            // Hashes that do not make the digest: refused before anything is written.
+            let other = ShardId {
+                stripe_id: lauscha_core::StripeId(n + 10),
+                shard_idx: 0,
+            };
+            let mut mismatched = lauscha_core::ShardHashes::of(&data);
+            mismatched.digest = ShardDigest::of(b"something else");
+            assert!(matches!(
+                put_prehashed(&store, other, len, &data, mismatched).await,
+                Err(ShardError::InvalidRequest(_))
+            ));
+            assert!(
+                matches!(store.open(other, 0, 0).await, Err(ShardError::NotFound(_))),
+                "len {len}"
+            );
+
+            // A caller whose bytes are not the ones it hashed: the store takes its word
+            // (that is the trust given to this process), and every read catches it.
+            let lied = ShardId {
+                stripe_id: lauscha_core::StripeId(n + 20),
+                shard_idx: 0,
+            };
+            let mut bad = data.clone();
+            bad[len / 2] ^= 1;
+            put_prehashed(
+                &store,
+                lied,
+                len,
+                &bad,
+                lauscha_core::ShardHashes::of(&data),
+            )
+            .await
+            .unwrap();
+            assert!(
+                matches!(store.verify(lied).await, Err(ShardError::Corrupt { .. })),
+                "len {len}"
+            );
+            let read = async {
+                let mut reader = store.open(lied, 0, 0).await?;
+                while let Some(block) = reader.next_block().await {
+                    block?;
+                }
+                Ok::<_, ShardError>(())
+            };
+            assert!(
+                matches!(read.await, Err(ShardError::Corrupt { .. })),
+                "len {len}"
+            );
+
+            // Fewer bytes than declared still fail the commit.
+            let short = ShardId {
+                stripe_id: lauscha_core::StripeId(n + 30),
+                shard_idx: 0,
+            };
+            assert!(matches!(
+                put_prehashed(
+                    &store,
+                    short,
+                    len,
+                    &data[..len - 1],
+                    lauscha_core::ShardHashes::of(&data)
+                )
+                .await,
+                Err(ShardError::Rejected { .. })
+            ));
         }
     }
 

@@ -98,6 +98,23 @@ pub trait ShardStore: Send + Sync + 'static {
         digest: lauscha_core::ShardDigest,
     ) -> impl Future<Output = Result<Self::Writer, ShardError>> + Send;
 
+    /// As [`ShardStore::create`], with the block hashes `digest` was computed from, which
+    /// the writer computed from the very buffer it hands over, in this process
+    /// (`LocalShardWrites`). A store may take them instead of hashing the bytes again,
+    /// once they check out against `digest` (`InvalidRequest` if not). Every read still
+    /// checks each block against its hash, so bytes that do not match them are never
+    /// served. By default the store hashes the bytes as `create` does.
+    fn create_prehashed(
+        &self,
+        id: ShardId,
+        len_bytes: u64,
+        digest: lauscha_core::ShardDigest,
+        block_hashes: std::sync::Arc<[lauscha_core::checksum::BlockHash]>,
+    ) -> impl Future<Output = Result<Self::Writer, ShardError>> + Send {
+        let _ = block_hashes;
+        self.create(id, len_bytes, digest)
+    }
+
     /// Opens the blocks covering `[offset, offset + len_bytes)` of a shard for reading;
     /// `len_bytes == 0` with `offset == 0` means the whole shard.
     fn open(

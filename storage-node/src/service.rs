@@ -4,7 +4,7 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use lauscha_core::checksum::SHARD_BLOCK_BYTES;
+use lauscha_core::checksum::{BlockHash, SHARD_BLOCK_BYTES};
 use lauscha_core::slice_proof;
 use lauscha_core::{NodeId, ShardDigest};
 use lauscha_proto::storage::shard_service_server::ShardService;
@@ -40,15 +40,24 @@ pub struct ShardServer<S> {
 impl<S: ShardStore> ShardServer<S> {
     /// `PutShard` from its header and data messages: the gRPC handler's, and a gateway's
     /// in this process (`LocalShardWrites`).
+    /// `block_hashes` only from this process (see `LocalShardWrites::put_shard`).
     async fn put_parts(
         &self,
         header: pb::PutShardHeader,
         data: impl Stream<Item = Result<Bytes, Status>>,
+        block_hashes: Option<Arc<[BlockHash]>>,
     ) -> Result<(), Status> {
         let id = lauscha_proto::shard_id_from(header.id)?;
         let digest = ShardDigest::from_slice(&header.digest)
             .ok_or_else(|| Status::invalid_argument("digest must be 32 bytes"))?;
-        let mut writer = self.store.create(id, header.len_bytes, digest).await?;
+        let mut writer = match block_hashes {
+            Some(hashes) => {
+                self.store
+                    .create_prehashed(id, header.len_bytes, digest, hashes)
+                    .await?
+            }
+            None => self.store.create(id, header.len_bytes, digest).await?,
+        };
         // An error from the client's stream (it went away) drops the writer: nothing lands.
         let mut data = std::pin::pin!(data);
         while let Some(bytes) = data.next().await {
@@ -64,11 +73,12 @@ impl<S: ShardStore + Clone + 'static> lauscha_proto::LocalShardWrites for ShardS
         &self,
         header: pb::PutShardHeader,
         data: Bytes,
+        block_hashes: Option<Arc<[BlockHash]>>,
     ) -> futures::future::BoxFuture<'static, Result<(), Status>> {
         let server = self.clone();
         // As the gRPC client sends it: no data message for an empty shard.
         let parts = futures::stream::iter((!data.is_empty()).then_some(Ok(data)));
-        Box::pin(async move { server.put_parts(header, parts).await })
+        Box::pin(async move { server.put_parts(header, parts, block_hashes).await })
     }
 }
 
@@ -130,7 +140,8 @@ impl<S: ShardStore + Clone> ShardService for ShardServer<S> {
             };
             Some((part, stream))
         });
-        self.put_parts(header, data).await?;
+        // Over the network: the node hashes every byte it is sent.
+        self.put_parts(header, data, None).await?;
         Ok(Response::new(PutShardReply {}))
     }
 
@@ -629,7 +640,7 @@ mod tests {
         };
         assert!(
             local
-                .put_shard("127.0.0.1:7002", header(1, b"x", b"x"), Bytes::new())
+                .put_shard("127.0.0.1:7002", header(1, b"x", b"x"), Bytes::new(), None)
                 .is_none(),
             "another address is reached over gRPC"
         );
@@ -640,6 +651,7 @@ mod tests {
                 "http://127.0.0.1:7001",
                 header(1, &data, &data),
                 Bytes::from(data.clone()),
+                Some(lauscha_core::ShardHashes::of(&data).block_hashes),
             )
             .expect("registered")
             .await
@@ -648,7 +660,7 @@ mod tests {
         let (_, read) = must_read(&store, id, 0, 0).await;
         assert!(read == data);
         local
-            .put_shard("127.0.0.1:7001", header(2, b"", b""), Bytes::new())
+            .put_shard("127.0.0.1:7001", header(2, b"", b""), Bytes::new(), None)
             .unwrap()
             .await
             .expect("an empty shard");
@@ -663,6 +675,7 @@ mod tests {
                     "127.0.0.1:7001",
                     header(n, data, digest_of),
                     Bytes::copy_from_slice(data),
+                    None,
                 )
                 .unwrap()
                 .await
