@@ -195,6 +195,8 @@ pub struct NodeStatus {
     pub n_scrub_passes: Option<u64>,
     /// Corrupt shards its scrubber (or a reader) found since start.
     pub n_corrupt_found: Option<u64>,
+    /// Shards its scrubber could not check (read errors) since start: a failing disk.
+    pub n_scrub_errors: Option<u64>,
     /// The most recent of those, as `stripe.shard`.
     pub recent_corrupt: Vec<String>,
     /// Node id.
@@ -242,6 +244,7 @@ async fn status(inner: &Inner) -> Result<ClusterStatus, String> {
                 n_scrubbed: usage.as_ref().ok().map(|u| u.n_scrubbed),
                 n_scrub_passes: usage.as_ref().ok().map(|u| u.n_scrub_passes),
                 n_corrupt_found: usage.as_ref().ok().map(|u| u.n_corrupt_found),
+                n_scrub_errors: usage.as_ref().ok().map(|u| u.n_scrub_errors),
                 recent_corrupt: usage
                     .as_ref()
                     .map(|u| u.recent_corrupt.iter().map(ToString::to_string).collect())

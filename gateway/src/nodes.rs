@@ -146,6 +146,8 @@ pub struct NodeUsage {
     pub n_scrub_passes: u64,
     /// Corrupt shards found (and quarantined) since start.
     pub n_corrupt_found: u64,
+    /// Scrubber checks that failed with an error (a shard it could not read) since start.
+    pub n_scrub_errors: u64,
     /// The most recent of those.
     pub recent_corrupt: Vec<ShardId>,
 }
@@ -708,6 +710,7 @@ impl NodePool {
                     n_scrubbed: reply.n_scrubbed,
                     n_scrub_passes: reply.n_scrub_passes,
                     n_corrupt_found: reply.n_corrupt_found,
+                    n_scrub_errors: reply.n_scrub_errors,
                     recent_corrupt: reply
                         .recent_corrupt
                         .into_iter()

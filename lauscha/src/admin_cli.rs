@@ -421,6 +421,18 @@ fn print_nodes(status: &Value) {
     {
         println!("\n! = not reachable now");
     }
+    // What the scrubbers found: worth a line only when it is not nothing.
+    for node in status["nodes"].as_array().into_iter().flatten() {
+        let corrupt = node["n_corrupt_found"].as_u64().unwrap_or(0);
+        let errors = node["n_scrub_errors"].as_u64().unwrap_or(0);
+        if corrupt > 0 || errors > 0 {
+            println!(
+                "node {}: {corrupt} corrupt or unreadable shards moved out of service (repair rebuilds them), \
+                 {errors} shards the scrubber could not check since the node started; see its log",
+                node["id"].as_u64().map_or("?".into(), |id| id.to_string()),
+            );
+        }
+    }
 }
 
 fn print_report(report: &Value) {

@@ -682,9 +682,18 @@ impl ShardStore for DiskShardStore {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
                 Err(e) => return Err(e.into()),
             };
-            if shard_file_checks_out(id, &file)? {
-                info!(node_id = %inner.node_id, shard_id = %id, "shard to quarantine checks out (written again since it was found corrupt): left in service");
-                return Ok(false);
+            match shard_file_checks_out(id, &file) {
+                Ok(true) => {
+                    info!(node_id = %inner.node_id, shard_id = %id, "shard to quarantine checks out (written again since it was found corrupt): left in service");
+                    return Ok(false);
+                }
+                Ok(false) => {}
+                // The disk cannot give it back: out of service too, so that repair
+                // rebuilds it (kept aside as it is, in case it can be read later).
+                Err(e) if e.is_unreadable() => {
+                    warn!(node_id = %inner.node_id, shard_id = %id, error = %e, "shard to quarantine cannot be read: moved out of service");
+                }
+                Err(e) => return Err(e),
             }
             let judged = file.metadata()?;
             fs::create_dir_all(&quarantine)?;

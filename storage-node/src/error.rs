@@ -46,6 +46,18 @@ pub enum ShardError {
     Io(#[source] std::io::Error),
 }
 
+impl ShardError {
+    /// Whether this is the disk failing to give a shard's bytes back: a media error (EIO),
+    /// damage the file system found (EUCLEAN, EBADMSG), or a directory where a shard file
+    /// belongs (EISDIR). Such a shard cannot be served and is moved out of service like a
+    /// corrupt one. Other I/O errors (out of file descriptors or memory, say) say nothing
+    /// about the shard, which stays.
+    pub fn is_unreadable(&self) -> bool {
+        use nix::libc::{EBADMSG, EIO, EISDIR, EUCLEAN};
+        matches!(self, ShardError::Io(e) if matches!(e.raw_os_error(), Some(EIO | EUCLEAN | EBADMSG | EISDIR)))
+    }
+}
+
 impl From<std::io::Error> for ShardError {
     fn from(e: std::io::Error) -> Self {
         if e.kind() == std::io::ErrorKind::StorageFull {

@@ -35,6 +35,9 @@ pub struct ScrubStats {
     pub n_passes: AtomicU64,
     /// Corrupt shards found and quarantined since start.
     pub n_corrupt_found: AtomicU64,
+    /// Checks that failed with an error (a read error: the shard could not be judged, and
+    /// stays in service) since start.
+    pub n_check_errors: AtomicU64,
     recent_corrupt: Mutex<VecDeque<ShardId>>,
 }
 
@@ -123,7 +126,13 @@ impl<S: ShardStore + Clone> Scrubber<S> {
                     Ok(_) => {}
                     // Deleted since it was listed: nothing to check.
                     Err(ShardError::NotFound(_)) => {}
-                    Err(e) => return Err(e),
+                    // One shard that cannot be read must not end the pass: the next
+                    // would stop at it again, and no shard listed after it would ever
+                    // be checked.
+                    Err(e) => {
+                        self.stats.n_check_errors.fetch_add(1, Ordering::Relaxed);
+                        warn!(node_id = %self.node_id, shard_id = %entry.id, error = %e, "scrub could not check a shard; the pass goes on");
+                    }
                 }
                 // Throttle: this shard's bytes at the configured rate.
                 let budget = Duration::from_secs_f64(
@@ -155,8 +164,10 @@ pub(crate) async fn check_shard<S: ShardStore>(
             debug!(node_id = %node_id, shard_id = %id, "shard verified");
             Ok(true)
         }
-        Err(ShardError::Corrupt { what, .. }) => {
-            warn!(node_id = %node_id, shard_id = %id, what, "scrub found a corrupt shard");
+        Err(e) if matches!(e, ShardError::Corrupt { .. }) || e.is_unreadable() => {
+            // An unreadable shard is judged again by the quarantine's own read (a passing
+            // fault leaves it in service) and otherwise moved out like a corrupt one.
+            warn!(node_id = %node_id, shard_id = %id, error = %e, "shard found corrupt or unreadable");
             if store.quarantine(id).await? {
                 stats.record_corrupt(id);
                 return Ok(false);
@@ -166,6 +177,7 @@ pub(crate) async fn check_shard<S: ShardStore>(
             match store.verify(id).await {
                 Ok(()) => Ok(true),
                 Err(ShardError::Corrupt { .. }) => Ok(false),
+                Err(e) if e.is_unreadable() => Ok(false),
                 Err(e) => Err(e),
             }
         }
@@ -210,5 +222,86 @@ mod tests {
             ));
         }
         assert_eq!(store.usage().n_shards, 17);
+    }
+
+    fn scrubber(
+        store: &crate::DiskShardStore,
+    ) -> (Scrubber<crate::DiskShardStore>, Arc<ScrubStats>) {
+        let stats = Arc::new(ScrubStats::default());
+        let config = ScrubConfig {
+            bytes_per_s: u64::MAX,
+            pass_interval: Duration::from_secs(3600),
+        };
+        (
+            Scrubber::new(NodeId(1), store.clone(), config, stats.clone()),
+            stats,
+        )
+    }
+
+    /// Ten shard files, sorted by id (the order a pass checks them in).
+    async fn ten_shard_files(dir: &std::path::Path) -> (crate::DiskShardStore, Vec<ShardId>) {
+        let store = crate::DiskShardStore::open(dir, NodeId(1)).await.unwrap();
+        let mut ids = Vec::new();
+        for n in 0..10u128 {
+            ids.push(must_put(&store, n, &vec![n as u8; 70_000]).await);
+        }
+        ids.sort();
+        (store, ids)
+    }
+
+    fn flip_last_byte(path: &std::path::Path) {
+        let mut bytes = std::fs::read(path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(path, &bytes).unwrap();
+    }
+
+    /// A shard that cannot be checked (here: its quarantine fails, as `quarantine/` is a
+    /// file) is counted and logged, and the pass goes on to the shards after it. It used
+    /// to end the pass, and every pass after it stopped there again.
+    #[tokio::test]
+    async fn a_shard_that_cannot_be_checked_does_not_end_the_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, ids) = ten_shard_files(dir.path()).await;
+        std::fs::write(dir.path().join("quarantine"), b"in the way").unwrap();
+        flip_last_byte(&store.shard_path(ids[2]));
+        flip_last_byte(&store.shard_path(ids[7]));
+        let (scrubber, stats) = scrubber(&store);
+        scrubber.pass(&CancellationToken::new()).await.unwrap();
+        assert_eq!(stats.n_scrubbed.load(Ordering::Relaxed), 10);
+        assert_eq!(
+            stats.n_check_errors.load(Ordering::Relaxed),
+            2,
+            "both reached"
+        );
+    }
+
+    /// A shard the disk cannot give back (here a directory where its file should be:
+    /// reads fail with EISDIR) is moved out of service like a corrupt one, so that repair
+    /// rebuilds it; the pass goes on.
+    #[tokio::test]
+    async fn an_unreadable_shard_is_moved_out_of_service() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, ids) = ten_shard_files(dir.path()).await;
+        let unreadable = store.shard_path(ids[2]);
+        std::fs::remove_file(&unreadable).unwrap();
+        std::fs::create_dir(&unreadable).unwrap();
+        flip_last_byte(&store.shard_path(ids[7]));
+        let (scrubber, stats) = scrubber(&store);
+        scrubber.pass(&CancellationToken::new()).await.unwrap();
+        assert_eq!(stats.n_check_errors.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.recent_corrupt(), vec![ids[2], ids[7]]);
+        for id in [ids[2], ids[7]] {
+            assert!(!store.shard_path(id).exists(), "{id} moved");
+            assert!(matches!(
+                store.open(id, 0, 0).await.err(),
+                Some(ShardError::NotFound(_))
+            ));
+        }
+        let kept = std::fs::read_dir(dir.path().join("quarantine"))
+            .unwrap()
+            .count();
+        assert_eq!(kept, 2);
+        assert_eq!(store.usage().n_shards, 8);
     }
 }

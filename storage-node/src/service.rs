@@ -287,6 +287,7 @@ impl<S: ShardStore + Clone> ShardService for ShardServer<S> {
             n_scrubbed: self.scrub.n_scrubbed.load(Ordering::Relaxed),
             n_scrub_passes: self.scrub.n_passes.load(Ordering::Relaxed),
             n_corrupt_found: self.scrub.n_corrupt_found.load(Ordering::Relaxed),
+            n_scrub_errors: self.scrub.n_check_errors.load(Ordering::Relaxed),
             recent_corrupt: self
                 .scrub
                 .recent_corrupt()
