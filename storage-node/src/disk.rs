@@ -629,6 +629,23 @@ impl ShardStore for DiskShardStore {
     }
 
     async fn quarantine(&self, id: ShardId) -> Result<bool, ShardError> {
+        self.take_out(id, false).await
+    }
+
+    async fn quarantine_unreadable(&self, id: ShardId) -> Result<bool, ShardError> {
+        self.take_out(id, true).await
+    }
+
+    fn free_bytes(&self) -> u64 {
+        nix::sys::statvfs::statvfs(&self.inner.root)
+            .map(|s| s.blocks_available() * s.fragment_size())
+            .unwrap_or(u64::MAX)
+    }
+}
+
+impl DiskShardStore {
+    /// `ShardStore::quarantine`, and with `unreadable_too` `quarantine_unreadable`.
+    async fn take_out(&self, id: ShardId, unreadable_too: bool) -> Result<bool, ShardError> {
         let inner = self.inner.clone();
         blocking(move || {
             let in_segment = inner
@@ -690,7 +707,7 @@ impl ShardStore for DiskShardStore {
                 Ok(false) => {}
                 // The disk cannot give it back: out of service too, so that repair
                 // rebuilds it (kept aside as it is, in case it can be read later).
-                Err(e) if e.is_unreadable() => {
+                Err(e) if unreadable_too && e.is_unreadable() => {
                     warn!(node_id = %inner.node_id, shard_id = %id, error = %e, "shard to quarantine cannot be read: moved out of service");
                 }
                 Err(e) => return Err(e),
@@ -725,12 +742,6 @@ impl ShardStore for DiskShardStore {
             Ok(true)
         })
         .await
-    }
-
-    fn free_bytes(&self) -> u64 {
-        nix::sys::statvfs::statvfs(&self.inner.root)
-            .map(|s| s.blocks_available() * s.fragment_size())
-            .unwrap_or(u64::MAX)
     }
 }
 

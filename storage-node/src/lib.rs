@@ -168,6 +168,19 @@ pub trait ShardStore: Send + Sync + 'static {
     /// segment record by its position, a shard file by the inode that was checked.
     fn quarantine(&self, id: ShardId) -> impl Future<Output = Result<bool, ShardError>> + Send;
 
+    /// As [`ShardStore::quarantine`], for a shard the caller could not read: it is moved
+    /// out also when the store's own read of it fails again as unreadable
+    /// ([`ShardError::is_unreadable`]), not only when it is corrupt. Only for a caller
+    /// whose policy rules out a passing fault of the whole disk (the scrubber's), since a
+    /// disk that fails every read for a minute would otherwise empty itself. By default
+    /// the same as `quarantine`.
+    fn quarantine_unreadable(
+        &self,
+        id: ShardId,
+    ) -> impl Future<Output = Result<bool, ShardError>> + Send {
+        self.quarantine(id)
+    }
+
     /// Free bytes on the store's filesystem (`u64::MAX` when it has no such limit).
     fn free_bytes(&self) -> u64;
 }

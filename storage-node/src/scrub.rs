@@ -111,6 +111,9 @@ impl<S: ShardStore + Clone> Scrubber<S> {
 
     async fn pass(&self, stop: &CancellationToken) -> Result<(), ShardError> {
         let mut after = None;
+        // Whether the shard checked last read (true at the start: one shard per pass at
+        // most is taken out on the strength of that).
+        let mut last_read = true;
         loop {
             let page = self.store.list(after, PAGE).await?;
             let Some(last) = page.last() else {
@@ -122,11 +125,21 @@ impl<S: ShardStore + Clone> Scrubber<S> {
                     return Ok(());
                 }
                 let started = Instant::now();
-                match self.check(entry.id).await {
+                let checked = self.check(entry.id).await;
+                let read = !checked.as_ref().is_err_and(ShardError::is_unreadable);
+                match checked {
                     Ok(_) => {}
                     // Deleted since it was listed: nothing to check.
                     Err(ShardError::NotFound(_)) => {}
-                    // One shard that cannot be read must not end the pass: the next
+                    // The disk did not give it back, right after it gave back the one
+                    // before: a bad spot, not the whole disk failing for a while (which
+                    // would take every shard out, one after another).
+                    Err(e) if e.is_unreadable() && last_read => {
+                        if !self.take_out_unreadable(entry.id, &e, stop).await {
+                            return Ok(());
+                        }
+                    }
+                    // One shard that cannot be checked must not end the pass: the next
                     // would stop at it again, and no shard listed after it would ever
                     // be checked.
                     Err(e) => {
@@ -134,6 +147,7 @@ impl<S: ShardStore + Clone> Scrubber<S> {
                         warn!(node_id = %self.node_id, shard_id = %entry.id, error = %e, "scrub could not check a shard; the pass goes on");
                     }
                 }
+                last_read = read;
                 // Throttle: this shard's bytes at the configured rate.
                 let budget = Duration::from_secs_f64(
                     entry.len_bytes as f64 / self.config.bytes_per_s.max(1) as f64,
@@ -148,6 +162,42 @@ impl<S: ShardStore + Clone> Scrubber<S> {
         }
     }
 }
+
+impl<S: ShardStore + Clone> Scrubber<S> {
+    /// Reads an unreadable shard again after `UNREADABLE_RETRY_AFTER` and takes it out of
+    /// service if it still cannot be read (`ShardStore::quarantine_unreadable`), so that
+    /// repair rebuilds it. False when stopped meanwhile.
+    async fn take_out_unreadable(
+        &self,
+        id: ShardId,
+        error: &ShardError,
+        stop: &CancellationToken,
+    ) -> bool {
+        warn!(node_id = %self.node_id, shard_id = %id, %error, "scrub could not read a shard; reading it again shortly");
+        tokio::select! {
+            () = stop.cancelled() => return false,
+            () = tokio::time::sleep(UNREADABLE_RETRY_AFTER) => {}
+        }
+        match self.store.quarantine_unreadable(id).await {
+            Ok(true) => {
+                self.stats.record_corrupt(id);
+                warn!(node_id = %self.node_id, shard_id = %id, "unreadable shard moved out of service");
+            }
+            Ok(false) => {
+                info!(node_id = %self.node_id, shard_id = %id, "shard reads again (or is gone): left in service");
+            }
+            Err(e) => {
+                self.stats.n_check_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(node_id = %self.node_id, shard_id = %id, error = %e, "unreadable shard could not be moved out of service; the pass goes on");
+            }
+        }
+        true
+    }
+}
+
+/// How long the scrubber waits before reading an unreadable shard again (a passing fault
+/// of the disk, a path failover, gets that long to pass).
+const UNREADABLE_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Verifies `id`; quarantines and records it when corrupt. `Ok(true)` when the shard in
 /// service is good (also a copy rebuilt between the check and the quarantine).
@@ -164,10 +214,8 @@ pub(crate) async fn check_shard<S: ShardStore>(
             debug!(node_id = %node_id, shard_id = %id, "shard verified");
             Ok(true)
         }
-        Err(e) if matches!(e, ShardError::Corrupt { .. }) || e.is_unreadable() => {
-            // An unreadable shard is judged again by the quarantine's own read (a passing
-            // fault leaves it in service) and otherwise moved out like a corrupt one.
-            warn!(node_id = %node_id, shard_id = %id, error = %e, "shard found corrupt or unreadable");
+        Err(ShardError::Corrupt { what, .. }) => {
+            warn!(node_id = %node_id, shard_id = %id, what, "scrub found a corrupt shard");
             if store.quarantine(id).await? {
                 stats.record_corrupt(id);
                 return Ok(false);
@@ -177,7 +225,6 @@ pub(crate) async fn check_shard<S: ShardStore>(
             match store.verify(id).await {
                 Ok(()) => Ok(true),
                 Err(ShardError::Corrupt { .. }) => Ok(false),
-                Err(e) if e.is_unreadable() => Ok(false),
                 Err(e) => Err(e),
             }
         }
@@ -277,21 +324,35 @@ mod tests {
     }
 
     /// A shard the disk cannot give back (here a directory where its file should be:
-    /// reads fail with EISDIR) is moved out of service like a corrupt one, so that repair
-    /// rebuilds it; the pass goes on.
+    /// reads fail with EISDIR) is read again and moved out of service like a corrupt one,
+    /// so that repair rebuilds it, when the shard checked before it read: one right after
+    /// another unreadable one waits for the next pass (a disk failing every read for a
+    /// while must not take out everything). A reader's report (plain `quarantine`) never
+    /// moves an unreadable shard.
     #[tokio::test]
-    async fn an_unreadable_shard_is_moved_out_of_service() {
+    async fn an_unreadable_shard_is_moved_out_of_service_one_run_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
         let (store, ids) = ten_shard_files(dir.path()).await;
-        let unreadable = store.shard_path(ids[2]);
-        std::fs::remove_file(&unreadable).unwrap();
-        std::fs::create_dir(&unreadable).unwrap();
+        for id in [ids[2], ids[3]] {
+            let path = store.shard_path(id);
+            std::fs::remove_file(&path).unwrap();
+            std::fs::create_dir(&path).unwrap();
+        }
+        assert!(store.quarantine(ids[2]).await.unwrap_err().is_unreadable());
         flip_last_byte(&store.shard_path(ids[7]));
         let (scrubber, stats) = scrubber(&store);
         scrubber.pass(&CancellationToken::new()).await.unwrap();
-        assert_eq!(stats.n_check_errors.load(Ordering::Relaxed), 0);
         assert_eq!(stats.recent_corrupt(), vec![ids[2], ids[7]]);
-        for id in [ids[2], ids[7]] {
+        assert_eq!(
+            stats.n_check_errors.load(Ordering::Relaxed),
+            1,
+            "{} waits",
+            ids[3]
+        );
+        assert!(store.shard_path(ids[3]).exists());
+        scrubber.pass(&CancellationToken::new()).await.unwrap();
+        assert_eq!(stats.recent_corrupt(), vec![ids[2], ids[7], ids[3]]);
+        for id in [ids[2], ids[3], ids[7]] {
             assert!(!store.shard_path(id).exists(), "{id} moved");
             assert!(matches!(
                 store.open(id, 0, 0).await.err(),
@@ -301,7 +362,7 @@ mod tests {
         let kept = std::fs::read_dir(dir.path().join("quarantine"))
             .unwrap()
             .count();
-        assert_eq!(kept, 2);
-        assert_eq!(store.usage().n_shards, 8);
+        assert_eq!(kept, 3);
+        assert_eq!(store.usage().n_shards, 7);
     }
 }
