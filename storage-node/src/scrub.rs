@@ -114,6 +114,7 @@ impl<S: ShardStore + Clone> Scrubber<S> {
         // Whether the shard checked last read (true at the start: one shard per pass at
         // most is taken out on the strength of that).
         let mut last_read = true;
+        let mut moves_left = UNREADABLE_MOVES_PER_PASS;
         loop {
             let page = self.store.list(after, PAGE).await?;
             let Some(last) = page.last() else {
@@ -134,9 +135,11 @@ impl<S: ShardStore + Clone> Scrubber<S> {
                     // The disk did not give it back, right after it gave back the one
                     // before: a bad spot, not the whole disk failing for a while (which
                     // would take every shard out, one after another).
-                    Err(e) if e.is_unreadable() && last_read => {
-                        if !self.take_out_unreadable(entry.id, &e, stop).await {
-                            return Ok(());
+                    Err(e) if e.is_unreadable() && last_read && moves_left > 0 => {
+                        match self.take_out_unreadable(entry.id, &e, stop).await {
+                            None => return Ok(()),
+                            Some(true) => moves_left -= 1,
+                            Some(false) => {}
                         }
                     }
                     // One shard that cannot be checked must not end the pass: the next
@@ -166,38 +169,44 @@ impl<S: ShardStore + Clone> Scrubber<S> {
 impl<S: ShardStore + Clone> Scrubber<S> {
     /// Reads an unreadable shard again after `UNREADABLE_RETRY_AFTER` and takes it out of
     /// service if it still cannot be read (`ShardStore::quarantine_unreadable`), so that
-    /// repair rebuilds it. False when stopped meanwhile.
+    /// repair rebuilds it. Whether it did; `None` when stopped meanwhile.
     async fn take_out_unreadable(
         &self,
         id: ShardId,
         error: &ShardError,
         stop: &CancellationToken,
-    ) -> bool {
+    ) -> Option<bool> {
         warn!(node_id = %self.node_id, shard_id = %id, %error, "scrub could not read a shard; reading it again shortly");
         tokio::select! {
-            () = stop.cancelled() => return false,
+            () = stop.cancelled() => return None,
             () = tokio::time::sleep(UNREADABLE_RETRY_AFTER) => {}
         }
         match self.store.quarantine_unreadable(id).await {
             Ok(true) => {
                 self.stats.record_corrupt(id);
                 warn!(node_id = %self.node_id, shard_id = %id, "unreadable shard moved out of service");
+                Some(true)
             }
             Ok(false) => {
                 info!(node_id = %self.node_id, shard_id = %id, "shard reads again (or is gone): left in service");
+                Some(false)
             }
             Err(e) => {
                 self.stats.n_check_errors.fetch_add(1, Ordering::Relaxed);
                 warn!(node_id = %self.node_id, shard_id = %id, error = %e, "unreadable shard could not be moved out of service; the pass goes on");
+                Some(false)
             }
         }
-        true
     }
 }
 
 /// How long the scrubber waits before reading an unreadable shard again (a passing fault
 /// of the disk, a path failover, gets that long to pass).
 const UNREADABLE_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Most unreadable shards one pass takes out. Reads served from the page cache can make
+/// a failing disk look readable between two shards; this bounds what such a spell takes
+/// out of one node, and a disk with more bad spots is cleared over several passes.
+const UNREADABLE_MOVES_PER_PASS: u32 = 16;
 
 /// Verifies `id`; quarantines and records it when corrupt. `Ok(true)` when the shard in
 /// service is good (also a copy rebuilt between the check and the quarantine).
