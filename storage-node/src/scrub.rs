@@ -35,8 +35,9 @@ pub struct ScrubStats {
     pub n_passes: AtomicU64,
     /// Corrupt shards found and quarantined since start.
     pub n_corrupt_found: AtomicU64,
-    /// Checks that failed with an error (a read error: the shard could not be judged, and
-    /// stays in service) since start.
+    /// Checks that failed with an error since start: the shard could not be judged, or
+    /// not moved out of service (an unreadable one waiting for a later pass included),
+    /// and stays in service.
     pub n_check_errors: AtomicU64,
     recent_corrupt: Mutex<VecDeque<ShardId>>,
 }
