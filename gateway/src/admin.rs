@@ -193,9 +193,11 @@ pub struct NodeStatus {
     pub n_scrubbed: Option<u64>,
     /// Full scrub passes since start.
     pub n_scrub_passes: Option<u64>,
-    /// Corrupt shards its scrubber (or a reader) found since start.
+    /// Corrupt shards its scrubber (or a reader) found, and unreadable ones its scrubber
+    /// moved out of service, since start.
     pub n_corrupt_found: Option<u64>,
-    /// Shards its scrubber could not check (read errors) since start: a failing disk.
+    /// Scrubber checks that failed with an error since start (a shard that keeps
+    /// failing counts once a pass): a failing disk.
     pub n_scrub_errors: Option<u64>,
     /// The most recent of those, as `stripe.shard`.
     pub recent_corrupt: Vec<String>,

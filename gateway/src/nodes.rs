@@ -144,7 +144,7 @@ pub struct NodeUsage {
     pub n_scrubbed: u64,
     /// Full scrub passes since start.
     pub n_scrub_passes: u64,
-    /// Corrupt shards found (and quarantined) since start.
+    /// Corrupt (or, by the scrubber, unreadable) shards moved out of service since start.
     pub n_corrupt_found: u64,
     /// Scrubber checks that failed with an error (a shard it could not read) since start.
     pub n_scrub_errors: u64,

@@ -428,7 +428,7 @@ fn print_nodes(status: &Value) {
         if corrupt > 0 || errors > 0 {
             println!(
                 "node {}: {corrupt} corrupt or unreadable shards moved out of service (repair rebuilds them), \
-                 {errors} shards the scrubber could not check since the node started; see its log",
+                 {errors} scrubber checks that failed since the node started; see its log",
                 node["id"].as_u64().map_or("?".into(), |id| id.to_string()),
             );
         }

@@ -49,9 +49,9 @@ pub enum ShardError {
 impl ShardError {
     /// Whether this is the disk failing to give a shard's bytes back: a media error (EIO),
     /// damage the file system found (EUCLEAN, EBADMSG), or a directory where a shard file
-    /// belongs (EISDIR). Such a shard cannot be served and is moved out of service like a
-    /// corrupt one. Other I/O errors (out of file descriptors or memory, say) say nothing
-    /// about the shard, which stays.
+    /// belongs (EISDIR). Such a shard cannot be served; the scrubber moves it out of
+    /// service under its rules (`scrub.rs`). Other I/O errors (out of file descriptors or
+    /// memory, say) say nothing about the shard, which stays.
     pub fn is_unreadable(&self) -> bool {
         use nix::libc::{EBADMSG, EIO, EISDIR, EUCLEAN};
         matches!(self, ShardError::Io(e) if matches!(e.raw_os_error(), Some(EIO | EUCLEAN | EBADMSG | EISDIR)))

@@ -171,9 +171,9 @@ pub trait ShardStore: Send + Sync + 'static {
     /// As [`ShardStore::quarantine`], for a shard the caller could not read: it is moved
     /// out also when the store's own read of it fails again as unreadable
     /// ([`ShardError::is_unreadable`]), not only when it is corrupt. Only for a caller
-    /// whose policy rules out a passing fault of the whole disk (the scrubber's), since a
-    /// disk that fails every read for a minute would otherwise empty itself. By default
-    /// the same as `quarantine`.
+    /// whose policy limits what a passing fault of the whole disk can take out (the
+    /// scrubber's), since a disk that fails every read for a minute would otherwise
+    /// empty itself. By default the same as `quarantine`.
     fn quarantine_unreadable(
         &self,
         id: ShardId,

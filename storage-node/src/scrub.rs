@@ -33,7 +33,8 @@ pub struct ScrubStats {
     pub n_scrubbed: AtomicU64,
     /// Full passes completed.
     pub n_passes: AtomicU64,
-    /// Corrupt shards found and quarantined since start.
+    /// Corrupt shards found and quarantined since start (unreadable ones the scrubber
+    /// moved out of service included).
     pub n_corrupt_found: AtomicU64,
     /// Checks that failed with an error since start: the shard could not be judged, or
     /// not moved out of service (an unreadable one waiting for a later pass included),
@@ -112,8 +113,10 @@ impl<S: ShardStore + Clone> Scrubber<S> {
 
     async fn pass(&self, stop: &CancellationToken) -> Result<(), ShardError> {
         let mut after = None;
-        // Whether the shard checked last read (true at the start: one shard per pass at
-        // most is taken out on the strength of that).
+        // Whether the shard checked last read whole (true at the start: one shard per
+        // pass at most is taken out on the strength of that). Only a good check counts:
+        // another error says nothing about the disk, and a shard deleted meanwhile
+        // leaves it as it was.
         let mut last_read = true;
         let mut moves_left = UNREADABLE_MOVES_PER_PASS;
         loop {
@@ -128,7 +131,11 @@ impl<S: ShardStore + Clone> Scrubber<S> {
                 }
                 let started = Instant::now();
                 let checked = self.check(entry.id).await;
-                let read = !checked.as_ref().is_err_and(ShardError::is_unreadable);
+                let read = match &checked {
+                    Ok(_) => true,
+                    Err(ShardError::NotFound(_)) => last_read,
+                    Err(_) => false,
+                };
                 match checked {
                     Ok(_) => {}
                     // Deleted since it was listed: nothing to check.
