@@ -355,10 +355,76 @@ fn cached_reads_unsupported(e: &std::io::Error) -> bool {
     })
 }
 
+/// Bad spots for tests: reads of a range of a file (by inode) that fail with EIO, as a
+/// disk's media error would. Only the reads that judge and serve shards look here.
+#[cfg(test)]
+pub(crate) mod read_faults {
+    use std::fs::File;
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::Mutex;
+
+    static BAD: Mutex<Vec<(u64, u64, u64, u64)>> = Mutex::new(Vec::new());
+
+    fn inode(file: &File) -> Option<(u64, u64)> {
+        let meta = file.metadata().ok()?;
+        Some((meta.dev(), meta.ino()))
+    }
+
+    /// Reads of `file` that touch `[from, to)` fail until the guard is dropped (which
+    /// must come before the file is deleted: its inode number may be reused).
+    #[must_use]
+    pub(crate) fn add(file: &File, from: u64, to: u64) -> BadSpot {
+        let (dev, ino) = inode(file).expect("fstat");
+        let spot = (dev, ino, from, to);
+        BAD.lock().unwrap_or_else(|e| e.into_inner()).push(spot);
+        BadSpot(spot)
+    }
+
+    /// A bad spot, there until dropped.
+    pub(crate) struct BadSpot((u64, u64, u64, u64));
+
+    impl Drop for BadSpot {
+        fn drop(&mut self) {
+            let mut bad = BAD.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(i) = bad.iter().position(|s| *s == self.0) {
+                bad.remove(i);
+            }
+        }
+    }
+
+    pub(crate) fn check(file: &File, offset: u64, len: usize) -> std::io::Result<()> {
+        if BAD.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+            return Ok(());
+        }
+        let Some((dev, ino)) = inode(file) else {
+            return Ok(());
+        };
+        let bad = BAD.lock().unwrap_or_else(|e| e.into_inner());
+        let end = offset + len as u64;
+        if bad
+            .iter()
+            .any(|&(d, i, from, to)| (d, i) == (dev, ino) && offset < to && from < end)
+        {
+            return Err(std::io::Error::from_raw_os_error(nix::libc::EIO));
+        }
+        Ok(())
+    }
+}
+
+/// A bad spot of the tests' (`read_faults`) under `[offset, +len)` of `file`; nothing
+/// outside tests.
+#[inline]
+pub(crate) fn read_fault(_file: &File, _offset: u64, _len: usize) -> std::io::Result<()> {
+    #[cfg(test)]
+    read_faults::check(_file, _offset, _len)?;
+    Ok(())
+}
+
 /// Fills `buf` from `offset` with bytes the page cache holds; fails with
 /// `ErrorKind::WouldBlock` where the disk would have to be read (or the file ends first:
 /// [`Wait::Disk`] tells which).
 fn read_cached_at(file: &File, buf: &mut [u8], offset: u64) -> Result<(), ShardError> {
+    read_fault(file, offset, buf.len())?;
     let n = rustix::io::preadv2(
         file,
         &mut [std::io::IoSliceMut::new(buf)],
@@ -571,7 +637,7 @@ impl ShardStore for DiskShardStore {
             let first_dir = after.map_or(0, |a| a.stripe_id.to_bytes()[0]);
             for dir_byte in first_dir..=255u8 {
                 let dir = inner.root.join("shards").join(format!("{dir_byte:02x}"));
-                let mut ids: Vec<(ShardId, std::fs::Metadata)> = Vec::new();
+                let mut entries: Vec<ShardEntry> = Vec::new();
                 for entry in fs::read_dir(&dir)? {
                     let entry = entry?;
                     // Names that are not shard ids are not ours to list (or delete).
@@ -585,24 +651,11 @@ impl ShardStore for DiskShardStore {
                     if after.is_some_and(|a| id <= a) {
                         continue;
                     }
-                    match entry.metadata() {
-                        Ok(meta) => ids.push((id, meta)),
-                        // Deleted between readdir and stat.
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(e.into()),
-                    }
+                    entries.extend(listed_shard_file(inner.node_id, id, entry.metadata()));
                 }
-                ids.sort_by_key(|(id, _)| *id);
-                for (id, meta) in ids {
-                    out.push(ShardEntry {
-                        id,
-                        len_bytes: meta.len(),
-                        modified_unix_s: meta
-                            .modified()
-                            .ok()
-                            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                            .map_or(0, |d| d.as_secs()),
-                    });
+                entries.sort_by_key(|e| e.id);
+                for entry in entries {
+                    out.push(entry);
                     if out.len() >= limit {
                         return Ok(out);
                     }
@@ -643,6 +696,45 @@ impl ShardStore for DiskShardStore {
     }
 }
 
+fn unix_now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The listing of shard file `id`, from its `stat`. `None` if it was deleted since the
+/// directory was read. A `stat` that fails otherwise (an inode the disk cannot give
+/// back) still lists it, with length 0 and written now (age unknown: orphan collection
+/// must give it its grace, as it may be a write in progress): failing the listing would
+/// end every scrub pass at the same page and make maintenance treat the whole node as
+/// unreachable, pass after pass. Listed, the scrubber tries it and counts the error.
+fn listed_shard_file(
+    node_id: NodeId,
+    id: ShardId,
+    stat: std::io::Result<std::fs::Metadata>,
+) -> Option<ShardEntry> {
+    match stat {
+        Ok(meta) => Some(ShardEntry {
+            id,
+            len_bytes: meta.len(),
+            modified_unix_s: meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs()),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            warn!(node_id = %node_id, shard_id = %id, error = %e, "shard file cannot be stat'ed: listed with length 0, as written now");
+            Some(ShardEntry {
+                id,
+                len_bytes: 0,
+                modified_unix_s: unix_now_s(),
+            })
+        }
+    }
+}
+
 impl DiskShardStore {
     /// `ShardStore::quarantine`, and with `unreadable_too` `quarantine_unreadable`.
     async fn take_out(&self, id: ShardId, unreadable_too: bool) -> Result<bool, ShardError> {
@@ -663,29 +755,10 @@ impl DiskShardStore {
                 rand::random::<u32>()
             );
             if let Some(segments) = &inner.segments
-                && let Some(found) = segments.read_image(id)?
+                && let Some(taken) =
+                    take_out_of_segment(&inner, segments, id, unreadable_too, &quarantine, &stamp)?
             {
-                if found.checks_out {
-                    info!(node_id = %inner.node_id, shard_id = %id, "shard to quarantine checks out (written again since it was found corrupt): left in service");
-                    return Ok(false);
-                }
-                // Kept aside as the shard file it would have been, then deleted: that
-                // record only, not a copy written since.
-                fs::create_dir_all(&quarantine)?;
-                let mut file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(quarantine.join(format!("{id}.{stamp}")))?;
-                file.write_all(&found.image)?;
-                file.sync_all()?;
-                fsync_dir(&quarantine)?;
-                let Some(len) = segments.delete_if_at(id, found.pos)? else {
-                    info!(node_id = %inner.node_id, shard_id = %id, "shard written again while being quarantined: the new copy left in service");
-                    return Ok(false);
-                };
-                inner.uncount(len);
-                warn!(node_id = %inner.node_id, shard_id = %id, "corrupt shard quarantined from its segment");
-                return Ok(true);
+                return Ok(taken);
             }
             if in_segment {
                 return Ok(false); // deleted meanwhile
@@ -735,14 +808,73 @@ impl DiskShardStore {
                 info!(node_id = %inner.node_id, shard_id = %id, "shard written again while being quarantined: the new copy left in service");
                 return Ok(false);
             }
-            fsync_dir(&shard_dir(&inner.root, id))?;
-            fsync_dir(&quarantine)?;
+            // Out of service from the rename on, whatever the syncs say (they can fail on a
+            // failing disk; a restart counts the shards again anyway).
             inner.uncount(judged.len());
+            if let Err(e) =
+                fsync_dir(&shard_dir(&inner.root, id)).and_then(|()| fsync_dir(&quarantine))
+            {
+                warn!(node_id = %inner.node_id, shard_id = %id, error = %e, "quarantine moved the shard, but syncing its directories failed: it may be back in service after a crash");
+            }
             warn!(node_id = %inner.node_id, shard_id = %id, "corrupt shard quarantined");
             Ok(true)
         })
         .await
     }
+}
+
+/// `DiskShardStore::take_out` for a shard in a segment; `None` if it is in none.
+fn take_out_of_segment(
+    inner: &Inner,
+    segments: &SegmentLog,
+    id: ShardId,
+    unreadable_too: bool,
+    quarantine: &Path,
+    stamp: &str,
+) -> Result<Option<bool>, ShardError> {
+    let pos_before = segments.position(id);
+    let found = match segments.read_image(id) {
+        Ok(Some(found)) => found,
+        Ok(None) => return Ok(None),
+        // Its bytes cannot be kept aside: the record is taken out where it is (a
+        // tombstone), if it is still the one looked up before the read failed (one
+        // written since, a rebuilt copy, stays). Its bytes stay in the segment file until
+        // compaction, for an operator to try again.
+        Err(e) if unreadable_too && e.is_unreadable() => {
+            let Some(pos) = pos_before else {
+                return Err(e);
+            };
+            let Some(len) = segments.delete_if_at(id, pos)? else {
+                info!(node_id = %inner.node_id, shard_id = %id, "shard written again while being taken out: the new copy left in service");
+                return Ok(Some(false));
+            };
+            inner.uncount(len);
+            warn!(node_id = %inner.node_id, shard_id = %id, position = ?pos, error = %e, "unreadable shard taken out of its segment (its bytes could not be kept aside)");
+            return Ok(Some(true));
+        }
+        Err(e) => return Err(e),
+    };
+    if found.checks_out {
+        info!(node_id = %inner.node_id, shard_id = %id, "shard to quarantine checks out (written again since it was found corrupt): left in service");
+        return Ok(Some(false));
+    }
+    // Kept aside as the shard file it would have been, then deleted: that record only,
+    // not a copy written since.
+    fs::create_dir_all(quarantine)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(quarantine.join(format!("{id}.{stamp}")))?;
+    file.write_all(&found.image)?;
+    file.sync_all()?;
+    fsync_dir(quarantine)?;
+    let Some(len) = segments.delete_if_at(id, found.pos)? else {
+        info!(node_id = %inner.node_id, shard_id = %id, "shard written again while being quarantined: the new copy left in service");
+        return Ok(Some(false));
+    };
+    inner.uncount(len);
+    warn!(node_id = %inner.node_id, shard_id = %id, "corrupt shard quarantined from its segment");
+    Ok(Some(true))
 }
 
 /// Where a shard's bytes are: its header at `base` of `file`, its data right behind.
@@ -844,6 +976,7 @@ fn read_exact_at_or_corrupt(
     what: &str,
     wait: Wait,
 ) -> Result<(), ShardError> {
+    read_fault(file, offset, buf.len())?;
     if wait == Wait::CachedOnly {
         return read_cached_at(file, buf, offset);
     }
@@ -1150,6 +1283,7 @@ pub(crate) trait ReadBytesAt {
 
 impl ReadBytesAt for File {
     fn read_bytes_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        read_fault(self, offset, buf.len())?;
         self.read_exact_at(buf, offset)
     }
 }
@@ -1443,6 +1577,29 @@ mod tests {
         }
     }
 
+    /// A shard file whose `stat` fails for another reason than being gone is listed
+    /// (with length and age 0), so that a bad inode cannot end every listing.
+    #[test]
+    fn a_shard_file_that_cannot_be_stated_is_listed_and_one_deleted_is_not() {
+        let id: ShardId = "00112233445566778899aabbccddeeff.3".parse().unwrap();
+        let gone = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert!(listed_shard_file(NodeId(1), id, Err(gone)).is_none());
+        let eio = std::io::Error::from_raw_os_error(nix::libc::EIO);
+        let before = unix_now_s();
+        let listed = listed_shard_file(NodeId(1), id, Err(eio)).expect("listed");
+        assert_eq!((listed.id, listed.len_bytes), (id, 0));
+        assert!(
+            listed.modified_unix_s >= before,
+            "age unknown: as written now"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(&path, b"12345").unwrap();
+        let listed = listed_shard_file(NodeId(1), id, fs::metadata(&path)).expect("listed");
+        assert_eq!(listed.len_bytes, 5);
+        assert!(listed.modified_unix_s > 0);
+    }
+
     #[tokio::test]
     async fn disk_store_passes_the_shard_store_suite() {
         let dir = tempfile::tempdir().unwrap();
@@ -1622,6 +1779,60 @@ mod tests {
         let (_, read) = crate::testing::must_read(&store, id, 0, 0).await;
         assert!(read == data);
         assert_eq!(store.usage().n_shards, 1);
+    }
+
+    /// A segment record the disk cannot give back is not moved by a reader's report
+    /// (plain `quarantine`), and the scrubber's `quarantine_unreadable` takes it out of
+    /// service where it is, as its bytes cannot be kept aside: the shards around it
+    /// stay, the id is free for a rebuilt copy, and the delete holds after a restart.
+    #[tokio::test]
+    async fn an_unreadable_segment_record_is_taken_out_where_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_with_segments(dir.path()).await;
+        let data = |n: u8| vec![n; 100_000];
+        let ids = [
+            crate::testing::must_put(&store, 1, &data(1)).await,
+            crate::testing::must_put(&store, 2, &data(2)).await,
+            crate::testing::must_put(&store, 3, &data(3)).await,
+        ];
+        let (file, header_at) = store
+            .inner
+            .segments
+            .as_ref()
+            .unwrap()
+            .locate(ids[1])
+            .unwrap();
+        let last = header_at + format::header_len_bytes(100_000) + 100_000 - 1;
+        let spot = read_faults::add(&file, last, last + 1);
+        assert!(store.verify(ids[1]).await.unwrap_err().is_unreadable());
+        assert!(store.quarantine(ids[1]).await.unwrap_err().is_unreadable());
+        assert_eq!(store.usage().n_shards, 3, "a reader's report moves nothing");
+        assert!(store.quarantine_unreadable(ids[1]).await.unwrap());
+        assert!(matches!(
+            store.open(ids[1], 0, 0).await.err(),
+            Some(ShardError::NotFound(_))
+        ));
+        assert_eq!(store.usage().n_shards, 2);
+        assert!(
+            !dir.path().join("quarantine").exists(),
+            "nothing to keep aside"
+        );
+        for (n, id) in [(1, ids[0]), (3, ids[2])] {
+            let (_, read) = crate::testing::must_read(&store, id, 0, 0).await;
+            assert!(read == data(n));
+        }
+        crate::testing::must_put(&store, 2, &data(2)).await;
+        // The bad spot is still there at the restart: the start-up scan of the segment
+        // (the active one, so read whole) skips that record only, not those behind it.
+        drop(store);
+        let store = open_with_segments(dir.path()).await;
+        for (n, id) in [(1, ids[0]), (2, ids[1]), (3, ids[2])] {
+            let (_, read) = crate::testing::must_read(&store, id, 0, 0).await;
+            assert!(read == data(n), "shard {n} after a restart");
+        }
+        assert_eq!(store.usage().n_shards, 3);
+        drop(store);
+        drop((spot, file));
     }
 
     /// Flips a bit in the last byte of segment shard `id` (`len_bytes` long). Not the

@@ -53,9 +53,14 @@ impl ShardError {
     /// service under its rules (`scrub.rs`). Other I/O errors (out of file descriptors or
     /// memory, say) say nothing about the shard, which stays.
     pub fn is_unreadable(&self) -> bool {
-        use nix::libc::{EBADMSG, EIO, EISDIR, EUCLEAN};
-        matches!(self, ShardError::Io(e) if matches!(e.raw_os_error(), Some(EIO | EUCLEAN | EBADMSG | EISDIR)))
+        matches!(self, ShardError::Io(e) if io_is_unreadable(e))
     }
+}
+
+/// [`ShardError::is_unreadable`] of an I/O error.
+pub(crate) fn io_is_unreadable(e: &std::io::Error) -> bool {
+    use nix::libc::{EBADMSG, EIO, EISDIR, EUCLEAN};
+    matches!(e.raw_os_error(), Some(EIO | EUCLEAN | EBADMSG | EISDIR))
 }
 
 impl From<std::io::Error> for ShardError {

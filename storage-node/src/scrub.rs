@@ -1,7 +1,7 @@
 //! The scrubber: re-reads every shard at a bounded rate, checks every block, and moves
 //! shards that fail into quarantine, where repair sees them as missing and rebuilds them.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,6 +14,9 @@ use crate::{ShardError, ShardStore};
 
 /// How many corrupt shard ids the status keeps.
 const RECENT_CORRUPT_KEPT: usize = 1000;
+/// Most shards a node's readers can have waiting for the scrubber (`report_unreadable`);
+/// beyond that (a disk failing every read), the rest wait for their turn in a pass.
+const SUSPECTS_KEPT: usize = 256;
 /// Shards listed per page while scrubbing.
 const PAGE: usize = 256;
 
@@ -41,6 +44,10 @@ pub struct ScrubStats {
     /// and stays in service.
     pub n_check_errors: AtomicU64,
     recent_corrupt: Mutex<VecDeque<ShardId>>,
+    /// Shards a read of this node could not read from the disk, for the scrubber to
+    /// check before the rest (`report_unreadable`).
+    suspects: Mutex<VecDeque<ShardId>>,
+    suspect_reported: tokio::sync::Notify,
 }
 
 impl ScrubStats {
@@ -52,6 +59,23 @@ impl ScrubStats {
             .iter()
             .copied()
             .collect()
+    }
+
+    /// Hands a shard that a read could not get from the disk (`ShardError::is_unreadable`)
+    /// to the scrubber, which checks it next (between two shards of a pass, or at once
+    /// between passes) under its rules for unreadable shards. Without this, it stayed in
+    /// service, unread by every reader, until the scrubber's pass came by it (days, on a
+    /// large disk).
+    pub fn report_unreadable(&self, id: ShardId) {
+        let mut suspects = self.suspects.lock().expect("stats lock");
+        if suspects.len() < SUSPECTS_KEPT && !suspects.contains(&id) {
+            suspects.push_back(id);
+            self.suspect_reported.notify_one();
+        }
+    }
+
+    fn take_suspect(&self) -> Option<ShardId> {
+        self.suspects.lock().expect("stats lock").pop_front()
     }
 
     /// Records a corrupt shard (found by the scrubber or by a client's verify request).
@@ -89,11 +113,14 @@ impl<S: ShardStore + Clone> Scrubber<S> {
         check_shard(&self.store, &self.stats, self.node_id, id).await
     }
 
-    /// Scrubs forever (until `stop`), pass after pass.
+    /// Scrubs forever (until `stop`), pass after pass; shards reported unreadable are
+    /// checked as they come, between passes too.
     pub async fn run(self, stop: CancellationToken) {
         loop {
             let pass_started = Instant::now();
-            if let Err(e) = self.pass(&stop).await {
+            // The rules for unreadable shards hold over a pass and the interval after it.
+            let mut state = PassState::new();
+            if let Err(e) = self.pass(&stop, &mut state).await {
                 warn!(node_id = %self.node_id, error = %e, "scrub pass failed; retrying after the interval");
             } else if !stop.is_cancelled() {
                 self.stats.n_passes.fetch_add(1, Ordering::Relaxed);
@@ -104,21 +131,29 @@ impl<S: ShardStore + Clone> Scrubber<S> {
                     "scrub pass complete"
                 );
             }
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(self.config.pass_interval) => {}
+            let next_pass = tokio::time::Instant::now() + self.config.pass_interval;
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep_until(next_pass) => break,
+                    () = self.stats.suspect_reported.notified() => {
+                        if self.check_suspects(&mut state, &stop).await.is_none() {
+                            return;
+                        }
+                    }
+                }
             }
         }
     }
 
-    async fn pass(&self, stop: &CancellationToken) -> Result<(), ShardError> {
+    /// One pass over every shard, in id order, with the shards reported unreadable
+    /// meanwhile checked first.
+    async fn pass(
+        &self,
+        stop: &CancellationToken,
+        state: &mut PassState,
+    ) -> Result<(), ShardError> {
         let mut after = None;
-        // Whether the shard checked last read whole (true at the start: one shard per
-        // pass at most is taken out on the strength of that). Only a good check counts:
-        // another error says nothing about the disk, and a shard deleted meanwhile
-        // leaves it as it was.
-        let mut last_read = true;
-        let mut moves_left = UNREADABLE_MOVES_PER_PASS;
         loop {
             let page = self.store.list(after, PAGE).await?;
             let Some(last) = page.last() else {
@@ -126,39 +161,16 @@ impl<S: ShardStore + Clone> Scrubber<S> {
             };
             after = Some(last.id);
             for entry in page {
-                if stop.is_cancelled() {
+                if self.check_suspects(state, stop).await.is_none() {
                     return Ok(());
                 }
                 let started = Instant::now();
-                let checked = self.check(entry.id).await;
-                let read = match &checked {
-                    Ok(_) => true,
-                    Err(ShardError::NotFound(_)) => last_read,
-                    Err(_) => false,
-                };
-                match checked {
-                    Ok(_) => {}
-                    // Deleted since it was listed: nothing to check.
-                    Err(ShardError::NotFound(_)) => {}
-                    // The disk did not give it back, right after it gave back the one
-                    // before: a bad spot, not the whole disk failing for a while (which
-                    // would take every shard out, one after another).
-                    Err(e) if e.is_unreadable() && last_read && moves_left > 0 => {
-                        match self.take_out_unreadable(entry.id, &e, stop).await {
-                            None => return Ok(()),
-                            Some(true) => moves_left -= 1,
-                            Some(false) => {}
-                        }
-                    }
-                    // One shard that cannot be checked must not end the pass: the next
-                    // would stop at it again, and no shard listed after it would ever
-                    // be checked.
-                    Err(e) => {
-                        self.stats.n_check_errors.fetch_add(1, Ordering::Relaxed);
-                        warn!(node_id = %self.node_id, shard_id = %entry.id, error = %e, "scrub could not check a shard; the pass goes on");
-                    }
+                let checked = self
+                    .check_in_pass(entry.id, &mut state.last_read, &mut state.moves_left, stop)
+                    .await;
+                if checked.is_none() {
+                    return Ok(());
                 }
-                last_read = read;
                 // Throttle: this shard's bytes at the configured rate.
                 let budget = Duration::from_secs_f64(
                     entry.len_bytes as f64 / self.config.bytes_per_s.max(1) as f64,
@@ -170,6 +182,116 @@ impl<S: ShardStore + Clone> Scrubber<S> {
                     }
                 }
             }
+        }
+    }
+
+    /// Checks every shard reported unreadable so far, each once per pass (a shard that
+    /// stays unreadable and cannot be moved is reported again by every read of it);
+    /// `None` when stopped meanwhile.
+    async fn check_suspects(&self, state: &mut PassState, stop: &CancellationToken) -> Option<()> {
+        while let Some(id) = self.stats.take_suspect() {
+            if state.suspects_judged.len() >= SUSPECTS_JUDGED_MAX
+                || !state.suspects_judged.insert(id)
+            {
+                continue;
+            }
+            debug!(node_id = %self.node_id, shard_id = %id, "checking a shard a read could not get");
+            // The rule for unreadable shards wants the disk to have just given back another
+            // shard; the check before this one may be long ago (between passes).
+            let mut reference_read = self.reference_read(id).await;
+            self.check_in_pass(id, &mut reference_read, &mut state.moves_left, stop)
+                .await?;
+        }
+        Some(())
+    }
+
+    /// Whether another shard than `id` (the next in id order, or the first) reads whole
+    /// right now.
+    async fn reference_read(&self, id: ShardId) -> bool {
+        let mut other = None;
+        for after in [Some(id), None] {
+            if let Ok(page) = self.store.list(after, 2).await
+                && let Some(entry) = page.into_iter().find(|e| e.id != id)
+            {
+                other = Some(entry.id);
+                break;
+            }
+        }
+        match other {
+            Some(other) => self.store.verify(other).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// Checks one shard, and what comes of it: a corrupt one quarantined, an unreadable
+    /// one read again and moved out of service if the shard checked before it read whole
+    /// (`last_read`, then set by this check) and `moves_left` allows, an error counted.
+    /// `None` when stopped meanwhile.
+    async fn check_in_pass(
+        &self,
+        id: ShardId,
+        last_read: &mut bool,
+        moves_left: &mut u32,
+        stop: &CancellationToken,
+    ) -> Option<()> {
+        if stop.is_cancelled() {
+            return None;
+        }
+        let checked = self.check(id).await;
+        let read = match &checked {
+            Ok(_) => true,
+            Err(ShardError::NotFound(_)) => *last_read,
+            Err(_) => false,
+        };
+        match checked {
+            Ok(_) => {}
+            // Deleted since it was listed: nothing to check.
+            Err(ShardError::NotFound(_)) => {}
+            // The disk did not give it back, right after it gave back the one before: a
+            // bad spot, not the whole disk failing for a while (which would take every
+            // shard out, one after another).
+            Err(e) if e.is_unreadable() && *last_read && *moves_left > 0 => {
+                if self.take_out_unreadable(id, &e, stop).await? {
+                    *moves_left -= 1;
+                }
+            }
+            // One shard that cannot be checked must not end the pass: the next would stop
+            // at it again, and no shard listed after it would ever be checked.
+            Err(e) => {
+                self.stats.n_check_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(node_id = %self.node_id, shard_id = %id, error = %e, "scrub could not check a shard; the pass goes on");
+            }
+        }
+        *last_read = read;
+        Some(())
+    }
+}
+
+/// Most shards reported unreadable that one pass (with the interval after it) checks;
+/// the rest wait for the pass to come by them.
+const SUSPECTS_JUDGED_MAX: usize = 4096;
+
+/// What the scrubber's rules for unreadable shards remember within a pass (and the
+/// interval after it).
+#[derive(Debug)]
+struct PassState {
+    /// Whether the shard the pass checked last read whole (true at the start: one shard
+    /// per pass at most is taken out on the strength of that). Only a good check counts:
+    /// another error says nothing about the disk, and a shard deleted meanwhile leaves it
+    /// as it was. Reported shards are judged against a fresh read of their own instead.
+    last_read: bool,
+    /// Unreadable shards this pass may still take out (`UNREADABLE_MOVES_PER_PASS`).
+    moves_left: u32,
+    /// Reported shards checked in this pass.
+    suspects_judged: HashSet<ShardId>,
+}
+
+impl PassState {
+    fn new() -> PassState {
+        PassState {
+            last_read: true,
+            moves_left: UNREADABLE_MOVES_PER_PASS,
+            suspects_judged: HashSet::new(),
         }
     }
 }
@@ -276,7 +398,10 @@ mod tests {
             },
             stats.clone(),
         );
-        scrubber.pass(&CancellationToken::new()).await.unwrap();
+        scrubber
+            .pass(&CancellationToken::new(), &mut PassState::new())
+            .await
+            .unwrap();
         assert_eq!(stats.n_scrubbed.load(Ordering::Relaxed), 20);
         assert_eq!(stats.recent_corrupt(), bad);
         for id in bad {
@@ -331,7 +456,10 @@ mod tests {
         flip_last_byte(&store.shard_path(ids[2]));
         flip_last_byte(&store.shard_path(ids[7]));
         let (scrubber, stats) = scrubber(&store);
-        scrubber.pass(&CancellationToken::new()).await.unwrap();
+        scrubber
+            .pass(&CancellationToken::new(), &mut PassState::new())
+            .await
+            .unwrap();
         assert_eq!(stats.n_scrubbed.load(Ordering::Relaxed), 10);
         assert_eq!(
             stats.n_check_errors.load(Ordering::Relaxed),
@@ -358,7 +486,10 @@ mod tests {
         assert!(store.quarantine(ids[2]).await.unwrap_err().is_unreadable());
         flip_last_byte(&store.shard_path(ids[7]));
         let (scrubber, stats) = scrubber(&store);
-        scrubber.pass(&CancellationToken::new()).await.unwrap();
+        scrubber
+            .pass(&CancellationToken::new(), &mut PassState::new())
+            .await
+            .unwrap();
         assert_eq!(stats.recent_corrupt(), vec![ids[2], ids[7]]);
         assert_eq!(
             stats.n_check_errors.load(Ordering::Relaxed),
@@ -367,7 +498,10 @@ mod tests {
             ids[3]
         );
         assert!(store.shard_path(ids[3]).exists());
-        scrubber.pass(&CancellationToken::new()).await.unwrap();
+        scrubber
+            .pass(&CancellationToken::new(), &mut PassState::new())
+            .await
+            .unwrap();
         assert_eq!(stats.recent_corrupt(), vec![ids[2], ids[7], ids[3]]);
         for id in [ids[2], ids[3], ids[7]] {
             assert!(!store.shard_path(id).exists(), "{id} moved");
@@ -381,5 +515,69 @@ mod tests {
             .count();
         assert_eq!(kept, 3);
         assert_eq!(store.usage().n_shards, 7);
+    }
+
+    /// Waits (up to 30 s) until `done` holds.
+    async fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A shard a reader could not get from the disk is handed to the scrubber, which
+    /// checks it at once, between two passes too, and moves it out of service under its
+    /// usual rules, so that repair rebuilds it. Before, it stayed in service until the
+    /// next pass came by it.
+    #[tokio::test]
+    async fn a_shard_a_read_could_not_get_is_checked_at_once_and_moved_out() {
+        use futures::StreamExt;
+        use lauscha_proto::storage::shard_service_server::ShardService;
+
+        let dir = tempfile::tempdir().unwrap();
+        let (store, ids) = ten_shard_files(dir.path()).await;
+        let (scrubber, stats) = scrubber(&store);
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(scrubber.run(stop.clone()));
+        wait_until("the first pass is over", || {
+            stats.n_passes.load(Ordering::Relaxed) == 1
+        })
+        .await;
+        let path = store.shard_path(ids[4]);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+
+        let server = crate::ShardServer::new(NodeId(1), 1 << 30, store.clone(), stats.clone());
+        let request = lauscha_proto::storage::GetShardRequest {
+            id: Some(ids[4].into()),
+            offset: 0,
+            len_bytes: 0,
+        };
+        let failed = match server.get_shard(tonic::Request::new(request)).await {
+            Err(_) => true,
+            Ok(replies) => {
+                let mut replies = replies.into_inner();
+                let mut failed = false;
+                while let Some(reply) = replies.next().await {
+                    failed |= reply.is_err();
+                }
+                failed
+            }
+        };
+        assert!(failed, "the read fails");
+        wait_until("the shard is moved out", || {
+            stats.recent_corrupt() == vec![ids[4]]
+        })
+        .await;
+        assert!(!path.exists());
+        assert_eq!(
+            stats.n_passes.load(Ordering::Relaxed),
+            1,
+            "found between passes, not by a second one"
+        );
+        assert_eq!(store.usage().n_shards, 9);
+        stop.cancel();
+        running.await.unwrap();
     }
 }

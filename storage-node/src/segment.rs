@@ -276,6 +276,7 @@ fn read_record_at(
 /// judged.
 fn read_and_judge(file: &File, id: ShardId, loc: &Loc) -> std::io::Result<(Vec<u8>, bool)> {
     let mut record = vec![0u8; loc.record_bytes() as usize];
+    crate::disk::read_fault(file, loc.pos.offset, record.len())?;
     file.read_exact_at(&mut record, loc.pos.offset)?;
     let read = BytesAt {
         offset: loc.pos.offset,
@@ -678,6 +679,12 @@ impl SegmentLog {
     pub(crate) fn contains(&self, id: ShardId) -> bool {
         let st = self.state.lock().expect("segment state lock");
         st.index.contains_key(&id) || st.pending.contains(&id)
+    }
+
+    /// Where a shard's live record is.
+    pub(crate) fn position(&self, id: ShardId) -> Option<Pos> {
+        let st = self.state.lock().expect("segment state lock");
+        st.index.get(&id).map(|loc| loc.pos)
     }
 
     /// The segment file holding a shard and the offset of its header there.
@@ -1114,11 +1121,18 @@ impl SegmentLog {
         for (id, old) in live {
             let (mut record, checks_out) = match read_and_judge(&file, id, &old) {
                 Ok(read) => read,
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => (Vec::new(), false),
+                // Cut short, or a bad spot: the segment waits for the scrubber as for a
+                // corrupt record (rather than every compaction failing on it, first).
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof
+                        || crate::error::io_is_unreadable(&e) =>
+                {
+                    (Vec::new(), false)
+                }
                 Err(e) => return Err(e.into()),
             };
             if !checks_out {
-                warn!(node_id = %self.node_id, shard_id = %id, segment = seq, "corrupt shard found by compaction; the segment waits for the scrubber");
+                warn!(node_id = %self.node_id, shard_id = %id, segment = seq, "corrupt or unreadable shard found by compaction; the segment waits for the scrubber");
                 if let Some(seg) = self
                     .state
                     .lock()
@@ -1319,6 +1333,18 @@ fn scan_segment(
         let read = match read_record_at(file, seq, offset, file_len, last) {
             Ok(read) => read,
             Err(e) => {
+                // A record whose prefix and header check out but whose data the disk
+                // cannot give back (a bad spot): that record is skipped, not the records
+                // behind it.
+                if last
+                    && let Ok(Some((_, record_len))) =
+                        read_record_at(file, seq, offset, file_len, false)
+                {
+                    warn!(node_id = %node_id, segment = seq, offset, error = %e, "segment record unreadable: skipped, its shard is missing until repaired");
+                    offset += record_len;
+                    valid_end = offset;
+                    continue;
+                }
                 io_error(e, offset);
                 return Ok(Scanned {
                     valid_end,

@@ -15,7 +15,7 @@ use lauscha_proto::storage::{
 };
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -80,6 +80,28 @@ impl<S: ShardStore + Clone + 'static> lauscha_proto::LocalShardWrites for ShardS
         let parts = futures::stream::iter((!data.is_empty()).then_some(Ok(data)));
         Box::pin(async move { server.put_parts(header, parts, block_hashes).await })
     }
+}
+
+impl<S> ShardServer<S> {
+    fn read_failed(&self, id: ShardId, e: ShardError) -> Status {
+        read_failed(self.node_id, &self.scrub, id, e)
+    }
+}
+
+/// The answer to a read of `id` that failed with `e`. A shard the disk could not give
+/// back is handed to the scrubber, which checks it next and takes it out of service if
+/// it stays unreadable, so that repair rebuilds it.
+fn read_failed(node_id: NodeId, scrub: &ScrubStats, id: ShardId, e: ShardError) -> Status {
+    if e.is_unreadable() {
+        warn!(node_id = %node_id, shard_id = %id, error = %e, "shard read failed: the disk did not give it back; the scrubber checks it next");
+        scrub.report_unreadable(id);
+    } else if matches!(e, ShardError::NotFound(_) | ShardError::InvalidRequest(_)) {
+        // The reader's to handle (another copy, a bad range).
+        debug!(node_id = %node_id, shard_id = %id, error = %e, "shard read failed");
+    } else {
+        warn!(node_id = %node_id, shard_id = %id, error = %e, "shard read failed");
+    }
+    Status::from(e)
 }
 
 /// Most entries one ListShards page returns.
@@ -158,7 +180,8 @@ impl<S: ShardStore + Clone> ShardService for ShardServer<S> {
         let mut reader = self
             .store
             .open_unchecked(id, request.offset, request.len_bytes)
-            .await?;
+            .await
+            .map_err(|e| self.read_failed(id, e))?;
         let header = GetShardReply {
             part: Some(get_shard_reply::Part::Header(pb::GetShardHeader {
                 shard_len_bytes: reader.header().shard_len_bytes,
@@ -170,11 +193,6 @@ impl<S: ShardStore + Clone> ShardService for ShardServer<S> {
         // opened) is answered as it is, without a task and a channel: their wake-ups
         // were a visible part of a 4 KiB read's cost.
         let mut replies = vec![Ok(header)];
-        let node_id = self.node_id;
-        let failed = move |e: ShardError| {
-            warn!(node_id = %node_id, shard_id = %id, error = %e, "shard read failed");
-            Err(Status::from(e))
-        };
         let block_reply = |bytes| GetShardReply {
             part: Some(get_shard_reply::Part::Block(bytes)),
         };
@@ -185,7 +203,7 @@ impl<S: ShardStore + Clone> ShardService for ShardServer<S> {
             match reader.next_ready() {
                 Ready::Block(Ok(bytes)) => replies.push(Ok(block_reply(bytes))),
                 Ready::Block(Err(e)) => {
-                    replies.push(failed(e));
+                    replies.push(Err(self.read_failed(id, e)));
                     break true;
                 }
                 Ready::End => break true,
@@ -198,9 +216,12 @@ impl<S: ShardStore + Clone> ShardService for ShardServer<S> {
         // The rest is read by a task that runs ahead of the network by a few blocks, no
         // further: a slow client holds at most READ_AHEAD_BLOCKS more blocks of memory.
         let (tx, rx) = mpsc::channel::<Result<GetShardReply, Status>>(READ_AHEAD_BLOCKS);
+        let (node_id, scrub) = (self.node_id, self.scrub.clone());
         tokio::spawn(async move {
             while let Some(block) = reader.next_block().await {
-                let reply = block.map(block_reply).or_else(failed);
+                let reply = block
+                    .map(block_reply)
+                    .map_err(|e| read_failed(node_id, &scrub, id, e));
                 let last = reply.is_err();
                 if tx.send(reply).await.is_err() || last {
                     return;
@@ -229,7 +250,11 @@ impl<S: ShardStore + Clone> ShardService for ShardServer<S> {
                 "a slice must lie inside one block: [{offset}, +{len_bytes})"
             )));
         };
-        let (header, block) = self.store.read_block_unchecked(id, block_idx).await?;
+        let (header, block) = self
+            .store
+            .read_block_unchecked(id, block_idx)
+            .await
+            .map_err(|e| self.read_failed(id, e))?;
         let block_start = block_idx * SHARD_BLOCK_BYTES;
         if end > block_start + block.len() as u64 {
             return Err(Status::invalid_argument(format!(
@@ -247,8 +272,7 @@ impl<S: ShardStore + Clone> ShardService for ShardServer<S> {
                 id,
                 what: format!("block {block_idx}"),
             };
-            warn!(node_id = %self.node_id, shard_id = %id, error = %e, "shard read failed");
-            return Err(e.into());
+            return Err(self.read_failed(id, e));
         };
         Ok(Response::new(pb::ReadShardSliceReply {
             shard_len_bytes: header.shard_len_bytes,
@@ -330,7 +354,13 @@ impl<S: ShardStore + Clone> ShardService for ShardServer<S> {
             Ok(true) => pb::VerifyOutcome::Ok,
             Ok(false) => pb::VerifyOutcome::CorruptQuarantined,
             Err(ShardError::NotFound(_)) => pb::VerifyOutcome::NotFound,
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                // The scrubber decides whether an unreadable shard goes out of service.
+                if e.is_unreadable() {
+                    self.scrub.report_unreadable(id);
+                }
+                return Err(e.into());
+            }
         };
         Ok(Response::new(pb::VerifyShardReply {
             outcome: outcome.into(),
