@@ -696,7 +696,8 @@ impl ShardStore for DiskShardStore {
     }
 }
 
-fn unix_now_s() -> u64 {
+/// Now, in seconds since the Unix epoch (0 for a clock before it).
+pub(crate) fn unix_now_s() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -747,13 +748,7 @@ impl DiskShardStore {
             let quarantine = inner.root.join("quarantine");
             // Unique: two quarantines of one id in the same second (scrub and a reader's
             // VerifyShard) must not overwrite each other's kept copy.
-            let stamp = format!(
-                "{}.{:08x}",
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
-                rand::random::<u32>()
-            );
+            let stamp = format!("{}.{:08x}", unix_now_s(), rand::random::<u32>());
             if let Some(segments) = &inner.segments
                 && let Some(taken) =
                     take_out_of_segment(&inner, segments, id, unreadable_too, &quarantine, &stamp)?

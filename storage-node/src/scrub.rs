@@ -427,15 +427,26 @@ mod tests {
         )
     }
 
-    /// Ten shard files, sorted by id (the order a pass checks them in).
-    async fn ten_shard_files(dir: &std::path::Path) -> (crate::DiskShardStore, Vec<ShardId>) {
+    /// `n` shard files, sorted by id (the order a pass checks them in).
+    async fn shard_files(dir: &std::path::Path, n: u128) -> (crate::DiskShardStore, Vec<ShardId>) {
         let store = crate::DiskShardStore::open(dir, NodeId(1)).await.unwrap();
         let mut ids = Vec::new();
-        for n in 0..10u128 {
-            ids.push(must_put(&store, n, &vec![n as u8; 70_000]).await);
+        for i in 0..n {
+            ids.push(must_put(&store, i, &vec![i as u8; 70_000]).await);
         }
         ids.sort();
         (store, ids)
+    }
+
+    async fn ten_shard_files(dir: &std::path::Path) -> (crate::DiskShardStore, Vec<ShardId>) {
+        shard_files(dir, 10).await
+    }
+
+    /// Makes reads of a shard file fail as on a bad spot of the disk (EISDIR).
+    fn make_unreadable(store: &crate::DiskShardStore, id: ShardId) {
+        let path = store.shard_path(id);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
     }
 
     fn flip_last_byte(path: &std::path::Path) {
@@ -479,9 +490,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, ids) = ten_shard_files(dir.path()).await;
         for id in [ids[2], ids[3]] {
-            let path = store.shard_path(id);
-            std::fs::remove_file(&path).unwrap();
-            std::fs::create_dir(&path).unwrap();
+            make_unreadable(&store, id);
         }
         assert!(store.quarantine(ids[2]).await.unwrap_err().is_unreadable());
         flip_last_byte(&store.shard_path(ids[7]));
@@ -517,6 +526,50 @@ mod tests {
         assert_eq!(store.usage().n_shards, 7);
     }
 
+    /// However many unreadable shards each follow one that read, one pass takes out at
+    /// most `UNREADABLE_MOVES_PER_PASS` (a failing disk whose reads the page cache serves
+    /// in between must not empty the node in one pass); the rest are counted as errors,
+    /// stay in service, and go in the next pass. (Paused clock: each move waits 1 s to
+    /// read the shard again.)
+    #[tokio::test(start_paused = true)]
+    async fn a_pass_takes_out_at_most_its_limit_of_unreadable_shards() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, ids) = shard_files(dir.path(), 40).await;
+        // Every second shard, each right after one that reads: 20 that qualify.
+        let unreadable: Vec<ShardId> = ids.iter().skip(1).step_by(2).copied().collect();
+        for &id in &unreadable {
+            make_unreadable(&store, id);
+        }
+        let limit = UNREADABLE_MOVES_PER_PASS as usize;
+        assert!(unreadable.len() > limit);
+        let (scrubber, stats) = scrubber(&store);
+        scrubber
+            .pass(&CancellationToken::new(), &mut PassState::new())
+            .await
+            .unwrap();
+        assert_eq!(stats.recent_corrupt(), unreadable[..limit]);
+        assert_eq!(
+            stats.n_check_errors.load(Ordering::Relaxed),
+            (unreadable.len() - limit) as u64
+        );
+        for &id in &unreadable[limit..] {
+            assert!(
+                store.shard_path(id).exists(),
+                "{id} waits for the next pass"
+            );
+        }
+        assert_eq!(store.usage().n_shards, (ids.len() - limit) as u64);
+        scrubber
+            .pass(&CancellationToken::new(), &mut PassState::new())
+            .await
+            .unwrap();
+        assert_eq!(stats.recent_corrupt(), unreadable);
+        assert_eq!(
+            store.usage().n_shards,
+            (ids.len() - unreadable.len()) as u64
+        );
+    }
+
     /// Waits (up to 30 s) until `done` holds.
     async fn wait_until(what: &str, done: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -545,8 +598,7 @@ mod tests {
         })
         .await;
         let path = store.shard_path(ids[4]);
-        std::fs::remove_file(&path).unwrap();
-        std::fs::create_dir(&path).unwrap();
+        make_unreadable(&store, ids[4]);
 
         let server = crate::ShardServer::new(NodeId(1), 1 << 30, store.clone(), stats.clone());
         let request = lauscha_proto::storage::GetShardRequest {

@@ -67,7 +67,7 @@ use std::sync::{Arc, Mutex};
 use lauscha_core::{NodeId, ShardId, StripeId};
 use tracing::{debug, info, warn};
 
-use crate::disk::{BytesAt, ReadBytesAt, blocks_check_out, fsync_dir};
+use crate::disk::{BytesAt, ReadBytesAt, blocks_check_out, fsync_dir, unix_now_s};
 use crate::format;
 use crate::{ShardEntry, ShardError};
 
@@ -471,9 +471,14 @@ impl std::fmt::Debug for DirectAppends {
     }
 }
 
-/// Why records were failed after a direct write failed (`Appender::write_failed`).
-fn direct_write_failed() -> std::io::Error {
-    std::io::Error::other("a direct write to its segment failed after it was written")
+/// Why records were failed after a direct write failed (`Appender::write_failed`): of the
+/// kind that write failed with, so that on a full disk every record failed with it reads
+/// as `DiskFull` (a gateway then counts the node as full and places shards elsewhere).
+fn direct_write_failed((kind, cause): &(std::io::ErrorKind, String)) -> std::io::Error {
+    std::io::Error::new(
+        *kind,
+        format!("a direct write to its segment failed after it was written: {cause}"),
+    )
 }
 
 /// Whether `[from, to)` of `file` is what direct appends leave after the last record:
@@ -557,6 +562,17 @@ impl LogState {
     }
 }
 
+/// Records failed for good by a failed segment write or `fdatasync`.
+#[derive(Debug)]
+struct Poisoned {
+    /// Their generations.
+    gens: std::ops::RangeInclusive<u64>,
+    /// The kind of error that failed them (a full disk: `DiskFull` for each).
+    kind: std::io::ErrorKind,
+    /// What that error said.
+    cause: String,
+}
+
 #[derive(Debug)]
 struct Appender {
     seq: u64,
@@ -567,8 +583,9 @@ struct Appender {
     /// end of the records before it, which the device may have left damaged, and a later
     /// `fdatasync` would not say so (a failed direct write is not recorded on the file
     /// as a failed writeback is): the next sync poisons every record not yet synced
-    /// instead, and the segment is sealed (`rotate` is set with it).
-    write_failed: bool,
+    /// instead, and the segment is sealed (`rotate` is set with it). The kind of error it
+    /// failed with, and what it said.
+    write_failed: Option<(std::io::ErrorKind, String)>,
     end: u64,
     /// Records written so far (never reset): a commit waits until `synced_gen` reaches
     /// the count at its own record.
@@ -587,8 +604,8 @@ pub(crate) struct SegmentLog {
     sync_lock: Mutex<()>,
     /// Every record up to this generation was covered by a successful `fdatasync`...
     synced_gen: AtomicU64,
-    /// ... except these ranges (inclusive), which were to be covered by a failed one.
-    poisoned: Mutex<Vec<(u64, u64)>>,
+    /// ... except these, which were to be covered by a failed one.
+    poisoned: Mutex<Vec<Poisoned>>,
     /// The highest generation in `poisoned` (0: none), to skip its lock.
     poisoned_max: AtomicU64,
     compacting: AtomicBool,
@@ -679,7 +696,7 @@ impl SegmentLog {
                 seq,
                 file,
                 direct,
-                write_failed: false,
+                write_failed: None,
                 end: 0,
                 gen_written: 0,
                 rotate: false,
@@ -742,9 +759,7 @@ impl SegmentLog {
                 return Err(ShardError::AlreadyExists(id));
             }
         }
-        let created_unix_s = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let created_unix_s = unix_now_s();
         // Prefix and header; the data is written after them from the caller's buffer.
         let mut head = encode_prefix(
             KIND_SHARD,
@@ -946,7 +961,7 @@ impl SegmentLog {
                 }
                 Err(e) => {
                     warn!(node_id = %self.node_id, segment = pos.seq, error = %e, "direct segment write failed: the records not yet synced fail with it, and the segment is sealed");
-                    ap.write_failed = true;
+                    ap.write_failed = Some((e.kind(), e.to_string()));
                     ap.rotate = true;
                     return Err(e.into());
                 }
@@ -977,14 +992,13 @@ impl SegmentLog {
         if !ap.rotate {
             return Ok(());
         }
-        match ap.file.sync_data() {
-            Ok(()) if !ap.write_failed => {
+        match (ap.file.sync_data(), ap.write_failed.take()) {
+            (Ok(()), None) => {
                 self.synced_gen.fetch_max(ap.gen_written, Ordering::AcqRel);
             }
-            Ok(()) => self.poison(ap.gen_written, &direct_write_failed()),
-            Err(e) => self.poison(ap.gen_written, &e),
+            (Ok(()), Some(failed)) => self.poison(ap.gen_written, &direct_write_failed(&failed)),
+            (Err(e), _) => self.poison(ap.gen_written, &e),
         }
-        ap.write_failed = false;
         let seq = ap.seq + 1;
         let file = Arc::new(create_segment(&self.dir, seq)?);
         self.state
@@ -1018,10 +1032,9 @@ impl SegmentLog {
         }
         let (target, file) = {
             let mut ap = self.appender.lock().expect("segment appender lock");
-            if ap.write_failed {
+            if let Some(failed) = ap.write_failed.take() {
                 // Nothing is appended to this segment any more (`rotate` is set).
-                self.poison(ap.gen_written, &direct_write_failed());
-                ap.write_failed = false;
+                self.poison(ap.gen_written, &direct_write_failed(&failed));
                 return self
                     .settled(gen_written)
                     .expect("poisoned or synced before");
@@ -1050,15 +1063,17 @@ impl SegmentLog {
         // under `sync_lock`), so a raise seen here brings the poison that came before.
         let synced = self.synced_gen.load(Ordering::Acquire) >= gen_written;
         if gen_written <= self.poisoned_max.load(Ordering::Acquire)
-            && self
+            && let Some(p) = self
                 .poisoned
                 .lock()
                 .expect("segment poison lock")
                 .iter()
-                .any(|(lo, hi)| (*lo..=*hi).contains(&gen_written))
+                .find(|p| p.gens.contains(&gen_written))
         {
-            return Some(Err(ShardError::Io(std::io::Error::other(
-                "the fdatasync of its segment failed",
+            // Of the kind of the failure (a full disk is `DiskFull`).
+            return Some(Err(ShardError::from(std::io::Error::new(
+                p.kind,
+                format!("its segment's write or fdatasync failed: {}", p.cause),
             ))));
         }
         synced.then_some(Ok(()))
@@ -1072,7 +1087,11 @@ impl SegmentLog {
             self.poisoned
                 .lock()
                 .expect("segment poison lock")
-                .push((lo, gen_written));
+                .push(Poisoned {
+                    gens: lo..=gen_written,
+                    kind: e.kind(),
+                    cause: e.to_string(),
+                });
             self.poisoned_max.fetch_max(gen_written, Ordering::AcqRel);
         }
         warn!(node_id = %self.node_id, error = %e, n_records = gen_written + 1 - lo.min(gen_written + 1), "a segment write or fdatasync failed: its unsynced records failed their commits; the segment is sealed");
@@ -1122,20 +1141,26 @@ impl SegmentLog {
     /// Copies a sealed segment's live records and needed tombstones to the active segment
     /// and removes it.
     fn compact(&self, seq: u64) -> Result<(), ShardError> {
-        let Some(file) = self
+        let Some((file, nothing_live)) = self
             .state
             .lock()
             .expect("segment state lock")
             .segments
             .get(&seq)
-            .map(|seg| seg.file.clone())
+            .map(|seg| (seg.file.clone(), seg.n_live == 0 && seg.n_pending == 0))
         else {
             return Ok(());
         };
         // The shard records in the file, found by reading it (outside the lock): walking
         // the whole index for the few in this segment held the state lock, and with it
         // every read and write of the node, for a time that grew with the node's shards.
-        let in_file = shard_records_in(&file, seq);
+        // A segment kept only for its tombstones has none to find: it is not read. (Sealed,
+        // with no commit or delete pending, it gains none.)
+        let in_file = if nothing_live {
+            Ok(Vec::new())
+        } else {
+            shard_records_in(&file, seq)
+        };
         let (file, live, tombstones) = {
             let st = self.state.lock().expect("segment state lock");
             let Some(seg) = st.segments.get(&seq) else {
@@ -1797,9 +1822,19 @@ mod tests {
     /// A direct write that failed (marked by hand, as `append` marks it) fails the records
     /// not yet synced, even though a later `fdatasync` would succeed, and seals the
     /// segment; records synced before stay, and so do later ones in the next segment.
+    /// They fail as the write did: on a full disk, as `DiskFull` (a gateway then counts
+    /// the node as full and places shards elsewhere; an I/O error tells it nothing).
     #[test]
     fn a_failed_direct_write_fails_the_unsynced_records_for_good() {
-        for seal_first in [false, true] {
+        use std::io::ErrorKind;
+        let cases = [false, true].into_iter().flat_map(|seal_first| {
+            [ErrorKind::Other, ErrorKind::StorageFull].map(|kind| (seal_first, kind))
+        });
+        for (seal_first, kind) in cases {
+            let failed_as_the_write = |r: Result<(), ShardError>| match kind {
+                ErrorKind::StorageFull => matches!(r, Err(ShardError::DiskFull)),
+                _ => matches!(r, Err(ShardError::Io(e)) if e.kind() == kind),
+            };
             let dir = tempfile::tempdir().unwrap();
             let log = open(dir.path());
             put(&log, 1, b"synced before");
@@ -1817,7 +1852,7 @@ mod tests {
                 .1;
             {
                 let mut ap = log.appender.lock().unwrap();
-                ap.write_failed = true;
+                ap.write_failed = Some((kind, "injected".to_string()));
                 ap.rotate = true;
             }
             let segments_before = log.state.lock().unwrap().segments.len();
@@ -1826,8 +1861,8 @@ mod tests {
                 put(&log, 2, b"after");
             }
             assert!(
-                matches!(log.make_durable(unsynced), Err(ShardError::Io(_))),
-                "seal first: {seal_first}"
+                failed_as_the_write(log.make_durable(unsynced)),
+                "seal first: {seal_first}, {kind}"
             );
             assert!(matches!(log.make_durable(1), Ok(())));
             if !seal_first {
@@ -1837,7 +1872,7 @@ mod tests {
                 log.state.lock().unwrap().segments.len(),
                 segments_before + 1
             );
-            assert!(matches!(log.make_durable(unsynced), Err(ShardError::Io(_))));
+            assert!(failed_as_the_write(log.make_durable(unsynced)));
             assert_eq!(data_of(&log, 1).unwrap(), b"synced before");
             assert_eq!(data_of(&log, 2).unwrap(), b"after");
         }
