@@ -40,6 +40,10 @@ const MAX_REQUEST_BYTES: u32 = 32 << 20;
 const UNAUTHENTICATED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Requests of one connection in flight at once.
 const MAX_IN_FLIGHT: usize = 64;
+/// Bytes of READ replies and WRITE payloads one connection holds at once, from when the
+/// request is taken until its reply is written: 64 reads of 32 MiB from a client that
+/// reads its replies slowly would hold 2 GiB (more with the replies queued for writing).
+const MAX_IN_FLIGHT_BYTES: u32 = 128 << 20;
 /// At shutdown: how long sessions get to end (requests in flight answered, journals
 /// merged, leases given back) before the server stops waiting for them. What is cut off
 /// then loses nothing: the journal is durable and the lease runs out by itself.
@@ -604,6 +608,16 @@ fn errno(e: &VolumeError) -> u32 {
     }
 }
 
+/// A request's share of its connection's limits, given back once its reply is written
+/// (or can no longer be).
+struct InFlight {
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    _bytes: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// A reply for the writer task: error, cookie, data, and what the request holds.
+type Reply = (u32, u64, Option<Vec<Bytes>>, Option<InFlight>);
+
 async fn transmission(
     engine: Arc<VolumeEngine>,
     info: ExportInfo,
@@ -611,19 +625,32 @@ async fn transmission(
     mut wr: WriteHalf<Stream>,
     stopping: &CancellationToken,
 ) -> std::io::Result<()> {
-    let (tx, mut rx) = mpsc::channel::<(u32, u64, Option<Vec<Bytes>>)>(MAX_IN_FLIGHT);
+    let (tx, mut rx) = mpsc::channel::<Reply>(MAX_IN_FLIGHT);
     let writer = tokio::spawn(async move {
-        while let Some((error, cookie, data)) = rx.recv().await {
-            let header = nbd::simple_reply(error, cookie);
-            write_reply(&mut wr, &header, data.as_deref().unwrap_or_default()).await?;
-            if rx.is_empty() {
-                // Replies queued behind this one go out with it; TLS needs the flush.
-                wr.flush().await?;
+        // After a failed write the rest is received and dropped, not left in the channel:
+        // a reply sent just as the receiver went would stay there, holding its request's
+        // slot, and the session would wait for that slot for good.
+        let mut failed = None;
+        while let Some((error, cookie, data, in_flight)) = rx.recv().await {
+            if failed.is_none() {
+                let header = nbd::simple_reply(error, cookie);
+                let mut written =
+                    write_reply(&mut wr, &header, data.as_deref().unwrap_or_default()).await;
+                if written.is_ok() && rx.is_empty() {
+                    // Replies queued behind this one go out with it; TLS needs the flush.
+                    written = wr.flush().await;
+                }
+                failed = written.err();
             }
+            drop((data, in_flight));
         }
-        wr.shutdown().await
+        match failed {
+            Some(e) => Err(e),
+            None => wr.shutdown().await,
+        }
     });
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let bytes_budget = Arc::new(Semaphore::new(MAX_IN_FLIGHT_BYTES as usize));
     // A client gone in the middle of a write's payload ends the session like one gone
     // between requests: what it had in flight finishes before the caller detaches, so
     // no request of this session runs after the engine was detached and its lease given
@@ -651,7 +678,7 @@ async fn transmission(
         if request.command == nbd::CMD_WRITE {
             if request.len > MAX_REQUEST_BYTES {
                 // Its payload cannot be skipped safely at this size: refuse and close.
-                let _ = tx.send((nbd::EINVAL, request.cookie, None)).await;
+                let _ = tx.send((nbd::EINVAL, request.cookie, None, None)).await;
                 break;
             }
             // Read into memory not zeroed first: a 1 MiB write would be written twice.
@@ -685,7 +712,17 @@ async fn transmission(
         if request.command == nbd::CMD_DISC {
             break;
         }
-        let permit = slots.clone().acquire_owned().await.expect("semaphore open");
+        // A payload or a reply's data; at most the whole budget (a READ over the largest
+        // size is refused when it runs, and must not wait for more than there is).
+        let n_bytes = match request.command {
+            nbd::CMD_READ | nbd::CMD_WRITE => request.len.clamp(1, MAX_IN_FLIGHT_BYTES),
+            _ => 1,
+        };
+        let in_flight = InFlight {
+            _slot: slots.clone().acquire_owned().await.expect("semaphore open"),
+            _bytes: (bytes_budget.clone().acquire_many_owned(n_bytes).await)
+                .expect("semaphore open"),
+        };
         let (engine, tx) = (engine.clone(), tx.clone());
         tokio::spawn(async move {
             // A deliberately broken build, for the chaos suite's proof that it notices:
@@ -693,10 +730,10 @@ async fn transmission(
             // 50 ms later.
             #[cfg(feature = "chaos-ack-before-durable")]
             if request.command == nbd::CMD_WRITE {
-                let _ = tx.send((0, request.cookie, None)).await;
+                let _ = tx.send((0, request.cookie, None, None)).await;
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 let _ = execute(&engine, &info, &request, payload).await;
-                drop(permit);
+                drop(in_flight);
                 return;
             }
             let reply = execute(&engine, &info, &request, payload).await;
@@ -704,11 +741,13 @@ async fn transmission(
                 Ok(data) => (0, data),
                 Err(e) => (e, None),
             };
-            let _ = tx.send((error, request.cookie, data)).await;
-            drop(permit);
+            let _ = tx
+                .send((error, request.cookie, data, Some(in_flight)))
+                .await;
         });
     }
-    // Finish what is in flight (every permit back), then close.
+    // Finish what is in flight (every request answered: its slot comes back once its
+    // reply is written, or dropped by a writer that failed), then close.
     let _ = slots.acquire_many(MAX_IN_FLIGHT as u32).await;
     drop(tx);
     let written = writer.await.map_err(std::io::Error::other)?;

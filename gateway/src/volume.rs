@@ -39,7 +39,8 @@ use futures::StreamExt;
 use lauscha_core::versioning::{MetaQuery, MetaQueryReply, ObjectCommand, ObjectCommandReply};
 use lauscha_core::volume::{
     BatchedWrite, ExtentJournal, JOURNAL_COPIES_POLICY, JournalEntry, MergeLimits, SpilledEntry,
-    Volume, VolumeCommand, VolumeReply, VolumeState, covers, extents_of, plan_merges, tiling,
+    VOLUME_BLOCK_BYTES, Volume, VolumeCommand, VolumeReply, VolumeState, covers, extents_of,
+    plan_merges, tiling,
 };
 use lauscha_core::{ObjectData, ObjectVersion, PlacementPolicy, StripeId, TenantId};
 use s3s::checksum::ChecksumHasher;
@@ -142,6 +143,24 @@ struct Pending {
     since: Instant,
 }
 
+impl Pending {
+    /// What the journal's limits count for it: its bytes, which stay in memory until it
+    /// is merged; for zeros (TRIM, WRITE_ZEROES), which keep none, one block at most.
+    /// Counted at their length, a whole-disk discard (`mkfs`, `blkdiscard`, a copy tool
+    /// zeroing its target: up to 4 GiB a request) put the journal far over its limit,
+    /// and the writes after it waited until merges of every extent it touched had
+    /// committed, one metadata command each. Not counted at all, zeros could pile up
+    /// without bound (a multi-TiB discard: millions of entries), and the journal would
+    /// no longer fit the one message an attach reads it in: the limit on bytes is also
+    /// the limit on entries.
+    fn counted_bytes(&self) -> u64 {
+        match self.data {
+            Some(_) => self.len,
+            None => self.len.min(u64::from(VOLUME_BLOCK_BYTES)),
+        }
+    }
+}
+
 #[derive(Default)]
 struct EngineState {
     extents: HashMap<u64, ObjectData>,
@@ -180,8 +199,12 @@ impl EngineState {
         Some(ExtentJournal {
             extent: idx,
             entries: ps.len(),
-            bytes: ps.iter().map(|p| p.len).sum(),
-            inline_bytes: ps.iter().filter(|p| p.inline).map(|p| p.len).sum(),
+            bytes: ps.iter().map(Pending::counted_bytes).sum(),
+            inline_bytes: ps
+                .iter()
+                .filter(|p| p.inline)
+                .map(Pending::counted_bytes)
+                .sum(),
             covered: covers(extent_len, ps.iter().map(|p| (p.within, p.len))),
             oldest_age_ms: oldest.elapsed().as_millis() as u64,
         })
@@ -243,9 +266,9 @@ impl EngineState {
             ps.retain(|p| {
                 let drop = gone(p);
                 if drop {
-                    freed += p.len;
+                    freed += p.counted_bytes();
                     if p.inline {
-                        freed_inline += p.len;
+                        freed_inline += p.counted_bytes();
                     }
                     n_dropped += 1;
                 }
@@ -2318,24 +2341,22 @@ fn insert_pending(
             debug_assert!(false, "journal entry {seq} inserted twice");
             continue;
         }
-        list.insert(
-            at,
-            Pending {
-                seq,
-                within,
-                len: n,
-                data: slice,
-                replicated,
-                inline,
-                sliced,
-                stripes: stripes.clone(),
-                since: Instant::now(),
-            },
-        );
-        st.pending_bytes += n;
+        let pending = Pending {
+            seq,
+            within,
+            len: n,
+            data: slice,
+            replicated,
+            inline,
+            sliced,
+            stripes: stripes.clone(),
+            since: Instant::now(),
+        };
+        st.pending_bytes += pending.counted_bytes();
         if inline {
-            st.inline_pending_bytes += n;
+            st.inline_pending_bytes += pending.counted_bytes();
         }
+        list.insert(at, pending);
     }
 }
 
@@ -2428,5 +2449,39 @@ mod tests {
         assert_eq!(st.pending[&1][0].data.as_deref(), Some(&b"YZ"[..]));
         assert_eq!(st.pending_bytes, 4);
         assert_eq!(st.inline_pending_bytes, 4);
+    }
+
+    /// Zeros keep no bytes in memory, so the journal's limits count a block for each (an
+    /// entry per extent), not their length: a whole-disk discard must not make the writes
+    /// after it wait for merges, and zeros must not pile up without bound either.
+    #[test]
+    fn zeros_count_nothing_against_the_journal_limits() {
+        let mut st = EngineState::default();
+        let extent_bytes = 4 << 20;
+        insert_pending(
+            &mut st,
+            extent_bytes,
+            (1, 0, 1 << 30),
+            None,
+            Stored::Zeros,
+            true,
+        );
+        insert_pending(
+            &mut st,
+            extent_bytes,
+            (2, 4096, 4),
+            Some(Bytes::from_static(b"WXYZ")),
+            Stored::Inline,
+            true,
+        );
+        assert_eq!(st.pending.len(), 256);
+        let block = u64::from(VOLUME_BLOCK_BYTES);
+        assert_eq!(st.pending_bytes, 256 * block + 4);
+        assert_eq!(st.inline_pending_bytes, 4);
+        assert_eq!(st.extent_journal(0, extent_bytes).unwrap().bytes, block + 4);
+        assert_eq!(st.extent_journal(1, extent_bytes).unwrap().bytes, block);
+        st.drop_pending(0..256, |_| true);
+        assert_eq!(st.pending_bytes, 0);
+        assert_eq!(st.inline_pending_bytes, 0);
     }
 }

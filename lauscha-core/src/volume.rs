@@ -34,7 +34,9 @@ pub struct Volume {
     pub policy: PlacementPolicy,
     /// Creation time, Unix ms.
     pub created_ms: u64,
-    /// The last lease epoch handed out (0: never attached).
+    /// The last lease epoch handed out; a new volume's is the index of the metadata log
+    /// entry that created it (no epoch of a volume of the same name before it reaches
+    /// that), and its first lease gets the next.
     pub epoch: u64,
     /// The current lease, if any.
     pub lease: Option<Lease>,

@@ -2134,6 +2134,188 @@ mod tests {
         assert!(crate::volumes::state(&sm.kv, "disk").unwrap().is_none());
     }
 
+    /// A volume deleted and made again under its name is another volume: the server that
+    /// held the old one (fenced out when its lease lapsed) holds no epoch of the new one.
+    /// Every volume used to start at epoch 0, so the new one's first lease was epoch 1
+    /// again, and the old holder's renewals and appends under epoch 1 were taken.
+    #[test]
+    fn a_volume_made_again_under_its_name_fences_the_old_holder() {
+        use lauscha_core::volume::{VolumeCommand as V, VolumeReply};
+        let mut sm = setup();
+        let create = || V::Create {
+            name: "disk".into(),
+            tenant: tenant("jena"),
+            size_bytes: 1 << 30,
+            policy: PlacementPolicy::DEFAULT,
+        };
+        let acquire = |holder: &str| V::Acquire {
+            name: "disk".into(),
+            tenant: tenant("jena"),
+            holder: holder.into(),
+            ttl_ms: 10_000,
+        };
+        vol(&mut sm, 0, create()).unwrap();
+        let Ok(VolumeReply::Leased { epoch: old }) = vol(&mut sm, 1_000, acquire("host-a")) else {
+            panic!("attach refused")
+        };
+        // host-a is cut off; its lease lapses; the volume is deleted and made again, and
+        // host-b attaches the new one.
+        vol(
+            &mut sm,
+            20_000,
+            V::Delete {
+                name: "disk".into(),
+                tenant: tenant("jena"),
+            },
+        )
+        .unwrap();
+        vol(&mut sm, 20_000, create()).unwrap();
+        let Ok(VolumeReply::Leased { epoch: new }) = vol(&mut sm, 21_000, acquire("host-b")) else {
+            panic!("attach refused")
+        };
+        assert_ne!(new, old);
+        // host-a comes back: nothing it sends under its old epoch is taken.
+        let renew = V::Renew {
+            name: "disk".into(),
+            epoch: old,
+            ttl_ms: 10_000,
+        };
+        assert!(matches!(
+            vol(&mut sm, 22_000, renew),
+            Err(MetaError::Fenced(_))
+        ));
+        assert!(matches!(
+            vol(&mut sm, 22_000, zeros_at_0("disk", old)),
+            Err(MetaError::Fenced(_))
+        ));
+        assert!(matches!(
+            vol(
+                &mut sm,
+                22_000,
+                V::Release {
+                    name: "disk".into(),
+                    epoch: old
+                }
+            ),
+            Err(MetaError::Fenced(_))
+        ));
+        assert!(matches!(
+            vol(&mut sm, 22_000, zeros_at_0("disk", new)),
+            Ok(VolumeReply::Appended { first_seq: 1 })
+        ));
+    }
+
+    /// Commands a correct gateway never sends are refused rather than applied: a lease
+    /// on a snapshot or a resize of one (snapshots are read-only), a merge listing an
+    /// entry twice (its stripes' references would drop twice, and a snapshot's stripes
+    /// become garbage), a merge into an extent past the end, a lease of more than
+    /// `MAX_LEASE_TTL_MS`, a journal entry whose end overflows.
+    #[test]
+    fn volume_commands_that_would_break_an_invariant_are_refused() {
+        use lauscha_core::volume::{VolumeCommand as V, VolumeReply};
+        let mut sm = setup();
+        let epoch = leased_volume(&mut sm, "vm");
+        assert!(matches!(
+            vol(&mut sm, 0, zeros_at_0("vm", epoch)),
+            Ok(VolumeReply::Appended { first_seq: 1 })
+        ));
+        vol(
+            &mut sm,
+            0,
+            V::Snapshot {
+                name: "vm".into(),
+                tenant: tenant("jena"),
+                snapshot: "monday".into(),
+            },
+        )
+        .unwrap();
+        let invalid =
+            |r: Result<VolumeReply, MetaError>| matches!(r, Err(MetaError::InvalidArgument(_)));
+        assert!(invalid(vol(
+            &mut sm,
+            0,
+            V::Acquire {
+                name: "vm@monday".into(),
+                tenant: tenant("jena"),
+                holder: "h".into(),
+                ttl_ms: 10_000,
+            }
+        )));
+        assert!(invalid(vol(
+            &mut sm,
+            0,
+            V::Resize {
+                name: "vm@monday".into(),
+                tenant: tenant("jena"),
+                size_bytes: 16 << 20,
+            }
+        )));
+        assert!(invalid(vol(
+            &mut sm,
+            0,
+            V::Merge {
+                name: "vm".into(),
+                epoch,
+                extent: 0,
+                data: None,
+                merged: vec![1, 1],
+            }
+        )));
+        assert!(invalid(vol(
+            &mut sm,
+            0,
+            V::Merge {
+                name: "vm".into(),
+                epoch,
+                extent: 2, // the volume is 8 MiB: extents 0 and 1
+                data: Some(ObjectData::Inline(vec![1; 4096])),
+                merged: vec![],
+            }
+        )));
+        assert!(invalid(vol(
+            &mut sm,
+            0,
+            V::Renew {
+                name: "vm".into(),
+                epoch,
+                ttl_ms: u64::MAX,
+            }
+        )));
+        assert!(invalid(vol(
+            &mut sm,
+            0,
+            V::Append {
+                name: "vm".into(),
+                epoch,
+                entries: vec![lauscha_core::volume::JournalEntry {
+                    epoch,
+                    offset: u64::MAX - 10,
+                    len: 100,
+                    data: None,
+                }],
+            }
+        )));
+        // Nothing of that changed the volume or its snapshot.
+        let state = crate::volumes::state(&sm.kv, "vm").unwrap().unwrap();
+        assert_eq!(state.journal.len(), 1);
+        let snapshot = crate::volumes::state(&sm.kv, "vm@monday").unwrap().unwrap();
+        assert_eq!(snapshot.volume.size_bytes, 8 << 20);
+        assert!(snapshot.volume.lease.is_none());
+        // The merge listing the entry once goes through.
+        vol(
+            &mut sm,
+            0,
+            V::Merge {
+                name: "vm".into(),
+                epoch,
+                extent: 0,
+                data: None,
+                merged: vec![1],
+            },
+        )
+        .unwrap();
+    }
+
     #[test]
     fn volume_stripes_are_known_until_replaced_and_volumes_only_grow() {
         use lauscha_core::volume::{JournalEntry, VolumeCommand as V, VolumeReply};
@@ -2949,15 +3131,6 @@ mod tests {
         ));
         // Deleting the snapshot frees nothing the clone holds; deleting the clone too
         // frees the old stripes.
-        vol(
-            &mut sm,
-            0,
-            V::Release {
-                name: "vm@monday".into(),
-                epoch: 1,
-            },
-        )
-        .ok();
         vol(
             &mut sm,
             100_000,

@@ -329,7 +329,7 @@ pub fn edit_stripe(
 fn check_entry(volume: &Volume, offset: u64, len: u64) -> Result<(), MetaError> {
     let end = offset.checked_add(len);
     let ext = volume.extent_bytes;
-    let one_extent = len > 0 && offset / ext == (offset + len - 1) / ext;
+    let one_extent = len > 0 && end.is_some_and(|end| offset / ext == (end - 1) / ext);
     if end.is_none_or(|e| e > volume.size_bytes) || !one_extent {
         return Err(MetaError::InvalidArgument(format!(
             "journal entry {offset}+{len}: outside volume {} or across extents",
@@ -346,6 +346,40 @@ fn same_epoch(entry: u64, command: u64) -> Result<(), MetaError> {
         )));
     }
     Ok(())
+}
+
+/// The epoch a volume starts at (its first lease gets the next): the index of the log entry
+/// that creates it. Epochs rise by one per lease command, each in a later log entry, so
+/// every epoch of a volume is below the creation index of any later volume of the same
+/// name: a server fenced out of a deleted volume (its lease lapsed, the volume deleted
+/// and made again) can never hold an epoch of the new one. Starting every volume at 0,
+/// its first lease got epoch 1 again, and that server's renewals, appends and merges
+/// under epoch 1 were taken by the new volume.
+fn first_epoch(log_index: u64) -> u64 {
+    log_index
+}
+
+/// The bytes of `data`'s stripes together; `None` if that overflows (never from a
+/// gateway; refused rather than summed wrong, or panicking in a debug build).
+fn stripes_len(data: &ObjectData) -> Option<u64> {
+    data.stripes()
+        .iter()
+        .try_fold(0u64, |sum, s| sum.checked_add(s.len_bytes))
+}
+
+/// The longest lease a holder may ask for (ms). Gateways ask for 10 s and renew; a lease
+/// of years (or one whose end overflows) would keep every other host from attaching, and
+/// the volume from being deleted, for good.
+pub const MAX_LEASE_TTL_MS: u64 = 300_000;
+
+/// When a lease asked for at `now_ms` for `ttl_ms` ends.
+fn lease_expiry(name: &str, now_ms: u64, ttl_ms: u64) -> Result<u64, MetaError> {
+    if ttl_ms == 0 || ttl_ms > MAX_LEASE_TTL_MS {
+        return Err(MetaError::InvalidArgument(format!(
+            "volume {name}: a lease of {ttl_ms} ms (1 to {MAX_LEASE_TTL_MS} ms)"
+        )));
+    }
+    Ok(now_ms.saturating_add(ttl_ms))
 }
 
 /// Applies a volume command.
@@ -382,7 +416,7 @@ pub fn apply_volume_command(
                     extent_bytes: DEFAULT_EXTENT_BYTES,
                     policy: *policy,
                     created_ms: now_ms,
-                    epoch: 0,
+                    epoch: first_epoch(log_index),
                     lease: None,
                     next_seq: 1,
                     read_only: false,
@@ -441,7 +475,7 @@ pub fn apply_volume_command(
                     extent_bytes: source.extent_bytes,
                     policy: source.policy,
                     created_ms: now_ms,
-                    epoch: 0,
+                    epoch: first_epoch(log_index),
                     lease: None,
                     next_seq: source.next_seq,
                     read_only: is_snapshot,
@@ -497,6 +531,11 @@ pub fn apply_volume_command(
             if let Err(e) = check_size(*size_bytes) {
                 return Ok(Err(MetaError::InvalidArgument(e)));
             }
+            if volume.read_only {
+                return Ok(Err(MetaError::InvalidArgument(format!(
+                    "{name} is a snapshot: read-only (clone it to get a volume that can grow)"
+                ))));
+            }
             if *size_bytes < volume.size_bytes {
                 return Ok(Err(MetaError::InvalidArgument(format!(
                     "volume {name} has {} bytes; volumes only grow (shrinking would cut data off)",
@@ -513,10 +552,20 @@ pub fn apply_volume_command(
             holder,
             ttl_ms,
         } => {
+            let expires_ms = match lease_expiry(name, now_ms, *ttl_ms) {
+                Ok(at) => at,
+                Err(e) => return Ok(Err(e)),
+            };
             let mut volume = match owned(kv, name, tenant)? {
                 Ok(v) => v,
                 Err(e) => return Ok(Err(e)),
             };
+            // Snapshots are served without a lease: nothing may write them.
+            if volume.read_only {
+                return Ok(Err(MetaError::InvalidArgument(format!(
+                    "{name} is a snapshot: read-only, it takes no lease"
+                ))));
+            }
             if let Some(l) = &volume.lease
                 && l.expires_ms > now_ms
                 && l.holder != *holder
@@ -530,7 +579,7 @@ pub fn apply_volume_command(
             volume.lease = Some(Lease {
                 holder: holder.clone(),
                 epoch: volume.epoch,
-                expires_ms: now_ms + ttl_ms,
+                expires_ms,
             });
             let epoch = volume.epoch;
             put(out, keys::volume(name), &volume);
@@ -541,12 +590,16 @@ pub fn apply_volume_command(
             epoch,
             ttl_ms,
         } => {
+            let expires_ms = match lease_expiry(name, now_ms, *ttl_ms) {
+                Ok(at) => at,
+                Err(e) => return Ok(Err(e)),
+            };
             let mut volume = match fenced(kv, name, *epoch)? {
                 Ok(v) => v,
                 Err(e) => return Ok(Err(e)),
             };
             if let Some(l) = &mut volume.lease {
-                l.expires_ms = now_ms + ttl_ms;
+                l.expires_ms = expires_ms;
             }
             put(out, keys::volume(name), &volume);
             Ok(Ok(VolumeReply::Done))
@@ -556,6 +609,10 @@ pub fn apply_volume_command(
             epoch,
             ttl_ms,
         } => {
+            let expires_ms = match lease_expiry(name, now_ms, *ttl_ms) {
+                Ok(at) => at,
+                Err(e) => return Ok(Err(e)),
+            };
             let mut volume = match fenced(kv, name, *epoch)? {
                 Ok(v) => v,
                 Err(e) => return Ok(Err(e)),
@@ -564,7 +621,7 @@ pub fn apply_volume_command(
             let epoch = volume.epoch;
             if let Some(l) = &mut volume.lease {
                 l.epoch = epoch;
-                l.expires_ms = now_ms + ttl_ms;
+                l.expires_ms = expires_ms;
             }
             put(out, keys::volume(name), &volume);
             Ok(Ok(VolumeReply::Leased { epoch }))
@@ -622,7 +679,7 @@ pub fn apply_volume_command(
             seq,
             data,
         } => {
-            if let Err(e) = fenced(kv, name, *epoch)? {
+            if let Err(e) = writable(kv, name, *epoch)? {
                 return Ok(Err(e));
             }
             let key = keys::volume_journal(name, *seq);
@@ -670,7 +727,11 @@ pub fn apply_volume_command(
                 Ok(v) => v,
                 Err(e) => return Ok(Err(e)),
             };
-            let batch_len: u64 = data.stripes().iter().map(|s| s.len_bytes).sum();
+            let Some(batch_len) = stripes_len(data) else {
+                return Ok(Err(MetaError::InvalidArgument(format!(
+                    "volume {name}: a batch's stripe lengths overflow"
+                ))));
+            };
             if !matches!(data, ObjectData::Striped { .. }) || writes.is_empty() {
                 return Ok(Err(MetaError::InvalidArgument(format!(
                     "volume {name}: a batch is stripes with at least one write"
@@ -713,10 +774,14 @@ pub fn apply_volume_command(
             data,
             entries,
         } => {
-            if let Err(e) = fenced(kv, name, *epoch)? {
+            if let Err(e) = writable(kv, name, *epoch)? {
                 return Ok(Err(e));
             }
-            let spill_len: u64 = data.stripes().iter().map(|s| s.len_bytes).sum();
+            let Some(spill_len) = stripes_len(data) else {
+                return Ok(Err(MetaError::InvalidArgument(format!(
+                    "volume {name}: a spill's stripe lengths overflow"
+                ))));
+            };
             if !matches!(data, ObjectData::Striped { .. }) || entries.is_empty() {
                 return Ok(Err(MetaError::InvalidArgument(format!(
                     "volume {name}: a spill is stripes with at least one entry"
@@ -766,10 +831,28 @@ pub fn apply_volume_command(
             data,
             merged,
         } => {
-            let volume = match fenced(kv, name, *epoch)? {
+            let volume = match writable(kv, name, *epoch)? {
                 Ok(v) => v,
                 Err(e) => return Ok(Err(e)),
             };
+            // Each entry once: its stripes' references are dropped once per listing.
+            let mut listed = std::collections::HashSet::new();
+            if let Some(seq) = merged.iter().find(|seq| !listed.insert(**seq)) {
+                return Ok(Err(MetaError::InvalidArgument(format!(
+                    "volume {name}: a merge lists journal entry {seq} twice"
+                ))));
+            }
+            // Bytes past the end would be read after the volume grows.
+            if data.is_some()
+                && extent
+                    .checked_mul(volume.extent_bytes)
+                    .is_none_or(|start| start >= volume.size_bytes)
+            {
+                return Ok(Err(MetaError::InvalidArgument(format!(
+                    "volume {name}: extent {extent} is past its end ({} bytes)",
+                    volume.size_bytes
+                ))));
+            }
             let mut refs = StripeRefs::default();
             // Stripes of the merged entries as metadata has them now: repair and drain
             // move shards (`edit_stripe`) without the writer knowing.
