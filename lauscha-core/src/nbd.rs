@@ -37,6 +37,8 @@ pub const TFLAG_SEND_FUA: u16 = 1 << 3;
 pub const TFLAG_SEND_TRIM: u16 = 1 << 5;
 /// WRITE_ZEROES is supported.
 pub const TFLAG_SEND_WRITE_ZEROES: u16 = 1 << 6;
+/// WRITE_ZEROES takes NBD_CMD_FLAG_FAST_ZERO.
+pub const TFLAG_SEND_FAST_ZERO: u16 = 1 << 11;
 
 /// Options.
 pub const OPT_EXPORT_NAME: u32 = 1;
@@ -81,6 +83,8 @@ pub const INFO_BLOCK_SIZE: u16 = 3;
 pub const CMD_FLAG_FUA: u16 = 1 << 0;
 /// WRITE_ZEROES may not leave a hole (Lauscha zeroes read back the same either way).
 pub const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
+/// WRITE_ZEROES must fail at once (ENOTSUP) if it would be slower than writing zeros.
+pub const CMD_FLAG_FAST_ZERO: u16 = 1 << 4;
 
 /// Error values of replies (Linux errno numbers, as the protocol defines them).
 pub const EPERM: u32 = 1;
@@ -99,6 +103,8 @@ pub const ESHUTDOWN: u32 = 108;
 
 /// Longest option payload a server reads (an export name is at most 4 KiB).
 pub const MAX_OPTION_BYTES: u32 = 64 * 1024;
+/// Longest string the protocol carries (an export name, an error message), bytes.
+pub const MAX_STRING_BYTES: usize = 4096;
 
 /// What the connection's TLS state makes of one option during negotiation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,6 +225,17 @@ pub fn option_reply(option: u32, reply_type: u32, data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// An error reply to an option, with `message` for people, cut to the protocol's limit
+/// for strings (at a character boundary): errors from below may be long.
+pub fn option_error(option: u32, reply_type: u32, message: &str) -> Vec<u8> {
+    debug_assert!(reply_type & (1 << 31) != 0, "an error reply type");
+    let mut end = message.len().min(MAX_STRING_BYTES);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    option_reply(option, reply_type, &message.as_bytes()[..end])
+}
+
 /// What the server says about an export: the same in NBD_OPT_INFO and NBD_OPT_GO.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExportInfo {
@@ -319,6 +336,22 @@ pub fn simple_reply(error: u32, cookie: u64) -> [u8; 16] {
     out[4..8].copy_from_slice(&error.to_be_bytes());
     out[8..16].copy_from_slice(&cookie.to_be_bytes());
     out
+}
+
+/// Checks a request's command flags: FUA on any command (the protocol lets a client set
+/// it on every command once NBD_FLAG_SEND_FUA is advertised; it matters for writes),
+/// NO_HOLE and FAST_ZERO on WRITE_ZEROES; anything else is EINVAL, as the protocol lets
+/// a server answer a flag it does not know or that the command does not take (DF and
+/// REQ_ONE need structured replies and block status, which this server does not offer).
+pub fn check_flags(r: &Request) -> Result<(), u32> {
+    let allowed = match r.command {
+        CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
+        _ => CMD_FLAG_FUA,
+    };
+    if r.flags & !allowed != 0 {
+        return Err(EINVAL);
+    }
+    Ok(())
 }
 
 /// Checks a request's range against the export: inside the export, aligned to the
@@ -432,6 +465,46 @@ mod tests {
     }
 
     #[test]
+    fn flags_are_checked_per_command() {
+        let req = |command, flags| Request {
+            flags,
+            command,
+            cookie: 1,
+            offset: 0,
+            len: 4096,
+        };
+        for command in [CMD_READ, CMD_WRITE, CMD_FLUSH, CMD_TRIM, CMD_WRITE_ZEROES] {
+            assert_eq!(check_flags(&req(command, 0)), Ok(()));
+            assert_eq!(check_flags(&req(command, CMD_FLAG_FUA)), Ok(()));
+            assert_eq!(check_flags(&req(command, 1 << 7)), Err(EINVAL));
+        }
+        let zero_flags = CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO;
+        assert_eq!(check_flags(&req(CMD_WRITE_ZEROES, zero_flags)), Ok(()));
+        assert_eq!(check_flags(&req(CMD_WRITE, CMD_FLAG_NO_HOLE)), Err(EINVAL));
+        assert_eq!(check_flags(&req(CMD_TRIM, CMD_FLAG_FAST_ZERO)), Err(EINVAL));
+        // DF and REQ_ONE belong to structured replies and block status.
+        assert_eq!(check_flags(&req(CMD_READ, 1 << 2)), Err(EINVAL));
+        assert_eq!(check_flags(&req(CMD_READ, 1 << 3)), Err(EINVAL));
+    }
+
+    #[test]
+    fn option_errors_are_cut_to_the_string_limit_at_a_character() {
+        let header_bytes = 20;
+        let short = option_error(OPT_GO, REP_ERR_POLICY, "taken");
+        assert_eq!(&short[header_bytes..], b"taken");
+        // 'ä' is two bytes: 4095 of them would end in the middle of one.
+        let long = "x".repeat(4095) + &"ä".repeat(100);
+        let reply = option_error(OPT_GO, REP_ERR_POLICY, &long);
+        let message = std::str::from_utf8(&reply[header_bytes..]).expect("whole characters");
+        assert_eq!(message.len(), 4095);
+        assert_eq!(
+            u32::from_be_bytes(reply[16..20].try_into().unwrap()),
+            4095,
+            "the length field says what follows"
+        );
+    }
+
+    #[test]
     fn request_header_round_trip() {
         let r = Request {
             flags: CMD_FLAG_FUA,
@@ -456,6 +529,7 @@ mod tests {
             }
             let _ = parse_option(&h16);
             if let Ok(r) = parse_request(&h28) {
+                let _ = check_flags(&r);
                 let _ = check_range(&r, &info());
             }
         }

@@ -50,10 +50,17 @@ fn qemu_tools_convert_compare_and_check_patterns() {
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();
     let export = &info["exports"][0];
     assert_eq!(export["export-size"], 256 << 20);
-    for flag in ["can_flush", "can_fua", "can_trim", "can_zero"] {
+    for flag in [
+        "can_flush",
+        "can_fua",
+        "can_trim",
+        "can_zero",
+        "can_fast_zero",
+    ] {
         assert_eq!(export[flag], true, "{flag}: {export}");
     }
-    assert_eq!(export["block_size_minimum"], 4096);
+    // 512-byte sectors, as the Linux kernel's client sends whatever it is told.
+    assert_eq!(export["block_size_minimum"], 512);
 
     // A fresh volume reads as zeros.
     qemu_io(&uri, &["read -P 0 0 1M", "read -P 0 255M 1M"]);
@@ -94,6 +101,21 @@ fn qemu_tools_convert_compare_and_check_patterns() {
             "write -f -P 0x11 8M 64k",
             "flush",
             "read -P 0x11 8M 64k",
+            // 512-byte sectors, one of them FUA, between and over 4 KiB blocks (of a
+            // range zeroed first: it holds the image's random bytes).
+            "write -z 16M 64k",
+            "write -P 0x21 16M 512",
+            "write -P 0x22 16778752 1k",
+            "write -f -P 0x23 16781824 512",
+            "write -P 0x24 16785408 8k",
+            "write -P 0x25 16789504 512",
+            "read -P 0x21 16M 512",
+            "read -P 0 16777728 1k",
+            "read -P 0x22 16778752 1k",
+            "read -P 0x23 16781824 512",
+            "read -P 0x24 16785408 4k",
+            "read -P 0x25 16789504 512",
+            "read -P 0x24 16790016 3584",
         ],
     );
     // A new connection (new attach) sees the same bytes.
@@ -104,6 +126,11 @@ fn qemu_tools_convert_compare_and_check_patterns() {
             "read -P 0 1M 2M",
             "read -P 0xcd 4186112 16k",
             "read -P 0x11 8M 64k",
+            "read -P 0x21 16M 512",
+            "read -P 0 16777728 1k",
+            "read -P 0x22 16778752 1k",
+            "read -P 0x23 16781824 512",
+            "read -P 0x25 16789504 512",
         ],
     );
     let listed = dev.admin(&["volume", "list"]);
@@ -201,8 +228,20 @@ impl RawClient {
     }
 
     fn request(&mut self, command: u16, cookie: u64, offset: u64, len: u32, data: &[u8]) -> u32 {
+        self.request_with_flags(0, command, cookie, offset, len, data)
+    }
+
+    fn request_with_flags(
+        &mut self,
+        flags: u16,
+        command: u16,
+        cookie: u64,
+        offset: u64,
+        len: u32,
+        data: &[u8],
+    ) -> u32 {
         let r = nbd::Request {
-            flags: 0,
+            flags,
             command,
             cookie,
             offset,
@@ -477,7 +516,26 @@ fn bad_requests_get_error_replies_and_hurt_no_one_else() {
         nbd::EINVAL,
         "unknown command"
     );
+    assert_eq!(
+        client.request_with_flags(1 << 9, nbd::CMD_WRITE, 41, 0, 4096, &[8u8; 4096]),
+        nbd::EINVAL,
+        "unknown flag"
+    );
+    assert_eq!(
+        client.request_with_flags(nbd::CMD_FLAG_NO_HOLE, nbd::CMD_TRIM, 42, 0, 4096, &[]),
+        nbd::EINVAL,
+        "a WRITE_ZEROES flag on TRIM"
+    );
+    // Zero-length requests change nothing and are answered.
+    assert_eq!(client.request(nbd::CMD_WRITE, 43, 4096, 0, &[]), 0);
+    assert_eq!(client.request(nbd::CMD_WRITE_ZEROES, 44, 4096, 0, &[]), 0);
+    assert_eq!(client.request(nbd::CMD_READ, 45, 4096, 0, &[]), 0);
     assert_eq!(client.request(nbd::CMD_WRITE, 5, 0, 4096, &[9u8; 4096]), 0);
+    let fast_zero = nbd::CMD_FLAG_FAST_ZERO | nbd::CMD_FLAG_NO_HOLE | nbd::CMD_FLAG_FUA;
+    assert_eq!(
+        client.request_with_flags(fast_zero, nbd::CMD_WRITE_ZEROES, 46, 8192, 4096, &[]),
+        0
+    );
     assert_eq!(client.request(nbd::CMD_FLUSH, 6, 0, 0, &[]), 0);
     assert_eq!(client.request(nbd::CMD_READ, 7, 0, 4096, &[]), 0);
     // An unknown export is refused during negotiation, with a reply.
@@ -486,6 +544,8 @@ fn bad_requests_get_error_replies_and_hurt_no_one_else() {
     tcp.read_exact(&mut hello).unwrap();
     tcp.write_all(&nbd::CLIENT_FIXED_NEWSTYLE.to_be_bytes())
         .unwrap();
+    tcp.write_all(&nbd_option(nbd::OPT_LIST, b"xyz")).unwrap();
+    assert_eq!(read_nbd_option_reply(&mut tcp).0, nbd::REP_ERR_INVALID);
     tcp.write_all(&nbd_option(nbd::OPT_GO, &nbd_info_request("zzz")))
         .unwrap();
     assert_eq!(read_nbd_option_reply(&mut tcp).0, nbd::REP_ERR_UNKNOWN);
@@ -496,7 +556,10 @@ fn bad_requests_get_error_replies_and_hurt_no_one_else() {
     assert_eq!(broken.tcp.read(&mut buf).unwrap_or(0), 0, "closed");
     // ... and the first client goes on.
     assert_eq!(client.request(nbd::CMD_READ, 8, 0, 4096, &[]), 0);
-    qemu_io(&format!("nbd://{addr}/raw"), &["read -P 9 0 4k"]);
+    qemu_io(
+        &format!("nbd://{addr}/raw"),
+        &["read -P 9 0 4k", "read -P 0 4k 8k"],
+    );
 }
 
 /// Bytes of shard files under a dev data directory, while the server runs: a file listed

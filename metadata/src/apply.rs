@@ -1008,6 +1008,11 @@ mod tests {
         }
     }
 
+    /// The reference count of a volume stripe (`None`: no volume references it).
+    fn count_of(sm: &Sm, stripe: u128) -> Option<u32> {
+        read::<u32>(&sm.kv, &keys::volume_stripe(StripeId(stripe))).unwrap()
+    }
+
     /// The stripes of the first 10 garbage records: those deletes freed.
     fn garbage_stripe_ids(sm: &Sm) -> Vec<StripeId> {
         query::garbage(&sm.kv, 10)
@@ -2314,6 +2319,61 @@ mod tests {
             },
         )
         .unwrap();
+    }
+
+    /// A stripe whose last reference went is garbage, and its shards are deleted when its
+    /// record comes due, whatever references it by then: a command that would reference
+    /// it again (here a merge adopting the stripes a lost-answer `Rewrite` had already
+    /// replaced) is refused and changes nothing.
+    #[test]
+    fn a_stripe_released_as_garbage_is_never_referenced_again() {
+        use lauscha_core::volume::{JournalEntry, VolumeCommand as V, VolumeReply};
+        let mut sm = setup();
+        let epoch = leased_volume(&mut sm, "g");
+        let append = V::Append {
+            name: "g".into(),
+            epoch,
+            entries: vec![JournalEntry {
+                epoch,
+                offset: 0,
+                len: 4096,
+                data: Some(striped(4096, 90).data),
+            }],
+        };
+        let Ok(VolumeReply::Appended { first_seq: seq }) = vol(&mut sm, 0, append) else {
+            panic!("append refused")
+        };
+        vol(
+            &mut sm,
+            0,
+            V::Rewrite {
+                name: "g".into(),
+                epoch,
+                seq,
+                data: striped(4096, 91).data,
+            },
+        )
+        .unwrap();
+        assert!(garbage_stripe_ids(&sm).contains(&StripeId(90)));
+        let merge_with = |stripe: u128| V::Merge {
+            name: "g".into(),
+            epoch,
+            extent: 0,
+            data: Some(striped(4096, stripe).data),
+            merged: vec![seq],
+        };
+        assert!(matches!(
+            vol(&mut sm, 0, merge_with(90)),
+            Err(MetaError::Conflict(_))
+        ));
+        let state = crate::volumes::state(&sm.kv, "g").unwrap().unwrap();
+        assert!(state.extents.is_empty());
+        assert_eq!(state.journal.len(), 1);
+        assert_eq!(count_of(&sm, 90), None);
+        // A merge with stripes of its own goes through, and frees the rewritten ones.
+        vol(&mut sm, 0, merge_with(92)).unwrap();
+        assert_eq!(count_of(&sm, 92), Some(1));
+        assert!(garbage_stripe_ids(&sm).contains(&StripeId(91)));
     }
 
     #[test]

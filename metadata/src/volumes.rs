@@ -51,6 +51,11 @@ impl StripeRefs {
         }
     }
 
+    /// Writes the summed counts and the holders. Refuses (changing nothing) a command
+    /// that would reference a stripe again after its count reached zero: it waits in a
+    /// garbage record and its shards are deleted when that record comes due, whatever
+    /// references it then. Only a command built on a stale view sends one (a merge
+    /// adopting stripes that a `Rewrite` whose answer was lost had already replaced).
     fn finish(
         self,
         kv: &impl KvRead,
@@ -58,24 +63,32 @@ impl StripeRefs {
         origin: String,
         now_ms: u64,
         log_index: u64,
-    ) -> Result<(), KvError> {
-        out.extend(self.holders);
+    ) -> Outcome<()> {
         let mut garbage = Vec::new();
+        let mut counts = Vec::new();
         for (id, (delta, stripe)) in self.deltas {
             if delta == 0 {
                 continue;
             }
             let key = keys::volume_stripe(id);
-            let count = i64::from(read::<u32>(kv, &key)?.unwrap_or(0)) + delta;
+            let before = read::<u32>(kv, &key)?;
+            if before.is_none() && delta > 0 && kv.get(&keys::garbage_stripe(id))?.is_some() {
+                return Ok(Err(MetaError::Conflict(format!(
+                    "stripe {id} is no longer referenced and waits for deletion as garbage"
+                ))));
+            }
+            let count = i64::from(before.unwrap_or(0)) + delta;
             if count <= 0 {
-                out.push(Mutation::Delete(key));
+                counts.push(Mutation::Delete(key));
                 garbage.push(stripe);
             } else {
-                put(out, key, &(count as u32));
+                counts.push(Mutation::Put(key, value::encode(&(count as u32))));
             }
         }
+        out.extend(self.holders);
+        out.extend(counts);
         collect_stripes(out, garbage, origin, now_ms, log_index);
-        Ok(())
+        Ok(Ok(()))
     }
 }
 
@@ -464,7 +477,9 @@ pub fn apply_volume_command(
             let contents = state(kv, &from)?.expect("source exists");
             let mut refs = StripeRefs::default();
             copy_contents(out, &mut refs, &contents, &to);
-            refs.finish(kv, out, format!("volume {to}"), now_ms, log_index)?;
+            if let Err(e) = refs.finish(kv, out, format!("volume {to}"), now_ms, log_index)? {
+                return Ok(Err(e));
+            }
             put(
                 out,
                 keys::volume(&to),
@@ -515,7 +530,9 @@ pub fn apply_volume_command(
                 out.push(Mutation::Delete(keys::volume_journal_settled(name, *seq)));
             }
             // Stripes a snapshot or clone still shares stay; the rest become garbage.
-            refs.finish(kv, out, format!("volume {name}"), now_ms, log_index)?;
+            if let Err(e) = refs.finish(kv, out, format!("volume {name}"), now_ms, log_index)? {
+                return Ok(Err(e));
+            }
             out.push(Mutation::Delete(keys::volume(name)));
             Ok(Ok(VolumeReply::Done))
         }
@@ -669,7 +686,9 @@ pub fn apply_volume_command(
                 }
                 volume.next_seq += 1;
             }
-            refs.finish(kv, out, format!("volume {name}"), now_ms, log_index)?;
+            if let Err(e) = refs.finish(kv, out, format!("volume {name}"), now_ms, log_index)? {
+                return Ok(Err(e));
+            }
             put(out, keys::volume(name), &volume);
             Ok(Ok(VolumeReply::Appended { first_seq }))
         }
@@ -701,13 +720,15 @@ pub fn apply_volume_command(
             // Its bytes are the whole new data now, not a slice of a batch, and settled.
             out.push(Mutation::Delete(keys::volume_journal_slice(name, *seq)));
             put(out, keys::volume_journal_settled(name, *seq), &());
-            refs.finish(
+            if let Err(e) = refs.finish(
                 kv,
                 out,
                 format!("volume {name} journal {seq}"),
                 now_ms,
                 log_index,
-            )?;
+            )? {
+                return Ok(Err(e));
+            }
             Ok(Ok(VolumeReply::Done))
         }
         VolumeCommand::AppendBatch {
@@ -764,7 +785,9 @@ pub fn apply_volume_command(
                 }
                 volume.next_seq += 1;
             }
-            refs.finish(kv, out, format!("volume {name}"), now_ms, log_index)?;
+            if let Err(e) = refs.finish(kv, out, format!("volume {name}"), now_ms, log_index)? {
+                return Ok(Err(e));
+            }
             put(out, keys::volume(name), &volume);
             Ok(Ok(VolumeReply::Appended { first_seq }))
         }
@@ -821,7 +844,11 @@ pub fn apply_volume_command(
                 // Committed only with every shard durable.
                 put(out, keys::volume_journal_settled(name, seq), &());
             }
-            refs.finish(kv, out, format!("volume {name} spill"), now_ms, log_index)?;
+            if let Err(e) =
+                refs.finish(kv, out, format!("volume {name} spill"), now_ms, log_index)?
+            {
+                return Ok(Err(e));
+            }
             Ok(Ok(VolumeReply::Done))
         }
         VolumeCommand::Merge {
@@ -909,13 +936,15 @@ pub fn apply_volume_command(
                 Some(d) => put(out, key, &Extent { data: d.clone() }),
                 None => out.push(Mutation::Delete(key)),
             }
-            refs.finish(
+            if let Err(e) = refs.finish(
                 kv,
                 out,
                 format!("volume {name} extent {extent}"),
                 now_ms,
                 log_index,
-            )?;
+            )? {
+                return Ok(Err(e));
+            }
             Ok(Ok(VolumeReply::Done))
         }
     }
