@@ -2214,7 +2214,8 @@ mod tests {
     /// on a snapshot or a resize of one (snapshots are read-only), a merge listing an
     /// entry twice (its stripes' references would drop twice, and a snapshot's stripes
     /// become garbage), a merge into an extent past the end, a lease of more than
-    /// `MAX_LEASE_TTL_MS`, a journal entry whose end overflows.
+    /// `MAX_LEASE_TTL_MS`, a journal entry whose end overflows, bytes for an entry that
+    /// are not its length (appended or rewritten).
     #[test]
     fn volume_commands_that_would_break_an_invariant_are_refused() {
         use lauscha_core::volume::{VolumeCommand as V, VolumeReply};
@@ -2300,9 +2301,56 @@ mod tests {
                 }],
             }
         )));
+        // Bytes that are not exactly the entry's length, appended or rewritten.
+        let entry_with = |len: u64, data: ObjectData| lauscha_core::volume::JournalEntry {
+            epoch,
+            offset: 4096,
+            len,
+            data: Some(data),
+        };
+        for data in [ObjectData::Inline(vec![1; 100]), striped(8192, 8).data] {
+            assert!(invalid(vol(
+                &mut sm,
+                0,
+                V::Append {
+                    name: "vm".into(),
+                    epoch,
+                    entries: vec![entry_with(4096, data)],
+                }
+            )));
+        }
+        let Ok(VolumeReply::Appended {
+            first_seq: striped_seq,
+        }) = vol(
+            &mut sm,
+            0,
+            V::Append {
+                name: "vm".into(),
+                epoch,
+                entries: vec![entry_with(4096, striped(4096, 7).data)],
+            },
+        )
+        else {
+            panic!("append refused")
+        };
+        assert!(invalid(vol(
+            &mut sm,
+            0,
+            V::Rewrite {
+                name: "vm".into(),
+                epoch,
+                seq: striped_seq,
+                data: striped(2048, 9).data,
+            }
+        )));
         // Nothing of that changed the volume or its snapshot.
         let state = crate::volumes::state(&sm.kv, "vm").unwrap().unwrap();
-        assert_eq!(state.journal.len(), 1);
+        assert_eq!(state.journal.len(), 2);
+        assert_eq!(
+            state.journal[1],
+            (striped_seq, entry_with(4096, striped(4096, 7).data)),
+            "not rewritten"
+        );
         let snapshot = crate::volumes::state(&sm.kv, "vm@monday").unwrap().unwrap();
         assert_eq!(snapshot.volume.size_bytes, 8 << 20);
         assert!(snapshot.volume.lease.is_none());

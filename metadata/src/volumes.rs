@@ -374,6 +374,23 @@ fn first_epoch(log_index: u64) -> u64 {
 
 /// The bytes of `data`'s stripes together; `None` if that overflows (never from a
 /// gateway; refused rather than summed wrong, or panicking in a debug build).
+/// Refuses bytes for a journal entry of `len` bytes that are not exactly `len` bytes long:
+/// a read of the entry would run off their end, or serve bytes past it. (A slice of a
+/// batch is checked against its batch instead.)
+fn check_entry_data(name: &str, len: u64, data: &ObjectData) -> Result<(), MetaError> {
+    let data_len = match data {
+        ObjectData::Inline(bytes) => Some(bytes.len() as u64),
+        ObjectData::Striped { .. } => stripes_len(data),
+    };
+    if data_len != Some(len) {
+        return Err(MetaError::InvalidArgument(format!(
+            "volume {name}: a journal entry of {len} bytes with {} bytes of data",
+            data_len.map_or_else(|| "overflowing".to_string(), |n| n.to_string())
+        )));
+    }
+    Ok(())
+}
+
 fn stripes_len(data: &ObjectData) -> Option<u64> {
     data.stripes()
         .iter()
@@ -672,6 +689,10 @@ pub fn apply_volume_command(
             for entry in entries {
                 if let Err(e) = check_entry(&volume, entry.offset, entry.len)
                     .and_then(|()| same_epoch(entry.epoch, *epoch))
+                    .and_then(|()| match &entry.data {
+                        Some(data) => check_entry_data(name, entry.len, data),
+                        None => Ok(()),
+                    })
                 {
                     return Ok(Err(e));
                 }
@@ -707,6 +728,9 @@ pub fn apply_volume_command(
                     "volume {name}: journal entry {seq} is gone (merged meanwhile)"
                 ))));
             };
+            if let Err(e) = check_entry_data(name, entry.len, data) {
+                return Ok(Err(e));
+            }
             let old = entry.data.replace(data.clone());
             if old.is_none() {
                 return Ok(Err(MetaError::InvalidArgument(format!(
