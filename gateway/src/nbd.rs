@@ -786,8 +786,12 @@ async fn execute(
             nbd::check_flags(r)?;
             nbd::check_range(r, info)?;
             if r.len == 0 {
-                // Nothing to read or change: answered without a journal command. (FUA
-                // asks that this request's data be durable; it has none.)
+                // Nothing to read or change: answered without a journal command (FUA
+                // asks that this request's data be durable; it has none), but a write
+                // to a snapshot is refused whatever its length.
+                if r.command != nbd::CMD_READ && engine.volume.read_only {
+                    return Err(errno(&VolumeError::ReadOnly));
+                }
                 return Ok((r.command == nbd::CMD_READ).then(Vec::new));
             }
         }

@@ -114,7 +114,8 @@ const BATCH_STRIPE_MIN_BYTES: u64 = 64 * 1024;
 /// (`gateway.shard_size_bytes`: one stripe even as three copies). Every entry of a batch
 /// carries the batch's stripe list in its metadata record, and the whole journal is one
 /// message at attach (at most 64 MiB): a batch of one stripe keeps an entry's record near
-/// 300 bytes, so even 65,536 entries of 4 KiB (the 256 MiB limit) stay far below it.
+/// 300 bytes, so even 65,536 entries (the 256 MiB limit, each entry counted as 4 KiB at
+/// least: `Pending::counted_bytes`) stay far below it.
 const BATCH_MAX_BYTES: u64 = 1 << 20;
 /// Journal commands of small-write batches in flight at once per volume: one batch's
 /// command waits for its Raft commit while the next is proposed (the metadata log syncs
@@ -145,18 +146,20 @@ struct Pending {
 
 impl Pending {
     /// What the journal's limits count for it: its bytes, which stay in memory until it
-    /// is merged; for zeros (TRIM, WRITE_ZEROES), which keep none, one block at most.
-    /// Counted at their length, a whole-disk discard (`mkfs`, `blkdiscard`, a copy tool
-    /// zeroing its target: up to 4 GiB a request) put the journal far over its limit,
-    /// and the writes after it waited until merges of every extent it touched had
-    /// committed, one metadata command each. Not counted at all, zeros could pile up
-    /// without bound (a multi-TiB discard: millions of entries), and the journal would
-    /// no longer fit the one message an attach reads it in: the limit on bytes is also
-    /// the limit on entries.
+    /// is merged, and never less than one 4 KiB block; zeros (TRIM, WRITE_ZEROES), which
+    /// keep none, count one block.
+    /// The limit on bytes is also the limit on entries: at most 65,536 (256 MiB over
+    /// 4 KiB), so that the journal fits the one message an attach reads it in (each
+    /// record about 300 bytes). Counted at their length, 512-byte writes (the NBD
+    /// minimum) would allow eight times as many, and zeros would make a whole-disk
+    /// discard (`mkfs`, `blkdiscard`, a copy tool zeroing its target: up to 4 GiB a
+    /// request) put the journal far over its limit, so that the writes after it waited
+    /// until merges of every extent it touched had committed, one metadata command each.
     fn counted_bytes(&self) -> u64 {
+        let block = u64::from(VOLUME_BLOCK_BYTES);
         match self.data {
-            Some(_) => self.len,
-            None => self.len.min(u64::from(VOLUME_BLOCK_BYTES)),
+            Some(_) => self.len.max(block),
+            None => block,
         }
     }
 }
@@ -2447,15 +2450,18 @@ mod tests {
         assert_eq!(st.pending[&0][0].data.as_deref(), Some(&b"WX"[..]));
         assert_eq!(st.pending[&1][0].within, 0);
         assert_eq!(st.pending[&1][0].data.as_deref(), Some(&b"YZ"[..]));
-        assert_eq!(st.pending_bytes, 4);
-        assert_eq!(st.inline_pending_bytes, 4);
+        // Two entries, each counted as a block at least.
+        let block = u64::from(VOLUME_BLOCK_BYTES);
+        assert_eq!(st.pending_bytes, 2 * block);
+        assert_eq!(st.inline_pending_bytes, 2 * block);
     }
 
     /// Zeros keep no bytes in memory, so the journal's limits count a block for each (an
     /// entry per extent), not their length: a whole-disk discard must not make the writes
-    /// after it wait for merges, and zeros must not pile up without bound either.
+    /// after it wait for merges. Writes smaller than a block count a block too, so that
+    /// neither can pile up entries beyond what an attach reads in one message.
     #[test]
-    fn zeros_count_nothing_against_the_journal_limits() {
+    fn every_entry_counts_one_block_at_least_against_the_journal_limits() {
         let mut st = EngineState::default();
         let extent_bytes = 4 << 20;
         insert_pending(
@@ -2469,16 +2475,27 @@ mod tests {
         insert_pending(
             &mut st,
             extent_bytes,
-            (2, 4096, 4),
-            Some(Bytes::from_static(b"WXYZ")),
+            (2, 4096, 512),
+            Some(Bytes::from(vec![7; 512])),
+            Stored::Inline,
+            true,
+        );
+        insert_pending(
+            &mut st,
+            extent_bytes,
+            (3, 8192, 8192),
+            Some(Bytes::from(vec![8; 8192])),
             Stored::Inline,
             true,
         );
         assert_eq!(st.pending.len(), 256);
         let block = u64::from(VOLUME_BLOCK_BYTES);
-        assert_eq!(st.pending_bytes, 256 * block + 4);
-        assert_eq!(st.inline_pending_bytes, 4);
-        assert_eq!(st.extent_journal(0, extent_bytes).unwrap().bytes, block + 4);
+        assert_eq!(st.pending_bytes, 256 * block + block + 8192);
+        assert_eq!(st.inline_pending_bytes, block + 8192);
+        assert_eq!(
+            st.extent_journal(0, extent_bytes).unwrap().bytes,
+            block + block + 8192
+        );
         assert_eq!(st.extent_journal(1, extent_bytes).unwrap().bytes, block);
         st.drop_pending(0..256, |_| true);
         assert_eq!(st.pending_bytes, 0);

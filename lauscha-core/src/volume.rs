@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{ObjectData, PlacementPolicy, SpreadLevel, TenantId};
 
-/// Block size the NBD server advertises and every request must be aligned to.
+/// Volume sizes are multiples of this; the journal's limits count every entry as at
+/// least this many bytes. (NBD requests need only be aligned to 512 bytes: the engine
+/// works in bytes.)
 pub const VOLUME_BLOCK_BYTES: u32 = 4096;
 /// Extent size of new volumes.
 pub const DEFAULT_EXTENT_BYTES: u64 = 4 << 20;

@@ -531,6 +531,10 @@ fn bad_requests_get_error_replies_and_hurt_no_one_else() {
     assert_eq!(client.request(nbd::CMD_WRITE_ZEROES, 44, 4096, 0, &[]), 0);
     assert_eq!(client.request(nbd::CMD_READ, 45, 4096, 0, &[]), 0);
     assert_eq!(client.request(nbd::CMD_WRITE, 5, 0, 4096, &[9u8; 4096]), 0);
+    assert_eq!(
+        client.request(nbd::CMD_WRITE, 47, 8192, 4096, &[3u8; 4096]),
+        0
+    );
     let fast_zero = nbd::CMD_FLAG_FAST_ZERO | nbd::CMD_FLAG_NO_HOLE | nbd::CMD_FLAG_FUA;
     assert_eq!(
         client.request_with_flags(fast_zero, nbd::CMD_WRITE_ZEROES, 46, 8192, 4096, &[]),
@@ -1012,6 +1016,14 @@ fn a_name_created_again_is_never_served_by_the_engine_of_the_volume_it_replaced(
     // A reader keeps stadt-jena's snapshot attached on this gateway ...
     let mut reader = RawClient::connect(&addr, "v@s");
     assert!(reader.read_block(0).iter().all(|&b| b == 0xaa));
+    // Writes to a snapshot are refused, even those of no bytes.
+    assert_eq!(
+        reader.request(nbd::CMD_WRITE, 1, 0, 4096, &[1; 4096]),
+        nbd::EPERM
+    );
+    assert_eq!(reader.request(nbd::CMD_WRITE, 2, 0, 0, &[]), nbd::EPERM);
+    assert_eq!(reader.request(nbd::CMD_TRIM, 3, 0, 0, &[]), nbd::EPERM);
+    assert_eq!(reader.request(nbd::CMD_READ, 4, 0, 0, &[]), 0);
     // ... while both names are deleted and created again by another tenant (once the
     // writer's detach, which follows qemu-io's exit, has released v's lease).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
