@@ -33,7 +33,7 @@ use lauscha_core::{
 use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::GatewayError;
 use crate::gateway::Inner;
@@ -696,8 +696,28 @@ impl Maintenance {
             .list_garbage(now_ms().saturating_sub(grace_ms), 1000)
             .await?;
         for record in records {
+            // Architecture Invariant: garbage collection never deletes the shards of a
+            // stripe something references. Commands never reference a stripe again once
+            // it went to garbage (metadata refuses them); should one have all the same
+            // (a bug, or state written before that refusal existed), its shards stay.
+            let ids: Vec<StripeId> = record.stripes.iter().map(|s| s.id).collect();
+            let mut referenced = HashSet::new();
+            for chunk in ids.chunks(1000) {
+                let answers = self.inner.meta.stripes_referenced(chunk).await?;
+                referenced.extend(
+                    chunk
+                        .iter()
+                        .zip(answers)
+                        .filter(|(_, r)| *r)
+                        .map(|(s, _)| *s),
+                );
+            }
             let mut complete = true;
             for stripe in &record.stripes {
+                if referenced.contains(&stripe.id) {
+                    error!(stripe_id = %stripe.id, origin = %record.origin, "a garbage record lists a stripe that is still referenced: its shards are kept");
+                    continue;
+                }
                 for (idx, loc) in stripe.shards.iter().enumerate() {
                     if lost.contains(&loc.node) || map.node(loc.node).is_none() {
                         continue;

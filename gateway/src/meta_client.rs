@@ -1017,8 +1017,23 @@ impl MetaClient {
 
     /// Whether each stripe is referenced (by a current version or a pending garbage record).
     pub async fn stripes_known(&self, ids: &[StripeId]) -> Result<Vec<bool>, GatewayError> {
+        self.stripes_asked(ids, false).await
+    }
+
+    /// Whether each stripe is referenced by something that keeps it (a current version,
+    /// an upload's part, a volume), garbage records aside.
+    pub async fn stripes_referenced(&self, ids: &[StripeId]) -> Result<Vec<bool>, GatewayError> {
+        self.stripes_asked(ids, true).await
+    }
+
+    async fn stripes_asked(
+        &self,
+        ids: &[StripeId],
+        referenced_only: bool,
+    ) -> Result<Vec<bool>, GatewayError> {
         let message = pb::StripesKnownRequest {
             stripe_ids: ids.iter().map(|s| s.to_bytes().to_vec().into()).collect(),
+            referenced_only,
         };
         let reply = self
             .call(false, message, |mut c, r| async move {

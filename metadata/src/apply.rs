@@ -2403,6 +2403,14 @@ mod tests {
         )
         .unwrap();
         assert!(garbage_stripe_ids(&sm).contains(&StripeId(90)));
+        // Garbage collection asks whether anything still keeps a stripe: 90 is known (as
+        // garbage) and kept by nothing, 91 is the entry's.
+        let ids = [StripeId(90), StripeId(91)];
+        assert_eq!(query::stripes_known(&sm.kv, &ids).unwrap(), [true, true]);
+        assert_eq!(
+            query::stripes_referenced(&sm.kv, &ids).unwrap(),
+            [false, true]
+        );
         let merge_with = |stripe: u128| V::Merge {
             name: "g".into(),
             epoch,

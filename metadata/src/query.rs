@@ -504,14 +504,21 @@ pub fn list_repairs(kv: &impl KvRead, limit: usize) -> Result<Vec<(StripeId, u8)
 /// Whether each stripe is referenced by a current version or waits in a garbage record.
 pub fn stripes_known(kv: &impl KvRead, ids: &[StripeId]) -> Result<Vec<bool>, KvError> {
     ids.iter()
-        .map(|id| {
-            Ok(kv.get(&keys::stripe_index(*id))?.is_some()
-                || kv.get(&keys::version_stripe(*id))?.is_some()
-                || kv.get(&keys::volume_stripe(*id))?.is_some()
-                || kv.get(&keys::garbage_stripe(*id))?.is_some()
-                || kv.get(&keys::part_stripe(*id))?.is_some())
-        })
+        .map(|id| Ok(referenced(kv, *id)? || kv.get(&keys::garbage_stripe(*id))?.is_some()))
         .collect()
+}
+
+/// Whether each stripe is referenced by something that keeps it (a current version, an
+/// upload's part, a volume's extent or journal entry), garbage records aside.
+pub fn stripes_referenced(kv: &impl KvRead, ids: &[StripeId]) -> Result<Vec<bool>, KvError> {
+    ids.iter().map(|id| referenced(kv, *id)).collect()
+}
+
+fn referenced(kv: &impl KvRead, id: StripeId) -> Result<bool, KvError> {
+    Ok(kv.get(&keys::stripe_index(id))?.is_some()
+        || kv.get(&keys::version_stripe(id))?.is_some()
+        || kv.get(&keys::volume_stripe(id))?.is_some()
+        || kv.get(&keys::part_stripe(id))?.is_some())
 }
 
 /// Garbage records created before `older_than_ms`, oldest first, with their keys.

@@ -836,8 +836,9 @@ impl MetaService for MetaServer {
         &self,
         request: Request<pb::StripesKnownRequest>,
     ) -> Result<Response<pb::StripesKnownReply>, Status> {
+        let request = request.into_inner();
+        let referenced_only = request.referenced_only;
         let ids = request
-            .into_inner()
             .stripe_ids
             .iter()
             .map(|b| {
@@ -847,7 +848,13 @@ impl MetaService for MetaServer {
             .collect::<Result<Vec<_>, _>>()?;
         let known = self
             .node
-            .read(move |kv| query::stripes_known(kv, &ids))
+            .read(move |kv| {
+                if referenced_only {
+                    query::stripes_referenced(kv, &ids)
+                } else {
+                    query::stripes_known(kv, &ids)
+                }
+            })
             .await?;
         Ok(Response::new(pb::StripesKnownReply { known }))
     }
