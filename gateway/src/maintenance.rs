@@ -697,25 +697,30 @@ impl Maintenance {
             .await?;
         for record in records {
             // Architecture Invariant: garbage collection never deletes the shards of a
-            // stripe something references. Commands never reference a stripe again once
-            // it went to garbage (metadata refuses them); should one have all the same
-            // (a bug, or state written before that refusal existed), its shards stay.
+            // stripe something references, nor those of one a newer garbage record lists
+            // (before its grace period is over). Commands never reference a stripe again
+            // once it went to garbage (metadata refuses them); should one have all the
+            // same (a bug, or state written before that refusal existed), its shards stay.
             let ids: Vec<StripeId> = record.stripes.iter().map(|s| s.id).collect();
-            let mut referenced = HashSet::new();
+            let mut kept = HashSet::new();
             for chunk in ids.chunks(1000) {
-                let answers = self.inner.meta.stripes_referenced(chunk).await?;
-                referenced.extend(
+                let answers = self
+                    .inner
+                    .meta
+                    .stripes_collectable(&record.key, chunk)
+                    .await?;
+                kept.extend(
                     chunk
                         .iter()
                         .zip(answers)
-                        .filter(|(_, r)| *r)
+                        .filter(|(_, collectable)| !*collectable)
                         .map(|(s, _)| *s),
                 );
             }
             let mut complete = true;
             for stripe in &record.stripes {
-                if referenced.contains(&stripe.id) {
-                    error!(stripe_id = %stripe.id, origin = %record.origin, "a garbage record lists a stripe that is still referenced: its shards are kept");
+                if kept.contains(&stripe.id) {
+                    error!(stripe_id = %stripe.id, origin = %record.origin, "a garbage record lists a stripe that is referenced again or listed by a newer record: its shards are kept");
                     continue;
                 }
                 for (idx, loc) in stripe.shards.iter().enumerate() {

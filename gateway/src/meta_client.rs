@@ -1017,23 +1017,8 @@ impl MetaClient {
 
     /// Whether each stripe is referenced (by a current version or a pending garbage record).
     pub async fn stripes_known(&self, ids: &[StripeId]) -> Result<Vec<bool>, GatewayError> {
-        self.stripes_asked(ids, false).await
-    }
-
-    /// Whether each stripe is referenced by something that keeps it (a current version,
-    /// an upload's part, a volume), garbage records aside.
-    pub async fn stripes_referenced(&self, ids: &[StripeId]) -> Result<Vec<bool>, GatewayError> {
-        self.stripes_asked(ids, true).await
-    }
-
-    async fn stripes_asked(
-        &self,
-        ids: &[StripeId],
-        referenced_only: bool,
-    ) -> Result<Vec<bool>, GatewayError> {
         let message = pb::StripesKnownRequest {
             stripe_ids: ids.iter().map(|s| s.to_bytes().to_vec().into()).collect(),
-            referenced_only,
         };
         let reply = self
             .call(false, message, |mut c, r| async move {
@@ -1046,6 +1031,30 @@ impl MetaClient {
             ));
         }
         Ok(reply.known)
+    }
+
+    /// Whether the shards of each stripe may be deleted for the garbage record
+    /// `garbage_key`: nothing keeps the stripe, and no newer record lists it.
+    pub async fn stripes_collectable(
+        &self,
+        garbage_key: &[u8],
+        ids: &[StripeId],
+    ) -> Result<Vec<bool>, GatewayError> {
+        let message = pb::StripesCollectableRequest {
+            garbage_key: garbage_key.to_vec().into(),
+            stripe_ids: ids.iter().map(|s| s.to_bytes().to_vec().into()).collect(),
+        };
+        let reply = self
+            .call(false, message, |mut c, r| async move {
+                c.stripes_collectable(r).await
+            })
+            .await?;
+        if reply.collectable.len() != ids.len() {
+            return Err(GatewayError::Internal(
+                "stripes_collectable answered a different count".into(),
+            ));
+        }
+        Ok(reply.collectable)
     }
 
     /// Points a shard at its new node (compare and set on the old one).

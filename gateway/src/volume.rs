@@ -156,12 +156,16 @@ impl Pending {
     /// request) put the journal far over its limit, so that the writes after it waited
     /// until merges of every extent it touched had committed, one metadata command each.
     fn counted_bytes(&self) -> u64 {
-        let block = u64::from(VOLUME_BLOCK_BYTES);
-        match self.data {
-            Some(_) => self.len.max(block),
-            None => block,
-        }
+        counted_journal_bytes(self.len, self.data.is_some())
     }
+}
+
+/// What the journal's limits count for an entry of `len` bytes (`holds_bytes`: not zeros):
+/// see `Pending::counted_bytes`. Every change to `pending_bytes` and
+/// `inline_pending_bytes` adds or takes off exactly this.
+fn counted_journal_bytes(len: u64, holds_bytes: bool) -> u64 {
+    let block = u64::from(VOLUME_BLOCK_BYTES);
+    if holds_bytes { len.max(block) } else { block }
 }
 
 #[derive(Default)]
@@ -1089,7 +1093,7 @@ impl VolumeEngine {
             {
                 p.inline = false;
                 p.sliced = slices.contains(&p.seq);
-                spilled += p.len;
+                spilled += p.counted_bytes();
             }
         }
         st.inline_pending_bytes = st.inline_pending_bytes.saturating_sub(spilled);
@@ -1578,10 +1582,14 @@ impl VolumeEngine {
         store_journal(&self.inner, self.volume.policy, buf.freeze()).await
     }
 
-    /// Whether `n_bytes` more of inline journal stay within the inline limit.
-    fn inline_room(&self, n_bytes: u64) -> bool {
+    /// Whether `batch`, inline, stays within the inline journal's limit.
+    fn inline_room(&self, batch: &[QueuedWrite]) -> bool {
+        let n_counted: u64 = batch
+            .iter()
+            .map(|w| counted_journal_bytes(w.bytes.len() as u64, true))
+            .sum();
         let st = self.state.lock().expect("volume state lock");
-        st.inline_pending_bytes + n_bytes <= MAX_INLINE_PENDING_BYTES
+        st.inline_pending_bytes + n_counted <= MAX_INLINE_PENDING_BYTES
     }
 
     /// The first half of journaling `batch`: stores it as one stripe set when it has
@@ -1605,7 +1613,7 @@ impl VolumeEngine {
             // room (it keeps the volume attachable). The batches committing meanwhile
             // may take room too: the limit can be passed by `BATCH_COMMITS_IN_FLIGHT`
             // batches (1 MiB each).
-            Err(e) if self.inline_room(n_bytes) => {
+            Err(e) if self.inline_room(batch) => {
                 warn!(volume = %self.volume.name, error = %e, "journal batch could not be stored; inline instead");
                 Ok(None)
             }
@@ -1844,7 +1852,8 @@ impl VolumeEngine {
     /// over the soft ones, so the plan brings it under). Fails when merges make no room:
     /// the inline limit keeps the volume attachable, so it is passed by no more than the
     /// writes already past this check (batches in flight, `BATCH_COMMITS_IN_FLIGHT` of
-    /// at most 1 MiB each, and the large writes waiting for their commands).
+    /// at most 1 MiB each, 8 MiB as counted if they are 512-byte writes, and the large
+    /// writes waiting for their commands).
     async fn wait_for_room(&self) -> Result<(), VolumeError> {
         let journal_bytes = || {
             let st = self.state.lock().expect("volume state lock");
@@ -2042,7 +2051,8 @@ impl VolumeEngine {
             {
                 p.inline = false;
                 p.sliced = true;
-                moved += p.len;
+                // What it counted when it came in: a 512-byte entry counted 4 KiB.
+                moved += p.counted_bytes();
             }
         }
         st.inline_pending_bytes = st.inline_pending_bytes.saturating_sub(moved);

@@ -382,6 +382,44 @@ fn concurrent_small_writes_are_batched_and_survive_a_crash_of_the_server() {
     qemu_io(&uri, &["read -P 0 32k 224k", "read -P 0 56M 4M"]);
 }
 
+/// 512-byte writes (the NBD minimum) count a whole 4 KiB block against the journal's
+/// limits, and a spill must take off what they counted. It took off their length, so
+/// each spilled sector left 3.5 KiB counted inline for good: after about 7,000 the count
+/// stayed over the 24 MiB limit with nothing inline to spill, and every write waited
+/// for room for good. Pipelined 512-byte writes come in batches under 64 KiB, so they
+/// go inline; 16,384 of them count 64 MiB, spilled as they come (age merges are out of
+/// reach, and no extent gets the 1,024 entries that make it due before the last write).
+#[test]
+fn sector_writes_spill_from_the_inline_journal_without_stalling_the_volume() {
+    let dev = Dev::start(&["--volume-merge-age-s", "3600"]);
+    volume(&dev, "sectors", "64M");
+    let addr = dev.nbd_addr();
+    let mut client = RawClient::connect(&addr, "sectors");
+    // A stalled volume fails the test instead of hanging it.
+    client
+        .tcp
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    // The first sector of every 4 KiB block of the 64 MiB, each its own byte value, the
+    // 16 extents in turn, so that they fill evenly.
+    let byte = |i: u64| (i % 251) as u8 + 1;
+    let block_of = |i: u64| (i % 16) * 1024 + i / 16;
+    for round in 0..32u64 {
+        let writes: Vec<(u64, Vec<u8>)> = (round * 512..(round + 1) * 512)
+            .map(|i| (block_of(i) * 4096, vec![byte(i); 512]))
+            .collect();
+        let errors = client.pipelined_writes(&writes);
+        assert!(errors.iter().all(|e| *e == 0), "round {round}: {errors:?}");
+    }
+    let spilled = metrics(&dev, &["lauscha_volume_journal_spilled_entries_total"])[0];
+    assert!(spilled >= 2048, "{spilled} entries spilled");
+    for i in [0u64, 1, 17, 4095, 8192, 16383] {
+        let block = client.read_block(block_of(i));
+        assert!(block[..512].iter().all(|b| *b == byte(i)), "write {i}");
+        assert!(block[512..].iter().all(|b| *b == 0), "write {i}");
+    }
+}
+
 /// Lone small writes travel inline in metadata. Past the inline journal's soft limit
 /// (16 MiB) the oldest are spilled: moved into stripe sets on the nodes, keeping their
 /// place in the journal, instead of whole extents being rewritten to absorb them. Spilled

@@ -918,7 +918,12 @@ fn apply_inner(
             }
             if let Some(record) = read::<GarbageRecord>(kv, key)? {
                 for stripe in &record.stripes {
-                    out.push(Mutation::Delete(keys::garbage_stripe(stripe.id)));
+                    // Only index entries that name this record: a newer record listing
+                    // the stripe keeps its own (`collect_stripes` overwrote it).
+                    let index = keys::garbage_stripe(stripe.id);
+                    if kv.get(&index)?.as_deref() == Some(key.as_slice()) {
+                        out.push(Mutation::Delete(index));
+                    }
                 }
                 out.push(Mutation::Delete(key.clone()));
             }
@@ -2403,14 +2408,6 @@ mod tests {
         )
         .unwrap();
         assert!(garbage_stripe_ids(&sm).contains(&StripeId(90)));
-        // Garbage collection asks whether anything still keeps a stripe: 90 is known (as
-        // garbage) and kept by nothing, 91 is the entry's.
-        let ids = [StripeId(90), StripeId(91)];
-        assert_eq!(query::stripes_known(&sm.kv, &ids).unwrap(), [true, true]);
-        assert_eq!(
-            query::stripes_referenced(&sm.kv, &ids).unwrap(),
-            [false, true]
-        );
         let merge_with = |stripe: u128| V::Merge {
             name: "g".into(),
             epoch,
@@ -2430,6 +2427,64 @@ mod tests {
         vol(&mut sm, 0, merge_with(92)).unwrap();
         assert_eq!(count_of(&sm, 92), Some(1));
         assert!(garbage_stripe_ids(&sm).contains(&StripeId(91)));
+    }
+
+    /// Garbage collection deletes a stripe's shards only for the garbage record that holds
+    /// it: nothing references the stripe and no newer record lists it. Dropping a record
+    /// removes only the index entries that name it, so a newer record's entry (and with
+    /// it the refusal to reference the stripe again) stays.
+    #[test]
+    fn garbage_collection_deletes_a_stripe_only_for_the_record_that_holds_it() {
+        use lauscha_core::volume::{JournalEntry, VolumeCommand as V, VolumeReply};
+        let mut sm = setup();
+        let epoch = leased_volume(&mut sm, "g");
+        let append = V::Append {
+            name: "g".into(),
+            epoch,
+            entries: vec![JournalEntry {
+                epoch,
+                offset: 0,
+                len: 4096,
+                data: Some(striped(4096, 95).data),
+            }],
+        };
+        let Ok(VolumeReply::Appended { first_seq: seq }) = vol(&mut sm, 0, append) else {
+            panic!("append refused")
+        };
+        let rewrite = V::Rewrite {
+            name: "g".into(),
+            epoch,
+            seq,
+            data: striped(4096, 96).data,
+        };
+        vol(&mut sm, 0, rewrite).unwrap();
+        let index = keys::garbage_stripe(StripeId(95));
+        let holder = sm.kv.get(&index).unwrap().expect("95 is garbage");
+        let ids = [StripeId(95), StripeId(96)];
+        assert_eq!(query::stripes_known(&sm.kv, &ids).unwrap(), [true, true]);
+        // 96 is the entry's; 95 goes with its record, and with no other.
+        assert_eq!(
+            query::stripes_collectable(&sm.kv, &holder, &ids).unwrap(),
+            [true, false]
+        );
+        let older = keys::garbage(0, 0);
+        assert_eq!(
+            query::stripes_collectable(&sm.kv, &older, &ids[..1]).unwrap(),
+            [false]
+        );
+        // An older record that lists 95 too (state a bug could leave) is dropped without
+        // taking the index entry of the record that holds 95.
+        let record = GarbageRecord {
+            origin: "older".into(),
+            stripes: vec![striped(4096, 95).data.stripes()[0].clone()],
+        };
+        sm.kv
+            .write(vec![Mutation::Put(older.clone(), value::encode(&record))]);
+        sm.run(MetaCommand::DropGarbage { key: older });
+        assert_eq!(sm.kv.get(&index).unwrap(), Some(holder.clone()));
+        sm.run(MetaCommand::DropGarbage { key: holder });
+        assert_eq!(sm.kv.get(&index).unwrap(), None);
+        assert_eq!(query::stripes_known(&sm.kv, &ids).unwrap(), [false, true]);
     }
 
     #[test]

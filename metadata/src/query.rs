@@ -508,10 +508,21 @@ pub fn stripes_known(kv: &impl KvRead, ids: &[StripeId]) -> Result<Vec<bool>, Kv
         .collect()
 }
 
-/// Whether each stripe is referenced by something that keeps it (a current version, an
-/// upload's part, a volume's extent or journal entry), garbage records aside.
-pub fn stripes_referenced(kv: &impl KvRead, ids: &[StripeId]) -> Result<Vec<bool>, KvError> {
-    ids.iter().map(|id| referenced(kv, *id)).collect()
+/// Whether the shards of each stripe may be deleted for the garbage record `garbage_key`:
+/// nothing keeps the stripe (a current version, an upload's part, a volume's extent or
+/// journal entry), and no newer garbage record lists it (whose grace period it then
+/// waits out).
+pub fn stripes_collectable(
+    kv: &impl KvRead,
+    garbage_key: &[u8],
+    ids: &[StripeId],
+) -> Result<Vec<bool>, KvError> {
+    ids.iter()
+        .map(|id| {
+            let record = kv.get(&keys::garbage_stripe(*id))?;
+            Ok(!referenced(kv, *id)? && record.as_deref().is_none_or(|r| r == garbage_key))
+        })
+        .collect()
 }
 
 fn referenced(kv: &impl KvRead, id: StripeId) -> Result<bool, KvError> {

@@ -836,9 +836,8 @@ impl MetaService for MetaServer {
         &self,
         request: Request<pb::StripesKnownRequest>,
     ) -> Result<Response<pb::StripesKnownReply>, Status> {
-        let request = request.into_inner();
-        let referenced_only = request.referenced_only;
         let ids = request
+            .into_inner()
             .stripe_ids
             .iter()
             .map(|b| {
@@ -848,15 +847,30 @@ impl MetaService for MetaServer {
             .collect::<Result<Vec<_>, _>>()?;
         let known = self
             .node
-            .read(move |kv| {
-                if referenced_only {
-                    query::stripes_referenced(kv, &ids)
-                } else {
-                    query::stripes_known(kv, &ids)
-                }
-            })
+            .read(move |kv| query::stripes_known(kv, &ids))
             .await?;
         Ok(Response::new(pb::StripesKnownReply { known }))
+    }
+
+    async fn stripes_collectable(
+        &self,
+        request: Request<pb::StripesCollectableRequest>,
+    ) -> Result<Response<pb::StripesCollectableReply>, Status> {
+        let request = request.into_inner();
+        let ids = request
+            .stripe_ids
+            .iter()
+            .map(|b| {
+                StripeId::from_slice(b)
+                    .ok_or_else(|| MetaError::InvalidArgument("stripe id: not 16 bytes".into()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let garbage_key = request.garbage_key.to_vec();
+        let collectable = self
+            .node
+            .read(move |kv| query::stripes_collectable(kv, &garbage_key, &ids))
+            .await?;
+        Ok(Response::new(pb::StripesCollectableReply { collectable }))
     }
 
     async fn move_shard(
