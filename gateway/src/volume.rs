@@ -285,6 +285,8 @@ impl EngineState {
                 self.pending.remove(&idx);
             }
         }
+        // Every change takes off what was added (`counted_journal_bytes`).
+        debug_assert!(self.pending_bytes >= freed && self.inline_pending_bytes >= freed_inline);
         self.pending_bytes = self.pending_bytes.saturating_sub(freed);
         self.inline_pending_bytes = self.inline_pending_bytes.saturating_sub(freed_inline);
         n_dropped
@@ -1096,6 +1098,7 @@ impl VolumeEngine {
                 spilled += p.counted_bytes();
             }
         }
+        debug_assert!(st.inline_pending_bytes >= spilled);
         st.inline_pending_bytes = st.inline_pending_bytes.saturating_sub(spilled);
         let mut n_found = 0u64;
         for entry in found {
@@ -1852,8 +1855,8 @@ impl VolumeEngine {
     /// over the soft ones, so the plan brings it under). Fails when merges make no room:
     /// the inline limit keeps the volume attachable, so it is passed by no more than the
     /// writes already past this check (batches in flight, `BATCH_COMMITS_IN_FLIGHT` of
-    /// at most 1 MiB each, 8 MiB as counted if they are 512-byte writes, and the large
-    /// writes waiting for their commands).
+    /// at most 1 MiB each, or 8 MiB as counted when a batch of 512-byte writes that could
+    /// not be stored goes inline, and the large writes waiting for their commands).
     async fn wait_for_room(&self) -> Result<(), VolumeError> {
         let journal_bytes = || {
             let st = self.state.lock().expect("volume state lock");
@@ -2055,6 +2058,7 @@ impl VolumeEngine {
                 moved += p.counted_bytes();
             }
         }
+        debug_assert!(st.inline_pending_bytes >= moved);
         st.inline_pending_bytes = st.inline_pending_bytes.saturating_sub(moved);
         Ok(st.inline_pending_bytes > target)
     }

@@ -395,11 +395,11 @@ fn sector_writes_spill_from_the_inline_journal_without_stalling_the_volume() {
     volume(&dev, "sectors", "64M");
     let addr = dev.nbd_addr();
     let mut client = RawClient::connect(&addr, "sectors");
-    // A stalled volume fails the test instead of hanging it.
-    client
-        .tcp
-        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
-        .unwrap();
+    // A stalled volume fails the test instead of hanging it (the server stops reading
+    // requests once 64 are in flight, so the sends can block too).
+    let stall = Some(std::time::Duration::from_secs(60));
+    client.tcp.set_read_timeout(stall).unwrap();
+    client.tcp.set_write_timeout(stall).unwrap();
     // The first sector of every 4 KiB block of the 64 MiB, each its own byte value, the
     // 16 extents in turn, so that they fill evenly.
     let byte = |i: u64| (i % 251) as u8 + 1;
