@@ -2380,33 +2380,9 @@ mod tests {
     /// replaced) is refused and changes nothing.
     #[test]
     fn a_stripe_released_as_garbage_is_never_referenced_again() {
-        use lauscha_core::volume::{JournalEntry, VolumeCommand as V, VolumeReply};
+        use lauscha_core::volume::VolumeCommand as V;
         let mut sm = setup();
-        let epoch = leased_volume(&mut sm, "g");
-        let append = V::Append {
-            name: "g".into(),
-            epoch,
-            entries: vec![JournalEntry {
-                epoch,
-                offset: 0,
-                len: 4096,
-                data: Some(striped(4096, 90).data),
-            }],
-        };
-        let Ok(VolumeReply::Appended { first_seq: seq }) = vol(&mut sm, 0, append) else {
-            panic!("append refused")
-        };
-        vol(
-            &mut sm,
-            0,
-            V::Rewrite {
-                name: "g".into(),
-                epoch,
-                seq,
-                data: striped(4096, 91).data,
-            },
-        )
-        .unwrap();
+        let (epoch, seq) = entry_rewritten(&mut sm, "g", 90, 91);
         assert!(garbage_stripe_ids(&sm).contains(&StripeId(90)));
         let merge_with = |stripe: u128| V::Merge {
             name: "g".into(),
@@ -2435,29 +2411,8 @@ mod tests {
     /// it the refusal to reference the stripe again) stays.
     #[test]
     fn garbage_collection_deletes_a_stripe_only_for_the_record_that_holds_it() {
-        use lauscha_core::volume::{JournalEntry, VolumeCommand as V, VolumeReply};
         let mut sm = setup();
-        let epoch = leased_volume(&mut sm, "g");
-        let append = V::Append {
-            name: "g".into(),
-            epoch,
-            entries: vec![JournalEntry {
-                epoch,
-                offset: 0,
-                len: 4096,
-                data: Some(striped(4096, 95).data),
-            }],
-        };
-        let Ok(VolumeReply::Appended { first_seq: seq }) = vol(&mut sm, 0, append) else {
-            panic!("append refused")
-        };
-        let rewrite = V::Rewrite {
-            name: "g".into(),
-            epoch,
-            seq,
-            data: striped(4096, 96).data,
-        };
-        vol(&mut sm, 0, rewrite).unwrap();
+        entry_rewritten(&mut sm, "g", 95, 96);
         let index = keys::garbage_stripe(StripeId(95));
         let holder = sm.kv.get(&index).unwrap().expect("95 is garbage");
         let ids = [StripeId(95), StripeId(96)];
@@ -2698,6 +2653,34 @@ mod tests {
                 data: None,
             }],
         }
+    }
+
+    /// A leased volume `name` with one journal entry at 0 stored as stripe `old`, then
+    /// rewritten as stripe `new` (so `old` is garbage): the epoch and the entry's seq.
+    fn entry_rewritten(sm: &mut Sm, name: &str, old: u128, new: u128) -> (u64, u64) {
+        use lauscha_core::volume::{JournalEntry, VolumeCommand as V, VolumeReply};
+        let epoch = leased_volume(sm, name);
+        let append = V::Append {
+            name: name.into(),
+            epoch,
+            entries: vec![JournalEntry {
+                epoch,
+                offset: 0,
+                len: 4096,
+                data: Some(striped(4096, old).data),
+            }],
+        };
+        let Ok(VolumeReply::Appended { first_seq: seq }) = vol(sm, 0, append) else {
+            panic!("append refused")
+        };
+        let rewrite = V::Rewrite {
+            name: name.into(),
+            epoch,
+            seq,
+            data: striped(4096, new).data,
+        };
+        vol(sm, 0, rewrite).unwrap();
+        (epoch, seq)
     }
 
     fn leased_volume(sm: &mut Sm, name: &str) -> u64 {

@@ -111,6 +111,16 @@ fn shard_ref(pb: Option<pb::ShardRef>) -> Result<(StripeId, u8), MetaError> {
 }
 
 /// Lock and tags as a request carries them (empty bytes: none).
+/// Stripe ids as a request carries them, 16 bytes each.
+fn stripe_ids(raw: &[impl AsRef<[u8]>]) -> Result<Vec<StripeId>, MetaError> {
+    raw.iter()
+        .map(|b| {
+            StripeId::from_slice(b.as_ref())
+                .ok_or_else(|| MetaError::InvalidArgument("stripe id: not 16 bytes".into()))
+        })
+        .collect()
+}
+
 fn extras(bytes: &[u8]) -> Result<VersionExtras, MetaError> {
     if bytes.is_empty() {
         return Ok(VersionExtras::default());
@@ -836,15 +846,7 @@ impl MetaService for MetaServer {
         &self,
         request: Request<pb::StripesKnownRequest>,
     ) -> Result<Response<pb::StripesKnownReply>, Status> {
-        let ids = request
-            .into_inner()
-            .stripe_ids
-            .iter()
-            .map(|b| {
-                StripeId::from_slice(b)
-                    .ok_or_else(|| MetaError::InvalidArgument("stripe id: not 16 bytes".into()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let ids = stripe_ids(&request.into_inner().stripe_ids)?;
         let known = self
             .node
             .read(move |kv| query::stripes_known(kv, &ids))
@@ -857,14 +859,7 @@ impl MetaService for MetaServer {
         request: Request<pb::StripesCollectableRequest>,
     ) -> Result<Response<pb::StripesCollectableReply>, Status> {
         let request = request.into_inner();
-        let ids = request
-            .stripe_ids
-            .iter()
-            .map(|b| {
-                StripeId::from_slice(b)
-                    .ok_or_else(|| MetaError::InvalidArgument("stripe id: not 16 bytes".into()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let ids = stripe_ids(&request.stripe_ids)?;
         let garbage_key = request.garbage_key.to_vec();
         let collectable = self
             .node
